@@ -1,0 +1,180 @@
+//! Exit codes, error mapping and output helpers shared by the commands.
+
+use crate::store::{KeySource, StoreError};
+use std::io::IsTerminal;
+
+/// Process exit codes. Scripts rely on these values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Success.
+    Ok = 0,
+    /// The operation failed.
+    Failed = 1,
+    /// Wrong command line or configuration (fix it and rerun).
+    Usage = 2,
+    /// Backup finished and the snapshot was written, but some files or
+    /// directories could not be read.
+    Warnings = 3,
+    /// Damage found: verify found damaged or missing data, or restore
+    /// could not restore some files.
+    Damage = 4,
+    /// The store is in use by another process.
+    Busy = 5,
+}
+
+impl From<ExitCode> for std::process::ExitCode {
+    fn from(c: ExitCode) -> Self {
+        std::process::ExitCode::from(c as u8)
+    }
+}
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    /// Exit code.
+    pub code: ExitCode,
+    /// The error.
+    pub err: anyhow::Error,
+}
+
+impl CliError {
+    /// Full message with causes.
+    pub fn message(&self) -> String {
+        let mut s = self.err.to_string();
+        for c in self.err.chain().skip(1) {
+            let cs = c.to_string();
+            if !s.contains(&cs) {
+                s.push_str(": ");
+                s.push_str(&cs);
+            }
+        }
+        s
+    }
+    /// A usage/configuration error.
+    pub fn usage(msg: impl Into<String>) -> Self {
+        CliError {
+            code: ExitCode::Usage,
+            err: anyhow::anyhow!(msg.into()),
+        }
+    }
+    /// A failure.
+    pub fn failed(msg: impl Into<String>) -> Self {
+        CliError {
+            code: ExitCode::Failed,
+            err: anyhow::anyhow!(msg.into()),
+        }
+    }
+}
+
+impl From<StoreError> for CliError {
+    fn from(e: StoreError) -> Self {
+        let code = match &e {
+            StoreError::Locked { .. } => ExitCode::Busy,
+            StoreError::NotAStore(_)
+            | StoreError::NotEmpty(_)
+            | StoreError::Version { .. }
+            | StoreError::Config { .. }
+            | StoreError::KeyFile(_)
+            | StoreError::WrongKey { .. }
+            | StoreError::NoKey(_)
+            | StoreError::SnapshotNotFound(..)
+            | StoreError::Ambiguous(..) => ExitCode::Usage,
+            e if e.is_damage() => ExitCode::Damage,
+            _ => ExitCode::Failed,
+        };
+        CliError {
+            code,
+            err: e.into(),
+        }
+    }
+}
+
+impl From<anyhow::Error> for CliError {
+    fn from(err: anyhow::Error) -> Self {
+        CliError {
+            code: ExitCode::Failed,
+            err,
+        }
+    }
+}
+
+impl From<crate::keyfile::KeyFileError> for CliError {
+    fn from(e: crate::keyfile::KeyFileError) -> Self {
+        CliError {
+            code: ExitCode::Usage,
+            err: e.into(),
+        }
+    }
+}
+
+/// Key source from `--key-file`.
+pub fn key_source(key_file: &Option<std::path::PathBuf>) -> KeySource {
+    match key_file {
+        Some(p) => KeySource::File(p.clone()),
+        None => KeySource::Default,
+    }
+}
+
+/// Print a value as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
+    let s = serde_json::to_string_pretty(v).map_err(|e| CliError::failed(e.to_string()))?;
+    println!("{s}");
+    Ok(())
+}
+
+/// Whether to draw progress bars (stderr is a terminal).
+pub fn interactive() -> bool {
+    std::io::stderr().is_terminal()
+}
+
+/// Human-readable byte count.
+pub fn bytes(n: u64) -> String {
+    const U: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut v = n as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", U[i])
+    }
+}
+
+/// Local time of a nanosecond timestamp.
+pub fn time(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns)
+        .with_timezone(&chrono::Local)
+        .format("%Y-%m-%d %H:%M:%S")
+        .to_string()
+}
+
+/// A spinner/bar on stderr that shows `msg()` every 100 ms while `f` runs;
+/// nothing when stderr is not a terminal.
+pub fn with_progress<T>(msg: impl Fn() -> String + Send + Sync, f: impl FnOnce() -> T) -> T {
+    if !interactive() {
+        return f();
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .expect("template"),
+    );
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                pb.set_message(msg());
+                pb.tick();
+                std::thread::park_timeout(std::time::Duration::from_millis(100));
+            }
+            pb.finish_and_clear();
+        });
+        let r = f();
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        r
+    })
+}

@@ -1,0 +1,221 @@
+//! Directory-relative file operations that never follow a symlink.
+//!
+//! Restore holds an open descriptor for every directory it writes into and
+//! does everything relative to it with `O_NOFOLLOW`/`AT_SYMLINK_NOFOLLOW`.
+//! A symlink planted in the target (or restored earlier from the snapshot
+//! itself) is replaced, never traversed, so no byte lands outside the target.
+//! New files are created exclusively under a temporary name and renamed into
+//! place only when complete.
+
+use crate::snapshot::Node;
+use rustix::fs::{AtFlags, Mode, OFlags, XattrFlags};
+use rustix::io::Errno;
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// Directory open flags: never follow a final symlink.
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// Open an existing directory entry as a directory, refusing symlinks.
+pub fn open_dir_at(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())?)
+}
+
+/// Make sure `name` in `dir` is a real directory we can write into, and open
+/// it. A file or symlink in the way is removed; a directory is reused.
+pub fn ensure_dir_at(dir: impl AsFd + Copy, name: &OsStr) -> io::Result<OwnedFd> {
+    match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
+        Ok(()) => return open_dir_at(dir, name),
+        Err(Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    match open_dir_at(dir, name) {
+        Ok(fd) => {
+            // make sure we can write into an existing directory; its final
+            // mode is applied when its contents are done
+            let st = rustix::fs::fstat(&fd)?;
+            if st.st_mode & 0o700 != 0o700 {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode((st.st_mode & 0o7777) | 0o700))?;
+            }
+            Ok(fd)
+        }
+        Err(e)
+            if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) =>
+        {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+            rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
+            open_dir_at(dir, name)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// A fresh temporary name in a restore directory.
+pub fn tmp_name() -> OsString {
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).expect("random source");
+    OsString::from(format!(".omesh-restore-{}", hex::encode(r)))
+}
+
+/// Create a new file exclusively (never opening an existing one).
+pub fn create_exclusive(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?)
+}
+
+/// Open an existing regular file for reading, refusing symlinks; `None`
+/// when there is nothing usable under that name.
+pub fn open_existing_file(
+    dir: impl AsFd,
+    name: &OsStr,
+) -> Option<(std::fs::File, rustix::fs::Stat)> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let st = rustix::fs::fstat(&fd).ok()?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::RegularFile {
+        return None;
+    }
+    Some((std::fs::File::from(fd), st))
+}
+
+/// Rename `tmp` over `name` in the same directory. A directory in the way is
+/// an error (restore never deletes a directory tree).
+pub fn replace_at(dir: impl AsFd + Copy, tmp: &OsStr, name: &OsStr) -> io::Result<()> {
+    match rustix::fs::renameat(dir, tmp, dir, name) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+            if e == Errno::ISDIR || e == Errno::NOTEMPTY || e == Errno::EXIST {
+                Err(io::Error::other(
+                    "a directory is in the way; move it aside and restore again",
+                ))
+            } else {
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// Remove a temporary file (error paths).
+pub fn remove_tmp(dir: impl AsFd, tmp: &OsStr) {
+    let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
+}
+
+fn ids(n: &Node) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
+    (
+        Some(rustix::fs::Uid::from_raw(n.uid)),
+        Some(rustix::fs::Gid::from_raw(n.gid)),
+    )
+}
+
+fn times(n: &Node) -> rustix::fs::Timestamps {
+    rustix::fs::Timestamps {
+        last_access: crate::fsutil::timespec(n.atime_ns),
+        last_modification: crate::fsutil::timespec(n.mtime_ns),
+    }
+}
+
+/// Problems applying metadata that do not fail the file.
+pub type MetaWarnings = Vec<String>;
+
+/// Apply owner, mode, xattrs and times to an open file or directory.
+/// Ownership is set only when `chown` (we run as root).
+pub fn apply_meta_fd(fd: impl AsFd + Copy, n: &Node, chown: bool) -> io::Result<MetaWarnings> {
+    let mut warn = Vec::new();
+    if chown {
+        let (u, g) = ids(n);
+        rustix::fs::fchown(fd, u, g)?;
+    }
+    for (k, v) in &n.xattrs {
+        if let Err(e) = rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, XattrFlags::empty()) {
+            warn.push(format!(
+                "extended attribute {} not restored: {e}",
+                String::from_utf8_lossy(k)
+            ));
+        }
+    }
+    // after chown, which clears set-id bits
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(n.mode & 0o7777))?;
+    rustix::fs::futimens(fd, &times(n))?;
+    Ok(warn)
+}
+
+/// Apply metadata to a symlink or special file by name, without following.
+pub fn apply_meta_at(
+    dir: impl AsFd + Copy,
+    name: &OsStr,
+    n: &Node,
+    chown: bool,
+    is_symlink: bool,
+) -> io::Result<MetaWarnings> {
+    let mut warn = Vec::new();
+    if chown {
+        let (u, g) = ids(n);
+        rustix::fs::chownat(dir, name, u, g, AtFlags::SYMLINK_NOFOLLOW)?;
+    }
+    if !n.xattrs.is_empty() {
+        // lsetxattr through the directory descriptor: /proc/self/fd/N is the
+        // directory we hold, and the final name is not followed
+        let p = format!(
+            "/proc/self/fd/{}/",
+            std::os::fd::AsRawFd::as_raw_fd(&dir.as_fd())
+        );
+        let mut path = p.into_bytes();
+        path.extend_from_slice(name.as_bytes());
+        let path = OsStr::from_bytes(&path);
+        for (k, v) in &n.xattrs {
+            if let Err(e) =
+                rustix::fs::lsetxattr(path, OsStr::from_bytes(k), v, XattrFlags::empty())
+            {
+                warn.push(format!(
+                    "extended attribute {} not restored: {e}",
+                    String::from_utf8_lossy(k)
+                ));
+            }
+        }
+    }
+    if !is_symlink {
+        rustix::fs::chmodat(
+            dir,
+            name,
+            Mode::from_raw_mode(n.mode & 0o7777),
+            AtFlags::empty(),
+        )?;
+    }
+    rustix::fs::utimensat(dir, name, &times(n), AtFlags::SYMLINK_NOFOLLOW)?;
+    Ok(warn)
+}
+
+/// Create a symlink atomically (temp name + rename over whatever is there,
+/// unless it is a directory).
+pub fn put_symlink(dir: impl AsFd + Copy, name: &OsStr, target: &[u8]) -> io::Result<()> {
+    let tmp = tmp_name();
+    rustix::fs::symlinkat(OsStr::from_bytes(target), dir, &tmp)?;
+    replace_at(dir, &tmp, name)
+}
+
+/// Create a fifo or device node atomically.
+pub fn put_node(
+    dir: impl AsFd + Copy,
+    name: &OsStr,
+    ft: rustix::fs::FileType,
+    rdev: u64,
+) -> io::Result<()> {
+    let tmp = tmp_name();
+    rustix::fs::mknodat(dir, &tmp, ft, Mode::from_raw_mode(0o600), rdev)?;
+    replace_at(dir, &tmp, name)
+}

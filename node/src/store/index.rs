@@ -1,0 +1,268 @@
+//! The object index: object id → (pack, offset, length, kind), in redb.
+//!
+//! The index is a cache of what the packs say: it can always be rebuilt by
+//! scanning them (`omesh repair index`), and a store opened for writing
+//! adds any pack the index does not know (a crash between a pack's rename
+//! and its index commit leaves exactly that). Memory stays flat as the
+//! store grows: lookups go through redb's page cache, capped at
+//! [`CACHE_BYTES`].
+
+use super::pack::{PackEntry, PackInfo};
+use omesh_proto::{ObjectId, ObjectKind};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::path::Path;
+
+/// redb page cache limit.
+pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
+
+/// id → (pack seq, offset, len, kind)
+const OBJECTS: TableDefinition<[u8; 32], (u64, u64, u32, u8)> = TableDefinition::new("objects");
+/// pack seq → (pack hash, size)
+const PACKS: TableDefinition<u64, ([u8; 32], u64)> = TableDefinition::new("packs");
+/// pack hash → pack seq
+const PACK_BY_HASH: TableDefinition<[u8; 32], u64> = TableDefinition::new("pack_by_hash");
+/// meta: "next_pack_seq"
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Location of an object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    /// Pack sequence number (index-local).
+    pub pack: u64,
+    /// Offset in the pack.
+    pub offset: u64,
+    /// Record length.
+    pub len: u32,
+    /// Object kind.
+    pub kind: ObjectKind,
+}
+
+/// Index errors carry redb's message; the store adds the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct IndexError(pub String);
+
+fn e<E: std::fmt::Display>(x: E) -> IndexError {
+    IndexError(x.to_string())
+}
+
+enum Db {
+    Rw(redb::Database),
+    Ro(redb::ReadOnlyDatabase),
+}
+
+/// Open index.
+pub struct Index {
+    db: Db,
+}
+
+impl Index {
+    /// Open (or create) for writing; this process becomes the only writer.
+    pub fn open_rw(path: &Path) -> Result<Self, IndexError> {
+        let mut b = redb::Builder::new();
+        b.set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        let db = b.create(path).map_err(e)?;
+        let tx = db.begin_write().map_err(e)?;
+        {
+            tx.open_table(OBJECTS).map_err(e)?;
+            tx.open_table(PACKS).map_err(e)?;
+            tx.open_table(PACK_BY_HASH).map_err(e)?;
+            tx.open_table(META).map_err(e)?;
+        }
+        tx.commit().map_err(e)?;
+        Ok(Index { db: Db::Rw(db) })
+    }
+
+    /// Open read-only alongside a writer in another process.
+    pub fn open_ro(path: &Path) -> Result<Self, IndexError> {
+        let mut b = redb::Builder::new();
+        b.set_cache_size(CACHE_BYTES)
+            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        let db = b.open_read_only(path).map_err(e)?;
+        Ok(Index { db: Db::Ro(db) })
+    }
+
+    fn read(&self) -> Result<redb::ReadTransaction, IndexError> {
+        match &self.db {
+            Db::Rw(d) => d.begin_read().map_err(e),
+            Db::Ro(d) => d.begin_read().map_err(e),
+        }
+    }
+
+    fn rw(&self) -> Result<&redb::Database, IndexError> {
+        match &self.db {
+            Db::Rw(d) => Ok(d),
+            Db::Ro(_) => Err(IndexError("index opened read-only".into())),
+        }
+    }
+
+    /// Look up an object.
+    pub fn get(&self, id: &ObjectId) -> Result<Option<Location>, IndexError> {
+        let tx = self.read()?;
+        let t = match tx.open_table(OBJECTS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(x) => return Err(e(x)),
+        };
+        Ok(t.get(id.0).map_err(e)?.map(|v| {
+            let (pack, offset, len, kind) = v.value();
+            Location {
+                pack,
+                offset,
+                len,
+                kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob),
+            }
+        }))
+    }
+
+    /// Look up many objects in one read transaction.
+    pub fn get_many(&self, ids: &[ObjectId]) -> Result<Vec<Option<Location>>, IndexError> {
+        let tx = self.read()?;
+        let t = tx.open_table(OBJECTS).map_err(e)?;
+        ids.iter()
+            .map(|id| {
+                Ok(t.get(id.0).map_err(e)?.map(|v| {
+                    let (pack, offset, len, kind) = v.value();
+                    Location {
+                        pack,
+                        offset,
+                        len,
+                        kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob),
+                    }
+                }))
+            })
+            .collect()
+    }
+
+    /// Hash of a pack by sequence number.
+    pub fn pack_hash(&self, seq: u64) -> Result<Option<[u8; 32]>, IndexError> {
+        let tx = self.read()?;
+        let t = tx.open_table(PACKS).map_err(e)?;
+        Ok(t.get(seq).map_err(e)?.map(|v| v.value().0))
+    }
+
+    /// All packs: (seq, hash, size).
+    pub fn packs(&self) -> Result<Vec<(u64, [u8; 32], u64)>, IndexError> {
+        let tx = self.read()?;
+        let t = tx.open_table(PACKS).map_err(e)?;
+        let mut out = Vec::new();
+        for r in t.iter().map_err(e)? {
+            let (k, v) = r.map_err(e)?;
+            let (h, s) = v.value();
+            out.push((k.value(), h, s));
+        }
+        Ok(out)
+    }
+
+    /// Number of objects.
+    pub fn object_count(&self) -> Result<u64, IndexError> {
+        let tx = self.read()?;
+        let t = tx.open_table(OBJECTS).map_err(e)?;
+        t.len().map_err(e)
+    }
+
+    /// Visit every object (for verify and GC), in id order.
+    pub fn for_each_object(&self, mut f: impl FnMut(ObjectId, Location)) -> Result<(), IndexError> {
+        let tx = self.read()?;
+        let t = tx.open_table(OBJECTS).map_err(e)?;
+        for r in t.iter().map_err(e)? {
+            let (k, v) = r.map_err(e)?;
+            let (pack, offset, len, kind) = v.value();
+            f(
+                ObjectId(k.value()),
+                Location {
+                    pack,
+                    offset,
+                    len,
+                    kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Record a durable pack and its objects in one transaction. Objects
+    /// already indexed keep their first location. Returns the pack's seq.
+    pub fn add_pack(&self, info: &PackInfo) -> Result<u64, IndexError> {
+        self.add_pack_entries(&info.hash, info.size, &info.entries)
+    }
+
+    /// As [`Index::add_pack`], from parts.
+    pub fn add_pack_entries(
+        &self,
+        hash: &[u8; 32],
+        size: u64,
+        entries: &[PackEntry],
+    ) -> Result<u64, IndexError> {
+        let db = self.rw()?;
+        let tx = db.begin_write().map_err(e)?;
+        let seq;
+        {
+            let mut by_hash = tx.open_table(PACK_BY_HASH).map_err(e)?;
+            if let Some(s) = by_hash.get(*hash).map_err(e)? {
+                return Ok(s.value());
+            }
+            let mut meta = tx.open_table(META).map_err(e)?;
+            seq = meta
+                .get("next_pack_seq")
+                .map_err(e)?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            meta.insert("next_pack_seq", seq + 1).map_err(e)?;
+            by_hash.insert(*hash, seq).map_err(e)?;
+            let mut packs = tx.open_table(PACKS).map_err(e)?;
+            packs.insert(seq, (*hash, size)).map_err(e)?;
+            let mut objs = tx.open_table(OBJECTS).map_err(e)?;
+            for en in entries {
+                if objs.get(en.id.0).map_err(e)?.is_none() {
+                    objs.insert(en.id.0, (seq, en.offset, en.len, en.kind as u8))
+                        .map_err(e)?;
+                }
+            }
+        }
+        tx.commit().map_err(e)?;
+        crate::failpoint::hit("index.after_commit");
+        Ok(seq)
+    }
+
+    /// Forget a pack and every object located in it (the pack file is gone
+    /// or being removed). Returns the number of objects dropped.
+    pub fn remove_pack(&self, seq: u64) -> Result<u64, IndexError> {
+        let db = self.rw()?;
+        let tx = db.begin_write().map_err(e)?;
+        let mut dropped = 0;
+        {
+            let mut packs = tx.open_table(PACKS).map_err(e)?;
+            let hash = packs.remove(seq).map_err(e)?.map(|v| v.value().0);
+            if let Some(h) = hash {
+                tx.open_table(PACK_BY_HASH)
+                    .map_err(e)?
+                    .remove(h)
+                    .map_err(e)?;
+            }
+            let mut objs = tx.open_table(OBJECTS).map_err(e)?;
+            let doomed: Vec<[u8; 32]> = objs
+                .iter()
+                .map_err(e)?
+                .filter_map(|r| r.ok())
+                .filter(|(_, v)| v.value().0 == seq)
+                .map(|(k, _)| k.value())
+                .collect();
+            for k in doomed {
+                objs.remove(k).map_err(e)?;
+                dropped += 1;
+            }
+        }
+        tx.commit().map_err(e)?;
+        Ok(dropped)
+    }
+
+    /// Drop one object's entry (quarantine of a damaged object).
+    pub fn remove_object(&self, id: &ObjectId) -> Result<(), IndexError> {
+        let db = self.rw()?;
+        let tx = db.begin_write().map_err(e)?;
+        tx.open_table(OBJECTS).map_err(e)?.remove(id.0).map_err(e)?;
+        tx.commit().map_err(e)
+    }
+}

@@ -1,0 +1,318 @@
+//! Pack files: append-only containers of object records.
+//!
+//! ```text
+//! pack := PACK_MAGIC (8 bytes, last byte = pack format version) record*
+//! ```
+//!
+//! Records are self-describing (see `omesh_proto::record`), so a pack can be
+//! re-indexed from its bytes alone. A pack is written under `tmp/`, fsynced,
+//! renamed to `packs/<hh>/<blake3 of the whole file>.pack` and the directory
+//! fsynced; only then are its objects added to the index. A pack file
+//! therefore is either complete and durable, or absent. Its name is its
+//! content hash, which lets anyone (a peer without the key, a scrub, an S3
+//! upload) verify it as a whole.
+
+use crate::failpoint;
+use omesh_proto::record::{self, HEADER_BYTES, RecordHeader};
+use omesh_proto::{ObjectId, ObjectKind};
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+/// Pack magic; the last byte is the pack format version.
+pub const PACK_MAGIC: [u8; 8] = *b"omeshpk\x01";
+
+/// Where one object sits in a pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackEntry {
+    /// Object id.
+    pub id: ObjectId,
+    /// Kind.
+    pub kind: ObjectKind,
+    /// Byte offset of the record in the pack.
+    pub offset: u64,
+    /// Record length.
+    pub len: u32,
+}
+
+/// A finished, durable pack.
+#[derive(Clone, Debug)]
+pub struct PackInfo {
+    /// BLAKE3 of the file; also its name.
+    pub hash: [u8; 32],
+    /// File size.
+    pub size: u64,
+    /// Objects in it.
+    pub entries: Vec<PackEntry>,
+}
+
+/// Path of a pack inside the store.
+pub fn pack_path(store: &Path, hash: &[u8; 32]) -> PathBuf {
+    let h = hex::encode(hash);
+    store.join("packs").join(&h[..2]).join(format!("{h}.pack"))
+}
+
+/// Parse a pack file name back into its hash.
+pub fn parse_pack_name(name: &str) -> Option<[u8; 32]> {
+    let h = name.strip_suffix(".pack")?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(h, &mut out).ok()?;
+    Some(out)
+}
+
+/// fsync a directory so a rename or create inside it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes one pack under `tmp/`.
+pub struct PackWriter {
+    out: BufWriter<File>,
+    tmp: PathBuf,
+    hasher: blake3::Hasher,
+    len: u64,
+    entries: Vec<PackEntry>,
+}
+
+impl PackWriter {
+    /// Start a pack in `tmp_dir`.
+    pub fn create(tmp_dir: &Path) -> io::Result<Self> {
+        let mut rnd = [0u8; 12];
+        getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
+        let tmp = tmp_dir.join(format!("{}.pack-tmp", hex::encode(rnd)));
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let mut w = PackWriter {
+            out: BufWriter::with_capacity(1 << 20, file),
+            tmp,
+            hasher: blake3::Hasher::new(),
+            len: 0,
+            entries: Vec::new(),
+        };
+        w.write_raw(&PACK_MAGIC)?;
+        Ok(w)
+    }
+
+    fn write_raw(&mut self, b: &[u8]) -> io::Result<()> {
+        self.out.write_all(b)?;
+        self.hasher.update(b);
+        self.len += b.len() as u64;
+        Ok(())
+    }
+
+    /// Append an encoded record.
+    pub fn append(&mut self, id: ObjectId, kind: ObjectKind, record: &[u8]) -> io::Result<()> {
+        let offset = self.len;
+        self.write_raw(record)?;
+        self.entries.push(PackEntry {
+            id,
+            kind,
+            offset,
+            len: record.len() as u32,
+        });
+        failpoint::hit("pack.append");
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether no record was appended.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Make the pack durable under its final name in `store`.
+    pub fn finish(self, store: &Path) -> io::Result<PackInfo> {
+        let PackWriter {
+            out,
+            tmp,
+            hasher,
+            len,
+            entries,
+        } = self;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        failpoint::hit("pack.before_rename");
+        let hash: [u8; 32] = *hasher.finalize().as_bytes();
+        let dest = pack_path(store, &hash);
+        let dir = dest.parent().expect("pack path has a parent");
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            sync_dir(dir.parent().expect("packs dir"))?;
+        }
+        fs::rename(&tmp, &dest)?;
+        sync_dir(dir)?;
+        failpoint::hit("pack.after_rename");
+        Ok(PackInfo {
+            hash,
+            size: len,
+            entries,
+        })
+    }
+
+    /// Abandon the pack (error path).
+    pub fn discard(self) {
+        let _ = fs::remove_file(&self.tmp);
+    }
+}
+
+/// A problem found while scanning a pack.
+#[derive(Debug, Clone)]
+pub struct ScanProblem {
+    /// Byte offset of the bad record.
+    pub offset: u64,
+    /// Id from the header, when the header was readable.
+    pub id: Option<ObjectId>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Result of scanning a pack.
+#[derive(Debug, Default)]
+pub struct ScanResult {
+    /// Valid records.
+    pub entries: Vec<PackEntry>,
+    /// Damaged regions.
+    pub problems: Vec<ScanProblem>,
+    /// Whether the file's content hash matches its name.
+    pub hash_ok: bool,
+    /// File size.
+    pub size: u64,
+}
+
+/// Read a pack sequentially, verifying every record's check hash, and call
+/// `f` with each valid record's entry and bytes. After a damaged record it
+/// resynchronises on the next record magic whose check hash verifies, so one
+/// flipped byte costs one object, not the rest of the pack.
+pub fn scan(
+    path: &Path,
+    expected_hash: Option<&[u8; 32]>,
+    mut f: impl FnMut(&PackEntry, &[u8]),
+) -> io::Result<ScanResult> {
+    let mut data = Vec::new();
+    File::open(path)?.read_to_end(&mut data)?;
+    let mut res = ScanResult {
+        size: data.len() as u64,
+        ..Default::default()
+    };
+    res.hash_ok = expected_hash
+        .map(|h| blake3::hash(&data).as_bytes() == h)
+        .unwrap_or(true);
+    if data.len() < PACK_MAGIC.len() || data[..PACK_MAGIC.len()] != PACK_MAGIC {
+        res.problems.push(ScanProblem {
+            offset: 0,
+            id: None,
+            reason: "not an omesh pack (bad magic or version)".into(),
+        });
+        return Ok(res);
+    }
+    let mut pos = PACK_MAGIC.len();
+    while pos < data.len() {
+        match try_record(&data[pos..]) {
+            Ok((header, len)) => {
+                let e = PackEntry {
+                    id: header.id,
+                    kind: header.kind,
+                    offset: pos as u64,
+                    len: len as u32,
+                };
+                f(&e, &data[pos..pos + len]);
+                res.entries.push(e);
+                pos += len;
+            }
+            Err(reason) => {
+                let id = RecordHeader::parse(&data[pos..]).ok().map(|h| h.id);
+                res.problems.push(ScanProblem {
+                    offset: pos as u64,
+                    id,
+                    reason,
+                });
+                // resync: next position holding a verifiable record
+                let mut next = pos + 1;
+                loop {
+                    match find(&data[next..], &record::RECORD_MAGIC) {
+                        Some(i) => {
+                            next += i;
+                            if try_record(&data[next..]).is_ok() {
+                                break;
+                            }
+                            next += 1;
+                        }
+                        None => {
+                            next = data.len();
+                            break;
+                        }
+                    }
+                }
+                pos = next;
+            }
+        }
+    }
+    Ok(res)
+}
+
+fn try_record(buf: &[u8]) -> Result<(RecordHeader, usize), String> {
+    let header = RecordHeader::parse(buf).map_err(|e| e.to_string())?;
+    let len = header.record_len();
+    if (buf.len() as u64) < len {
+        return Err(format!(
+            "record truncated: needs {len} bytes, {} left in pack",
+            buf.len()
+        ));
+    }
+    record::verify_check(&buf[..len as usize]).map_err(|e| e.to_string())?;
+    Ok((header, len as usize))
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Read one record's bytes at a known location and verify its check hash
+/// and id; `HEADER_BYTES` is read first so a corrupted length cannot make us
+/// read past the record.
+pub fn read_record_at(
+    file: &File,
+    offset: u64,
+    len: u32,
+    id: &ObjectId,
+) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::FileExt;
+    if (len as usize) < HEADER_BYTES {
+        return Err(format!(
+            "index entry length {len} is shorter than a record header"
+        ));
+    }
+    let mut buf = vec![0u8; len as usize];
+    file.read_exact_at(&mut buf, offset)
+        .map_err(|e| format!("read failed: {e}"))?;
+    let header = RecordHeader::parse(&buf).map_err(|e| e.to_string())?;
+    if header.record_len() != len as u64 {
+        return Err(format!(
+            "record length {} does not match the index ({len})",
+            header.record_len()
+        ));
+    }
+    if header.id != *id {
+        return Err(format!(
+            "record holds object {} instead of {}",
+            header.id.short(),
+            id.short()
+        ));
+    }
+    record::verify_check(&buf).map_err(|e| e.to_string())?;
+    Ok(buf)
+}
+
+impl PackWriter {
+    /// Ids appended so far.
+    pub fn entry_ids(&self) -> Vec<ObjectId> {
+        self.entries.iter().map(|e| e.id).collect()
+    }
+}

@@ -1,0 +1,2 @@
+//! Generate benchmark and test data sets (deterministic from a seed).
+fn main() {}
