@@ -1,1 +1,13 @@
-//! Integration tests: see the modules.
+//! omesh integration tests. Each module drives the real `omesh` binary
+//! (and, for the mesh, real daemons, real QUIC, a real S3 server and real
+//! network namespaces) against real files in temporary directories.
+
+mod common;
+
+mod local_cli;
+mod local_corruption;
+mod local_crash;
+mod local_dedup;
+mod local_hostile;
+mod local_image;
+mod local_roundtrip;

@@ -242,11 +242,10 @@ fn walk(
     for n in &nodes {
         let p = format!("{prefix}/{}", n.name_lossy());
         match &n.kind {
-            NodeKind::Dir { tree } => {
-                if !walk(store, tree, &p, bad, good, damaged, rep) {
+            NodeKind::Dir { tree }
+                if !walk(store, tree, &p, bad, good, damaged, rep) => {
                     ok = false;
                 }
-            }
             NodeKind::File { size, content } => {
                 let problem = match content {
                     Content::Inline(ext) => {

@@ -131,7 +131,8 @@ mod tests {
             c: String::new(),
         });
         f.push(0);
-        f[..4].copy_from_slice(&((f.len() - 4) as u32).to_le_bytes());
+        let n = (f.len() - 4) as u32;
+        f[..4].copy_from_slice(&n.to_le_bytes());
         assert!(matches!(
             decode::<Msg>(&f, MAX_FRAME_BYTES),
             Err(FrameError::Malformed(_))

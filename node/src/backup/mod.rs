@@ -920,6 +920,10 @@ fn reader(
         };
         ctx.progress.files.fetch_add(1, Ordering::Relaxed);
         ctx.progress.bytes.fetch_add(out.size, Ordering::Relaxed);
+        if job.image {
+            // a block device's size is only known once opened
+            ctx.counts.lock().expect("counts").bytes += out.size;
+        }
         job.slot.set(out);
     }
 }

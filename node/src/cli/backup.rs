@@ -10,13 +10,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Back up files and directories into a new snapshot.\n\n\
-    Only new data is stored: files unchanged since the parent snapshot (same size, mtime, \
-    ctime and inode) are not even read, and every chunk already in the store is skipped.\n\n\
-    Exit code 3 means the snapshot was written but some files could not be read; they are \
-    listed on stderr (and in --json) and marked in the snapshot.\n\n\
-    Examples:\n  omesh backup --store /srv/omesh /etc /var/lib/app --exclude '*.tmp'\n  \
-    omesh backup --store /srv/omesh --image /dev/nvme1n1")]
 pub struct BackupArgs {
     #[command(flatten)]
     pub store: StoreArgs,

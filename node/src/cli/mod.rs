@@ -61,14 +61,34 @@ pub enum Command {
         and keep a copy off this server.")]
     Init(init::InitArgs),
     /// Back up files and directories (or a block device) into a new snapshot.
+    #[command(long_about = "Back up files and directories into a new snapshot.\n\n\
+        Only new data is stored: files unchanged since the parent snapshot (same size, mtime, \
+        ctime and inode) are not even read, and every chunk already in the store is skipped.\n\n\
+        Exit code 3 means the snapshot was written but some files could not be read; they are \
+        listed on stderr (and in --json) and marked in the snapshot.\n\n\
+        Examples:\n  omesh backup --store /srv/omesh /etc /var/lib/app --exclude '*.tmp'\n  \
+        omesh backup --store /srv/omesh --image /dev/nvme1n1")]
     Backup(backup::BackupArgs),
     /// List snapshots.
     Snapshots(snapshots::SnapshotsArgs),
     /// List the files in a snapshot.
     Ls(ls::LsArgs),
     /// Restore a snapshot into a directory (or an image onto a file or device).
+    #[command(long_about = "Restore a snapshot into a target directory.\n\n\
+        Paths are recreated below the target as they were backed up (restoring a backup of /etc \
+        into /tmp/r gives /tmp/r/etc). Every object is verified before it is written; a file whose \
+        data is damaged is not created (exit code 4) rather than written wrong. Files already in \
+        the target are reused: identical ones are kept, changed ones are rebuilt from their \
+        matching parts plus only what differs. Nothing is ever written outside the target.\n\n\
+        An image snapshot (backup --image) is restored with --target pointing at the output file \
+        or block device.")]
     Restore(restore::RestoreArgs),
     /// Check the store: structure, or with --read-data every byte.
+    #[command(long_about = "Check the store.\n\n\
+        Without --read-data: every snapshot decrypts, every directory tree decodes, and every \
+        object a snapshot needs is indexed in an existing pack. With --read-data: additionally \
+        every pack is read in full and every object decrypted and re-hashed. Damage is reported \
+        per snapshot with the affected paths; the exit code is 4 when anything is wrong.")]
     Verify(verify::VerifyArgs),
     /// Export or import the store's key.
     #[command(subcommand)]

@@ -9,14 +9,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Restore a snapshot into a target directory.\n\n\
-    Paths are recreated below the target as they were backed up (restoring a backup of /etc \
-    into /tmp/r gives /tmp/r/etc). Every object is verified before it is written; a file whose \
-    data is damaged is not created (exit code 4) rather than written wrong. Files already in \
-    the target are reused: identical ones are kept, changed ones are rebuilt from their \
-    matching parts plus only what differs. Nothing is ever written outside the target.\n\n\
-    An image snapshot (backup --image) is restored with --target pointing at the output file \
-    or block device.")]
 pub struct RestoreArgs {
     #[command(flatten)]
     pub store: StoreArgs,

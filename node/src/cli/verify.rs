@@ -7,11 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 #[derive(clap::Args, Debug)]
-#[command(long_about = "Check the store.\n\n\
-    Without --read-data: every snapshot decrypts, every directory tree decodes, and every \
-    object a snapshot needs is indexed in an existing pack. With --read-data: additionally \
-    every pack is read in full and every object decrypted and re-hashed. Damage is reported \
-    per snapshot with the affected paths; the exit code is 4 when anything is wrong.")]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub store: StoreArgs,

@@ -294,8 +294,7 @@ pub fn run(
     let target_display = opts.target.display().to_string();
 
     let (task_tx, task_rx) = bounded::<FileTask>(workers * 8);
-    let target_fd: OwnedFd;
-    match rec.kind {
+    let target_fd: OwnedFd = match rec.kind {
         SnapshotKind::Files => {
             std::fs::create_dir_all(&opts.target).map_err(|e| RestoreError::Target {
                 path: opts.target.clone(),

@@ -327,12 +327,11 @@ impl Node {
                     }
                 }
             }
-            NodeKind::Symlink { target } => {
-                if target.is_empty() || target.len() > MAX_LINK_TARGET_BYTES || target.contains(&0)
-                {
+            NodeKind::Symlink { target }
+                if (target.is_empty() || target.len() > MAX_LINK_TARGET_BYTES || target.contains(&0))
+                => {
                     return Err(FormatError::Limit("symlink target length"));
                 }
-            }
             _ => {}
         }
         Ok(())

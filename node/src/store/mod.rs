@@ -175,6 +175,9 @@ impl StoreError {
     }
 }
 
+/// Readable snapshots (oldest first) and the errors of unreadable ones.
+pub type SnapshotList = (Vec<(ObjectId, SnapshotRecord)>, Vec<StoreError>);
+
 /// Shorthand.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
@@ -886,7 +889,7 @@ impl Store {
 
     /// All snapshots, oldest first. Unreadable ones are returned as errors
     /// in the second list so one bad file does not hide the others.
-    pub fn snapshots(&self) -> Result<(Vec<(ObjectId, SnapshotRecord)>, Vec<StoreError>)> {
+    pub fn snapshots(&self) -> Result<SnapshotList> {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         for id in self.snapshot_ids()? {

@@ -1,0 +1,308 @@
+//! Command-line behaviour: exit codes, JSON, warnings, keys, excludes.
+
+use crate::common::{self, backup, init_small, omesh, restored, s, tree};
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+
+#[test]
+fn usage_errors_and_json_shapes() {
+    let t = tempfile::tempdir().unwrap();
+    let nostore = t.path().join("nostore");
+    let r = omesh(["snapshots", "--store", s(&nostore)]).code(2);
+    assert!(
+        r.stderr.contains("not an omesh store") && r.stderr.contains("omesh init"),
+        "{}",
+        r.stderr
+    );
+    omesh(["backup"]).code(2);
+    let store = t.path().join("store");
+    let init = omesh(["init", "--store", s(&store), "--json"]).ok().json();
+    assert_eq!(
+        fs::metadata(store.join("key"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    assert!(init["key_id"].as_str().unwrap().len() == 32);
+    // init refuses an existing store
+    omesh(["init", "--store", s(&store)]).code(2);
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), b"hello").unwrap();
+    let b = backup(&store, &[&src]);
+    for k in ["snapshot", "files", "bytes_read", "bytes_added", "seconds"] {
+        assert!(b.get(k).is_some(), "backup --json lacks {k}: {b}");
+    }
+    let id = b["snapshot"].as_str().unwrap().to_string();
+    let snaps = omesh(["snapshots", "--store", s(&store), "--json"])
+        .ok()
+        .json();
+    assert_eq!(snaps[0]["id"], id.as_str());
+    // prefix resolution, latest, not found
+    let ls = omesh(["ls", "--store", s(&store), &id[..6], "--json"])
+        .ok()
+        .json();
+    assert!(
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["path"].as_str().unwrap().ends_with("/src/f"))
+    );
+    omesh([
+        "ls",
+        "--store",
+        s(&store),
+        "latest",
+        &format!("{}", src.display()),
+    ])
+    .ok();
+    omesh(["ls", "--store", s(&store), "ffffffff"]).code(2);
+    let v = omesh(["verify", "--store", s(&store), "--json"])
+        .ok()
+        .json();
+    assert_eq!(v["ok"], true);
+    // plain output prints the id
+    let human = omesh(["backup", "--store", s(&store), s(&src)]).ok();
+    assert!(human.stdout.contains("snapshot "), "{}", human.stdout);
+    // help teaches
+    let h = omesh(["backup", "--help"]).ok();
+    assert!(
+        h.stdout.contains("--exclude") && h.stdout.contains("Exit code 3"),
+        "{}",
+        h.stdout
+    );
+}
+
+#[test]
+fn unreadable_files_and_dirs_are_reported_with_exit_code_3() {
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("closed-dir")).unwrap();
+    fs::write(src.join("closed-dir/inner"), b"x").unwrap();
+    fs::write(src.join("readable"), b"fine").unwrap();
+    fs::write(src.join("secret"), b"root only").unwrap();
+    fs::set_permissions(src.join("secret"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(src.join("closed-dir"), fs::Permissions::from_mode(0o700)).unwrap();
+    let store = t.path().join("store");
+    init_small(&store);
+    // run the backup as an unprivileged user who owns the store
+    let nobody = 65534;
+    std::process::Command::new("chown")
+        .args(["-R", "65534:65534", s(&store)])
+        .status()
+        .unwrap();
+    let out = common::cmd()
+        .args(["backup", "--store", s(&store), "--json", s(&src)])
+        .uid(nobody)
+        .gid(nobody)
+        .output()
+        .unwrap();
+    let r: common::Run = out.into();
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("secret") && r.stderr.contains("closed-dir"),
+        "{}",
+        r.stderr
+    );
+    let j = r.json();
+    assert_eq!(j["warnings"].as_array().unwrap().len(), 2, "{j}");
+    // the snapshot records both, never silently missing
+    let ls = common::cmd()
+        .args(["ls", "--store", s(&store), "latest", "--json"])
+        .uid(nobody)
+        .gid(nobody)
+        .output()
+        .unwrap();
+    let ls: common::Run = ls.into();
+    let ls = ls.ok().json();
+    let entries = ls.as_array().unwrap();
+    let find = |n: &str| {
+        entries
+            .iter()
+            .find(|e| e["path"].as_str().unwrap().ends_with(n))
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} missing from snapshot"))
+    };
+    assert!(find("/src/secret")["warning"].is_string());
+    assert!(find("/src/closed-dir")["warning"].is_string());
+    assert!(find("/src/readable")["warning"].is_null());
+}
+
+#[test]
+fn file_changing_during_read_is_reported() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let busy = src.join("busy.log");
+    fs::write(&busy, tree::data(8 << 20, 1)).unwrap();
+    let store = t.path().join("store");
+    init_small(&store);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let busy = busy.clone();
+        std::thread::spawn(move || {
+            let mut f = fs::OpenOptions::new().append(true).open(&busy).unwrap();
+            let mut n = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::io::Write::write_all(&mut f, b"another log line\n").unwrap();
+                n += 1;
+            }
+            n
+        })
+    };
+    let r = omesh(["backup", "--store", s(&store), "--json", s(&src)]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(writer.join().unwrap() > 0);
+    assert_eq!(r.code, 3, "{r:?}");
+    assert!(
+        r.stderr.contains("changed while it was being read"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn excludes_and_one_file_system() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("cache/deep")).unwrap();
+    fs::create_dir_all(src.join("keep")).unwrap();
+    fs::write(src.join("keep/a.txt"), b"a").unwrap();
+    fs::write(src.join("keep/b.tmp"), b"b").unwrap();
+    fs::write(src.join("cache/deep/c"), b"c").unwrap();
+    fs::create_dir_all(src.join("mnt")).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs", s(&src.join("mnt"))])
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "tests run as root and can mount a tmpfs");
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(src.join("mnt"));
+    fs::write(src.join("mnt/other-fs"), b"other").unwrap();
+    let store = t.path().join("store");
+    init_small(&store);
+    let cache = format!("{}/cache/**", src.display());
+    let cache_dir = format!("{}/cache", src.display());
+    omesh([
+        "backup",
+        "--store",
+        s(&store),
+        s(&src),
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        &cache,
+        "--exclude",
+        &cache_dir,
+        "--one-file-system",
+    ])
+    .ok();
+    let target = t.path().join("r");
+    omesh([
+        "restore",
+        "--store",
+        s(&store),
+        "latest",
+        "--target",
+        s(&target),
+    ])
+    .ok();
+    let out = restored(&target, &src);
+    assert!(out.join("keep/a.txt").exists());
+    assert!(!out.join("keep/b.tmp").exists());
+    assert!(!out.join("cache").exists());
+    assert!(out.join("mnt").is_dir(), "mount point is recorded");
+    assert!(
+        !out.join("mnt/other-fs").exists(),
+        "crossed into another file system"
+    );
+    omesh(["backup", "--store", s(&store), s(&src), "--exclude", "["]).code(2);
+}
+
+#[test]
+fn key_export_import_restores_on_a_new_machine() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree::make_full(&src, false);
+    let store = t.path().join("store");
+    init_small(&store);
+    backup(&store, &[&src]);
+    let exported = t.path().join("exported.key");
+    omesh(["key", "export", "--store", s(&store), "--out", s(&exported)]).ok();
+    assert_eq!(
+        fs::metadata(&exported).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // "new machine": a copy of the store without its key
+    let copy = t.path().join("copy");
+    fs::create_dir_all(&copy).unwrap();
+    assert!(
+        std::process::Command::new("cp")
+            .args(["-a", &format!("{}/.", s(&store)), s(&copy)])
+            .status()
+            .unwrap()
+            .success()
+    );
+    fs::remove_file(copy.join("key")).unwrap();
+    let target = t.path().join("r");
+    let r = omesh([
+        "restore",
+        "--store",
+        s(&copy),
+        "latest",
+        "--target",
+        s(&target),
+    ])
+    .code(2);
+    assert!(r.stderr.contains("key import"), "{}", r.stderr);
+    // a key of another store is refused, nothing written
+    let other = t.path().join("other");
+    init_small(&other);
+    omesh(["key", "import", s(&other.join("key")), "--store", s(&copy)]).code(2);
+    assert!(!copy.join("key").exists());
+    omesh(["key", "import", s(&exported), "--store", s(&copy)]).ok();
+    omesh([
+        "restore",
+        "--store",
+        s(&copy),
+        "latest",
+        "--target",
+        s(&target),
+    ])
+    .ok();
+    tree::assert_same(&src, &restored(&target, &src));
+}
+
+#[test]
+fn store_in_use_is_reported_as_busy() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init_small(&store);
+    let _held = omesh::store::Store::open(
+        &store,
+        omesh::store::Access::Write,
+        omesh::store::KeySource::Default,
+    )
+    .unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let r = omesh(["backup", "--store", s(&store), s(&src)]).code(5);
+    assert!(
+        r.stderr.contains("in use by another omesh process"),
+        "{}",
+        r.stderr
+    );
+    // readers still work beside the writer
+    omesh(["snapshots", "--store", s(&store)]).ok();
+}

@@ -1,0 +1,156 @@
+//! Round trips through a local store: bytes and attributes.
+
+use crate::common::{self, backup, init_small, omesh, restored, s, tree};
+use std::fs;
+
+#[test]
+fn full_tree_round_trips_bytes_and_attributes() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree::make_full(&src, true);
+    let store = t.path().join("store");
+    init_small(&store);
+    let b = backup(&store, &[&src]);
+    assert!(b["files"].as_u64().unwrap() >= 20);
+    // the 5 GiB sparse file is read by its data extents only
+    assert!(
+        b["bytes_read"].as_u64().unwrap() < 100 << 20,
+        "sparse file read in full: {b}"
+    );
+    let target = t.path().join("restore");
+    omesh([
+        "restore",
+        "--store",
+        s(&store),
+        "latest",
+        "--target",
+        s(&target),
+    ])
+    .ok();
+    let out = restored(&target, &src);
+    tree::assert_same(&src, &out);
+    let a = tree::attrs(&out);
+    assert!(a["sparse-5GiB"].sparse, "5 GiB sparse file restored dense");
+    assert!(a["sparse-small"].sparse);
+    assert_eq!(a["hard2"].link_group.as_deref(), Some("a/hard3"));
+}
+
+#[test]
+fn include_restores_only_the_selected_subtree() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree::make_full(&src, false);
+    let store = t.path().join("store");
+    init_small(&store);
+    backup(&store, &[&src]);
+    let target = t.path().join("r");
+    let inc = format!("{}/a/b", src.display());
+    omesh([
+        "restore",
+        "--store",
+        s(&store),
+        "latest",
+        "--target",
+        s(&target),
+        "--include",
+        &inc,
+    ])
+    .ok();
+    let out = restored(&target, &src);
+    assert_eq!(fs::read(out.join("a/b/c/d/deep.txt")).unwrap(), b"deep");
+    assert!(!out.join("a/secret").exists());
+    assert!(!out.join("size-1").exists());
+}
+
+#[test]
+fn several_roots_and_restore_into_older_version_reuses_data() {
+    let t = tempfile::tempdir().unwrap();
+    let one = t.path().join("one");
+    let two = t.path().join("two");
+    fs::create_dir_all(&one).unwrap();
+    fs::create_dir_all(&two).unwrap();
+    let big = tree::data(3 << 20, 5);
+    fs::write(one.join("big"), &big).unwrap();
+    fs::write(two.join("small"), b"small").unwrap();
+    let store = t.path().join("store");
+    init_small(&store);
+    backup(&store, &[&one, &two]);
+    let target = t.path().join("r");
+    omesh([
+        "restore",
+        "--store",
+        s(&store),
+        "latest",
+        "--target",
+        s(&target),
+    ])
+    .ok();
+    tree::assert_same(&one, &restored(&target, &one));
+    tree::assert_same(&two, &restored(&target, &two));
+
+    // change a little of the big file, back up again, restore over the old copy
+    let mut big2 = big.clone();
+    big2.splice(1_000_000..1_000_000, b"inserted".iter().copied());
+    big2[2_500_000] ^= 0xff;
+    fs::write(one.join("big"), &big2).unwrap();
+    backup(&store, &[&one, &two]);
+    let r = omesh([
+        "restore",
+        "--store",
+        s(&store),
+        "latest",
+        "--target",
+        s(&target),
+        "--json",
+    ])
+    .ok()
+    .json();
+    tree::assert_same(&one, &restored(&target, &one));
+    let written = r["bytes_written"].as_u64().unwrap();
+    let reused = r["bytes_reused"].as_u64().unwrap();
+    assert!(
+        written < 300_000,
+        "restore decoded {written} bytes for a small change"
+    );
+    assert!(reused > 2_900_000, "restore reused only {reused} bytes");
+    assert_eq!(
+        r["files_unchanged"].as_u64().unwrap(),
+        1,
+        "the unchanged small file is kept: {r}"
+    );
+}
+
+#[test]
+fn restore_into_target_with_symlink_in_the_way_replaces_it() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f"), b"payload").unwrap();
+    let store = t.path().join("store");
+    init_small(&store);
+    backup(&store, &[&src]);
+    let outside = t.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let target = t.path().join("r");
+    let base = restored(&target, &src);
+    fs::create_dir_all(&base).unwrap();
+    // an attacker (or a stale restore) left d -> outside in the target
+    std::os::unix::fs::symlink(&outside, base.join("d")).unwrap();
+    omesh([
+        "restore",
+        "--store",
+        s(&store),
+        "latest",
+        "--target",
+        s(&target),
+    ])
+    .ok();
+    assert_eq!(
+        fs::read_dir(&outside).unwrap().count(),
+        0,
+        "restore wrote through a symlink"
+    );
+    assert!(fs::symlink_metadata(base.join("d")).unwrap().is_dir());
+    assert_eq!(fs::read(base.join("d/f")).unwrap(), b"payload");
+    let _ = common::bin();
+}
