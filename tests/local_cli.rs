@@ -10,22 +10,11 @@ fn usage_errors_and_json_shapes() {
     let t = tempfile::tempdir().unwrap();
     let nostore = t.path().join("nostore");
     let r = omesh(["snapshots", "--store", s(&nostore)]).code(2);
-    assert!(
-        r.stderr.contains("not an omesh store") && r.stderr.contains("omesh init"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("not an omesh store") && r.stderr.contains("omesh init"), "{}", r.stderr);
     omesh(["backup"]).code(2);
     let store = t.path().join("store");
     let init = omesh(["init", "--store", s(&store), "--json"]).ok().json();
-    assert_eq!(
-        fs::metadata(store.join("key"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777,
-        0o600
-    );
+    assert_eq!(fs::metadata(store.join("key")).unwrap().permissions().mode() & 0o777, 0o600);
     assert!(init["key_id"].as_str().unwrap().len() == 32);
     // init refuses an existing store
     omesh(["init", "--store", s(&store)]).code(2);
@@ -37,43 +26,21 @@ fn usage_errors_and_json_shapes() {
         assert!(b.get(k).is_some(), "backup --json lacks {k}: {b}");
     }
     let id = b["snapshot"].as_str().unwrap().to_string();
-    let snaps = omesh(["snapshots", "--store", s(&store), "--json"])
-        .ok()
-        .json();
+    let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
     assert_eq!(snaps[0]["id"], id.as_str());
     // prefix resolution, latest, not found
-    let ls = omesh(["ls", "--store", s(&store), &id[..6], "--json"])
-        .ok()
-        .json();
-    assert!(
-        ls.as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["path"].as_str().unwrap().ends_with("/src/f"))
-    );
-    omesh([
-        "ls",
-        "--store",
-        s(&store),
-        "latest",
-        &format!("{}", src.display()),
-    ])
-    .ok();
+    let ls = omesh(["ls", "--store", s(&store), &id[..6], "--json"]).ok().json();
+    assert!(ls.as_array().unwrap().iter().any(|e| e["path"].as_str().unwrap().ends_with("/src/f")));
+    omesh(["ls", "--store", s(&store), "latest", &format!("{}", src.display())]).ok();
     omesh(["ls", "--store", s(&store), "ffffffff"]).code(2);
-    let v = omesh(["verify", "--store", s(&store), "--json"])
-        .ok()
-        .json();
+    let v = omesh(["verify", "--store", s(&store), "--json"]).ok().json();
     assert_eq!(v["ok"], true);
     // plain output prints the id
     let human = omesh(["backup", "--store", s(&store), s(&src)]).ok();
     assert!(human.stdout.contains("snapshot "), "{}", human.stdout);
     // help teaches
     let h = omesh(["backup", "--help"]).ok();
-    assert!(
-        h.stdout.contains("--exclude") && h.stdout.contains("Exit code 3"),
-        "{}",
-        h.stdout
-    );
+    assert!(h.stdout.contains("--exclude") && h.stdout.contains("Exit code 3"), "{}", h.stdout);
 }
 
 #[test]
@@ -91,10 +58,7 @@ fn unreadable_files_and_dirs_are_reported_with_exit_code_3() {
     init_small(&store);
     // run the backup as an unprivileged user who owns the store
     let nobody = 65534;
-    std::process::Command::new("chown")
-        .args(["-R", "65534:65534", s(&store)])
-        .status()
-        .unwrap();
+    std::process::Command::new("chown").args(["-R", "65534:65534", s(&store)]).status().unwrap();
     let out = common::cmd()
         .args(["backup", "--store", s(&store), "--json", s(&src)])
         .uid(nobody)
@@ -103,20 +67,12 @@ fn unreadable_files_and_dirs_are_reported_with_exit_code_3() {
         .unwrap();
     let r: common::Run = out.into();
     assert_eq!(r.code, 3, "{r:?}");
-    assert!(
-        r.stderr.contains("secret") && r.stderr.contains("closed-dir"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("secret") && r.stderr.contains("closed-dir"), "{}", r.stderr);
     let j = r.json();
     assert_eq!(j["warnings"].as_array().unwrap().len(), 2, "{j}");
     // the snapshot records both, never silently missing
-    let ls = common::cmd()
-        .args(["ls", "--store", s(&store), "latest", "--json"])
-        .uid(nobody)
-        .gid(nobody)
-        .output()
-        .unwrap();
+    let ls =
+        common::cmd().args(["ls", "--store", s(&store), "latest", "--json"]).uid(nobody).gid(nobody).output().unwrap();
     let ls: common::Run = ls.into();
     let ls = ls.ok().json();
     let entries = ls.as_array().unwrap();
@@ -159,11 +115,7 @@ fn file_changing_during_read_is_reported() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     assert!(writer.join().unwrap() > 0);
     assert_eq!(r.code, 3, "{r:?}");
-    assert!(
-        r.stderr.contains("changed while it was being read"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("changed while it was being read"), "{}", r.stderr);
 }
 
 #[test]
@@ -209,24 +161,13 @@ fn excludes_and_one_file_system() {
     ])
     .ok();
     let target = t.path().join("r");
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&target),
-    ])
-    .ok();
+    omesh(["restore", "--store", s(&store), "latest", "--target", s(&target)]).ok();
     let out = restored(&target, &src);
     assert!(out.join("keep/a.txt").exists());
     assert!(!out.join("keep/b.tmp").exists());
     assert!(!out.join("cache").exists());
     assert!(out.join("mnt").is_dir(), "mount point is recorded");
-    assert!(
-        !out.join("mnt/other-fs").exists(),
-        "crossed into another file system"
-    );
+    assert!(!out.join("mnt/other-fs").exists(), "crossed into another file system");
     omesh(["backup", "--store", s(&store), s(&src), "--exclude", "["]).code(2);
 }
 
@@ -240,10 +181,7 @@ fn key_export_import_restores_on_a_new_machine() {
     backup(&store, &[&src]);
     let exported = t.path().join("exported.key");
     omesh(["key", "export", "--store", s(&store), "--out", s(&exported)]).ok();
-    assert_eq!(
-        fs::metadata(&exported).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(fs::metadata(&exported).unwrap().permissions().mode() & 0o777, 0o600);
     // "new machine": a copy of the store without its key
     let copy = t.path().join("copy");
     fs::create_dir_all(&copy).unwrap();
@@ -256,15 +194,7 @@ fn key_export_import_restores_on_a_new_machine() {
     );
     fs::remove_file(copy.join("key")).unwrap();
     let target = t.path().join("r");
-    let r = omesh([
-        "restore",
-        "--store",
-        s(&copy),
-        "latest",
-        "--target",
-        s(&target),
-    ])
-    .code(2);
+    let r = omesh(["restore", "--store", s(&copy), "latest", "--target", s(&target)]).code(2);
     assert!(r.stderr.contains("key import"), "{}", r.stderr);
     // a key of another store is refused, nothing written
     let other = t.path().join("other");
@@ -272,15 +202,7 @@ fn key_export_import_restores_on_a_new_machine() {
     omesh(["key", "import", s(&other.join("key")), "--store", s(&copy)]).code(2);
     assert!(!copy.join("key").exists());
     omesh(["key", "import", s(&exported), "--store", s(&copy)]).ok();
-    omesh([
-        "restore",
-        "--store",
-        s(&copy),
-        "latest",
-        "--target",
-        s(&target),
-    ])
-    .ok();
+    omesh(["restore", "--store", s(&copy), "latest", "--target", s(&target)]).ok();
     tree::assert_same(&src, &restored(&target, &src));
 }
 
@@ -289,20 +211,12 @@ fn store_in_use_is_reported_as_busy() {
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
     init_small(&store);
-    let _held = omesh::store::Store::open(
-        &store,
-        omesh::store::Access::Write,
-        omesh::store::KeySource::Default,
-    )
-    .unwrap();
+    let _held =
+        omesh::store::Store::open(&store, omesh::store::Access::Write, omesh::store::KeySource::Default).unwrap();
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let r = omesh(["backup", "--store", s(&store), s(&src)]).code(5);
-    assert!(
-        r.stderr.contains("in use by another omesh process"),
-        "{}",
-        r.stderr
-    );
+    assert!(r.stderr.contains("in use by another omesh process"), "{}", r.stderr);
     // readers still work beside the writer
     omesh(["snapshots", "--store", s(&store)]).ok();
 }

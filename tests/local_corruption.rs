@@ -22,11 +22,7 @@ fn flipped_byte_is_reported_and_never_restored() {
     let mut victim = None;
     for p in packs(&store) {
         let res = pack::scan(&p, None, |_, _| {}).unwrap();
-        if let Some(e) = res
-            .entries
-            .iter()
-            .find(|e| e.kind == omesh::proto::ObjectKind::Blob)
-        {
+        if let Some(e) = res.entries.iter().find(|e| e.kind == omesh::proto::ObjectKind::Blob) {
             victim = Some((p.clone(), *e));
             break;
         }
@@ -38,44 +34,20 @@ fn flipped_byte_is_reported_and_never_restored() {
     fs::write(&pack_path, &bytes).unwrap();
 
     // structure check does not read data; read-data finds it and names the file
-    let v = omesh(["verify", "--store", s(&store), "--read-data", "--json"])
-        .code(4)
-        .json();
+    let v = omesh(["verify", "--store", s(&store), "--read-data", "--json"]).code(4).json();
     assert_eq!(v["ok"], false);
     assert_eq!(v["damaged_objects"].as_array().unwrap().len(), 1, "{v}");
-    assert_eq!(
-        v["damaged_objects"][0]["id"].as_str().unwrap(),
-        entry.id.to_hex()
-    );
+    assert_eq!(v["damaged_objects"][0]["id"].as_str().unwrap(), entry.id.to_hex());
     let paths = v["damaged_snapshots"][0]["paths"].as_array().unwrap();
     assert_eq!(paths.len(), 1, "{v}");
-    let damaged_path = paths[0]
-        .as_str()
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_string();
+    let damaged_path = paths[0].as_str().unwrap().split(' ').next().unwrap().to_string();
     let human = omesh(["verify", "--store", s(&store), "--read-data"]).code(4);
     assert!(human.stdout.contains(&damaged_path), "{}", human.stdout);
 
     // restore: the damaged file fails loudly and is not created; the rest is intact
     let target = t.path().join("r");
-    let r = omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&target),
-        "--json",
-    ])
-    .code(4);
-    assert!(
-        r.stderr.contains(&damaged_path),
-        "error does not name the file: {}",
-        r.stderr
-    );
+    let r = omesh(["restore", "--store", s(&store), "latest", "--target", s(&target), "--json"]).code(4);
+    assert!(r.stderr.contains(&damaged_path), "error does not name the file: {}", r.stderr);
     let out = restored(&target, &src);
     let name = std::path::Path::new(&damaged_path).file_name().unwrap();
     assert!(!out.join(name).exists(), "damaged file was written");
@@ -88,24 +60,12 @@ fn flipped_byte_is_reported_and_never_restored() {
     for i in 0..20 {
         let n = format!("file{i:02}");
         if n != name.to_string_lossy() {
-            assert_eq!(
-                fs::read(out.join(&n)).unwrap(),
-                tree::data(30_000, i),
-                "{n} restored wrong"
-            );
+            assert_eq!(fs::read(out.join(&n)).unwrap(), tree::data(30_000, i), "{n} restored wrong");
         }
     }
     // restoring over an existing good copy keeps it (no wrong bytes written)
     fs::write(out.join(name), b"previous content").unwrap();
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&target),
-    ])
-    .code(4);
+    omesh(["restore", "--store", s(&store), "latest", "--target", s(&target)]).code(4);
     assert_eq!(fs::read(out.join(name)).unwrap(), b"previous content");
 }
 
@@ -121,19 +81,9 @@ fn damaged_index_is_rebuilt_from_packs() {
     // destroy the index entirely
     fs::write(store.join("index.redb"), b"garbage").unwrap();
     let target = t.path().join("r");
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&target),
-    ])
-    .ok();
+    omesh(["restore", "--store", s(&store), "latest", "--target", s(&target)]).ok();
     tree::assert_same(&src, &restored(&target, &src));
-    let r = omesh(["repair", "index", "--store", s(&store), "--json"])
-        .ok()
-        .json();
+    let r = omesh(["repair", "index", "--store", s(&store), "--json"]).ok().json();
     assert!(r["objects"].as_u64().unwrap() > 5);
     omesh(["verify", "--store", s(&store), "--read-data"]).ok();
 }

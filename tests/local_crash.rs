@@ -10,11 +10,7 @@ fn make(root: &std::path::Path) {
         let dir = root.join(format!("d{d}"));
         std::fs::create_dir_all(&dir).unwrap();
         for f in 0..40 {
-            std::fs::write(
-                dir.join(format!("f{f}")),
-                tree::data(40_000 + f * 1000, (d * 100 + f) as u64),
-            )
-            .unwrap();
+            std::fs::write(dir.join(format!("f{f}")), tree::data(40_000 + f * 1000, (d * 100 + f) as u64)).unwrap();
         }
     }
 }
@@ -73,9 +69,7 @@ fn sigkill_at_twenty_plus_points_never_corrupts_and_resumes() {
         // whatever instant it died at, the store verifies
         omesh(["verify", "--store", s(&store), "--read-data", "--json"]).ok();
         let durable = store_bytes(&store);
-        let snaps = omesh(["snapshots", "--store", s(&store), "--json"])
-            .ok()
-            .json();
+        let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
         let expect_snap = *name == "snapshot.after_write";
         assert_eq!(
             snaps.as_array().unwrap().len(),
@@ -93,15 +87,7 @@ fn sigkill_at_twenty_plus_points_never_corrupts_and_resumes() {
         omesh(["verify", "--store", s(&store), "--read-data"]).ok();
         if i % 7 == 0 {
             let target = t.path().join(format!("r{i}"));
-            omesh([
-                "restore",
-                "--store",
-                s(&store),
-                "latest",
-                "--target",
-                s(&target),
-            ])
-            .ok();
+            omesh(["restore", "--store", s(&store), "latest", "--target", s(&target)]).ok();
             tree::assert_same(&src, &common::restored(&target, &src));
         }
     }

@@ -29,17 +29,9 @@ fn unchanged_rebackup_adds_almost_nothing() {
     let after1 = store_bytes(&store);
     let b2 = backup(&store, &[&src]);
     let after2 = store_bytes(&store);
-    assert!(
-        (after2 - after1) * 1000 < total,
-        "unchanged re-backup grew the store by {} bytes",
-        after2 - after1
-    );
+    assert!((after2 - after1) * 1000 < total, "unchanged re-backup grew the store by {} bytes", after2 - after1);
     assert!(b2["bytes_added"].as_u64().unwrap() * 1000 < total);
-    assert_eq!(
-        b2["bytes_read"].as_u64().unwrap(),
-        0,
-        "unchanged files were read again: {b2}"
-    );
+    assert_eq!(b2["bytes_read"].as_u64().unwrap(), 0, "unchanged files were read again: {b2}");
     assert_eq!(b2["parent"].as_str(), b1["snapshot"].as_str());
     // without the parent fast path every file is read, and still nothing is added
     let b3 = crate::common::omesh([
@@ -96,12 +88,6 @@ fn small_edits_cost_a_small_multiple_of_touched_bytes() {
     fs::remove_file(src.join("dir0/file070.bin")).unwrap();
     let b = backup(&store, &[&src]);
     let grown = store_bytes(&store) - before;
-    assert!(
-        grown <= 6 * touched as u64,
-        "store grew by {grown} bytes for {touched} touched bytes ({b})"
-    );
-    assert!(
-        grown >= touched as u64 / 2,
-        "store grew by only {grown} bytes: new data was not stored"
-    );
+    assert!(grown <= 6 * touched as u64, "store grew by {grown} bytes for {touched} touched bytes ({b})");
+    assert!(grown >= touched as u64 / 2, "store grew by only {grown} bytes: new data was not stored");
 }

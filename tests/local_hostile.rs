@@ -46,11 +46,7 @@ fn put_tree(store_dir: &Path, entries: Vec<Node>, blob: ObjectId) -> ObjectId {
     let entries: Vec<Node> = entries
         .into_iter()
         .map(|mut n| {
-            if let NodeKind::File {
-                content: Content::Inline(e),
-                ..
-            } = &mut n.kind
-            {
+            if let NodeKind::File { content: Content::Inline(e), .. } = &mut n.kind {
                 for x in e.iter_mut() {
                     if let Extent::Data { id, .. } = x {
                         if *id == ObjectId::ZERO {
@@ -64,13 +60,8 @@ fn put_tree(store_dir: &Path, entries: Vec<Node>, blob: ObjectId) -> ObjectId {
         .collect();
     let store = Store::open(store_dir, Access::Write, KeySource::Default).unwrap();
     let mut sink = store.sink().unwrap();
-    let t = Tree {
-        entries,
-        more: vec![],
-    };
-    let (id, rec) = store
-        .seal(ObjectKind::Tree, &t.encode(), t.links())
-        .unwrap();
+    let t = Tree { entries, more: vec![] };
+    let (id, rec) = store.seal(ObjectKind::Tree, &t.encode(), t.links()).unwrap();
     if store.claim(&id).unwrap() {
         sink.add(id, ObjectKind::Tree, &rec).unwrap();
     }
@@ -106,24 +97,11 @@ fn craft(store_dir: &Path, entries: Vec<Node>, blob: &[u8]) -> (ObjectId, Object
 }
 
 fn file(name: &[u8], size: u64, len: u32) -> Node {
-    node(
-        name,
-        NodeKind::File {
-            size,
-            content: Content::Inline(vec![Extent::Data {
-                id: ObjectId::ZERO,
-                len,
-            }]),
-        },
-    )
+    node(name, NodeKind::File { size, content: Content::Inline(vec![Extent::Data { id: ObjectId::ZERO, len }]) })
 }
 
 fn nothing_outside(outside: &Path) {
-    assert_eq!(
-        fs::read_dir(outside).unwrap().count(),
-        0,
-        "something was written outside the target"
-    );
+    assert_eq!(fs::read_dir(outside).unwrap().count(), 0, "something was written outside the target");
 }
 
 #[test]
@@ -134,24 +112,9 @@ fn traversal_names_are_refused_and_nothing_escapes() {
     let outside = t.path().join("outside");
     fs::create_dir_all(&outside).unwrap();
     let target = t.path().join("target");
-    for bad in [
-        &b"../outside/escape"[..],
-        b"..",
-        b".",
-        b"/abs/path",
-        b"a\0b",
-        b"",
-        b"sub/../../x",
-    ] {
+    for bad in [&b"../outside/escape"[..], b"..", b".", b"/abs/path", b"a\0b", b"", b"sub/../../x"] {
         let (snap, _) = craft(&store, vec![file(bad, 4, 4)], b"evil");
-        let r = omesh([
-            "restore",
-            "--store",
-            s(&store),
-            &snap.to_hex(),
-            "--target",
-            s(&target),
-        ]);
+        let r = omesh(["restore", "--store", s(&store), &snap.to_hex(), "--target", s(&target)]);
         assert_eq!(r.code, 4, "name {bad:?} was not refused: {r:?}");
         assert!(r.stderr.contains("invalid file name"), "{}", r.stderr);
         nothing_outside(&outside);
@@ -175,23 +138,11 @@ fn symlink_then_directory_tricks_are_refused() {
     let blob = put_blob(&store, b"evil");
     let sub = put_tree(&store, vec![file(b"pwned", 4, 4)], blob);
     let entries = vec![
-        node(
-            b"x",
-            NodeKind::Symlink {
-                target: outside.as_os_str().as_encoded_bytes().to_vec(),
-            },
-        ),
+        node(b"x", NodeKind::Symlink { target: outside.as_os_str().as_encoded_bytes().to_vec() }),
         node(b"x", NodeKind::Dir { tree: sub }),
     ];
     let (snap, _) = craft(&store, entries, b"evil");
-    let r = omesh([
-        "restore",
-        "--store",
-        s(&store),
-        &snap.to_hex(),
-        "--target",
-        s(&target),
-    ]);
+    let r = omesh(["restore", "--store", s(&store), &snap.to_hex(), "--target", s(&target)]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("duplicate"), "{}", r.stderr);
     nothing_outside(&outside);
@@ -199,43 +150,13 @@ fn symlink_then_directory_tricks_are_refused() {
     // a symlink restored by one snapshot is not followed by the next one
     let (snap1, _) = craft(
         &store,
-        vec![node(
-            b"y",
-            NodeKind::Symlink {
-                target: outside.as_os_str().as_encoded_bytes().to_vec(),
-            },
-        )],
+        vec![node(b"y", NodeKind::Symlink { target: outside.as_os_str().as_encoded_bytes().to_vec() })],
         b"evil",
     );
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        &snap1.to_hex(),
-        "--target",
-        s(&target),
-    ])
-    .ok();
-    assert!(
-        fs::symlink_metadata(target.join("y"))
-            .unwrap()
-            .file_type()
-            .is_symlink()
-    );
-    let (snap2, _) = craft(
-        &store,
-        vec![node(b"y", NodeKind::Dir { tree: sub })],
-        b"evil",
-    );
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        &snap2.to_hex(),
-        "--target",
-        s(&target),
-    ])
-    .ok();
+    omesh(["restore", "--store", s(&store), &snap1.to_hex(), "--target", s(&target)]).ok();
+    assert!(fs::symlink_metadata(target.join("y")).unwrap().file_type().is_symlink());
+    let (snap2, _) = craft(&store, vec![node(b"y", NodeKind::Dir { tree: sub })], b"evil");
+    omesh(["restore", "--store", s(&store), &snap2.to_hex(), "--target", s(&target)]).ok();
     nothing_outside(&outside);
     assert_eq!(fs::read(target.join("y/pwned")).unwrap(), b"evil");
 }
@@ -249,39 +170,21 @@ fn oversized_and_inconsistent_lengths_are_refused() {
     // size far beyond any file, extents that do not add up
     for n in [file(b"huge", u64::MAX, 4), file(b"mismatch", 1000, 4)] {
         let (snap, _) = craft(&store, vec![n], b"evil");
-        let r = omesh([
-            "restore",
-            "--store",
-            s(&store),
-            &snap.to_hex(),
-            "--target",
-            s(&target),
-        ]);
+        let r = omesh(["restore", "--store", s(&store), &snap.to_hex(), "--target", s(&target)]);
         assert_eq!(r.code, 4, "{r:?}");
     }
     // an extent longer than its blob: caught at write time, file not created
     let (snap, _) = craft(&store, vec![file(b"short-blob", 100, 100)], b"evil");
-    let r = omesh([
-        "restore",
-        "--store",
-        s(&store),
-        &snap.to_hex(),
-        "--target",
-        s(&target),
-    ]);
+    let r = omesh(["restore", "--store", s(&store), &snap.to_hex(), "--target", s(&target)]);
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("short-blob"), "{}", r.stderr);
     assert!(!target.join("short-blob").exists());
 
     // a pack record declaring a gigantic body: the index rebuild refuses it
     // without allocating, and reports the damage
-    let mut rec = omesh::proto::Record {
-        kind: ObjectKind::Blob,
-        id: ObjectId([3; 32]),
-        links: vec![],
-        body: vec![1, 2, 3],
-    }
-    .encode();
+    let mut rec =
+        omesh::proto::Record { kind: ObjectKind::Blob, id: ObjectId([3; 32]), links: vec![], body: vec![1, 2, 3] }
+            .encode();
     rec[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
     let mut pack = omesh::store::pack::PACK_MAGIC.to_vec();
     pack.extend_from_slice(&rec);
@@ -289,9 +192,7 @@ fn oversized_and_inconsistent_lengths_are_refused() {
     let p = omesh::store::pack::pack_path(&store, h.as_bytes());
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(&p, &pack).unwrap();
-    let r = omesh(["repair", "index", "--store", s(&store), "--json"])
-        .code(4)
-        .json();
+    let r = omesh(["repair", "index", "--store", s(&store), "--json"]).code(4).json();
     assert_eq!(r["damaged_records"], 1);
 }
 
@@ -302,19 +203,8 @@ fn wrong_key_gives_a_clear_error() {
     let b = t.path().join("b");
     init_small(&a);
     init_small(&b);
-    let r = omesh([
-        "snapshots",
-        "--store",
-        s(&a),
-        "--key-file",
-        s(&b.join("key")),
-    ])
-    .code(2);
-    assert!(
-        r.stderr.contains("does not belong to store"),
-        "{}",
-        r.stderr
-    );
+    let r = omesh(["snapshots", "--store", s(&a), "--key-file", s(&b.join("key"))]).code(2);
+    assert!(r.stderr.contains("does not belong to store"), "{}", r.stderr);
     // an open key file is refused like ssh refuses an open private key
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(a.join("key"), fs::Permissions::from_mode(0o644)).unwrap();

@@ -27,11 +27,7 @@ impl Loop {
             .args(["-f", "--show", s(file)])
             .output()
             .expect("losetup is installed (util-linux)");
-        assert!(
-            out.status.success(),
-            "losetup failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "losetup failed: {}", String::from_utf8_lossy(&out.stderr));
         Loop(String::from_utf8(out.stdout).unwrap().trim().to_string())
     }
 }
@@ -48,53 +44,24 @@ fn image_file_round_trip_sparse_and_incremental() {
     let img = make_image(&src);
     let store = t.path().join("store");
     init_small(&store);
-    let b = omesh(["backup", "--store", s(&store), "--image", s(&src), "--json"])
-        .ok()
-        .json();
+    let b = omesh(["backup", "--store", s(&store), "--image", s(&src), "--json"]).ok().json();
     assert_eq!(b["bytes"].as_u64().unwrap(), 32 * MIB);
-    assert!(
-        b["bytes_added"].as_u64().unwrap() < 6 * MIB,
-        "zero blocks were stored: {b}"
-    );
-    let snaps = omesh(["snapshots", "--store", s(&store), "--json"])
-        .ok()
-        .json();
+    assert!(b["bytes_added"].as_u64().unwrap() < 6 * MIB, "zero blocks were stored: {b}");
+    let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
     assert_eq!(snaps[0]["kind"], "image");
 
     let out = t.path().join("restored.img");
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&out),
-    ])
-    .ok();
+    omesh(["restore", "--store", s(&store), "latest", "--target", s(&out)]).ok();
     assert_eq!(fs::read(&out).unwrap(), img);
     let m = fs::metadata(&out).unwrap();
-    assert!(
-        m.blocks() * 512 < 12 * MIB,
-        "restored image is not sparse ({} bytes allocated)",
-        m.blocks() * 512
-    );
+    assert!(m.blocks() * 512 < 12 * MIB, "restored image is not sparse ({} bytes allocated)", m.blocks() * 512);
 
     // change 4 KiB in the source, back up, restore over the previous copy
     let f = fs::OpenOptions::new().write(true).open(&src).unwrap();
     f.write_all_at(&[0xAB; 4096], 11 * MIB + 12345).unwrap();
     drop(f);
     omesh(["backup", "--store", s(&store), "--image", s(&src)]).ok();
-    let r = omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&out),
-        "--json",
-    ])
-    .ok()
-    .json();
+    let r = omesh(["restore", "--store", s(&store), "latest", "--target", s(&out), "--json"]).ok().json();
     assert_eq!(fs::read(&out).unwrap(), fs::read(&src).unwrap());
     assert!(r["bytes_written"].as_u64().unwrap() < 300_000, "{r}");
 }
@@ -107,54 +74,19 @@ fn block_device_backup_and_in_place_restore() {
     let src_dev = Loop::attach(&src_file);
     let store = t.path().join("store");
     init_small(&store);
-    let b = omesh([
-        "backup",
-        "--store",
-        s(&store),
-        "--image",
-        &src_dev.0,
-        "--json",
-    ])
-    .ok()
-    .json();
+    let b = omesh(["backup", "--store", s(&store), "--image", &src_dev.0, "--json"]).ok().json();
     assert_eq!(b["bytes"].as_u64().unwrap(), 32 * MIB);
 
     // a "replacement disk" full of garbage, restored in place
     let dst_file = t.path().join("new-disk.img");
     fs::write(&dst_file, tree::data((32 * MIB) as usize, 999)).unwrap();
     let dst_dev = Loop::attach(&dst_file);
-    let r = omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        &dst_dev.0,
-        "--json",
-    ])
-    .ok()
-    .json();
-    assert!(
-        r["bytes_written"].as_u64().unwrap() >= 32 * MIB - MIB,
-        "{r}"
-    );
+    let r = omesh(["restore", "--store", s(&store), "latest", "--target", &dst_dev.0, "--json"]).ok().json();
+    assert!(r["bytes_written"].as_u64().unwrap() >= 32 * MIB - MIB, "{r}");
     let mut got = vec![0u8; img.len()];
-    fs::File::open(&dst_dev.0)
-        .unwrap()
-        .read_exact_at(&mut got, 0)
-        .unwrap();
+    fs::File::open(&dst_dev.0).unwrap().read_exact_at(&mut got, 0).unwrap();
     assert!(got == img, "device content differs from the image");
     // restoring again writes nothing: everything already matches
-    let r = omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        &dst_dev.0,
-        "--json",
-    ])
-    .ok()
-    .json();
+    let r = omesh(["restore", "--store", s(&store), "latest", "--target", &dst_dev.0, "--json"]).ok().json();
     assert_eq!(r["bytes_written"].as_u64().unwrap(), 0, "{r}");
 }

@@ -13,20 +13,9 @@ fn full_tree_round_trips_bytes_and_attributes() {
     let b = backup(&store, &[&src]);
     assert!(b["files"].as_u64().unwrap() >= 20);
     // the 5 GiB sparse file is read by its data extents only
-    assert!(
-        b["bytes_read"].as_u64().unwrap() < 100 << 20,
-        "sparse file read in full: {b}"
-    );
+    assert!(b["bytes_read"].as_u64().unwrap() < 100 << 20, "sparse file read in full: {b}");
     let target = t.path().join("restore");
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&target),
-    ])
-    .ok();
+    omesh(["restore", "--store", s(&store), "latest", "--target", s(&target)]).ok();
     let out = restored(&target, &src);
     tree::assert_same(&src, &out);
     let a = tree::attrs(&out);
@@ -45,17 +34,7 @@ fn include_restores_only_the_selected_subtree() {
     backup(&store, &[&src]);
     let target = t.path().join("r");
     let inc = format!("{}/a/b", src.display());
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&target),
-        "--include",
-        &inc,
-    ])
-    .ok();
+    omesh(["restore", "--store", s(&store), "latest", "--target", s(&target), "--include", &inc]).ok();
     let out = restored(&target, &src);
     assert_eq!(fs::read(out.join("a/b/c/d/deep.txt")).unwrap(), b"deep");
     assert!(!out.join("a/secret").exists());
@@ -76,15 +55,7 @@ fn several_roots_and_restore_into_older_version_reuses_data() {
     init_small(&store);
     backup(&store, &[&one, &two]);
     let target = t.path().join("r");
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&target),
-    ])
-    .ok();
+    omesh(["restore", "--store", s(&store), "latest", "--target", s(&target)]).ok();
     tree::assert_same(&one, &restored(&target, &one));
     tree::assert_same(&two, &restored(&target, &two));
 
@@ -94,30 +65,13 @@ fn several_roots_and_restore_into_older_version_reuses_data() {
     big2[2_500_000] ^= 0xff;
     fs::write(one.join("big"), &big2).unwrap();
     backup(&store, &[&one, &two]);
-    let r = omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&target),
-        "--json",
-    ])
-    .ok()
-    .json();
+    let r = omesh(["restore", "--store", s(&store), "latest", "--target", s(&target), "--json"]).ok().json();
     tree::assert_same(&one, &restored(&target, &one));
     let written = r["bytes_written"].as_u64().unwrap();
     let reused = r["bytes_reused"].as_u64().unwrap();
-    assert!(
-        written < 300_000,
-        "restore decoded {written} bytes for a small change"
-    );
+    assert!(written < 300_000, "restore decoded {written} bytes for a small change");
     assert!(reused > 2_900_000, "restore reused only {reused} bytes");
-    assert_eq!(
-        r["files_unchanged"].as_u64().unwrap(),
-        1,
-        "the unchanged small file is kept: {r}"
-    );
+    assert_eq!(r["files_unchanged"].as_u64().unwrap(), 1, "the unchanged small file is kept: {r}");
 }
 
 #[test]
@@ -136,20 +90,8 @@ fn restore_into_target_with_symlink_in_the_way_replaces_it() {
     fs::create_dir_all(&base).unwrap();
     // an attacker (or a stale restore) left d -> outside in the target
     std::os::unix::fs::symlink(&outside, base.join("d")).unwrap();
-    omesh([
-        "restore",
-        "--store",
-        s(&store),
-        "latest",
-        "--target",
-        s(&target),
-    ])
-    .ok();
-    assert_eq!(
-        fs::read_dir(&outside).unwrap().count(),
-        0,
-        "restore wrote through a symlink"
-    );
+    omesh(["restore", "--store", s(&store), "latest", "--target", s(&target)]).ok();
+    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0, "restore wrote through a symlink");
     assert!(fs::symlink_metadata(base.join("d")).unwrap().is_dir());
     assert_eq!(fs::read(base.join("d/f")).unwrap(), b"payload");
     let _ = common::bin();

@@ -36,11 +36,7 @@ impl Default for ChunkerParams {
     /// a few percent of the dedup of 256 KiB chunks after small edits while
     /// holding 4x fewer index entries and objects to replicate.
     fn default() -> Self {
-        ChunkerParams {
-            min_bytes: 256 * 1024,
-            avg_bytes: 1024 * 1024,
-            max_bytes: 4 * 1024 * 1024,
-        }
+        ChunkerParams { min_bytes: 256 * 1024, avg_bytes: 1024 * 1024, max_bytes: 4 * 1024 * 1024 }
     }
 }
 
@@ -90,14 +86,8 @@ impl Chunker {
         for (o, g) in ls.iter_mut().zip(gear.iter()) {
             *o = g << 1;
         }
-        let (mask_s, mask_l) =
-            v2020::select_masks(params.avg_bytes as usize, Normalization::Level1);
-        Chunker {
-            gear: std::sync::Arc::new((*gear, ls)),
-            params,
-            mask_s,
-            mask_l,
-        }
+        let (mask_s, mask_l) = v2020::select_masks(params.avg_bytes as usize, Normalization::Level1);
+        Chunker { gear: std::sync::Arc::new((*gear, ls)), params, mask_s, mask_l }
     }
 
     /// Parameters in use.
@@ -136,9 +126,7 @@ impl Chunker {
         mut f: impl FnMut(Vec<u8>) -> io::Result<()>,
     ) -> io::Result<u64> {
         let max = self.params.max_bytes as usize;
-        let cap = (2 * max)
-            .min(limit.saturating_add(1).min(usize::MAX as u64) as usize)
-            .max(1);
+        let cap = (2 * max).min(limit.saturating_add(1).min(usize::MAX as u64) as usize).max(1);
         let mut buf: Vec<u8> = vec![0; cap];
         let (mut start, mut end) = (0usize, 0usize);
         let mut total: u64 = 0;
@@ -195,11 +183,7 @@ mod tests {
     }
 
     fn small() -> ChunkerParams {
-        ChunkerParams {
-            min_bytes: 2048,
-            avg_bytes: 8192,
-            max_bytes: 32768,
-        }
+        ChunkerParams { min_bytes: 2048, avg_bytes: 8192, max_bytes: 32768 }
     }
 
     fn chunks(c: &Chunker, data: &[u8]) -> Vec<Vec<u8>> {
@@ -215,8 +199,7 @@ mod tests {
     #[test]
     fn concatenation_is_identity_and_sizes_are_bounded() {
         let c = Chunker::new(&[0x1234_5678_9abc_def1; 256].map(|x| x), small());
-        let gear: [u64; 256] =
-            std::array::from_fn(|i| (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let gear: [u64; 256] = std::array::from_fn(|i| (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let c2 = Chunker::new(&gear, small());
         for c in [c, c2] {
             for len in [0usize, 1, 2047, 2048, 8192, 32767, 32768, 32769, 300_000] {
@@ -235,8 +218,7 @@ mod tests {
 
     #[test]
     fn insertion_only_changes_nearby_chunks() {
-        let gear: [u64; 256] =
-            std::array::from_fn(|i| (i as u64 + 3).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        let gear: [u64; 256] = std::array::from_fn(|i| (i as u64 + 3).wrapping_mul(0xD6E8_FEB8_6659_FD93));
         let c = Chunker::new(&gear, small());
         let data = pseudo_random(1_000_000, 42);
         let mut edited = data.clone();
@@ -249,42 +231,18 @@ mod tests {
 
     #[test]
     fn different_keys_cut_differently() {
-        let g1: [u64; 256] =
-            std::array::from_fn(|i| (i as u64 + 3).wrapping_mul(0xD6E8_FEB8_6659_FD93));
-        let g2: [u64; 256] =
-            std::array::from_fn(|i| (i as u64 + 5).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let g1: [u64; 256] = std::array::from_fn(|i| (i as u64 + 3).wrapping_mul(0xD6E8_FEB8_6659_FD93));
+        let g2: [u64; 256] = std::array::from_fn(|i| (i as u64 + 5).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let data = pseudo_random(500_000, 1);
-        let a: Vec<usize> = chunks(&Chunker::new(&g1, small()), &data)
-            .iter()
-            .map(|c| c.len())
-            .collect();
-        let b: Vec<usize> = chunks(&Chunker::new(&g2, small()), &data)
-            .iter()
-            .map(|c| c.len())
-            .collect();
+        let a: Vec<usize> = chunks(&Chunker::new(&g1, small()), &data).iter().map(|c| c.len()).collect();
+        let b: Vec<usize> = chunks(&Chunker::new(&g2, small()), &data).iter().map(|c| c.len()).collect();
         assert_ne!(a, b);
     }
 
     #[test]
     fn validates_params() {
         assert!(ChunkerParams::default().validate().is_ok());
-        assert!(
-            ChunkerParams {
-                min_bytes: 10,
-                avg_bytes: 20,
-                max_bytes: 30
-            }
-            .validate()
-            .is_err()
-        );
-        assert!(
-            ChunkerParams {
-                min_bytes: 4096,
-                avg_bytes: 2048,
-                max_bytes: 65536
-            }
-            .validate()
-            .is_err()
-        );
+        assert!(ChunkerParams { min_bytes: 10, avg_bytes: 20, max_bytes: 30 }.validate().is_err());
+        assert!(ChunkerParams { min_bytes: 4096, avg_bytes: 2048, max_bytes: 65536 }.validate().is_err());
     }
 }

@@ -135,12 +135,7 @@ impl Keys {
         for (i, g) in gear.iter_mut().enumerate() {
             *g = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         }
-        Keys {
-            id_key,
-            cipher: XChaCha20Poly1305::new(Key::from_slice(&enc_key)),
-            gear,
-            key_id: secret.key_id(),
-        }
+        Keys { id_key, cipher: XChaCha20Poly1305::new(Key::from_slice(&enc_key)), gear, key_id: secret.key_id() }
     }
 
     /// Key fingerprint.
@@ -162,22 +157,10 @@ impl Keys {
     /// record body bound to `kind`, `id` and `links`.
     ///
     /// `level` is the zstd level; 0 disables compression.
-    pub fn seal(
-        &self,
-        kind: ObjectKind,
-        id: &ObjectId,
-        links: &[ObjectId],
-        plaintext: &[u8],
-        level: i32,
-    ) -> Vec<u8> {
-        assert!(
-            plaintext.len() <= MAX_PLAINTEXT_BYTES,
-            "object larger than MAX_PLAINTEXT_BYTES"
-        );
+    pub fn seal(&self, kind: ObjectKind, id: &ObjectId, links: &[ObjectId], plaintext: &[u8], level: i32) -> Vec<u8> {
+        assert!(plaintext.len() <= MAX_PLAINTEXT_BYTES, "object larger than MAX_PLAINTEXT_BYTES");
         let compressed = if level > 0 && plaintext.len() >= 64 {
-            zstd::bulk::compress(plaintext, level)
-                .ok()
-                .filter(|c| c.len() + plaintext.len() / 64 < plaintext.len())
+            zstd::bulk::compress(plaintext, level).ok().filter(|c| c.len() + plaintext.len() / 64 < plaintext.len())
         } else {
             None
         };
@@ -207,13 +190,7 @@ impl Keys {
 
     /// Decrypt, unpad and decompress a record body, then check that the
     /// plaintext hashes to `id`.
-    pub fn open(
-        &self,
-        kind: ObjectKind,
-        id: &ObjectId,
-        links: &[ObjectId],
-        body: &[u8],
-    ) -> Result<Vec<u8>, OpenError> {
+    pub fn open(&self, kind: ObjectKind, id: &ObjectId, links: &[ObjectId], body: &[u8]) -> Result<Vec<u8>, OpenError> {
         if body.len() < NONCE_BYTES + TAG_BYTES + FRAME_HEADER_BYTES {
             return Err(OpenError::TooShort);
         }
@@ -222,20 +199,13 @@ impl Keys {
         let mut buf = ct.to_vec();
         let ad = Record::associated_data(kind, id, links);
         self.cipher
-            .decrypt_in_place_detached(
-                XNonce::from_slice(nonce),
-                &ad,
-                &mut buf,
-                Tag::from_slice(tag),
-            )
+            .decrypt_in_place_detached(XNonce::from_slice(nonce), &ad, &mut buf, Tag::from_slice(tag))
             .map_err(|_| OpenError::Auth)?;
         let codec = buf[0];
         let raw_len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
         let payload_len = u32::from_le_bytes(buf[5..9].try_into().expect("4 bytes")) as usize;
         if raw_len > MAX_PLAINTEXT_BYTES {
-            return Err(OpenError::Frame(
-                "declared plaintext length above the maximum",
-            ));
+            return Err(OpenError::Frame("declared plaintext length above the maximum"));
         }
         if FRAME_HEADER_BYTES + payload_len > buf.len() {
             return Err(OpenError::Frame("payload length beyond the body"));
@@ -249,8 +219,7 @@ impl Keys {
                 payload.to_vec()
             }
             CODEC_ZSTD => {
-                let out = zstd::bulk::decompress(payload, raw_len)
-                    .map_err(|e| OpenError::Decompress(e.to_string()))?;
+                let out = zstd::bulk::decompress(payload, raw_len).map_err(|e| OpenError::Decompress(e.to_string()))?;
                 if out.len() != raw_len {
                     return Err(OpenError::Frame("decompressed length mismatch"));
                 }
@@ -303,29 +272,14 @@ mod tests {
         let id = k.object_id(data);
         let links = [ObjectId([1; 32])];
         let body = k.seal(ObjectKind::Tree, &id, &links, data, 3);
-        assert_eq!(
-            k.open(ObjectKind::Blob, &id, &links, &body),
-            Err(OpenError::Auth)
-        );
-        assert_eq!(
-            k.open(ObjectKind::Tree, &id, &[], &body),
-            Err(OpenError::Auth)
-        );
-        assert_eq!(
-            k.open(ObjectKind::Tree, &ObjectId([2; 32]), &links, &body),
-            Err(OpenError::Auth)
-        );
+        assert_eq!(k.open(ObjectKind::Blob, &id, &links, &body), Err(OpenError::Auth));
+        assert_eq!(k.open(ObjectKind::Tree, &id, &[], &body), Err(OpenError::Auth));
+        assert_eq!(k.open(ObjectKind::Tree, &ObjectId([2; 32]), &links, &body), Err(OpenError::Auth));
         let other = Keys::derive(&Secret::from_bytes([8; 32]));
-        assert_eq!(
-            other.open(ObjectKind::Tree, &id, &links, &body),
-            Err(OpenError::Auth)
-        );
+        assert_eq!(other.open(ObjectKind::Tree, &id, &links, &body), Err(OpenError::Auth));
         let mut bad = body.clone();
         bad[30] ^= 1;
-        assert_eq!(
-            k.open(ObjectKind::Tree, &id, &links, &bad),
-            Err(OpenError::Auth)
-        );
+        assert_eq!(k.open(ObjectKind::Tree, &id, &links, &bad), Err(OpenError::Auth));
     }
 
     #[test]

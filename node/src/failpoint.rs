@@ -40,8 +40,7 @@ pub fn hit(name: &'static str) {
     *c += 1;
     if *c == *n {
         eprintln!("omesh: failpoint {name}:{n} reached, killing self");
-        let _ =
-            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         // SIGKILL cannot be caught; make sure we never continue.
         std::process::abort();
     }

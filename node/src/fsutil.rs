@@ -38,8 +38,5 @@ pub fn data_ranges(f: &File, size: u64, sparse: bool) -> std::io::Result<Vec<(u6
 
 /// Nanoseconds since the epoch → rustix timespec.
 pub fn timespec(ns: i64) -> rustix::fs::Timespec {
-    rustix::fs::Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000),
-        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
-    }
+    rustix::fs::Timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) as _ }
 }

@@ -43,9 +43,7 @@ pub enum KeyFileError {
         reason: String,
     },
     /// Permissions too open.
-    #[error(
-        "key file {path} is accessible by group or others (mode {mode:o}); run `chmod 600 {path}`"
-    )]
+    #[error("key file {path} is accessible by group or others (mode {mode:o}); run `chmod 600 {path}`")]
     Permissions {
         /// key file
         path: PathBuf,
@@ -81,11 +79,7 @@ pub struct KeyFile {
 impl KeyFile {
     /// A new random key for `source`.
     pub fn generate(source: &str) -> Self {
-        KeyFile {
-            source: source.to_string(),
-            secret: Secret::generate(),
-            created: chrono::Utc::now().to_rfc3339(),
-        }
+        KeyFile { source: source.to_string(), secret: Secret::generate(), created: chrono::Utc::now().to_rfc3339() }
     }
 
     /// Public fingerprint.
@@ -112,25 +106,14 @@ impl KeyFile {
 
     /// Parse key file text; `path` is for messages.
     pub fn from_text(text: &str, path: &Path) -> Result<Self, KeyFileError> {
-        let perr = |reason: String| KeyFileError::Parse {
-            path: path.to_path_buf(),
-            reason,
-        };
+        let perr = |reason: String| KeyFileError::Parse { path: path.to_path_buf(), reason };
         let t: KeyFileToml = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
         if t.format != FORMAT {
-            return Err(perr(format!(
-                "format is {:?}, expected {FORMAT:?}",
-                t.format
-            )));
+            return Err(perr(format!("format is {:?}, expected {FORMAT:?}", t.format)));
         }
         let mut b = [0u8; SECRET_BYTES];
-        hex::decode_to_slice(t.secret.trim(), &mut b)
-            .map_err(|_| perr("secret is not 64 hex digits".into()))?;
-        let k = KeyFile {
-            source: t.source,
-            secret: Secret::from_bytes(b),
-            created: t.created,
-        };
+        hex::decode_to_slice(t.secret.trim(), &mut b).map_err(|_| perr("secret is not 64 hex digits".into()))?;
+        let k = KeyFile { source: t.source, secret: Secret::from_bytes(b), created: t.created };
         if k.key_id() != t.key_id {
             return Err(perr(format!(
                 "key_id {} does not match the secret (expected {}); the file is damaged",
@@ -143,21 +126,12 @@ impl KeyFile {
 
     /// Load from a file, refusing group/other-accessible files.
     pub fn load(path: &Path) -> Result<Self, KeyFileError> {
-        let meta = fs::metadata(path).map_err(|source| KeyFileError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let meta = fs::metadata(path).map_err(|source| KeyFileError::Read { path: path.into(), source })?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyFileError::Permissions {
-                path: path.into(),
-                mode,
-            });
+            return Err(KeyFileError::Permissions { path: path.into(), mode });
         }
-        let text = fs::read_to_string(path).map_err(|source| KeyFileError::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = fs::read_to_string(path).map_err(|source| KeyFileError::Read { path: path.into(), source })?;
         Self::from_text(&text, path)
     }
 
@@ -166,32 +140,18 @@ impl KeyFile {
         if path.exists() {
             return Err(KeyFileError::Exists(path.into()));
         }
-        write_private_atomic(path, self.to_text().as_bytes()).map_err(|source| {
-            KeyFileError::Write {
-                path: path.into(),
-                source,
-            }
-        })
+        write_private_atomic(path, self.to_text().as_bytes())
+            .map_err(|source| KeyFileError::Write { path: path.into(), source })
     }
 }
 
 /// Write `data` to `path` with mode 0600: temp file, fsync, rename, fsync dir.
 pub fn write_private_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("key"),
-        std::process::id()
-    ));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let tmp =
+        dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("key"), std::process::id()));
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
     let r = (|| {
         f.write_all(data)?;
         f.sync_all()?;
@@ -214,25 +174,14 @@ mod tests {
         let p = d.path().join("key");
         let k = KeyFile::generate("srv-a");
         k.save(&p).unwrap();
-        assert_eq!(
-            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         let l = KeyFile::load(&p).unwrap();
         assert_eq!(l.key_id(), k.key_id());
         assert_eq!(l.source, "srv-a");
         assert!(matches!(k.save(&p), Err(KeyFileError::Exists(_))));
         fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(matches!(
-            KeyFile::load(&p),
-            Err(KeyFileError::Permissions { .. })
-        ));
-        let text = k
-            .to_text()
-            .replace(&k.key_id(), "00000000000000000000000000000000");
-        assert!(matches!(
-            KeyFile::from_text(&text, &p),
-            Err(KeyFileError::Parse { .. })
-        ));
+        assert!(matches!(KeyFile::load(&p), Err(KeyFileError::Permissions { .. })));
+        let text = k.to_text().replace(&k.key_id(), "00000000000000000000000000000000");
+        assert!(matches!(KeyFile::from_text(&text, &p), Err(KeyFileError::Parse { .. })));
     }
 }

@@ -7,9 +7,7 @@
 //! against its id.
 
 use crate::crypto::Keys;
-use crate::snapshot::{
-    Content, Extent, ExtentList, FormatError, Node, SnapshotRecord, Tree, extent_sum,
-};
+use crate::snapshot::{Content, Extent, ExtentList, FormatError, Node, SnapshotRecord, Tree, extent_sum};
 use crate::store::{Store, StoreError};
 use omesh_proto::{ObjectId, ObjectKind};
 use std::sync::Arc;
@@ -27,10 +25,7 @@ pub struct SourceError {
 
 impl From<StoreError> for SourceError {
     fn from(e: StoreError) -> Self {
-        SourceError {
-            damage: e.is_damage(),
-            message: e.to_string(),
-        }
+        SourceError { damage: e.is_damage(), message: e.to_string() }
     }
 }
 
@@ -62,10 +57,7 @@ impl ObjectSource for Store {
 }
 
 fn fmt_err(id: ObjectId, e: FormatError) -> SourceError {
-    SourceError {
-        message: format!("object {} is malformed: {e}", id.short()),
-        damage: true,
-    }
+    SourceError { message: format!("object {} is malformed: {e}", id.short()), damage: true }
 }
 
 /// One tree part.
@@ -94,11 +86,7 @@ pub fn load_dir(src: &dyn ObjectSource, id: &ObjectId) -> Result<Vec<Node>, Sour
 }
 
 /// A file's extents (resolving list objects), checked to sum to `size`.
-pub fn load_extents(
-    src: &dyn ObjectSource,
-    content: &Content,
-    size: u64,
-) -> Result<Vec<Extent>, SourceError> {
+pub fn load_extents(src: &dyn ObjectSource, content: &Content, size: u64) -> Result<Vec<Extent>, SourceError> {
     match content {
         Content::Inline(e) => Ok(e.clone()),
         Content::Lists(ids) => {
@@ -110,14 +98,7 @@ pub fn load_extents(
             let first = ids.first().copied().unwrap_or_default();
             let sum = extent_sum(&all).map_err(|e| fmt_err(first, e))?;
             if sum != size {
-                return Err(fmt_err(
-                    first,
-                    FormatError::ExtentSum {
-                        name: String::new(),
-                        size,
-                        sum,
-                    },
-                ));
+                return Err(fmt_err(first, FormatError::ExtentSum { name: String::new(), size, sum }));
             }
             Ok(all)
         }

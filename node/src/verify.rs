@@ -60,19 +60,13 @@ pub struct VerifyReport {
 impl VerifyReport {
     /// Whether nothing is wrong.
     pub fn ok(&self) -> bool {
-        self.damaged_objects.is_empty()
-            && self.damaged_snapshots.is_empty()
-            && self.unreadable_snapshots.is_empty()
+        self.damaged_objects.is_empty() && self.damaged_snapshots.is_empty() && self.unreadable_snapshots.is_empty()
     }
 }
 
 /// Verify a store; `progress` is called with (bytes read so far) during
 /// the data pass.
-pub fn run(
-    store: &Store,
-    read_data: bool,
-    mut progress: impl FnMut(u64),
-) -> Result<VerifyReport, StoreError> {
+pub fn run(store: &Store, read_data: bool, mut progress: impl FnMut(u64)) -> Result<VerifyReport, StoreError> {
     let mut rep = VerifyReport::default();
     let mut bad: HashMap<ObjectId, String> = HashMap::new();
     let keys = store.keys().ok().cloned();
@@ -96,11 +90,7 @@ pub fn run(
                     }
                 }
             })
-            .map_err(|source| StoreError::Io {
-                op: "reading pack",
-                path: path.clone(),
-                source,
-            })?;
+            .map_err(|source| StoreError::Io { op: "reading pack", path: path.clone(), source })?;
             for p in &res.problems {
                 if let Some(id) = p.id {
                     bad.insert(id, p.reason.clone());
@@ -113,16 +103,12 @@ pub fn run(
             }
             if !res.hash_ok
                 && res.problems.is_empty()
-                && rep
-                    .damaged_objects
-                    .iter()
-                    .all(|d| !d.location.starts_with(&path.display().to_string()))
+                && rep.damaged_objects.iter().all(|d| !d.location.starts_with(&path.display().to_string()))
             {
                 rep.damaged_objects.push(DamagedObject {
                     id: String::new(),
                     location: path.display().to_string(),
-                    reason: "pack content does not match its name (damaged outside any record)"
-                        .into(),
+                    reason: "pack content does not match its name (damaged outside any record)".into(),
                 });
             }
             rep.packs_read += 1;
@@ -153,21 +139,10 @@ pub fn run(
             }
         };
         let mut paths = Vec::new();
-        walk(
-            store,
-            &rec.tree,
-            "",
-            &bad,
-            &mut good_trees,
-            &mut paths,
-            &mut rep,
-        );
+        walk(store, &rec.tree, "", &bad, &mut good_trees, &mut paths, &mut rep);
         if !paths.is_empty() {
             paths.sort();
-            rep.damaged_snapshots.push(DamagedSnapshot {
-                snapshot: sid.to_hex(),
-                paths,
-            });
+            rep.damaged_snapshots.push(DamagedSnapshot { snapshot: sid.to_hex(), paths });
         }
     }
     // objects missing from the index found during the walk
@@ -212,11 +187,7 @@ fn walk(
     if good.contains(tree) {
         return true;
     }
-    let here = if prefix.is_empty() {
-        "/".to_string()
-    } else {
-        prefix.to_string()
-    };
+    let here = if prefix.is_empty() { "/".to_string() } else { prefix.to_string() };
     if let Some(r) = bad.get(tree) {
         damaged.push(format!("{here} (directory listing damaged: {r})"));
         return false;
@@ -224,9 +195,7 @@ fn walk(
     let nodes = match objects::load_dir(store as &dyn ObjectSource, tree) {
         Ok(n) => n,
         Err(e) => {
-            if e.message.contains("missing")
-                && !rep.damaged_objects.iter().any(|d| d.id == tree.to_hex())
-            {
+            if e.message.contains("missing") && !rep.damaged_objects.iter().any(|d| d.id == tree.to_hex()) {
                 rep.damaged_objects.push(DamagedObject {
                     id: tree.to_hex(),
                     location: "missing".into(),
@@ -242,46 +211,30 @@ fn walk(
     for n in &nodes {
         let p = format!("{prefix}/{}", n.name_lossy());
         match &n.kind {
-            NodeKind::Dir { tree }
-                if !walk(store, tree, &p, bad, good, damaged, rep) => {
-                    ok = false;
-                }
+            NodeKind::Dir { tree } if !walk(store, tree, &p, bad, good, damaged, rep) => {
+                ok = false;
+            }
             NodeKind::File { size, content } => {
                 let problem = match content {
                     Content::Inline(ext) => {
                         let ids: Vec<ObjectId> = ext
                             .iter()
-                            .filter_map(|e| {
-                                if let Extent::Data { id, .. } = e {
-                                    Some(*id)
-                                } else {
-                                    None
-                                }
-                            })
+                            .filter_map(|e| if let Extent::Data { id, .. } = e { Some(*id) } else { None })
                             .collect();
                         check_ids(store, &ids, bad, rep)
                     }
                     Content::Lists(lists) => match check_ids(store, lists, bad, rep) {
                         Some(p) => Some(p),
-                        None => {
-                            match objects::load_extents(store as &dyn ObjectSource, content, *size)
-                            {
-                                Ok(ext) => {
-                                    let ids: Vec<ObjectId> = ext
-                                        .iter()
-                                        .filter_map(|e| {
-                                            if let Extent::Data { id, .. } = e {
-                                                Some(*id)
-                                            } else {
-                                                None
-                                            }
-                                        })
-                                        .collect();
-                                    check_ids(store, &ids, bad, rep)
-                                }
-                                Err(e) => Some(e.message),
+                        None => match objects::load_extents(store as &dyn ObjectSource, content, *size) {
+                            Ok(ext) => {
+                                let ids: Vec<ObjectId> = ext
+                                    .iter()
+                                    .filter_map(|e| if let Extent::Data { id, .. } = e { Some(*id) } else { None })
+                                    .collect();
+                                check_ids(store, &ids, bad, rep)
                             }
-                        }
+                            Err(e) => Some(e.message),
+                        },
                     },
                 };
                 if let Some(why) = problem {

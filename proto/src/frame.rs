@@ -35,10 +35,7 @@ pub enum FrameError {
 /// Encode `msg` as a frame (length prefix + postcard).
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     let body = postcard::to_stdvec(msg).expect("postcard serialization of owned data cannot fail");
-    assert!(
-        body.len() as u64 <= MAX_FRAME_BYTES as u64,
-        "frame too large to send"
-    );
+    assert!(body.len() as u64 <= MAX_FRAME_BYTES as u64, "frame too large to send");
     let mut out = Vec::with_capacity(LEN_PREFIX_BYTES + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
@@ -57,13 +54,9 @@ pub fn body_len(prefix: [u8; LEN_PREFIX_BYTES], max: u32) -> Result<usize, Frame
 /// Decode a frame body (without its prefix). Trailing bytes are an error:
 /// a frame carries exactly one message.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
-    let (msg, rest) =
-        postcard::take_from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    let (msg, rest) = postcard::take_from_bytes(body).map_err(|e| FrameError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(FrameError::Malformed(format!(
-            "{} trailing bytes after message",
-            rest.len()
-        )));
+        return Err(FrameError::Malformed(format!("{} trailing bytes after message", rest.len())));
     }
     Ok(msg)
 }
@@ -71,17 +64,12 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
 /// Decode a complete frame (prefix + body) held in memory.
 pub fn decode<T: DeserializeOwned>(frame: &[u8], max: u32) -> Result<T, FrameError> {
     if frame.len() < LEN_PREFIX_BYTES {
-        return Err(FrameError::Malformed(
-            "frame shorter than its length prefix".into(),
-        ));
+        return Err(FrameError::Malformed("frame shorter than its length prefix".into()));
     }
     let len = body_len(frame[..4].try_into().expect("4 bytes"), max)?;
     let body = &frame[LEN_PREFIX_BYTES..];
     if body.len() != len {
-        return Err(FrameError::Malformed(format!(
-            "length prefix says {len} bytes, frame has {}",
-            body.len()
-        )));
+        return Err(FrameError::Malformed(format!("length prefix says {len} bytes, frame has {}", body.len())));
     }
     decode_body(body)
 }
@@ -101,42 +89,24 @@ mod tests {
 
     #[test]
     fn golden() {
-        let f = encode(&Msg {
-            a: 1,
-            b: vec![2, 3],
-            c: "x".into(),
-        });
+        let f = encode(&Msg { a: 1, b: vec![2, 3], c: "x".into() });
         assert_eq!(f, vec![6, 0, 0, 0, 1, 2, 2, 3, 1, b'x']);
     }
 
     #[test]
     fn refuses_large_prefix() {
-        let mut f = encode(&Msg {
-            a: 1,
-            b: vec![],
-            c: String::new(),
-        });
+        let mut f = encode(&Msg { a: 1, b: vec![], c: String::new() });
         f[..4].copy_from_slice(&(MAX_FRAME_BYTES + 1).to_le_bytes());
-        assert!(matches!(
-            decode::<Msg>(&f, MAX_FRAME_BYTES),
-            Err(FrameError::TooLarge { .. })
-        ));
+        assert!(matches!(decode::<Msg>(&f, MAX_FRAME_BYTES), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]
     fn refuses_trailing_bytes() {
-        let mut f = encode(&Msg {
-            a: 1,
-            b: vec![],
-            c: String::new(),
-        });
+        let mut f = encode(&Msg { a: 1, b: vec![], c: String::new() });
         f.push(0);
         let n = (f.len() - 4) as u32;
         f[..4].copy_from_slice(&n.to_le_bytes());
-        assert!(matches!(
-            decode::<Msg>(&f, MAX_FRAME_BYTES),
-            Err(FrameError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Msg>(&f, MAX_FRAME_BYTES), Err(FrameError::Malformed(_))));
     }
 
     proptest! {

@@ -41,10 +41,8 @@ pub const MAX_LINKS: u32 = 262_144;
 /// before compression; trees and lists are split by the writer at 4 MiB.
 pub const MAX_BODY_BYTES: u32 = 32 * 1024 * 1024;
 /// Upper bound on a whole record.
-pub const MAX_RECORD_BYTES: u64 = HEADER_BYTES as u64
-    + MAX_LINKS as u64 * ID_BYTES as u64
-    + MAX_BODY_BYTES as u64
-    + CHECK_BYTES as u64;
+pub const MAX_RECORD_BYTES: u64 =
+    HEADER_BYTES as u64 + MAX_LINKS as u64 * ID_BYTES as u64 + MAX_BODY_BYTES as u64 + CHECK_BYTES as u64;
 
 /// What an object is. Discriminants are explicit, stable and never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -132,10 +130,7 @@ impl RecordHeader {
     /// Parse and validate the 48-byte fixed header.
     pub fn parse(buf: &[u8]) -> Result<Self, RecordError> {
         if buf.len() < HEADER_BYTES {
-            return Err(RecordError::Truncated {
-                need: HEADER_BYTES as u64,
-                have: buf.len() as u64,
-            });
+            return Err(RecordError::Truncated { need: HEADER_BYTES as u64, have: buf.len() as u64 });
         }
         let magic: [u8; 4] = buf[0..4].try_into().expect("4 bytes");
         if magic != RECORD_MAGIC {
@@ -154,20 +149,12 @@ impl RecordHeader {
         if body_len > MAX_BODY_BYTES {
             return Err(RecordError::BodyTooLarge(body_len));
         }
-        Ok(Self {
-            kind,
-            id,
-            link_count,
-            body_len,
-        })
+        Ok(Self { kind, id, link_count, body_len })
     }
 
     /// Total record length implied by this header.
     pub fn record_len(&self) -> u64 {
-        HEADER_BYTES as u64
-            + self.link_count as u64 * ID_BYTES as u64
-            + self.body_len as u64
-            + CHECK_BYTES as u64
+        HEADER_BYTES as u64 + self.link_count as u64 * ID_BYTES as u64 + self.body_len as u64 + CHECK_BYTES as u64
     }
 
     /// Length of header plus links (the part that precedes the body).
@@ -195,14 +182,8 @@ impl Record {
     /// Panics if the record violates the limits; writers construct records
     /// from their own data and must respect them.
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        assert!(
-            self.links.len() as u64 <= MAX_LINKS as u64,
-            "too many links"
-        );
-        assert!(
-            self.body.len() as u64 <= MAX_BODY_BYTES as u64,
-            "body too large"
-        );
+        assert!(self.links.len() as u64 <= MAX_LINKS as u64, "too many links");
+        assert!(self.body.len() as u64 <= MAX_BODY_BYTES as u64, "body too large");
         let start = out.len();
         out.reserve(HEADER_BYTES + self.links.len() * ID_BYTES + self.body.len() + CHECK_BYTES);
         out.extend_from_slice(&RECORD_MAGIC);
@@ -232,10 +213,7 @@ impl Record {
         let header = RecordHeader::parse(buf)?;
         let total = header.record_len();
         if (buf.len() as u64) < total {
-            return Err(RecordError::Truncated {
-                need: total,
-                have: buf.len() as u64,
-            });
+            return Err(RecordError::Truncated { need: total, have: buf.len() as u64 });
         }
         let total = total as usize;
         verify_check(&buf[..total])?;
@@ -245,15 +223,7 @@ impl Record {
             .map(|c| ObjectId(c.try_into().expect("32 bytes")))
             .collect();
         let body = buf[prefix..prefix + header.body_len as usize].to_vec();
-        Ok((
-            Record {
-                kind: header.kind,
-                id: header.id,
-                links,
-                body,
-            },
-            total,
-        ))
+        Ok((Record { kind: header.kind, id: header.id, links, body }, total))
     }
 
     /// Associated data that binds the header fields to the AEAD body: kind,
@@ -273,10 +243,7 @@ impl Record {
 /// Verify the trailing check hash of a complete encoded record.
 pub fn verify_check(record: &[u8]) -> Result<(), RecordError> {
     if record.len() < HEADER_BYTES + CHECK_BYTES {
-        return Err(RecordError::Truncated {
-            need: (HEADER_BYTES + CHECK_BYTES) as u64,
-            have: record.len() as u64,
-        });
+        return Err(RecordError::Truncated { need: (HEADER_BYTES + CHECK_BYTES) as u64, have: record.len() as u64 });
     }
     let (data, check) = record.split_at(record.len() - CHECK_BYTES);
     if blake3::hash(data).as_bytes() != check {
@@ -290,10 +257,7 @@ pub fn links_of(record: &[u8]) -> Result<(RecordHeader, Vec<ObjectId>), RecordEr
     let header = RecordHeader::parse(record)?;
     let prefix = header.prefix_len();
     if record.len() < prefix {
-        return Err(RecordError::Truncated {
-            need: prefix as u64,
-            have: record.len() as u64,
-        });
+        return Err(RecordError::Truncated { need: prefix as u64, have: record.len() as u64 });
     }
     let links = record[HEADER_BYTES..prefix]
         .chunks_exact(ID_BYTES)
@@ -331,10 +295,7 @@ mod tests {
         assert_eq!(&enc[80..112], &[2u8; 32]);
         assert_eq!(&enc[112..122], b"ciphertext");
         assert_eq!(enc.len(), 122 + 32);
-        assert_eq!(
-            hex::encode(&enc[122..]),
-            blake3::hash(&enc[..122]).to_hex().to_string()
-        );
+        assert_eq!(hex::encode(&enc[122..]), blake3::hash(&enc[..122]).to_hex().to_string());
     }
 
     #[test]
@@ -351,21 +312,12 @@ mod tests {
     fn refuses_oversized_declarations_before_allocating() {
         let mut enc = sample().encode();
         enc[40..44].copy_from_slice(&(MAX_LINKS + 1).to_le_bytes());
-        assert_eq!(
-            Record::decode(&enc).unwrap_err(),
-            RecordError::TooManyLinks(MAX_LINKS + 1)
-        );
+        assert_eq!(Record::decode(&enc).unwrap_err(), RecordError::TooManyLinks(MAX_LINKS + 1));
         let mut enc = sample().encode();
         enc[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert_eq!(
-            Record::decode(&enc).unwrap_err(),
-            RecordError::BodyTooLarge(u32::MAX)
-        );
+        assert_eq!(Record::decode(&enc).unwrap_err(), RecordError::BodyTooLarge(u32::MAX));
         let enc = sample().encode();
-        assert!(matches!(
-            Record::decode(&enc[..60]).unwrap_err(),
-            RecordError::Truncated { .. }
-        ));
+        assert!(matches!(Record::decode(&enc[..60]).unwrap_err(), RecordError::Truncated { .. }));
         let mut enc = sample().encode();
         enc[4] = 9;
         assert_eq!(Record::decode(&enc).unwrap_err(), RecordError::BadKind(9));

@@ -37,29 +37,17 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
-            panic!(
-                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
-                self.stdout, self.stderr
-            )
-        })
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
     }
     #[track_caller]
     pub fn ok(self) -> Self {
-        assert_eq!(
-            self.code, 0,
-            "omesh failed:\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, 0, "omesh failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
     #[track_caller]
     pub fn code(self, want: i32) -> Self {
-        assert_eq!(
-            self.code, want,
-            "unexpected exit code:\nstdout:\n{}\nstderr:\n{}",
-            self.stdout, self.stderr
-        );
+        assert_eq!(self.code, want, "unexpected exit code:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 }
@@ -107,12 +95,7 @@ pub fn s(p: &Path) -> &str {
 
 /// Back up and return the snapshot id.
 pub fn backup(store: &Path, paths: &[&Path]) -> serde_json::Value {
-    let mut args = vec![
-        "backup".to_string(),
-        "--store".into(),
-        s(store).into(),
-        "--json".into(),
-    ];
+    let mut args = vec!["backup".to_string(), "--store".into(), s(store).into(), "--json".into()];
     args.extend(paths.iter().map(|p| s(p).to_string()));
     omesh(&args).ok().json()
 }

@@ -18,25 +18,15 @@ pub fn set_times(p: &Path, mtime_ns: i64) {
         last_access: omesh::fsutil::timespec(mtime_ns - 1_000_000_007),
         last_modification: omesh::fsutil::timespec(mtime_ns),
     };
-    rustix::fs::utimensat(
-        rustix::fs::CWD,
-        p,
-        &ts,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .unwrap();
+    rustix::fs::utimensat(rustix::fs::CWD, p, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
 }
 
 /// A POSIX ACL xattr value: user::rw-, user:1000:rw-, group::r--, mask::rw-, other::r--.
 pub fn acl_blob() -> Vec<u8> {
     let mut v = vec![2, 0, 0, 0];
-    for (tag, perm, id) in [
-        (1u16, 6u16, u32::MAX),
-        (2, 6, 1000),
-        (4, 4, u32::MAX),
-        (0x10, 6, u32::MAX),
-        (0x20, 4, u32::MAX),
-    ] {
+    for (tag, perm, id) in
+        [(1u16, 6u16, u32::MAX), (2, 6, 1000), (4, 4, u32::MAX), (0x10, 6, u32::MAX), (0x20, 4, u32::MAX)]
+    {
         v.extend_from_slice(&tag.to_le_bytes());
         v.extend_from_slice(&perm.to_le_bytes());
         v.extend_from_slice(&id.to_le_bytes());
@@ -51,20 +41,13 @@ pub fn make_full(root: &Path, with_big_sparse: bool) {
     // empty file and chunk-boundary sizes
     // (min-1, min, avg, max-1, max, max+1: each exercises a cut-point edge)
     fs::write(root.join("empty"), b"").unwrap();
-    for (i, n) in [1usize, 4095, 4096, 16384, 65535, 65536, 65537, 300_000]
-        .iter()
-        .enumerate()
-    {
+    for (i, n) in [1usize, 4095, 4096, 16384, 65535, 65536, 65537, 300_000].iter().enumerate() {
         fs::write(root.join(format!("size-{n}")), data(*n, i as u64 + 10)).unwrap();
     }
     // names
     fs::write(root.join("name with spaces"), b"spaces").unwrap();
     fs::write(root.join("üñíçødé-日本語-файл"), b"unicode").unwrap();
-    fs::write(
-        root.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9")),
-        b"non-utf8 name",
-    )
-    .unwrap();
+    fs::write(root.join(std::ffi::OsStr::from_bytes(b"latin1-\xe9t\xe9")), b"non-utf8 name").unwrap();
     // nested dirs, an empty dir, odd permissions
     fs::create_dir_all(root.join("a/b/c/d")).unwrap();
     fs::write(root.join("a/b/c/d/deep.txt"), b"deep").unwrap();
@@ -127,27 +110,9 @@ pub fn make_full(root: &Path, with_big_sparse: bool) {
     // extended attributes: user, POSIX ACL, security label
     let x = root.join("xattrs");
     fs::write(&x, b"with xattrs").unwrap();
-    rustix::fs::setxattr(
-        &x,
-        "user.comment",
-        b"hello",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
-    rustix::fs::setxattr(
-        &x,
-        "user.binary",
-        &[0u8, 1, 2, 255],
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
-    rustix::fs::setxattr(
-        &x,
-        "system.posix_acl_access",
-        &acl_blob(),
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    rustix::fs::setxattr(&x, "user.comment", b"hello", rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(&x, "user.binary", &[0u8, 1, 2, 255], rustix::fs::XattrFlags::empty()).unwrap();
+    rustix::fs::setxattr(&x, "system.posix_acl_access", &acl_blob(), rustix::fs::XattrFlags::empty()).unwrap();
     if rustix::process::geteuid().is_root() {
         rustix::fs::setxattr(
             &x,
@@ -157,13 +122,7 @@ pub fn make_full(root: &Path, with_big_sparse: bool) {
         )
         .unwrap();
     }
-    rustix::fs::setxattr(
-        root.join("a"),
-        "user.dirattr",
-        b"on a directory",
-        rustix::fs::XattrFlags::empty(),
-    )
-    .unwrap();
+    rustix::fs::setxattr(root.join("a"), "user.dirattr", b"on a directory", rustix::fs::XattrFlags::empty()).unwrap();
     // sparse files: holes kept
     let sp = fs::File::create(root.join("sparse-small")).unwrap();
     sp.set_len(10 * 1024 * 1024).unwrap();
@@ -255,9 +214,7 @@ pub fn attrs(root: &Path) -> BTreeMap<String, Attrs> {
             // equal hole layout, without reading gigabytes of holes
             let f = fs::File::open(&p).unwrap();
             let mut h = blake3::Hasher::new();
-            for (off, len) in
-                omesh::fsutil::data_ranges(&f, m.size(), omesh::fsutil::sparse_hint(&m)).unwrap()
-            {
+            for (off, len) in omesh::fsutil::data_ranges(&f, m.size(), omesh::fsutil::sparse_hint(&m)).unwrap() {
                 h.update(&off.to_le_bytes());
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, off).unwrap();
@@ -267,19 +224,15 @@ pub fn attrs(root: &Path) -> BTreeMap<String, Attrs> {
         } else {
             None
         };
-        let target = if ft.is_symlink() {
-            Some(fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec())
-        } else {
-            None
-        };
+        let target =
+            if ft.is_symlink() { Some(fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()) } else { None };
         let mut xattrs = Vec::new();
         if !ft.is_symlink() {
             let mut buf = vec![0u8; 65536];
             let n = rustix::fs::llistxattr(&p, &mut buf[..]).unwrap_or(0);
             for name in buf[..n].split(|b| *b == 0).filter(|s| !s.is_empty()) {
                 let mut v = vec![0u8; 65536];
-                let k = rustix::fs::lgetxattr(&p, std::ffi::OsStr::from_bytes(name), &mut v[..])
-                    .unwrap();
+                let k = rustix::fs::lgetxattr(&p, std::ffi::OsStr::from_bytes(name), &mut v[..]).unwrap();
                 v.truncate(k);
                 xattrs.push((name.to_vec(), v));
             }
@@ -322,13 +275,7 @@ pub fn assert_same(a: &Path, b: &Path) {
     let y = attrs(b);
     let ka: Vec<_> = x.keys().collect();
     let kb: Vec<_> = y.keys().collect();
-    assert_eq!(
-        ka,
-        kb,
-        "entry names differ between {} and {}",
-        a.display(),
-        b.display()
-    );
+    assert_eq!(ka, kb, "entry names differ between {} and {}", a.display(), b.display());
     for (k, va) in &x {
         let vb = &y[k];
         assert_eq!(va, vb, "entry {k} differs");

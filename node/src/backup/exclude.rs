@@ -56,12 +56,7 @@ mod tests {
 
     #[test]
     fn name_and_path_patterns() {
-        let e = Excludes::new(&[
-            "*.tmp".into(),
-            "/data/cache/**".into(),
-            "/data/*/skip".into(),
-        ])
-        .unwrap();
+        let e = Excludes::new(&["*.tmp".into(), "/data/cache/**".into(), "/data/*/skip".into()]).unwrap();
         assert!(e.is_excluded(Path::new("/x/y/a.tmp"), b"a.tmp"));
         assert!(!e.is_excluded(Path::new("/x/y/a.tmpx"), b"a.tmpx"));
         assert!(e.is_excluded(Path::new("/data/cache/z"), b"z"));

@@ -23,12 +23,7 @@ impl NameCache {
             .lock()
             .expect("names lock")
             .entry(uid)
-            .or_insert_with(|| {
-                nix::unistd::User::from_uid(uid.into())
-                    .ok()
-                    .flatten()
-                    .map(|u| u.name)
-            })
+            .or_insert_with(|| nix::unistd::User::from_uid(uid.into()).ok().flatten().map(|u| u.name))
             .clone()
     }
     /// Group name of `gid`.
@@ -37,12 +32,7 @@ impl NameCache {
             .lock()
             .expect("names lock")
             .entry(gid)
-            .or_insert_with(|| {
-                nix::unistd::Group::from_gid(gid.into())
-                    .ok()
-                    .flatten()
-                    .map(|g| g.name)
-            })
+            .or_insert_with(|| nix::unistd::Group::from_gid(gid.into()).ok().flatten().map(|g| g.name))
             .clone()
     }
 }
@@ -79,9 +69,7 @@ pub fn node_from_meta(name: &[u8], m: &Metadata, kind: NodeKind, names: &NameCac
 pub fn special_kind(path: &Path, m: &Metadata) -> std::io::Result<Option<NodeKind>> {
     let ft = m.file_type();
     Ok(Some(if ft.is_symlink() {
-        NodeKind::Symlink {
-            target: std::fs::read_link(path)?.as_os_str().as_bytes().to_vec(),
-        }
+        NodeKind::Symlink { target: std::fs::read_link(path)?.as_os_str().as_bytes().to_vec() }
     } else if ft.is_fifo() {
         NodeKind::Fifo
     } else if ft.is_char_device() {
@@ -104,8 +92,7 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         match rustix::fs::llistxattr(path, &mut names[..]) {
             Ok(n) => break n,
             Err(Errno::RANGE) => {
-                let need: usize = rustix::fs::llistxattr(path, &mut [0u8; 0][..])
-                    .map_err(std::io::Error::from)?;
+                let need: usize = rustix::fs::llistxattr(path, &mut [0u8; 0][..]).map_err(std::io::Error::from)?;
                 names.resize(need.max(names.len() * 2), 0);
             }
             Err(Errno::NOTSUP) | Err(Errno::PERM) => return Ok(Vec::new()),
@@ -120,8 +107,8 @@ pub fn read_xattrs(path: &Path) -> std::io::Result<Vec<(Vec<u8>, Vec<u8>)>> {
             match rustix::fs::lgetxattr(path, cname, &mut val[..]) {
                 Ok(n) => break Some(n),
                 Err(Errno::RANGE) => {
-                    let need: usize = rustix::fs::lgetxattr(path, cname, &mut [0u8; 0][..])
-                        .map_err(std::io::Error::from)?;
+                    let need: usize =
+                        rustix::fs::lgetxattr(path, cname, &mut [0u8; 0][..]).map_err(std::io::Error::from)?;
                     val.resize(need.max(val.len() * 2), 0);
                 }
                 // vanished between list and get

@@ -23,8 +23,8 @@ pub mod meta;
 
 use crate::chunker::Chunker;
 use crate::snapshot::{
-    Content, Extent, ExtentList, MAX_INLINE_EXTENTS, MAX_LIST_EXTENTS, MAX_TREE_PART_ENTRIES, Node,
-    NodeKind, SnapshotKind, SnapshotRecord, Tree,
+    Content, Extent, ExtentList, MAX_INLINE_EXTENTS, MAX_LIST_EXTENTS, MAX_TREE_PART_ENTRIES, Node, NodeKind,
+    SnapshotKind, SnapshotRecord, Tree,
 };
 use crate::store::{PackSink, Store, StoreError, WriteStats};
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -160,10 +160,7 @@ struct Slot<T> {
 
 impl<T: Clone> Slot<T> {
     fn new() -> Arc<Self> {
-        Arc::new(Slot {
-            v: Mutex::new(None),
-            cv: Condvar::new(),
-        })
+        Arc::new(Slot { v: Mutex::new(None), cv: Condvar::new() })
     }
     fn set(&self, v: T) {
         *self.v.lock().expect("slot lock") = Some(v);
@@ -253,10 +250,7 @@ impl Ctx<'_> {
     fn warn(&self, path: &Path, message: impl Into<String>) {
         let message = message.into();
         tracing::warn!(path = %path.display(), "{message}");
-        self.warnings.lock().expect("warnings lock").push(Warning {
-            path: path.display().to_string(),
-            message,
-        });
+        self.warnings.lock().expect("warnings lock").push(Warning { path: path.display().to_string(), message });
     }
     fn fail(&self, e: BackupError) {
         let mut g = self.error.lock().expect("error lock");
@@ -271,9 +265,7 @@ impl Ctx<'_> {
 }
 
 fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
+    fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
 }
 
 fn now_ns() -> i64 {
@@ -286,20 +278,12 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
     let start_ns = now_ns();
     let keys = store.keys()?.clone();
     let excludes = Excludes::new(&opts.excludes).map_err(BackupError::Options)?;
-    let kind = if opts.image.is_some() {
-        SnapshotKind::Image
-    } else {
-        SnapshotKind::Files
-    };
+    let kind = if opts.image.is_some() { SnapshotKind::Image } else { SnapshotKind::Files };
     if opts.image.is_some() && !opts.paths.is_empty() {
-        return Err(BackupError::Options(
-            "--image backs up one device or image; do not also give paths".into(),
-        ));
+        return Err(BackupError::Options("--image backs up one device or image; do not also give paths".into()));
     }
     if opts.image.is_none() && opts.paths.is_empty() {
-        return Err(BackupError::Options(
-            "nothing to back up: give one or more paths (or --image DEVICE)".into(),
-        ));
+        return Err(BackupError::Options("nothing to back up: give one or more paths (or --image DEVICE)".into()));
     }
     let roots: Vec<PathBuf> = match &opts.image {
         Some(p) => vec![absolute(p)?],
@@ -321,10 +305,7 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
                 .find(|(_, r)| {
                     let mut p = r.paths.clone();
                     p.sort();
-                    r.hostname == host
-                        && r.source == store.config().source
-                        && p == want
-                        && r.kind == kind
+                    r.hostname == host && r.source == store.config().source && p == want && r.kind == kind
                 })
                 .map(|(id, _)| *id)
         }
@@ -351,14 +332,8 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
         counts: Mutex::new(Counts::default()),
         skip_dir: store_dir_id,
     };
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
-        .max(1);
+    let threads =
+        opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
     let readers = threads.clamp(2, 8);
     let workers = threads;
 
@@ -390,12 +365,7 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
         drop(pack_tx);
         let finisher = s.spawn(move || finisher(ctx, dir_rx, fin_ptx));
 
-        let mut walker = Walker {
-            ctx,
-            file_tx,
-            dir_tx,
-            hardlinks: HashMap::new(),
-        };
+        let mut walker = Walker { ctx, file_tx, dir_tx, hardlinks: HashMap::new() };
         let walked = match &opts.image {
             Some(img) => walker.image_root(img, root_slot.clone()),
             None => walker.virtual_root(&roots, parent_root.as_deref(), root_slot.clone()),
@@ -404,9 +374,7 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
             ctx.fail(e);
         }
         drop(walker);
-        finisher
-            .join()
-            .map_err(|_| BackupError::Internal("tree builder panicked".into()))?;
+        finisher.join().map_err(|_| BackupError::Internal("tree builder panicked".into()))?;
         match packer.join() {
             Ok(Some(st)) => write_stats = st,
             Ok(None) => {}
@@ -458,10 +426,7 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
 }
 
 fn absolute(p: &Path) -> Res<PathBuf> {
-    let abs = std::path::absolute(p).map_err(|e| BackupError::Path {
-        path: p.into(),
-        reason: e.to_string(),
-    })?;
+    let abs = std::path::absolute(p).map_err(|e| BackupError::Path { path: p.into(), reason: e.to_string() })?;
     // normalise "." and ".." lexically without following the final symlink
     let mut out = PathBuf::new();
     for c in abs.components() {
@@ -481,10 +446,7 @@ fn normalise_roots(paths: &[PathBuf]) -> Res<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = Vec::new();
     for p in paths {
         let a = absolute(p)?;
-        fs::symlink_metadata(&a).map_err(|e| BackupError::Path {
-            path: a.clone(),
-            reason: e.to_string(),
-        })?;
+        fs::symlink_metadata(&a).map_err(|e| BackupError::Path { path: a.clone(), reason: e.to_string() })?;
         v.push(a);
     }
     v.sort();
@@ -519,26 +481,17 @@ enum VEntry {
 
 impl Walker<'_, '_> {
     fn emit(&self, d: PendingDir) -> Res<()> {
-        self.dir_tx
-            .send(d)
-            .map_err(|_| BackupError::Internal("tree builder stopped".into()))
+        self.dir_tx.send(d).map_err(|_| BackupError::Internal("tree builder stopped".into()))
     }
 
-    fn virtual_root(
-        &mut self,
-        roots: &[PathBuf],
-        parent: Option<&[Node]>,
-        slot: DirSlot,
-    ) -> Res<()> {
+    fn virtual_root(&mut self, roots: &[PathBuf], parent: Option<&[Node]>, slot: DirSlot) -> Res<()> {
         let mut top = VDir::default();
         for r in roots {
             let comps: Vec<&[u8]> = r.iter().skip(1).map(|c| c.as_bytes()).collect();
             if comps.is_empty() {
                 // backing up "/" itself: its children are the roots
-                let m = fs::symlink_metadata(r).map_err(|e| BackupError::Path {
-                    path: r.clone(),
-                    reason: e.to_string(),
-                })?;
+                let m = fs::symlink_metadata(r)
+                    .map_err(|e| BackupError::Path { path: r.clone(), reason: e.to_string() })?;
                 let dev = m.dev();
                 return self.walk_dir(r, &m, parent, slot, dev);
             }
@@ -547,10 +500,7 @@ impl Walker<'_, '_> {
                 if i + 1 == comps.len() {
                     cur.children.insert(c.to_vec(), VEntry::Root(r.clone()));
                 } else {
-                    let e = cur
-                        .children
-                        .entry(c.to_vec())
-                        .or_insert_with(|| VEntry::Dir(VDir::default()));
+                    let e = cur.children.entry(c.to_vec()).or_insert_with(|| VEntry::Dir(VDir::default()));
                     cur = match e {
                         VEntry::Dir(d) => d,
                         VEntry::Root(_) => unreachable!("roots inside roots were removed"),
@@ -561,46 +511,27 @@ impl Walker<'_, '_> {
         self.walk_virtual(Path::new("/"), &top, parent, slot)
     }
 
-    fn walk_virtual(
-        &mut self,
-        path: &Path,
-        v: &VDir,
-        parent: Option<&[Node]>,
-        slot: DirSlot,
-    ) -> Res<()> {
+    fn walk_virtual(&mut self, path: &Path, v: &VDir, parent: Option<&[Node]>, slot: DirSlot) -> Res<()> {
         let mut nodes = Vec::new();
         for (name, entry) in &v.children {
             let child_path = path.join(std::ffi::OsStr::from_bytes(name));
             let pnode = parent.and_then(|p| find_node(p, name));
             match entry {
                 VEntry::Dir(sub) => {
-                    let m = fs::symlink_metadata(&child_path).map_err(|e| BackupError::Path {
-                        path: child_path.clone(),
-                        reason: e.to_string(),
-                    })?;
+                    let m = fs::symlink_metadata(&child_path)
+                        .map_err(|e| BackupError::Path { path: child_path.clone(), reason: e.to_string() })?;
                     let sub_parent = self.parent_subdir(pnode);
                     let s = Slot::new();
                     self.walk_virtual(&child_path, sub, sub_parent.as_deref(), s.clone())?;
-                    let mut node = meta::node_from_meta(
-                        name,
-                        &m,
-                        NodeKind::Dir {
-                            tree: ObjectId::ZERO,
-                        },
-                        &self.ctx.names,
-                    );
+                    let mut node =
+                        meta::node_from_meta(name, &m, NodeKind::Dir { tree: ObjectId::ZERO }, &self.ctx.names);
                     node.xattrs = meta::read_xattrs(&child_path).unwrap_or_default();
                     self.ctx.counts.lock().expect("counts").dirs += 1;
-                    nodes.push(PendingNode {
-                        node,
-                        wait: Wait::Dir(s),
-                    });
+                    nodes.push(PendingNode { node, wait: Wait::Dir(s) });
                 }
                 VEntry::Root(p) => {
-                    let m = fs::symlink_metadata(p).map_err(|e| BackupError::Path {
-                        path: p.clone(),
-                        reason: e.to_string(),
-                    })?;
+                    let m = fs::symlink_metadata(p)
+                        .map_err(|e| BackupError::Path { path: p.clone(), reason: e.to_string() })?;
                     let dev = m.dev();
                     if let Some(n) = self.entry(p, name, m, pnode, dev)? {
                         nodes.push(n);
@@ -625,10 +556,7 @@ impl Walker<'_, '_> {
     }
 
     fn image_root(&mut self, img: &Path, slot: DirSlot) -> Res<()> {
-        let m = fs::metadata(img).map_err(|e| BackupError::Path {
-            path: img.into(),
-            reason: e.to_string(),
-        })?;
+        let m = fs::metadata(img).map_err(|e| BackupError::Path { path: img.into(), reason: e.to_string() })?;
         let ft = m.file_type();
         if !(ft.is_file() || ft.is_block_device()) {
             return Err(BackupError::Path {
@@ -638,30 +566,17 @@ impl Walker<'_, '_> {
         }
         let fslot = Slot::new();
         self.file_tx
-            .send(FileJob {
-                path: img.into(),
-                image: true,
-                slot: fslot.clone(),
-            })
+            .send(FileJob { path: img.into(), image: true, slot: fslot.clone() })
             .map_err(|_| BackupError::Internal("readers stopped".into()))?;
         let mut node = meta::node_from_meta(
             b"image",
             &m,
-            NodeKind::File {
-                size: 0,
-                content: Content::Inline(vec![]),
-            },
+            NodeKind::File { size: 0, content: Content::Inline(vec![]) },
             &self.ctx.names,
         );
         node.mode = m.mode() & 0o7777;
         self.ctx.counts.lock().expect("counts").files += 1;
-        self.emit(PendingDir {
-            nodes: vec![PendingNode {
-                node,
-                wait: Wait::File(fslot),
-            }],
-            slot,
-        })
+        self.emit(PendingDir { nodes: vec![PendingNode { node, wait: Wait::File(fslot) }], slot })
     }
 
     /// Handle one entry (file, dir, special). Returns None when excluded.
@@ -673,10 +588,7 @@ impl Walker<'_, '_> {
         pnode: Option<&Node>,
         root_dev: u64,
     ) -> Res<Option<PendingNode>> {
-        self.ctx
-            .progress
-            .entries_seen
-            .fetch_add(1, Ordering::Relaxed);
+        self.ctx.progress.entries_seen.fetch_add(1, Ordering::Relaxed);
         if self.ctx.excludes.is_excluded(path, name) {
             return Ok(None);
         }
@@ -688,29 +600,18 @@ impl Walker<'_, '_> {
         let xattrs = match meta::read_xattrs(path) {
             Ok(x) => x,
             Err(e) => {
-                self.ctx
-                    .warn(path, format!("cannot read extended attributes: {e}"));
+                self.ctx.warn(path, format!("cannot read extended attributes: {e}"));
                 Vec::new()
             }
         };
         if ft.is_dir() {
             let s = Slot::new();
-            let mut node = meta::node_from_meta(
-                name,
-                &m,
-                NodeKind::Dir {
-                    tree: ObjectId::ZERO,
-                },
-                &self.ctx.names,
-            );
+            let mut node = meta::node_from_meta(name, &m, NodeKind::Dir { tree: ObjectId::ZERO }, &self.ctx.names);
             node.xattrs = xattrs;
             self.ctx.counts.lock().expect("counts").dirs += 1;
             if self.ctx.one_fs && m.dev() != root_dev {
                 // a mount point: record the directory, not the other file system
-                self.emit(PendingDir {
-                    nodes: vec![],
-                    slot: s.clone(),
-                })?;
+                self.emit(PendingDir { nodes: vec![], slot: s.clone() })?;
             } else {
                 let sub_parent = self.parent_subdir(pnode);
                 self.walk_dir(path, &m, sub_parent.as_deref(), s.clone(), root_dev)?;
@@ -723,19 +624,13 @@ impl Walker<'_, '_> {
                 node.warning = Some(w);
                 node.unreadable = true;
             }
-            return Ok(Some(PendingNode {
-                node,
-                wait: Wait::Dir(s),
-            }));
+            return Ok(Some(PendingNode { node, wait: Wait::Dir(s) }));
         }
         if ft.is_file() {
             let mut node = meta::node_from_meta(
                 name,
                 &m,
-                NodeKind::File {
-                    size: m.size(),
-                    content: Content::Inline(vec![]),
-                },
+                NodeKind::File { size: m.size(), content: Content::Inline(vec![]) },
                 &self.ctx.names,
             );
             node.xattrs = xattrs;
@@ -755,26 +650,17 @@ impl Walker<'_, '_> {
                         && p.inode == node.inode
                         && self.content_present(content)
                     {
-                        node.kind = NodeKind::File {
-                            size: *size,
-                            content: content.clone(),
-                        };
+                        node.kind = NodeKind::File { size: *size, content: content.clone() };
                         self.ctx.counts.lock().expect("counts").unchanged += 1;
                         self.ctx.progress.files.fetch_add(1, Ordering::Relaxed);
                         self.ctx.progress.bytes.fetch_add(*size, Ordering::Relaxed);
-                        return Ok(Some(PendingNode {
-                            node,
-                            wait: Wait::Ready,
-                        }));
+                        return Ok(Some(PendingNode { node, wait: Wait::Ready }));
                     }
                 }
             }
             if m.nlink() > 1 {
                 if let Some(slot) = self.hardlinks.get(&(m.dev(), m.ino())) {
-                    return Ok(Some(PendingNode {
-                        node,
-                        wait: Wait::File(slot.clone()),
-                    }));
+                    return Ok(Some(PendingNode { node, wait: Wait::File(slot.clone()) }));
                 }
             }
             let slot = Slot::new();
@@ -782,16 +668,9 @@ impl Walker<'_, '_> {
                 self.hardlinks.insert((m.dev(), m.ino()), slot.clone());
             }
             self.file_tx
-                .send(FileJob {
-                    path: path.into(),
-                    image: false,
-                    slot: slot.clone(),
-                })
+                .send(FileJob { path: path.into(), image: false, slot: slot.clone() })
                 .map_err(|_| BackupError::Internal("readers stopped".into()))?;
-            return Ok(Some(PendingNode {
-                node,
-                wait: Wait::File(slot),
-            }));
+            return Ok(Some(PendingNode { node, wait: Wait::File(slot) }));
         }
         let kind = match meta::special_kind(path, &m) {
             Ok(Some(k)) => k,
@@ -804,10 +683,7 @@ impl Walker<'_, '_> {
         let mut node = meta::node_from_meta(name, &m, kind, &self.ctx.names);
         node.xattrs = xattrs;
         self.ctx.counts.lock().expect("counts").others += 1;
-        Ok(Some(PendingNode {
-            node,
-            wait: Wait::Ready,
-        }))
+        Ok(Some(PendingNode { node, wait: Wait::Ready }))
     }
 
     fn take_dir_warning(&mut self, path: &Path) -> Option<String> {
@@ -845,14 +721,8 @@ impl Walker<'_, '_> {
         let rd = match fs::read_dir(path) {
             Ok(rd) => rd,
             Err(e) => {
-                self.ctx.warn(
-                    path,
-                    format!("cannot read directory: {e}; it is recorded empty"),
-                );
-                return self.emit(PendingDir {
-                    nodes: vec![],
-                    slot,
-                });
+                self.ctx.warn(path, format!("cannot read directory: {e}; it is recorded empty"));
+                return self.emit(PendingDir { nodes: vec![], slot });
             }
         };
         let mut names: Vec<Vec<u8>> = Vec::new();
@@ -860,10 +730,7 @@ impl Walker<'_, '_> {
             match e {
                 Ok(e) => names.push(e.file_name().as_bytes().to_vec()),
                 Err(e) => {
-                    self.ctx.warn(
-                        path,
-                        format!("cannot read directory: {e}; listing is incomplete"),
-                    );
+                    self.ctx.warn(path, format!("cannot read directory: {e}; listing is incomplete"));
                     break;
                 }
             }
@@ -893,28 +760,15 @@ impl Walker<'_, '_> {
 }
 
 fn find_node<'a>(nodes: &'a [Node], name: &[u8]) -> Option<&'a Node> {
-    nodes
-        .binary_search_by(|n| n.name.as_slice().cmp(name))
-        .ok()
-        .map(|i| &nodes[i])
+    nodes.binary_search_by(|n| n.name.as_slice().cmp(name)).ok().map(|i| &nodes[i])
 }
 
 // ---------------------------------------------------------------- readers
 
-fn reader(
-    ctx: &Ctx<'_>,
-    rx: Receiver<FileJob>,
-    chunk_tx: Sender<ChunkJob>,
-    pack_tx: Sender<PackItem>,
-) {
+fn reader(ctx: &Ctx<'_>, rx: Receiver<FileJob>, chunk_tx: Sender<ChunkJob>, pack_tx: Sender<PackItem>) {
     for job in rx {
         let out = if ctx.failed() {
-            FileOut {
-                size: 0,
-                content: Content::Inline(vec![]),
-                warning: None,
-                unreadable: true,
-            }
+            FileOut { size: 0, content: Content::Inline(vec![]), warning: None, unreadable: true }
         } else {
             read_file(ctx, &job, &chunk_tx, &pack_tx)
         };
@@ -931,73 +785,42 @@ fn reader(
 fn unreadable(ctx: &Ctx<'_>, path: &Path, e: impl std::fmt::Display) -> FileOut {
     let msg = format!("cannot read file: {e}; its content is not in this snapshot");
     ctx.warn(path, msg.clone());
-    FileOut {
-        size: 0,
-        content: Content::Inline(vec![]),
-        warning: Some(msg),
-        unreadable: true,
-    }
+    FileOut { size: 0, content: Content::Inline(vec![]), warning: Some(msg), unreadable: true }
 }
 
 /// (size, mtime, ctime) identity used to detect changes during a read.
 fn stamp(m: &Metadata) -> (u64, i64, i64, i64, i64) {
-    (
-        m.size(),
-        m.mtime(),
-        m.mtime_nsec(),
-        m.ctime(),
-        m.ctime_nsec(),
-    )
+    (m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
 }
 
-fn read_file(
-    ctx: &Ctx<'_>,
-    job: &FileJob,
-    chunk_tx: &Sender<ChunkJob>,
-    pack_tx: &Sender<PackItem>,
-) -> FileOut {
+fn read_file(ctx: &Ctx<'_>, job: &FileJob, chunk_tx: &Sender<ChunkJob>, pack_tx: &Sender<PackItem>) -> FileOut {
     let mut last_err = None;
     for attempt in 0..2 {
-        let mut f = match fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME)
-            .open(&job.path)
-        {
-            Ok(f) => f,
-            // O_NOATIME is refused for files we do not own
-            Err(e) if e.raw_os_error() == Some(libc::EPERM) => match fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&job.path)
-            {
+        let mut f =
+            match fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME).open(&job.path) {
                 Ok(f) => f,
+                // O_NOATIME is refused for files we do not own
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    match fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&job.path) {
+                        Ok(f) => f,
+                        Err(e) => return unreadable(ctx, &job.path, e),
+                    }
+                }
                 Err(e) => return unreadable(ctx, &job.path, e),
-            },
-            Err(e) => return unreadable(ctx, &job.path, e),
-        };
+            };
         let before = match f.metadata() {
             Ok(m) => m,
             Err(e) => return unreadable(ctx, &job.path, e),
         };
         let size = if job.image && before.file_type().is_block_device() {
-            match f
-                .seek(SeekFrom::End(0))
-                .and_then(|n| f.seek(SeekFrom::Start(0)).map(|_| n))
-            {
+            match f.seek(SeekFrom::End(0)).and_then(|n| f.seek(SeekFrom::Start(0)).map(|_| n)) {
                 Ok(n) => n,
                 Err(e) => return unreadable(ctx, &job.path, e),
             }
         } else {
             before.size()
         };
-        let res = chunk_file(
-            ctx,
-            &mut f,
-            size,
-            job.image,
-            crate::fsutil::sparse_hint(&before),
-            chunk_tx,
-        );
+        let res = chunk_file(ctx, &mut f, size, job.image, crate::fsutil::sparse_hint(&before), chunk_tx);
         let (extents, _read) = match res {
             Ok(x) => x,
             Err(e) => return unreadable(ctx, &job.path, e),
@@ -1013,27 +836,15 @@ fn read_file(
             Content::Lists(_) => size,
         };
         if !changed {
-            return FileOut {
-                size: out_size,
-                content,
-                warning: None,
-                unreadable: false,
-            };
+            return FileOut { size: out_size, content, warning: None, unreadable: false };
         }
-        last_err = Some(FileOut {
-            size: out_size,
-            content,
-            warning: None,
-            unreadable: false,
-        });
+        last_err = Some(FileOut { size: out_size, content, warning: None, unreadable: false });
         if attempt == 0 {
             tracing::info!(path = %job.path.display(), "file changed while being read; reading it again");
         }
     }
     let mut out = last_err.expect("two attempts made");
-    let msg =
-        "file changed while it was being read (twice); the stored content may mix old and new data"
-            .to_string();
+    let msg = "file changed while it was being read (twice); the stored content may mix old and new data".to_string();
     ctx.warn(&job.path, msg.clone());
     out.warning = Some(msg);
     out
@@ -1063,17 +874,10 @@ fn chunk_file(
             if ctx.failed() {
                 return Err(std::io::Error::other("backup aborted"));
             }
-            ctx.progress
-                .bytes_read
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
+            ctx.progress.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
             layout.push(Ok(seq));
             chunk_tx
-                .send(ChunkJob {
-                    data,
-                    zero_is_hole: image,
-                    seq,
-                    reply: reply_tx.clone(),
-                })
+                .send(ChunkJob { data, zero_is_hole: image, seq, reply: reply_tx.clone() })
                 .map_err(|_| std::io::Error::other("chunk workers stopped"))?;
             seq += 1;
             Ok(())
@@ -1090,9 +894,7 @@ fn chunk_file(
     drop(reply_tx);
     let mut results: Vec<Option<Extent>> = vec![None; seq];
     for _ in 0..seq {
-        let (i, r) = reply_rx
-            .recv()
-            .map_err(|_| std::io::Error::other("chunk workers stopped"))?;
+        let (i, r) = reply_rx.recv().map_err(|_| std::io::Error::other("chunk workers stopped"))?;
         results[i] = Some(r.map_err(std::io::Error::other)?);
     }
     let mut extents = Vec::with_capacity(layout.len());
@@ -1111,23 +913,14 @@ fn chunk_file(
 }
 
 /// Inline extents, or list objects for very large files.
-fn into_content(
-    ctx: &Ctx<'_>,
-    extents: Vec<Extent>,
-    pack_tx: &Sender<PackItem>,
-) -> Result<Content, String> {
+fn into_content(ctx: &Ctx<'_>, extents: Vec<Extent>, pack_tx: &Sender<PackItem>) -> Result<Content, String> {
     if extents.len() <= MAX_INLINE_EXTENTS {
         return Ok(Content::Inline(extents));
     }
     let mut ids = Vec::new();
     for part in extents.chunks(MAX_LIST_EXTENTS) {
-        let l = ExtentList {
-            extents: part.to_vec(),
-        };
-        ids.push(
-            put_object(ctx, ObjectKind::List, &l.encode(), l.links(), pack_tx)
-                .map_err(|e| e.to_string())?,
-        );
+        let l = ExtentList { extents: part.to_vec() };
+        ids.push(put_object(ctx, ObjectKind::List, &l.encode(), l.links(), pack_tx).map_err(|e| e.to_string())?);
     }
     Ok(Content::Lists(ids))
 }
@@ -1143,13 +936,11 @@ fn put_object(
     if ctx.store.claim(&id)? {
         let (id2, bytes) = ctx.store.seal(kind, plain, links)?;
         debug_assert_eq!(id, id2);
-        pack_tx
-            .send(PackItem { id, kind, bytes })
-            .map_err(|_| StoreError::Io {
-                op: "queueing object for",
-                path: ctx.store.dir().into(),
-                source: std::io::Error::other("packer stopped"),
-            })?;
+        pack_tx.send(PackItem { id, kind, bytes }).map_err(|_| StoreError::Io {
+            op: "queueing object for",
+            path: ctx.store.dir().into(),
+            source: std::io::Error::other("packer stopped"),
+        })?;
     }
     Ok(id)
 }
@@ -1170,26 +961,18 @@ fn chunk_worker(ctx: &Ctx<'_>, rx: Receiver<ChunkJob>, pack_tx: Sender<PackItem>
     for job in rx {
         let len = job.data.len() as u32;
         if job.zero_is_hole && job.data.iter().all(|&b| b == 0) {
-            let _ = job
-                .reply
-                .send((job.seq, Ok(Extent::Hole { len: len as u64 })));
+            let _ = job.reply.send((job.seq, Ok(Extent::Hole { len: len as u64 })));
             continue;
         }
         let id = keys.object_id(&job.data);
         let r = (|| -> Result<(), StoreError> {
             if ctx.store.claim(&id)? {
                 let (_, bytes) = ctx.store.seal(ObjectKind::Blob, &job.data, Vec::new())?;
-                pack_tx
-                    .send(PackItem {
-                        id,
-                        kind: ObjectKind::Blob,
-                        bytes,
-                    })
-                    .map_err(|_| StoreError::Io {
-                        op: "queueing object for",
-                        path: ctx.store.dir().into(),
-                        source: std::io::Error::other("packer stopped"),
-                    })?;
+                pack_tx.send(PackItem { id, kind: ObjectKind::Blob, bytes }).map_err(|_| StoreError::Io {
+                    op: "queueing object for",
+                    path: ctx.store.dir().into(),
+                    source: std::io::Error::other("packer stopped"),
+                })?;
             }
             Ok(())
         })();
@@ -1224,9 +1007,7 @@ fn packer(ctx: &Ctx<'_>, rx: Receiver<PackItem>) -> Option<WriteStats> {
             ctx.fail(e.into());
             continue;
         }
-        ctx.progress
-            .bytes_added
-            .store(sink.stats().bytes, Ordering::Relaxed);
+        ctx.progress.bytes_added.store(sink.stats().bytes, Ordering::Relaxed);
     }
     if ctx.failed() {
         return None;
@@ -1252,10 +1033,7 @@ fn finisher(ctx: &Ctx<'_>, rx: Receiver<PendingDir>, pack_tx: Sender<PackItem>) 
                 Wait::Dir(s) => node.kind = NodeKind::Dir { tree: s.wait() },
                 Wait::File(s) => {
                     let out = s.wait();
-                    node.kind = NodeKind::File {
-                        size: out.size,
-                        content: out.content,
-                    };
+                    node.kind = NodeKind::File { size: out.size, content: out.content };
                     if out.warning.is_some() {
                         node.warning = out.warning;
                     }
@@ -1282,22 +1060,13 @@ fn finisher(ctx: &Ctx<'_>, rx: Receiver<PendingDir>, pack_tx: Sender<PackItem>) 
 fn node_weight(n: &Node) -> (usize, usize) {
     let mut links = Vec::new();
     n.links(&mut links);
-    let bytes = 128
-        + n.name.len()
-        + n.xattrs
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 4)
-            .sum::<usize>()
-        + links.len() * 40;
+    let bytes =
+        128 + n.name.len() + n.xattrs.iter().map(|(k, v)| k.len() + v.len() + 4).sum::<usize>() + links.len() * 40;
     (bytes, links.len())
 }
 
 /// Write a directory as one or more tree parts; returns the head's id.
-fn write_tree(
-    ctx: &Ctx<'_>,
-    entries: Vec<Node>,
-    pack_tx: &Sender<PackItem>,
-) -> Result<ObjectId, StoreError> {
+fn write_tree(ctx: &Ctx<'_>, entries: Vec<Node>, pack_tx: &Sender<PackItem>) -> Result<ObjectId, StoreError> {
     const PART_BYTES: usize = 4 * 1024 * 1024;
     const PART_LINKS: usize = 65_536;
     let mut parts: Vec<Vec<Node>> = vec![Vec::new()];
@@ -1305,11 +1074,7 @@ fn write_tree(
     for n in entries {
         let (b, l) = node_weight(&n);
         let cur = parts.last().expect("non-empty");
-        if !cur.is_empty()
-            && (cur.len() >= MAX_TREE_PART_ENTRIES
-                || bytes + b > PART_BYTES
-                || links + l > PART_LINKS)
-        {
+        if !cur.is_empty() && (cur.len() >= MAX_TREE_PART_ENTRIES || bytes + b > PART_BYTES || links + l > PART_LINKS) {
             parts.push(Vec::new());
             bytes = 0;
             links = 0;
@@ -1321,21 +1086,9 @@ fn write_tree(
     let mut more = Vec::new();
     let head = parts.remove(0);
     for p in parts {
-        let t = Tree {
-            entries: p,
-            more: vec![],
-        };
-        more.push(put_object(
-            ctx,
-            ObjectKind::Tree,
-            &t.encode(),
-            t.links(),
-            pack_tx,
-        )?);
+        let t = Tree { entries: p, more: vec![] };
+        more.push(put_object(ctx, ObjectKind::Tree, &t.encode(), t.links(), pack_tx)?);
     }
-    let t = Tree {
-        entries: head,
-        more,
-    };
+    let t = Tree { entries: head, more };
     put_object(ctx, ObjectKind::Tree, &t.encode(), t.links(), pack_tx)
 }

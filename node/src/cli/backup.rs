@@ -76,16 +76,10 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
         Ok(s) => s,
         Err(BackupError::Store(e)) => return Err(e.into()),
         Err(e @ (BackupError::Options(_) | BackupError::Path { .. })) => {
-            return Err(CliError {
-                code: ExitCode::Usage,
-                err: e.into(),
-            });
+            return Err(CliError { code: ExitCode::Usage, err: e.into() });
         }
         Err(e) => {
-            return Err(CliError {
-                code: ExitCode::Failed,
-                err: e.into(),
-            });
+            return Err(CliError { code: ExitCode::Failed, err: e.into() });
         }
     };
     for w in &s.warnings {
@@ -94,9 +88,7 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
     if a.json {
         print_json(&s)?;
     } else {
-        let id = ObjectId::from_hex(&s.snapshot)
-            .map(|i| i.short())
-            .unwrap_or_default();
+        let id = ObjectId::from_hex(&s.snapshot).map(|i| i.short()).unwrap_or_default();
         println!("snapshot {id} saved ({})", s.snapshot);
         println!(
             "  {} files, {} dirs, {} total; read {}, added {} to the store in {:.1}s",
@@ -108,21 +100,11 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
             s.seconds
         );
         if s.files_unchanged > 0 {
-            println!(
-                "  {} files unchanged since the parent snapshot were not read",
-                s.files_unchanged
-            );
+            println!("  {} files unchanged since the parent snapshot were not read", s.files_unchanged);
         }
         if !s.warnings.is_empty() {
-            println!(
-                "  {} warnings: some content could not be read (see above)",
-                s.warnings.len()
-            );
+            println!("  {} warnings: some content could not be read (see above)", s.warnings.len());
         }
     }
-    Ok(if s.warnings.is_empty() {
-        ExitCode::Ok
-    } else {
-        ExitCode::Warnings
-    })
+    Ok(if s.warnings.is_empty() { ExitCode::Ok } else { ExitCode::Warnings })
 }

@@ -26,18 +26,11 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, CliError> {
     println!("omesh demo in {}", root.display());
     let total = crate::sample::generate(&data, a.size_mib * 1024 * 1024, 1)
         .map_err(|e| CliError::failed(format!("generating sample data: {e}")))?;
-    println!(
-        "1. generated {} of sample data in {}",
-        bytes(total),
-        data.display()
-    );
+    println!("1. generated {} of sample data in {}", bytes(total), data.display());
     let store = Store::init(&root.join("store"), InitOptions::new("demo-node-1"))?;
     let s1 = backup::run(
         &store,
-        &BackupOptions {
-            paths: vec![data.clone()],
-            ..Default::default()
-        },
+        &BackupOptions { paths: vec![data.clone()], ..Default::default() },
         Arc::new(Progress::default()),
     )
     .map_err(|e| CliError::failed(e.to_string()))?;
@@ -52,10 +45,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, CliError> {
     crate::sample::mutate(&data, 2).map_err(|e| CliError::failed(e.to_string()))?;
     let s2 = backup::run(
         &store,
-        &BackupOptions {
-            paths: vec![data.clone()],
-            ..Default::default()
-        },
+        &BackupOptions { paths: vec![data.clone()], ..Default::default() },
         Arc::new(Progress::default()),
     )
     .map_err(|e| CliError::failed(e.to_string()))?;
@@ -71,10 +61,7 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, CliError> {
     let r = restore::run(
         &store,
         &id,
-        &RestoreOptions {
-            target: target.clone(),
-            ..Default::default()
-        },
+        &RestoreOptions { target: target.clone(), ..Default::default() },
         Arc::new(RestoreProgress::default()),
     )
     .map_err(|e| CliError::failed(e.to_string()))?;
@@ -93,21 +80,13 @@ pub fn run(a: DemoArgs) -> Result<ExitCode, CliError> {
         "5. verify --read-data: {} objects in {} packs, {}",
         rep.objects_read,
         rep.packs_read,
-        if rep.ok() {
-            "no errors"
-        } else {
-            "DAMAGE FOUND"
-        }
+        if rep.ok() { "no errors" } else { "DAMAGE FOUND" }
     );
     if a.keep {
         let kept = tmp.keep();
         println!("kept {}", kept.display());
     }
-    Ok(if same && rep.ok() && r.errors.is_empty() {
-        ExitCode::Ok
-    } else {
-        ExitCode::Failed
-    })
+    Ok(if same && rep.ok() && r.errors.is_empty() { ExitCode::Ok } else { ExitCode::Failed })
 }
 
 /// Compare two trees: names, types, file bytes, symlink targets.
@@ -121,12 +100,8 @@ pub fn dirs_equal(a: &std::path::Path, b: &std::path::Path) -> std::io::Result<b
         return Ok(false);
     }
     if ma.is_dir() {
-        let mut na: Vec<_> = std::fs::read_dir(a)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()?;
-        let mut nb: Vec<_> = std::fs::read_dir(b)?
-            .map(|e| e.map(|e| e.file_name()))
-            .collect::<Result<_, _>>()?;
+        let mut na: Vec<_> = std::fs::read_dir(a)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
+        let mut nb: Vec<_> = std::fs::read_dir(b)?.map(|e| e.map(|e| e.file_name())).collect::<Result<_, _>>()?;
         na.sort();
         nb.sort();
         if na != nb {

@@ -48,21 +48,11 @@ pub fn run(a: InitArgs) -> Result<ExitCode, CliError> {
             .split(',')
             .map(|x| x.trim().parse::<u32>())
             .collect::<Result<_, _>>()
-            .map_err(|_| {
-                CliError::usage(format!(
-                    "--chunk-sizes {s:?}: expected three byte counts MIN,AVG,MAX"
-                ))
-            })?;
+            .map_err(|_| CliError::usage(format!("--chunk-sizes {s:?}: expected three byte counts MIN,AVG,MAX")))?;
         if v.len() != 3 {
-            return Err(CliError::usage(format!(
-                "--chunk-sizes {s:?}: expected three byte counts MIN,AVG,MAX"
-            )));
+            return Err(CliError::usage(format!("--chunk-sizes {s:?}: expected three byte counts MIN,AVG,MAX")));
         }
-        opts.chunker = ChunkerParams {
-            min_bytes: v[0],
-            avg_bytes: v[1],
-            max_bytes: v[2],
-        };
+        opts.chunker = ChunkerParams { min_bytes: v[0], avg_bytes: v[1], max_bytes: v[2] };
         opts.chunker.validate().map_err(CliError::usage)?;
     }
     let store = Store::init(&a.store, opts)?;
@@ -76,16 +66,8 @@ pub fn run(a: InitArgs) -> Result<ExitCode, CliError> {
             "key_id": store.config().key_id,
         }))?;
     } else {
-        println!(
-            "created store {} for source {:?}",
-            a.store.display(),
-            store.config().source
-        );
-        println!(
-            "key written to {} (key id {})",
-            key_path.display(),
-            store.config().key_id
-        );
+        println!("created store {} for source {:?}", a.store.display(), store.config().source);
+        println!("key written to {} (key id {})", key_path.display(), store.config().key_id);
         println!("Without this key no snapshot can be restored. Keep a copy off this server:");
         println!(
             "  omesh key export --store {} --out /safe/place/omesh-{}.key",

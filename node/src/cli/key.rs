@@ -32,27 +32,16 @@ pub enum KeyCommand {
 pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
     match c {
         KeyCommand::Export { store, out } => {
-            let path = store
-                .key_file
-                .clone()
-                .unwrap_or_else(|| store.store.join("key"));
+            let path = store.key_file.clone().unwrap_or_else(|| store.store.join("key"));
             let k = KeyFile::load(&path)?;
             match out {
                 Some(o) => {
                     if o.exists() {
-                        return Err(CliError::usage(format!(
-                            "{} already exists; choose another --out",
-                            o.display()
-                        )));
+                        return Err(CliError::usage(format!("{} already exists; choose another --out", o.display())));
                     }
                     write_private_atomic(&o, k.to_text().as_bytes())
                         .map_err(|e| CliError::failed(format!("writing {}: {e}", o.display())))?;
-                    eprintln!(
-                        "key {} of source {:?} written to {}",
-                        k.key_id(),
-                        k.source,
-                        o.display()
-                    );
+                    eprintln!("key {} of source {:?} written to {}", k.key_id(), k.source, o.display());
                 }
                 None => print!("{}", k.to_text()),
             }
@@ -64,14 +53,10 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
             let k = KeyFile::from_text(&text, &file)?;
             let cfg_path = store.join(CONFIG_FILE);
             let cfg = std::fs::read_to_string(&cfg_path).map_err(|e| {
-                CliError::usage(format!(
-                    "{} is not an omesh store ({}: {e})",
-                    store.display(),
-                    cfg_path.display()
-                ))
+                CliError::usage(format!("{} is not an omesh store ({}: {e})", store.display(), cfg_path.display()))
             })?;
-            let cfg: crate::store::config::StoreConfig = toml::from_str(&cfg)
-                .map_err(|e| CliError::usage(format!("{}: {e}", cfg_path.display())))?;
+            let cfg: crate::store::config::StoreConfig =
+                toml::from_str(&cfg).map_err(|e| CliError::usage(format!("{}: {e}", cfg_path.display())))?;
             if !cfg.key_id.is_empty() && cfg.key_id != k.key_id() {
                 return Err(CliError::usage(format!(
                     "key {} (source {:?}) does not belong to store {} (which expects key {}); nothing was written",
@@ -94,12 +79,7 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
                 )));
             }
             k.save(&dest)?;
-            eprintln!(
-                "key {} of source {:?} installed as {}",
-                k.key_id(),
-                k.source,
-                dest.display()
-            );
+            eprintln!("key {} of source {:?} installed as {}", k.key_id(), k.source, dest.display());
             Ok(ExitCode::Ok)
         }
     }

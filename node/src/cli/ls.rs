@@ -34,10 +34,7 @@ fn type_char(n: &Node) -> char {
 fn mode_string(n: &Node) -> String {
     let mut s = String::new();
     s.push(type_char(n));
-    for (i, c) in ['r', 'w', 'x', 'r', 'w', 'x', 'r', 'w', 'x']
-        .iter()
-        .enumerate()
-    {
+    for (i, c) in ['r', 'w', 'x', 'r', 'w', 'x', 'r', 'w', 'x'].iter().enumerate() {
         s.push(if n.mode & (0o400 >> i) != 0 { *c } else { '-' });
     }
     s
@@ -47,11 +44,7 @@ fn node_json(path: &str, n: &Node) -> serde_json::Value {
     let (kind, size, target) = match &n.kind {
         NodeKind::File { size, .. } => ("file", *size, None),
         NodeKind::Dir { .. } => ("dir", 0, None),
-        NodeKind::Symlink { target } => (
-            "symlink",
-            0,
-            Some(String::from_utf8_lossy(target).into_owned()),
-        ),
+        NodeKind::Symlink { target } => ("symlink", 0, Some(String::from_utf8_lossy(target).into_owned())),
         NodeKind::Fifo => ("fifo", 0, None),
         NodeKind::CharDev { .. } => ("chardev", 0, None),
         NodeKind::BlockDev { .. } => ("blockdev", 0, None),
@@ -69,29 +62,19 @@ pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
     let store = Store::open(&a.store.store, Access::Read, key_source(&a.store.key_file))?;
     let id = store.resolve_snapshot(&a.snapshot)?;
     let rec = store.load_snapshot(&id)?;
-    let want: Vec<String> = a
-        .path
-        .as_deref()
-        .unwrap_or("/")
-        .split('/')
-        .filter(|c| !c.is_empty())
-        .map(String::from)
-        .collect();
+    let want: Vec<String> =
+        a.path.as_deref().unwrap_or("/").split('/').filter(|c| !c.is_empty()).map(String::from).collect();
     let mut out = Vec::new();
     let mut stack = vec![(String::new(), rec.tree)];
     while let Some((prefix, tree)) = stack.pop() {
-        let nodes =
-            objects::load_dir(&store as &dyn ObjectSource, &tree).map_err(|e| CliError {
-                code: ExitCode::Damage,
-                err: anyhow::anyhow!(e),
-            })?;
+        let nodes = objects::load_dir(&store as &dyn ObjectSource, &tree)
+            .map_err(|e| CliError { code: ExitCode::Damage, err: anyhow::anyhow!(e) })?;
         for n in nodes.into_iter().rev() {
             let p = format!("{prefix}/{}", n.name_lossy());
             let depth = p.split('/').filter(|c| !c.is_empty()).count();
             let comps: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
             let on_way = comps.len() <= want.len() && comps.iter().zip(&want).all(|(a, b)| a == b);
-            let below =
-                depth > want.len() && comps[..want.len()].iter().zip(&want).all(|(a, b)| a == b);
+            let below = depth > want.len() && comps[..want.len()].iter().zip(&want).all(|(a, b)| a == b);
             if !(on_way || below) {
                 continue;
             }
@@ -108,11 +91,7 @@ pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
         print_json(&out.iter().map(|(p, n)| node_json(p, n)).collect::<Vec<_>>())?;
     } else {
         for (p, n) in &out {
-            let size = if let NodeKind::File { size, .. } = n.kind {
-                size
-            } else {
-                0
-            };
+            let size = if let NodeKind::File { size, .. } = n.kind { size } else { 0 };
             let target = if let NodeKind::Symlink { target } = &n.kind {
                 format!(" -> {}", String::from_utf8_lossy(target))
             } else {
@@ -120,11 +99,7 @@ pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
             };
             let owner = n.user.clone().unwrap_or_else(|| n.uid.to_string());
             let group = n.group.clone().unwrap_or_else(|| n.gid.to_string());
-            let warn = n
-                .warning
-                .as_ref()
-                .map(|w| format!("  [{w}]"))
-                .unwrap_or_default();
+            let warn = n.warning.as_ref().map(|w| format!("  [{w}]")).unwrap_or_default();
             println!(
                 "{} {:>8} {:>8} {:>12} {} {p}{target}{warn}",
                 mode_string(n),

@@ -53,17 +53,11 @@ impl CliError {
     }
     /// A usage/configuration error.
     pub fn usage(msg: impl Into<String>) -> Self {
-        CliError {
-            code: ExitCode::Usage,
-            err: anyhow::anyhow!(msg.into()),
-        }
+        CliError { code: ExitCode::Usage, err: anyhow::anyhow!(msg.into()) }
     }
     /// A failure.
     pub fn failed(msg: impl Into<String>) -> Self {
-        CliError {
-            code: ExitCode::Failed,
-            err: anyhow::anyhow!(msg.into()),
-        }
+        CliError { code: ExitCode::Failed, err: anyhow::anyhow!(msg.into()) }
     }
 }
 
@@ -83,28 +77,19 @@ impl From<StoreError> for CliError {
             e if e.is_damage() => ExitCode::Damage,
             _ => ExitCode::Failed,
         };
-        CliError {
-            code,
-            err: e.into(),
-        }
+        CliError { code, err: e.into() }
     }
 }
 
 impl From<anyhow::Error> for CliError {
     fn from(err: anyhow::Error) -> Self {
-        CliError {
-            code: ExitCode::Failed,
-            err,
-        }
+        CliError { code: ExitCode::Failed, err }
     }
 }
 
 impl From<crate::keyfile::KeyFileError> for CliError {
     fn from(e: crate::keyfile::KeyFileError) -> Self {
-        CliError {
-            code: ExitCode::Usage,
-            err: e.into(),
-        }
+        CliError { code: ExitCode::Usage, err: e.into() }
     }
 }
 
@@ -137,19 +122,12 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", U[i])
-    }
+    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
 }
 
 /// Local time of a nanosecond timestamp.
 pub fn time(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns)
-        .with_timezone(&chrono::Local)
-        .format("%Y-%m-%d %H:%M:%S")
-        .to_string()
+    chrono::DateTime::from_timestamp_nanos(ns).with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string()
 }
 
 /// A spinner/bar on stderr that shows `msg()` every 100 ms while `f` runs;
@@ -159,10 +137,7 @@ pub fn with_progress<T>(msg: impl Fn() -> String + Send + Sync, f: impl FnOnce()
         return f();
     }
     let pb = indicatif::ProgressBar::new_spinner();
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
-            .expect("template"),
-    );
+    pb.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("template"));
     let done = std::sync::atomic::AtomicBool::new(false);
     std::thread::scope(|s| {
         s.spawn(|| {

@@ -26,19 +26,11 @@ pub fn run(c: RepairCommand) -> Result<ExitCode, CliError> {
             let s = Store::open(&store.store, Access::Write, crate::store::KeySource::None)?;
             let (_s, packs, objects, damaged) = s.rebuild_index()?;
             if json {
-                print_json(
-                    &serde_json::json!({"packs": packs, "objects": objects, "damaged_records": damaged}),
-                )?;
+                print_json(&serde_json::json!({"packs": packs, "objects": objects, "damaged_records": damaged}))?;
             } else {
-                println!(
-                    "index rebuilt from {packs} packs: {objects} objects, {damaged} damaged records skipped"
-                );
+                println!("index rebuilt from {packs} packs: {objects} objects, {damaged} damaged records skipped");
             }
-            Ok(if damaged == 0 {
-                ExitCode::Ok
-            } else {
-                ExitCode::Damage
-            })
+            Ok(if damaged == 0 { ExitCode::Ok } else { ExitCode::Damage })
         }
     }
 }

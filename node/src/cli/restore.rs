@@ -32,17 +32,12 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
     let store = Store::open(&a.store.store, Access::Read, key_source(&a.store.key_file))?;
     store.keys()?;
     let id = store.resolve_snapshot(&a.snapshot)?;
-    let opts = RestoreOptions {
-        target: a.target.clone(),
-        includes: a.include.clone(),
-        threads: a.threads,
-    };
+    let opts = RestoreOptions { target: a.target.clone(), includes: a.include.clone(), threads: a.threads };
     let progress = Arc::new(RestoreProgress::default());
     let p = progress.clone();
     let res = with_progress(
         move || {
-            let done =
-                p.bytes_written.load(Ordering::Relaxed) + p.bytes_reused.load(Ordering::Relaxed);
+            let done = p.bytes_written.load(Ordering::Relaxed) + p.bytes_reused.load(Ordering::Relaxed);
             format!(
                 "{} files, {} of {}",
                 p.files.load(Ordering::Relaxed),
@@ -55,22 +50,13 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
     let s = match res {
         Ok(s) => s,
         Err(e @ (RestoreError::Target { .. } | RestoreError::Include(..))) => {
-            return Err(CliError {
-                code: ExitCode::Usage,
-                err: e.into(),
-            });
+            return Err(CliError { code: ExitCode::Usage, err: e.into() });
         }
         Err(RestoreError::Source(e)) if e.damage => {
-            return Err(CliError {
-                code: ExitCode::Damage,
-                err: e.into(),
-            });
+            return Err(CliError { code: ExitCode::Damage, err: e.into() });
         }
         Err(e) => {
-            return Err(CliError {
-                code: ExitCode::Failed,
-                err: e.into(),
-            });
+            return Err(CliError { code: ExitCode::Failed, err: e.into() });
         }
     };
     for w in &s.warnings {
@@ -95,15 +81,8 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
             s.seconds
         );
         if !s.errors.is_empty() {
-            println!(
-                "{} entries could NOT be restored (see errors above)",
-                s.errors.len()
-            );
+            println!("{} entries could NOT be restored (see errors above)", s.errors.len());
         }
     }
-    Ok(if s.errors.is_empty() {
-        ExitCode::Ok
-    } else {
-        ExitCode::Damage
-    })
+    Ok(if s.errors.is_empty() { ExitCode::Ok } else { ExitCode::Damage })
 }

@@ -45,29 +45,17 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
         eprintln!("omesh: warning: unreadable snapshot: {e}");
     }
     if a.json {
-        print_json(
-            &snaps
-                .iter()
-                .map(|(id, r)| snapshot_json(id, r))
-                .collect::<Vec<_>>(),
-        )?;
+        print_json(&snaps.iter().map(|(id, r)| snapshot_json(id, r)).collect::<Vec<_>>())?;
     } else if snaps.is_empty() {
         println!("no snapshots in {}", a.store.store.display());
     } else {
-        println!(
-            "{:<10} {:<19} {:<16} {:>9} {:>10}  paths",
-            "id", "time", "host", "files", "size"
-        );
+        println!("{:<10} {:<19} {:<16} {:>9} {:>10}  paths", "id", "time", "host", "files", "size");
         for (id, r) in &snaps {
             let paths = match r.kind {
                 SnapshotKind::Image => format!("image {}", r.paths.join(" ")),
                 SnapshotKind::Files => r.paths.join(" "),
             };
-            let warn = if r.warnings > 0 {
-                format!(" ({} warnings)", r.warnings)
-            } else {
-                String::new()
-            };
+            let warn = if r.warnings > 0 { format!(" ({} warnings)", r.warnings) } else { String::new() };
             println!(
                 "{:<10} {:<19} {:<16} {:>9} {:>10}  {paths}{warn}",
                 id.short(),
@@ -79,9 +67,5 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
         }
         println!("{} snapshots", snaps.len());
     }
-    Ok(if bad.is_empty() {
-        ExitCode::Ok
-    } else {
-        ExitCode::Damage
-    })
+    Ok(if bad.is_empty() { ExitCode::Ok } else { ExitCode::Damage })
 }

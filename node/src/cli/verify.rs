@@ -36,12 +36,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
             rep.snapshots,
             rep.trees,
             if a.read_data {
-                format!(
-                    ", read {} objects in {} packs ({})",
-                    rep.objects_read,
-                    rep.packs_read,
-                    bytes(rep.bytes_read)
-                )
+                format!(", read {} objects in {} packs ({})", rep.objects_read, rep.packs_read, bytes(rep.bytes_read))
             } else {
                 String::new()
             }
@@ -49,11 +44,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
         for d in &rep.damaged_objects {
             println!(
                 "DAMAGED object {} ({}): {}",
-                if d.id.is_empty() {
-                    "?"
-                } else {
-                    &d.id[..8.min(d.id.len())]
-                },
+                if d.id.is_empty() { "?" } else { &d.id[..8.min(d.id.len())] },
                 d.location,
                 d.reason
             );
@@ -62,10 +53,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
             println!("UNREADABLE snapshot {}: {}", &s.id[..8], s.reason);
         }
         for s in &rep.damaged_snapshots {
-            println!(
-                "snapshot {} cannot be fully restored; affected:",
-                &s.snapshot[..8]
-            );
+            println!("snapshot {} cannot be fully restored; affected:", &s.snapshot[..8]);
             for p in &s.paths {
                 println!("  {p}");
             }
@@ -74,9 +62,5 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
             println!("no errors found");
         }
     }
-    Ok(if rep.ok() {
-        ExitCode::Ok
-    } else {
-        ExitCode::Damage
-    })
+    Ok(if rep.ok() { ExitCode::Ok } else { ExitCode::Damage })
 }

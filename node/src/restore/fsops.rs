@@ -16,10 +16,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 
 /// Directory open flags: never follow a final symlink.
-const DIR_FLAGS: OFlags = OFlags::RDONLY
-    .union(OFlags::DIRECTORY)
-    .union(OFlags::NOFOLLOW)
-    .union(OFlags::CLOEXEC);
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 /// Open an existing directory entry as a directory, refusing symlinks.
 pub fn open_dir_at(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
@@ -44,9 +41,7 @@ pub fn ensure_dir_at(dir: impl AsFd + Copy, name: &OsStr) -> io::Result<OwnedFd>
             }
             Ok(fd)
         }
-        Err(e)
-            if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) =>
-        {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) => {
             rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
             rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
             open_dir_at(dir, name)
@@ -74,10 +69,7 @@ pub fn create_exclusive(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
 
 /// Open an existing regular file for reading, refusing symlinks; `None`
 /// when there is nothing usable under that name.
-pub fn open_existing_file(
-    dir: impl AsFd,
-    name: &OsStr,
-) -> Option<(std::fs::File, rustix::fs::Stat)> {
+pub fn open_existing_file(dir: impl AsFd, name: &OsStr) -> Option<(std::fs::File, rustix::fs::Stat)> {
     let fd = rustix::fs::openat(
         dir,
         name,
@@ -100,9 +92,7 @@ pub fn replace_at(dir: impl AsFd + Copy, tmp: &OsStr, name: &OsStr) -> io::Resul
         Err(e) => {
             let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
             if e == Errno::ISDIR || e == Errno::NOTEMPTY || e == Errno::EXIST {
-                Err(io::Error::other(
-                    "a directory is in the way; move it aside and restore again",
-                ))
+                Err(io::Error::other("a directory is in the way; move it aside and restore again"))
             } else {
                 Err(e.into())
             }
@@ -116,10 +106,7 @@ pub fn remove_tmp(dir: impl AsFd, tmp: &OsStr) {
 }
 
 fn ids(n: &Node) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
-    (
-        Some(rustix::fs::Uid::from_raw(n.uid)),
-        Some(rustix::fs::Gid::from_raw(n.gid)),
-    )
+    (Some(rustix::fs::Uid::from_raw(n.uid)), Some(rustix::fs::Gid::from_raw(n.gid)))
 }
 
 fn times(n: &Node) -> rustix::fs::Timestamps {
@@ -142,10 +129,7 @@ pub fn apply_meta_fd(fd: impl AsFd + Copy, n: &Node, chown: bool) -> io::Result<
     }
     for (k, v) in &n.xattrs {
         if let Err(e) = rustix::fs::fsetxattr(fd, OsStr::from_bytes(k), v, XattrFlags::empty()) {
-            warn.push(format!(
-                "extended attribute {} not restored: {e}",
-                String::from_utf8_lossy(k)
-            ));
+            warn.push(format!("extended attribute {} not restored: {e}", String::from_utf8_lossy(k)));
         }
     }
     // after chown, which clears set-id bits
@@ -170,31 +154,18 @@ pub fn apply_meta_at(
     if !n.xattrs.is_empty() {
         // lsetxattr through the directory descriptor: /proc/self/fd/N is the
         // directory we hold, and the final name is not followed
-        let p = format!(
-            "/proc/self/fd/{}/",
-            std::os::fd::AsRawFd::as_raw_fd(&dir.as_fd())
-        );
+        let p = format!("/proc/self/fd/{}/", std::os::fd::AsRawFd::as_raw_fd(&dir.as_fd()));
         let mut path = p.into_bytes();
         path.extend_from_slice(name.as_bytes());
         let path = OsStr::from_bytes(&path);
         for (k, v) in &n.xattrs {
-            if let Err(e) =
-                rustix::fs::lsetxattr(path, OsStr::from_bytes(k), v, XattrFlags::empty())
-            {
-                warn.push(format!(
-                    "extended attribute {} not restored: {e}",
-                    String::from_utf8_lossy(k)
-                ));
+            if let Err(e) = rustix::fs::lsetxattr(path, OsStr::from_bytes(k), v, XattrFlags::empty()) {
+                warn.push(format!("extended attribute {} not restored: {e}", String::from_utf8_lossy(k)));
             }
         }
     }
     if !is_symlink {
-        rustix::fs::chmodat(
-            dir,
-            name,
-            Mode::from_raw_mode(n.mode & 0o7777),
-            AtFlags::empty(),
-        )?;
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(n.mode & 0o7777), AtFlags::empty())?;
     }
     rustix::fs::utimensat(dir, name, &times(n), AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(warn)
@@ -209,12 +180,7 @@ pub fn put_symlink(dir: impl AsFd + Copy, name: &OsStr, target: &[u8]) -> io::Re
 }
 
 /// Create a fifo or device node atomically.
-pub fn put_node(
-    dir: impl AsFd + Copy,
-    name: &OsStr,
-    ft: rustix::fs::FileType,
-    rdev: u64,
-) -> io::Result<()> {
+pub fn put_node(dir: impl AsFd + Copy, name: &OsStr, ft: rustix::fs::FileType, rdev: u64) -> io::Result<()> {
     let tmp = tmp_name();
     rustix::fs::mknodat(dir, &tmp, ft, Mode::from_raw_mode(0o600), rdev)?;
     replace_at(dir, &tmp, name)

@@ -181,18 +181,12 @@ impl Ctx<'_> {
     fn error(&self, path: &str, msg: impl Into<String>) {
         let message = msg.into();
         tracing::error!(path, "{message}");
-        self.errors.lock().expect("errors lock").push(Warning {
-            path: path.into(),
-            message,
-        });
+        self.errors.lock().expect("errors lock").push(Warning { path: path.into(), message });
     }
     fn warn(&self, path: &str, msg: impl Into<String>) {
         let message = msg.into();
         tracing::warn!(path, "{message}");
-        self.warnings.lock().expect("warnings lock").push(Warning {
-            path: path.into(),
-            message,
-        });
+        self.warnings.lock().expect("warnings lock").push(Warning { path: path.into(), message });
     }
     fn count(&self, f: impl FnOnce(&mut (u64, u64, u64, u64))) {
         f(&mut self.counts.lock().expect("counts lock"))
@@ -228,16 +222,10 @@ fn parse_includes(includes: &[String]) -> Result<Vec<Vec<Vec<u8>>>, RestoreError
     includes
         .iter()
         .map(|s| {
-            let comps: Vec<Vec<u8>> = s
-                .split('/')
-                .filter(|c| !c.is_empty() && *c != ".")
-                .map(|c| c.as_bytes().to_vec())
-                .collect();
+            let comps: Vec<Vec<u8>> =
+                s.split('/').filter(|c| !c.is_empty() && *c != ".").map(|c| c.as_bytes().to_vec()).collect();
             if comps.iter().any(|c| c == b"..") {
-                return Err(RestoreError::Include(
-                    s.clone(),
-                    "must not contain '..'".into(),
-                ));
+                return Err(RestoreError::Include(s.clone(), "must not contain '..'".into()));
             }
             Ok(comps)
         })
@@ -270,14 +258,8 @@ pub fn run(
     let started = Instant::now();
     let rec = src.snapshot(id)?;
     let includes = parse_includes(&opts.includes)?;
-    let threads = opts
-        .threads
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        })
-        .max(1);
+    let threads =
+        opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
     let workers = threads.max(4);
     let (seg_tx, seg_rx) = unbounded::<Segment>();
     let ctx = Ctx {
@@ -296,21 +278,17 @@ pub fn run(
     let (task_tx, task_rx) = bounded::<FileTask>(workers * 8);
     let target_fd: OwnedFd = match rec.kind {
         SnapshotKind::Files => {
-            std::fs::create_dir_all(&opts.target).map_err(|e| RestoreError::Target {
-                path: opts.target.clone(),
-                reason: e.to_string(),
-            })?;
-            target_fd = rustix::fs::open(
+            std::fs::create_dir_all(&opts.target)
+                .map_err(|e| RestoreError::Target { path: opts.target.clone(), reason: e.to_string() })?;
+            rustix::fs::open(
                 &opts.target,
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
                 rustix::fs::Mode::empty(),
             )
             .map_err(|e| RestoreError::Target {
                 path: opts.target.clone(),
                 reason: format!("not an accessible directory: {e}"),
-            })?;
+            })?
         }
         SnapshotKind::Image => {
             if !includes.is_empty() {
@@ -319,24 +297,18 @@ pub fn run(
                     "an image snapshot is restored whole".into(),
                 ));
             }
-            let parent = opts
-                .target
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            target_fd = rustix::fs::open(
+            let parent = opts.target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            rustix::fs::open(
                 parent,
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
                 rustix::fs::Mode::empty(),
             )
             .map_err(|e| RestoreError::Target {
                 path: parent.into(),
                 reason: format!("directory of the image target is not accessible: {e}"),
-            })?;
+            })?
         }
-    }
+    };
     let sync_fd = rustix::io::dup(&target_fd).map_err(|e| RestoreError::Internal(e.to_string()))?;
     let root = Arc::new(DirState {
         fd: target_fd,
@@ -357,35 +329,21 @@ pub fn run(
         drop(task_rx);
         let r = match rec.kind {
             SnapshotKind::Files => {
-                let mut planner = Planner {
-                    ctx,
-                    tx: task_tx,
-                    includes: &includes,
-                    links: HashMap::new(),
-                };
-                planner.plan_dir(
-                    &root,
-                    root_nodes,
-                    &mut Vec::new(),
-                    Sel::Partial.max_if(includes.is_empty()),
-                )
+                let mut planner = Planner { ctx, tx: task_tx, includes: &includes, links: HashMap::new() };
+                planner.plan_dir(&root, root_nodes, &mut Vec::new(), Sel::Partial.max_if(includes.is_empty()))
             }
             SnapshotKind::Image => plan_image(ctx, &root, root_nodes, &opts.target, task_tx),
         };
         ctx.release(&root);
         for h in handles {
-            h.join()
-                .map_err(|_| RestoreError::Internal("restore worker panicked".into()))?;
+            h.join().map_err(|_| RestoreError::Internal("restore worker panicked".into()))?;
         }
         r
     });
     drop(root);
     plan_result?;
     if let Err(e) = rustix::fs::syncfs(&sync_fd) {
-        ctx.error(
-            &target_display,
-            format!("flushing the restored data to disk failed: {e}"),
-        );
+        ctx.error(&target_display, format!("flushing the restored data to disk failed: {e}"));
     }
     let (files, unchanged, dirs, others) = *ctx.counts.lock().expect("counts lock");
     let mut errors = std::mem::take(&mut *ctx.errors.lock().expect("errors lock"));
@@ -428,14 +386,11 @@ fn plan_image(
             }));
         }
     };
-    let name = target.file_name().ok_or_else(|| RestoreError::Target {
-        path: target.into(),
-        reason: "needs a file or device name".into(),
-    })?;
+    let name = target
+        .file_name()
+        .ok_or_else(|| RestoreError::Target { path: target.into(), reason: "needs a file or device name".into() })?;
     root.pending.fetch_add(1, Ordering::AcqRel);
-    ctx.progress
-        .bytes_planned
-        .fetch_add(file_size(&node), Ordering::Relaxed);
+    ctx.progress.bytes_planned.fetch_add(file_size(&node), Ordering::Relaxed);
     tx.send(FileTask {
         dir: root.clone(),
         name: name.to_os_string(),
@@ -479,11 +434,7 @@ impl Planner<'_, '_> {
     ) -> Result<(), RestoreError> {
         for node in nodes {
             path.push(node.name.clone());
-            let s = if sel == Sel::All {
-                Sel::All
-            } else {
-                select(self.includes, path)
-            };
+            let s = if sel == Sel::All { Sel::All } else { select(self.includes, path) };
             if s != Sel::None {
                 self.plan_node(dir, node, path, s)?;
             }
@@ -523,10 +474,7 @@ impl Planner<'_, '_> {
                     }
                 };
                 if node.unreadable {
-                    ctx.warn(
-                        &p,
-                        "directory was unreadable at backup time; restored empty",
-                    );
+                    ctx.warn(&p, "directory was unreadable at backup time; restored empty");
                 }
                 ctx.count(|c| c.2 += 1);
                 dir.pending.fetch_add(1, Ordering::AcqRel);
@@ -543,44 +491,29 @@ impl Planner<'_, '_> {
             }
             NodeKind::File { .. } => {
                 if node.unreadable {
-                    ctx.error(&p, "not restored: the file was unreadable at backup time, so its content is not in the snapshot");
+                    ctx.error(
+                        &p,
+                        "not restored: the file was unreadable at backup time, so its content is not in the snapshot",
+                    );
                     return Ok(());
                 }
-                ctx.progress
-                    .bytes_planned
-                    .fetch_add(file_size(&node), Ordering::Relaxed);
+                ctx.progress.bytes_planned.fetch_add(file_size(&node), Ordering::Relaxed);
                 let mut link = None;
                 if node.nlink > 1 {
                     let key = (node.dev, node.inode);
                     if let Some(g) = self.links.get(&key) {
                         dir.pending.fetch_add(1, Ordering::AcqRel);
                         ctx.count(|c| c.3 += 1);
-                        add_link(
-                            ctx,
-                            g,
-                            LinkReq {
-                                dir: dir.clone(),
-                                name,
-                                path: p,
-                            },
-                        );
+                        add_link(ctx, g, LinkReq { dir: dir.clone(), name, path: p });
                         return Ok(());
                     }
-                    let g = Arc::new(LinkGroup {
-                        state: Mutex::new(LinkState::Waiting(Vec::new())),
-                    });
+                    let g = Arc::new(LinkGroup { state: Mutex::new(LinkState::Waiting(Vec::new())) });
                     self.links.insert(key, g.clone());
                     link = Some(g);
                 }
                 dir.pending.fetch_add(1, Ordering::AcqRel);
                 self.tx
-                    .send(FileTask {
-                        dir: dir.clone(),
-                        name,
-                        node,
-                        path: p,
-                        link,
-                    })
+                    .send(FileTask { dir: dir.clone(), name, node, path: p, link })
                     .map_err(|_| RestoreError::Internal("restore workers stopped".into()))
             }
             NodeKind::Symlink { target } => {
@@ -602,10 +535,7 @@ impl Planner<'_, '_> {
                 Ok(())
             }
             NodeKind::Socket => {
-                ctx.warn(
-                    &p,
-                    "unix socket not restored (sockets are created by their server)",
-                );
+                ctx.warn(&p, "unix socket not restored (sockets are created by their server)");
                 Ok(())
             }
         }
@@ -640,11 +570,7 @@ fn add_link(ctx: &Ctx<'_>, g: &Arc<LinkGroup>, req: LinkReq) {
     }
 }
 
-fn complete_link(
-    ctx: &Ctx<'_>,
-    g: &Arc<LinkGroup>,
-    result: Result<(Arc<DirState>, OsString), String>,
-) {
+fn complete_link(ctx: &Ctx<'_>, g: &Arc<LinkGroup>, result: Result<(Arc<DirState>, OsString), String>) {
     let waiting = {
         let mut st = g.state.lock().expect("link lock");
         let new = match &result {
@@ -669,15 +595,9 @@ fn complete_link(
 
 fn do_link(ctx: &Ctx<'_>, pdir: &Arc<DirState>, pname: &OsStr, req: LinkReq) {
     let tmp = fsops::tmp_name();
-    let r = rustix::fs::linkat(
-        &pdir.fd,
-        pname,
-        &req.dir.fd,
-        &tmp,
-        rustix::fs::AtFlags::empty(),
-    )
-    .map_err(std::io::Error::from)
-    .and_then(|_| fsops::replace_at(&req.dir.fd, &tmp, &req.name));
+    let r = rustix::fs::linkat(&pdir.fd, pname, &req.dir.fd, &tmp, rustix::fs::AtFlags::empty())
+        .map_err(std::io::Error::from)
+        .and_then(|_| fsops::replace_at(&req.dir.fd, &tmp, &req.name));
     if let Err(e) = r {
         ctx.error(&req.path, format!("hard link not restored: {e}"));
     }
@@ -781,24 +701,16 @@ fn offsets(extents: Vec<Extent>) -> Vec<(u64, Extent)> {
 }
 
 fn run_task(ctx: &Ctx<'_>, task: FileTask) {
-    let NodeKind::File { size, content } = &task.node.kind else {
-        unreachable!("only files are tasks")
-    };
+    let NodeKind::File { size, content } = &task.node.kind else { unreachable!("only files are tasks") };
     let size = *size;
     let extents = match objects::load_extents(ctx.src, content, size) {
         Ok(e) => offsets(e),
         Err(e) => return fail_task(ctx, task, format!("not restored: {e}")),
     };
     // image onto an existing block device: write in place
-    let existing_dev = rustix::fs::statat(
-        &task.dir.fd,
-        &task.name,
-        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-    )
-    .ok()
-    .filter(|st| {
-        rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::BlockDevice
-    });
+    let existing_dev = rustix::fs::statat(&task.dir.fd, &task.name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .filter(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::BlockDevice);
     if existing_dev.is_some() {
         let dev = match rustix::fs::openat(
             &task.dir.fd,
@@ -816,17 +728,12 @@ fn run_task(ctx: &Ctx<'_>, task: FileTask) {
             .and_then(|_| rustix::fs::seek(&dev, rustix::fs::SeekFrom::End(0)).ok())
             .unwrap_or(0);
         if devsize < size {
-            return fail_task(
-                ctx,
-                task,
-                format!("device holds {devsize} bytes but the image is {size} bytes"),
-            );
+            return fail_task(ctx, task, format!("device holds {devsize} bytes but the image is {size} bytes"));
         }
         return start_job(ctx, task, dev, None, true, None, extents);
     }
     // existing regular file (not a symlink, not shared with other names)
-    let old =
-        fsops::open_existing_file(&task.dir.fd, &task.name).filter(|(_, st)| st.st_nlink == 1);
+    let old = fsops::open_existing_file(&task.dir.fd, &task.name).filter(|(_, st)| st.st_nlink == 1);
     if let Some((f, st)) = &old {
         if st.st_size as u64 == size && matches_exactly(ctx, f, &extents) {
             let r = fsops::apply_meta_fd(f, &task.node, ctx.chown);
@@ -873,10 +780,7 @@ fn start_job(
     old: Option<OldFile>,
     extents: Vec<(u64, Extent)>,
 ) {
-    let data_count = extents
-        .iter()
-        .filter(|(_, e)| matches!(e, Extent::Data { .. }))
-        .count();
+    let data_count = extents.iter().filter(|(_, e)| matches!(e, Extent::Data { .. })).count();
     let segments: Vec<Vec<(u64, Extent)>> = if in_place || data_count > SEGMENT_EXTENTS {
         let mut v: Vec<Vec<(u64, Extent)>> = vec![Vec::new()];
         let mut n = 0;
@@ -906,18 +810,9 @@ fn start_job(
     let mut iter = segments.into_iter();
     let first = iter.next().unwrap_or_default();
     for s in iter {
-        let _ = ctx.seg_tx.send(Segment {
-            job: job.clone(),
-            extents: s,
-        });
+        let _ = ctx.seg_tx.send(Segment { job: job.clone(), extents: s });
     }
-    run_segment(
-        ctx,
-        Segment {
-            job,
-            extents: first,
-        },
-    );
+    run_segment(ctx, Segment { job, extents: first });
 }
 
 fn run_segment(ctx: &Ctx<'_>, seg: Segment) {
@@ -951,21 +846,13 @@ fn write_extent(ctx: &Ctx<'_>, job: &FileJob, off: u64, e: &Extent) -> Result<()
                 while pos < end {
                     let n = (end - pos).min(1 << 20) as usize;
                     buf.resize(n, 0);
-                    job.out
-                        .read_exact_at(&mut buf, pos)
-                        .map_err(|e| format!("read failed at offset {pos}: {e}"))?;
+                    job.out.read_exact_at(&mut buf, pos).map_err(|e| format!("read failed at offset {pos}: {e}"))?;
                     if buf.iter().any(|&b| b != 0) {
                         buf.iter_mut().for_each(|b| *b = 0);
-                        job.out
-                            .write_all_at(&buf, pos)
-                            .map_err(|e| format!("write failed at offset {pos}: {e}"))?;
-                        ctx.progress
-                            .bytes_written
-                            .fetch_add(n as u64, Ordering::Relaxed);
+                        job.out.write_all_at(&buf, pos).map_err(|e| format!("write failed at offset {pos}: {e}"))?;
+                        ctx.progress.bytes_written.fetch_add(n as u64, Ordering::Relaxed);
                     } else {
-                        ctx.progress
-                            .bytes_reused
-                            .fetch_add(n as u64, Ordering::Relaxed);
+                        ctx.progress.bytes_reused.fetch_add(n as u64, Ordering::Relaxed);
                     }
                     pos += n as u64;
                 }
@@ -977,9 +864,7 @@ fn write_extent(ctx: &Ctx<'_>, job: &FileJob, off: u64, e: &Extent) -> Result<()
             if job.in_place {
                 let mut buf = vec![0u8; len];
                 if job.out.read_exact_at(&mut buf, off).is_ok() && keys.object_id(&buf) == *id {
-                    ctx.progress
-                        .bytes_reused
-                        .fetch_add(len as u64, Ordering::Relaxed);
+                    ctx.progress.bytes_reused.fetch_add(len as u64, Ordering::Relaxed);
                     return Ok(());
                 }
             }
@@ -987,33 +872,19 @@ fn write_extent(ctx: &Ctx<'_>, job: &FileJob, off: u64, e: &Extent) -> Result<()
                 if let Some(&o) = old.map.get(id) {
                     let mut buf = vec![0u8; len];
                     if old.file.read_exact_at(&mut buf, o).is_ok() && keys.object_id(&buf) == *id {
-                        job.out
-                            .write_all_at(&buf, off)
-                            .map_err(|e| format!("write failed at offset {off}: {e}"))?;
-                        ctx.progress
-                            .bytes_reused
-                            .fetch_add(len as u64, Ordering::Relaxed);
+                        job.out.write_all_at(&buf, off).map_err(|e| format!("write failed at offset {off}: {e}"))?;
+                        ctx.progress.bytes_reused.fetch_add(len as u64, Ordering::Relaxed);
                         return Ok(());
                     }
                 }
             }
-            let data = ctx
-                .src
-                .get(id, ObjectKind::Blob)
-                .map_err(|e| format!("data at offset {off} not available: {e}"))?;
+            let data =
+                ctx.src.get(id, ObjectKind::Blob).map_err(|e| format!("data at offset {off} not available: {e}"))?;
             if data.len() != len {
-                return Err(format!(
-                    "object {} has {} bytes, the file expects {len}",
-                    id.short(),
-                    data.len()
-                ));
+                return Err(format!("object {} has {} bytes, the file expects {len}", id.short(), data.len()));
             }
-            job.out
-                .write_all_at(&data, off)
-                .map_err(|e| format!("write failed at offset {off}: {e}"))?;
-            ctx.progress
-                .bytes_written
-                .fetch_add(len as u64, Ordering::Relaxed);
+            job.out.write_all_at(&data, off).map_err(|e| format!("write failed at offset {off}: {e}"))?;
+            ctx.progress.bytes_written.fetch_add(len as u64, Ordering::Relaxed);
             Ok(())
         }
     }
@@ -1024,14 +895,7 @@ fn finish_job(ctx: &Ctx<'_>, job: Arc<FileJob>) {
         Ok(j) => j,
         Err(_) => unreachable!("last segment holds the only reference"),
     };
-    let FileJob {
-        task,
-        out,
-        tmp,
-        in_place,
-        error,
-        ..
-    } = job;
+    let FileJob { task, out, tmp, in_place, error, .. } = job;
     let err = error.into_inner().expect("job lock");
     if let Some(m) = err {
         if let Some(t) = &tmp {
@@ -1040,11 +904,7 @@ fn finish_job(ctx: &Ctx<'_>, job: Arc<FileJob>) {
         drop(out);
         return fail_task(ctx, task, format!("not restored: {m}"));
     }
-    let meta = if in_place {
-        Ok(Vec::new())
-    } else {
-        fsops::apply_meta_fd(&out, &task.node, ctx.chown)
-    };
+    let meta = if in_place { Ok(Vec::new()) } else { fsops::apply_meta_fd(&out, &task.node, ctx.chown) };
     match meta {
         Ok(w) => w.into_iter().for_each(|w| ctx.warn(&task.path, w)),
         Err(e) => ctx.warn(&task.path, format!("metadata not restored: {e}")),
@@ -1078,7 +938,5 @@ fn fail_task(ctx: &Ctx<'_>, task: FileTask, msg: String) {
 
 /// Whether a path is a block device (for image targets).
 pub fn is_block_device(p: &Path) -> bool {
-    std::fs::metadata(p)
-        .map(|m| m.file_type().is_block_device())
-        .unwrap_or(false)
+    std::fs::metadata(p).map(|m| m.file_type().is_block_device()).unwrap_or(false)
 }

@@ -227,9 +227,7 @@ pub enum FormatError {
     #[error("undecodable object: {0}")]
     Decode(String),
     /// A name that could escape a directory or is otherwise invalid.
-    #[error(
-        "invalid file name {0:?}: names must be 1-255 bytes without '/' or NUL and not '.' or '..'"
-    )]
+    #[error("invalid file name {0:?}: names must be 1-255 bytes without '/' or NUL and not '.' or '..'")]
     BadName(String),
     /// Names out of order or duplicated.
     #[error("directory entries are not strictly sorted or contain a duplicate name {0:?}")]
@@ -261,13 +259,9 @@ fn decode_versioned<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, FormatE
         Some(&v) => return Err(FormatError::Version(v)),
         None => return Err(FormatError::Decode("empty object".into())),
     }
-    let (v, rest) =
-        postcard::take_from_bytes(&b[1..]).map_err(|e| FormatError::Decode(e.to_string()))?;
+    let (v, rest) = postcard::take_from_bytes(&b[1..]).map_err(|e| FormatError::Decode(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(FormatError::Decode(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
+        return Err(FormatError::Decode(format!("{} trailing bytes", rest.len())));
     }
     Ok(v)
 }
@@ -281,9 +275,7 @@ pub fn validate_name(name: &[u8]) -> Result<(), FormatError> {
         || name.contains(&b'/')
         || name.contains(&0)
     {
-        return Err(FormatError::BadName(
-            String::from_utf8_lossy(name).into_owned(),
-        ));
+        return Err(FormatError::BadName(String::from_utf8_lossy(name).into_owned()));
     }
     Ok(())
 }
@@ -300,12 +292,11 @@ impl Node {
         if self.xattrs.len() > MAX_XATTRS {
             return Err(FormatError::Limit("extended attribute count"));
         }
-        if self.xattrs.iter().any(|(k, v)| {
-            k.is_empty()
-                || k.len() > MAX_NAME_BYTES
-                || k.contains(&0)
-                || v.len() > MAX_XATTR_VALUE_BYTES
-        }) {
+        if self
+            .xattrs
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > MAX_NAME_BYTES || k.contains(&0) || v.len() > MAX_XATTR_VALUE_BYTES)
+        {
             return Err(FormatError::Limit("extended attribute name or value size"));
         }
         match &self.kind {
@@ -319,19 +310,15 @@ impl Node {
                     }
                     let sum = extent_sum(ext)?;
                     if sum != *size {
-                        return Err(FormatError::ExtentSum {
-                            name: self.name_lossy(),
-                            size: *size,
-                            sum,
-                        });
+                        return Err(FormatError::ExtentSum { name: self.name_lossy(), size: *size, sum });
                     }
                 }
             }
             NodeKind::Symlink { target }
-                if (target.is_empty() || target.len() > MAX_LINK_TARGET_BYTES || target.contains(&0))
-                => {
-                    return Err(FormatError::Limit("symlink target length"));
-                }
+                if (target.is_empty() || target.len() > MAX_LINK_TARGET_BYTES || target.contains(&0)) =>
+            {
+                return Err(FormatError::Limit("symlink target length"));
+            }
             _ => {}
         }
         Ok(())
@@ -340,20 +327,14 @@ impl Node {
     /// Ids this node references directly (for record links).
     pub fn links(&self, out: &mut Vec<ObjectId>) {
         match &self.kind {
-            NodeKind::File {
-                content: Content::Inline(ext),
-                ..
-            } => {
+            NodeKind::File { content: Content::Inline(ext), .. } => {
                 for e in ext {
                     if let Extent::Data { id, .. } = e {
                         out.push(*id);
                     }
                 }
             }
-            NodeKind::File {
-                content: Content::Lists(l),
-                ..
-            } => out.extend_from_slice(l),
+            NodeKind::File { content: Content::Lists(l), .. } => out.extend_from_slice(l),
             NodeKind::Dir { tree } => out.push(*tree),
             _ => {}
         }
@@ -364,10 +345,7 @@ impl Node {
 pub fn extent_sum(ext: &[Extent]) -> Result<u64, FormatError> {
     let mut sum: u64 = 0;
     for e in ext {
-        sum = sum
-            .checked_add(e.len())
-            .filter(|s| *s <= MAX_FILE_BYTES)
-            .ok_or(FormatError::Limit("file size"))?;
+        sum = sum.checked_add(e.len()).filter(|s| *s <= MAX_FILE_BYTES).ok_or(FormatError::Limit("file size"))?;
     }
     Ok(sum)
 }
@@ -464,10 +442,7 @@ mod tests {
     fn file(name: &str, size: u64, ext: Vec<Extent>) -> Node {
         Node {
             name: name.as_bytes().to_vec(),
-            kind: NodeKind::File {
-                size,
-                content: Content::Inline(ext),
-            },
+            kind: NodeKind::File { size, content: Content::Inline(ext) },
             mode: 0o644,
             uid: 0,
             gid: 0,
@@ -489,14 +464,7 @@ mod tests {
     fn tree_round_trip_and_validation() {
         let t = Tree {
             entries: vec![
-                file(
-                    "a",
-                    5,
-                    vec![Extent::Data {
-                        id: ObjectId([1; 32]),
-                        len: 5,
-                    }],
-                ),
+                file("a", 5, vec![Extent::Data { id: ObjectId([1; 32]), len: 5 }]),
                 file("b", 7, vec![Extent::Hole { len: 7 }]),
             ],
             more: vec![],
@@ -505,39 +473,15 @@ mod tests {
         assert_eq!(t.links(), vec![ObjectId([1; 32])]);
 
         for bad in ["..", ".", "a/b", "", "x\0y"] {
-            let t = Tree {
-                entries: vec![file(bad, 0, vec![])],
-                more: vec![],
-            };
-            assert!(
-                matches!(Tree::decode(&t.encode()), Err(FormatError::BadName(_))),
-                "{bad:?} accepted"
-            );
+            let t = Tree { entries: vec![file(bad, 0, vec![])], more: vec![] };
+            assert!(matches!(Tree::decode(&t.encode()), Err(FormatError::BadName(_))), "{bad:?} accepted");
         }
-        let dup = Tree {
-            entries: vec![file("a", 0, vec![]), file("a", 0, vec![])],
-            more: vec![],
-        };
-        assert!(matches!(
-            Tree::decode(&dup.encode()),
-            Err(FormatError::Unsorted(_))
-        ));
-        let sum = Tree {
-            entries: vec![file("a", 10, vec![Extent::Hole { len: 3 }])],
-            more: vec![],
-        };
-        assert!(matches!(
-            Tree::decode(&sum.encode()),
-            Err(FormatError::ExtentSum { .. })
-        ));
-        let huge = Tree {
-            entries: vec![file("a", u64::MAX, vec![Extent::Hole { len: u64::MAX }])],
-            more: vec![],
-        };
-        assert!(matches!(
-            Tree::decode(&huge.encode()),
-            Err(FormatError::Limit(_))
-        ));
+        let dup = Tree { entries: vec![file("a", 0, vec![]), file("a", 0, vec![])], more: vec![] };
+        assert!(matches!(Tree::decode(&dup.encode()), Err(FormatError::Unsorted(_))));
+        let sum = Tree { entries: vec![file("a", 10, vec![Extent::Hole { len: 3 }])], more: vec![] };
+        assert!(matches!(Tree::decode(&sum.encode()), Err(FormatError::ExtentSum { .. })));
+        let huge = Tree { entries: vec![file("a", u64::MAX, vec![Extent::Hole { len: u64::MAX }])], more: vec![] };
+        assert!(matches!(Tree::decode(&huge.encode()), Err(FormatError::Limit(_))));
         let mut v = t.encode();
         v[0] = 2;
         assert_eq!(Tree::decode(&v), Err(FormatError::Version(2)));
@@ -547,32 +491,14 @@ mod tests {
     #[test]
     fn golden_variant_encodings() {
         let enc = |k: &NodeKind| postcard::to_stdvec(k).unwrap()[0];
-        assert_eq!(
-            enc(&NodeKind::File {
-                size: 0,
-                content: Content::Inline(vec![])
-            }),
-            0
-        );
-        assert_eq!(
-            enc(&NodeKind::Dir {
-                tree: ObjectId::ZERO
-            }),
-            1
-        );
+        assert_eq!(enc(&NodeKind::File { size: 0, content: Content::Inline(vec![]) }), 0);
+        assert_eq!(enc(&NodeKind::Dir { tree: ObjectId::ZERO }), 1);
         assert_eq!(enc(&NodeKind::Symlink { target: vec![1] }), 2);
         assert_eq!(enc(&NodeKind::Fifo), 3);
         assert_eq!(enc(&NodeKind::CharDev { rdev: 0 }), 4);
         assert_eq!(enc(&NodeKind::BlockDev { rdev: 0 }), 5);
         assert_eq!(enc(&NodeKind::Socket), 6);
-        assert_eq!(
-            postcard::to_stdvec(&Extent::Data {
-                id: ObjectId::ZERO,
-                len: 0
-            })
-            .unwrap()[0],
-            0
-        );
+        assert_eq!(postcard::to_stdvec(&Extent::Data { id: ObjectId::ZERO, len: 0 }).unwrap()[0], 0);
         assert_eq!(postcard::to_stdvec(&Extent::Hole { len: 0 }).unwrap()[0], 1);
         assert_eq!(postcard::to_stdvec(&Content::Inline(vec![])).unwrap()[0], 0);
         assert_eq!(postcard::to_stdvec(&Content::Lists(vec![])).unwrap()[0], 1);

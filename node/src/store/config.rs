@@ -51,13 +51,7 @@ pub struct PackSettings {
 
 impl StoreConfig {
     /// A new config.
-    pub fn new(
-        source: &str,
-        key_id: &str,
-        chunker: ChunkerParams,
-        target_bytes: u64,
-        compression_level: i32,
-    ) -> Self {
+    pub fn new(source: &str, key_id: &str, chunker: ChunkerParams, target_bytes: u64, compression_level: i32) -> Self {
         let mut id = [0u8; 16];
         getrandom::fill(&mut id).expect("the operating system's random source failed");
         StoreConfig {
@@ -68,10 +62,7 @@ impl StoreConfig {
             key_id: key_id.into(),
             created: chrono::Utc::now().to_rfc3339(),
             chunker,
-            packs: PackSettings {
-                target_bytes,
-                compression_level,
-            },
+            packs: PackSettings { target_bytes, compression_level },
         }
     }
 

@@ -60,8 +60,7 @@ impl Index {
     /// Open (or create) for writing; this process becomes the only writer.
     pub fn open_rw(path: &Path) -> Result<Self, IndexError> {
         let mut b = redb::Builder::new();
-        b.set_cache_size(CACHE_BYTES)
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        b.set_cache_size(CACHE_BYTES).set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
         let db = b.create(path).map_err(e)?;
         let tx = db.begin_write().map_err(e)?;
         {
@@ -77,8 +76,7 @@ impl Index {
     /// Open read-only alongside a writer in another process.
     pub fn open_ro(path: &Path) -> Result<Self, IndexError> {
         let mut b = redb::Builder::new();
-        b.set_cache_size(CACHE_BYTES)
-            .set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
+        b.set_cache_size(CACHE_BYTES).set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
         let db = b.open_read_only(path).map_err(e)?;
         Ok(Index { db: Db::Ro(db) })
     }
@@ -107,12 +105,7 @@ impl Index {
         };
         Ok(t.get(id.0).map_err(e)?.map(|v| {
             let (pack, offset, len, kind) = v.value();
-            Location {
-                pack,
-                offset,
-                len,
-                kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob),
-            }
+            Location { pack, offset, len, kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob) }
         }))
     }
 
@@ -124,12 +117,7 @@ impl Index {
             .map(|id| {
                 Ok(t.get(id.0).map_err(e)?.map(|v| {
                     let (pack, offset, len, kind) = v.value();
-                    Location {
-                        pack,
-                        offset,
-                        len,
-                        kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob),
-                    }
+                    Location { pack, offset, len, kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob) }
                 }))
             })
             .collect()
@@ -171,12 +159,7 @@ impl Index {
             let (pack, offset, len, kind) = v.value();
             f(
                 ObjectId(k.value()),
-                Location {
-                    pack,
-                    offset,
-                    len,
-                    kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob),
-                },
+                Location { pack, offset, len, kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob) },
             );
         }
         Ok(())
@@ -189,12 +172,7 @@ impl Index {
     }
 
     /// As [`Index::add_pack`], from parts.
-    pub fn add_pack_entries(
-        &self,
-        hash: &[u8; 32],
-        size: u64,
-        entries: &[PackEntry],
-    ) -> Result<u64, IndexError> {
+    pub fn add_pack_entries(&self, hash: &[u8; 32], size: u64, entries: &[PackEntry]) -> Result<u64, IndexError> {
         let db = self.rw()?;
         let tx = db.begin_write().map_err(e)?;
         let seq;
@@ -204,11 +182,7 @@ impl Index {
                 return Ok(s.value());
             }
             let mut meta = tx.open_table(META).map_err(e)?;
-            seq = meta
-                .get("next_pack_seq")
-                .map_err(e)?
-                .map(|v| v.value())
-                .unwrap_or(1);
+            seq = meta.get("next_pack_seq").map_err(e)?.map(|v| v.value()).unwrap_or(1);
             meta.insert("next_pack_seq", seq + 1).map_err(e)?;
             by_hash.insert(*hash, seq).map_err(e)?;
             let mut packs = tx.open_table(PACKS).map_err(e)?;
@@ -216,8 +190,7 @@ impl Index {
             let mut objs = tx.open_table(OBJECTS).map_err(e)?;
             for en in entries {
                 if objs.get(en.id.0).map_err(e)?.is_none() {
-                    objs.insert(en.id.0, (seq, en.offset, en.len, en.kind as u8))
-                        .map_err(e)?;
+                    objs.insert(en.id.0, (seq, en.offset, en.len, en.kind as u8)).map_err(e)?;
                 }
             }
         }
@@ -236,10 +209,7 @@ impl Index {
             let mut packs = tx.open_table(PACKS).map_err(e)?;
             let hash = packs.remove(seq).map_err(e)?.map(|v| v.value().0);
             if let Some(h) = hash {
-                tx.open_table(PACK_BY_HASH)
-                    .map_err(e)?
-                    .remove(h)
-                    .map_err(e)?;
+                tx.open_table(PACK_BY_HASH).map_err(e)?.remove(h).map_err(e)?;
             }
             let mut objs = tx.open_table(OBJECTS).map_err(e)?;
             let doomed: Vec<[u8; 32]> = objs

@@ -55,9 +55,7 @@ pub enum StoreError {
         source: std::io::Error,
     },
     /// Not a store.
-    #[error(
-        "{0} is not an omesh store (no {CONFIG_FILE}); create one with `omesh init --store {0}`"
-    )]
+    #[error("{0} is not an omesh store (no {CONFIG_FILE}); create one with `omesh init --store {0}`")]
     NotAStore(PathBuf),
     /// Refusing to init over something.
     #[error("{0} already exists and is not empty; `omesh init` needs a new or empty directory")]
@@ -79,9 +77,7 @@ pub enum StoreError {
         reason: String,
     },
     /// Another process writes.
-    #[error(
-        "store {path} is in use by another omesh process ({holder}); wait for it to finish or stop it"
-    )]
+    #[error("store {path} is in use by another omesh process ({holder}); wait for it to finish or stop it")]
     Locked {
         /// store
         path: PathBuf,
@@ -106,14 +102,10 @@ pub enum StoreError {
         expected: String,
     },
     /// Operation needs the key.
-    #[error(
-        "store {0} has no key here; import the source's key with `omesh key import FILE --store {0}`"
-    )]
+    #[error("store {0} has no key here; import the source's key with `omesh key import FILE --store {0}`")]
     NoKey(PathBuf),
     /// Index failure.
-    #[error(
-        "index {path}: {reason}; `omesh repair index --store STORE` rebuilds it from the packs"
-    )]
+    #[error("index {path}: {reason}; `omesh repair index --store STORE` rebuilds it from the packs")]
     Index {
         /// index file
         path: PathBuf,
@@ -156,11 +148,7 @@ pub enum StoreError {
 
 impl StoreError {
     fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> StoreError + 'a {
-        move |source| StoreError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
+        move |source| StoreError::Io { op, path: path.to_path_buf(), source }
     }
     /// Whether this error means stored data is damaged or missing (as
     /// opposed to configuration or environment).
@@ -276,17 +264,11 @@ fn read_config(dir: &Path) -> Result<StoreConfig> {
             return Err(StoreError::NotAStore(dir.into()));
         }
         Err(e) => {
-            return Err(StoreError::Io {
-                op: "reading",
-                path: p,
-                source: e,
-            });
+            return Err(StoreError::Io { op: "reading", path: p, source: e });
         }
     };
-    let cfg: StoreConfig = toml::from_str(&text).map_err(|e| StoreError::Config {
-        path: p.clone(),
-        reason: e.to_string(),
-    })?;
+    let cfg: StoreConfig =
+        toml::from_str(&text).map_err(|e| StoreError::Config { path: p.clone(), reason: e.to_string() })?;
     if cfg.format != config::FORMAT {
         return Err(StoreError::Config {
             path: p,
@@ -294,17 +276,9 @@ fn read_config(dir: &Path) -> Result<StoreConfig> {
         });
     }
     if cfg.version != STORE_VERSION {
-        return Err(StoreError::Version {
-            path: dir.into(),
-            found: cfg.version,
-        });
+        return Err(StoreError::Version { path: dir.into(), found: cfg.version });
     }
-    cfg.chunker
-        .validate()
-        .map_err(|reason| StoreError::Config {
-            path: p.clone(),
-            reason,
-        })?;
+    cfg.chunker.validate().map_err(|reason| StoreError::Config { path: p.clone(), reason })?;
     Ok(cfg)
 }
 
@@ -315,21 +289,14 @@ pub fn write_atomic(dir: &Path, tmp_dir: &Path, name: &str, data: &[u8]) -> Resu
     let tmp = tmp_dir.join(format!("{name}.{}.tmp", hex::encode(rnd)));
     let dest = dir.join(name);
     let r = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
         Ok::<_, std::io::Error>(())
     })();
     if let Err(e) = r {
         let _ = fs::remove_file(&tmp);
-        return Err(StoreError::Io {
-            op: "writing",
-            path: tmp,
-            source: e,
-        });
+        return Err(StoreError::Io { op: "writing", path: tmp, source: e });
     }
     fs::rename(&tmp, &dest).map_err(StoreError::io("renaming into", &dest))?;
     sync_dir(dir).map_err(StoreError::io("syncing", dir))?;
@@ -339,12 +306,7 @@ pub fn write_atomic(dir: &Path, tmp_dir: &Path, name: &str, data: &[u8]) -> Resu
 impl Store {
     /// Create a new store and its key. Returns the open store.
     pub fn init(dir: &Path, opts: InitOptions) -> Result<Store> {
-        opts.chunker
-            .validate()
-            .map_err(|reason| StoreError::Config {
-                path: dir.join(CONFIG_FILE),
-                reason,
-            })?;
+        opts.chunker.validate().map_err(|reason| StoreError::Config { path: dir.join(CONFIG_FILE), reason })?;
         if dir.exists() {
             let mut it = fs::read_dir(dir).map_err(StoreError::io("listing", dir))?;
             if it.next().is_some() {
@@ -353,24 +315,14 @@ impl Store {
         }
         fs::create_dir_all(dir).map_err(StoreError::io("creating", dir))?;
         for sub in ["packs", "snapshots", "tmp"] {
-            fs::create_dir_all(dir.join(sub))
-                .map_err(StoreError::io("creating", &dir.join(sub)))?;
+            fs::create_dir_all(dir.join(sub)).map_err(StoreError::io("creating", &dir.join(sub)))?;
         }
-        let key = opts
-            .existing_key
-            .clone()
-            .unwrap_or_else(|| KeyFile::generate(&opts.source));
+        let key = opts.existing_key.clone().unwrap_or_else(|| KeyFile::generate(&opts.source));
         let key_path = opts.key_file.clone().unwrap_or_else(|| dir.join("key"));
         if opts.existing_key.is_none() || !key_path.exists() {
             key.save(&key_path)?;
         }
-        let cfg = StoreConfig::new(
-            &opts.source,
-            &key.key_id(),
-            opts.chunker,
-            opts.pack_bytes,
-            opts.compression,
-        );
+        let cfg = StoreConfig::new(&opts.source, &key.key_id(), opts.chunker, opts.pack_bytes, opts.compression);
         write_atomic(dir, &dir.join("tmp"), CONFIG_FILE, cfg.to_text().as_bytes())?;
         let _ = sync_dir(dir.parent().unwrap_or(Path::new("/")));
         Store::open(dir, Access::Write, KeySource::Secret(key.secret.clone()))
@@ -381,16 +333,9 @@ impl Store {
         fs::create_dir_all(dir).map_err(StoreError::io("creating", dir))?;
         if !dir.join(CONFIG_FILE).exists() {
             for sub in ["packs", "snapshots", "tmp"] {
-                fs::create_dir_all(dir.join(sub))
-                    .map_err(StoreError::io("creating", &dir.join(sub)))?;
+                fs::create_dir_all(dir.join(sub)).map_err(StoreError::io("creating", &dir.join(sub)))?;
             }
-            let cfg = StoreConfig::new(
-                source,
-                "",
-                Default::default(),
-                config::DEFAULT_PACK_BYTES,
-                0,
-            );
+            let cfg = StoreConfig::new(source, "", Default::default(), config::DEFAULT_PACK_BYTES, 0);
             write_atomic(dir, &dir.join("tmp"), CONFIG_FILE, cfg.to_text().as_bytes())?;
         }
         Store::open(dir, Access::Write, KeySource::None)
@@ -428,68 +373,39 @@ impl Store {
             }
         };
         let lock_path = dir.join("lock");
-        let lock = fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path);
+        let lock = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&lock_path);
         let lock = match lock {
             Ok(f) => Some(f),
             // a read-only medium or directory: readers can still proceed
             Err(_) if access == Access::Read => None,
             Err(e) => {
-                return Err(StoreError::Io {
-                    op: "opening",
-                    path: lock_path,
-                    source: e,
-                });
+                return Err(StoreError::Io { op: "opening", path: lock_path, source: e });
             }
         };
         let locked = match &lock {
-            Some(f) => {
-                rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok()
-            }
+            Some(f) => rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_ok(),
             None => false,
         };
         if access == Access::Write && !locked {
-            let holder = fs::read_to_string(&lock_path)
-                .unwrap_or_default()
-                .trim()
-                .to_string();
+            let holder = fs::read_to_string(&lock_path).unwrap_or_default().trim().to_string();
             return Err(StoreError::Locked {
                 path: dir.into(),
-                holder: if holder.is_empty() {
-                    "unknown".into()
-                } else {
-                    holder
-                },
+                holder: if holder.is_empty() { "unknown".into() } else { holder },
             });
         }
         let index_path = dir.join("index.redb");
         let mut store = if locked {
             let mut f = lock.expect("locked implies file");
             let _ = f.set_len(0);
-            let _ = write!(
-                f,
-                "pid {} ({})",
-                std::process::id(),
-                std::env::args().nth(1).unwrap_or_default()
-            );
+            let _ = write!(f, "pid {} ({})", std::process::id(), std::env::args().nth(1).unwrap_or_default());
             let index = match Index::open_rw(&index_path) {
                 Ok(i) => i,
                 Err(e) => {
-                    let aside = dir.join(format!(
-                        "index.redb.damaged-{}",
-                        chrono::Utc::now().format("%Y%m%dT%H%M%S")
-                    ));
+                    let aside = dir.join(format!("index.redb.damaged-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
                     tracing::warn!(index = %index_path.display(), error = %e.0, moved_to = %aside.display(), "index cannot be opened; rebuilding it from the packs");
-                    fs::rename(&index_path, &aside)
-                        .map_err(StoreError::io("moving aside", &index_path))?;
-                    Index::open_rw(&index_path).map_err(|e| StoreError::Index {
-                        path: index_path.clone(),
-                        reason: e.0,
-                    })?
+                    fs::rename(&index_path, &aside).map_err(StoreError::io("moving aside", &index_path))?;
+                    Index::open_rw(&index_path)
+                        .map_err(|e| StoreError::Index { path: index_path.clone(), reason: e.0 })?
                 }
             };
             Store {
@@ -504,10 +420,8 @@ impl Store {
                 files: Default::default(),
             }
         } else {
-            let index = Index::open_ro(&index_path).map_err(|e| StoreError::Index {
-                path: index_path.clone(),
-                reason: e.0,
-            })?;
+            let index =
+                Index::open_ro(&index_path).map_err(|e| StoreError::Index { path: index_path.clone(), reason: e.0 })?;
             Store {
                 dir: dir.into(),
                 config,
@@ -532,16 +446,13 @@ impl Store {
         let known: HashSet<[u8; 32]> = indexed.iter().map(|p| p.1).collect();
         for hash in on_disk.iter().filter(|h| !known.contains(*h)) {
             let path = pack::pack_path(&self.dir, hash);
-            let res = pack::scan(&path, Some(hash), |_, _| {})
-                .map_err(StoreError::io("scanning", &path))?;
+            let res = pack::scan(&path, Some(hash), |_, _| {}).map_err(StoreError::io("scanning", &path))?;
             if !res.problems.is_empty() || !res.hash_ok {
                 tracing::warn!(pack = %path.display(), problems = res.problems.len(), "unindexed pack is damaged; indexing its valid records");
             }
             if self.writable {
                 tracing::info!(pack = %path.display(), objects = res.entries.len(), "indexing pack left unindexed by an interrupted run");
-                self.index
-                    .add_pack_entries(hash, res.size, &res.entries)
-                    .map_err(|e| self.index_err(e))?;
+                self.index.add_pack_entries(hash, res.size, &res.entries).map_err(|e| self.index_err(e))?;
             } else {
                 for en in res.entries {
                     self.extra.entry(en.id).or_insert((*hash, en));
@@ -551,10 +462,7 @@ impl Store {
         let disk: HashSet<[u8; 32]> = on_disk.into_iter().collect();
         for (seq, hash, _) in indexed.iter().filter(|p| !disk.contains(&p.1)) {
             if self.writable {
-                let n = self
-                    .index
-                    .remove_pack(*seq)
-                    .map_err(|e| self.index_err(e))?;
+                let n = self.index.remove_pack(*seq).map_err(|e| self.index_err(e))?;
                 tracing::error!(pack = %hex::encode(hash), objects = n, store = %self.dir.display(), "pack file is missing: its objects are gone from this store; run `omesh verify` to see which snapshots are affected");
             }
         }
@@ -569,10 +477,7 @@ impl Store {
     }
 
     fn index_err(&self, e: index::IndexError) -> StoreError {
-        StoreError::Index {
-            path: self.dir.join("index.redb"),
-            reason: e.0,
-        }
+        StoreError::Index { path: self.dir.join("index.redb"), reason: e.0 }
     }
 
     fn index_packs(&self) -> Result<Vec<(u64, [u8; 32], u64)>> {
@@ -604,10 +509,7 @@ impl Store {
     /// (packs, objects, damaged records).
     pub fn rebuild_index(self) -> Result<(Store, u64, u64, u64)> {
         if !self.writable {
-            return Err(StoreError::Locked {
-                path: self.dir.clone(),
-                holder: "another process".into(),
-            });
+            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
         }
         let dir = self.dir.clone();
         let keys = self.keys.clone();
@@ -616,10 +518,8 @@ impl Store {
         drop(self.index);
         let index_path = dir.join("index.redb");
         let _ = fs::remove_file(&index_path);
-        let index = Index::open_rw(&index_path).map_err(|e| StoreError::Index {
-            path: index_path.clone(),
-            reason: e.0,
-        })?;
+        let index =
+            Index::open_rw(&index_path).map_err(|e| StoreError::Index { path: index_path.clone(), reason: e.0 })?;
         let store = Store {
             dir,
             config,
@@ -634,18 +534,14 @@ impl Store {
         let (mut packs, mut objects, mut damaged) = (0, 0, 0);
         for hash in store.pack_files()? {
             let path = pack::pack_path(&store.dir, &hash);
-            let res = pack::scan(&path, Some(&hash), |_, _| {})
-                .map_err(StoreError::io("scanning", &path))?;
+            let res = pack::scan(&path, Some(&hash), |_, _| {}).map_err(StoreError::io("scanning", &path))?;
             for p in &res.problems {
                 tracing::error!(pack = %path.display(), offset = p.offset, reason = %p.reason, "damaged record skipped");
             }
             damaged += res.problems.len() as u64;
             objects += res.entries.len() as u64;
             packs += 1;
-            store
-                .index
-                .add_pack_entries(&hash, res.size, &res.entries)
-                .map_err(|e| store.index_err(e))?;
+            store.index.add_pack_entries(&hash, res.size, &res.entries).map_err(|e| store.index_err(e))?;
         }
         Ok((store, packs, objects, damaged))
     }
@@ -667,9 +563,7 @@ impl Store {
 
     /// The source's keys, or a clear error when this store has none.
     pub fn keys(&self) -> Result<&Arc<Keys>> {
-        self.keys
-            .as_ref()
-            .ok_or_else(|| StoreError::NoKey(self.dir.clone()))
+        self.keys.as_ref().ok_or_else(|| StoreError::NoKey(self.dir.clone()))
     }
 
     /// Number of indexed objects.
@@ -680,27 +574,14 @@ impl Store {
     /// Where an object is.
     pub fn locate(&self, id: &ObjectId) -> Result<Option<([u8; 32], Location)>> {
         if let Some(loc) = self.index.get(id).map_err(|e| self.index_err(e))? {
-            let hash = self
-                .index
-                .pack_hash(loc.pack)
-                .map_err(|e| self.index_err(e))?
-                .ok_or_else(|| StoreError::Index {
+            let hash =
+                self.index.pack_hash(loc.pack).map_err(|e| self.index_err(e))?.ok_or_else(|| StoreError::Index {
                     path: self.dir.join("index.redb"),
                     reason: format!("object {} points at unknown pack {}", id.short(), loc.pack),
                 })?;
             return Ok(Some((hash, loc)));
         }
-        Ok(self.extra.get(id).map(|(h, e)| {
-            (
-                *h,
-                Location {
-                    pack: 0,
-                    offset: e.offset,
-                    len: e.len,
-                    kind: e.kind,
-                },
-            )
-        }))
+        Ok(self.extra.get(id).map(|(h, e)| (*h, Location { pack: 0, offset: e.offset, len: e.len, kind: e.kind })))
     }
 
     /// Whether the store holds `id` (durably, or queued in this process).
@@ -747,9 +628,7 @@ impl Store {
 
     /// Raw record bytes of an object, check hash verified.
     pub fn read_record(&self, id: &ObjectId) -> Result<Vec<u8>> {
-        let (hash, loc) = self
-            .locate(id)?
-            .ok_or(StoreError::Missing(*id, "not in the index"))?;
+        let (hash, loc) = self.locate(id)?.ok_or(StoreError::Missing(*id, "not in the index"))?;
         let f = self.pack_file(&hash)?;
         pack::read_record_at(&f, loc.offset, loc.len, id).map_err(|reason| StoreError::Corrupt {
             id: *id,
@@ -768,19 +647,9 @@ impl Store {
                 .locate(id)
                 .ok()
                 .flatten()
-                .map(|(h, l)| {
-                    (
-                        pack::pack_path(&self.dir, &h).display().to_string(),
-                        l.offset,
-                    )
-                })
+                .map(|(h, l)| (pack::pack_path(&self.dir, &h).display().to_string(), l.offset))
                 .unwrap_or_default();
-            StoreError::Corrupt {
-                id: *id,
-                pack,
-                offset,
-                reason,
-            }
+            StoreError::Corrupt { id: *id, pack, offset, reason }
         })
     }
 
@@ -790,47 +659,20 @@ impl Store {
     }
 
     /// Seal a plaintext into a record: (id, encoded record).
-    pub fn seal(
-        &self,
-        kind: ObjectKind,
-        plaintext: &[u8],
-        links: Vec<ObjectId>,
-    ) -> Result<(ObjectId, Vec<u8>)> {
+    pub fn seal(&self, kind: ObjectKind, plaintext: &[u8], links: Vec<ObjectId>) -> Result<(ObjectId, Vec<u8>)> {
         let keys = self.keys()?;
         let id = keys.object_id(plaintext);
-        let body = keys.seal(
-            kind,
-            &id,
-            &links,
-            plaintext,
-            self.config.packs.compression_level,
-        );
-        Ok((
-            id,
-            Record {
-                kind,
-                id,
-                links,
-                body,
-            }
-            .encode(),
-        ))
+        let body = keys.seal(kind, &id, &links, plaintext, self.config.packs.compression_level);
+        Ok((id, Record { kind, id, links, body }.encode()))
     }
 
     /// A writer that appends records to packs. Only one per store at a
     /// time makes sense; it needs a writable store.
     pub fn sink(&self) -> Result<PackSink<'_>> {
         if !self.writable {
-            return Err(StoreError::Locked {
-                path: self.dir.clone(),
-                holder: "another process".into(),
-            });
+            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
         }
-        Ok(PackSink {
-            store: self,
-            current: None,
-            stats: WriteStats::default(),
-        })
+        Ok(PackSink { store: self, current: None, stats: WriteStats::default() })
     }
 
     /// Ids of all snapshots (unordered).
@@ -839,11 +681,7 @@ impl Store {
         let mut out = Vec::new();
         for e in fs::read_dir(&d).map_err(StoreError::io("listing", &d))? {
             let e = e.map_err(StoreError::io("listing", &d))?;
-            if let Some(id) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| ObjectId::from_hex(n).ok())
-            {
+            if let Some(id) = e.file_name().to_str().and_then(|n| ObjectId::from_hex(n).ok()) {
                 out.push(id);
             }
         }
@@ -876,13 +714,11 @@ impl Store {
         let keys = self.keys()?.clone();
         let raw = self.read_snapshot_record(id)?;
         let p = self.dir.join("snapshots").join(id.to_hex());
-        let plain = open_record(&keys, &raw, id, ObjectKind::Snapshot).map_err(|reason| {
-            StoreError::Corrupt {
-                id: *id,
-                pack: p.display().to_string(),
-                offset: 0,
-                reason,
-            }
+        let plain = open_record(&keys, &raw, id, ObjectKind::Snapshot).map_err(|reason| StoreError::Corrupt {
+            id: *id,
+            pack: p.display().to_string(),
+            offset: 0,
+            reason,
         })?;
         SnapshotRecord::decode(&plain).map_err(|source| StoreError::Format { id: *id, source })
     }
@@ -913,21 +749,14 @@ impl Store {
                 .ok_or_else(|| StoreError::SnapshotNotFound(spec.into(), self.dir.clone()));
         }
         let spec_l = spec.to_ascii_lowercase();
-        let matches: Vec<ObjectId> = self
-            .snapshot_ids()?
-            .into_iter()
-            .filter(|id| id.to_hex().starts_with(&spec_l))
-            .collect();
+        let matches: Vec<ObjectId> =
+            self.snapshot_ids()?.into_iter().filter(|id| id.to_hex().starts_with(&spec_l)).collect();
         match matches.len() {
             0 => Err(StoreError::SnapshotNotFound(spec.into(), self.dir.clone())),
             1 => Ok(matches[0]),
             _ => Err(StoreError::Ambiguous(
                 spec.into(),
-                matches
-                    .iter()
-                    .map(|m| m.short())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                matches.iter().map(|m| m.short()).collect::<Vec<_>>().join(", "),
             )),
         }
     }
@@ -971,13 +800,12 @@ impl Store {
             });
         }
         if let Some(keys) = &self.keys {
-            keys.open(rec.kind, &rec.id, &rec.links, &rec.body)
-                .map_err(|e| StoreError::Corrupt {
-                    id: rec.id,
-                    pack: "incoming record".into(),
-                    offset: 0,
-                    reason: e.to_string(),
-                })?;
+            keys.open(rec.kind, &rec.id, &rec.links, &rec.body).map_err(|e| StoreError::Corrupt {
+                id: rec.id,
+                pack: "incoming record".into(),
+                offset: 0,
+                reason: e.to_string(),
+            })?;
         }
         if !self.claim(&rec.id)? {
             return Ok(false);
@@ -988,25 +816,15 @@ impl Store {
 }
 
 /// Decrypt a raw record and check it is `id` of `kind`.
-pub fn open_record(
-    keys: &Keys,
-    raw: &[u8],
-    id: &ObjectId,
-    kind: ObjectKind,
-) -> std::result::Result<Vec<u8>, String> {
+pub fn open_record(keys: &Keys, raw: &[u8], id: &ObjectId, kind: ObjectKind) -> std::result::Result<Vec<u8>, String> {
     let (rec, _) = Record::decode(raw).map_err(|e| e.to_string())?;
     if rec.id != *id {
         return Err(format!("record holds {} instead", rec.id.short()));
     }
     if rec.kind != kind {
-        return Err(format!(
-            "expected a {} object, found a {}",
-            kind.name(),
-            rec.kind.name()
-        ));
+        return Err(format!("expected a {} object, found a {}", kind.name(), rec.kind.name()));
     }
-    keys.open(rec.kind, &rec.id, &rec.links, &rec.body)
-        .map_err(|e: OpenError| e.to_string())
+    keys.open(rec.kind, &rec.id, &rec.links, &rec.body).map_err(|e: OpenError| e.to_string())
 }
 
 /// Appends records to packs, closing each at the target size.
@@ -1021,12 +839,10 @@ impl PackSink<'_> {
     pub fn add(&mut self, id: ObjectId, kind: ObjectKind, record: &[u8]) -> Result<()> {
         let tmp = self.store.dir.join("tmp");
         if self.current.is_none() {
-            self.current =
-                Some(PackWriter::create(&tmp).map_err(StoreError::io("creating pack in", &tmp))?);
+            self.current = Some(PackWriter::create(&tmp).map_err(StoreError::io("creating pack in", &tmp))?);
         }
         let w = self.current.as_mut().expect("just set");
-        w.append(id, kind, record)
-            .map_err(StoreError::io("writing pack in", &tmp))?;
+        w.append(id, kind, record).map_err(StoreError::io("writing pack in", &tmp))?;
         self.stats.objects += 1;
         self.stats.bytes += record.len() as u64;
         if w.len() >= self.store.config.packs.target_bytes {
@@ -1044,14 +860,9 @@ impl PackSink<'_> {
             w.discard();
             return Ok(());
         }
-        let info = w.finish(&self.store.dir).map_err(StoreError::io(
-            "finishing pack in",
-            &self.store.dir.join("packs"),
-        ))?;
-        self.store
-            .index
-            .add_pack(&info)
-            .map_err(|e| self.store.index_err(e))?;
+        let info =
+            w.finish(&self.store.dir).map_err(StoreError::io("finishing pack in", &self.store.dir.join("packs")))?;
+        self.store.index.add_pack(&info).map_err(|e| self.store.index_err(e))?;
         let mut pending = self.store.pending.lock().expect("pending lock");
         for e in &info.entries {
             pending.remove(&e.id);

@@ -80,10 +80,7 @@ impl PackWriter {
         let mut rnd = [0u8; 12];
         getrandom::fill(&mut rnd).map_err(|e| io::Error::other(e.to_string()))?;
         let tmp = tmp_dir.join(format!("{}.pack-tmp", hex::encode(rnd)));
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
+        let file = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         let mut w = PackWriter {
             out: BufWriter::with_capacity(1 << 20, file),
             tmp,
@@ -106,12 +103,7 @@ impl PackWriter {
     pub fn append(&mut self, id: ObjectId, kind: ObjectKind, record: &[u8]) -> io::Result<()> {
         let offset = self.len;
         self.write_raw(record)?;
-        self.entries.push(PackEntry {
-            id,
-            kind,
-            offset,
-            len: record.len() as u32,
-        });
+        self.entries.push(PackEntry { id, kind, offset, len: record.len() as u32 });
         failpoint::hit("pack.append");
         Ok(())
     }
@@ -128,13 +120,7 @@ impl PackWriter {
 
     /// Make the pack durable under its final name in `store`.
     pub fn finish(self, store: &Path) -> io::Result<PackInfo> {
-        let PackWriter {
-            out,
-            tmp,
-            hasher,
-            len,
-            entries,
-        } = self;
+        let PackWriter { out, tmp, hasher, len, entries } = self;
         let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
         drop(file);
@@ -149,11 +135,7 @@ impl PackWriter {
         fs::rename(&tmp, &dest)?;
         sync_dir(dir)?;
         failpoint::hit("pack.after_rename");
-        Ok(PackInfo {
-            hash,
-            size: len,
-            entries,
-        })
+        Ok(PackInfo { hash, size: len, entries })
     }
 
     /// Abandon the pack (error path).
@@ -197,13 +179,8 @@ pub fn scan(
 ) -> io::Result<ScanResult> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
-    let mut res = ScanResult {
-        size: data.len() as u64,
-        ..Default::default()
-    };
-    res.hash_ok = expected_hash
-        .map(|h| blake3::hash(&data).as_bytes() == h)
-        .unwrap_or(true);
+    let mut res = ScanResult { size: data.len() as u64, ..Default::default() };
+    res.hash_ok = expected_hash.map(|h| blake3::hash(&data).as_bytes() == h).unwrap_or(true);
     if data.len() < PACK_MAGIC.len() || data[..PACK_MAGIC.len()] != PACK_MAGIC {
         res.problems.push(ScanProblem {
             offset: 0,
@@ -216,23 +193,14 @@ pub fn scan(
     while pos < data.len() {
         match try_record(&data[pos..]) {
             Ok((header, len)) => {
-                let e = PackEntry {
-                    id: header.id,
-                    kind: header.kind,
-                    offset: pos as u64,
-                    len: len as u32,
-                };
+                let e = PackEntry { id: header.id, kind: header.kind, offset: pos as u64, len: len as u32 };
                 f(&e, &data[pos..pos + len]);
                 res.entries.push(e);
                 pos += len;
             }
             Err(reason) => {
                 let id = RecordHeader::parse(&data[pos..]).ok().map(|h| h.id);
-                res.problems.push(ScanProblem {
-                    offset: pos as u64,
-                    id,
-                    reason,
-                });
+                res.problems.push(ScanProblem { offset: pos as u64, id, reason });
                 // resync: next position holding a verifiable record
                 let mut next = pos + 1;
                 loop {
@@ -261,10 +229,7 @@ fn try_record(buf: &[u8]) -> Result<(RecordHeader, usize), String> {
     let header = RecordHeader::parse(buf).map_err(|e| e.to_string())?;
     let len = header.record_len();
     if (buf.len() as u64) < len {
-        return Err(format!(
-            "record truncated: needs {len} bytes, {} left in pack",
-            buf.len()
-        ));
+        return Err(format!("record truncated: needs {len} bytes, {} left in pack", buf.len()));
     }
     record::verify_check(&buf[..len as usize]).map_err(|e| e.to_string())?;
     Ok((header, len as usize))
@@ -277,34 +242,19 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// Read one record's bytes at a known location and verify its check hash
 /// and id; `HEADER_BYTES` is read first so a corrupted length cannot make us
 /// read past the record.
-pub fn read_record_at(
-    file: &File,
-    offset: u64,
-    len: u32,
-    id: &ObjectId,
-) -> Result<Vec<u8>, String> {
+pub fn read_record_at(file: &File, offset: u64, len: u32, id: &ObjectId) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::FileExt;
     if (len as usize) < HEADER_BYTES {
-        return Err(format!(
-            "index entry length {len} is shorter than a record header"
-        ));
+        return Err(format!("index entry length {len} is shorter than a record header"));
     }
     let mut buf = vec![0u8; len as usize];
-    file.read_exact_at(&mut buf, offset)
-        .map_err(|e| format!("read failed: {e}"))?;
+    file.read_exact_at(&mut buf, offset).map_err(|e| format!("read failed: {e}"))?;
     let header = RecordHeader::parse(&buf).map_err(|e| e.to_string())?;
     if header.record_len() != len as u64 {
-        return Err(format!(
-            "record length {} does not match the index ({len})",
-            header.record_len()
-        ));
+        return Err(format!("record length {} does not match the index ({len})", header.record_len()));
     }
     if header.id != *id {
-        return Err(format!(
-            "record holds object {} instead of {}",
-            header.id.short(),
-            id.short()
-        ));
+        return Err(format!("record holds object {} instead of {}", header.id.short(), id.short()));
     }
     record::verify_check(&buf).map_err(|e| e.to_string())?;
     Ok(buf)
