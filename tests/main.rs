@@ -5,6 +5,7 @@
 mod common;
 
 mod local_cli;
+mod local_compat;
 mod local_corruption;
 mod local_crash;
 mod local_dedup;

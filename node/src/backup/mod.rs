@@ -72,6 +72,8 @@ pub struct BackupOptions {
     pub hostname: Option<String>,
     /// Worker threads (default: available cores).
     pub threads: Option<usize>,
+    /// Files read at once (default: 4 per core, 4 to 16).
+    pub read_concurrency: Option<usize>,
 }
 
 /// Live counters for progress display.
@@ -334,7 +336,9 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
     };
     let threads =
         opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
-    let readers = threads.clamp(2, 8);
+    // reading is latency-bound (cold inodes, small files): keep several
+    // reads in flight per core
+    let readers = opts.read_concurrency.unwrap_or((threads * 4).clamp(4, 16)).max(1);
     let workers = threads;
 
     let (file_tx, file_rx) = bounded::<FileJob>(readers * 4);

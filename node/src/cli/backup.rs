@@ -34,9 +34,12 @@ pub struct BackupArgs {
     /// Record this host name instead of the machine's.
     #[arg(long)]
     pub host: Option<String>,
-    /// Worker threads (default: all cores).
+    /// Worker threads for hashing, compression and encryption (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Files read at once (default: 4 per core); raise on storage with deep queues.
+    #[arg(long, value_name = "N")]
+    pub read_concurrency: Option<usize>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -58,6 +61,7 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
         tags: a.tag.clone(),
         hostname: a.host.clone(),
         threads: a.threads,
+        read_concurrency: a.read_concurrency,
     };
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
