@@ -12,3 +12,5 @@ mod local_dedup;
 mod local_hostile;
 mod local_image;
 mod local_roundtrip;
+mod mesh_replication;
+mod mesh_security;

@@ -9,17 +9,23 @@
 //! Wire and record formats live in the `omesh-proto` crate.
 
 pub mod backup;
+pub mod ca;
 pub mod chunker;
 pub mod cli;
+pub mod config;
 pub mod crypto;
 pub mod failpoint;
 pub mod fsutil;
 pub mod keyfile;
+pub mod mesh;
+pub mod node;
 pub mod objects;
 pub mod restore;
 pub mod sample;
 pub mod snapshot;
+pub mod state;
 pub mod store;
+pub mod transport;
 pub mod verify;
 
 pub use omesh_proto as proto;

@@ -18,6 +18,7 @@
 
 pub mod frame;
 pub mod id;
+pub mod msg;
 pub mod record;
 
 pub use frame::{FrameError, MAX_FRAME_BYTES};

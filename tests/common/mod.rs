@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod mesh;
 pub mod tree;
 
 use std::path::{Path, PathBuf};

@@ -995,7 +995,7 @@ fn chunk_worker(ctx: &Ctx<'_>, rx: Receiver<ChunkJob>, pack_tx: Sender<PackItem>
 // ---------------------------------------------------------------- packer
 
 fn packer(ctx: &Ctx<'_>, rx: Receiver<PackItem>) -> Option<WriteStats> {
-    let mut sink: PackSink<'_> = match ctx.store.sink() {
+    let mut sink: PackSink<&Store> = match ctx.store.sink() {
         Ok(s) => s,
         Err(e) => {
             ctx.fail(e.into());

@@ -1,10 +1,10 @@
 //! `omesh backup`
 
 use super::StoreArgs;
+use super::mesh;
 use super::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
 use crate::backup::{self, BackupError, BackupOptions, ParentChoice, Progress};
 use crate::store::{Access, Store};
-use omesh_proto::ObjectId;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -46,7 +46,10 @@ pub struct BackupArgs {
 }
 
 pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
-    let store = Store::open(&a.store.store, Access::Write, key_source(&a.store.key_file))?;
+    if let Some(cfg) = a.store.config.clone() {
+        return run_mesh(a, &cfg);
+    }
+    let store = Store::open(a.store.dir(), Access::Write, key_source(&a.store.key_file))?;
     let parent = match a.parent.as_deref() {
         None => ParentChoice::Auto,
         Some("none") => ParentChoice::None,
@@ -82,9 +85,7 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
         Err(e @ (BackupError::Options(_) | BackupError::Path { .. })) => {
             return Err(CliError { code: ExitCode::Usage, err: e.into() });
         }
-        Err(e) => {
-            return Err(CliError { code: ExitCode::Failed, err: e.into() });
-        }
+        Err(e) => return Err(CliError { code: ExitCode::Failed, err: e.into() }),
     };
     for w in &s.warnings {
         eprintln!("omesh: warning: {}: {}", w.path, w.message);
@@ -92,23 +93,150 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
     if a.json {
         print_json(&s)?;
     } else {
-        let id = ObjectId::from_hex(&s.snapshot).map(|i| i.short()).unwrap_or_default();
-        println!("snapshot {id} saved ({})", s.snapshot);
-        println!(
-            "  {} files, {} dirs, {} total; read {}, added {} to the store in {:.1}s",
-            s.files,
-            s.dirs,
-            bytes(s.bytes),
-            bytes(s.bytes_read),
-            bytes(s.bytes_added),
-            s.seconds
-        );
-        if s.files_unchanged > 0 {
-            println!("  {} files unchanged since the parent snapshot were not read", s.files_unchanged);
-        }
-        if !s.warnings.is_empty() {
-            println!("  {} warnings: some content could not be read (see above)", s.warnings.len());
-        }
+        print_summary(&serde_json::to_value(&s).expect("serializes"));
     }
     Ok(if s.warnings.is_empty() { ExitCode::Ok } else { ExitCode::Warnings })
+}
+
+fn print_summary(s: &serde_json::Value) {
+    let u = |k: &str| s[k].as_u64().unwrap_or(0);
+    let id = s["snapshot"].as_str().unwrap_or("");
+    println!("snapshot {} saved ({id})", &id[..8.min(id.len())]);
+    println!(
+        "  {} files, {} dirs, {} total; read {}, added {} to the store in {:.1}s",
+        u("files"),
+        u("dirs"),
+        bytes(u("bytes")),
+        bytes(u("bytes_read")),
+        bytes(u("bytes_added")),
+        s["seconds"].as_f64().unwrap_or(0.0)
+    );
+    if u("files_unchanged") > 0 {
+        println!("  {} files unchanged since the parent snapshot were not read", u("files_unchanged"));
+    }
+    let w = s["warnings"].as_array().map(|v| v.len()).unwrap_or(0);
+    if w > 0 {
+        println!("  {w} warnings: some content could not be read (see above)");
+    }
+}
+
+fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
+    use crate::node::control::{self, ControlRequest};
+    let cfg = mesh::load(path)?;
+    if a.host.is_some() || a.threads.is_some() || a.read_concurrency.is_some() {
+        return Err(CliError::usage("--host, --threads and --read-concurrency apply to --store backups only"));
+    }
+    let rt = mesh::tokio()?;
+    let req = ControlRequest::Backup {
+        paths: a.paths.clone(),
+        exclude: a.exclude.clone(),
+        one_file_system: a.one_file_system,
+        image: a.image.clone(),
+        tags: a.tag.clone(),
+        parent: a.parent.clone(),
+    };
+    let v: serde_json::Value = rt.block_on(async {
+        let sock = cfg.control_socket();
+        if control::daemon_running(&sock).await {
+            let pb = progress_bar();
+            let r = control::call(&sock, &req, |p| {
+                if let Some(pb) = &pb {
+                    pb.set_message(format!(
+                        "{} files, {} read, {} added",
+                        p["files"].as_u64().unwrap_or(0),
+                        bytes(p["bytes_read"].as_u64().unwrap_or(0)),
+                        bytes(p["bytes_added"].as_u64().unwrap_or(0))
+                    ));
+                    pb.tick();
+                }
+            })
+            .await;
+            if let Some(pb) = pb {
+                pb.finish_and_clear();
+            }
+            match r {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err((c, m))) => Err(mesh::reply_err(c, m)),
+                Err(e) => Err(CliError::failed(format!("daemon at {}: {e}", sock.display()))),
+            }
+        } else {
+            let ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } = req else {
+                unreachable!()
+            };
+            let mut excludes = cfg.backup.exclude.clone();
+            excludes.extend(exclude);
+            let nrt = mesh::runtime(cfg.clone(), true).await?;
+            let parent = match parent.as_deref() {
+                None => ParentChoice::Auto,
+                Some("none") => ParentChoice::None,
+                Some(p) => ParentChoice::Id(nrt.stores.own().and_then(|s| s.store.resolve_snapshot(p))?),
+            };
+            let opts = BackupOptions {
+                paths: if paths.is_empty() && image.is_none() { cfg.backup.paths.clone() } else { paths },
+                image,
+                excludes,
+                one_file_system: one_file_system || cfg.backup.one_file_system,
+                parent,
+                tags,
+                ..Default::default()
+            };
+            let progress = Arc::new(Progress::default());
+            let rep = nrt.backup_and_replicate(opts, progress).await.map_err(mesh::node_err)?;
+            Ok(serde_json::to_value(rep).expect("serializes"))
+        }
+    })?;
+    for w in v["warnings"].as_array().into_iter().flatten() {
+        eprintln!("omesh: warning: {}: {}", w["path"].as_str().unwrap_or(""), w["message"].as_str().unwrap_or(""));
+    }
+    for w in v["replication_warnings"].as_array().into_iter().flatten() {
+        eprintln!("omesh: warning: {}", w.as_str().unwrap_or(""));
+    }
+    if a.json {
+        print_json(&v)?;
+    } else {
+        print_summary(&v);
+        for r in v["replicas"].as_array().into_iter().flatten() {
+            if r["ok"].as_bool() == Some(true) {
+                println!(
+                    "  replica on {} ({}, domain {:?}): sent {} in {} objects, {:.1}s",
+                    r["peer"].as_str().unwrap_or(""),
+                    r["address"].as_str().unwrap_or(""),
+                    r["domain"].as_str().unwrap_or(""),
+                    bytes(r["bytes_sent"].as_u64().unwrap_or(0)),
+                    r["objects_sent"].as_u64().unwrap_or(0),
+                    r["seconds"].as_f64().unwrap_or(0.0)
+                );
+            } else {
+                println!("  NOT on {}: {}", r["peer"].as_str().unwrap_or(""), r["error"].as_str().unwrap_or("failed"));
+            }
+        }
+        println!(
+            "  {}",
+            if v["protected"].as_bool() == Some(true) {
+                format!("protected: on {} peers in {} failure domains", v["factor"], v["distinct_domains"])
+            } else {
+                format!(
+                    "NOT PROTECTED: fewer than {} peers hold this snapshot; it stays local until they do",
+                    v["factor"]
+                )
+            }
+        );
+    }
+    let file_warnings = v["warnings"].as_array().map(|w| !w.is_empty()).unwrap_or(false);
+    Ok(if v["protected"].as_bool() != Some(true) {
+        ExitCode::Unprotected
+    } else if file_warnings {
+        ExitCode::Warnings
+    } else {
+        ExitCode::Ok
+    })
+}
+
+fn progress_bar() -> Option<indicatif::ProgressBar> {
+    if !super::output::interactive() {
+        return None;
+    }
+    let pb = indicatif::ProgressBar::new_spinner();
+    pb.set_style(indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("template"));
+    Some(pb)
 }

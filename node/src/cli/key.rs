@@ -24,15 +24,32 @@ pub enum KeyCommand {
         /// Exported key file.
         file: PathBuf,
         /// Store the key belongs to; the key is written to DIR/key.
-        #[arg(long, short = 's', env = "OMESH_STORE", value_name = "DIR")]
-        store: PathBuf,
+        #[arg(
+            long,
+            short = 's',
+            env = "OMESH_STORE",
+            value_name = "DIR",
+            required_unless_present = "config",
+            conflicts_with = "config"
+        )]
+        store: Option<PathBuf>,
+        /// Node configuration: install the key as DATA_DIR/keys/SOURCE.key so
+        /// this node can restore that source's snapshots from the mesh.
+        #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
 pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
     match c {
         KeyCommand::Export { store, out } => {
-            let path = store.key_file.clone().unwrap_or_else(|| store.store.join("key"));
+            let path = match &store.config {
+                Some(p) => {
+                    let cfg = super::mesh::load(p)?;
+                    cfg.key_path(&cfg.name)
+                }
+                None => store.key_file.clone().unwrap_or_else(|| store.dir().join("key")),
+            };
             let k = KeyFile::load(&path)?;
             match out {
                 Some(o) => {
@@ -47,10 +64,15 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::Ok)
         }
-        KeyCommand::Import { file, store } => {
+        KeyCommand::Import { file, store, config } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
             let k = KeyFile::from_text(&text, &file)?;
+            let store = match (store, config) {
+                (Some(s), _) => s,
+                (None, Some(p)) => return import_for_node(&k, &p),
+                (None, None) => unreachable!("clap requires --store or --config"),
+            };
             let cfg_path = store.join(CONFIG_FILE);
             let cfg = std::fs::read_to_string(&cfg_path).map_err(|e| {
                 CliError::usage(format!("{} is not an omesh store ({}: {e})", store.display(), cfg_path.display()))
@@ -83,4 +105,40 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::Ok)
         }
     }
+}
+
+/// Install a key as DATA_DIR/keys/SOURCE.key for mesh restores.
+fn import_for_node(k: &KeyFile, config: &std::path::Path) -> Result<ExitCode, CliError> {
+    let cfg = super::mesh::load(config)?;
+    let dest = cfg.key_path(&k.source);
+    let dir = cfg.source_dir(&k.source);
+    if let Ok(t) = std::fs::read_to_string(dir.join(CONFIG_FILE)) {
+        if let Ok(c) = toml::from_str::<crate::store::config::StoreConfig>(&t) {
+            if !c.key_id.is_empty() && c.key_id != k.key_id() {
+                return Err(CliError::usage(format!(
+                    "key {} does not match the store of {} on this node (key {}); nothing written",
+                    k.key_id(),
+                    k.source,
+                    c.key_id
+                )));
+            }
+        }
+    }
+    if dest.exists() {
+        let existing = KeyFile::load(&dest)?;
+        if existing.key_id() == k.key_id() {
+            eprintln!("{} already holds this key", dest.display());
+            return Ok(ExitCode::Ok);
+        }
+        return Err(CliError::usage(format!(
+            "{} already holds a different key for {}; move it away first",
+            dest.display(),
+            k.source
+        )));
+    }
+    std::fs::create_dir_all(dest.parent().expect("keys dir"))
+        .map_err(|e| CliError::failed(format!("{}: {e}", dest.display())))?;
+    k.save(&dest)?;
+    eprintln!("key {} of source {:?} installed as {}", k.key_id(), k.source, dest.display());
+    Ok(ExitCode::Ok)
 }

@@ -14,6 +14,9 @@ pub struct LsArgs {
     pub snapshot: String,
     /// Only list below this path (as backed up, e.g. /etc).
     pub path: Option<String>,
+    /// Mesh mode: whose snapshot (default: this node's).
+    #[arg(long, value_name = "NODE", requires = "config")]
+    pub source: Option<String>,
     /// Print as JSON (an array of entries).
     #[arg(long)]
     pub json: bool,
@@ -59,20 +62,51 @@ fn node_json(path: &str, n: &Node) -> serde_json::Value {
 }
 
 pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
-    let store = Store::open(&a.store.store, Access::Read, key_source(&a.store.key_file))?;
-    let id = store.resolve_snapshot(&a.snapshot)?;
-    let rec = store.load_snapshot(&id)?;
-    let want: Vec<String> =
-        a.path.as_deref().unwrap_or("/").split('/').filter(|c| !c.is_empty()).map(String::from).collect();
+    let out = match a.store.config.clone() {
+        None => {
+            let store = Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?;
+            let id = store.resolve_snapshot(&a.snapshot)?;
+            let rec = store.load_snapshot(&id)?;
+            list(&store, rec.tree, a.path.as_deref())?
+        }
+        Some(path) => {
+            use super::mesh;
+            let cfg = mesh::load(&path)?;
+            let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
+            let rt = mesh::tokio()?;
+            rt.block_on(async {
+                let nrt = mesh::runtime(cfg, false).await?;
+                let (id, src) =
+                    crate::node::views::prepare_restore(&nrt, &source, &a.snapshot, &crate::node::views::From::Auto)
+                        .await
+                        .map_err(mesh::node_err)?;
+                let rec =
+                    src.snapshot(&id).map_err(|e| CliError { code: ExitCode::Damage, err: anyhow::anyhow!(e) })?;
+                let p = a.path.clone();
+                tokio::task::spawn_blocking(move || list(&src, rec.tree, p.as_deref()))
+                    .await
+                    .map_err(|e| CliError::failed(e.to_string()))?
+            })?
+        }
+    };
+    print(out, a.json)
+}
+
+fn list(
+    src: &dyn ObjectSource,
+    root: omesh_proto::ObjectId,
+    path: Option<&str>,
+) -> Result<Vec<(String, Node)>, CliError> {
+    let want: Vec<String> = path.unwrap_or("/").split('/').filter(|c| !c.is_empty()).map(String::from).collect();
     let mut out = Vec::new();
-    let mut stack = vec![(String::new(), rec.tree)];
+    let mut stack = vec![(String::new(), root)];
     while let Some((prefix, tree)) = stack.pop() {
-        let nodes = objects::load_dir(&store as &dyn ObjectSource, &tree)
-            .map_err(|e| CliError { code: ExitCode::Damage, err: anyhow::anyhow!(e) })?;
+        let nodes =
+            objects::load_dir(src, &tree).map_err(|e| CliError { code: ExitCode::Damage, err: anyhow::anyhow!(e) })?;
         for n in nodes.into_iter().rev() {
             let p = format!("{prefix}/{}", n.name_lossy());
-            let depth = p.split('/').filter(|c| !c.is_empty()).count();
             let comps: Vec<&str> = p.split('/').filter(|c| !c.is_empty()).collect();
+            let depth = comps.len();
             let on_way = comps.len() <= want.len() && comps.iter().zip(&want).all(|(a, b)| a == b);
             let below = depth > want.len() && comps[..want.len()].iter().zip(&want).all(|(a, b)| a == b);
             if !(on_way || below) {
@@ -86,8 +120,12 @@ pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
             }
         }
     }
+    Ok(out)
+}
+
+fn print(mut out: Vec<(String, Node)>, json: bool) -> Result<ExitCode, CliError> {
     out.sort_by(|a, b| a.0.cmp(&b.0));
-    if a.json {
+    if json {
         print_json(&out.iter().map(|(p, n)| node_json(p, n)).collect::<Vec<_>>())?;
     } else {
         for (p, n) in &out {

@@ -5,14 +5,19 @@
 //! listed in [`ExitCode`] and in `docs/cli.md`.
 
 mod backup;
+mod ca;
 mod demo;
+mod demo_compare;
 mod init;
 mod key;
 mod ls;
+mod mesh;
+mod node;
 mod output;
 mod repair;
 mod restore;
 mod snapshots;
+mod status;
 mod verify;
 
 use clap::{Parser, Subcommand};
@@ -28,7 +33,8 @@ pub use output::{CliError, ExitCode};
     version,
     about,
     long_about = None,
-    after_help = "Start here:\n  omesh demo                                 see the whole thing work in a minute\n  omesh init --store /srv/omesh              create a local store and its key\n  omesh backup --store /srv/omesh /var/lib/app\n  omesh snapshots --store /srv/omesh\n  omesh restore --store /srv/omesh latest --target /tmp/restore\n\nExit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 backup finished with\nunreadable files, 4 damage found (verify) or files not restored, 5 store busy.\nLogs: RUST_LOG=debug (or --verbose) writes detailed logs to stderr."
+    after_help = "Start here:\n  omesh demo                                 see the whole thing work in a minute\n  omesh init --store /srv/omesh              create a local store and its key\n  omesh backup --store /srv/omesh /var/lib/app\n  omesh snapshots --store /srv/omesh\n  omesh restore --store /srv/omesh latest --target /tmp/restore\n\nExit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 backup finished with\nunreadable files, 4 damage found (verify) or files not restored, 5 store busy,
+6 snapshot saved but not yet on `factor` peers.\nLogs: RUST_LOG=debug (or --verbose) writes detailed logs to stderr."
 )]
 pub struct Cli {
     /// More log output on stderr (repeat for more).
@@ -41,15 +47,32 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// Where the store and key are.
+/// Where the data is: a local store (`--store`) or a mesh node (`--config`).
 #[derive(clap::Args, Debug, Clone)]
 pub struct StoreArgs {
-    /// Store directory.
-    #[arg(long, short = 's', env = "OMESH_STORE", value_name = "DIR")]
-    pub store: PathBuf,
-    /// Key file, when it is not DIR/key.
-    #[arg(long, env = "OMESH_KEY_FILE", value_name = "PATH")]
+    /// Store directory (a stand-alone local store).
+    #[arg(
+        long,
+        short = 's',
+        env = "OMESH_STORE",
+        value_name = "DIR",
+        required_unless_present = "config",
+        conflicts_with = "config"
+    )]
+    pub store: Option<PathBuf>,
+    /// Node configuration (mesh mode: the node's own store, its peers, its daemon).
+    #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Key file, when it is not DIR/key (local stores only).
+    #[arg(long, env = "OMESH_KEY_FILE", value_name = "PATH", conflicts_with = "config")]
     pub key_file: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// The store directory (local mode).
+    pub fn dir(&self) -> &std::path::Path {
+        self.store.as_deref().expect("clap requires --store without --config")
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,7 +119,15 @@ pub enum Command {
     /// Repair a store.
     #[command(subcommand)]
     Repair(repair::RepairCommand),
-    /// Run a self-contained demonstration in a temporary directory.
+    /// Site certificate authority: create it, issue and revoke node certificates.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Run the node daemon.
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Peers, replication state and storage of a mesh node.
+    Status(status::StatusArgs),
+    /// Run a self-contained demonstration: a 3-node mesh on loopback, a lost server, a restore onto a new one.
     Demo(demo::DemoArgs),
 }
 
@@ -129,6 +160,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Verify(a) => verify::run(a),
         Command::Key(c) => key::run(c),
         Command::Repair(c) => repair::run(c),
+        Command::Ca(c) => ca::run(c),
+        Command::Node(c) => node::run(c),
+        Command::Status(a) => status::run(a),
         Command::Demo(a) => demo::run(a),
     }
 }
@@ -136,7 +170,16 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
 /// Entry point used by the binary.
 pub fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.log_json);
+    // the demo narrates on stdout; keep its stderr to real errors
+    let verbose =
+        if matches!(cli.command, Command::Demo(_)) && cli.verbose == 0 && std::env::var_os("RUST_LOG").is_none() {
+            // SAFETY: single-threaded at this point, before any thread starts
+            unsafe { std::env::set_var("RUST_LOG", "error") };
+            0
+        } else {
+            cli.verbose
+        };
+    init_logging(verbose, cli.log_json);
     match run(cli) {
         Ok(code) => code.into(),
         Err(e) => {

@@ -21,6 +21,9 @@ pub enum ExitCode {
     Damage = 4,
     /// The store is in use by another process.
     Busy = 5,
+    /// The snapshot was saved locally but fewer than `factor` peers
+    /// acknowledged it: not yet protected against losing this server.
+    Unprotected = 6,
 }
 
 impl From<ExitCode> for std::process::ExitCode {

@@ -23,7 +23,14 @@ pub enum RepairCommand {
 pub fn run(c: RepairCommand) -> Result<ExitCode, CliError> {
     match c {
         RepairCommand::Index { store, json } => {
-            let s = Store::open(&store.store, Access::Write, crate::store::KeySource::None)?;
+            let dir = match &store.config {
+                None => store.dir().to_path_buf(),
+                Some(p) => {
+                    let cfg = super::mesh::load(p)?;
+                    cfg.source_dir(&cfg.name)
+                }
+            };
+            let s = Store::open(&dir, Access::Write, crate::store::KeySource::None)?;
             let (_s, packs, objects, damaged) = s.rebuild_index()?;
             if json {
                 print_json(&serde_json::json!({"packs": packs, "objects": objects, "damaged_records": damaged}))?;

@@ -23,19 +23,39 @@ pub struct RestoreArgs {
     /// Worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Mesh mode: whose snapshot (default: this node's own).
+    #[arg(long, value_name = "NODE", requires = "config")]
+    pub source: Option<String>,
+    /// Mesh mode: where to read from: auto (local copy and every replica,
+    /// nearest and fastest first), local, or a peer name.
+    #[arg(long, value_name = "auto|local|PEER", default_value = "auto", requires = "config")]
+    pub from: String,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
 pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
-    let store = Store::open(&a.store.store, Access::Read, key_source(&a.store.key_file))?;
+    if let Some(cfg) = a.store.config.clone() {
+        return run_mesh(a, &cfg);
+    }
+    let store = Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?;
     store.keys()?;
     let id = store.resolve_snapshot(&a.snapshot)?;
     let opts = RestoreOptions { target: a.target.clone(), includes: a.include.clone(), threads: a.threads };
     let progress = Arc::new(RestoreProgress::default());
+    let res = run_restore(&store, &id, &opts, progress);
+    finish(res, a.json, None)
+}
+
+fn run_restore(
+    src: &dyn crate::objects::ObjectSource,
+    id: &omesh_proto::ObjectId,
+    opts: &RestoreOptions,
+    progress: Arc<RestoreProgress>,
+) -> Result<crate::restore::RestoreSummary, RestoreError> {
     let p = progress.clone();
-    let res = with_progress(
+    with_progress(
         move || {
             let done = p.bytes_written.load(Ordering::Relaxed) + p.bytes_reused.load(Ordering::Relaxed);
             format!(
@@ -45,8 +65,51 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
                 bytes(p.bytes_planned.load(Ordering::Relaxed))
             )
         },
-        || restore::run(&store, &id, &opts, progress.clone()),
-    );
+        || restore::run(src, id, opts, progress.clone()),
+    )
+}
+
+fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
+    use super::mesh;
+    use crate::node::views::{From, prepare_restore};
+    let cfg = mesh::load(path)?;
+    let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
+    let from = match a.from.as_str() {
+        "auto" => From::Auto,
+        "local" => From::Local,
+        p => From::Peer(p.to_string()),
+    };
+    let rt = mesh::tokio()?;
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.include.clone(),
+        threads: Some(a.threads.unwrap_or((cores * 8).max(16))),
+    };
+    let (res, usage) = rt.block_on(async {
+        let nrt = mesh::runtime(cfg, false).await?;
+        let (id, src) = prepare_restore(&nrt, &source, &a.snapshot, &from).await.map_err(mesh::node_err)?;
+        let progress = Arc::new(RestoreProgress::default());
+        let src = Arc::new(src);
+        let s2 = src.clone();
+        let res = tokio::task::spawn_blocking(move || run_restore(s2.as_ref(), &id, &opts, progress))
+            .await
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        let mut usage = serde_json::to_value(src.usage()).expect("serializes");
+        let local = src.local_objects.load(Ordering::Relaxed);
+        if local > 0 {
+            usage.as_array_mut().expect("array").push(serde_json::json!({"peer": "local", "objects": local}));
+        }
+        Ok::<_, CliError>((res, usage))
+    })?;
+    finish(res, a.json, Some(usage))
+}
+
+fn finish(
+    res: Result<crate::restore::RestoreSummary, RestoreError>,
+    json: bool,
+    sources: Option<serde_json::Value>,
+) -> Result<ExitCode, CliError> {
     let s = match res {
         Ok(s) => s,
         Err(e @ (RestoreError::Target { .. } | RestoreError::Include(..))) => {
@@ -65,9 +128,23 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
     for e in &s.errors {
         eprintln!("omesh: error: {}: {}", e.path, e.message);
     }
-    if a.json {
-        print_json(&s)?;
+    if json {
+        let mut v = serde_json::to_value(&s).expect("serializes");
+        if let Some(u) = &sources {
+            v["sources"] = u.clone();
+        }
+        print_json(&v)?;
     } else {
+        if let Some(u) = &sources {
+            for r in u.as_array().into_iter().flatten() {
+                println!(
+                    "  from {}: {} objects{}",
+                    r["peer"].as_str().unwrap_or(""),
+                    r["objects"],
+                    if r["dropped"].as_bool() == Some(true) { " (dropped during the restore)" } else { "" }
+                );
+            }
+        }
         println!(
             "restored snapshot {} to {}: {} files ({} unchanged), {} dirs, {} others; wrote {}, reused {} in {:.1}s",
             &s.snapshot[..8],

@@ -10,6 +10,9 @@ use omesh_proto::ObjectId;
 pub struct SnapshotsArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// Mesh mode: whose snapshots (default: this node's).
+    #[arg(long, value_name = "NODE", requires = "config")]
+    pub source: Option<String>,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
@@ -39,7 +42,10 @@ pub fn snapshot_json(id: &ObjectId, r: &SnapshotRecord) -> serde_json::Value {
 }
 
 pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
-    let store = Store::open(&a.store.store, Access::Read, key_source(&a.store.key_file))?;
+    if let Some(cfg) = &a.store.config {
+        return run_mesh(&a, cfg);
+    }
+    let store = Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?;
     let (snaps, bad) = store.snapshots()?;
     for e in &bad {
         eprintln!("omesh: warning: unreadable snapshot: {e}");
@@ -47,7 +53,7 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
     if a.json {
         print_json(&snaps.iter().map(|(id, r)| snapshot_json(id, r)).collect::<Vec<_>>())?;
     } else if snaps.is_empty() {
-        println!("no snapshots in {}", a.store.store.display());
+        println!("no snapshots in {}", a.store.dir().display());
     } else {
         println!("{:<10} {:<19} {:<16} {:>9} {:>10}  paths", "id", "time", "host", "files", "size");
         for (id, r) in &snaps {
@@ -68,4 +74,58 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
         println!("{} snapshots", snaps.len());
     }
     Ok(if bad.is_empty() { ExitCode::Ok } else { ExitCode::Damage })
+}
+
+fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
+    use super::mesh;
+    use crate::node::control::{self, ControlRequest};
+    let cfg = mesh::load(path)?;
+    let rt = mesh::tokio()?;
+    let v: serde_json::Value = rt.block_on(async {
+        let sock = cfg.control_socket();
+        if control::daemon_running(&sock).await {
+            match control::call(&sock, &ControlRequest::Snapshots { source: a.source.clone() }, |_| {}).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err((c, m))) => Err(mesh::reply_err(c, m)),
+                Err(e) => Err(CliError::failed(format!("daemon: {e}"))),
+            }
+        } else {
+            let nrt = mesh::runtime(cfg, true).await?;
+            let v = crate::node::views::snapshots(&nrt, a.source.as_deref()).await.map_err(mesh::node_err)?;
+            Ok(serde_json::to_value(v).expect("serializes"))
+        }
+    })?;
+    if a.json {
+        print_json(&v)?;
+        return Ok(ExitCode::Ok);
+    }
+    let items = v.as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        println!("no snapshots found");
+    }
+    println!("{:<10} {:<26} {:>9} {:>10}  {:<9} replicas", "id", "time", "files", "size", "protected");
+    for s in &items {
+        let reps: Vec<String> = s["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                format!(
+                    "{}{}",
+                    r["node"].as_str().unwrap_or(""),
+                    if r["confirmed"].as_bool() == Some(true) { "" } else { "(unconfirmed)" }
+                )
+            })
+            .collect();
+        println!(
+            "{:<10} {:<26} {:>9} {:>10}  {:<9} {}",
+            s["short_id"].as_str().unwrap_or(""),
+            s["time"].as_str().unwrap_or("(no key here)"),
+            s["files"].as_u64().map(|f| f.to_string()).unwrap_or_default(),
+            s["bytes"].as_u64().map(bytes).unwrap_or_default(),
+            if s["fully_replicated"].as_bool() == Some(true) { "yes" } else { "NO" },
+            reps.join(", ")
+        );
+    }
+    Ok(ExitCode::Ok)
 }

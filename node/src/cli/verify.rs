@@ -19,7 +19,18 @@ pub struct VerifyArgs {
 }
 
 pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
-    let store = Store::open(&a.store.store, Access::Read, key_source(&a.store.key_file))?;
+    let store = match &a.store.config {
+        None => Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?,
+        Some(path) => {
+            let cfg = super::mesh::load(path)?;
+            match crate::mesh::open_source_read(&cfg, &cfg.name)? {
+                Some(s) => s,
+                None => {
+                    return Err(CliError::usage(format!("{} has no local store yet (nothing backed up)", cfg.name)));
+                }
+            }
+        }
+    };
     let read = Arc::new(AtomicU64::new(0));
     let r2 = read.clone();
     let rep = with_progress(

@@ -668,11 +668,41 @@ impl Store {
 
     /// A writer that appends records to packs. Only one per store at a
     /// time makes sense; it needs a writable store.
-    pub fn sink(&self) -> Result<PackSink<'_>> {
+    pub fn sink(&self) -> Result<PackSink<&Store>> {
         if !self.writable {
             return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
         }
         Ok(PackSink { store: self, current: None, stats: WriteStats::default() })
+    }
+
+    /// A sink that owns a reference to the store (for long-lived writers).
+    pub fn owned_sink(self: &Arc<Self>) -> Result<PackSink<Arc<Store>>> {
+        if !self.writable {
+            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
+        }
+        Ok(PackSink { store: self.clone(), current: None, stats: WriteStats::default() })
+    }
+
+    /// Which of `ids` are durably stored (indexed), ignoring objects still
+    /// being written. This is what a peer may promise to others.
+    pub fn durable_many(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
+        let locs = self.index.get_many(ids).map_err(|e| self.index_err(e))?;
+        Ok(ids.iter().zip(locs).map(|(id, l)| l.is_some() || self.extra.contains_key(id)).collect())
+    }
+
+    /// Bytes in pack files (what this store occupies).
+    pub fn bytes_stored(&self) -> Result<u64> {
+        Ok(self.index_packs()?.iter().map(|p| p.2).sum())
+    }
+
+    /// When a snapshot record was stored here (file modification time).
+    pub fn snapshot_stored_ns(&self, id: &ObjectId) -> i64 {
+        std::fs::metadata(self.dir.join("snapshots").join(id.to_hex()))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0)
     }
 
     /// Ids of all snapshots (unordered).
@@ -784,7 +814,11 @@ impl Store {
 
     /// Write a record received from elsewhere through `sink` after checking
     /// it (check hash; with the key also decryption and id).
-    pub fn import_record(&self, sink: &mut PackSink<'_>, bytes: &[u8]) -> Result<bool> {
+    pub fn import_record<S: std::ops::Deref<Target = Store>>(
+        &self,
+        sink: &mut PackSink<S>,
+        bytes: &[u8],
+    ) -> Result<bool> {
         let (rec, used) = Record::decode(bytes).map_err(|e| StoreError::Corrupt {
             id: ObjectId::ZERO,
             pack: "incoming record".into(),
@@ -827,14 +861,16 @@ pub fn open_record(keys: &Keys, raw: &[u8], id: &ObjectId, kind: ObjectKind) -> 
     keys.open(rec.kind, &rec.id, &rec.links, &rec.body).map_err(|e: OpenError| e.to_string())
 }
 
-/// Appends records to packs, closing each at the target size.
-pub struct PackSink<'a> {
-    store: &'a Store,
+/// Appends records to packs, closing each at the target size. `S` is how
+/// the sink refers to its store: `&Store` in a scoped pipeline,
+/// `Arc<Store>` in a long-lived writer.
+pub struct PackSink<S: std::ops::Deref<Target = Store>> {
+    store: S,
     current: Option<PackWriter>,
     stats: WriteStats,
 }
 
-impl PackSink<'_> {
+impl<S: std::ops::Deref<Target = Store>> PackSink<S> {
     /// Append a claimed object's record.
     pub fn add(&mut self, id: ObjectId, kind: ObjectKind, record: &[u8]) -> Result<()> {
         let tmp = self.store.dir.join("tmp");
@@ -883,7 +919,7 @@ impl PackSink<'_> {
     }
 }
 
-impl Drop for PackSink<'_> {
+impl<S: std::ops::Deref<Target = Store>> Drop for PackSink<S> {
     fn drop(&mut self) {
         if let Some(w) = self.current.take() {
             // unfinished (error path): the objects were never indexed

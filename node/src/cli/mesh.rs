@@ -1,0 +1,51 @@
+//! Helpers for commands in mesh mode (`--config`): load the config, build
+//! a tokio runtime, and decide whether to go through the daemon.
+
+use super::output::{CliError, ExitCode};
+use crate::config::NodeConfig;
+use crate::node::{self, NodeError, NodeRuntime};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Load and validate the node config (exit code 2 on error).
+pub fn load(path: &Path) -> Result<NodeConfig, CliError> {
+    NodeConfig::load(path).map_err(|e| CliError { code: ExitCode::Usage, err: e.into() })
+}
+
+/// A multi-threaded tokio runtime for one command.
+pub fn tokio() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("starting the async runtime: {e}")))
+}
+
+/// Map a node error to a CLI error.
+pub fn node_err(e: NodeError) -> CliError {
+    let code = match node::views::exit_code(&e) {
+        2 => ExitCode::Usage,
+        4 => ExitCode::Damage,
+        5 => ExitCode::Busy,
+        _ => ExitCode::Failed,
+    };
+    CliError { code, err: e.into() }
+}
+
+/// Map a daemon error reply.
+pub fn reply_err(code: u8, message: String) -> CliError {
+    let code = match code {
+        2 => ExitCode::Usage,
+        3 => ExitCode::Warnings,
+        4 => ExitCode::Damage,
+        5 => ExitCode::Busy,
+        _ => ExitCode::Failed,
+    };
+    CliError { code, err: anyhow::anyhow!(message) }
+}
+
+/// An in-process runtime (no daemon running). `with_state` opens the node
+/// state database; commands that only read pass false so they can run
+/// beside a daemon.
+pub async fn runtime(cfg: NodeConfig, with_state: bool) -> Result<Arc<NodeRuntime>, CliError> {
+    NodeRuntime::build(cfg, false, with_state, None, None).await.map_err(node_err)
+}

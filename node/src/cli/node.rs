@@ -1,0 +1,42 @@
+//! `omesh node run`
+
+use super::mesh;
+use super::output::{CliError, ExitCode};
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum NodeCommand {
+    /// Run the node daemon: serve peers, store their replicas, accept CLI
+    /// commands on the control socket. Stops cleanly on SIGTERM or SIGINT.
+    #[command(long_about = "Run the node daemon.\n\n\
+        Listens on `listen` (QUIC, mutual TLS against the site CA), stores replicas for its peers \
+        in DATA_DIR/sources/, and serves restores. CLI commands given the same --config talk to \
+        it through DATA_DIR/control.sock. deploy/omesh.service runs it under systemd.")]
+    Run {
+        /// Node configuration file (docs/config.md).
+        #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+pub fn run(c: NodeCommand) -> Result<ExitCode, CliError> {
+    match c {
+        NodeCommand::Run { config } => {
+            let cfg = mesh::load(&config)?;
+            let rt = mesh::tokio()?;
+            rt.block_on(async move {
+                let d = crate::node::start_daemon(cfg).await.map_err(mesh::node_err)?;
+                println!("omesh node {} listening on {}", d.rt.cfg.name, d.rt.local_addr());
+                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(|e| CliError::failed(e.to_string()))?;
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+                tracing::info!("shutting down");
+                d.shutdown().await;
+                Ok(ExitCode::Ok)
+            })
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `omesh status`
+
+use super::mesh;
+use super::output::{CliError, ExitCode, bytes, print_json};
+use crate::node::control::{self, ControlRequest};
+use crate::node::views::StatusView;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// Node configuration file.
+    #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
+    pub config: PathBuf,
+    /// Print as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
+    let cfg = mesh::load(&a.config)?;
+    let rt = mesh::tokio()?;
+    let v: serde_json::Value = rt.block_on(async {
+        let sock = cfg.control_socket();
+        if control::daemon_running(&sock).await {
+            match control::call(&sock, &ControlRequest::Status, |_| {}).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err((c, m))) => Err(mesh::reply_err(c, m)),
+                Err(e) => Err(CliError::failed(format!("daemon: {e}"))),
+            }
+        } else {
+            let nrt = mesh::runtime(cfg, true).await?;
+            let s = crate::node::views::status(&nrt).await.map_err(mesh::node_err)?;
+            Ok(serde_json::to_value(s).expect("serializes"))
+        }
+    })?;
+    if a.json {
+        print_json(&v)?;
+        return Ok(ExitCode::Ok);
+    }
+    let s: StatusView = serde_json::from_value(v).map_err(|e| CliError::failed(e.to_string()))?;
+    println!(
+        "node {} (domain {:?}) {}",
+        s.node,
+        s.domain,
+        if s.daemon { format!("daemon up {}s", s.uptime_secs) } else { "daemon not running".into() }
+    );
+    println!("{:<16} {:<22} {:<10} {:>9} {:>12}  last contact", "peer", "address", "domain", "rtt ms", "holds ours");
+    for p in &s.peers {
+        println!(
+            "{:<16} {:<22} {:<10} {:>9} {:>12}  {}{}",
+            p.name,
+            p.address,
+            p.domain,
+            p.rtt_ms.map(|r| format!("{r:.2}")).unwrap_or_else(|| "DOWN".into()),
+            p.holds_our_bytes.map(bytes).unwrap_or_default(),
+            p.last_contact.clone().unwrap_or_else(|| "never".into()),
+            p.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
+        );
+    }
+    println!("stored on this node:");
+    for u in &s.stored_here {
+        println!(
+            "  {:<16} {:>12} in {} snapshots{}",
+            u.source,
+            bytes(u.bytes),
+            u.snapshots,
+            if u.quota_bytes > 0 { format!(" (quota {})", bytes(u.quota_bytes)) } else { String::new() }
+        );
+    }
+    if s.not_fully_replicated.is_empty() {
+        println!("all {} snapshots of {} have at least {} replicas", s.snapshots, s.node, s.factor);
+    } else {
+        println!("{} snapshots have fewer than {} replicas:", s.not_fully_replicated.len(), s.factor);
+        for id in &s.not_fully_replicated {
+            println!("  {}", &id[..8]);
+        }
+    }
+    Ok(ExitCode::Ok)
+}

@@ -1,0 +1,413 @@
+//! The node configuration file (TOML). The reference is `docs/config.md`;
+//! `deploy/` has examples. Unknown keys are errors, so a typo is caught at
+//! start instead of silently ignored; every error names the file and key.
+
+use omesh_proto::msg::valid_name;
+use serde::{Deserialize, Deserializer};
+use std::path::{Path, PathBuf};
+
+/// A byte size written as an integer or a string like "500 GiB".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ByteSize(pub u64);
+
+impl ByteSize {
+    /// Parse "123", "10 MiB", "1.5 GB", "200M".
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: f64 =
+            num.parse().map_err(|_| format!("{s:?} is not a size (examples: 1048576, \"512 MiB\", \"2 TiB\")"))?;
+        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kib" => 1 << 10,
+            "kb" => 1000,
+            "m" | "mib" => 1 << 20,
+            "mb" => 1_000_000,
+            "g" | "gib" => 1 << 30,
+            "gb" => 1_000_000_000,
+            "t" | "tib" => 1 << 40,
+            "tb" => 1_000_000_000_000,
+            u => return Err(format!("unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        };
+        Ok(ByteSize((n * mult as f64) as u64))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(ByteSize(n)),
+            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// `[tls]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Site CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// Certificate revocation list (PEM) from `omesh ca revoke`; reloaded
+    /// when it changes.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
+
+/// `[replication]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationConfig {
+    /// Replicas (peers that acknowledge a snapshot) for it to count as protected.
+    #[serde(default = "default_factor")]
+    pub factor: usize,
+    /// Parallel upload streams per peer.
+    #[serde(default = "default_streams")]
+    pub streams_per_peer: usize,
+    /// Records per upload stream (batch).
+    #[serde(default = "default_batch")]
+    pub batch_bytes: ByteSize,
+}
+
+fn default_factor() -> usize {
+    2
+}
+fn default_streams() -> usize {
+    4
+}
+fn default_batch() -> ByteSize {
+    ByteSize(8 << 20)
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            factor: default_factor(),
+            streams_per_peer: default_streams(),
+            batch_bytes: default_batch(),
+        }
+    }
+}
+
+/// Who may store replicas on this node.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptFrom {
+    /// Only nodes listed as `[[peer]]` (default).
+    #[default]
+    Peers,
+    /// Any node with a valid site certificate.
+    Site,
+}
+
+/// `[storage]`
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// Most bytes one source may store here (0 = unlimited); a `[[peer]]`
+    /// may override it.
+    #[serde(default)]
+    pub quota: ByteSize,
+    /// Who may store replicas here.
+    #[serde(default)]
+    pub accept_from: AcceptFrom,
+}
+
+/// `[backup]`: what `omesh backup --config` backs up without arguments.
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BackupConfig {
+    /// Paths to back up.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
+    /// Exclude patterns.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Stay on one file system.
+    #[serde(default)]
+    pub one_file_system: bool,
+    /// zstd level for new stores.
+    #[serde(default)]
+    pub compression: Option<i32>,
+}
+
+/// `[transport]`: QUIC tuning (see docs/config.md for the reasoning).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    /// Per-stream receive window.
+    #[serde(default = "d_stream_window")]
+    pub stream_receive_window: ByteSize,
+    /// Per-connection receive window.
+    #[serde(default = "d_conn_window")]
+    pub receive_window: ByteSize,
+    /// Per-connection send window.
+    #[serde(default = "d_conn_window")]
+    pub send_window: ByteSize,
+    /// Idle timeout.
+    #[serde(default = "d_idle")]
+    pub idle_timeout_secs: u64,
+    /// Keep-alive interval.
+    #[serde(default = "d_keepalive")]
+    pub keep_alive_secs: u64,
+    /// Connect timeout.
+    #[serde(default = "d_connect")]
+    pub connect_timeout_secs: u64,
+    /// A single request (e.g. fetching one object during a restore) that
+    /// takes longer fails over to another replica.
+    #[serde(default = "d_request")]
+    pub request_timeout_secs: u64,
+}
+
+fn d_stream_window() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn d_conn_window() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn d_idle() -> u64 {
+    10
+}
+fn d_keepalive() -> u64 {
+    2
+}
+fn d_request() -> u64 {
+    15
+}
+fn d_connect() -> u64 {
+    5
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            stream_receive_window: d_stream_window(),
+            receive_window: d_conn_window(),
+            send_window: d_conn_window(),
+            idle_timeout_secs: d_idle(),
+            keep_alive_secs: d_keepalive(),
+            connect_timeout_secs: d_connect(),
+            request_timeout_secs: d_request(),
+        }
+    }
+}
+
+/// `[[peer]]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    /// The peer's node name (must match its certificate).
+    pub name: String,
+    /// host:port on the local network.
+    pub address: String,
+    /// Failure-domain label (rack, room, building).
+    #[serde(default)]
+    pub domain: String,
+    /// Quota for this peer's data on this node (overrides `[storage] quota`).
+    #[serde(default)]
+    pub quota: Option<ByteSize>,
+}
+
+/// The whole node configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// This node's name (must match its certificate).
+    pub name: String,
+    /// Where stores and state live.
+    pub data_dir: PathBuf,
+    /// QUIC listen address on the local network (host:port).
+    pub listen: String,
+    /// This node's failure domain.
+    #[serde(default)]
+    pub domain: String,
+    /// Certificates.
+    pub tls: TlsConfig,
+    /// Replication.
+    #[serde(default)]
+    pub replication: ReplicationConfig,
+    /// Storage for other nodes.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Default backup set.
+    #[serde(default)]
+    pub backup: BackupConfig,
+    /// QUIC tuning.
+    #[serde(default)]
+    pub transport: TransportConfig,
+    /// Peers.
+    #[serde(default, rename = "peer")]
+    pub peers: Vec<PeerConfig>,
+    /// Where the file was read from (for messages).
+    #[serde(skip)]
+    pub path: PathBuf,
+}
+
+/// A configuration problem, naming the file and setting.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct ConfigError {
+    /// Config file.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl NodeConfig {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError { path: path.to_path_buf(), message };
+        let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the config file: {e}")))?;
+        let mut c: NodeConfig = toml::from_str(&text).map_err(|e| err(e.to_string().trim().to_string()))?;
+        c.path = path.to_path_buf();
+        let base = path.parent().unwrap_or(Path::new("."));
+        // relative paths are relative to the config file
+        for p in [&mut c.data_dir, &mut c.tls.ca, &mut c.tls.cert, &mut c.tls.key] {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        }
+        if let Some(crl) = &mut c.tls.crl {
+            if crl.is_relative() {
+                *crl = base.join(&*crl);
+            }
+        }
+        c.validate().map_err(err)?;
+        Ok(c)
+    }
+
+    /// Parse from a string (tests, demo).
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let mut c: NodeConfig =
+            toml::from_str(text).map_err(|e| ConfigError { path: path.into(), message: e.to_string() })?;
+        c.path = path.to_path_buf();
+        c.validate().map_err(|message| ConfigError { path: path.into(), message })?;
+        Ok(c)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !valid_name(&self.name) {
+            return Err(format!(
+                "name = {:?}: node names are 1-64 characters of letters, digits, '.', '-', '_'",
+                self.name
+            ));
+        }
+        if self.replication.factor == 0 {
+            return Err("[replication] factor must be at least 1".into());
+        }
+        if self.replication.factor > self.peers.len() {
+            return Err(format!(
+                "[replication] factor = {} but only {} [[peer]] entries are configured; add peers or lower the factor",
+                self.replication.factor,
+                self.peers.len()
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for p in &self.peers {
+            if !valid_name(&p.name) {
+                return Err(format!("[[peer]] name = {:?} is not a valid node name", p.name));
+            }
+            if p.name == self.name {
+                return Err(format!("[[peer]] {:?} is this node itself", p.name));
+            }
+            if !seen.insert(&p.name) {
+                return Err(format!("[[peer]] {:?} is listed twice", p.name));
+            }
+            if !p.address.contains(':') {
+                return Err(format!("[[peer]] {:?}: address {:?} needs a port (host:port)", p.name, p.address));
+            }
+        }
+        if !self.listen.contains(':') {
+            return Err(format!("listen = {:?} needs a port (address:port)", self.listen));
+        }
+        Ok(())
+    }
+
+    /// Peer by name.
+    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// Quota for `source` on this node (0 = unlimited).
+    pub fn quota_for(&self, source: &str) -> u64 {
+        self.peer(source).and_then(|p| p.quota).unwrap_or(self.storage.quota).0
+    }
+
+    /// Directory of a source's store on this node.
+    pub fn source_dir(&self, source: &str) -> PathBuf {
+        self.data_dir.join("sources").join(source)
+    }
+
+    /// Key file of a source on this node.
+    pub fn key_path(&self, source: &str) -> PathBuf {
+        self.data_dir.join("keys").join(format!("{source}.key"))
+    }
+
+    /// Control socket path.
+    pub fn control_socket(&self) -> PathBuf {
+        self.data_dir.join("control.sock")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+name = "srv-a"
+data_dir = "/var/lib/omesh"
+listen = "10.0.0.11:7443"
+[tls]
+ca = "/etc/omesh/ca.pem"
+cert = "/etc/omesh/node.pem"
+key = "/etc/omesh/node.key"
+[replication]
+factor = 2
+[[peer]]
+name = "srv-b"
+address = "10.0.0.12:7443"
+domain = "rack-1"
+[[peer]]
+name = "srv-c"
+address = "10.0.0.13:7443"
+domain = "rack-2"
+quota = "2 TiB"
+"#;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = NodeConfig::from_toml(BASE, Path::new("x.toml")).unwrap();
+        assert_eq!(c.peers.len(), 2);
+        assert_eq!(c.quota_for("srv-c"), 2 << 40);
+        assert_eq!(c.quota_for("srv-b"), 0);
+        assert_eq!(c.transport.stream_receive_window.0, 16 << 20);
+    }
+
+    #[test]
+    fn errors_name_the_setting() {
+        let e = NodeConfig::from_toml(&BASE.replace("factor = 2", "factor = 5"), Path::new("x.toml")).unwrap_err();
+        assert!(e.message.contains("factor = 5"), "{e}");
+        let e = NodeConfig::from_toml(&format!("{BASE}\nlisten_typo = 1\n"), Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("listen_typo"), "{e}");
+        let e = NodeConfig::from_toml(&BASE.replace("10.0.0.12:7443", "10.0.0.12"), Path::new("x.toml")).unwrap_err();
+        assert!(e.message.contains("needs a port"), "{e}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(ByteSize::parse("512 MiB").unwrap().0, 512 << 20);
+        assert_eq!(ByteSize::parse("1.5GB").unwrap().0, 1_500_000_000);
+        assert!(ByteSize::parse("12 parsecs").is_err());
+    }
+}

@@ -1,0 +1,258 @@
+//! A connection to one peer and the requests this node makes over it.
+
+use crate::transport::{self, PeerIdentity, ReadError, TransportError, read_frame, read_record, write_frame};
+use omesh_proto::msg::{self, ErrorCode, Hello, PeerStatus, Request, Response, SnapshotEntry};
+use omesh_proto::{MAX_FRAME_BYTES, ObjectId};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// A failed request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// Network or TLS.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The peer answered with an error.
+    #[error("{peer} refused: {message} ({code:?})")]
+    Remote {
+        /// peer
+        peer: String,
+        /// kind
+        code: ErrorCode,
+        /// its message
+        message: String,
+        /// for Incomplete
+        missing: Vec<ObjectId>,
+    },
+}
+
+impl ClientError {
+    /// Whether the connection itself is broken (try another peer).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, ClientError::Transport(_))
+    }
+}
+
+/// Resolve `host:port` to socket addresses.
+pub async fn resolve(address: &str) -> Result<Vec<SocketAddr>, std::io::Error> {
+    let v: Vec<SocketAddr> = tokio::net::lookup_host(address).await?.collect();
+    if v.is_empty() {
+        return Err(std::io::Error::other("no addresses"));
+    }
+    Ok(v)
+}
+
+/// An open, authenticated connection to a peer.
+#[derive(Clone, Debug)]
+pub struct PeerConn {
+    /// Configured peer name (verified against its certificate).
+    pub name: String,
+    /// Address connected to.
+    pub addr: SocketAddr,
+    /// QUIC connection.
+    pub conn: quinn::Connection,
+    /// Verified identity.
+    pub identity: PeerIdentity,
+    /// The peer's handshake.
+    pub hello: Hello,
+}
+
+/// Connect to `name` at one of `addrs`, verify its certificate carries
+/// `name`, and exchange Hello.
+pub async fn connect(
+    endpoint: &quinn::Endpoint,
+    me: &str,
+    name: &str,
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<PeerConn, TransportError> {
+    let mut last = String::from("no address");
+    for addr in addrs {
+        let attempt = async {
+            let connecting = endpoint.connect(*addr, name).map_err(|e| e.to_string())?;
+            let conn = connecting.await.map_err(|e| e.to_string())?;
+            let identity = transport::peer_identity(&conn).ok_or("peer certificate has no single node name")?;
+            if identity.name != name {
+                conn.close(msg::close::UNAUTHORIZED.into(), b"wrong name");
+                return Err(format!("certificate is for {:?}, not {name:?}", identity.name));
+            }
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            write_frame(&mut send, &Request::Hello(super::server::hello(me))).await.map_err(|e| e.to_string())?;
+            let _ = send.finish();
+            let hello = match read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| e.to_string())? {
+                Response::Hello(h) => h,
+                other => return Err(format!("unexpected handshake answer {other:?}")),
+            };
+            Ok::<_, String>(PeerConn { name: name.into(), addr: *addr, conn, identity, hello })
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = format!("no answer within {}s", timeout.as_secs()),
+        }
+    }
+    Err(TransportError::Connect {
+        peer: name.into(),
+        addr: addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+        message: last,
+    })
+}
+
+fn stream_err(peer: &str, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Transport(TransportError::Stream { peer: peer.into(), message: e.to_string() })
+}
+
+fn proto_err(peer: &str, e: impl std::fmt::Display) -> ClientError {
+    ClientError::Transport(TransportError::Protocol { peer: peer.into(), message: e.to_string() })
+}
+
+impl PeerConn {
+    fn read_err(&self, e: ReadError) -> ClientError {
+        match e {
+            ReadError::Stream(m) => stream_err(&self.name, m),
+            other => proto_err(&self.name, other),
+        }
+    }
+
+    fn check(&self, r: Response) -> Result<Response, ClientError> {
+        match r {
+            Response::Error { code, message, missing } => {
+                Err(ClientError::Remote { peer: self.name.clone(), code, message, missing })
+            }
+            other => Ok(other),
+        }
+    }
+
+    async fn open(&self, req: &Request) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| stream_err(&self.name, e))?;
+        write_frame(&mut send, req).await.map_err(|e| stream_err(&self.name, e))?;
+        Ok((send, recv))
+    }
+
+    async fn simple(&self, req: &Request) -> Result<Response, ClientError> {
+        let (mut send, mut recv) = self.open(req).await?;
+        let _ = send.finish();
+        let r = read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))?;
+        self.check(r)
+    }
+
+    /// Round-trip time of one Ping.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let t = Instant::now();
+        match self.simple(&Request::Ping { nonce: 7 }).await? {
+            Response::Pong { nonce: 7 } => Ok(t.elapsed()),
+            other => Err(proto_err(&self.name, format!("unexpected answer to Ping: {other:?}"))),
+        }
+    }
+
+    /// Which of `ids` the peer holds durably for `source`.
+    pub async fn have(&self, source: &str, ids: &[ObjectId]) -> Result<Vec<bool>, ClientError> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(msg::MAX_HAVE_IDS) {
+            match self.simple(&Request::Have { source: source.into(), ids: chunk.to_vec() }).await? {
+                Response::Have { held } => out.extend((0..chunk.len()).map(|i| msg::bitmap_get(&held, i))),
+                other => return Err(proto_err(&self.name, format!("unexpected answer to Have: {other:?}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Send records for our own namespace; returns (new objects, bytes)
+    /// once the peer reports them verified and durable.
+    pub async fn put_objects(&self, source: &str, records: &[Vec<u8>]) -> Result<(u32, u64), ClientError> {
+        let (mut send, mut recv) =
+            self.open(&Request::PutObjects { source: source.into(), count: records.len() as u32 }).await?;
+        for r in records {
+            send.write_all(r).await.map_err(|e| stream_err(&self.name, e))?;
+        }
+        let _ = send.finish();
+        match self.check(read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))?)? {
+            Response::Stored { new_objects, bytes, .. } => Ok((new_objects, bytes)),
+            other => Err(proto_err(&self.name, format!("unexpected answer to PutObjects: {other:?}"))),
+        }
+    }
+
+    /// Commit a snapshot record. `Ok(true)` when newly stored.
+    pub async fn put_snapshot(&self, source: &str, record: &[u8]) -> Result<bool, ClientError> {
+        match self.simple(&Request::PutSnapshot { source: source.into(), record: record.to_vec() }).await? {
+            Response::SnapshotCommitted { new, .. } => Ok(new),
+            other => Err(proto_err(&self.name, format!("unexpected answer to PutSnapshot: {other:?}"))),
+        }
+    }
+
+    /// All snapshots the peer holds (for one source or all).
+    pub async fn list_snapshots(&self, source: Option<&str>) -> Result<Vec<SnapshotEntry>, ClientError> {
+        let mut out: Vec<SnapshotEntry> = Vec::new();
+        let mut after = None;
+        loop {
+            match self.simple(&Request::ListSnapshots { source: source.map(String::from), after }).await? {
+                Response::Snapshots { items, more } => {
+                    after = items.last().map(|e| e.id);
+                    out.extend(items);
+                    if !more || after.is_none() {
+                        return Ok(out);
+                    }
+                }
+                other => return Err(proto_err(&self.name, format!("unexpected answer to ListSnapshots: {other:?}"))),
+            }
+        }
+    }
+
+    /// Fetch records (verified check hash; the caller decrypts). Returns
+    /// the records in request order of the held ids, and the ids missing.
+    pub async fn get_objects(
+        &self,
+        source: &str,
+        ids: &[ObjectId],
+    ) -> Result<(Vec<Vec<u8>>, Vec<ObjectId>), ClientError> {
+        let (mut send, mut recv) = self.open(&Request::GetObjects { source: source.into(), ids: ids.to_vec() }).await?;
+        let _ = send.finish();
+        let (count, mut missing) = match self
+            .check(read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))?)?
+        {
+            Response::Objects { count, missing } => (count, missing),
+            other => return Err(proto_err(&self.name, format!("unexpected answer to GetObjects: {other:?}"))),
+        };
+        if count as usize > ids.len() {
+            return Err(proto_err(&self.name, "more objects announced than requested"));
+        }
+        let mut out = Vec::with_capacity(count as usize);
+        let held: Vec<&ObjectId> = ids.iter().filter(|i| !missing.contains(i)).collect();
+        for i in 0..count as usize {
+            let mut status = [0u8; 1];
+            recv.read_exact(&mut status).await.map_err(|e| stream_err(&self.name, e))?;
+            if status[0] == 0 {
+                if let Some(id) = held.get(i) {
+                    missing.push(**id);
+                }
+                continue;
+            }
+            let (_, rec) = read_record(&mut recv).await.map_err(|e| self.read_err(e))?;
+            out.push(rec);
+        }
+        Ok((out, missing))
+    }
+
+    /// One snapshot record.
+    pub async fn get_snapshot(&self, source: &str, id: ObjectId) -> Result<Vec<u8>, ClientError> {
+        match self.simple(&Request::GetSnapshot { source: source.into(), id }).await? {
+            Response::Snapshot { record } => Ok(record),
+            other => Err(proto_err(&self.name, format!("unexpected answer to GetSnapshot: {other:?}"))),
+        }
+    }
+
+    /// Ask the peer to delete a snapshot (it always refuses; used by tests
+    /// and to demonstrate the guarantee).
+    pub async fn delete_snapshot(&self, source: &str, id: ObjectId) -> Result<(), ClientError> {
+        self.simple(&Request::DeleteSnapshot { source: source.into(), id }).await.map(|_| ())
+    }
+
+    /// Storage summary.
+    pub async fn status(&self) -> Result<PeerStatus, ClientError> {
+        match self.simple(&Request::Status).await? {
+            Response::Status(s) => Ok(s),
+            other => Err(proto_err(&self.name, format!("unexpected answer to Status: {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,507 @@
+//! Serving the mesh protocol: accept connections, authenticate, dispatch
+//! one request per stream.
+//!
+//! Authorization: any node with a valid site certificate may ask what is
+//! held, list snapshots and fetch (encrypted) objects; only a node writing
+//! into its own namespace (its certificate name), and listed as a peer
+//! unless `accept_from = "site"`, may store. Deleting and overwriting are
+//! never allowed. A malformed or oversized frame or record closes that
+//! connection with a QUIC error code; other connections are unaffected.
+
+use super::{Counters, SourceStore, Stores};
+use crate::config::{AcceptFrom, NodeConfig};
+use crate::transport::{self, PeerIdentity, ReadError, read_frame, read_record, write_frame};
+use omesh_proto::msg::{
+    self, Capability, ErrorCode, Hello, MAX_LIST_SNAPSHOTS, PeerStatus, Request, Response, SnapshotEntry, SourceUsage,
+    close,
+};
+use omesh_proto::{MAX_FRAME_BYTES, ObjectId, ObjectKind, Record};
+use quinn::{RecvStream, SendStream};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Shared state of a serving node.
+pub struct ServerCtx {
+    /// Configuration.
+    pub cfg: Arc<NodeConfig>,
+    /// Stores.
+    pub stores: Arc<Stores>,
+    /// Byte counters.
+    pub counters: Arc<Counters>,
+    /// Start time.
+    pub started: Instant,
+    /// Shutdown signal.
+    pub cancel: CancellationToken,
+    /// Inbound address policy (residency); returns an error message to refuse.
+    pub inbound_check: Option<crate::node::InboundCheck>,
+}
+
+/// Our handshake.
+pub fn hello(name: &str) -> Hello {
+    Hello {
+        node: name.into(),
+        software: format!("omesh {}", env!("CARGO_PKG_VERSION")),
+        protocol: omesh_proto::PROTOCOL_VERSION,
+        capabilities: vec![Capability::STORE, Capability::SERVE],
+    }
+}
+
+/// Accept connections until cancelled, then close the endpoint and wait
+/// for every connection task.
+pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<ServerCtx>) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => break,
+            inc = endpoint.accept() => match inc {
+                Some(i) => { tasks.spawn(handle_incoming(i, ctx.clone())); }
+                None => break,
+            },
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    endpoint.close(close::SHUTDOWN.into(), b"node shutting down");
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
+    let remote = inc.remote_address();
+    if let Some(check) = &ctx.inbound_check {
+        if let Err(why) = check(remote) {
+            tracing::warn!(%remote, reason = %why, "refused inbound connection");
+            inc.refuse();
+            return;
+        }
+    }
+    let conn = match inc.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "TLS handshake refused");
+            return;
+        }
+    };
+    let Some(peer) = transport::peer_identity(&conn) else {
+        conn.close(close::UNAUTHORIZED.into(), b"certificate has no single node name");
+        return;
+    };
+    tracing::debug!(%remote, peer = %peer.name, "connection accepted");
+    // handshake stream
+    let hs = tokio::time::timeout(Duration::from_secs(10), async {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
+        match read_frame::<Request>(&mut recv, MAX_FRAME_BYTES).await {
+            Ok(Request::Hello(h)) if h.protocol == omesh_proto::PROTOCOL_VERSION => {
+                write_frame(&mut send, &Response::Hello(hello(&ctx.cfg.name))).await.map_err(|e| e.to_string())?;
+                let _ = send.finish();
+                Ok(h)
+            }
+            Ok(other) => Err(format!("expected Hello, got {other:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    match hs {
+        Ok(Ok(h)) => tracing::debug!(peer = %peer.name, software = %h.software, "handshake done"),
+        Ok(Err(e)) => {
+            tracing::warn!(peer = %peer.name, %remote, error = %e, "handshake failed");
+            conn.close(close::HANDSHAKE.into(), b"handshake failed");
+            return;
+        }
+        Err(_) => {
+            conn.close(close::HANDSHAKE.into(), b"handshake timeout");
+            return;
+        }
+    }
+    let mut streams = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = ctx.cancel.cancelled() => {
+                conn.close(close::SHUTDOWN.into(), b"node shutting down");
+                break;
+            }
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => { streams.spawn(handle_stream(send, recv, peer.clone(), conn.clone(), ctx.clone())); }
+                Err(_) => break,
+            },
+        }
+        while streams.try_join_next().is_some() {}
+    }
+    streams.abort_all();
+    while streams.join_next().await.is_some() {}
+}
+
+/// How a request ended badly.
+enum Fail {
+    /// Answer with an error response.
+    Respond(ErrorCode, String, Vec<ObjectId>),
+    /// Close the whole connection (protocol violation).
+    Close(u32, String),
+    /// The stream broke; nothing to answer.
+    Gone,
+}
+
+impl From<ReadError> for Fail {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Stream(_) => Fail::Gone,
+            other => Fail::Close(other.close_code(), other.to_string()),
+        }
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> Fail {
+    Fail::Respond(ErrorCode::Internal, e.to_string(), vec![])
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Fail> + Send + 'static) -> Result<T, Fail> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| internal(format!("worker failed: {e}")))?
+}
+
+async fn handle_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    peer: PeerIdentity,
+    conn: quinn::Connection,
+    ctx: Arc<ServerCtx>,
+) {
+    let req = match read_frame::<Request>(&mut recv, MAX_FRAME_BYTES).await {
+        Ok(r) => r,
+        Err(ReadError::Stream(_)) => return,
+        Err(e) => {
+            tracing::warn!(peer = %peer.name, error = %e, "closing connection: bad request frame");
+            conn.close(e.close_code().into(), e.to_string().as_bytes());
+            return;
+        }
+    };
+    let result = match req.validate() {
+        Err(m) => Err(Fail::Respond(ErrorCode::BadRequest, m, vec![])),
+        Ok(()) => dispatch(req, &mut send, &mut recv, &peer, &ctx).await,
+    };
+    match result {
+        Ok(()) => {}
+        Err(Fail::Respond(code, message, missing)) => {
+            tracing::info!(peer = %peer.name, ?code, %message, "request refused");
+            let mut message = message;
+            message.truncate(msg::MAX_MESSAGE_BYTES);
+            let _ = write_frame(&mut send, &Response::Error { code, message, missing }).await;
+        }
+        Err(Fail::Close(code, message)) => {
+            tracing::warn!(peer = %peer.name, code, %message, "closing connection: protocol violation");
+            conn.close(code.into(), message.as_bytes());
+            return;
+        }
+        Err(Fail::Gone) => return,
+    }
+    let _ = send.finish();
+}
+
+fn may_write(cfg: &NodeConfig, peer: &PeerIdentity, source: &str) -> Result<(), Fail> {
+    if source != peer.name {
+        return Err(Fail::Respond(
+            ErrorCode::Forbidden,
+            format!("{} may only store into its own namespace, not {source:?}", peer.name),
+            vec![],
+        ));
+    }
+    if source == cfg.name {
+        return Err(Fail::Respond(
+            ErrorCode::Forbidden,
+            "a node cannot store into the namespace of the node it talks to".into(),
+            vec![],
+        ));
+    }
+    if cfg.storage.accept_from == AcceptFrom::Peers && cfg.peer(&peer.name).is_none() {
+        return Err(Fail::Respond(
+            ErrorCode::Forbidden,
+            format!(
+                "{} is not a [[peer]] of {}; add it there (or set [storage] accept_from = \"site\") to store its replicas",
+                peer.name, cfg.name
+            ),
+            vec![],
+        ));
+    }
+    Ok(())
+}
+
+async fn source_store(ctx: &Arc<ServerCtx>, source: &str, create: bool) -> Result<Option<Arc<SourceStore>>, Fail> {
+    let stores = ctx.stores.clone();
+    let source = source.to_string();
+    blocking(move || stores.get(&source, create).map_err(internal)).await
+}
+
+async fn dispatch(
+    req: Request,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    peer: &PeerIdentity,
+    ctx: &Arc<ServerCtx>,
+) -> Result<(), Fail> {
+    match req {
+        Request::Hello(_) => Err(Fail::Close(close::PROTOCOL_VIOLATION, "Hello sent twice".into())),
+        Request::Ping { nonce } => respond(send, &Response::Pong { nonce }).await,
+        Request::Have { source, ids } => {
+            let held = match source_store(ctx, &source, false).await? {
+                None => vec![0u8; ids.len().div_ceil(8)],
+                Some(s) => {
+                    let present = blocking(move || s.store.durable_many(&ids).map_err(internal)).await?;
+                    let mut bits = vec![0u8; present.len().div_ceil(8)];
+                    for (i, p) in present.iter().enumerate() {
+                        if *p {
+                            msg::bitmap_set(&mut bits, i);
+                        }
+                    }
+                    bits
+                }
+            };
+            respond(send, &Response::Have { held }).await
+        }
+        Request::PutObjects { source, count } => put_objects(ctx, peer, &source, count, send, recv).await,
+        Request::PutSnapshot { source, record } => put_snapshot(ctx, peer, &source, record, send).await,
+        Request::ListSnapshots { source, after } => list_snapshots(ctx, source, after, send).await,
+        Request::GetObjects { source, ids } => get_objects(ctx, peer, &source, ids, send).await,
+        Request::GetSnapshot { source, id } => {
+            let Some(s) = source_store(ctx, &source, false).await? else {
+                return Err(Fail::Respond(ErrorCode::NotFound, format!("no snapshots of {source} here"), vec![]));
+            };
+            let record = blocking(move || {
+                s.store.read_snapshot_record(&id).map_err(|e| Fail::Respond(ErrorCode::NotFound, e.to_string(), vec![]))
+            })
+            .await?;
+            respond(send, &Response::Snapshot { record }).await
+        }
+        Request::DeleteSnapshot { source, id } => {
+            tracing::warn!(peer = %peer.name, %source, snapshot = %id.short(), "refused a request to delete a stored snapshot");
+            Err(Fail::Respond(
+                ErrorCode::Forbidden,
+                format!(
+                    "{} never deletes stored snapshots on request; expiry is its own retention decision (snapshot {} of {source} kept)",
+                    ctx.cfg.name,
+                    id.short()
+                ),
+                vec![],
+            ))
+        }
+        Request::Status => {
+            let stores = ctx.stores.clone();
+            let cfg = ctx.cfg.clone();
+            let sources = blocking(move || {
+                let mut v = Vec::new();
+                for name in stores.source_names() {
+                    if let Ok(Some(s)) = stores.get(&name, false) {
+                        v.push(SourceUsage {
+                            bytes: s.store.bytes_stored().unwrap_or(0),
+                            objects: s.store.object_count().unwrap_or(0),
+                            snapshots: s.store.snapshot_ids().map(|x| x.len() as u64).unwrap_or(0),
+                            quota_bytes: cfg.quota_for(&name),
+                            source: name,
+                        });
+                    }
+                }
+                Ok(v)
+            })
+            .await?;
+            let st = PeerStatus {
+                node: ctx.cfg.name.clone(),
+                software: hello(&ctx.cfg.name).software,
+                uptime_secs: ctx.started.elapsed().as_secs(),
+                sources,
+            };
+            respond(send, &Response::Status(st)).await
+        }
+    }
+}
+
+async fn respond(send: &mut SendStream, r: &Response) -> Result<(), Fail> {
+    write_frame(send, r).await.map_err(|_| Fail::Gone)
+}
+
+async fn put_objects(
+    ctx: &Arc<ServerCtx>,
+    peer: &PeerIdentity,
+    source: &str,
+    count: u32,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+) -> Result<(), Fail> {
+    may_write(&ctx.cfg, peer, source)?;
+    let store = source_store(ctx, source, true).await?.expect("created");
+    let quota = ctx.cfg.quota_for(source);
+    let used = {
+        let s = store.clone();
+        blocking(move || s.store.bytes_stored().map_err(internal)).await?
+    };
+    let counters = ctx.counters.peer(&peer.name);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, ObjectKind, Vec<u8>)>(8);
+    let writer_store = store.clone();
+    let writer = tokio::task::spawn_blocking(move || -> Result<u32, crate::store::StoreError> {
+        let mut new = 0;
+        while let Some((id, kind, bytes)) = rx.blocking_recv() {
+            if writer_store.write_record(id, kind, &bytes)? {
+                new += 1;
+            }
+        }
+        writer_store.flush()?;
+        Ok(new)
+    });
+    let mut bytes = 0u64;
+    let mut refused = None;
+    for _ in 0..count {
+        let (header, rec) = match read_record(recv).await {
+            Ok(r) => r,
+            Err(e) => {
+                drop(tx);
+                let _ = writer.await;
+                return Err(e.into());
+            }
+        };
+        bytes += rec.len() as u64;
+        if quota > 0 && used + bytes > quota {
+            refused = Some(format!(
+                "{source} would exceed its quota of {} bytes on {} ({} bytes stored); raise `quota` for this peer or free space",
+                quota, ctx.cfg.name, used
+            ));
+            break;
+        }
+        counters.bytes_received.fetch_add(rec.len() as u64, Ordering::Relaxed);
+        counters.objects_received.fetch_add(1, Ordering::Relaxed);
+        if tx.send((header.id, header.kind, rec)).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let new = writer.await.map_err(internal)?.map_err(internal)?;
+    if let Some(m) = refused {
+        let _ = recv.stop(0u32.into());
+        return Err(Fail::Respond(ErrorCode::QuotaExceeded, m, vec![]));
+    }
+    respond(send, &Response::Stored { objects: count, new_objects: new, bytes }).await
+}
+
+async fn put_snapshot(
+    ctx: &Arc<ServerCtx>,
+    peer: &PeerIdentity,
+    source: &str,
+    record: Vec<u8>,
+    send: &mut SendStream,
+) -> Result<(), Fail> {
+    may_write(&ctx.cfg, peer, source)?;
+    let (rec, used) = Record::decode(&record)
+        .map_err(|e| Fail::Respond(ErrorCode::Corrupt, format!("snapshot record: {e}"), vec![]))?;
+    if used != record.len() || rec.kind != ObjectKind::Snapshot {
+        return Err(Fail::Respond(ErrorCode::BadRequest, "not a snapshot record".into(), vec![]));
+    }
+    let store = source_store(ctx, source, true).await?.expect("created");
+    let id = rec.id;
+    let links = rec.links.clone();
+    let src = source.to_string();
+    let new = blocking(move || {
+        let existing = store.store.snapshot_ids().map_err(internal)?;
+        if existing.contains(&id) {
+            let old = store.store.read_snapshot_record(&id).map_err(internal)?;
+            if old == record {
+                return Ok(false);
+            }
+            return Err(Fail::Respond(
+                ErrorCode::Forbidden,
+                format!("snapshot {} of {src} is already stored and is never overwritten", id.short()),
+                vec![],
+            ));
+        }
+        let missing = store.missing_below(&links, msg::MAX_HAVE_IDS).map_err(internal)?;
+        if !missing.is_empty() {
+            return Err(Fail::Respond(
+                ErrorCode::Incomplete,
+                format!("snapshot {} of {src} references {} objects not stored here yet", id.short(), missing.len()),
+                missing,
+            ));
+        }
+        store.store.put_snapshot_record(&id, &record).map_err(internal)
+    })
+    .await?;
+    if new {
+        tracing::info!(peer = %peer.name, snapshot = %id.short(), "snapshot replica committed");
+    }
+    respond(send, &Response::SnapshotCommitted { id, new }).await
+}
+
+async fn list_snapshots(
+    ctx: &Arc<ServerCtx>,
+    source: Option<String>,
+    after: Option<ObjectId>,
+    send: &mut SendStream,
+) -> Result<(), Fail> {
+    let stores = ctx.stores.clone();
+    let (items, more) = blocking(move || {
+        let names = match source {
+            Some(s) => vec![s],
+            None => stores.source_names(),
+        };
+        let mut all: Vec<(String, ObjectId)> = Vec::new();
+        for n in &names {
+            if let Ok(Some(s)) = stores.get(n, false) {
+                for id in s.store.snapshot_ids().unwrap_or_default() {
+                    all.push((n.clone(), id));
+                }
+            }
+        }
+        all.sort();
+        if let Some(a) = after {
+            all.retain(|(_, id)| *id > a);
+        }
+        let more = all.len() > MAX_LIST_SNAPSHOTS;
+        all.truncate(MAX_LIST_SNAPSHOTS);
+        let mut items = Vec::new();
+        for (n, id) in all {
+            if let Ok(Some(s)) = stores.get(&n, false) {
+                if let Ok(record) = s.store.read_snapshot_record(&id) {
+                    items.push(SnapshotEntry { stored_ns: s.store.snapshot_stored_ns(&id), source: n, id, record });
+                }
+            }
+        }
+        Ok((items, more))
+    })
+    .await?;
+    respond(send, &Response::Snapshots { items, more }).await
+}
+
+async fn get_objects(
+    ctx: &Arc<ServerCtx>,
+    peer: &PeerIdentity,
+    source: &str,
+    ids: Vec<ObjectId>,
+    send: &mut SendStream,
+) -> Result<(), Fail> {
+    let Some(store) = source_store(ctx, source, false).await? else {
+        return respond(send, &Response::Objects { count: 0, missing: ids }).await;
+    };
+    let s = store.clone();
+    let req = ids.clone();
+    let present = blocking(move || s.store.durable_many(&req).map_err(internal)).await?;
+    let (have, missing): (Vec<_>, Vec<_>) = ids.into_iter().zip(present).partition(|(_, p)| *p);
+    let have: Vec<ObjectId> = have.into_iter().map(|x| x.0).collect();
+    let missing: Vec<ObjectId> = missing.into_iter().map(|x| x.0).collect();
+    respond(send, &Response::Objects { count: have.len() as u32, missing }).await?;
+    // one record at a time (memory stays at one record), each preceded by a
+    // status byte: 1 = the record follows, 0 = it turned out damaged here
+    let counters = ctx.counters.peer(&peer.name);
+    for id in have {
+        let s = store.clone();
+        let rec = blocking(move || Ok(s.store.read_record(&id))).await?;
+        crate::failpoint::hit("serve.object");
+        match rec {
+            Ok(r) => {
+                send.write_all(&[1]).await.map_err(|_| Fail::Gone)?;
+                send.write_all(&r).await.map_err(|_| Fail::Gone)?;
+                counters.bytes_served.fetch_add(r.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(object = %id.short(), error = %e, "stored object is damaged; not serving it");
+                send.write_all(&[0]).await.map_err(|_| Fail::Gone)?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! The local control socket (`data_dir/control.sock`, mode 0600, in a 0700
+//! directory). While the daemon runs, CLI commands that write to the store
+//! or read the node state go through it, so there is never a second writer.
+//!
+//! Protocol: one JSON request line; the daemon answers with zero or more
+//! `{"progress": ...}` lines and then one `{"result": ...}` or
+//! `{"error": {"code": N, "message": "..."}}` line. Only root or the
+//! daemon's own user may connect (checked with SO_PEERCRED).
+
+use super::NodeRuntime;
+use crate::backup::{BackupOptions, ParentChoice, Progress};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+/// A request to the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ControlRequest {
+    /// Liveness.
+    Ping,
+    /// Back up and replicate.
+    Backup {
+        /// paths (empty: `[backup] paths` from the config)
+        paths: Vec<PathBuf>,
+        /// excludes (added to the config's)
+        exclude: Vec<String>,
+        /// one file system
+        one_file_system: bool,
+        /// image device
+        image: Option<PathBuf>,
+        /// tags
+        tags: Vec<String>,
+        /// parent: none, id, or auto
+        parent: Option<String>,
+    },
+    /// Snapshot listing with replica state.
+    Snapshots {
+        /// source (default: this node)
+        source: Option<String>,
+    },
+    /// Node status.
+    Status,
+}
+
+/// A line from the daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ControlReply {
+    /// Progress counters.
+    Progress(serde_json::Value),
+    /// Final result.
+    Result(serde_json::Value),
+    /// Failure with the CLI exit code it maps to.
+    Error {
+        /// exit code
+        code: u8,
+        /// message
+        message: String,
+    },
+}
+
+/// Bind the socket (removing a stale one) with owner-only permissions.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::other("another daemon is already running with this data_dir"));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serve control connections until cancelled.
+pub async fn serve(listener: UnixListener, rt: Arc<NodeRuntime>, cancel: CancellationToken) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let me = rustix::process::geteuid().as_raw();
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok((s, _)) => {
+                    let allowed = s.peer_cred().map(|c| c.uid() == 0 || c.uid() == me).unwrap_or(false);
+                    if !allowed {
+                        tracing::warn!("refused a control connection from another user");
+                        continue;
+                    }
+                    tasks.spawn(handle(s, rt.clone()));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "control socket accept failed");
+                    break;
+                }
+            },
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    let _ = std::fs::remove_file(rt.cfg.control_socket());
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &ControlReply) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(r).expect("serializes");
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+async fn handle(s: UnixStream, rt: Arc<NodeRuntime>) {
+    let (r, mut w) = s.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let req: ControlRequest = match lines.next_line().await {
+        Ok(Some(l)) => match serde_json::from_str(&l) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ =
+                    send(&mut w, &ControlReply::Error { code: 2, message: format!("bad control request: {e}") }).await;
+                return;
+            }
+        },
+        _ => return,
+    };
+    let reply = match req {
+        ControlRequest::Ping => ControlReply::Result(serde_json::json!({"node": rt.cfg.name})),
+        ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } => {
+            let cfg = &rt.cfg;
+            let parent = match parent.as_deref() {
+                None => ParentChoice::Auto,
+                Some("none") => ParentChoice::None,
+                Some(p) => match rt.stores.own().and_then(|s| s.store.resolve_snapshot(p)) {
+                    Ok(id) => ParentChoice::Id(id),
+                    Err(e) => {
+                        let _ = send(&mut w, &ControlReply::Error { code: 2, message: e.to_string() }).await;
+                        return;
+                    }
+                },
+            };
+            let mut excludes = cfg.backup.exclude.clone();
+            excludes.extend(exclude);
+            let opts = BackupOptions {
+                paths: if paths.is_empty() && image.is_none() { cfg.backup.paths.clone() } else { paths },
+                image,
+                excludes,
+                one_file_system: one_file_system || cfg.backup.one_file_system,
+                parent,
+                tags,
+                ..Default::default()
+            };
+            let progress = Arc::new(Progress::default());
+            let job = {
+                let rt = rt.clone();
+                let p = progress.clone();
+                tokio::spawn(async move { rt.backup_and_replicate(opts, p).await })
+            };
+            tokio::pin!(job);
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    res = &mut job => {
+                        break match res {
+                            Ok(Ok(rep)) => ControlReply::Result(serde_json::to_value(&rep).expect("serializes")),
+                            Ok(Err(e)) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+                            Err(e) => ControlReply::Error { code: 1, message: format!("backup task failed: {e}") },
+                        };
+                    }
+                    _ = tick.tick() => {
+                        let v = serde_json::json!({
+                            "files": progress.files.load(Ordering::Relaxed),
+                            "bytes_read": progress.bytes_read.load(Ordering::Relaxed),
+                            "bytes_added": progress.bytes_added.load(Ordering::Relaxed),
+                        });
+                        if send(&mut w, &ControlReply::Progress(v)).await.is_err() {
+                            // the CLI went away; the backup continues
+                        }
+                    }
+                }
+            }
+        }
+        ControlRequest::Snapshots { source } => match super::views::snapshots(&rt, source.as_deref()).await {
+            Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
+            Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+        },
+        ControlRequest::Status => match super::views::status(&rt).await {
+            Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
+            Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+        },
+    };
+    let _ = send(&mut w, &reply).await;
+}
+
+/// Whether a daemon answers on `path`.
+pub async fn daemon_running(path: &Path) -> bool {
+    if !path.exists() {
+        return false;
+    }
+    matches!(call(path, &ControlRequest::Ping, |_| {}).await, Ok(Ok(_)))
+}
+
+/// Send a request and wait for the result; `progress` sees progress lines.
+/// Outer error: cannot talk to the daemon; inner error: (exit code, message).
+pub async fn call(
+    path: &Path,
+    req: &ControlRequest,
+    mut progress: impl FnMut(&serde_json::Value),
+) -> std::io::Result<Result<serde_json::Value, (u8, String)>> {
+    let s = UnixStream::connect(path).await?;
+    let (r, mut w) = s.into_split();
+    let mut line = serde_json::to_vec(req).expect("serializes");
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut lines = BufReader::new(r).lines();
+    while let Some(l) = lines.next_line().await? {
+        match serde_json::from_str::<ControlReply>(&l) {
+            Ok(ControlReply::Progress(v)) => progress(&v),
+            Ok(ControlReply::Result(v)) => return Ok(Ok(v)),
+            Ok(ControlReply::Error { code, message }) => return Ok(Err((code, message))),
+            Err(e) => return Err(std::io::Error::other(format!("bad reply from daemon: {e}"))),
+        }
+    }
+    Err(std::io::Error::other("daemon closed the control connection without an answer"))
+}

@@ -1,0 +1,466 @@
+//! A running node: the daemon (`omesh node run`) and the same operations
+//! run in-process by CLI commands when no daemon is running.
+//!
+//! [`NodeRuntime`] owns the configuration, TLS material, QUIC endpoint,
+//! stores, state database and peer connections. The daemon adds the QUIC
+//! server and the control socket; CLI commands talk to the daemon through
+//! that socket when it runs, so the store only ever has one writer.
+
+pub mod control;
+pub mod views;
+
+use crate::backup::{self, BackupOptions, BackupSummary, Progress};
+use crate::config::{NodeConfig, PeerConfig};
+use crate::mesh::client::{self, PeerConn};
+use crate::mesh::placement::{self, Candidate};
+use crate::mesh::replicate::{self, PushOptions, ReplicaReport};
+use crate::mesh::server::{self, ServerCtx};
+use crate::mesh::{Counters, Stores};
+use crate::state::{PeerSeen, Placement, State};
+use crate::transport::{self, TlsMaterial};
+use omesh_proto::ObjectId;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// Node-level errors (each names what is wrong and what to do).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// Configuration.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// TLS / network setup.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+    /// Store.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// State database.
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    /// Backup.
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
+    /// Restore.
+    #[error(transparent)]
+    Restore(#[from] crate::restore::RestoreError),
+    /// Residency refusal (a destination outside the allowed networks).
+    #[error("residency: {0}")]
+    Residency(String),
+    /// Anything else, with its explanation.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Hook deciding whether an outbound connection to (peer, address) is
+/// allowed (the residency policy plugs in here).
+pub type OutboundCheck = Arc<dyn Fn(&str, SocketAddr) -> Result<(), String> + Send + Sync>;
+
+/// Hook deciding whether an inbound connection from an address is allowed.
+pub type InboundCheck = Arc<dyn Fn(SocketAddr) -> Result<(), String> + Send + Sync>;
+
+/// Everything a node needs to act on the mesh.
+pub struct NodeRuntime {
+    /// Configuration.
+    pub cfg: Arc<NodeConfig>,
+    /// TLS material.
+    pub tls: Arc<TlsMaterial>,
+    /// QUIC endpoint (serving only in the daemon).
+    pub endpoint: quinn::Endpoint,
+    /// Stores.
+    pub stores: Arc<Stores>,
+    /// State database (absent in read-only CLI runs beside a daemon).
+    pub state: Option<Arc<State>>,
+    /// Byte counters.
+    pub counters: Arc<Counters>,
+    /// Start time.
+    pub started: Instant,
+    /// Whether this runtime is the daemon.
+    pub daemon: bool,
+    /// Outbound address policy.
+    pub outbound_check: Option<OutboundCheck>,
+    /// Inbound address policy.
+    pub inbound_check: Option<InboundCheck>,
+    conns: tokio::sync::Mutex<HashMap<String, PeerConn>>,
+    backup_lock: tokio::sync::Mutex<()>,
+}
+
+/// A peer probe result.
+pub struct Probe {
+    /// Configured peer.
+    pub peer: PeerConfig,
+    /// Connection and RTT, or why not.
+    pub result: Result<(PeerConn, Duration), String>,
+}
+
+/// Address to bind an outgoing-only endpoint to.
+fn client_bind(cfg: &NodeConfig) -> SocketAddr {
+    let _ = cfg;
+    "0.0.0.0:0".parse().expect("valid")
+}
+
+fn now_ns() -> i64 {
+    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+}
+
+impl NodeRuntime {
+    /// Build a runtime. `serve`: bind the configured listen address for the
+    /// daemon; otherwise an ephemeral client endpoint.
+    pub async fn new(cfg: NodeConfig, serve: bool) -> Result<Arc<Self>, NodeError> {
+        Self::build(cfg, serve, true, None, None).await
+    }
+
+    /// Build with options: `with_state` opens the state database (only one
+    /// process may); `outbound`/`inbound` are the residency policy hooks.
+    pub async fn build(
+        cfg: NodeConfig,
+        serve: bool,
+        with_state: bool,
+        outbound_check: Option<OutboundCheck>,
+        inbound_check: Option<InboundCheck>,
+    ) -> Result<Arc<Self>, NodeError> {
+        let cfg = Arc::new(cfg);
+        std::fs::create_dir_all(&cfg.data_dir)
+            .map_err(|e| NodeError::Other(format!("cannot create data_dir {}: {e}", cfg.data_dir.display())))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let tls = Arc::new(TlsMaterial::load(&cfg.tls, &cfg.name).map_err(transport::TransportError::from)?);
+        let bind = if serve {
+            let addrs = client::resolve(&cfg.listen).await.map_err(|e| {
+                NodeError::Other(format!("{}: listen = {:?} cannot be resolved: {e}", cfg.path.display(), cfg.listen))
+            })?;
+            addrs[0]
+        } else {
+            client_bind(&cfg)
+        };
+        let endpoint = transport::endpoint(bind, &tls, &cfg.transport, serve)?;
+        let state = if with_state { Some(Arc::new(State::open(&cfg.data_dir.join("state.redb"))?)) } else { None };
+        let stores = Arc::new(Stores::new(cfg.clone()));
+        Ok(Arc::new(NodeRuntime {
+            cfg,
+            tls,
+            endpoint,
+            stores,
+            state,
+            counters: Arc::new(Counters::default()),
+            started: Instant::now(),
+            daemon: serve,
+            outbound_check,
+            inbound_check,
+            conns: tokio::sync::Mutex::new(HashMap::new()),
+            backup_lock: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The bound QUIC address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("bound endpoint")
+    }
+
+    /// Connect (or reuse a live connection) to a configured peer.
+    pub async fn connect(&self, peer: &PeerConfig) -> Result<PeerConn, String> {
+        {
+            let g = self.conns.lock().await;
+            if let Some(c) = g.get(&peer.name) {
+                if c.conn.close_reason().is_none() {
+                    return Ok(c.clone());
+                }
+            }
+        }
+        let addrs =
+            client::resolve(&peer.address).await.map_err(|e| format!("cannot resolve {}: {e}", peer.address))?;
+        if let Some(check) = &self.outbound_check {
+            for a in &addrs {
+                check(&peer.name, *a)?;
+            }
+        }
+        let timeout = Duration::from_secs(self.cfg.transport.connect_timeout_secs.max(1));
+        let c = client::connect(&self.endpoint, &self.cfg.name, &peer.name, &addrs, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.conns.lock().await.insert(peer.name.clone(), c.clone());
+        Ok(c)
+    }
+
+    /// Connect to every peer in parallel and measure RTT (best of 3 pings).
+    pub async fn probe_all(&self) -> Vec<Probe> {
+        let futs = self.cfg.peers.iter().map(|p| async move {
+            let r = async {
+                let c = self.connect(p).await?;
+                let mut best = Duration::MAX;
+                for _ in 0..3 {
+                    best = best.min(c.ping().await.map_err(|e| e.to_string())?);
+                }
+                Ok((c, best))
+            }
+            .await;
+            if let (Ok((c, rtt)), Some(state)) = (&r, &self.state) {
+                let _ = state.peer_seen(
+                    &p.name,
+                    &PeerSeen {
+                        last_contact_ns: now_ns(),
+                        rtt_us: rtt.as_micros() as u64,
+                        address: c.addr.to_string(),
+                        cert_sha256: c.identity.fingerprint.clone(),
+                    },
+                );
+            }
+            Probe { peer: p.clone(), result: r }
+        });
+        futures_join_all(futs).await
+    }
+
+    /// Back up into our own store, then replicate to `factor` peers.
+    pub async fn backup_and_replicate(
+        self: &Arc<Self>,
+        opts: BackupOptions,
+        progress: Arc<Progress>,
+    ) -> Result<MeshBackupReport, NodeError> {
+        let _one_at_a_time = self.backup_lock.lock().await;
+        let own = {
+            let stores = self.stores.clone();
+            tokio::task::spawn_blocking(move || stores.own()).await.map_err(|e| NodeError::Other(e.to_string()))??
+        };
+        let store = own.store.clone();
+        let p = progress.clone();
+        let summary: BackupSummary = tokio::task::spawn_blocking(move || backup::run(&store, &opts, p))
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))??;
+        let snap = ObjectId::from_hex(&summary.snapshot).map_err(|e| NodeError::Other(e.to_string()))?;
+        let replicas = self.replicate(snap).await;
+        let factor = self.cfg.replication.factor;
+        let ok: Vec<&ReplicaReport> = replicas.iter().filter(|r| r.ok).collect();
+        let chosen: Vec<Candidate> = ok
+            .iter()
+            .map(|r| Candidate {
+                name: r.peer.clone(),
+                domain: r.domain.clone(),
+                rtt: Some(Duration::from_micros(r.rtt_us)),
+                holds: false,
+            })
+            .collect();
+        let distinct = placement::distinct_domains(&chosen);
+        let mut warnings = Vec::new();
+        if ok.len() < factor {
+            warnings.push(format!("snapshot is on {} of {factor} required peers: NOT fully protected yet", ok.len()));
+        } else if distinct < ok.len() {
+            warnings.push(format!("only {distinct} distinct failure domains among the {} replicas", ok.len()));
+        }
+        Ok(MeshBackupReport {
+            protected: ok.len() >= factor,
+            factor,
+            distinct_domains: distinct,
+            backup: summary,
+            replicas,
+            replication_warnings: warnings,
+        })
+    }
+
+    /// Replicate one of our snapshots: choose peers by failure domain then
+    /// RTT, push in parallel, fall back to the next ranked peer on failure,
+    /// and record every acknowledged placement.
+    pub async fn replicate(self: &Arc<Self>, snap: ObjectId) -> Vec<ReplicaReport> {
+        let probes = self.probe_all().await;
+        let mut reports: Vec<ReplicaReport> = Vec::new();
+        let mut conns: HashMap<String, (PeerConn, Duration, String)> = HashMap::new();
+        let mut cands = Vec::new();
+        let holders: std::collections::HashSet<String> = match &self.state {
+            Some(st) => {
+                st.placements(&self.cfg.name).unwrap_or_default().into_values().flatten().map(|p| p.node).collect()
+            }
+            None => Default::default(),
+        };
+        for p in &probes {
+            match &p.result {
+                Ok((c, rtt)) => {
+                    cands.push(Candidate {
+                        name: p.peer.name.clone(),
+                        domain: p.peer.domain.clone(),
+                        rtt: Some(*rtt),
+                        holds: holders.contains(&p.peer.name),
+                    });
+                    conns.insert(p.peer.name.clone(), (c.clone(), *rtt, p.peer.domain.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %p.peer.name, error = %e, "peer unreachable");
+                    cands.push(Candidate {
+                        name: p.peer.name.clone(),
+                        domain: p.peer.domain.clone(),
+                        rtt: None,
+                        holds: false,
+                    });
+                    reports.push(ReplicaReport {
+                        peer: p.peer.name.clone(),
+                        domain: p.peer.domain.clone(),
+                        address: p.peer.address.clone(),
+                        cert_sha256: String::new(),
+                        ok: false,
+                        objects_sent: 0,
+                        bytes_sent: 0,
+                        seconds: 0.0,
+                        rtt_us: 0,
+                        error: Some(e.clone()),
+                    });
+                }
+            }
+        }
+        let ranked = placement::rank(&self.cfg.domain, &cands);
+        let factor = self.cfg.replication.factor;
+        let own = match self.stores.own() {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "own store unavailable");
+                return reports;
+            }
+        };
+        let opts = PushOptions {
+            streams: self.cfg.replication.streams_per_peer,
+            batch_bytes: self.cfg.replication.batch_bytes.0,
+        };
+        let mut next = 0;
+        let mut ok = 0;
+        while ok < factor && next < ranked.len() {
+            let wave: Vec<Candidate> = ranked[next..(next + factor - ok).min(ranked.len())].to_vec();
+            next += wave.len();
+            let futs = wave.into_iter().map(|cand| {
+                let (conn, rtt, domain) = conns.get(&cand.name).cloned().expect("ranked peers are reachable");
+                let store = own.store.clone();
+                let counters = self.counters.peer(&cand.name);
+                let source = self.cfg.name.clone();
+                async move {
+                    let t = Instant::now();
+                    let r = replicate::push_snapshot(&conn, store, &source, snap, opts, counters).await;
+                    let (objects_sent, bytes_sent, error) = match r {
+                        Ok((o, b)) => (o, b, None),
+                        Err(e) => (0, 0, Some(e.to_string())),
+                    };
+                    ReplicaReport {
+                        peer: conn.name.clone(),
+                        domain,
+                        address: conn.addr.to_string(),
+                        cert_sha256: conn.identity.fingerprint.clone(),
+                        ok: error.is_none(),
+                        objects_sent,
+                        bytes_sent,
+                        seconds: replicate::since(t),
+                        rtt_us: rtt.as_micros() as u64,
+                        error,
+                    }
+                }
+            });
+            for r in futures_join_all(futs).await {
+                if r.ok {
+                    ok += 1;
+                    if let Some(state) = &self.state {
+                        let _ = state.add_placement(
+                            &self.cfg.name,
+                            &snap.to_hex(),
+                            Placement {
+                                node: r.peer.clone(),
+                                kind: "peer".into(),
+                                address: r.address.clone(),
+                                cert_sha256: r.cert_sha256.clone(),
+                                time_ns: now_ns(),
+                                objects_sent: r.objects_sent,
+                                bytes_sent: r.bytes_sent,
+                            },
+                        );
+                    }
+                    tracing::info!(peer = %r.peer, snapshot = %snap.short(), bytes = r.bytes_sent, "replica acknowledged");
+                } else {
+                    tracing::warn!(peer = %r.peer, error = ?r.error, "replication failed; trying the next peer");
+                }
+                reports.push(r);
+            }
+        }
+        reports
+    }
+}
+
+/// Result of `omesh backup --config`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MeshBackupReport {
+    /// The local backup.
+    #[serde(flatten)]
+    pub backup: BackupSummary,
+    /// Replication attempts, one per peer tried.
+    pub replicas: Vec<ReplicaReport>,
+    /// Configured replication factor.
+    pub factor: usize,
+    /// Whether `factor` peers acknowledged the snapshot.
+    pub protected: bool,
+    /// Distinct failure domains among acknowledged replicas.
+    pub distinct_domains: usize,
+    /// Replication problems worth attention (file warnings are in
+    /// `warnings`, from the backup).
+    pub replication_warnings: Vec<String>,
+}
+
+/// Run futures concurrently and collect results in order.
+pub async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
+    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> = futs.into_iter().enumerate().collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(v) => {
+                outs[*i] = Some(v);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
+    })
+    .await;
+    outs.into_iter().map(|o| o.expect("all completed")).collect()
+}
+
+/// A running daemon.
+pub struct DaemonHandle {
+    /// The runtime.
+    pub rt: Arc<NodeRuntime>,
+    /// Cancel to stop.
+    pub cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl DaemonHandle {
+    /// Stop serving and wait for every task.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.rt.endpoint.close(omesh_proto::msg::close::SHUTDOWN.into(), b"node shutting down");
+        self.rt.endpoint.wait_idle().await;
+    }
+}
+
+/// Start the daemon: QUIC server and control socket.
+pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
+    let rt = NodeRuntime::new(cfg, true).await?;
+    // take the store lock now: a second writer fails at start, not later
+    {
+        let stores = rt.stores.clone();
+        tokio::task::spawn_blocking(move || stores.own()).await.map_err(|e| NodeError::Other(e.to_string()))??;
+    }
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let ctx = Arc::new(ServerCtx {
+        cfg: rt.cfg.clone(),
+        stores: rt.stores.clone(),
+        counters: rt.counters.clone(),
+        started: rt.started,
+        cancel: cancel.clone(),
+        inbound_check: rt.inbound_check.clone(),
+    });
+    tasks.spawn(server::serve(rt.endpoint.clone(), ctx));
+    let listener = control::bind(&rt.cfg.control_socket())
+        .map_err(|e| NodeError::Other(format!("control socket {}: {e}", rt.cfg.control_socket().display())))?;
+    tasks.spawn(control::serve(listener, rt.clone(), cancel.clone()));
+    tracing::info!(node = %rt.cfg.name, addr = %rt.local_addr(), "node running");
+    Ok(DaemonHandle { rt, cancel, tasks })
+}

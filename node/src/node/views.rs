@@ -1,0 +1,472 @@
+//! What `omesh snapshots --config`, `omesh status` and `omesh restore
+//! --config` compute: the node's view of the mesh, from its own stores, its
+//! state database and live answers from peers.
+
+use super::{NodeError, NodeRuntime};
+use crate::keyfile::KeyFile;
+use crate::mesh::source::{MeshSource, Replica, open_snapshot};
+use crate::snapshot::{SnapshotKind, SnapshotRecord};
+use crate::store::Store;
+use omesh_proto::ObjectId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// CLI exit code for a node error.
+pub fn exit_code(e: &NodeError) -> u8 {
+    match e {
+        NodeError::Config(_) => 2,
+        NodeError::Store(crate::store::StoreError::Locked { .. }) => 5,
+        NodeError::Store(s) if s.is_damage() => 4,
+        NodeError::Store(
+            crate::store::StoreError::NoKey(_)
+            | crate::store::StoreError::WrongKey { .. }
+            | crate::store::StoreError::KeyFile(_),
+        ) => 2,
+        NodeError::Residency(_) => 2,
+        NodeError::Transport(crate::transport::TransportError::Tls(_)) => 2,
+        _ => 1,
+    }
+}
+
+/// One replica of a snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// Node (or S3 target) name.
+    pub node: String,
+    /// "peer", "local" or "s3".
+    pub kind: String,
+    /// Failure domain.
+    pub domain: String,
+    /// Listed by the node just now.
+    pub confirmed: bool,
+    /// When we recorded its acknowledgement (RFC 3339), if we did.
+    pub acknowledged: Option<String>,
+}
+
+/// One snapshot and where it is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// Id.
+    pub id: String,
+    /// Short id.
+    pub short_id: String,
+    /// Source node.
+    pub source: String,
+    /// Start time (RFC 3339), when the key is here.
+    pub time: Option<String>,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Paths.
+    pub paths: Vec<String>,
+    /// "files" or "image".
+    pub kind: Option<String>,
+    /// Files.
+    pub files: Option<u64>,
+    /// Logical bytes.
+    pub bytes: Option<u64>,
+    /// Replicas (not counting the source's own copy).
+    pub replicas: Vec<ReplicaView>,
+    /// Whether the source itself still holds it.
+    pub on_source: bool,
+    /// Replicas on peers.
+    pub replica_count: usize,
+    /// Replication factor configured here.
+    pub factor: usize,
+    /// replica_count >= factor.
+    pub fully_replicated: bool,
+}
+
+fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339()
+}
+
+/// Keys of `source` held on this node, if any.
+pub fn source_keys(rt: &NodeRuntime, source: &str) -> Option<Arc<crate::crypto::Keys>> {
+    let p = rt.cfg.key_path(source);
+    KeyFile::load(&p).ok().map(|k| Arc::new(crate::crypto::Keys::derive(&k.secret)))
+}
+
+/// Listing from every reachable peer: id → (record, holders).
+pub async fn live_listing(
+    rt: &NodeRuntime,
+    source: &str,
+) -> (HashMap<ObjectId, (Vec<u8>, Vec<String>)>, Vec<super::Probe>) {
+    let probes = rt.probe_all().await;
+    let lists = super::futures_join_all(
+        probes.iter().filter_map(|p| p.result.as_ref().ok().map(|(c, _)| (p.peer.name.clone(), c.clone()))).map(
+            |(name, c)| {
+                let source = source.to_string();
+                async move { (name, c.list_snapshots(Some(&source)).await) }
+            },
+        ),
+    )
+    .await;
+    let mut out: HashMap<ObjectId, (Vec<u8>, Vec<String>)> = HashMap::new();
+    for (name, l) in lists {
+        match l {
+            Ok(items) => {
+                for e in items {
+                    let ent = out.entry(e.id).or_insert_with(|| (e.record.clone(), vec![]));
+                    ent.1.push(name.clone());
+                }
+            }
+            Err(e) => tracing::warn!(peer = %name, error = %e, "cannot list snapshots"),
+        }
+    }
+    (out, probes)
+}
+
+/// `omesh snapshots --config`.
+pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Vec<SnapshotView>, NodeError> {
+    let source = source.unwrap_or(&rt.cfg.name).to_string();
+    let keys = source_keys(rt, &source);
+    // local copy (own store, or a replica this node keeps)
+    let local: Option<Arc<crate::mesh::SourceStore>> = {
+        let stores = rt.stores.clone();
+        let s = source.clone();
+        tokio::task::spawn_blocking(move || stores.get(&s, false))
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))??
+    };
+    let mut records: BTreeMap<ObjectId, Vec<u8>> = BTreeMap::new();
+    let mut on_source = std::collections::HashSet::new();
+    let mut local_replica = std::collections::HashSet::new();
+    if let Some(l) = &local {
+        for id in l.store.snapshot_ids()? {
+            if let Ok(r) = l.store.read_snapshot_record(&id) {
+                records.insert(id, r);
+            }
+            if source == rt.cfg.name {
+                on_source.insert(id);
+            } else {
+                local_replica.insert(id);
+            }
+        }
+    }
+    let (live, _) = live_listing(rt, &source).await;
+    for (id, (rec, _)) in &live {
+        records.entry(*id).or_insert_with(|| rec.clone());
+    }
+    let placements = match &rt.state {
+        Some(st) => st.placements(&source)?,
+        None => HashMap::new(),
+    };
+    let domains: HashMap<&str, &str> = rt.cfg.peers.iter().map(|p| (p.name.as_str(), p.domain.as_str())).collect();
+    let mut out = Vec::new();
+    for (id, rec) in records {
+        let details: Option<SnapshotRecord> = keys.as_ref().and_then(|k| open_snapshot(k, &id, &rec).ok());
+        let mut replicas: BTreeMap<String, ReplicaView> = BTreeMap::new();
+        if let Some((_, holders)) = live.get(&id) {
+            for h in holders {
+                if *h == source {
+                    on_source.insert(id);
+                    continue;
+                }
+                replicas.insert(
+                    h.clone(),
+                    ReplicaView {
+                        node: h.clone(),
+                        kind: "peer".into(),
+                        domain: domains.get(h.as_str()).unwrap_or(&"").to_string(),
+                        confirmed: true,
+                        acknowledged: None,
+                    },
+                );
+            }
+        }
+        if local_replica.contains(&id) {
+            replicas.insert(
+                rt.cfg.name.clone(),
+                ReplicaView {
+                    node: rt.cfg.name.clone(),
+                    kind: "local".into(),
+                    domain: rt.cfg.domain.clone(),
+                    confirmed: true,
+                    acknowledged: None,
+                },
+            );
+        }
+        for p in placements.get(&id.to_hex()).into_iter().flatten() {
+            let e = replicas.entry(p.node.clone()).or_insert_with(|| ReplicaView {
+                node: p.node.clone(),
+                kind: p.kind.clone(),
+                domain: domains.get(p.node.as_str()).unwrap_or(&"").to_string(),
+                confirmed: false,
+                acknowledged: None,
+            });
+            e.acknowledged = Some(rfc3339(p.time_ns));
+        }
+        // a replica counts when the node confirms it now, or (if that node
+        // is unreachable) when it acknowledged it earlier
+        let count = replicas.values().filter(|r| r.confirmed || r.acknowledged.is_some()).count();
+        out.push(SnapshotView {
+            id: id.to_hex(),
+            short_id: id.short(),
+            source: source.clone(),
+            time: details.as_ref().map(|d| rfc3339(d.start_ns)),
+            hostname: details.as_ref().map(|d| d.hostname.clone()),
+            paths: details.as_ref().map(|d| d.paths.clone()).unwrap_or_default(),
+            kind: details.as_ref().map(|d| match d.kind {
+                SnapshotKind::Files => "files".to_string(),
+                SnapshotKind::Image => "image".to_string(),
+            }),
+            files: details.as_ref().map(|d| d.files),
+            bytes: details.as_ref().map(|d| d.bytes),
+            on_source: on_source.contains(&id),
+            replica_count: count,
+            factor: rt.cfg.replication.factor,
+            fully_replicated: count >= rt.cfg.replication.factor,
+            replicas: replicas.into_values().collect(),
+        });
+    }
+    out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// One peer in `omesh status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerView {
+    /// Name.
+    pub name: String,
+    /// Configured address.
+    pub address: String,
+    /// Failure domain.
+    pub domain: String,
+    /// Reachable now.
+    pub reachable: bool,
+    /// RTT in milliseconds.
+    pub rtt_ms: Option<f64>,
+    /// Last successful contact (RFC 3339).
+    pub last_contact: Option<String>,
+    /// Why unreachable.
+    pub error: Option<String>,
+    /// Bytes of our snapshots it stores (its answer).
+    pub holds_our_bytes: Option<u64>,
+    /// Our snapshots it stores.
+    pub holds_our_snapshots: Option<u64>,
+    /// Byte counters since the daemon started.
+    pub counters: serde_json::Value,
+}
+
+/// Usage of one source's store on this node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct LocalUsage {
+    /// Source.
+    pub source: String,
+    /// Bytes.
+    pub bytes: u64,
+    /// Snapshots.
+    pub snapshots: u64,
+    /// Quota (0 = none).
+    pub quota_bytes: u64,
+}
+
+/// `omesh status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusView {
+    /// This node.
+    pub node: String,
+    /// Failure domain.
+    pub domain: String,
+    /// Running as a daemon (answered through the control socket).
+    pub daemon: bool,
+    /// Daemon uptime.
+    pub uptime_secs: u64,
+    /// Peers.
+    pub peers: Vec<PeerView>,
+    /// Stores on this node.
+    pub stored_here: Vec<LocalUsage>,
+    /// Our snapshots.
+    pub snapshots: usize,
+    /// Our snapshots with fewer than `factor` replicas.
+    pub not_fully_replicated: Vec<String>,
+    /// Replication factor.
+    pub factor: usize,
+}
+
+/// Compute the status.
+pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
+    let probes = rt.probe_all().await;
+    let seen = match &rt.state {
+        Some(st) => st.peers()?,
+        None => HashMap::new(),
+    };
+    let statuses = super::futures_join_all(probes.iter().map(|p| async move {
+        match &p.result {
+            Ok((c, _)) => c.status().await.ok(),
+            Err(_) => None,
+        }
+    }))
+    .await;
+    let mut peers = Vec::new();
+    for (p, st) in probes.iter().zip(statuses) {
+        let ours = st.as_ref().and_then(|s| s.sources.iter().find(|u| u.source == rt.cfg.name).cloned());
+        let counters = rt.counters.to_json().get(&p.peer.name).cloned().unwrap_or(serde_json::json!({}));
+        peers.push(PeerView {
+            name: p.peer.name.clone(),
+            address: p.peer.address.clone(),
+            domain: p.peer.domain.clone(),
+            reachable: p.result.is_ok(),
+            rtt_ms: p.result.as_ref().ok().map(|(_, d)| d.as_secs_f64() * 1000.0),
+            last_contact: seen.get(&p.peer.name).map(|s| rfc3339(s.last_contact_ns)),
+            error: p.result.as_ref().err().cloned(),
+            holds_our_bytes: ours.as_ref().map(|u| u.bytes),
+            holds_our_snapshots: ours.as_ref().map(|u| u.snapshots),
+            counters,
+        });
+    }
+    let stores = rt.stores.clone();
+    let cfg = rt.cfg.clone();
+    let stored_here = tokio::task::spawn_blocking(move || {
+        stores
+            .source_names()
+            .into_iter()
+            .filter_map(|n| {
+                let s = stores.get(&n, false).ok()??;
+                Some(LocalUsage {
+                    bytes: s.store.bytes_stored().unwrap_or(0),
+                    snapshots: s.store.snapshot_ids().map(|v| v.len() as u64).unwrap_or(0),
+                    quota_bytes: cfg.quota_for(&n),
+                    source: n,
+                })
+            })
+            .collect::<Vec<_>>()
+    })
+    .await
+    .map_err(|e| NodeError::Other(e.to_string()))?;
+    let snaps = snapshots(rt, None).await?;
+    Ok(StatusView {
+        node: rt.cfg.name.clone(),
+        domain: rt.cfg.domain.clone(),
+        daemon: rt.daemon,
+        uptime_secs: rt.started.elapsed().as_secs(),
+        peers,
+        stored_here,
+        snapshots: snaps.len(),
+        not_fully_replicated: snaps
+            .iter()
+            .filter(|s| !s.fully_replicated && s.on_source)
+            .map(|s| s.id.clone())
+            .collect(),
+        factor: rt.cfg.replication.factor,
+    })
+}
+
+/// Where a mesh restore reads from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum From {
+    /// The local store if it holds the snapshot, plus every replica.
+    Auto,
+    /// Only this node's local stores.
+    Local,
+    /// Only this peer.
+    Peer(String),
+}
+
+/// Find snapshot `spec` of `source` and build a source that reads it from
+/// the local store and/or the replicas holding it.
+pub async fn prepare_restore(
+    rt: &Arc<NodeRuntime>,
+    source: &str,
+    spec: &str,
+    from: &From,
+) -> Result<(ObjectId, MeshSource), NodeError> {
+    let keys = source_keys(rt, source).ok_or_else(|| {
+        NodeError::Other(format!(
+            "no key for source {source:?} on this node ({} missing); import the exported key with `omesh key import FILE --config {}`",
+            rt.cfg.key_path(source).display(),
+            rt.cfg.path.display()
+        ))
+    })?;
+    if let From::Peer(p) = from {
+        if rt.cfg.peer(p).is_none() {
+            return Err(NodeError::Other(format!("--from {p}: not a [[peer]] in {}", rt.cfg.path.display())));
+        }
+    }
+    let local: Option<Arc<Store>> = if matches!(from, From::Peer(_)) {
+        None
+    } else {
+        let cfg = rt.cfg.clone();
+        let s = source.to_string();
+        tokio::task::spawn_blocking(move || crate::mesh::open_source_read(&cfg, &s))
+            .await
+            .map_err(|e| NodeError::Other(e.to_string()))??
+            .map(Arc::new)
+    };
+    let mut records: HashMap<ObjectId, SnapshotRecord> = HashMap::new();
+    let mut local_ids = std::collections::HashSet::new();
+    if let Some(l) = &local {
+        for id in l.snapshot_ids()? {
+            if let Ok(r) = l.read_snapshot_record(&id) {
+                if let Ok(d) = open_snapshot(&keys, &id, &r) {
+                    records.insert(id, d);
+                    local_ids.insert(id);
+                }
+            }
+        }
+    }
+    let mut holders: HashMap<ObjectId, Vec<String>> = HashMap::new();
+    let mut probes_ok: HashMap<String, (crate::mesh::client::PeerConn, Duration)> = HashMap::new();
+    if *from != From::Local {
+        let (live, probes) = live_listing(rt, source).await;
+        for p in probes {
+            if let Ok((c, d)) = p.result {
+                probes_ok.insert(p.peer.name.clone(), (c, d));
+            }
+        }
+        for (id, (rec, hs)) in live {
+            let hs: Vec<String> = hs
+                .into_iter()
+                .filter(|h| match from {
+                    From::Peer(p) => h == p,
+                    _ => true,
+                })
+                .collect();
+            if hs.is_empty() {
+                continue;
+            }
+            match open_snapshot(&keys, &id, &rec) {
+                Ok(d) => {
+                    records.entry(id).or_insert(d);
+                    holders.insert(id, hs);
+                }
+                Err(e) => {
+                    tracing::warn!(snapshot = %id.short(), error = %e, "a peer lists a snapshot record that does not decrypt with this key; ignored")
+                }
+            }
+        }
+    }
+    let id = resolve(&records, spec).map_err(NodeError::Other)?;
+    let mut replicas = Vec::new();
+    for h in holders.get(&id).cloned().unwrap_or_default() {
+        if let Some((c, rtt)) = probes_ok.get(&h) {
+            replicas.push(Arc::new(Replica::new(c.clone(), *rtt)));
+        }
+    }
+    let local = local.filter(|_| local_ids.contains(&id));
+    if replicas.is_empty() && local.is_none() {
+        return Err(NodeError::Other(format!("snapshot {} of {source} is not held by any reachable node", id.short())));
+    }
+    let chunker = local.as_ref().map(|l| l.config().chunker).unwrap_or_default();
+    let mut src = MeshSource::new(tokio::runtime::Handle::current(), source, keys, chunker, local, replicas, records);
+    src.request_timeout = Duration::from_secs(rt.cfg.transport.request_timeout_secs.max(1));
+    Ok((id, src))
+}
+
+fn resolve(records: &HashMap<ObjectId, SnapshotRecord>, spec: &str) -> Result<ObjectId, String> {
+    if records.is_empty() {
+        return Err("no snapshots of this source are reachable".into());
+    }
+    if spec == "latest" {
+        return Ok(*records.iter().max_by_key(|(id, r)| (r.start_ns, **id)).expect("non-empty").0);
+    }
+    let s = spec.to_ascii_lowercase();
+    let m: Vec<&ObjectId> = records.keys().filter(|id| id.to_hex().starts_with(&s)).collect();
+    match m.len() {
+        0 => Err(format!("no reachable snapshot matches {spec:?}")),
+        1 => Ok(*m[0]),
+        _ => Err(format!("snapshot prefix {spec:?} is ambiguous")),
+    }
+}

@@ -1,0 +1,143 @@
+//! The node's own bookkeeping (`data_dir/state.redb`): where each of our
+//! snapshots was placed and when (the audit trail), and what we last saw of
+//! each peer. Only the process running the node (the daemon, or a CLI
+//! command when no daemon runs) opens it.
+
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+const PLACEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("placements");
+const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
+
+/// One replica placement of a snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Placement {
+    /// Peer node name, or S3 target name.
+    pub node: String,
+    /// "peer" or "s3".
+    pub kind: String,
+    /// Address data was sent to (peer socket address, or S3 endpoint/bucket).
+    pub address: String,
+    /// SHA-256 of the peer certificate (empty for S3).
+    pub cert_sha256: String,
+    /// When the replica was acknowledged (ns since epoch).
+    pub time_ns: i64,
+    /// Objects sent for it.
+    pub objects_sent: u64,
+    /// Bytes sent for it.
+    pub bytes_sent: u64,
+}
+
+/// What we last saw of a peer.
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct PeerSeen {
+    /// Last successful contact (ns since epoch).
+    pub last_contact_ns: i64,
+    /// Last RTT (µs).
+    pub rtt_us: u64,
+    /// Address.
+    pub address: String,
+    /// Certificate fingerprint.
+    pub cert_sha256: String,
+}
+
+/// State database errors.
+#[derive(Debug, thiserror::Error)]
+#[error("node state {path}: {message}")]
+pub struct StateError {
+    /// file
+    pub path: String,
+    /// cause
+    pub message: String,
+}
+
+/// The state database.
+pub struct State {
+    db: redb::Database,
+    path: String,
+}
+
+impl State {
+    /// Open or create.
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let p = path.display().to_string();
+        let err = |e: &dyn std::fmt::Display| StateError {
+            path: p.clone(),
+            message: if e.to_string().contains("already open") {
+                "in use by another omesh process (is the daemon running? then use it through its control socket)".into()
+            } else {
+                e.to_string()
+            },
+        };
+        let db = redb::Builder::new().set_cache_size(8 << 20).create(path).map_err(|e| err(&e))?;
+        let tx = db.begin_write().map_err(|e| err(&e))?;
+        {
+            tx.open_table(PLACEMENTS).map_err(|e| err(&e))?;
+            tx.open_table(PEERS).map_err(|e| err(&e))?;
+        }
+        tx.commit().map_err(|e| err(&e))?;
+        Ok(State { db, path: p })
+    }
+
+    fn e(&self, x: impl std::fmt::Display) -> StateError {
+        StateError { path: self.path.clone(), message: x.to_string() }
+    }
+
+    /// Record a placement of `snap` of `source`.
+    pub fn add_placement(&self, source: &str, snap: &str, p: Placement) -> Result<(), StateError> {
+        let key = format!("{source}/{snap}");
+        let tx = self.db.begin_write().map_err(|x| self.e(x))?;
+        {
+            let mut t = tx.open_table(PLACEMENTS).map_err(|x| self.e(x))?;
+            let mut v: Vec<Placement> = t
+                .get(key.as_str())
+                .map_err(|x| self.e(x))?
+                .and_then(|g| serde_json::from_slice(g.value()).ok())
+                .unwrap_or_default();
+            v.retain(|o| o.node != p.node);
+            v.push(p);
+            let bytes = serde_json::to_vec(&v).expect("serializes");
+            t.insert(key.as_str(), bytes.as_slice()).map_err(|x| self.e(x))?;
+        }
+        tx.commit().map_err(|x| self.e(x))
+    }
+
+    /// Placements of every snapshot of `source`: snapshot hex id → list.
+    pub fn placements(&self, source: &str) -> Result<std::collections::HashMap<String, Vec<Placement>>, StateError> {
+        let tx = self.db.begin_read().map_err(|x| self.e(x))?;
+        let t = tx.open_table(PLACEMENTS).map_err(|x| self.e(x))?;
+        let prefix = format!("{source}/");
+        let mut out = std::collections::HashMap::new();
+        for r in t.iter().map_err(|x| self.e(x))? {
+            let (k, v) = r.map_err(|x| self.e(x))?;
+            if let Some(snap) = k.value().strip_prefix(&prefix) {
+                out.insert(snap.to_string(), serde_json::from_slice(v.value()).unwrap_or_default());
+            }
+        }
+        Ok(out)
+    }
+
+    /// Remember a successful contact.
+    pub fn peer_seen(&self, name: &str, seen: &PeerSeen) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|x| self.e(x))?;
+        {
+            let mut t = tx.open_table(PEERS).map_err(|x| self.e(x))?;
+            let b = serde_json::to_vec(seen).expect("serializes");
+            t.insert(name, b.as_slice()).map_err(|x| self.e(x))?;
+        }
+        tx.commit().map_err(|x| self.e(x))
+    }
+
+    /// Last contact with each peer.
+    pub fn peers(&self) -> Result<std::collections::HashMap<String, PeerSeen>, StateError> {
+        let tx = self.db.begin_read().map_err(|x| self.e(x))?;
+        let t = tx.open_table(PEERS).map_err(|x| self.e(x))?;
+        let mut out = std::collections::HashMap::new();
+        for r in t.iter().map_err(|x| self.e(x))? {
+            let (k, v) = r.map_err(|x| self.e(x))?;
+            out.insert(k.value().to_string(), serde_json::from_slice(v.value()).unwrap_or_default());
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,189 @@
+//! A site of real `omesh node run` daemons, each a separate process on its
+//! own 127.0.0.x address, with a real CA and certificates.
+
+use super::{Run, cmd, s};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+
+/// One node's files and address.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub name: String,
+    pub ip: String,
+    pub port: u16,
+    pub domain: String,
+    pub dir: PathBuf,
+}
+
+impl NodeSpec {
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("omesh.toml")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+    pub fn addr(&self) -> String {
+        format!("{}:{}", self.ip, self.port)
+    }
+}
+
+/// A site: CA plus nodes.
+pub struct Site {
+    pub root: PathBuf,
+    pub ca: PathBuf,
+    pub nodes: Vec<NodeSpec>,
+}
+
+/// A free UDP port on `ip` (bound and released; the daemon binds it next).
+pub fn free_port(ip: &str) -> u16 {
+    std::net::UdpSocket::bind(format!("{ip}:0")).unwrap().local_addr().unwrap().port()
+}
+
+impl Site {
+    /// Create a CA and certificates for `nodes` (name, domain); node i gets
+    /// address 127.0.0.(i+first_ip).
+    pub fn new(root: &Path, nodes: &[(&str, &str)]) -> Site {
+        let ca = root.join("ca");
+        omesh::ca::init(&ca, "test-site", 30).unwrap();
+        let first = 2 + (std::process::id() % 50) as usize * 4;
+        let nodes: Vec<NodeSpec> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, (n, d))| {
+                let ip = format!("127.0.{}.{}", (first + i) / 250, 1 + (first + i) % 250);
+                let dir = root.join(n);
+                omesh::ca::issue(&ca, n, &dir.join("tls"), 30).unwrap();
+                NodeSpec { name: n.to_string(), port: free_port(&ip), ip, domain: d.to_string(), dir }
+            })
+            .collect();
+        let site = Site { root: root.into(), ca, nodes };
+        for n in &site.nodes {
+            site.write_config(
+                &n.name,
+                &site.nodes.iter().filter(|p| p.name != n.name).map(|p| p.name.clone()).collect::<Vec<_>>(),
+                2,
+                "",
+            );
+        }
+        site
+    }
+
+    pub fn node(&self, name: &str) -> &NodeSpec {
+        self.nodes.iter().find(|n| n.name == name).unwrap()
+    }
+
+    /// (Re)write a node's config with the given peers and factor; `extra`
+    /// is appended (more TOML).
+    pub fn write_config(&self, name: &str, peers: &[String], factor: usize, extra: &str) {
+        let n = self.node(name);
+        let mut t = format!(
+            "name = \"{}\"\ndata_dir = \"{}\"\nlisten = \"{}\"\ndomain = \"{}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\n[replication]\nfactor = {factor}\n",
+            n.name,
+            s(&n.data()),
+            n.addr(),
+            n.domain,
+            s(&n.dir.join("tls/ca.pem")),
+            s(&n.dir.join("tls/node.pem")),
+            s(&n.dir.join("tls/node.key")),
+            s(&n.dir.join("tls/crl.pem")),
+        );
+        t.push_str(extra);
+        for p in peers {
+            let p = self.node(p);
+            t.push_str(&format!(
+                "[[peer]]\nname = \"{}\"\naddress = \"{}\"\ndomain = \"{}\"\n",
+                p.name,
+                p.addr(),
+                p.domain
+            ));
+        }
+        std::fs::write(n.config(), t).unwrap();
+    }
+
+    /// Run `omesh ARGS --config <node's config>`.
+    pub fn omesh(&self, name: &str, args: &[&str]) -> Run {
+        let mut c = cmd();
+        c.args(args).arg("--config").arg(self.node(name).config());
+        c.output().unwrap().into()
+    }
+
+    /// Start a node's daemon; returns once it listens.
+    pub fn start(&self, name: &str) -> Daemon {
+        self.start_with_env(name, &[])
+    }
+
+    /// Start with extra environment (e.g. OMESH_FAILPOINT).
+    pub fn start_with_env(&self, name: &str, env: &[(&str, &str)]) -> Daemon {
+        let mut c = cmd();
+        c.args(["node", "run", "--config", s(&self.node(name).config())])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let mut child = c.spawn().unwrap();
+        // readiness: the daemon prints its listen line once serving
+        let out = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(out).read_line(&mut line).unwrap();
+        assert!(line.contains("listening on"), "daemon {name} did not start: {line:?}");
+        Daemon { child: Some(child), name: name.into() }
+    }
+}
+
+/// A daemon process; SIGKILLed and reaped on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub name: String,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+    /// SIGKILL and wait.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+    /// Wait for the process to exit on its own; returns its status.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.child.take().unwrap().wait().unwrap()
+    }
+    /// Exit status if the process has exited (does not block).
+    pub fn try_wait(&mut self) -> Option<std::process::ExitStatus> {
+        let st = self.child.as_mut()?.try_wait().ok()??;
+        self.child = None;
+        Some(st)
+    }
+    /// SIGTERM and wait for an orderly exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let c = self.child.take().unwrap();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(c.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let mut c = c;
+        c.wait().unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Snapshot ids stored for `source` on a node (on disk).
+pub fn stored_snapshots(node: &NodeSpec, source: &str) -> Vec<String> {
+    let d = node.data().join("sources").join(source).join("snapshots");
+    let mut v: Vec<String> = std::fs::read_dir(d)
+        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
