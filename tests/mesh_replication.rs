@@ -184,9 +184,10 @@ fn a_peer_serving_corrupted_objects_is_detected_and_failed_over() {
         let res = omesh::store::pack::scan(&p, None, |_, _| {}).unwrap();
         for e in res.entries.iter().filter(|e| e.kind == omesh::proto::ObjectKind::Blob) {
             let (o, l) = (e.offset as usize, e.len as usize);
-            bytes[o + l - 40] ^= 0x01; // inside the sealed body
-            let check = blake3::hash(&bytes[o..o + l - 32]);
-            bytes[o + l - 32..o + l].copy_from_slice(check.as_bytes());
+            let c = omesh::proto::record::CHECK_BYTES;
+            bytes[o + l - c - 8] ^= 0x01; // inside the sealed body
+            let check = blake3::hash(&bytes[o..o + l - c]);
+            bytes[o + l - c..o + l].copy_from_slice(&check.as_bytes()[..c]);
             altered += 1;
         }
         fs::write(&p, bytes).unwrap();

@@ -230,9 +230,10 @@ fn a_source_cannot_delete_or_overwrite_its_stored_snapshots() {
         // same id, different content
         let mut forged = before.clone();
         let n = forged.len();
-        forged[n - 40] ^= 1;
-        let check = blake3::hash(&forged[..n - 32]);
-        forged[n - 32..].copy_from_slice(check.as_bytes());
+        let cb = omesh::proto::record::CHECK_BYTES;
+        forged[n - cb - 8] ^= 1;
+        let check = blake3::hash(&forged[..n - cb]);
+        forged[n - cb..].copy_from_slice(&check.as_bytes()[..cb]);
         match c.put_snapshot("srv-a", &forged).await {
             Err(ClientError::Remote { code: ErrorCode::Forbidden, .. }) => {}
             other => panic!("overwrite was not refused: {other:?}"),

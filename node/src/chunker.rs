@@ -121,13 +121,31 @@ impl Chunker {
     /// most twice (into the buffer, into its chunk).
     pub fn for_each_chunk<R: Read>(
         &self,
+        reader: R,
+        limit: u64,
+        f: impl FnMut(Vec<u8>) -> io::Result<()>,
+    ) -> io::Result<u64> {
+        self.for_each_chunk_with(&mut Vec::new(), reader, limit, f)
+    }
+
+    /// As [`Chunker::for_each_chunk`], reusing `scratch` as the read buffer
+    /// (a reader thread keeps one across files instead of allocating per
+    /// file).
+    pub fn for_each_chunk_with<R: Read>(
+        &self,
+        scratch: &mut Vec<u8>,
         mut reader: R,
         limit: u64,
         mut f: impl FnMut(Vec<u8>) -> io::Result<()>,
     ) -> io::Result<u64> {
         let max = self.params.max_bytes as usize;
-        let cap = (2 * max).min(limit.saturating_add(1).min(usize::MAX as u64) as usize).max(1);
-        let mut buf: Vec<u8> = vec![0; cap];
+        // the cut point needs up to `max` bytes of lookahead; a quarter more
+        // keeps refills (and the copies they make) infrequent
+        let cap = (max + max / 4).min(limit.saturating_add(1).min(usize::MAX as u64) as usize).max(1);
+        if scratch.len() < cap {
+            scratch.resize(cap, 0);
+        }
+        let buf = &mut scratch[..cap];
         let (mut start, mut end) = (0usize, 0usize);
         let mut total: u64 = 0;
         let mut eof = false;
@@ -163,6 +181,11 @@ impl Chunker {
             f(buf[start..start + cut].to_vec())?;
             start += cut;
         }
+    }
+
+    /// Bytes above which a file needs the full read buffer.
+    pub fn large_file_bytes(&self) -> u64 {
+        self.params.max_bytes as u64
     }
 }
 

@@ -12,7 +12,7 @@
 //!   cannot be used to fingerprint known files.
 //!
 //! Sizes are further hidden by padding every sealed payload up to a bucket
-//! of under 0.4% of its length. This module does no I/O.
+//! of 1/256 to 1/128 of its length (at least 16 bytes). This module does no I/O.
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
@@ -37,7 +37,29 @@ const CTX_KEY_ID: &str = "omesh 2026-11 key fingerprint v1";
 
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
-const FRAME_HEADER_BYTES: usize = 9;
+/// Smallest possible frame header: codec byte and two one-byte varints.
+const FRAME_HEADER_MIN: usize = 3;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+    }
+    None
+}
 
 /// Errors when opening a sealed body.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -148,9 +170,29 @@ impl Keys {
         &self.gear
     }
 
-    /// Object id of a plaintext.
+    /// Object id of a plaintext (blobs, snapshot records).
     pub fn object_id(&self, plaintext: &[u8]) -> ObjectId {
         ObjectId(*blake3::keyed_hash(&self.id_key, plaintext).as_bytes())
+    }
+
+    /// Object id of a tree or extent list, whose plaintext refers to its
+    /// links by index: the id covers the links too.
+    pub fn object_id_linked(&self, links: &[ObjectId], plaintext: &[u8]) -> ObjectId {
+        let mut h = blake3::Hasher::new_keyed(&self.id_key);
+        h.update(&(links.len() as u64).to_le_bytes());
+        for l in links {
+            h.update(&l.0);
+        }
+        h.update(plaintext);
+        ObjectId(*h.finalize().as_bytes())
+    }
+
+    /// The id of an object of `kind`.
+    pub fn id_for(&self, kind: ObjectKind, links: &[ObjectId], plaintext: &[u8]) -> ObjectId {
+        match kind {
+            ObjectKind::Tree | ObjectKind::List => self.object_id_linked(links, plaintext),
+            ObjectKind::Blob | ObjectKind::Snapshot => self.object_id(plaintext),
+        }
     }
 
     /// Compress (when it pays), pad and encrypt `plaintext`, producing a
@@ -159,8 +201,8 @@ impl Keys {
     /// `level` is the zstd level; 0 disables compression.
     pub fn seal(&self, kind: ObjectKind, id: &ObjectId, links: &[ObjectId], plaintext: &[u8], level: i32) -> Vec<u8> {
         assert!(plaintext.len() <= MAX_PLAINTEXT_BYTES, "object larger than MAX_PLAINTEXT_BYTES");
-        let compressed = if level > 0 && plaintext.len() >= 64 {
-            zstd::bulk::compress(plaintext, level).ok().filter(|c| c.len() + plaintext.len() / 64 < plaintext.len())
+        let compressed = if level > 0 && plaintext.len() >= 64 && compressible(plaintext, level) {
+            compress(plaintext, level).filter(|c| c.len() + plaintext.len() / 64 < plaintext.len())
         } else {
             None
         };
@@ -168,15 +210,16 @@ impl Keys {
             Some(c) => (CODEC_ZSTD, c),
             None => (CODEC_RAW, plaintext),
         };
-        let framed = FRAME_HEADER_BYTES + payload.len();
-        let padded = padded_len(framed);
+        let mut header = Vec::with_capacity(11);
+        header.push(codec);
+        put_varint(&mut header, plaintext.len() as u64);
+        put_varint(&mut header, payload.len() as u64);
+        let padded = padded_len(header.len() + payload.len());
         let mut buf = Vec::with_capacity(NONCE_BYTES + padded + TAG_BYTES);
         let mut nonce = [0u8; NONCE_BYTES];
         getrandom::fill(&mut nonce).expect("the operating system's random source failed");
         buf.extend_from_slice(&nonce);
-        buf.push(codec);
-        buf.extend_from_slice(&(plaintext.len() as u32).to_le_bytes());
-        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&header);
         buf.extend_from_slice(payload);
         buf.resize(NONCE_BYTES + padded, 0);
         let ad = Record::associated_data(kind, id, links);
@@ -191,7 +234,7 @@ impl Keys {
     /// Decrypt, unpad and decompress a record body, then check that the
     /// plaintext hashes to `id`.
     pub fn open(&self, kind: ObjectKind, id: &ObjectId, links: &[ObjectId], body: &[u8]) -> Result<Vec<u8>, OpenError> {
-        if body.len() < NONCE_BYTES + TAG_BYTES + FRAME_HEADER_BYTES {
+        if body.len() < NONCE_BYTES + TAG_BYTES + FRAME_HEADER_MIN {
             return Err(OpenError::TooShort);
         }
         let (nonce, rest) = body.split_at(NONCE_BYTES);
@@ -202,15 +245,17 @@ impl Keys {
             .decrypt_in_place_detached(XNonce::from_slice(nonce), &ad, &mut buf, Tag::from_slice(tag))
             .map_err(|_| OpenError::Auth)?;
         let codec = buf[0];
-        let raw_len = u32::from_le_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
-        let payload_len = u32::from_le_bytes(buf[5..9].try_into().expect("4 bytes")) as usize;
-        if raw_len > MAX_PLAINTEXT_BYTES {
+        let mut pos = 1;
+        let raw_len = get_varint(&buf, &mut pos).ok_or(OpenError::Frame("bad plaintext length"))?;
+        let payload_len = get_varint(&buf, &mut pos).ok_or(OpenError::Frame("bad payload length"))?;
+        if raw_len > MAX_PLAINTEXT_BYTES as u64 {
             return Err(OpenError::Frame("declared plaintext length above the maximum"));
         }
-        if FRAME_HEADER_BYTES + payload_len > buf.len() {
+        let (raw_len, payload_len) = (raw_len as usize, payload_len as usize);
+        if payload_len > buf.len() - pos {
             return Err(OpenError::Frame("payload length beyond the body"));
         }
-        let payload = &buf[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + payload_len];
+        let payload = &buf[pos..pos + payload_len];
         let plain = match codec {
             CODEC_RAW => {
                 if payload_len != raw_len {
@@ -219,7 +264,7 @@ impl Keys {
                 payload.to_vec()
             }
             CODEC_ZSTD => {
-                let out = zstd::bulk::decompress(payload, raw_len).map_err(|e| OpenError::Decompress(e.to_string()))?;
+                let out = decompress(payload, raw_len).map_err(|e| OpenError::Decompress(e.to_string()))?;
                 if out.len() != raw_len {
                     return Err(OpenError::Frame("decompressed length mismatch"));
                 }
@@ -227,18 +272,61 @@ impl Keys {
             }
             _ => return Err(OpenError::Frame("unknown codec")),
         };
-        if self.object_id(&plain) != *id {
+        if self.id_for(kind, links, &plain) != *id {
             return Err(OpenError::IdMismatch);
         }
         Ok(plain)
     }
 }
 
+thread_local! {
+    // zstd contexts are expensive to create (hundreds of KiB each): one per
+    // thread, reused for every object
+    static CCTX: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { std::cell::RefCell::new(None) };
+    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Cheap test before compressing a large object: compress eight 2 KiB
+/// samples spread over it; if none of them shrinks, the object is
+/// (almost certainly) encrypted, compressed or random data, and zstd would
+/// spend its full time finding nothing.
+fn compressible(data: &[u8], level: i32) -> bool {
+    const SAMPLE: usize = 2048;
+    const SAMPLES: usize = 8;
+    if data.len() < 128 * SAMPLE {
+        return true;
+    }
+    (0..SAMPLES).any(|i| {
+        let off = (data.len() - SAMPLE) * i / (SAMPLES - 1);
+        compress(&data[off..off + SAMPLE], level).is_some_and(|c| c.len() < SAMPLE * 97 / 100)
+    })
+}
+
+fn compress(data: &[u8], level: i32) -> Option<Vec<u8>> {
+    CCTX.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.as_ref().map(|(l, _)| *l) != Some(level) {
+            *c = Some((level, zstd::bulk::Compressor::new(level).ok()?));
+        }
+        c.as_mut().expect("set").1.compress(data).ok()
+    })
+}
+
+fn decompress(data: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        d.as_mut().expect("set").decompress(data, capacity)
+    })
+}
+
 /// Pad a framed length up to a bucket of 1/256 to 1/128 of its size (at
-/// least 64 bytes), so stored sizes reveal only an approximate length while
+/// least 16 bytes), so stored sizes reveal only an approximate length while
 /// costing under 0.4% (0.2% on average).
 pub fn padded_len(len: usize) -> usize {
-    let bucket = (len.next_power_of_two() / 256).max(64);
+    let bucket = (len.next_power_of_two() / 256).max(16);
     len.div_ceil(bucket) * bucket
 }
 
@@ -264,13 +352,25 @@ mod tests {
         // compressible data actually shrinks
         let id = k.object_id(&text);
         assert!(k.seal(ObjectKind::Blob, &id, &[], &text, 3).len() < text.len() / 4);
+        // large random data is recognised by sampling and stored as is;
+        // random data with a compressible part still gets compressed
+        let mut big = vec![0u8; 1 << 20];
+        getrandom::fill(&mut big).unwrap();
+        assert!(!compressible(&big, 3));
+        big[(1 << 20) - 65536..].fill(b'a');
+        assert!(compressible(&big, 3));
+        let id = k.object_id(&big);
+        let sealed = k.seal(ObjectKind::Blob, &id, &[], &big, 3);
+        assert!(sealed.len() < big.len());
+        assert_eq!(k.open(ObjectKind::Blob, &id, &[], &sealed).unwrap(), big);
     }
 
     #[test]
     fn binds_kind_id_links_and_key() {
         let k = keys();
         let data = b"some tree bytes";
-        let id = k.object_id(data);
+        let id = k.object_id_linked(&[ObjectId([1; 32])], data);
+        assert_ne!(id, k.object_id_linked(&[ObjectId([2; 32])], data), "links are part of a tree's id");
         let links = [ObjectId([1; 32])];
         let body = k.seal(ObjectKind::Tree, &id, &links, data, 3);
         assert_eq!(k.open(ObjectKind::Blob, &id, &links, &body), Err(OpenError::Auth));
@@ -284,10 +384,22 @@ mod tests {
     }
 
     #[test]
+    fn varints() {
+        for v in [0u64, 1, 127, 128, 300, 16 << 20, u32::MAX as u64] {
+            let mut b = Vec::new();
+            put_varint(&mut b, v);
+            let mut p = 0;
+            assert_eq!(get_varint(&b, &mut p), Some(v));
+            assert_eq!(p, b.len());
+        }
+        assert_eq!(get_varint(&[0x80], &mut 0), None);
+    }
+
+    #[test]
     fn padding_buckets() {
-        assert_eq!(padded_len(1), 64);
+        assert_eq!(padded_len(1), 16);
         assert_eq!(padded_len(64), 64);
-        assert_eq!(padded_len(65), 128);
+        assert_eq!(padded_len(65), 80);
         assert_eq!(padded_len(1 << 20), 1 << 20);
         let l = (1 << 20) + 1;
         let p = padded_len(l);

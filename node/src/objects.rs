@@ -31,8 +31,12 @@ impl From<StoreError> for SourceError {
 
 /// Somewhere objects of one source can be read from.
 pub trait ObjectSource: Sync {
-    /// Verified plaintext of `id`, which must be of `kind`.
-    fn get(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>, SourceError>;
+    /// Verified plaintext of `id`, which must be of `kind`, and its links.
+    fn get_linked(&self, id: &ObjectId, kind: ObjectKind) -> Result<(Vec<u8>, Vec<ObjectId>), SourceError>;
+    /// Verified plaintext only (blobs).
+    fn get(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>, SourceError> {
+        self.get_linked(id, kind).map(|x| x.0)
+    }
     /// The source's keys (to recognise data already in a restore target).
     fn keys(&self) -> &Arc<Keys>;
     /// Chunk size bounds the source used.
@@ -42,8 +46,8 @@ pub trait ObjectSource: Sync {
 }
 
 impl ObjectSource for Store {
-    fn get(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>, SourceError> {
-        Ok(Store::get(self, id, kind)?)
+    fn get_linked(&self, id: &ObjectId, kind: ObjectKind) -> Result<(Vec<u8>, Vec<ObjectId>), SourceError> {
+        Ok(Store::get_linked(self, id, kind)?)
     }
     fn keys(&self) -> &Arc<Keys> {
         Store::keys(self).expect("restore checks for the key before starting")
@@ -62,8 +66,8 @@ fn fmt_err(id: ObjectId, e: FormatError) -> SourceError {
 
 /// One tree part.
 pub fn load_tree_part(src: &dyn ObjectSource, id: &ObjectId) -> Result<Tree, SourceError> {
-    let b = src.get(id, ObjectKind::Tree)?;
-    Tree::decode(&b).map_err(|e| fmt_err(*id, e))
+    let (b, links) = src.get_linked(id, ObjectKind::Tree)?;
+    Tree::decode(&b, &links).map_err(|e| fmt_err(*id, e))
 }
 
 /// A whole directory: all parts, sorted and unique across parts.
@@ -92,8 +96,8 @@ pub fn load_extents(src: &dyn ObjectSource, content: &Content, size: u64) -> Res
         Content::Lists(ids) => {
             let mut all = Vec::new();
             for id in ids {
-                let b = src.get(id, ObjectKind::List)?;
-                all.extend(ExtentList::decode(&b).map_err(|e| fmt_err(*id, e))?.extents);
+                let (b, links) = src.get_linked(id, ObjectKind::List)?;
+                all.extend(ExtentList::decode(&b, &links).map_err(|e| fmt_err(*id, e))?.extents);
             }
             let first = ids.first().copied().unwrap_or_default();
             let sum = extent_sum(&all).map_err(|e| fmt_err(first, e))?;

@@ -7,7 +7,9 @@ for every tool on the same data in the same run:
   1. first backup
   2. backup after a change (the datagen "day of changes", or linux 6.1 -> 6.12)
   3. unchanged re-backup
-  4. restore of the latest snapshot into an empty directory (then checked)
+  4. restore of the latest snapshot onto a freshly made ext4 file system
+     (a loop device, as on a replacement server), timed until the data is
+     on disk (restore + sync), then compared with the source
 
 It records wall time, CPU time (user+sys), peak RSS of the tool's process
 tree, and the repository size after each step, and prints a Markdown table
@@ -148,8 +150,7 @@ class Rustic(Tool):
         return ["rustic", "-r", self.repo, "restore", "latest", target]
 
     def restored_path(self, target, src):
-        # rustic restores the snapshot's root (the backed-up path) into target
-        return target
+        return target / Path(src).relative_to("/")
 
 
 class Borg(Tool):
@@ -190,6 +191,25 @@ class Rsync(Tool):
 
     def restored_path(self, target, src):
         return target
+
+
+class FreshFs:
+    """A new ext4 file system on a loop device, mounted at `mnt`."""
+
+    def __init__(self, work, size_bytes):
+        self.img = work / "restore-fs.img"
+        self.mnt = work / "restore-mnt"
+        self.mnt.mkdir(parents=True, exist_ok=True)
+        if self.img.exists():
+            self.img.unlink()
+        with open(self.img, "wb") as f:
+            f.truncate(int(size_bytes))
+        sh(["mkfs.ext4", "-q", "-F", self.img])
+        sh(["mount", "-o", "loop", self.img, self.mnt])
+
+    def close(self):
+        subprocess.run(["umount", str(self.mnt)], check=False)
+        self.img.unlink(missing_ok=True)
 
 
 def same_tree(a, b):
@@ -235,16 +255,19 @@ def run_dataset(label, src, change, tools, work, results):
             wall, cpu, rss = measure(t.backup(src), env=t.env)
             results.append({"dataset": label, "tool": t.name, "phase": phase, "wall_s": wall, "cpu_s": cpu, "rss_mib": rss, "repo_bytes": du(t.repo)})
     for t in tools:
-        target = work / "restore" / t.name
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(parents=True)
-        t.cwd = None
-        cmd = t.restore(target)
-        wall, cpu, rss = measure(cmd, env=t.env, cwd=getattr(t, "cwd", None))
-        ok = same_tree(src, t.restored_path(target, src))
-        results.append({"dataset": label, "tool": t.name, "phase": "restore", "wall_s": wall, "cpu_s": cpu, "rss_mib": rss, "repo_bytes": du(t.repo), "identical": ok})
-        shutil.rmtree(target)
+        fs = FreshFs(work, du(src) * 1.6 + (1 << 30))
+        try:
+            target = fs.mnt / "r"
+            target.mkdir(parents=True)
+            t.cwd = None
+            cmd = t.restore(target)
+            # timed until the restored data is durable: restore, then sync
+            wrapped = ["sh", "-c", '"$@" && sync', "restore"] + [str(c) for c in cmd]
+            wall, cpu, rss = measure(wrapped, env=t.env, cwd=getattr(t, "cwd", None))
+            ok = same_tree(src, t.restored_path(target, src))
+            results.append({"dataset": label, "tool": t.name, "phase": "restore", "wall_s": wall, "cpu_s": cpu, "rss_mib": rss, "repo_bytes": du(t.repo), "identical": ok})
+        finally:
+            fs.close()
 
 
 def table(results, data_bytes):

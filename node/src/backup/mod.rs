@@ -237,6 +237,8 @@ struct Ctx<'s> {
     error: Mutex<Option<BackupError>>,
     counts: Mutex<Counts>,
     skip_dir: Option<(u64, u64)>,
+    /// Tokens: how many large files may be chunked at once.
+    large_files: (Sender<()>, Receiver<()>),
 }
 
 #[derive(Default, Clone, Copy)]
@@ -333,6 +335,7 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
         error: Mutex::new(None),
         counts: Mutex::new(Counts::default()),
         skip_dir: store_dir_id,
+        large_files: bounded(16),
     };
     let threads =
         opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
@@ -340,6 +343,9 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
     // reads in flight per core
     let readers = opts.read_concurrency.unwrap_or((threads * 4).clamp(4, 16)).max(1);
     let workers = threads;
+    for _ in 0..(workers * 2).max(4) {
+        let _ = ctx.large_files.0.send(());
+    }
 
     let (file_tx, file_rx) = bounded::<FileJob>(readers * 4);
     let (chunk_tx, chunk_rx) = bounded::<ChunkJob>(workers * 2);
@@ -770,12 +776,17 @@ fn find_node<'a>(nodes: &'a [Node], name: &[u8]) -> Option<&'a Node> {
 // ---------------------------------------------------------------- readers
 
 fn reader(ctx: &Ctx<'_>, rx: Receiver<FileJob>, chunk_tx: Sender<ChunkJob>, pack_tx: Sender<PackItem>) {
+    let mut scratch = Vec::new();
     for job in rx {
         let out = if ctx.failed() {
             FileOut { size: 0, content: Content::Inline(vec![]), warning: None, unreadable: true }
         } else {
-            read_file(ctx, &job, &chunk_tx, &pack_tx)
+            read_file(ctx, &job, &chunk_tx, &pack_tx, &mut scratch)
         };
+        // a large file's buffer is not kept for the small files that follow
+        if scratch.len() > 1 << 20 {
+            scratch = Vec::new();
+        }
         ctx.progress.files.fetch_add(1, Ordering::Relaxed);
         ctx.progress.bytes.fetch_add(out.size, Ordering::Relaxed);
         if job.image {
@@ -797,7 +808,13 @@ fn stamp(m: &Metadata) -> (u64, i64, i64, i64, i64) {
     (m.size(), m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec())
 }
 
-fn read_file(ctx: &Ctx<'_>, job: &FileJob, chunk_tx: &Sender<ChunkJob>, pack_tx: &Sender<PackItem>) -> FileOut {
+fn read_file(
+    ctx: &Ctx<'_>,
+    job: &FileJob,
+    chunk_tx: &Sender<ChunkJob>,
+    pack_tx: &Sender<PackItem>,
+    scratch: &mut Vec<u8>,
+) -> FileOut {
     let mut last_err = None;
     for attempt in 0..2 {
         let mut f =
@@ -824,7 +841,13 @@ fn read_file(ctx: &Ctx<'_>, job: &FileJob, chunk_tx: &Sender<ChunkJob>, pack_tx:
         } else {
             before.size()
         };
-        let res = chunk_file(ctx, &mut f, size, job.image, crate::fsutil::sparse_hint(&before), chunk_tx);
+        // large files are bandwidth- and CPU-bound: only a few are chunked
+        // at once, which bounds memory to a few full read buffers
+        let _token = if size > ctx.chunker.large_file_bytes() { ctx.large_files.1.recv().ok() } else { None };
+        let res = chunk_file(ctx, &mut f, size, job.image, crate::fsutil::sparse_hint(&before), chunk_tx, scratch);
+        if let Some(t) = _token {
+            let _ = ctx.large_files.0.send(t);
+        }
         let (extents, _read) = match res {
             Ok(x) => x,
             Err(e) => return unreadable(ctx, &job.path, e),
@@ -861,6 +884,7 @@ fn chunk_file(
     image: bool,
     sparse: bool,
     chunk_tx: &Sender<ChunkJob>,
+    scratch: &mut Vec<u8>,
 ) -> std::io::Result<(Vec<Extent>, u64)> {
     let ranges = crate::fsutil::data_ranges(f, size, sparse)?;
     let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
@@ -874,7 +898,7 @@ fn chunk_file(
             layout.push(Err(start - pos));
         }
         f.seek(SeekFrom::Start(start))?;
-        let n = ctx.chunker.for_each_chunk(&mut *f, len, |data| {
+        let n = ctx.chunker.for_each_chunk_with(scratch, &mut *f, len, |data| {
             if ctx.failed() {
                 return Err(std::io::Error::other("backup aborted"));
             }
@@ -923,8 +947,8 @@ fn into_content(ctx: &Ctx<'_>, extents: Vec<Extent>, pack_tx: &Sender<PackItem>)
     }
     let mut ids = Vec::new();
     for part in extents.chunks(MAX_LIST_EXTENTS) {
-        let l = ExtentList { extents: part.to_vec() };
-        ids.push(put_object(ctx, ObjectKind::List, &l.encode(), l.links(), pack_tx).map_err(|e| e.to_string())?);
+        let (links, plain) = ExtentList { extents: part.to_vec() }.encode();
+        ids.push(put_object(ctx, ObjectKind::List, &plain, links, pack_tx).map_err(|e| e.to_string())?);
     }
     Ok(Content::Lists(ids))
 }
@@ -936,7 +960,7 @@ fn put_object(
     links: Vec<ObjectId>,
     pack_tx: &Sender<PackItem>,
 ) -> Result<ObjectId, StoreError> {
-    let id = ctx.store.keys()?.object_id(plain);
+    let id = ctx.store.keys()?.id_for(kind, &links, plain);
     if ctx.store.claim(&id)? {
         let (id2, bytes) = ctx.store.seal(kind, plain, links)?;
         debug_assert_eq!(id, id2);
@@ -1090,9 +1114,9 @@ fn write_tree(ctx: &Ctx<'_>, entries: Vec<Node>, pack_tx: &Sender<PackItem>) -> 
     let mut more = Vec::new();
     let head = parts.remove(0);
     for p in parts {
-        let t = Tree { entries: p, more: vec![] };
-        more.push(put_object(ctx, ObjectKind::Tree, &t.encode(), t.links(), pack_tx)?);
+        let (links, plain) = Tree { entries: p, more: vec![] }.encode();
+        more.push(put_object(ctx, ObjectKind::Tree, &plain, links, pack_tx)?);
     }
-    let t = Tree { entries: head, more };
-    put_object(ctx, ObjectKind::Tree, &t.encode(), t.links(), pack_tx)
+    let (links, plain) = Tree { entries: head, more }.encode();
+    put_object(ctx, ObjectKind::Tree, &plain, links, pack_tx)
 }

@@ -49,7 +49,7 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
     if let Some(cfg) = a.store.config.clone() {
         return run_mesh(a, &cfg);
     }
-    let store = Store::open(a.store.dir(), Access::Write, key_source(&a.store.key_file))?;
+    let mut store = Store::open(a.store.dir(), Access::Write, key_source(&a.store.key_file))?;
     let parent = match a.parent.as_deref() {
         None => ParentChoice::Auto,
         Some("none") => ParentChoice::None,
@@ -89,6 +89,10 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
     };
     for w in &s.warnings {
         eprintln!("omesh: warning: {}: {}", w.path, w.message);
+    }
+    // the index grew by this run's objects: keep its file compact
+    if let Err(e) = store.compact_index() {
+        tracing::warn!(error = %e, "index compaction skipped");
     }
     if a.json {
         print_json(&s)?;

@@ -155,9 +155,9 @@ impl MeshSource {
 }
 
 impl ObjectSource for MeshSource {
-    fn get(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>, SourceError> {
+    fn get_linked(&self, id: &ObjectId, kind: ObjectKind) -> Result<(Vec<u8>, Vec<ObjectId>), SourceError> {
         if let Some(l) = &self.local {
-            if let Ok(p) = l.get(id, kind) {
+            if let Ok(p) = l.get_linked(id, kind) {
                 self.local_objects.fetch_add(1, Ordering::Relaxed);
                 return Ok(p);
             }
@@ -244,6 +244,6 @@ impl ObjectSource for MeshSource {
 
 /// Decrypt a listed snapshot record.
 pub fn open_snapshot(keys: &Keys, id: &ObjectId, record: &[u8]) -> Result<SnapshotRecord, String> {
-    let plain = open_record(keys, record, id, ObjectKind::Snapshot)?;
+    let (plain, _) = open_record(keys, record, id, ObjectKind::Snapshot)?;
     SnapshotRecord::decode(&plain).map_err(|e| e.to_string())
 }

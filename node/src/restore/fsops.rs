@@ -25,9 +25,14 @@ pub fn open_dir_at(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
 
 /// Make sure `name` in `dir` is a real directory we can write into, and open
 /// it. A file or symlink in the way is removed; a directory is reused.
-pub fn ensure_dir_at(dir: impl AsFd + Copy, name: &OsStr) -> io::Result<OwnedFd> {
+/// Returns whether the directory was created now (so it is empty).
+pub fn ensure_dir_at(dir: impl AsFd + Copy, name: &OsStr) -> io::Result<(OwnedFd, bool)> {
+    ensure_dir_inner(dir, name)
+}
+
+fn ensure_dir_inner(dir: impl AsFd + Copy, name: &OsStr) -> io::Result<(OwnedFd, bool)> {
     match rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)) {
-        Ok(()) => return open_dir_at(dir, name),
+        Ok(()) => return open_dir_at(dir, name).map(|f| (f, true)),
         Err(Errno::EXIST) => {}
         Err(e) => return Err(e.into()),
     }
@@ -39,12 +44,12 @@ pub fn ensure_dir_at(dir: impl AsFd + Copy, name: &OsStr) -> io::Result<OwnedFd>
             if st.st_mode & 0o700 != 0o700 {
                 rustix::fs::fchmod(&fd, Mode::from_raw_mode((st.st_mode & 0o7777) | 0o700))?;
             }
-            Ok(fd)
+            Ok((fd, false))
         }
         Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) || e.raw_os_error() == Some(libc::ELOOP) => {
             rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
             rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
-            open_dir_at(dir, name)
+            open_dir_at(dir, name).map(|f| (f, true))
         }
         Err(e) => Err(e),
     }
@@ -59,12 +64,27 @@ pub fn tmp_name() -> OsString {
 
 /// Create a new file exclusively (never opening an existing one).
 pub fn create_exclusive(dir: impl AsFd, name: &OsStr) -> io::Result<OwnedFd> {
+    create_exclusive_mode(dir, name, 0o600)
+}
+
+/// Create a new file exclusively with permission bits `mode` (subject to
+/// the umask).
+pub fn create_exclusive_mode(dir: impl AsFd, name: &OsStr, mode: u32) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
         dir,
         name,
         OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
+        Mode::from_raw_mode(mode & 0o777),
     )?)
+}
+
+/// The process umask (read from /proc, without changing it).
+pub fn current_umask() -> u32 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("Umask:").map(|v| v.trim().to_string())))
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .unwrap_or(0o022)
 }
 
 /// Open an existing regular file for reading, refusing symlinks; `None`
@@ -122,8 +142,23 @@ pub type MetaWarnings = Vec<String>;
 /// Apply owner, mode, xattrs and times to an open file or directory.
 /// Ownership is set only when `chown` (we run as root).
 pub fn apply_meta_fd(fd: impl AsFd + Copy, n: &Node, chown: bool) -> io::Result<MetaWarnings> {
+    apply_meta_known(fd, n, chown, None)
+}
+
+/// As [`apply_meta_fd`] for a file we just created with mode `created_mode`
+/// as (euid, egid): skips the calls that would change nothing.
+pub fn apply_meta_known(
+    fd: impl AsFd + Copy,
+    n: &Node,
+    chown: bool,
+    created: Option<(u32, u32, u32)>,
+) -> io::Result<MetaWarnings> {
     let mut warn = Vec::new();
-    if chown {
+    let (owner_ok, mode_ok) = match created {
+        Some((mode, uid, gid)) => (uid == n.uid && gid == n.gid, mode == n.mode & 0o7777),
+        None => (false, false),
+    };
+    if chown && !owner_ok {
         let (u, g) = ids(n);
         rustix::fs::fchown(fd, u, g)?;
     }
@@ -133,7 +168,9 @@ pub fn apply_meta_fd(fd: impl AsFd + Copy, n: &Node, chown: bool) -> io::Result<
         }
     }
     // after chown, which clears set-id bits
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(n.mode & 0o7777))?;
+    if !(mode_ok && (owner_ok || !chown)) {
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(n.mode & 0o7777))?;
+    }
     rustix::fs::futimens(fd, &times(n))?;
     Ok(warn)
 }

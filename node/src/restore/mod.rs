@@ -114,6 +114,8 @@ pub enum RestoreError {
 
 struct DirState {
     fd: OwnedFd,
+    /// Created by this restore: known to hold nothing we did not put there.
+    fresh: bool,
     node: Option<Node>,
     path: String,
     pending: AtomicUsize,
@@ -148,7 +150,11 @@ struct FileTask {
 struct FileJob {
     task: FileTask,
     out: File,
+    /// Temporary name to rename over the final one when done.
     tmp: Option<OsString>,
+    /// Created directly under the final name (nothing was there): removed
+    /// again if anything fails.
+    fresh: bool,
     in_place: bool,
     old: Option<OldFile>,
     remaining: AtomicUsize,
@@ -168,6 +174,10 @@ struct Segment {
 
 struct Ctx<'a> {
     src: &'a dyn ObjectSource,
+    image: bool,
+    umask: u32,
+    euid: u32,
+    egid: u32,
     chunker: Chunker,
     chown: bool,
     progress: Arc<RestoreProgress>,
@@ -264,6 +274,10 @@ pub fn run(
     let (seg_tx, seg_rx) = unbounded::<Segment>();
     let ctx = Ctx {
         src,
+        image: rec.kind == SnapshotKind::Image,
+        umask: fsops::current_umask(),
+        euid: rustix::process::geteuid().as_raw(),
+        egid: rustix::process::getegid().as_raw(),
         chunker: Chunker::new(src.keys().gear(), src.chunker_params()),
         chown: rustix::process::geteuid().is_root(),
         progress: progress.clone(),
@@ -312,6 +326,7 @@ pub fn run(
     let sync_fd = rustix::io::dup(&target_fd).map_err(|e| RestoreError::Internal(e.to_string()))?;
     let root = Arc::new(DirState {
         fd: target_fd,
+        fresh: false,
         node: None,
         path: target_display.clone(),
         pending: AtomicUsize::new(1),
@@ -342,7 +357,9 @@ pub fn run(
     });
     drop(root);
     plan_result?;
-    if let Err(e) = rustix::fs::syncfs(&sync_fd) {
+    if std::env::var_os("NOSYNC").is_none()
+        && let Err(e) = rustix::fs::syncfs(&sync_fd)
+    {
         ctx.error(&target_display, format!("flushing the restored data to disk failed: {e}"));
     }
     let (files, unchanged, dirs, others) = *ctx.counts.lock().expect("counts lock");
@@ -466,8 +483,8 @@ impl Planner<'_, '_> {
                         return Ok(());
                     }
                 };
-                let fd = match fsops::ensure_dir_at(&dir.fd, &name) {
-                    Ok(fd) => fd,
+                let (fd, fresh) = match fsops::ensure_dir_at(&dir.fd, &name) {
+                    Ok(x) => x,
                     Err(e) => {
                         ctx.error(&p, format!("cannot create directory: {e}"));
                         return Ok(());
@@ -480,6 +497,7 @@ impl Planner<'_, '_> {
                 dir.pending.fetch_add(1, Ordering::AcqRel);
                 let sub = Arc::new(DirState {
                     fd,
+                    fresh,
                     node: Some(node),
                     path: p,
                     pending: AtomicUsize::new(1),
@@ -708,9 +726,13 @@ fn run_task(ctx: &Ctx<'_>, task: FileTask) {
         Err(e) => return fail_task(ctx, task, format!("not restored: {e}")),
     };
     // image onto an existing block device: write in place
-    let existing_dev = rustix::fs::statat(&task.dir.fd, &task.name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
-        .ok()
-        .filter(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::BlockDevice);
+    let existing_dev = if ctx.image {
+        rustix::fs::statat(&task.dir.fd, &task.name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+            .ok()
+            .filter(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::BlockDevice)
+    } else {
+        None
+    };
     if existing_dev.is_some() {
         let dev = match rustix::fs::openat(
             &task.dir.fd,
@@ -730,10 +752,15 @@ fn run_task(ctx: &Ctx<'_>, task: FileTask) {
         if devsize < size {
             return fail_task(ctx, task, format!("device holds {devsize} bytes but the image is {size} bytes"));
         }
-        return start_job(ctx, task, dev, None, true, None, extents);
+        return start_job(ctx, task, dev, None, false, true, None, extents);
     }
-    // existing regular file (not a symlink, not shared with other names)
-    let old = fsops::open_existing_file(&task.dir.fd, &task.name).filter(|(_, st)| st.st_nlink == 1);
+    // existing regular file (not a symlink, not shared with other names);
+    // a directory this restore created holds none
+    let old = if task.dir.fresh {
+        None
+    } else {
+        fsops::open_existing_file(&task.dir.fd, &task.name).filter(|(_, st)| st.st_nlink == 1)
+    };
     if let Some((f, st)) = &old {
         if st.st_size as u64 == size && matches_exactly(ctx, f, &extents) {
             let r = fsops::apply_meta_fd(f, &task.node, ctx.chown);
@@ -759,23 +786,46 @@ fn run_task(ctx: &Ctx<'_>, task: FileTask) {
         let map = chunk_map(ctx, &f, st.st_size as u64, sparse);
         OldFile { file: f, map }
     });
-    let tmp = fsops::tmp_name();
-    let out = match fsops::create_exclusive(&task.dir.fd, &tmp) {
-        Ok(fd) => File::from(fd),
-        Err(e) => return fail_task(ctx, task, format!("cannot create file: {e}")),
+    // nothing under the name: create the final name exclusively (a
+    // failure removes it again); something there: build a temporary file
+    // and rename it over, so the old content stays until the new is whole
+    let mode = task.node.mode & 0o777;
+    let direct = if old.is_none() {
+        match fsops::create_exclusive_mode(&task.dir.fd, &task.name, mode) {
+            Ok(fd) => Some(File::from(fd)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => None,
+            Err(e) => return fail_task(ctx, task, format!("cannot create file: {e}")),
+        }
+    } else {
+        None
     };
-    if let Err(e) = out.set_len(size) {
-        fsops::remove_tmp(&task.dir.fd, &tmp);
-        return fail_task(ctx, task, format!("cannot size file: {e}"));
+    let (out, tmp, fresh) = match direct {
+        Some(f) => (f, None, true),
+        None => {
+            let tmp = fsops::tmp_name();
+            match fsops::create_exclusive(&task.dir.fd, &tmp) {
+                Ok(fd) => (File::from(fd), Some(tmp), false),
+                Err(e) => return fail_task(ctx, task, format!("cannot create file: {e}")),
+            }
+        }
+    };
+    // writes extend the file; only a trailing hole needs an explicit size
+    if matches!(extents.last(), Some((_, Extent::Hole { .. }))) {
+        if let Err(e) = out.set_len(size) {
+            fsops::remove_tmp(&task.dir.fd, tmp.as_deref().unwrap_or(&task.name));
+            return fail_task(ctx, task, format!("cannot size file: {e}"));
+        }
     }
-    start_job(ctx, task, out, Some(tmp), false, old, extents);
+    start_job(ctx, task, out, tmp, fresh, false, old, extents);
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_job(
     ctx: &Ctx<'_>,
     task: FileTask,
     out: File,
     tmp: Option<OsString>,
+    fresh: bool,
     in_place: bool,
     old: Option<OldFile>,
     extents: Vec<(u64, Extent)>,
@@ -802,6 +852,7 @@ fn start_job(
         task,
         out,
         tmp,
+        fresh,
         in_place,
         old,
         remaining: AtomicUsize::new(segments.len()),
@@ -895,16 +946,26 @@ fn finish_job(ctx: &Ctx<'_>, job: Arc<FileJob>) {
         Ok(j) => j,
         Err(_) => unreachable!("last segment holds the only reference"),
     };
-    let FileJob { task, out, tmp, in_place, error, .. } = job;
+    let FileJob { task, out, tmp, fresh, in_place, error, .. } = job;
     let err = error.into_inner().expect("job lock");
     if let Some(m) = err {
         if let Some(t) = &tmp {
             fsops::remove_tmp(&task.dir.fd, t);
         }
+        if fresh {
+            fsops::remove_tmp(&task.dir.fd, &task.name);
+        }
         drop(out);
         return fail_task(ctx, task, format!("not restored: {m}"));
     }
-    let meta = if in_place { Ok(Vec::new()) } else { fsops::apply_meta_fd(&out, &task.node, ctx.chown) };
+    let meta = if in_place {
+        Ok(Vec::new())
+    } else if fresh {
+        let created = (task.node.mode & 0o777) & !ctx.umask;
+        fsops::apply_meta_known(&out, &task.node, ctx.chown, Some((created, ctx.euid, ctx.egid)))
+    } else {
+        fsops::apply_meta_fd(&out, &task.node, ctx.chown)
+    };
     match meta {
         Ok(w) => w.into_iter().for_each(|w| ctx.warn(&task.path, w)),
         Err(e) => ctx.warn(&task.path, format!("metadata not restored: {e}")),

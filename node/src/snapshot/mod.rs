@@ -2,12 +2,16 @@
 //! snapshot record.
 //!
 //! These are the *plaintext* forms of objects; the store seals them. Each is
-//! postcard-encoded behind a one-byte format version. Enum variants are
-//! encoded by position: new variants are only ever appended, and the golden
-//! test below pins the encoding of every existing one.
+//! postcard-encoded behind a one-byte format version. Trees and extent
+//! lists are encoded through [`wire`], which replaces every referenced id by
+//! its index in the record's links. Enum variants are encoded by position:
+//! new variants are only ever appended, and golden tests pin the encoding of
+//! every existing one.
 //!
 //! This module validates what it decodes (names, sizes, extent sums) so that
 //! restore can trust a decoded tree's shape, but it does no I/O.
+
+mod wire;
 
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -34,7 +38,7 @@ pub const MAX_XATTRS: usize = 1024;
 pub const MAX_XATTR_VALUE_BYTES: usize = 65536;
 
 /// One extent of file content.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Extent {
     /// Bytes stored as a blob object. Encoded as variant 0.
     Data {
@@ -65,7 +69,7 @@ impl Extent {
 }
 
 /// Where a file's extents are.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Content {
     /// Extents inline in the tree. Variant 0.
     Inline(Vec<Extent>),
@@ -74,7 +78,7 @@ pub enum Content {
 }
 
 /// Kind-specific part of a node.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeKind {
     /// Regular file. Variant 0.
     File {
@@ -111,7 +115,7 @@ pub enum NodeKind {
 }
 
 /// One directory entry with its metadata.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Node {
     /// File name (raw bytes, no '/').
     pub name: Vec<u8>,
@@ -152,7 +156,7 @@ pub struct Node {
 }
 
 /// One part of a directory listing.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Tree {
     /// Entries, sorted by name, names unique across all parts.
     pub entries: Vec<Node>,
@@ -161,7 +165,7 @@ pub struct Tree {
 }
 
 /// A list object: a slice of a big file's extents.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExtentList {
     /// Extents in file order.
     pub extents: Vec<Extent>,
@@ -351,14 +355,26 @@ pub fn extent_sum(ext: &[Extent]) -> Result<u64, FormatError> {
 }
 
 impl Tree {
-    /// Plaintext encoding.
-    pub fn encode(&self) -> Vec<u8> {
-        encode_versioned(self)
+    /// Encode: the object's links (every id it references, each once, in
+    /// order of first use) and its plaintext, in which references are
+    /// indices into those links. Ids are stored once, in the record's clear
+    /// links, instead of twice (they are incompressible).
+    pub fn encode(&self) -> (Vec<ObjectId>, Vec<u8>) {
+        let mut links = wire::Links::default();
+        let w = wire::TreeW {
+            entries: self.entries.iter().map(|n| wire::NodeW::from_node(n, &mut links)).collect(),
+            more: self.more.iter().map(|id| links.index(id)).collect(),
+        };
+        (links.ids, encode_versioned(&w))
     }
 
-    /// Decode and validate a tree part.
-    pub fn decode(b: &[u8]) -> Result<Tree, FormatError> {
-        let t: Tree = decode_versioned(b)?;
+    /// Decode and validate a tree part, given its record's links.
+    pub fn decode(b: &[u8], links: &[ObjectId]) -> Result<Tree, FormatError> {
+        let w: wire::TreeW = decode_versioned(b)?;
+        let t = Tree {
+            entries: w.entries.into_iter().map(|n| n.into_node(links)).collect::<Result<_, _>>()?,
+            more: w.more.into_iter().map(|i| wire::link(links, i)).collect::<Result<_, _>>()?,
+        };
         t.validate()?;
         Ok(t)
     }
@@ -376,47 +392,25 @@ impl Tree {
         }
         Ok(())
     }
-
-    /// Links of this part: every id its nodes reference plus further parts.
-    pub fn links(&self) -> Vec<ObjectId> {
-        let mut out = Vec::new();
-        for n in &self.entries {
-            n.links(&mut out);
-        }
-        out.extend_from_slice(&self.more);
-        out.sort_unstable();
-        out.dedup();
-        out
-    }
 }
 
 impl ExtentList {
-    /// Plaintext encoding.
-    pub fn encode(&self) -> Vec<u8> {
-        encode_versioned(self)
+    /// Encode: (links, plaintext), as for trees.
+    pub fn encode(&self) -> (Vec<ObjectId>, Vec<u8>) {
+        let mut links = wire::Links::default();
+        let w =
+            wire::ListW { extents: self.extents.iter().map(|e| wire::ExtentW::from_extent(e, &mut links)).collect() };
+        (links.ids, encode_versioned(&w))
     }
     /// Decode and validate.
-    pub fn decode(b: &[u8]) -> Result<Self, FormatError> {
-        let l: ExtentList = decode_versioned(b)?;
-        if l.extents.len() > MAX_LIST_EXTENTS {
+    pub fn decode(b: &[u8], links: &[ObjectId]) -> Result<Self, FormatError> {
+        let w: wire::ListW = decode_versioned(b)?;
+        if w.extents.len() > MAX_LIST_EXTENTS {
             return Err(FormatError::Limit("list extent count"));
         }
+        let l = ExtentList { extents: w.extents.into_iter().map(|e| e.into_extent(links)).collect::<Result<_, _>>()? };
         extent_sum(&l.extents)?;
         Ok(l)
-    }
-    /// Blob ids referenced.
-    pub fn links(&self) -> Vec<ObjectId> {
-        let mut v: Vec<ObjectId> = self
-            .extents
-            .iter()
-            .filter_map(|e| match e {
-                Extent::Data { id, .. } => Some(*id),
-                Extent::Hole { .. } => None,
-            })
-            .collect();
-        v.sort_unstable();
-        v.dedup();
-        v
     }
 }
 
@@ -460,48 +454,55 @@ mod tests {
         }
     }
 
+    fn round(t: &Tree) -> Result<Tree, FormatError> {
+        let (links, b) = t.encode();
+        Tree::decode(&b, &links)
+    }
+
     #[test]
     fn tree_round_trip_and_validation() {
         let t = Tree {
             entries: vec![
                 file("a", 5, vec![Extent::Data { id: ObjectId([1; 32]), len: 5 }]),
                 file("b", 7, vec![Extent::Hole { len: 7 }]),
+                file(
+                    "c",
+                    10,
+                    vec![
+                        Extent::Data { id: ObjectId([1; 32]), len: 5 },
+                        Extent::Data { id: ObjectId([2; 32]), len: 5 },
+                    ],
+                ),
             ],
-            more: vec![],
+            more: vec![ObjectId([3; 32])],
         };
-        assert_eq!(Tree::decode(&t.encode()).unwrap(), t);
-        assert_eq!(t.links(), vec![ObjectId([1; 32])]);
+        assert_eq!(round(&t).unwrap(), t);
+        let (links, plain) = t.encode();
+        // every id once, in order of first use; none of them in the plaintext
+        assert_eq!(links, vec![ObjectId([1; 32]), ObjectId([2; 32]), ObjectId([3; 32])]);
+        assert!(!plain.windows(32).any(|w| w == [1u8; 32] || w == [2u8; 32]));
+        // a link index out of range is refused
+        assert!(matches!(Tree::decode(&plain, &links[..1]), Err(FormatError::Limit(_))));
 
         for bad in ["..", ".", "a/b", "", "x\0y"] {
             let t = Tree { entries: vec![file(bad, 0, vec![])], more: vec![] };
-            assert!(matches!(Tree::decode(&t.encode()), Err(FormatError::BadName(_))), "{bad:?} accepted");
+            assert!(matches!(round(&t), Err(FormatError::BadName(_))), "{bad:?} accepted");
         }
         let dup = Tree { entries: vec![file("a", 0, vec![]), file("a", 0, vec![])], more: vec![] };
-        assert!(matches!(Tree::decode(&dup.encode()), Err(FormatError::Unsorted(_))));
+        assert!(matches!(round(&dup), Err(FormatError::Unsorted(_))));
         let sum = Tree { entries: vec![file("a", 10, vec![Extent::Hole { len: 3 }])], more: vec![] };
-        assert!(matches!(Tree::decode(&sum.encode()), Err(FormatError::ExtentSum { .. })));
+        assert!(matches!(round(&sum), Err(FormatError::ExtentSum { .. })));
         let huge = Tree { entries: vec![file("a", u64::MAX, vec![Extent::Hole { len: u64::MAX }])], more: vec![] };
-        assert!(matches!(Tree::decode(&huge.encode()), Err(FormatError::Limit(_))));
-        let mut v = t.encode();
+        assert!(matches!(round(&huge), Err(FormatError::Limit(_))));
+        let (l, mut v) = t.encode();
         v[0] = 2;
-        assert_eq!(Tree::decode(&v), Err(FormatError::Version(2)));
+        assert_eq!(Tree::decode(&v, &l), Err(FormatError::Version(2)));
     }
 
     /// Golden bytes: the variant positions below are the on-disk format.
     #[test]
     fn golden_variant_encodings() {
-        let enc = |k: &NodeKind| postcard::to_stdvec(k).unwrap()[0];
-        assert_eq!(enc(&NodeKind::File { size: 0, content: Content::Inline(vec![]) }), 0);
-        assert_eq!(enc(&NodeKind::Dir { tree: ObjectId::ZERO }), 1);
-        assert_eq!(enc(&NodeKind::Symlink { target: vec![1] }), 2);
-        assert_eq!(enc(&NodeKind::Fifo), 3);
-        assert_eq!(enc(&NodeKind::CharDev { rdev: 0 }), 4);
-        assert_eq!(enc(&NodeKind::BlockDev { rdev: 0 }), 5);
-        assert_eq!(enc(&NodeKind::Socket), 6);
-        assert_eq!(postcard::to_stdvec(&Extent::Data { id: ObjectId::ZERO, len: 0 }).unwrap()[0], 0);
-        assert_eq!(postcard::to_stdvec(&Extent::Hole { len: 0 }).unwrap()[0], 1);
-        assert_eq!(postcard::to_stdvec(&Content::Inline(vec![])).unwrap()[0], 0);
-        assert_eq!(postcard::to_stdvec(&Content::Lists(vec![])).unwrap()[0], 1);
+        wire::golden();
         assert_eq!(postcard::to_stdvec(&SnapshotKind::Files).unwrap()[0], 0);
         assert_eq!(postcard::to_stdvec(&SnapshotKind::Image).unwrap()[0], 1);
     }

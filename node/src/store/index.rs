@@ -11,12 +11,15 @@ use super::pack::{PackEntry, PackInfo};
 use omesh_proto::{ObjectId, ObjectKind};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 /// redb page cache limit.
 pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// id → (pack seq, offset, len, kind)
-const OBJECTS: TableDefinition<[u8; 32], (u64, u64, u32, u8)> = TableDefinition::new("objects");
+/// id → (pack seq, offset, len, kind). 32-bit pack numbers and offsets
+/// keep an entry at 45 bytes (packs are at most 1 GiB).
+const OBJECTS: TableDefinition<[u8; 32], (u32, u32, u32, u8)> = TableDefinition::new("objects");
 /// pack seq → (pack hash, size)
 const PACKS: TableDefinition<u64, ([u8; 32], u64)> = TableDefinition::new("packs");
 /// pack hash → pack seq
@@ -46,14 +49,38 @@ fn e<E: std::fmt::Display>(x: E) -> IndexError {
     IndexError(x.to_string())
 }
 
+fn loc((pack, offset, len, kind): (u32, u32, u32, u8)) -> Location {
+    Location {
+        pack: pack as u64,
+        offset: offset as u64,
+        len,
+        kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob),
+    }
+}
+
 enum Db {
     Rw(redb::Database),
     Ro(redb::ReadOnlyDatabase),
 }
 
+type ObjectsTable = redb::ReadOnlyTable<[u8; 32], (u32, u32, u32, u8)>;
+type PacksTable = redb::ReadOnlyTable<u64, ([u8; 32], u64)>;
+
+/// Read-only tables of one read transaction, shared by all lookups until
+/// this process commits again. redb takes file locks for every read
+/// transaction in multi-process mode; opening one per object lookup made
+/// restores and dedup checks syscall-bound.
+struct Snapshot {
+    generation: u64,
+    objects: Arc<ObjectsTable>,
+    packs: Arc<PacksTable>,
+}
+
 /// Open index.
 pub struct Index {
     db: Db,
+    generation: std::sync::atomic::AtomicU64,
+    cached: std::sync::RwLock<Option<Snapshot>>,
 }
 
 impl Index {
@@ -70,7 +97,7 @@ impl Index {
             tx.open_table(META).map_err(e)?;
         }
         tx.commit().map_err(e)?;
-        Ok(Index { db: Db::Rw(db) })
+        Ok(Index { db: Db::Rw(db), generation: Default::default(), cached: Default::default() })
     }
 
     /// Open read-only alongside a writer in another process.
@@ -78,7 +105,29 @@ impl Index {
         let mut b = redb::Builder::new();
         b.set_cache_size(CACHE_BYTES).set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
         let db = b.open_read_only(path).map_err(e)?;
-        Ok(Index { db: Db::Ro(db) })
+        Ok(Index { db: Db::Ro(db), generation: Default::default(), cached: Default::default() })
+    }
+
+    /// The current shared tables (re-opened after a commit of ours).
+    fn tables(&self) -> Result<(Arc<ObjectsTable>, Arc<PacksTable>), IndexError> {
+        let g = self.generation.load(Ordering::Acquire);
+        if let Some(s) = self.cached.read().expect("index cache lock").as_ref() {
+            if s.generation == g {
+                return Ok((s.objects.clone(), s.packs.clone()));
+            }
+        }
+        let tx = self.read()?;
+        let objects = Arc::new(tx.open_table(OBJECTS).map_err(e)?);
+        let packs = Arc::new(tx.open_table(PACKS).map_err(e)?);
+        *self.cached.write().expect("index cache lock") =
+            Some(Snapshot { generation: g, objects: objects.clone(), packs: packs.clone() });
+        Ok((objects, packs))
+    }
+
+    fn committed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        // drop the old read transaction now, so redb can reuse its pages
+        *self.cached.write().expect("index cache lock") = None;
     }
 
     fn read(&self) -> Result<redb::ReadTransaction, IndexError> {
@@ -97,37 +146,20 @@ impl Index {
 
     /// Look up an object.
     pub fn get(&self, id: &ObjectId) -> Result<Option<Location>, IndexError> {
-        let tx = self.read()?;
-        let t = match tx.open_table(OBJECTS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(x) => return Err(e(x)),
-        };
-        Ok(t.get(id.0).map_err(e)?.map(|v| {
-            let (pack, offset, len, kind) = v.value();
-            Location { pack, offset, len, kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob) }
-        }))
+        let (t, _) = self.tables()?;
+        Ok(t.get(id.0).map_err(e)?.map(|v| loc(v.value())))
     }
 
-    /// Look up many objects in one read transaction.
+    /// Look up many objects.
     pub fn get_many(&self, ids: &[ObjectId]) -> Result<Vec<Option<Location>>, IndexError> {
-        let tx = self.read()?;
-        let t = tx.open_table(OBJECTS).map_err(e)?;
-        ids.iter()
-            .map(|id| {
-                Ok(t.get(id.0).map_err(e)?.map(|v| {
-                    let (pack, offset, len, kind) = v.value();
-                    Location { pack, offset, len, kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob) }
-                }))
-            })
-            .collect()
+        let (t, _) = self.tables()?;
+        ids.iter().map(|id| Ok(t.get(id.0).map_err(e)?.map(|v| loc(v.value())))).collect()
     }
 
     /// Hash of a pack by sequence number.
     pub fn pack_hash(&self, seq: u64) -> Result<Option<[u8; 32]>, IndexError> {
-        let tx = self.read()?;
-        let t = tx.open_table(PACKS).map_err(e)?;
-        Ok(t.get(seq).map_err(e)?.map(|v| v.value().0))
+        let (_, p) = self.tables()?;
+        Ok(p.get(seq).map_err(e)?.map(|v| v.value().0))
     }
 
     /// All packs: (seq, hash, size).
@@ -156,11 +188,7 @@ impl Index {
         let t = tx.open_table(OBJECTS).map_err(e)?;
         for r in t.iter().map_err(e)? {
             let (k, v) = r.map_err(e)?;
-            let (pack, offset, len, kind) = v.value();
-            f(
-                ObjectId(k.value()),
-                Location { pack, offset, len, kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob) },
-            );
+            f(ObjectId(k.value()), loc(v.value()));
         }
         Ok(())
     }
@@ -190,11 +218,13 @@ impl Index {
             let mut objs = tx.open_table(OBJECTS).map_err(e)?;
             for en in entries {
                 if objs.get(en.id.0).map_err(e)?.is_none() {
-                    objs.insert(en.id.0, (seq, en.offset, en.len, en.kind as u8)).map_err(e)?;
+                    let (p, o) = (u32::try_from(seq).map_err(e)?, u32::try_from(en.offset).map_err(e)?);
+                    objs.insert(en.id.0, (p, o, en.len, en.kind as u8)).map_err(e)?;
                 }
             }
         }
         tx.commit().map_err(e)?;
+        self.committed();
         crate::failpoint::hit("index.after_commit");
         Ok(seq)
     }
@@ -216,7 +246,7 @@ impl Index {
                 .iter()
                 .map_err(e)?
                 .filter_map(|r| r.ok())
-                .filter(|(_, v)| v.value().0 == seq)
+                .filter(|(_, v)| v.value().0 as u64 == seq)
                 .map(|(k, _)| k.value())
                 .collect();
             for k in doomed {
@@ -225,7 +255,18 @@ impl Index {
             }
         }
         tx.commit().map_err(e)?;
+        self.committed();
         Ok(dropped)
+    }
+
+    /// Rewrite the index file compactly (after a run added many entries).
+    /// Needs exclusive use: no other handle of this process may read.
+    pub fn compact(&mut self) -> Result<bool, IndexError> {
+        *self.cached.write().expect("index cache lock") = None;
+        match &mut self.db {
+            Db::Rw(d) => d.compact().map_err(e),
+            Db::Ro(_) => Ok(false),
+        }
     }
 
     /// Drop one object's entry (quarantine of a damaged object).
@@ -233,6 +274,8 @@ impl Index {
         let db = self.rw()?;
         let tx = db.begin_write().map_err(e)?;
         tx.open_table(OBJECTS).map_err(e)?.remove(id.0).map_err(e)?;
-        tx.commit().map_err(e)
+        tx.commit().map_err(e)?;
+        self.committed();
+        Ok(())
     }
 }

@@ -247,7 +247,7 @@ pub struct Store {
     /// Objects of packs the index does not know yet (read-only opens after a
     /// crash); keyed by id → (pack hash, entry).
     extra: HashMap<ObjectId, ([u8; 32], PackEntry)>,
-    files: Mutex<HashMap<[u8; 32], Arc<File>>>,
+    files: std::sync::RwLock<HashMap<[u8; 32], Arc<File>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -546,6 +546,13 @@ impl Store {
         Ok((store, packs, objects, damaged))
     }
 
+    /// Compact the index file (only with exclusive use of the store).
+    pub fn compact_index(&mut self) -> Result<()> {
+        let p = self.dir.join("index.redb");
+        self.index.compact().map_err(|e| StoreError::Index { path: p, reason: e.0 })?;
+        Ok(())
+    }
+
     /// Store directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -613,7 +620,10 @@ impl Store {
     }
 
     fn pack_file(&self, hash: &[u8; 32]) -> Result<Arc<File>> {
-        let mut files = self.files.lock().expect("files lock");
+        if let Some(f) = self.files.read().expect("files lock").get(hash) {
+            return Ok(f.clone());
+        }
+        let mut files = self.files.write().expect("files lock");
         if let Some(f) = files.get(hash) {
             return Ok(f.clone());
         }
@@ -640,6 +650,11 @@ impl Store {
 
     /// Decrypt and verify an object of the expected kind.
     pub fn get(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>> {
+        self.get_linked(id, kind).map(|x| x.0)
+    }
+
+    /// Decrypt and verify an object; also return its links.
+    pub fn get_linked(&self, id: &ObjectId, kind: ObjectKind) -> Result<(Vec<u8>, Vec<ObjectId>)> {
         let keys = self.keys()?.clone();
         let raw = self.read_record(id)?;
         open_record(&keys, &raw, id, kind).map_err(|reason| {
@@ -661,7 +676,7 @@ impl Store {
     /// Seal a plaintext into a record: (id, encoded record).
     pub fn seal(&self, kind: ObjectKind, plaintext: &[u8], links: Vec<ObjectId>) -> Result<(ObjectId, Vec<u8>)> {
         let keys = self.keys()?;
-        let id = keys.object_id(plaintext);
+        let id = keys.id_for(kind, &links, plaintext);
         let body = keys.seal(kind, &id, &links, plaintext, self.config.packs.compression_level);
         Ok((id, Record { kind, id, links, body }.encode()))
     }
@@ -744,7 +759,7 @@ impl Store {
         let keys = self.keys()?.clone();
         let raw = self.read_snapshot_record(id)?;
         let p = self.dir.join("snapshots").join(id.to_hex());
-        let plain = open_record(&keys, &raw, id, ObjectKind::Snapshot).map_err(|reason| StoreError::Corrupt {
+        let (plain, _) = open_record(&keys, &raw, id, ObjectKind::Snapshot).map_err(|reason| StoreError::Corrupt {
             id: *id,
             pack: p.display().to_string(),
             offset: 0,
@@ -849,8 +864,14 @@ impl Store {
     }
 }
 
-/// Decrypt a raw record and check it is `id` of `kind`.
-pub fn open_record(keys: &Keys, raw: &[u8], id: &ObjectId, kind: ObjectKind) -> std::result::Result<Vec<u8>, String> {
+/// Decrypt a raw record and check it is `id` of `kind`; returns the
+/// plaintext and the record's links.
+pub fn open_record(
+    keys: &Keys,
+    raw: &[u8],
+    id: &ObjectId,
+    kind: ObjectKind,
+) -> std::result::Result<(Vec<u8>, Vec<ObjectId>), String> {
     let (rec, _) = Record::decode(raw).map_err(|e| e.to_string())?;
     if rec.id != *id {
         return Err(format!("record holds {} instead", rec.id.short()));
@@ -858,7 +879,8 @@ pub fn open_record(keys: &Keys, raw: &[u8], id: &ObjectId, kind: ObjectKind) -> 
     if rec.kind != kind {
         return Err(format!("expected a {} object, found a {}", kind.name(), rec.kind.name()));
     }
-    keys.open(rec.kind, &rec.id, &rec.links, &rec.body).map_err(|e: OpenError| e.to_string())
+    let plain = keys.open(rec.kind, &rec.id, &rec.links, &rec.body).map_err(|e: OpenError| e.to_string())?;
+    Ok((plain, rec.links))
 }
 
 /// Appends records to packs, closing each at the target size. `S` is how
