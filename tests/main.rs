@@ -4,6 +4,7 @@
 
 mod common;
 
+mod lab;
 mod local_cli;
 mod local_compat;
 mod local_corruption;
@@ -14,3 +15,5 @@ mod local_image;
 mod local_roundtrip;
 mod mesh_replication;
 mod mesh_security;
+mod residency;
+mod s3;

@@ -219,6 +219,67 @@ pub struct PeerConfig {
     pub quota: Option<ByteSize>,
 }
 
+/// `[[s3]]`: an S3-compatible bucket on site as a replica target.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Target name (shown as a replica holder).
+    pub name: String,
+    /// Endpoint URL (S3 on Outposts endpoint or any S3 server); absent:
+    /// the SDK's default for the region.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// Bucket name, or an S3 on Outposts access point ARN or alias.
+    pub bucket: String,
+    /// Region (signing).
+    #[serde(default = "d_region")]
+    pub region: String,
+    /// Path-style addressing (most S3-compatible servers).
+    #[serde(default)]
+    pub path_style: bool,
+    /// Key prefix inside the bucket (e.g. "site-1/").
+    #[serde(default)]
+    pub prefix: String,
+    /// Storage class for new objects (S3 on Outposts: "OUTPOSTS").
+    #[serde(default)]
+    pub storage_class: Option<String>,
+    /// Extra CA certificates (PEM) trusted for the endpoint's TLS.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Failure-domain label (default: "s3:NAME").
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Pack object size.
+    #[serde(default = "d_s3_pack")]
+    pub pack_size: ByteSize,
+    /// Packs larger than this are uploaded in parts of this size.
+    #[serde(default = "d_s3_part")]
+    pub part_size: ByteSize,
+    /// Parallel uploads.
+    #[serde(default = "d_s3_uploads")]
+    pub parallel_uploads: usize,
+}
+
+fn d_region() -> String {
+    "us-east-1".into()
+}
+fn d_s3_pack() -> ByteSize {
+    ByteSize(32 << 20)
+}
+fn d_s3_part() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn d_s3_uploads() -> usize {
+    3
+}
+
+impl S3Config {
+    /// Failure domain of the target.
+    pub fn domain(&self) -> String {
+        self.domain.clone().unwrap_or_else(|| format!("s3:{}", self.name))
+    }
+}
+
 /// The whole node configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -249,6 +310,12 @@ pub struct NodeConfig {
     /// Peers.
     #[serde(default, rename = "peer")]
     pub peers: Vec<PeerConfig>,
+    /// S3 targets.
+    #[serde(default, rename = "s3")]
+    pub s3: Vec<S3Config>,
+    /// Residency boundary.
+    #[serde(default)]
+    pub residency: crate::residency::ResidencyConfig,
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -306,12 +373,27 @@ impl NodeConfig {
         if self.replication.factor == 0 {
             return Err("[replication] factor must be at least 1".into());
         }
-        if self.replication.factor > self.peers.len() {
+        if self.replication.factor > self.peers.len() + self.s3.len() {
             return Err(format!(
-                "[replication] factor = {} but only {} [[peer]] entries are configured; add peers or lower the factor",
+                "[replication] factor = {} but only {} [[peer]] and {} [[s3]] targets are configured; add targets or lower the factor",
                 self.replication.factor,
-                self.peers.len()
+                self.peers.len(),
+                self.s3.len()
             ));
+        }
+        for t in &self.s3 {
+            if !valid_name(&t.name) || self.peers.iter().any(|p| p.name == t.name) || t.name == self.name {
+                return Err(format!("[[s3]] name = {:?} must be a valid name distinct from every node", t.name));
+            }
+            if t.bucket.is_empty() {
+                return Err(format!("[[s3]] {:?}: bucket is empty", t.name));
+            }
+            if !t.prefix.is_empty() && !t.prefix.ends_with('/') {
+                return Err(format!("[[s3]] {:?}: prefix {:?} must end with '/'", t.name, t.prefix));
+            }
+            if t.part_size.0 < 5 << 20 {
+                return Err(format!("[[s3]] {:?}: part_size must be at least 5 MiB (an S3 rule)", t.name));
+            }
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.peers {
@@ -331,6 +413,7 @@ impl NodeConfig {
         if !self.listen.contains(':') {
             return Err(format!("listen = {:?} needs a port (address:port)", self.listen));
         }
+        crate::residency::Policy::new(&self.residency)?;
         Ok(())
     }
 
@@ -352,6 +435,11 @@ impl NodeConfig {
     /// Key file of a source on this node.
     pub fn key_path(&self, source: &str) -> PathBuf {
         self.data_dir.join("keys").join(format!("{source}.key"))
+    }
+
+    /// S3 target by name.
+    pub fn s3_target(&self, name: &str) -> Option<&S3Config> {
+        self.s3.iter().find(|t| t.name == name)
     }
 
     /// Control socket path.

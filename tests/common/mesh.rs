@@ -14,6 +14,8 @@ pub struct NodeSpec {
     pub port: u16,
     pub domain: String,
     pub dir: PathBuf,
+    /// Network namespace the node's processes run in (lab tests).
+    pub netns: Option<String>,
 }
 
 impl NodeSpec {
@@ -33,6 +35,8 @@ pub struct Site {
     pub root: PathBuf,
     pub ca: PathBuf,
     pub nodes: Vec<NodeSpec>,
+    /// Extra environment for every omesh process (e.g. S3 credentials).
+    pub env: Vec<(String, String)>,
 }
 
 /// A free UDP port on `ip` (bound and released; the daemon binds it next).
@@ -54,10 +58,10 @@ impl Site {
                 let ip = format!("127.0.{}.{}", (first + i) / 250, 1 + (first + i) % 250);
                 let dir = root.join(n);
                 omesh::ca::issue(&ca, n, &dir.join("tls"), 30).unwrap();
-                NodeSpec { name: n.to_string(), port: free_port(&ip), ip, domain: d.to_string(), dir }
+                NodeSpec { name: n.to_string(), port: free_port(&ip), ip, domain: d.to_string(), dir, netns: None }
             })
             .collect();
-        let site = Site { root: root.into(), ca, nodes };
+        let site = Site { root: root.into(), ca, nodes, env: Vec::new() };
         for n in &site.nodes {
             site.write_config(
                 &n.name,
@@ -103,9 +107,31 @@ impl Site {
 
     /// Run `omesh ARGS --config <node's config>`.
     pub fn omesh(&self, name: &str, args: &[&str]) -> Run {
-        let mut c = cmd();
-        c.args(args).arg("--config").arg(self.node(name).config());
-        c.output().unwrap().into()
+        self.command(name, args).output().unwrap().into()
+    }
+
+    /// The command `omesh ARGS --config <node's config>`, with the site's environment.
+    pub fn command(&self, name: &str, args: &[&str]) -> std::process::Command {
+        let n = self.node(name);
+        let mut c = match &n.netns {
+            None => cmd(),
+            Some(ns) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(super::bin());
+                for (k, _) in std::env::vars() {
+                    if k.starts_with("OMESH_") || k.starts_with("AWS_") {
+                        c.env_remove(k);
+                    }
+                }
+                c.env("RUST_LOG", "warn");
+                c
+            }
+        };
+        c.args(args).arg("--config").arg(n.config());
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
     }
 
     /// Start a node's daemon; returns once it listens.
@@ -115,10 +141,8 @@ impl Site {
 
     /// Start with extra environment (e.g. OMESH_FAILPOINT).
     pub fn start_with_env(&self, name: &str, env: &[(&str, &str)]) -> Daemon {
-        let mut c = cmd();
-        c.args(["node", "run", "--config", s(&self.node(name).config())])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        let mut c = self.command(name, &["node", "run"]);
+        c.stdout(Stdio::piped()).stderr(Stdio::inherit());
         for (k, v) in env {
             c.env(k, v);
         }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod garage;
 pub mod mesh;
 pub mod tree;
 

@@ -152,7 +152,7 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
     std::fs::create_dir_all(c4.data_dir.join("keys")).map_err(fail)?;
     let k = crate::keyfile::KeyFile::load(&key_export).map_err(fail)?;
     k.save(&c4.key_path("node-1")).map_err(fail)?;
-    let n4 = NodeRuntime::build(c4, false, false, None, None).await.map_err(fail)?;
+    let n4 = NodeRuntime::build(c4, false, false).await.map_err(fail)?;
     let (id, src) =
         node::views::prepare_restore(&n4, "node-1", "latest", &node::views::From::Auto).await.map_err(fail)?;
     let target = root.join("node-4-restore");

@@ -47,5 +47,5 @@ pub fn reply_err(code: u8, message: String) -> CliError {
 /// state database; commands that only read pass false so they can run
 /// beside a daemon.
 pub async fn runtime(cfg: NodeConfig, with_state: bool) -> Result<Arc<NodeRuntime>, CliError> {
-    NodeRuntime::build(cfg, false, with_state, None, None).await.map_err(node_err)
+    NodeRuntime::build(cfg, false, with_state).await.map_err(node_err)
 }

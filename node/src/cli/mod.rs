@@ -15,6 +15,7 @@ mod mesh;
 mod node;
 mod output;
 mod repair;
+mod residency;
 mod restore;
 mod snapshots;
 mod status;
@@ -127,6 +128,9 @@ pub enum Command {
     Node(node::NodeCommand),
     /// Peers, replication state and storage of a mesh node.
     Status(status::StatusArgs),
+    /// The residency boundary: check a configuration, report where data went.
+    #[command(subcommand)]
+    Residency(residency::ResidencyCommand),
     /// Run a self-contained demonstration: a 3-node mesh on loopback, a lost server, a restore onto a new one.
     Demo(demo::DemoArgs),
 }
@@ -163,6 +167,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Ca(c) => ca::run(c),
         Command::Node(c) => node::run(c),
         Command::Status(a) => status::run(a),
+        Command::Residency(c) => residency::run(c),
         Command::Demo(a) => demo::run(a),
     }
 }

@@ -27,8 +27,9 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "NODE", requires = "config")]
     pub source: Option<String>,
     /// Mesh mode: where to read from: auto (local copy and every replica,
-    /// nearest and fastest first), local, or a peer name.
-    #[arg(long, value_name = "auto|local|PEER", default_value = "auto", requires = "config")]
+    /// peers and buckets, nearest and fastest first), local, s3 (only the
+    /// buckets), or the name of one peer or S3 target.
+    #[arg(long, value_name = "auto|local|s3|NAME", default_value = "auto", requires = "config")]
     pub from: String,
     /// Print the result as JSON.
     #[arg(long)]
@@ -77,6 +78,7 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
     let from = match a.from.as_str() {
         "auto" => From::Auto,
         "local" => From::Local,
+        "s3" => From::S3,
         p => From::Peer(p.to_string()),
     };
     let rt = mesh::tokio()?;

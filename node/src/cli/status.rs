@@ -57,6 +57,17 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
             p.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
         );
     }
+    for t in &s.s3 {
+        println!(
+            "{:<16} {:<22} {:<10} {:>9} {:>12}  {}",
+            t.name,
+            "(S3)",
+            t.domain,
+            t.rtt_ms.map(|r| format!("{r:.2}")).unwrap_or_else(|| "DOWN".into()),
+            t.holds_our_bytes.map(bytes).unwrap_or_default(),
+            t.error.clone().unwrap_or_else(|| t.address.clone())
+        );
+    }
     println!("stored on this node:");
     for u in &s.stored_here {
         println!(

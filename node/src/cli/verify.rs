@@ -13,12 +13,41 @@ pub struct VerifyArgs {
     /// Read and verify every byte of every pack.
     #[arg(long)]
     pub read_data: bool,
+    /// Mesh mode: verify this S3 target's copy instead of the local store.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub s3: Option<String>,
+    /// Mesh mode with --s3: whose copy (default: this node's).
+    #[arg(long, value_name = "NODE", requires = "s3")]
+    pub source: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
+fn run_s3(a: &VerifyArgs, path: &std::path::Path, name: &str) -> Result<crate::verify::VerifyReport, CliError> {
+    let cfg = super::mesh::load(path)?;
+    let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
+    let rt = super::mesh::tokio()?;
+    rt.block_on(async {
+        let nrt = super::mesh::runtime(cfg, false).await?;
+        let t = nrt
+            .s3
+            .iter()
+            .find(|t| t.cfg.name == name)
+            .ok_or_else(|| CliError::usage(format!("--s3 {name}: no [[s3]] target of that name")))?;
+        let keys = crate::node::views::source_keys(&nrt, &source);
+        t.verify(&source, keys, a.read_data).await.map_err(|e| CliError {
+            code: if e.is_config() { ExitCode::Usage } else { ExitCode::Failed },
+            err: e.into(),
+        })
+    })
+}
+
 pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
+    if let (Some(path), Some(name)) = (&a.store.config, &a.s3) {
+        let rep = run_s3(&a, path, name)?;
+        return report(&a, &rep);
+    }
     let store = match &a.store.config {
         None => Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?,
         Some(path) => {
@@ -37,8 +66,12 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
         move || format!("verified {}", bytes(r2.load(Ordering::Relaxed))),
         || crate::verify::run(&store, a.read_data, |b| read.store(b, Ordering::Relaxed)),
     )?;
+    report(&a, &rep)
+}
+
+fn report(a: &VerifyArgs, rep: &crate::verify::VerifyReport) -> Result<ExitCode, CliError> {
     if a.json {
-        let mut v = serde_json::to_value(&rep).map_err(|e| CliError::failed(e.to_string()))?;
+        let mut v = serde_json::to_value(rep).map_err(|e| CliError::failed(e.to_string()))?;
         v["ok"] = serde_json::Value::Bool(rep.ok());
         print_json(&v)?;
     } else {

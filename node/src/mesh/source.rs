@@ -26,10 +26,54 @@ use std::time::{Duration, Instant};
 /// Corrupt objects from one peer before it is no longer asked.
 const MAX_BAD_OBJECTS: u32 = 3;
 
+/// Where a replica is.
+pub enum Remote {
+    /// A peer over QUIC.
+    Peer(PeerConn),
+    /// An S3 bucket, with its index of the source's objects.
+    S3 {
+        /// The target.
+        target: Arc<crate::s3::S3Target>,
+        /// What it holds.
+        held: Arc<HashMap<ObjectId, crate::s3::BucketLoc>>,
+    },
+}
+
+/// A fetch failure, classified.
+enum FetchError {
+    /// The replica is unreachable: stop using it.
+    Dead(String),
+    /// It answered, but not with this object.
+    Other(String),
+}
+
+impl Remote {
+    async fn fetch(&self, source: &str, id: &ObjectId) -> Result<Option<Vec<u8>>, FetchError> {
+        match self {
+            Remote::Peer(c) => match c.get_objects(source, std::slice::from_ref(id)).await {
+                Ok((mut recs, _)) if recs.len() == 1 => Ok(recs.pop()),
+                Ok(_) => Ok(None),
+                Err(e @ ClientError::Transport(_)) => Err(FetchError::Dead(e.to_string())),
+                Err(e) => Err(FetchError::Other(e.to_string())),
+            },
+            Remote::S3 { target, held } => match held.get(id) {
+                None => Ok(None),
+                Some(loc) => match target.get_record(source, id, loc).await {
+                    Ok(r) => Ok(Some(r)),
+                    Err(e @ crate::s3::S3Error::Unreachable { .. }) => Err(FetchError::Dead(e.to_string())),
+                    Err(e) => Err(FetchError::Other(e.to_string())),
+                },
+            },
+        }
+    }
+}
+
 /// One replica and its live statistics.
 pub struct Replica {
-    /// Connection.
-    pub conn: PeerConn,
+    /// Holder name (peer or S3 target).
+    pub name: String,
+    /// Where it is.
+    pub remote: Remote,
     /// RTT measured at start.
     pub rtt: Duration,
     inflight: AtomicUsize,
@@ -42,10 +86,16 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Wrap a connection.
+    /// A peer replica.
     pub fn new(conn: PeerConn, rtt: Duration) -> Self {
+        Self::with(conn.name.clone(), Remote::Peer(conn), rtt)
+    }
+
+    /// Any replica.
+    pub fn with(name: String, remote: Remote, rtt: Duration) -> Self {
         Replica {
-            conn,
+            name,
+            remote,
             rtt,
             inflight: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
@@ -143,7 +193,7 @@ impl MeshSource {
         self.replicas
             .iter()
             .map(|r| ReplicaUse {
-                peer: r.conn.name.clone(),
+                peer: r.name.clone(),
                 objects: r.objects.load(Ordering::Relaxed),
                 bytes: r.bytes.load(Ordering::Relaxed),
                 rtt_us: r.rtt.as_micros() as u64,
@@ -170,45 +220,37 @@ impl ObjectSource for MeshSource {
             r.inflight.fetch_add(1, Ordering::Relaxed);
             let t = Instant::now();
             let res = self.rt.block_on(async {
-                match tokio::time::timeout(
-                    self.request_timeout,
-                    r.conn.get_objects(&self.source, std::slice::from_ref(id)),
-                )
-                .await
-                {
+                match tokio::time::timeout(self.request_timeout, r.remote.fetch(&self.source, id)).await {
                     Ok(r) => r,
-                    Err(_) => Err(ClientError::Transport(crate::transport::TransportError::Stream {
-                        peer: r.conn.name.clone(),
-                        message: format!("no answer within {}s", self.request_timeout.as_secs()),
-                    })),
+                    Err(_) => Err(FetchError::Dead(format!("no answer within {}s", self.request_timeout.as_secs()))),
                 }
             });
             r.inflight.fetch_sub(1, Ordering::Relaxed);
             r.observe(t.elapsed());
             match res {
-                Ok((recs, _)) if recs.len() == 1 => match open_record(&self.keys, &recs[0], id, kind) {
+                Ok(Some(rec)) => match open_record(&self.keys, &rec, id, kind) {
                     Ok(plain) => {
-                        r.bytes.fetch_add(recs[0].len() as u64, Ordering::Relaxed);
+                        r.bytes.fetch_add(rec.len() as u64, Ordering::Relaxed);
                         r.objects.fetch_add(1, Ordering::Relaxed);
                         return Ok(plain);
                     }
                     Err(why) => {
                         let n = r.bad.fetch_add(1, Ordering::Relaxed) + 1;
-                        tracing::warn!(peer = %r.conn.name, object = %id.short(), reason = %why, "peer served a corrupted object; fetching it from another replica");
+                        tracing::warn!(replica = %r.name, object = %id.short(), reason = %why, "replica served a corrupted object; fetching it from another replica");
                         if n >= MAX_BAD_OBJECTS {
-                            tracing::error!(peer = %r.conn.name, "peer served {n} corrupted objects; no longer using it for this restore");
+                            tracing::error!(replica = %r.name, "replica served {n} corrupted objects; no longer using it for this restore");
                             r.dead.store(true, Ordering::Relaxed);
                         }
-                        reasons.push(format!("{}: corrupted ({why})", r.conn.name));
+                        reasons.push(format!("{}: corrupted ({why})", r.name));
                     }
                 },
-                Ok(_) => reasons.push(format!("{}: does not hold it", r.conn.name)),
-                Err(e @ ClientError::Transport(_)) => {
-                    tracing::warn!(peer = %r.conn.name, error = %e, "replica unreachable; continuing with the others");
+                Ok(None) => reasons.push(format!("{}: does not hold it", r.name)),
+                Err(FetchError::Dead(e)) => {
+                    tracing::warn!(replica = %r.name, error = %e, "replica unreachable; continuing with the others");
                     r.dead.store(true, Ordering::Relaxed);
-                    reasons.push(format!("{}: {e}", r.conn.name));
+                    reasons.push(format!("{}: {e}", r.name));
                 }
-                Err(e) => reasons.push(format!("{}: {e}", r.conn.name)),
+                Err(FetchError::Other(e)) => reasons.push(format!("{}: {e}", r.name)),
             }
         }
         Err(SourceError {

@@ -7,7 +7,7 @@
 //! `{"error": {"code": N, "message": "..."}}` line. Only root or the
 //! daemon's own user may connect (checked with SO_PEERCRED).
 
-use super::NodeRuntime;
+use super::{NodeError, NodeRuntime};
 use crate::backup::{BackupOptions, ParentChoice, Progress};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -46,6 +46,11 @@ pub enum ControlRequest {
     },
     /// Node status.
     Status,
+    /// Residency audit report.
+    ResidencyReport {
+        /// only placements at or after (ns)
+        since_ns: i64,
+    },
 }
 
 /// A line from the daemon.
@@ -185,6 +190,15 @@ async fn handle(s: UnixStream, rt: Arc<NodeRuntime>) {
             }
         }
         ControlRequest::Snapshots { source } => match super::views::snapshots(&rt, source.as_deref()).await {
+            Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
+            Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+        },
+        ControlRequest::ResidencyReport { since_ns } => match rt
+            .state
+            .as_ref()
+            .ok_or_else(|| NodeError::Other("no state database".into()))
+            .and_then(|st| super::views::residency_report(st, &rt.cfg.name, since_ns))
+        {
             Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
             Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
         },

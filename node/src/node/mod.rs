@@ -76,6 +76,10 @@ pub struct NodeRuntime {
     pub state: Option<Arc<State>>,
     /// Byte counters.
     pub counters: Arc<Counters>,
+    /// S3 targets.
+    pub s3: Vec<Arc<crate::s3::S3Target>>,
+    /// Residency policy (refusal counters).
+    pub residency: Arc<crate::residency::Policy>,
     /// Start time.
     pub started: Instant,
     /// Whether this runtime is the daemon.
@@ -110,18 +114,24 @@ impl NodeRuntime {
     /// Build a runtime. `serve`: bind the configured listen address for the
     /// daemon; otherwise an ephemeral client endpoint.
     pub async fn new(cfg: NodeConfig, serve: bool) -> Result<Arc<Self>, NodeError> {
-        Self::build(cfg, serve, true, None, None).await
+        Self::build(cfg, serve, true).await
     }
 
-    /// Build with options: `with_state` opens the state database (only one
-    /// process may); `outbound`/`inbound` are the residency policy hooks.
-    pub async fn build(
-        cfg: NodeConfig,
-        serve: bool,
-        with_state: bool,
-        outbound_check: Option<OutboundCheck>,
-        inbound_check: Option<InboundCheck>,
-    ) -> Result<Arc<Self>, NodeError> {
+    /// Build. `with_state` opens the state database (only one process may
+    /// at a time). The residency policy of the config is enforced on every
+    /// outbound and inbound connection.
+    pub async fn build(cfg: NodeConfig, serve: bool, with_state: bool) -> Result<Arc<Self>, NodeError> {
+        let policy = Arc::new(crate::residency::Policy::new(&cfg.residency).map_err(NodeError::Residency)?);
+        let (outbound_check, inbound_check): (Option<OutboundCheck>, Option<InboundCheck>) = if policy.is_active() {
+            let p1 = policy.clone();
+            let p2 = policy.clone();
+            (
+                Some(Arc::new(move |who: &str, a: SocketAddr| p1.enforce("connection to", who, a.ip()))),
+                Some(Arc::new(move |a: SocketAddr| p2.enforce("connection from", &a.to_string(), a.ip()))),
+            )
+        } else {
+            (None, None)
+        };
         let cfg = Arc::new(cfg);
         std::fs::create_dir_all(&cfg.data_dir)
             .map_err(|e| NodeError::Other(format!("cannot create data_dir {}: {e}", cfg.data_dir.display())))?;
@@ -140,6 +150,28 @@ impl NodeRuntime {
         };
         let endpoint = transport::endpoint(bind, &tls, &cfg.transport, serve)?;
         let state = if with_state { Some(Arc::new(State::open(&cfg.data_dir.join("state.redb"))?)) } else { None };
+        let mut s3 = Vec::new();
+        for t in &cfg.s3 {
+            let resolver = outbound_check.as_ref().map(|check| {
+                let check = check.clone();
+                let name = format!("S3 target {:?}", t.name);
+                aws_smithy_runtime_api::client::dns::SharedDnsResolver::new(crate::s3::client::CheckedResolver {
+                    check: Arc::new(move |_host: &str, ip: std::net::IpAddr| check(&name, SocketAddr::new(ip, 0))),
+                })
+            });
+            let mut target = crate::s3::S3Target::new(t.clone(), &cfg.data_dir, resolver)
+                .await
+                .map_err(|e| NodeError::Other(e.to_string()))?;
+            // an endpoint given as an IP address is never resolved: check it here
+            if let (Some(check), Some(ip)) =
+                (&outbound_check, t.endpoint.as_deref().and_then(crate::residency::literal_ip))
+            {
+                if let Err(m) = check(&format!("S3 target {:?}", t.name), SocketAddr::new(ip, 0)) {
+                    target.blocked = Some(m);
+                }
+            }
+            s3.push(Arc::new(target));
+        }
         let stores = Arc::new(Stores::new(cfg.clone()));
         Ok(Arc::new(NodeRuntime {
             cfg,
@@ -148,6 +180,8 @@ impl NodeRuntime {
             stores,
             state,
             counters: Arc::new(Counters::default()),
+            s3,
+            residency: policy,
             started: Instant::now(),
             daemon: serve,
             outbound_check,
@@ -309,6 +343,32 @@ impl NodeRuntime {
                 }
             }
         }
+        for t in &self.s3 {
+            match t.probe().await {
+                Ok(d) => cands.push(Candidate {
+                    name: t.cfg.name.clone(),
+                    domain: t.cfg.domain(),
+                    rtt: Some(d),
+                    holds: holders.contains(&t.cfg.name),
+                }),
+                Err(e) => {
+                    tracing::warn!(target = %t.cfg.name, error = %e, "S3 target unavailable");
+                    cands.push(Candidate { name: t.cfg.name.clone(), domain: t.cfg.domain(), rtt: None, holds: false });
+                    reports.push(ReplicaReport {
+                        peer: t.cfg.name.clone(),
+                        domain: t.cfg.domain(),
+                        address: t.describe(),
+                        cert_sha256: String::new(),
+                        ok: false,
+                        objects_sent: 0,
+                        bytes_sent: 0,
+                        seconds: 0.0,
+                        rtt_us: 0,
+                        error: Some(e.to_string()),
+                    });
+                }
+            }
+        }
         let ranked = placement::rank(&self.cfg.domain, &cands);
         let factor = self.cfg.replication.factor;
         let own = match self.stores.own() {
@@ -328,12 +388,35 @@ impl NodeRuntime {
             let wave: Vec<Candidate> = ranked[next..(next + factor - ok).min(ranked.len())].to_vec();
             next += wave.len();
             let futs = wave.into_iter().map(|cand| {
-                let (conn, rtt, domain) = conns.get(&cand.name).cloned().expect("ranked peers are reachable");
+                let s3 = self.s3.iter().find(|t| t.cfg.name == cand.name).cloned();
+                let peer = conns.get(&cand.name).cloned();
                 let store = own.store.clone();
                 let counters = self.counters.peer(&cand.name);
                 let source = self.cfg.name.clone();
                 async move {
                     let t = Instant::now();
+                    if let Some(target) = s3 {
+                        let r = target.push_snapshot(store, &source, snap).await;
+                        let (objects_sent, bytes_sent, error) = match r {
+                            Ok(st) => (st.objects, st.bytes, None),
+                            Err(e) => (0, 0, Some(e.to_string())),
+                        };
+                        counters.bytes_sent.fetch_add(bytes_sent, std::sync::atomic::Ordering::Relaxed);
+                        counters.objects_sent.fetch_add(objects_sent, std::sync::atomic::Ordering::Relaxed);
+                        return ReplicaReport {
+                            peer: target.cfg.name.clone(),
+                            domain: target.cfg.domain(),
+                            address: target.describe(),
+                            cert_sha256: String::new(),
+                            ok: error.is_none(),
+                            objects_sent,
+                            bytes_sent,
+                            seconds: replicate::since(t),
+                            rtt_us: cand.rtt.map(|d| d.as_micros() as u64).unwrap_or(0),
+                            error,
+                        };
+                    }
+                    let (conn, rtt, domain) = peer.expect("ranked peers are reachable");
                     let r = replicate::push_snapshot(&conn, store, &source, snap, opts, counters).await;
                     let (objects_sent, bytes_sent, error) = match r {
                         Ok((o, b)) => (o, b, None),
@@ -441,6 +524,22 @@ impl DaemonHandle {
 
 /// Start the daemon: QUIC server and control socket.
 pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
+    // the same check as `omesh residency check`: refuse to start outside the boundary
+    let policy = crate::residency::Policy::new(&cfg.residency).map_err(NodeError::Residency)?;
+    if policy.is_active() {
+        let bad: Vec<String> = crate::residency::check_config(&cfg, &policy)
+            .await
+            .into_iter()
+            .filter(|l| !l.allowed)
+            .map(|l| format!("{} {} ({} -> {}): {}", l.kind, l.name, l.host, l.address, l.reason))
+            .collect();
+        if !bad.is_empty() {
+            return Err(NodeError::Residency(format!(
+                "not starting, the configuration violates the residency boundary:\n  {}",
+                bad.join("\n  ")
+            )));
+        }
+    }
     let rt = NodeRuntime::new(cfg, true).await?;
     // take the store lock now: a second writer fails at start, not later
     {

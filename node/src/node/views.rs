@@ -145,7 +145,19 @@ pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Ve
             }
         }
     }
-    let (live, _) = live_listing(rt, &source).await;
+    let (mut live, _) = live_listing(rt, &source).await;
+    let mut s3_holders: HashMap<ObjectId, Vec<(String, String)>> = HashMap::new();
+    for t in &rt.s3 {
+        match t.list_snapshots(&source).await {
+            Ok(list) => {
+                for (id, rec) in list {
+                    live.entry(id).or_insert_with(|| (rec, vec![]));
+                    s3_holders.entry(id).or_default().push((t.cfg.name.clone(), t.cfg.domain()));
+                }
+            }
+            Err(e) => tracing::warn!(target = %t.cfg.name, error = %e, "cannot list the bucket"),
+        }
+    }
     for (id, (rec, _)) in &live {
         records.entry(*id).or_insert_with(|| rec.clone());
     }
@@ -175,6 +187,18 @@ pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Ve
                     },
                 );
             }
+        }
+        for (name, domain) in s3_holders.get(&id).into_iter().flatten() {
+            replicas.insert(
+                name.clone(),
+                ReplicaView {
+                    node: name.clone(),
+                    kind: "s3".into(),
+                    domain: domain.clone(),
+                    confirmed: true,
+                    acknowledged: None,
+                },
+            );
         }
         if local_replica.contains(&id) {
             replicas.insert(
@@ -250,6 +274,27 @@ pub struct PeerView {
     pub counters: serde_json::Value,
 }
 
+/// An S3 target in `omesh status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct S3View {
+    /// Target name.
+    pub name: String,
+    /// Endpoint and bucket.
+    pub address: String,
+    /// Failure domain.
+    pub domain: String,
+    /// Answering now.
+    pub reachable: bool,
+    /// Round trip of a bucket check (ms).
+    pub rtt_ms: Option<f64>,
+    /// Why not reachable.
+    pub error: Option<String>,
+    /// Bytes of our packs in the bucket.
+    pub holds_our_bytes: Option<u64>,
+    /// Our snapshots in the bucket.
+    pub holds_our_snapshots: Option<u64>,
+}
+
 /// Usage of one source's store on this node.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LocalUsage {
@@ -276,6 +321,8 @@ pub struct StatusView {
     pub uptime_secs: u64,
     /// Peers.
     pub peers: Vec<PeerView>,
+    /// S3 targets.
+    pub s3: Vec<S3View>,
     /// Stores on this node.
     pub stored_here: Vec<LocalUsage>,
     /// Our snapshots.
@@ -284,6 +331,9 @@ pub struct StatusView {
     pub not_fully_replicated: Vec<String>,
     /// Replication factor.
     pub factor: usize,
+    /// Connections refused by the residency policy since start.
+    #[serde(default)]
+    pub residency_refusals: u64,
 }
 
 /// Compute the status.
@@ -317,6 +367,21 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
             counters,
         });
     }
+    let mut s3 = Vec::new();
+    for t in &rt.s3 {
+        let probe = t.probe().await;
+        let usage = if probe.is_ok() { t.usage(&rt.cfg.name).await.ok() } else { None };
+        s3.push(S3View {
+            name: t.cfg.name.clone(),
+            address: t.describe(),
+            domain: t.cfg.domain(),
+            reachable: probe.is_ok(),
+            rtt_ms: probe.as_ref().ok().map(|d| d.as_secs_f64() * 1000.0),
+            error: probe.err().map(|e| e.to_string()),
+            holds_our_bytes: usage.map(|u| u.0),
+            holds_our_snapshots: usage.map(|u| u.1),
+        });
+    }
     let stores = rt.stores.clone();
     let cfg = rt.cfg.clone();
     let stored_here = tokio::task::spawn_blocking(move || {
@@ -343,6 +408,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         daemon: rt.daemon,
         uptime_secs: rt.started.elapsed().as_secs(),
         peers,
+        s3,
         stored_here,
         snapshots: snaps.len(),
         not_fully_replicated: snaps
@@ -351,6 +417,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
             .map(|s| s.id.clone())
             .collect(),
         factor: rt.cfg.replication.factor,
+        residency_refusals: rt.residency.refusals.load(std::sync::atomic::Ordering::Relaxed),
     })
 }
 
@@ -361,7 +428,9 @@ pub enum From {
     Auto,
     /// Only this node's local stores.
     Local,
-    /// Only this peer.
+    /// Only the S3 targets.
+    S3,
+    /// Only this peer or S3 target.
     Peer(String),
 }
 
@@ -381,11 +450,14 @@ pub async fn prepare_restore(
         ))
     })?;
     if let From::Peer(p) = from {
-        if rt.cfg.peer(p).is_none() {
-            return Err(NodeError::Other(format!("--from {p}: not a [[peer]] in {}", rt.cfg.path.display())));
+        if rt.cfg.peer(p).is_none() && rt.cfg.s3_target(p).is_none() {
+            return Err(NodeError::Other(format!(
+                "--from {p}: not a [[peer]] or [[s3]] target in {}",
+                rt.cfg.path.display()
+            )));
         }
     }
-    let local: Option<Arc<Store>> = if matches!(from, From::Peer(_)) {
+    let local: Option<Arc<Store>> = if matches!(from, From::Peer(_) | From::S3) {
         None
     } else {
         let cfg = rt.cfg.clone();
@@ -409,7 +481,12 @@ pub async fn prepare_restore(
     }
     let mut holders: HashMap<ObjectId, Vec<String>> = HashMap::new();
     let mut probes_ok: HashMap<String, (crate::mesh::client::PeerConn, Duration)> = HashMap::new();
-    if *from != From::Local {
+    let peers_wanted = match from {
+        From::Local | From::S3 => false,
+        From::Peer(p) => rt.cfg.peer(p).is_some(),
+        From::Auto => true,
+    };
+    if peers_wanted {
         let (live, probes) = live_listing(rt, source).await;
         for p in probes {
             if let Ok((c, d)) = p.result {
@@ -438,8 +515,44 @@ pub async fn prepare_restore(
             }
         }
     }
+    // buckets: their snapshots, and (lazily below) their object index
+    let mut bucket_snaps: HashMap<String, std::collections::HashSet<ObjectId>> = HashMap::new();
+    for t in &rt.s3 {
+        let wanted = match from {
+            From::Auto | From::S3 => true,
+            From::Peer(p) => *p == t.cfg.name,
+            From::Local => false,
+        };
+        if !wanted {
+            continue;
+        }
+        match t.list_snapshots(source).await {
+            Ok(list) => {
+                for (id, rec) in list {
+                    if let Ok(d) = open_snapshot(&keys, &id, &rec) {
+                        records.entry(id).or_insert(d);
+                        bucket_snaps.entry(t.cfg.name.clone()).or_default().insert(id);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(target = %t.cfg.name, error = %e, "bucket not usable for this restore"),
+        }
+    }
     let id = resolve(&records, spec).map_err(NodeError::Other)?;
     let mut replicas = Vec::new();
+    for t in &rt.s3 {
+        if bucket_snaps.get(&t.cfg.name).is_some_and(|s| s.contains(&id)) {
+            let rtt = t.probe().await.unwrap_or(Duration::from_millis(5));
+            match t.held(source).await {
+                Ok((held, _)) => replicas.push(Arc::new(Replica::with(
+                    t.cfg.name.clone(),
+                    crate::mesh::source::Remote::S3 { target: t.clone(), held: Arc::new(held) },
+                    rtt,
+                ))),
+                Err(e) => tracing::warn!(target = %t.cfg.name, error = %e, "cannot read the bucket's index"),
+            }
+        }
+    }
     for h in holders.get(&id).cloned().unwrap_or_default() {
         if let Some((c, rtt)) = probes_ok.get(&h) {
             replicas.push(Arc::new(Replica::new(c.clone(), *rtt)));
@@ -469,4 +582,32 @@ fn resolve(records: &HashMap<ObjectId, SnapshotRecord>, spec: &str) -> Result<Ob
         1 => Ok(*m[0]),
         _ => Err(format!("snapshot prefix {spec:?} is ambiguous")),
     }
+}
+
+/// `omesh residency report`: per snapshot of this node, every destination
+/// that acknowledged a replica, from the node's own records.
+pub fn residency_report(
+    state: &crate::state::State,
+    source: &str,
+    since_ns: i64,
+) -> Result<Vec<serde_json::Value>, NodeError> {
+    let mut all: Vec<(String, Vec<crate::state::Placement>)> = state.placements(source)?.into_iter().collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut rows = Vec::new();
+    for (snap, ps) in all {
+        let ps: Vec<_> = ps.into_iter().filter(|p| p.time_ns >= since_ns).collect();
+        if ps.is_empty() {
+            continue;
+        }
+        rows.push(serde_json::json!({
+            "source": source,
+            "snapshot": snap,
+            "destinations": ps.iter().map(|p| serde_json::json!({
+                "node": p.node, "kind": p.kind, "address": p.address, "cert_sha256": p.cert_sha256,
+                "time": rfc3339(p.time_ns),
+                "objects_sent": p.objects_sent, "bytes_sent": p.bytes_sent,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(rows)
 }

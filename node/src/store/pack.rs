@@ -178,13 +178,14 @@ pub struct ScanResult {
 /// `f` with each valid record's entry and bytes. After a damaged record it
 /// resynchronises on the next record magic whose check hash verifies, so one
 /// flipped byte costs one object, not the rest of the pack.
-pub fn scan(
-    path: &Path,
-    expected_hash: Option<&[u8; 32]>,
-    mut f: impl FnMut(&PackEntry, &[u8]),
-) -> io::Result<ScanResult> {
+pub fn scan(path: &Path, expected_hash: Option<&[u8; 32]>, f: impl FnMut(&PackEntry, &[u8])) -> io::Result<ScanResult> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
+    Ok(scan_slice(&data, expected_hash, f))
+}
+
+/// [`scan`] over a pack already in memory (an S3 pack object).
+pub fn scan_slice(data: &[u8], expected_hash: Option<&[u8; 32]>, mut f: impl FnMut(&PackEntry, &[u8])) -> ScanResult {
     let mut res = ScanResult { size: data.len() as u64, ..Default::default() };
     if data.len() < PACK_MAGIC.len() || data[..PACK_MAGIC.len()] != PACK_MAGIC {
         res.problems.push(ScanProblem {
@@ -192,7 +193,7 @@ pub fn scan(
             id: None,
             reason: "not an omesh pack (bad magic or version)".into(),
         });
-        return Ok(res);
+        return res;
     }
     let mut digest = blake3::Hasher::new();
     digest.update(&PACK_MAGIC);
@@ -231,7 +232,7 @@ pub fn scan(
         }
     }
     res.hash_ok = res.problems.is_empty() && expected_hash.map(|h| digest.finalize().as_bytes() == h).unwrap_or(true);
-    Ok(res)
+    res
 }
 
 fn try_record(buf: &[u8]) -> Result<(RecordHeader, usize), String> {

@@ -1,0 +1,127 @@
+//! `omesh residency check | report`
+
+use super::mesh;
+use super::output::{CliError, ExitCode, bytes, print_json};
+use std::path::PathBuf;
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ResidencyCommand {
+    /// Show where every peer and S3 endpoint resolves, which source address
+    /// and interface the kernel would use, and whether the boundary allows it.
+    #[command(long_about = "Check the residency boundary of a node's configuration.\n\n\
+        For every peer and S3 endpoint: each resolved address, the source address and interface \
+        the kernel would route through, and the verdict against [residency] allowed_networks, \
+        forbidden_networks and bind. Exit code 2 on any violation. The daemon runs the same \
+        check at start and refuses to start on a violation.")]
+    Check {
+        /// Node configuration.
+        #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List every destination that received data, per snapshot: the
+    /// auditor's document.
+    #[command(long_about = "Report where every snapshot was replicated.\n\n\
+        From the node's own records: per snapshot, every destination that acknowledged a replica \
+        (peer name, certificate SHA-256 and address; or S3 endpoint and bucket), when, and how \
+        many bytes were sent.")]
+    Report {
+        /// Node configuration.
+        #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+        /// Only replicas placed at or after this date (YYYY-MM-DD or RFC 3339).
+        #[arg(long, value_name = "DATE")]
+        since: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn parse_since(s: &str) -> Result<i64, CliError> {
+    let range = || CliError::usage(format!("--since {s:?}: date out of range (1678-2261)"));
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return t.timestamp_nanos_opt().ok_or_else(range);
+    }
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map_err(|_| CliError::usage(format!("--since {s:?}: use YYYY-MM-DD or an RFC 3339 time")))?;
+    d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_nanos_opt().ok_or_else(range)
+}
+
+pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
+    match c {
+        ResidencyCommand::Check { config, json } => {
+            let cfg = mesh::load(&config)?;
+            let policy = crate::residency::Policy::new(&cfg.residency).map_err(CliError::usage)?;
+            let rt = mesh::tokio()?;
+            let lines = rt.block_on(crate::residency::check_config(&cfg, &policy));
+            let ok = lines.iter().all(|l| l.allowed);
+            if json {
+                print_json(&serde_json::json!({"ok": ok, "policy_active": policy.is_active(), "destinations": lines}))?;
+            } else {
+                if !policy.is_active() {
+                    println!("no [residency] section: nothing restricts where omesh connects");
+                }
+                println!("{:<7} {:<14} {:<28} {:<16} {:<10} verdict", "kind", "name", "address", "source", "interface");
+                for l in &lines {
+                    println!(
+                        "{:<7} {:<14} {:<28} {:<16} {:<10} {} {}",
+                        l.kind,
+                        l.name,
+                        if l.address.is_empty() { &l.host } else { &l.address },
+                        l.source_address.as_deref().unwrap_or("-"),
+                        l.interface.as_deref().unwrap_or("-"),
+                        if l.allowed { "ALLOWED" } else { "REFUSED" },
+                        l.reason
+                    );
+                }
+            }
+            Ok(if ok { ExitCode::Ok } else { ExitCode::Usage })
+        }
+        ResidencyCommand::Report { config, since, json } => {
+            use crate::node::control::{self, ControlRequest};
+            let cfg = mesh::load(&config)?;
+            let since_ns = since.as_deref().map(parse_since).transpose()?.unwrap_or(i64::MIN);
+            let rt = mesh::tokio()?;
+            let rows: Vec<serde_json::Value> = rt.block_on(async {
+                let sock = cfg.control_socket();
+                if control::daemon_running(&sock).await {
+                    match control::call(&sock, &ControlRequest::ResidencyReport { since_ns }, |_| {}).await {
+                        Ok(Ok(v)) => Ok(serde_json::from_value(v).unwrap_or_default()),
+                        Ok(Err((c, m))) => Err(mesh::reply_err(c, m)),
+                        Err(e) => Err(CliError::failed(format!("daemon: {e}"))),
+                    }
+                } else {
+                    let state = crate::state::State::open(&cfg.data_dir.join("state.redb"))
+                        .map_err(|e| CliError::failed(e.to_string()))?;
+                    crate::node::views::residency_report(&state, &cfg.name, since_ns).map_err(mesh::node_err)
+                }
+            })?;
+            if json {
+                print_json(&rows)?;
+            } else {
+                println!("replicas of {}'s snapshots, from its own records:", cfg.name);
+                for r in &rows {
+                    println!("snapshot {}", &r["snapshot"].as_str().unwrap_or("")[..8]);
+                    for d in r["destinations"].as_array().into_iter().flatten() {
+                        println!(
+                            "  {} {:<5} {:<14} {:<40}   sent {}  cert {}",
+                            d["time"].as_str().unwrap_or(""),
+                            d["kind"].as_str().unwrap_or(""),
+                            d["node"].as_str().unwrap_or(""),
+                            d["address"].as_str().unwrap_or(""),
+                            bytes(d["bytes_sent"].as_u64().unwrap_or(0)),
+                            d["cert_sha256"]
+                                .as_str()
+                                .map(|c| if c.is_empty() { "-" } else { &c[..16.min(c.len())] })
+                                .unwrap_or("-"),
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::Ok)
+        }
+    }
+}

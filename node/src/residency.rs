@@ -1,0 +1,399 @@
+//! The residency boundary: where omesh may send data, enforced at every
+//! connection and provable after the fact.
+//!
+//! ```toml
+//! [residency]
+//! allowed_networks = ["10.20.0.0/16"]    # peers and S3 endpoints must be here
+//! forbidden_networks = ["10.99.0.0/16"]  # never (wins over allowed): e.g. the VPC behind the service link
+//! bind = "10.20.0.11"                    # source address of all omesh traffic (the LNI)
+//! ```
+//!
+//! - Outbound: every address a peer name or S3 endpoint resolves to is
+//!   checked, at every connection (so an address change is caught too); one
+//!   forbidden address refuses the destination, and the operation fails
+//!   rather than sending anything elsewhere.
+//! - Inbound: the remote address of every QUIC connection is checked before
+//!   the TLS handshake is answered.
+//! - Every refusal is logged with destination, address and rule, and counted.
+//! - [`check_config`] shows, for every destination, the addresses, the source
+//!   address and interface the kernel would use, and the verdict; the daemon
+//!   refuses to start on a violation.
+
+use crate::config::NodeConfig;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// An IP network (CIDR).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Net {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl Net {
+    /// Parse "10.0.0.0/8", "fd00::/8" or a single address.
+    pub fn parse(s: &str) -> Result<Net, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr =
+            a.trim().parse().map_err(|_| format!("{s:?} is not an IP network (examples: 10.20.0.0/16, fd00::/8)"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?}: prefix length must be 0-{max}"))?,
+            None => max,
+        };
+        Ok(Net { addr, prefix })
+    }
+
+    /// Whether `ip` is in this network.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Display for Net {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// `[residency]` in the node config.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResidencyConfig {
+    /// Networks peers and S3 endpoints may be in (empty: any).
+    #[serde(default)]
+    pub allowed_networks: Vec<String>,
+    /// Networks that are never allowed (win over allowed).
+    #[serde(default)]
+    pub forbidden_networks: Vec<String>,
+    /// Source address for all omesh traffic.
+    #[serde(default)]
+    pub bind: Option<IpAddr>,
+}
+
+/// The compiled policy.
+#[derive(Debug, Default)]
+pub struct Policy {
+    allowed: Vec<Net>,
+    forbidden: Vec<Net>,
+    /// Source address.
+    pub bind: Option<IpAddr>,
+    /// Refusals since start.
+    pub refusals: AtomicU64,
+}
+
+/// Why a destination is not allowed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    /// The address.
+    pub address: IpAddr,
+    /// The rule that refused it.
+    pub rule: String,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.address, self.rule)
+    }
+}
+
+impl Policy {
+    /// Compile; errors name the setting.
+    pub fn new(c: &ResidencyConfig) -> Result<Policy, String> {
+        let parse = |v: &[String], key: &str| -> Result<Vec<Net>, String> {
+            v.iter().map(|s| Net::parse(s).map_err(|e| format!("[residency] {key}: {e}"))).collect()
+        };
+        Ok(Policy {
+            allowed: parse(&c.allowed_networks, "allowed_networks")?,
+            forbidden: parse(&c.forbidden_networks, "forbidden_networks")?,
+            bind: c.bind,
+            refusals: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether a policy is configured at all.
+    pub fn is_active(&self) -> bool {
+        !self.allowed.is_empty() || !self.forbidden.is_empty() || self.bind.is_some()
+    }
+
+    /// Verdict for one address (no side effects).
+    pub fn verdict(&self, ip: IpAddr) -> Result<String, Refusal> {
+        if let Some(n) = self.forbidden.iter().find(|n| n.contains(ip)) {
+            return Err(Refusal {
+                address: ip,
+                rule: format!("is in forbidden network {n} ([residency] forbidden_networks)"),
+            });
+        }
+        if self.allowed.is_empty() {
+            return Ok("no allowed_networks configured".into());
+        }
+        match self.allowed.iter().find(|n| n.contains(ip)) {
+            Some(n) => Ok(format!("in allowed network {n}")),
+            None => Err(Refusal {
+                address: ip,
+                rule: format!(
+                    "is outside the allowed networks [{}] ([residency] allowed_networks)",
+                    self.allowed.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ")
+                ),
+            }),
+        }
+    }
+
+    /// Enforce for a connection: refusals are logged and counted.
+    pub fn enforce(&self, direction: &str, who: &str, ip: IpAddr) -> Result<(), String> {
+        match self.verdict(ip) {
+            Ok(_) => Ok(()),
+            Err(r) => {
+                self.refusals.fetch_add(1, Ordering::Relaxed);
+                let msg = format!("refusing {direction} {who}: address {r}");
+                tracing::error!(direction, destination = who, address = %ip, rule = %r.rule, "residency refusal");
+                Err(msg)
+            }
+        }
+    }
+}
+
+/// One line of `omesh residency check`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CheckLine {
+    /// "peer", "s3" or "listen".
+    pub kind: String,
+    /// Destination name.
+    pub name: String,
+    /// Host as configured.
+    pub host: String,
+    /// One resolved address.
+    pub address: String,
+    /// Source address the kernel would use.
+    pub source_address: Option<String>,
+    /// Interface it would leave through.
+    pub interface: Option<String>,
+    /// Allowed?
+    pub allowed: bool,
+    /// Why.
+    pub reason: String,
+}
+
+/// The source address and interface the kernel would use to reach `dst`
+/// (a connected UDP socket sends nothing).
+pub fn route_to(dst: SocketAddr, bind: Option<IpAddr>) -> Option<(IpAddr, Option<String>)> {
+    let local: SocketAddr = match (bind, dst) {
+        (Some(b), _) => SocketAddr::new(b, 0),
+        (None, SocketAddr::V4(_)) => "0.0.0.0:0".parse().expect("valid"),
+        (None, SocketAddr::V6(_)) => "[::]:0".parse().expect("valid"),
+    };
+    let s = std::net::UdpSocket::bind(local).ok()?;
+    s.connect(dst).ok()?;
+    let src = s.local_addr().ok()?.ip();
+    let iface = nix::ifaddrs::getifaddrs().ok().and_then(|mut it| {
+        it.find(|i| {
+            i.address.as_ref().and_then(|a| {
+                a.as_sockaddr_in()
+                    .map(|s| IpAddr::V4(s.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|s| IpAddr::V6(s.ip())))
+            }) == Some(src)
+        })
+        .map(|i| i.interface_name)
+    });
+    Some((src, iface))
+}
+
+/// The IP address of an endpoint URL or `host:port` given as a literal.
+pub fn literal_ip(url_or_addr: &str) -> Option<IpAddr> {
+    host_of(url_or_addr).0.parse().ok()
+}
+
+fn host_of(url_or_addr: &str) -> (String, u16) {
+    let s = url_or_addr.trim();
+    let (rest, default_port) = if let Some(r) = s.strip_prefix("https://") {
+        (r, 443)
+    } else if let Some(r) = s.strip_prefix("http://") {
+        (r, 80)
+    } else {
+        (s, 0)
+    };
+    let hostport = rest.split('/').next().unwrap_or(rest);
+    if let Some(h) = hostport.strip_prefix('[') {
+        let (h, p) = h.split_once(']').unwrap_or((h, ""));
+        return (h.to_string(), p.trim_start_matches(':').parse().unwrap_or(default_port));
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse().unwrap()),
+        _ => (hostport.to_string(), default_port),
+    }
+}
+
+/// Check every destination of a config against its policy.
+pub async fn check_config(cfg: &NodeConfig, policy: &Policy) -> Vec<CheckLine> {
+    let mut out = Vec::new();
+    let mut dests: Vec<(String, String, String, u16)> = Vec::new();
+    for p in &cfg.peers {
+        let (h, port) = host_of(&p.address);
+        dests.push(("peer".into(), p.name.clone(), h, port));
+    }
+    for t in &cfg.s3 {
+        match &t.endpoint {
+            Some(e) => {
+                let (h, port) = host_of(e);
+                dests.push(("s3".into(), t.name.clone(), h, port));
+            }
+            None => out.push(CheckLine {
+                kind: "s3".into(),
+                name: t.name.clone(),
+                host: "(AWS default endpoint)".into(),
+                address: String::new(),
+                source_address: None,
+                interface: None,
+                allowed: !policy.is_active(),
+                reason: if policy.is_active() {
+                    "no endpoint configured: the SDK would use the public AWS endpoint; set `endpoint`".into()
+                } else {
+                    "no policy".into()
+                },
+            }),
+        }
+    }
+    for (kind, name, host, port) in dests {
+        let port = if port == 0 { 443 } else { port };
+        match tokio::net::lookup_host((host.as_str(), port)).await {
+            Ok(addrs) => {
+                for a in addrs {
+                    let route = route_to(a, policy.bind);
+                    let mut verdict = policy.verdict(a.ip());
+                    if let (Ok(_), Some(b), Some((src, _))) = (&verdict, policy.bind, &route) {
+                        if *src != b {
+                            verdict = Err(Refusal {
+                                address: a.ip(),
+                                rule: format!("would be reached from {src}, not from bind = {b}"),
+                            });
+                        }
+                    }
+                    out.push(CheckLine {
+                        kind: kind.clone(),
+                        name: name.clone(),
+                        host: host.clone(),
+                        address: a.to_string(),
+                        source_address: route.as_ref().map(|r| r.0.to_string()),
+                        interface: route.and_then(|r| r.1),
+                        allowed: verdict.is_ok(),
+                        reason: match verdict {
+                            Ok(r) => r,
+                            Err(r) => r.to_string(),
+                        },
+                    });
+                }
+            }
+            Err(e) => out.push(CheckLine {
+                kind,
+                name,
+                host: host.clone(),
+                address: String::new(),
+                source_address: None,
+                interface: None,
+                allowed: false,
+                reason: format!("cannot resolve {host}: {e}"),
+            }),
+        }
+    }
+    // the listen address itself must be inside the boundary
+    if let Ok(addrs) = tokio::net::lookup_host(cfg.listen.as_str()).await {
+        for a in addrs {
+            let v = if a.ip().is_unspecified() && policy.is_active() {
+                Err(Refusal {
+                    address: a.ip(),
+                    rule: "listens on every interface, including the service link; set listen to the LNI address"
+                        .into(),
+                })
+            } else {
+                policy.verdict(a.ip())
+            };
+            out.push(CheckLine {
+                kind: "listen".into(),
+                name: cfg.name.clone(),
+                host: cfg.listen.clone(),
+                address: a.to_string(),
+                source_address: None,
+                interface: None,
+                allowed: v.is_ok(),
+                reason: match v {
+                    Ok(r) => r,
+                    Err(r) => r.to_string(),
+                },
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pol(a: &[&str], f: &[&str]) -> Policy {
+        Policy::new(&ResidencyConfig {
+            allowed_networks: a.iter().map(|s| s.to_string()).collect(),
+            forbidden_networks: f.iter().map(|s| s.to_string()).collect(),
+            bind: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn networks() {
+        let n = Net::parse("10.20.0.0/16").unwrap();
+        assert!(n.contains("10.20.3.4".parse().unwrap()));
+        assert!(!n.contains("10.21.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.20.0.1".parse().unwrap()), "v4-mapped v6 is the v4 address");
+        assert!(Net::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
+        assert!(Net::parse("10.0.0.0/33").is_err());
+        assert!(Net::parse("ten").is_err());
+        assert!(Net::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+    }
+
+    #[test]
+    fn forbidden_wins_and_messages_name_the_rule() {
+        let p = pol(&["10.0.0.0/8"], &["10.99.0.0/16"]);
+        assert!(p.verdict("10.20.0.1".parse().unwrap()).is_ok());
+        let r = p.verdict("10.99.1.1".parse().unwrap()).unwrap_err();
+        assert!(r.rule.contains("forbidden network 10.99.0.0/16"), "{r}");
+        let r = p.verdict("192.168.1.1".parse().unwrap()).unwrap_err();
+        assert!(r.rule.contains("outside the allowed networks"), "{r}");
+        assert!(p.enforce("connection to", "peer x", "192.168.1.1".parse().unwrap()).is_err());
+        assert_eq!(p.refusals.load(Ordering::Relaxed), 1);
+        assert!(pol(&[], &[]).verdict("8.8.8.8".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn hosts_of_endpoints() {
+        assert_eq!(host_of("https://10.0.9.20"), ("10.0.9.20".into(), 443));
+        assert_eq!(host_of("http://s3.local:3900/x"), ("s3.local".into(), 3900));
+        assert_eq!(host_of("srv-b:7443"), ("srv-b".into(), 7443));
+        assert_eq!(host_of("[fd00::1]:7443"), ("fd00::1".into(), 7443));
+    }
+}

@@ -1,0 +1,240 @@
+//! Building the S3 client for both S3 on Outposts and S3-compatible
+//! servers, and turning SDK errors into messages that name the target and
+//! say what to do.
+//!
+//! - Credentials: the standard AWS chain (environment, profile, instance
+//!   role) through aws-config; nothing secret in omesh's config.
+//! - TLS: rustls with ring (no C toolchain needed), system roots plus an
+//!   optional `ca_bundle` for private on-site CAs.
+//! - Checksums only when the operation requires them: many S3-compatible
+//!   servers reject the SDK's newer default CRC checksums and trailers.
+//! - Retries: the SDK's standard mode (exponential backoff with jitter on
+//!   throttling, 5xx and timeouts), six attempts.
+
+use crate::config::S3Config;
+use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::dns::ResolveDns;
+use std::time::Duration;
+
+/// A DNS resolver hook (the residency policy checks every address).
+pub type Resolver = aws_smithy_runtime_api::client::dns::SharedDnsResolver;
+
+/// S3 failures, each naming the target.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum S3Error {
+    /// Endpoint unreachable or timing out.
+    #[error(
+        "{target} is unreachable while {op}: {message}; check the endpoint URL, the network and that the S3 service runs"
+    )]
+    Unreachable {
+        /// target description
+        target: String,
+        /// operation
+        op: String,
+        /// cause
+        message: String,
+    },
+    /// Credentials refused.
+    #[error(
+        "{target} refused the credentials while {op} ({code}: {message}); check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the profile or the instance role, and the bucket policy"
+    )]
+    Credentials {
+        /// target
+        target: String,
+        /// operation
+        op: String,
+        /// S3 error code
+        code: String,
+        /// message
+        message: String,
+    },
+    /// Bucket missing.
+    #[error("{target}: the bucket does not exist ({message}); create it or fix `bucket` in the [[s3]] section")]
+    NoBucket {
+        /// target
+        target: String,
+        /// message
+        message: String,
+    },
+    /// Out of space (S3 on Outposts capacity).
+    #[error("{target} is full ({code}: {message}); free capacity on the Outposts rack or raise its quota")]
+    Full {
+        /// target
+        target: String,
+        /// code
+        code: String,
+        /// message
+        message: String,
+    },
+    /// Other S3 error.
+    #[error("{target} failed while {op}: {code}: {message}")]
+    Service {
+        /// target
+        target: String,
+        /// operation
+        op: String,
+        /// code
+        code: String,
+        /// message
+        message: String,
+    },
+    /// Body transfer failed.
+    #[error("{target}: transfer failed: {message}")]
+    Transfer {
+        /// target
+        target: String,
+        /// cause
+        message: String,
+    },
+    /// Stored data is damaged.
+    #[error("{target}: {what} is damaged: {reason}")]
+    Damaged {
+        /// target
+        target: String,
+        /// object
+        what: String,
+        /// problem
+        reason: String,
+    },
+    /// Client configuration.
+    #[error("S3 target configuration: {0}")]
+    Config(String),
+    /// Local store problem while uploading.
+    #[error("{0}")]
+    Local(String),
+}
+
+impl S3Error {
+    /// CLI exit code class: 2 for configuration-like problems.
+    pub fn is_config(&self) -> bool {
+        matches!(self, S3Error::Credentials { .. } | S3Error::NoBucket { .. } | S3Error::Config(_))
+    }
+}
+
+/// Map an SDK error.
+pub fn map_err<E>(target: &str, op: &str, e: SdkError<E, aws_smithy_runtime_api::http::Response>) -> S3Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let target = target.to_string();
+    let op = op.to_string();
+    match &e {
+        SdkError::DispatchFailure(d) => {
+            S3Error::Unreachable { target, op, message: format!("{d:?}").chars().take(300).collect() }
+        }
+        SdkError::TimeoutError(_) => S3Error::Unreachable { target, op, message: "timed out".into() },
+        _ => {
+            let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
+            let code = e.code().unwrap_or("").to_string();
+            let message = e.message().unwrap_or("").to_string();
+            match (code.as_str(), status) {
+                ("NoSuchBucket", _) => {
+                    S3Error::NoBucket { target, message: if message.is_empty() { code } else { message } }
+                }
+                (
+                    "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" | "InvalidToken" | "ExpiredToken",
+                    _,
+                )
+                | (_, 401 | 403) => S3Error::Credentials {
+                    target,
+                    op,
+                    code: if code.is_empty() { status.to_string() } else { code },
+                    message,
+                },
+                ("InsufficientCapacity" | "NotEnoughSpace" | "QuotaExceeded" | "EntityTooLarge", _) | (_, 507) => {
+                    S3Error::Full { target, code, message }
+                }
+                (_, 404) if op == "checking the bucket" => {
+                    S3Error::NoBucket { target, message: if code.is_empty() { "404".into() } else { code } }
+                }
+                ("", _) if status == 0 => S3Error::Unreachable { target, op, message: format!("{e}") },
+                _ => S3Error::Service {
+                    target,
+                    op,
+                    code: if code.is_empty() { status.to_string() } else { code },
+                    message,
+                },
+            }
+        }
+    }
+}
+
+/// Build a client for a target.
+pub async fn build(cfg: &S3Config, resolver: Option<Resolver>) -> Result<aws_sdk_s3::Client, S3Error> {
+    use aws_smithy_http_client::tls::{self, TlsContext, TrustStore, rustls_provider::CryptoMode};
+    let mut trust = TrustStore::empty().with_native_roots(true);
+    if let Some(ca) = &cfg.ca_bundle {
+        let pem = std::fs::read(ca)
+            .map_err(|e| S3Error::Config(format!("[[s3]] {:?}: ca_bundle {}: {e}", cfg.name, ca.display())))?;
+        trust = trust.with_pem_certificate(pem);
+    }
+    let tls_ctx = TlsContext::builder().with_trust_store(trust).build().map_err(|e| S3Error::Config(e.to_string()))?;
+    let builder = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
+        .tls_context(tls_ctx);
+    let http = match resolver {
+        Some(r) => builder.build_with_resolver(r),
+        None => builder.build_https(),
+    };
+    let sdk = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(cfg.region.clone()))
+        .http_client(http)
+        .retry_config(
+            aws_config::retry::RetryConfig::standard()
+                .with_max_attempts(6)
+                .with_initial_backoff(Duration::from_millis(200)),
+        )
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(120))
+                .build(),
+        )
+        .load()
+        .await;
+    let mut b = aws_sdk_s3::config::Builder::from(&sdk)
+        .force_path_style(cfg.path_style)
+        .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
+    if let Some(ep) = &cfg.endpoint {
+        b = b.endpoint_url(ep);
+    }
+    Ok(aws_sdk_s3::Client::from_conf(b.build()))
+}
+
+/// Veto function: (host, address) -> Err(reason) to refuse.
+pub type AddressCheck = std::sync::Arc<dyn Fn(&str, std::net::IpAddr) -> Result<(), String> + Send + Sync>;
+
+/// Adapter: resolve with the system resolver, then let `check` veto any
+/// address (the residency policy).
+#[derive(Clone)]
+pub struct CheckedResolver {
+    /// The veto.
+    pub check: AddressCheck,
+}
+
+impl std::fmt::Debug for CheckedResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CheckedResolver")
+    }
+}
+
+impl ResolveDns for CheckedResolver {
+    fn resolve_dns<'a>(&'a self, name: &'a str) -> aws_smithy_runtime_api::client::dns::DnsFuture<'a> {
+        let check = self.check.clone();
+        aws_smithy_runtime_api::client::dns::DnsFuture::new(async move {
+            let addrs: Vec<std::net::IpAddr> = tokio::net::lookup_host((name, 0))
+                .await
+                .map_err(aws_smithy_runtime_api::client::dns::ResolveDnsError::new)?
+                .map(|a| a.ip())
+                .collect();
+            for a in &addrs {
+                check(name, *a)
+                    .map_err(|m| aws_smithy_runtime_api::client::dns::ResolveDnsError::new(std::io::Error::other(m)))?;
+            }
+            Ok(addrs)
+        })
+    }
+}

@@ -1,0 +1,120 @@
+//! In the network-namespace lab (tools/lab): a full backup, replication to
+//! a peer and the site's S3 server, and a restore onto another server move
+//! zero bytes over any service link while the LNI carries everything; a
+//! peer name that resolves into the service-link network is refused.
+
+use crate::common::garage::Garage;
+use crate::common::mesh::{Site, stored_snapshots};
+use crate::common::{restored, s, tree};
+use std::process::Command;
+
+struct Lab {
+    prefix: String,
+}
+
+fn lab_script() -> std::path::PathBuf {
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/lab/lab"))
+}
+
+impl Lab {
+    fn up(servers: usize) -> Lab {
+        let prefix = format!("om{}", std::process::id() % 100000);
+        let st = Command::new(lab_script())
+            .args(["up", "--prefix", &prefix, "--servers", &servers.to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "tools/lab up failed (needs root and iproute2)");
+        Lab { prefix }
+    }
+    fn ns(&self, n: &str) -> String {
+        format!("{}{n}", self.prefix)
+    }
+    /// (rx, tx) bytes of an interface in a namespace.
+    fn counters(&self, n: &str, iface: &str) -> (u64, u64) {
+        let out = Command::new(lab_script()).args(["counters", "--prefix", &self.prefix, n, iface]).output().unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let v: Vec<u64> = text.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        (v[0], v[1])
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        let _ = Command::new(lab_script()).args(["down", "--prefix", &self.prefix]).status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}s1", self.prefix));
+    }
+}
+
+#[test]
+fn backup_replication_and_restore_never_touch_the_service_link() {
+    let t = tempfile::tempdir().unwrap();
+    let lab = Lab::up(3);
+    let mut site = Site::new(t.path(), &[("srv-1", "rack-1"), ("srv-2", "rack-2"), ("srv-3", "rack-3")]);
+    for (i, n) in site.nodes.iter_mut().enumerate() {
+        n.ip = format!("10.20.0.{}", 11 + i);
+        n.port = 7443;
+        n.netns = Some(lab.ns(&format!("s{}", i + 1)));
+    }
+    let g = Garage::start_in(&t.path().join("garage"), Some(&lab.ns("obj")), "10.20.0.50");
+    site.env = g.env();
+    let boundary = |ip: &str| {
+        format!(
+            "[residency]\nallowed_networks = [\"10.20.0.0/16\"]\nforbidden_networks = [\"10.99.0.0/16\"]\nbind = \"{ip}\"\n"
+        )
+    };
+    // srv-1: factor 2 = one peer + the bucket; srv-3: the restoring server
+    site.write_config("srv-1", &["srv-2".into()], 2, &format!("{}{}", boundary("10.20.0.11"), g.toml("rack-s3", "")));
+    site.write_config("srv-2", &["srv-1".into(), "srv-3".into()], 1, &boundary("10.20.0.12"));
+    site.write_config("srv-3", &["srv-2".into()], 1, &format!("{}{}", boundary("10.20.0.13"), g.toml("rack-s3", "")));
+    for n in ["srv-1", "srv-2", "srv-3"] {
+        site.omesh(n, &["residency", "check"]).ok();
+    }
+    // the measurement works: a packet towards the Region shows up on svc
+    let probe = lab.counters("s1", "svc");
+    let st = Command::new("ip")
+        .args(["netns", "exec", &lab.ns("s1"), "bash", "-c", "echo probe > /dev/udp/10.99.1.1/9"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(lab.counters("s1", "svc").1 > probe.1, "svc counters do not see traffic");
+    let before: Vec<(u64, u64)> = (1..=3).map(|i| lab.counters(&format!("s{i}"), "svc")).collect();
+    let lni_before = lab.counters("s1", "lni");
+    let _d2 = site.start("srv-2");
+    let _d1 = site.start("srv-1");
+    let src = t.path().join("src");
+    tree::make_full(&src, false);
+    let r = site.omesh("srv-1", &["backup", s(&src), "--json"]).ok().json();
+    assert_eq!(r["protected"], true, "{r}");
+    let snap = r["snapshot"].as_str().unwrap().to_string();
+    assert_eq!(stored_snapshots(site.node("srv-2"), "srv-1"), vec![snap.clone()]);
+    // a brand-new srv-3 restores srv-1's data from srv-2 and the bucket
+    let key = t.path().join("srv-1.key");
+    site.omesh("srv-1", &["key", "export", "--out", s(&key)]).ok();
+    site.omesh("srv-3", &["key", "import", s(&key)]).ok();
+    let target = t.path().join("r");
+    site.omesh("srv-3", &["restore", "latest", "--source", "srv-1", "--target", s(&target)]).ok();
+    tree::assert_same(&src, &restored(&target, &src));
+    let rep = site.omesh("srv-1", &["residency", "report", "--json"]).ok().json();
+    let dests: Vec<String> =
+        rep[0]["destinations"].as_array().unwrap().iter().map(|d| d["node"].as_str().unwrap().to_string()).collect();
+    assert_eq!(dests.len(), 2, "{rep}");
+    // zero bytes on every service link, the LNI carried it all
+    let after: Vec<(u64, u64)> = (1..=3).map(|i| lab.counters(&format!("s{i}"), "svc")).collect();
+    assert_eq!(before, after, "omesh traffic crossed a service link");
+    let lni_after = lab.counters("s1", "lni");
+    assert!(lni_after.1 - lni_before.1 > 1_000_000, "the LNI did not carry the replication");
+
+    // a peer name resolving into the Region's network is refused, nothing sent
+    std::fs::create_dir_all(format!("/etc/netns/{}", lab.ns("s1"))).unwrap();
+    std::fs::write(format!("/etc/netns/{}/hosts", lab.ns("s1")), "10.99.1.1 region-gw\n127.0.0.1 localhost\n").unwrap();
+    let cfg =
+        std::fs::read_to_string(site.node("srv-1").config()).unwrap().replace("10.20.0.12:7443", "region-gw:7443");
+    std::fs::write(site.node("srv-1").config(), cfg).unwrap();
+    let chk = site.omesh("srv-1", &["residency", "check", "--json"]).code(2).json();
+    assert!(chk.to_string().contains("forbidden network 10.99.0.0/16"), "{chk}");
+    let svc = lab.counters("s1", "svc");
+    drop(_d1);
+    let r = site.omesh("srv-1", &["backup", s(&src), "--json"]).code(6).json();
+    assert!(r.to_string().contains("forbidden network 10.99.0.0/16"), "{r}");
+    assert_eq!(lab.counters("s1", "svc"), svc, "bytes went over the service link");
+}
