@@ -316,6 +316,30 @@ pub struct NodeConfig {
     /// Residency boundary.
     #[serde(default)]
     pub residency: crate::residency::ResidencyConfig,
+    /// Backup schedules run by the daemon.
+    #[serde(default, rename = "schedule")]
+    pub schedules: Vec<crate::lifecycle::schedule::ScheduleConfig>,
+    /// Retention policy and lock, applied to every store on this node.
+    #[serde(default)]
+    pub retention: crate::lifecycle::retention::RetentionPolicy,
+    /// Mesh sync (anti-entropy).
+    #[serde(default)]
+    pub sync: crate::lifecycle::SyncConfig,
+    /// When retention and garbage collection run.
+    #[serde(default)]
+    pub maintenance: crate::lifecycle::MaintenanceConfig,
+    /// Garbage collection.
+    #[serde(default)]
+    pub gc: crate::lifecycle::GcConfig,
+    /// Scrub.
+    #[serde(default)]
+    pub scrub: crate::lifecycle::ScrubConfig,
+    /// Bandwidth limits.
+    #[serde(default)]
+    pub bandwidth: crate::lifecycle::bandwidth::BandwidthConfig,
+    /// Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: crate::lifecycle::MetricsConfig,
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -414,6 +438,7 @@ impl NodeConfig {
             return Err(format!("listen = {:?} needs a port (address:port)", self.listen));
         }
         crate::residency::Policy::new(&self.residency)?;
+        crate::lifecycle::validate(self)?;
         Ok(())
     }
 

@@ -6,26 +6,41 @@
 //! which timing-based killing cannot reach reliably. `NAME:N:stop` sends
 //! SIGSTOP instead, so a test can change the world (stop a server) while the
 //! process is frozen at that instant and then let it continue with SIGCONT.
+//! `NAME:N:wait=PATH` blocks only the thread that reached the point: it
+//! creates `PATH.reached` and waits until `PATH` exists, so a test can make
+//! the same process do something else at that instant (a garbage collection
+//! while a backup is between writing its data and committing its snapshot).
 //! Without the variable, [`hit`] is a relaxed atomic load.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 static ARMED: AtomicBool = AtomicBool::new(true);
-static SPEC: OnceLock<Option<(String, u64, bool)>> = OnceLock::new();
+static SPEC: OnceLock<Option<(String, u64, Action)>> = OnceLock::new();
 static COUNTS: Mutex<Option<HashMap<&'static str, u64>>> = Mutex::new(None);
 
-fn spec() -> &'static Option<(String, u64, bool)> {
+#[derive(Clone, Debug, PartialEq)]
+enum Action {
+    Kill,
+    Stop,
+    Wait(PathBuf),
+}
+
+fn spec() -> &'static Option<(String, u64, Action)> {
     SPEC.get_or_init(|| {
         let v = std::env::var("OMESH_FAILPOINT").ok()?;
-        let (v, stop) = match v.strip_suffix(":stop") {
-            Some(x) => (x.to_string(), true),
-            None => (v, false),
+        let (v, action) = if let Some(x) = v.strip_suffix(":stop") {
+            (x.to_string(), Action::Stop)
+        } else if let Some((x, p)) = v.split_once(":wait=") {
+            (x.to_string(), Action::Wait(p.into()))
+        } else {
+            (v, Action::Kill)
         };
         let (name, n) = v.rsplit_once(':')?;
         let n: u64 = n.parse().ok()?;
-        Some((name.to_string(), n, stop))
+        Some((name.to_string(), n, action))
     })
 }
 
@@ -34,7 +49,7 @@ pub fn hit(name: &'static str) {
     if !ARMED.load(Ordering::Relaxed) {
         return;
     }
-    let Some((want, n, stop)) = spec() else {
+    let Some((want, n, action)) = spec() else {
         ARMED.store(false, Ordering::Relaxed);
         return;
     };
@@ -44,16 +59,29 @@ pub fn hit(name: &'static str) {
     let mut g = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let c = g.get_or_insert_with(HashMap::new).entry(name).or_insert(0);
     *c += 1;
-    if *c == *n && *stop {
-        eprintln!("omesh: failpoint {name}:{n} reached, stopping self");
-        drop(g);
-        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+    if *c != *n {
         return;
     }
-    if *c == *n {
-        eprintln!("omesh: failpoint {name}:{n} reached, killing self");
-        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        // SIGKILL cannot be caught; make sure we never continue.
-        std::process::abort();
+    drop(g);
+    match action {
+        Action::Wait(p) => {
+            eprintln!("omesh: failpoint {name}:{n} reached, waiting for {}", p.display());
+            let mut reached = p.clone().into_os_string();
+            reached.push(".reached");
+            let _ = std::fs::write(&reached, b"");
+            while !p.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+        }
+        Action::Stop => {
+            eprintln!("omesh: failpoint {name}:{n} reached, stopping self");
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::STOP);
+        }
+        Action::Kill => {
+            eprintln!("omesh: failpoint {name}:{n} reached, killing self");
+            let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+            // SIGKILL cannot be caught; make sure we never continue.
+            std::process::abort();
+        }
     }
 }

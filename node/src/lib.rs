@@ -17,6 +17,7 @@ pub mod crypto;
 pub mod failpoint;
 pub mod fsutil;
 pub mod keyfile;
+pub mod lifecycle;
 pub mod mesh;
 pub mod node;
 pub mod objects;

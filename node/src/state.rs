@@ -9,6 +9,28 @@ use std::path::Path;
 
 const PLACEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("placements");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
+const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+
+/// History of one kind of run ("backup/NAME", "sync", "maintenance",
+/// "scrub").
+#[derive(Clone, Debug, Serialize, Deserialize, Default, PartialEq)]
+pub struct RunRecord {
+    /// Last start (ns since epoch).
+    pub last_start_ns: i64,
+    /// Last end.
+    pub last_end_ns: i64,
+    /// Last successful end.
+    pub last_ok_ns: i64,
+    /// Error of the last run, if it failed.
+    pub last_error: Option<String>,
+    /// Runs.
+    pub runs: u64,
+    /// Failed runs.
+    pub failures: u64,
+    /// Summary of the last run.
+    #[serde(default)]
+    pub detail: serde_json::Value,
+}
 
 /// One replica placement of a snapshot.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -40,6 +62,9 @@ pub struct PeerSeen {
     pub address: String,
     /// Certificate fingerprint.
     pub cert_sha256: String,
+    /// Transfer rate last measured to or from it (bytes/s; 0 = unknown).
+    #[serde(default)]
+    pub throughput_bps: u64,
 }
 
 /// State database errors.
@@ -75,6 +100,7 @@ impl State {
         {
             tx.open_table(PLACEMENTS).map_err(|e| err(&e))?;
             tx.open_table(PEERS).map_err(|e| err(&e))?;
+            tx.open_table(RUNS).map_err(|e| err(&e))?;
         }
         tx.commit().map_err(|e| err(&e))?;
         Ok(State { db, path: p })
@@ -127,6 +153,73 @@ impl State {
             t.insert(name, b.as_slice()).map_err(|x| self.e(x))?;
         }
         tx.commit().map_err(|x| self.e(x))
+    }
+
+    /// Record a measured transfer rate to or from a peer.
+    pub fn peer_throughput(&self, name: &str, bps: u64) -> Result<(), StateError> {
+        let mut all = self.peers()?;
+        let mut seen = all.remove(name).unwrap_or_default();
+        seen.throughput_bps = bps;
+        self.peer_seen(name, &seen)
+    }
+
+    /// A run of `key` started at `ns`.
+    pub fn run_started(&self, key: &str, ns: i64) -> Result<(), StateError> {
+        self.update_run(key, |r| {
+            r.last_start_ns = ns;
+            r.runs += 1;
+        })
+    }
+
+    /// A run of `key` ended at `ns`.
+    pub fn run_finished(
+        &self,
+        key: &str,
+        ns: i64,
+        result: Result<serde_json::Value, String>,
+    ) -> Result<(), StateError> {
+        self.update_run(key, |r| {
+            r.last_end_ns = ns;
+            match result {
+                Ok(d) => {
+                    r.last_ok_ns = ns;
+                    r.last_error = None;
+                    r.detail = d;
+                }
+                Err(e) => {
+                    r.failures += 1;
+                    r.last_error = Some(e);
+                }
+            }
+        })
+    }
+
+    fn update_run(&self, key: &str, f: impl FnOnce(&mut RunRecord)) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|x| self.e(x))?;
+        {
+            let mut t = tx.open_table(RUNS).map_err(|x| self.e(x))?;
+            let mut r: RunRecord = t
+                .get(key)
+                .map_err(|x| self.e(x))?
+                .and_then(|g| serde_json::from_slice(g.value()).ok())
+                .unwrap_or_default();
+            f(&mut r);
+            let b = serde_json::to_vec(&r).expect("serializes");
+            t.insert(key, b.as_slice()).map_err(|x| self.e(x))?;
+        }
+        tx.commit().map_err(|x| self.e(x))
+    }
+
+    /// Every run history.
+    pub fn runs(&self) -> Result<std::collections::BTreeMap<String, RunRecord>, StateError> {
+        let tx = self.db.begin_read().map_err(|x| self.e(x))?;
+        let t = tx.open_table(RUNS).map_err(|x| self.e(x))?;
+        let mut out = std::collections::BTreeMap::new();
+        for r in t.iter().map_err(|x| self.e(x))? {
+            let (k, v) = r.map_err(|x| self.e(x))?;
+            out.insert(k.value().to_string(), serde_json::from_slice(v.value()).unwrap_or_default());
+        }
+        Ok(out)
     }
 
     /// Last contact with each peer.

@@ -128,9 +128,11 @@ pub enum Request {
         /// snapshot id
         id: ObjectId,
     },
-    /// (8) Delete a stored snapshot. Always refused: expiry is the storing
-    /// peer's own retention decision, so a compromised source cannot erase
-    /// its history on other nodes.
+    /// (8) Ask the storing peer to forget one of the sender's snapshots.
+    /// Refused unless the peer's own configuration honours source deletes
+    /// and the snapshot is older than the peer's retention lock: expiry is
+    /// the storing peer's decision, so a compromised source cannot erase its
+    /// recent history on other nodes.
     DeleteSnapshot {
         /// namespace
         source: String,
@@ -274,6 +276,11 @@ pub enum Response {
         /// for Incomplete: objects missing (at most MAX_HAVE_IDS)
         missing: Vec<ObjectId>,
     },
+    /// (10) A `DeleteSnapshot` was honoured: the snapshot is forgotten.
+    Forgotten {
+        /// snapshot id
+        id: ObjectId,
+    },
 }
 
 /// Bitmap helpers for `Have`.
@@ -395,6 +402,7 @@ mod tests {
                 8,
             ),
             (Response::Error { code: ErrorCode::Forbidden, message: String::new(), missing: vec![] }, 9),
+            (Response::Forgotten { id }, 10),
         ];
         for (r, d) in resps {
             assert_eq!(disc(&r), d, "{r:?}");

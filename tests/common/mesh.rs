@@ -93,6 +93,17 @@ impl Site {
             s(&n.dir.join("tls/crl.pem")),
         );
         t.push_str(extra);
+        // background jobs stay off unless a test turns them on: each test
+        // triggers what it checks (`omesh sync`, `omesh gc`, ...) itself
+        for (section, quiet) in [
+            ("[sync]", "[sync]\nat_start = false\ninterval_secs = 0\n"),
+            ("[scrub]", "[scrub]\nenabled = false\n"),
+            ("[maintenance]", "[maintenance]\ncron = \"\"\n"),
+        ] {
+            if !extra.contains(section) {
+                t.push_str(quiet);
+            }
+        }
         for p in peers {
             let p = self.node(p);
             t.push_str(&format!(

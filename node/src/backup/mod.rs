@@ -280,6 +280,9 @@ fn now_ns() -> i64 {
 pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<BackupSummary> {
     let started = Instant::now();
     let start_ns = now_ns();
+    // garbage collection waits for this session before sweeping anything
+    // it condemned meanwhile (objects this backup writes or dedups against)
+    let _session = store.session();
     let keys = store.keys()?.clone();
     let excludes = Excludes::new(&opts.excludes).map_err(BackupError::Options)?;
     let kind = if opts.image.is_some() { SnapshotKind::Image } else { SnapshotKind::Files };
@@ -418,6 +421,7 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
         tags: opts.tags.clone(),
         program: format!("omesh {}", env!("CARGO_PKG_VERSION")),
     };
+    crate::failpoint::hit("backup.before_commit");
     let id = store.write_snapshot(&rec)?;
     Ok(BackupSummary {
         snapshot: id.to_hex(),

@@ -49,3 +49,31 @@ pub fn reply_err(code: u8, message: String) -> CliError {
 pub async fn runtime(cfg: NodeConfig, with_state: bool) -> Result<Arc<NodeRuntime>, CliError> {
     NodeRuntime::build(cfg, false, with_state).await.map_err(node_err)
 }
+
+/// Run `req` through the daemon when one answers on the node's control
+/// socket (it holds the stores), otherwise run `local` in this process.
+pub fn via_daemon_or_local<F, Fut>(
+    cfg: NodeConfig,
+    req: crate::node::control::ControlRequest,
+    local: F,
+) -> Result<serde_json::Value, CliError>
+where
+    F: FnOnce(Arc<NodeRuntime>) -> Fut,
+    Fut: std::future::Future<Output = Result<serde_json::Value, CliError>>,
+{
+    use crate::node::control;
+    let rt = tokio()?;
+    rt.block_on(async {
+        let sock = cfg.control_socket();
+        if control::daemon_running(&sock).await {
+            match control::call(&sock, &req, |_| {}).await {
+                Ok(Ok(v)) => Ok(v),
+                Ok(Err((c, m))) => Err(reply_err(c, m)),
+                Err(e) => Err(CliError::failed(format!("daemon at {}: {e}", sock.display()))),
+            }
+        } else {
+            let nrt = runtime(cfg, true).await?;
+            local(nrt).await
+        }
+    })
+}

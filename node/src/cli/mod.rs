@@ -10,6 +10,7 @@ mod demo;
 mod demo_compare;
 mod init;
 mod key;
+mod lifecycle;
 mod ls;
 mod mesh;
 mod node;
@@ -131,6 +132,37 @@ pub enum Command {
     /// The residency boundary: check a configuration, report where data went.
     #[command(subcommand)]
     Residency(residency::ResidencyCommand),
+    /// Apply the retention policy: forget snapshots it no longer keeps (see --dry-run).
+    #[command(long_about = "Apply the retention policy and forget the snapshots it no longer keeps.\n\n\
+        Rules follow restic's forget: --keep-last N, --keep-hourly/daily/weekly/monthly/yearly N (the \
+        newest snapshot of each of the last N periods that have one) and --keep-within DURATION; a \
+        snapshot is kept when any rule keeps it. Nothing younger than the retention lock is ever \
+        forgotten. On a mesh node (--config) the policy is [retention] in the config, applied by \
+        this node to every store it keeps (its own and its peers' replicas), and the lock cannot be \
+        shortened by any other node. Forgetting removes snapshot records only; `omesh gc` then \
+        reclaims the space.\n\n\
+        With SNAPSHOT arguments (mesh nodes), forget those snapshots of this node and ask the peers \
+        holding them to forget them too; each peer refuses inside its own retention lock.\n\n\
+        Examples:\n  omesh forget --config /etc/omesh/omesh.toml --dry-run\n  \
+        omesh forget --store /srv/omesh --keep-daily 7 --keep-weekly 4 --lock 3d")]
+    Forget(lifecycle::ForgetArgs),
+    /// Reclaim space no snapshot references (runs beside backups).
+    #[command(long_about = "Garbage collection: reclaim objects no snapshot references.\n\n\
+        It runs beside backups and incoming replicas without stopping them: objects are marked from \
+        every snapshot, the rest condemned, and condemned objects are swept only after a grace \
+        period and once every backup that was running has committed (a writer that reuses a \
+        condemned object rescues it). Packs that are mostly garbage are rewritten. A run that is \
+        interrupted resumes where it stopped. If a snapshot references an object that is missing or \
+        damaged, nothing is removed (exit code 4): run `omesh scrub` or `omesh verify` first.")]
+    Gc(lifecycle::GcArgs),
+    /// Re-read and re-hash every stored object; repair damage from replicas.
+    #[command(long_about = "Scrub: re-read every object and snapshot record and check its hash, at a \
+        limited rate. A damaged object is moved to quarantine/ in the store and, on a mesh node, \
+        fetched again from a peer holding the same source. Exit code 4 when something damaged \
+        could not be repaired.")]
+    Scrub(lifecycle::ScrubArgs),
+    /// Repair under-replicated snapshots now by copying from peers (the daemon does it periodically).
+    Sync(lifecycle::SyncArgs),
     /// Run a self-contained demonstration: a 3-node mesh on loopback, a lost server, a restore onto a new one.
     Demo(demo::DemoArgs),
 }
@@ -169,6 +201,10 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Status(a) => status::run(a),
         Command::Residency(c) => residency::run(c),
         Command::Demo(a) => demo::run(a),
+        Command::Forget(a) => lifecycle::forget(a),
+        Command::Gc(a) => lifecycle::gc(a),
+        Command::Scrub(a) => lifecycle::scrub(a),
+        Command::Sync(a) => lifecycle::sync(a),
     }
 }
 

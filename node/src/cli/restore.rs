@@ -88,6 +88,7 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
         includes: a.include.clone(),
         threads: Some(a.threads.unwrap_or((cores * 8).max(16))),
     };
+    let sock = cfg.control_socket();
     let (res, usage) = rt.block_on(async {
         let nrt = mesh::runtime(cfg, false).await?;
         let (id, src) = prepare_restore(&nrt, &source, &a.snapshot, &from).await.map_err(mesh::node_err)?;
@@ -101,6 +102,15 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
         let local = src.local_objects.load(Ordering::Relaxed);
         if local > 0 {
             usage.as_array_mut().expect("array").push(serde_json::json!({"peer": "local", "objects": local}));
+        }
+        // tell the daemon, if one runs, for its restore metrics
+        if crate::node::control::daemon_running(&sock).await {
+            let (ok, bytes, seconds) = match &res {
+                Ok(s) => (s.errors.is_empty(), s.bytes_written + s.bytes_reused, s.seconds),
+                Err(_) => (false, 0, 0.0),
+            };
+            let req = crate::node::control::ControlRequest::RestoreDone { ok, bytes, seconds };
+            let _ = crate::node::control::call(&sock, &req, |_| {}).await;
         }
         Ok::<_, CliError>((res, usage))
     })?;

@@ -78,6 +78,59 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
             if u.quota_bytes > 0 { format!(" (quota {})", bytes(u.quota_bytes)) } else { String::new() }
         );
     }
+    let dur = |secs: u64| {
+        if secs >= 86400 {
+            format!("{:.1}d", secs as f64 / 86400.0)
+        } else if secs >= 3600 {
+            format!("{:.1}h", secs as f64 / 3600.0)
+        } else {
+            format!("{secs}s")
+        }
+    };
+    if let Some(p) = &s.protection {
+        println!(
+            "last backup {} ({} ago){}; {} of {} replicas in {} failure domains",
+            p.last_backup.clone().unwrap_or_else(|| "?".into()),
+            p.achieved_rpo_secs.map(dur).unwrap_or_else(|| "?".into()),
+            match (p.rpo_secs, p.rpo_met) {
+                (Some(t), Some(true)) => format!(", RPO {} met", dur(t)),
+                (Some(t), _) => format!(", RPO {} MISSED", dur(t)),
+                _ => String::new(),
+            },
+            p.replicas,
+            p.factor,
+            p.replica_domains
+        );
+        match p.est_restore_secs {
+            Some(e) => println!("estimated restore onto a new server: {} ({})", dur(e as u64), p.est_restore_basis),
+            None => println!("estimated restore: unknown ({})", p.est_restore_basis),
+        }
+    } else {
+        println!("no snapshot of {} yet", s.node);
+    }
+    for sc in &s.schedules {
+        println!(
+            "schedule {:<12} {:<28} last ok {}{}{}{}",
+            sc.name,
+            sc.when,
+            sc.last_success.clone().unwrap_or_else(|| "never".into()),
+            match (sc.rpo_secs, sc.rpo_met) {
+                (Some(t), Some(true)) => format!(", RPO {} met", dur(t)),
+                (Some(t), _) => format!(", RPO {} MISSED", dur(t)),
+                _ => String::new(),
+            },
+            sc.next_run.as_ref().map(|n| format!(", next {n}")).unwrap_or_default(),
+            sc.last_error.as_ref().map(|e| format!(", last run FAILED: {e}")).unwrap_or_default()
+        );
+    }
+    for r in &s.maintenance {
+        println!(
+            "{:<11} last ok {}{}",
+            r.job,
+            r.last_success.clone().unwrap_or_else(|| "never".into()),
+            r.last_error.as_ref().map(|e| format!(", last run FAILED: {e}")).unwrap_or_default()
+        );
+    }
     if s.not_fully_replicated.is_empty() {
         println!("all {} snapshots of {} have at least {} replicas", s.snapshots, s.node, s.factor);
     } else {

@@ -56,7 +56,13 @@ pub struct PeerConn {
     pub identity: PeerIdentity,
     /// The peer's handshake.
     pub hello: Hello,
+    /// Bandwidth limits for replication and repair traffic (restores are
+    /// never paced).
+    pub limiter: Option<std::sync::Arc<crate::lifecycle::bandwidth::Limiter>>,
 }
+
+/// Bytes written between two pacing decisions.
+const PACE_PIECE: usize = 64 << 10;
 
 /// Connect to `name` at one of `addrs`, verify its certificate carries
 /// `name`, and exchange Hello.
@@ -84,7 +90,7 @@ pub async fn connect(
                 Response::Hello(h) => h,
                 other => return Err(format!("unexpected handshake answer {other:?}")),
             };
-            Ok::<_, String>(PeerConn { name: name.into(), addr: *addr, conn, identity, hello })
+            Ok::<_, String>(PeerConn { name: name.into(), addr: *addr, conn, identity, hello, limiter: None })
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(c)) => return Ok(c),
@@ -164,7 +170,15 @@ impl PeerConn {
         let (mut send, mut recv) =
             self.open(&Request::PutObjects { source: source.into(), count: records.len() as u32 }).await?;
         for r in records {
-            send.write_all(r).await.map_err(|e| stream_err(&self.name, e))?;
+            match &self.limiter {
+                None => send.write_all(r).await.map_err(|e| stream_err(&self.name, e))?,
+                Some(l) => {
+                    for piece in r.chunks(PACE_PIECE) {
+                        l.pace(&self.name, piece.len() as u64).await;
+                        send.write_all(piece).await.map_err(|e| stream_err(&self.name, e))?;
+                    }
+                }
+            }
         }
         let _ = send.finish();
         match self.check(read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))?)? {
@@ -206,6 +220,25 @@ impl PeerConn {
         source: &str,
         ids: &[ObjectId],
     ) -> Result<(Vec<Vec<u8>>, Vec<ObjectId>), ClientError> {
+        self.get_objects_inner(source, ids, false).await
+    }
+
+    /// [`PeerConn::get_objects`] within the bandwidth limits (repair
+    /// traffic).
+    pub async fn fetch_objects(
+        &self,
+        source: &str,
+        ids: &[ObjectId],
+    ) -> Result<(Vec<Vec<u8>>, Vec<ObjectId>), ClientError> {
+        self.get_objects_inner(source, ids, true).await
+    }
+
+    async fn get_objects_inner(
+        &self,
+        source: &str,
+        ids: &[ObjectId],
+        paced: bool,
+    ) -> Result<(Vec<Vec<u8>>, Vec<ObjectId>), ClientError> {
         let (mut send, mut recv) = self.open(&Request::GetObjects { source: source.into(), ids: ids.to_vec() }).await?;
         let _ = send.finish();
         let (count, mut missing) = match self
@@ -229,6 +262,9 @@ impl PeerConn {
                 continue;
             }
             let (_, rec) = read_record(&mut recv).await.map_err(|e| self.read_err(e))?;
+            if let (true, Some(l)) = (paced, &self.limiter) {
+                l.pace(&self.name, rec.len() as u64).await;
+            }
             out.push(rec);
         }
         Ok((out, missing))
@@ -242,10 +278,14 @@ impl PeerConn {
         }
     }
 
-    /// Ask the peer to delete a snapshot (it always refuses; used by tests
-    /// and to demonstrate the guarantee).
+    /// Ask the peer to delete one of our snapshots. It refuses unless its
+    /// own `[retention]` honours source deletes and the snapshot is older
+    /// than its retention lock.
     pub async fn delete_snapshot(&self, source: &str, id: ObjectId) -> Result<(), ClientError> {
-        self.simple(&Request::DeleteSnapshot { source: source.into(), id }).await.map(|_| ())
+        match self.simple(&Request::DeleteSnapshot { source: source.into(), id }).await? {
+            Response::Forgotten { .. } => Ok(()),
+            other => Err(proto_err(&self.name, format!("unexpected answer to DeleteSnapshot: {other:?}"))),
+        }
     }
 
     /// Storage summary.

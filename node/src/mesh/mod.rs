@@ -20,7 +20,7 @@ use crate::keyfile::KeyFile;
 use crate::store::{Access, InitOptions, KeySource, PackSink, Store, StoreError};
 use omesh_proto::ObjectId;
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 /// One source's store on this node, with a shared writer for incoming
@@ -30,13 +30,14 @@ pub struct SourceStore {
     pub store: Arc<Store>,
     sink: Mutex<Option<PackSink<Arc<Store>>>>,
     /// Trees known to have their whole subtree present (speeds up
-    /// completeness checks of later snapshots).
-    complete: Mutex<HashSet<ObjectId>>,
+    /// completeness checks of later snapshots), valid for the store's
+    /// removal count it was learned at.
+    complete: Mutex<(u64, HashSet<ObjectId>)>,
 }
 
 impl SourceStore {
     fn new(store: Store) -> Self {
-        SourceStore { store: Arc::new(store), sink: Mutex::new(None), complete: Mutex::new(HashSet::new()) }
+        SourceStore { store: Arc::new(store), sink: Mutex::new(None), complete: Mutex::new((0, HashSet::new())) }
     }
 
     /// Append one verified record (blocking). Returns whether it was new.
@@ -68,7 +69,15 @@ impl SourceStore {
         let mut seen: HashSet<ObjectId> = HashSet::new();
         let mut trees = Vec::new();
         let mut missing = Vec::new();
-        let known = self.complete.lock().expect("complete lock").clone();
+        let removals = self.store.removals();
+        let known = {
+            let mut c = self.complete.lock().expect("complete lock");
+            if c.0 != removals {
+                // objects left the store since: forget what we knew
+                *c = (removals, HashSet::new());
+            }
+            c.1.clone()
+        };
         while let Some(id) = stack.pop() {
             if !seen.insert(id) || known.contains(&id) {
                 continue;
@@ -96,45 +105,97 @@ impl SourceStore {
         }
         if missing.is_empty() {
             let mut c = self.complete.lock().expect("complete lock");
-            if c.len() > 1_000_000 {
-                c.clear();
+            if c.0 == removals {
+                if c.1.len() > 1_000_000 {
+                    c.1.clear();
+                }
+                c.1.extend(trees);
             }
-            c.extend(trees);
         }
         Ok(missing)
     }
 
     /// Forget completeness knowledge (after objects were removed).
     pub fn forget_complete(&self) {
-        self.complete.lock().expect("complete lock").clear();
+        self.complete.lock().expect("complete lock").1.clear();
     }
 }
+
+/// A monotonically increasing counter, also exported to Prometheus.
+#[derive(Clone, Debug, Default)]
+pub struct Count(prometheus_client::metrics::counter::Counter);
+
+impl Count {
+    /// Add `n`; returns the previous value.
+    pub fn fetch_add(&self, n: u64, _: Ordering) -> u64 {
+        self.0.inc_by(n)
+    }
+    /// Current value.
+    pub fn load(&self, _: Ordering) -> u64 {
+        self.0.get()
+    }
+}
+
+type PeerFamily = prometheus_client::metrics::family::Family<
+    crate::lifecycle::metrics::Labels,
+    prometheus_client::metrics::counter::Counter,
+>;
 
 /// Byte counters per peer since start.
 #[derive(Default)]
 pub struct Counters {
     map: Mutex<HashMap<String, Arc<PeerCounters>>>,
+    /// bytes sent, bytes received, objects sent, objects received, bytes served
+    families: [PeerFamily; 5],
 }
 
 /// Counters for one peer.
 #[derive(Default, Debug)]
 pub struct PeerCounters {
     /// Record bytes we sent to it.
-    pub bytes_sent: AtomicU64,
+    pub bytes_sent: Count,
     /// Record bytes we received from it.
-    pub bytes_received: AtomicU64,
+    pub bytes_received: Count,
     /// Objects sent.
-    pub objects_sent: AtomicU64,
+    pub objects_sent: Count,
     /// Objects received.
-    pub objects_received: AtomicU64,
-    /// Bytes we served it (restores).
-    pub bytes_served: AtomicU64,
+    pub objects_received: Count,
+    /// Bytes we served it (restores and repairs).
+    pub bytes_served: Count,
 }
 
 impl Counters {
     /// Counters of `peer`.
     pub fn peer(&self, peer: &str) -> Arc<PeerCounters> {
-        self.map.lock().expect("counters lock").entry(peer.to_string()).or_default().clone()
+        let mut m = self.map.lock().expect("counters lock");
+        if let Some(c) = m.get(peer) {
+            return c.clone();
+        }
+        let l = crate::lifecycle::metrics::label("peer", peer);
+        let f = |i: usize| Count(self.families[i].get_or_create(&l).clone());
+        let c = Arc::new(PeerCounters {
+            bytes_sent: f(0),
+            bytes_received: f(1),
+            objects_sent: f(2),
+            objects_received: f(3),
+            bytes_served: f(4),
+        });
+        m.insert(peer.to_string(), c.clone());
+        c
+    }
+
+    /// Export to Prometheus.
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        let names = [
+            ("peer_sent_bytes", "Record bytes sent to each peer (replication)"),
+            ("peer_received_bytes", "Record bytes received from each peer (replicas stored, repairs pulled)"),
+            ("peer_sent_objects", "Objects sent to each peer"),
+            ("peer_received_objects", "Objects received from each peer"),
+            ("peer_served_bytes", "Bytes served to each peer (restores and repairs)"),
+        ];
+        for (i, (n, h)) in names.iter().enumerate() {
+            r.register(*n, *h, self.families[i].clone());
+        }
     }
     /// Snapshot of all counters as JSON.
     pub fn to_json(&self) -> serde_json::Value {

@@ -4,8 +4,10 @@
 //! Authorization: any node with a valid site certificate may ask what is
 //! held, list snapshots and fetch (encrypted) objects; only a node writing
 //! into its own namespace (its certificate name), and listed as a peer
-//! unless `accept_from = "site"`, may store. Deleting and overwriting are
-//! never allowed. A malformed or oversized frame or record closes that
+//! unless `accept_from = "site"`, may store. Overwriting is never allowed;
+//! a source's request to forget one of its snapshots is honoured only when
+//! this node's `[retention]` allows it and the snapshot is older than the
+//! retention lock. A malformed or oversized frame or record closes that
 //! connection with a QUIC error code; other connections are unaffected.
 
 use super::{Counters, SourceStore, Stores};
@@ -273,16 +275,33 @@ async fn dispatch(
             respond(send, &Response::Snapshot { record }).await
         }
         Request::DeleteSnapshot { source, id } => {
-            tracing::warn!(peer = %peer.name, %source, snapshot = %id.short(), "refused a request to delete a stored snapshot");
-            Err(Fail::Respond(
-                ErrorCode::Forbidden,
-                format!(
-                    "{} never deletes stored snapshots on request; expiry is its own retention decision (snapshot {} of {source} kept)",
-                    ctx.cfg.name,
-                    id.short()
-                ),
-                vec![],
-            ))
+            let Some(store) = source_store(ctx, &source, false).await? else {
+                return Err(Fail::Respond(ErrorCode::NotFound, format!("no snapshots of {source} here"), vec![]));
+            };
+            let cfg = ctx.cfg.clone();
+            let requester = peer.name.clone();
+            let src = source.clone();
+            let r = blocking(move || {
+                Ok(crate::lifecycle::handle_delete_request(
+                    &cfg,
+                    &store.store,
+                    &requester,
+                    &src,
+                    &id,
+                    chrono::Utc::now(),
+                ))
+            })
+            .await?;
+            match r {
+                Ok(()) => {
+                    tracing::warn!(peer = %peer.name, %source, snapshot = %id.short(), "snapshot forgotten at its source's request (outside the retention lock)");
+                    respond(send, &Response::Forgotten { id }).await
+                }
+                Err((code, message)) => {
+                    tracing::warn!(peer = %peer.name, %source, snapshot = %id.short(), reason = %message, "refused a request to delete a stored snapshot");
+                    Err(Fail::Respond(code, message, vec![]))
+                }
+            }
         }
         Request::Status => {
             let stores = ctx.stores.clone();
@@ -410,6 +429,8 @@ async fn put_snapshot(
                 vec![],
             ));
         }
+        // no garbage collection sweep between the check and the commit
+        let _commit = store.store.commit_guard();
         let missing = store.missing_below(&links, msg::MAX_HAVE_IDS).map_err(internal)?;
         if !missing.is_empty() {
             return Err(Fail::Respond(

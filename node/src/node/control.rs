@@ -51,6 +51,33 @@ pub enum ControlRequest {
         /// only placements at or after (ns)
         since_ns: i64,
     },
+    /// Apply retention (or forget given snapshots of this node).
+    Forget {
+        /// one source's store only
+        source: Option<String>,
+        /// explicit snapshots of this node
+        ids: Vec<String>,
+        /// only show what would go
+        dry_run: bool,
+    },
+    /// Garbage-collect every store.
+    Gc,
+    /// Scrub every store and repair from replicas.
+    Scrub {
+        /// read rate ("unlimited", "50 MiB/s"); default `[scrub] rate`
+        rate: Option<String>,
+    },
+    /// Mesh sync now.
+    Sync,
+    /// A restore finished (for the metrics).
+    RestoreDone {
+        /// succeeded
+        ok: bool,
+        /// bytes restored
+        bytes: u64,
+        /// seconds
+        seconds: f64,
+    },
 }
 
 /// A line from the daemon.
@@ -202,6 +229,40 @@ async fn handle(s: UnixStream, rt: Arc<NodeRuntime>) {
             Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
             Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
         },
+        ControlRequest::Forget { source, ids, dry_run } => {
+            let _one = rt.maintenance_lock.lock().await;
+            match crate::lifecycle::forget(&rt, source, ids, dry_run).await {
+                Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
+                Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+            }
+        }
+        ControlRequest::Gc => {
+            ControlReply::Result(serde_json::to_value(crate::lifecycle::gc_all(&rt).await).expect("serializes"))
+        }
+        ControlRequest::Scrub { rate } => {
+            let rate = match crate::lifecycle::bandwidth::parse_rate(rate.as_deref().unwrap_or(&rt.cfg.scrub.rate)) {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = send(&mut w, &ControlReply::Error { code: 2, message: format!("--rate: {e}") }).await;
+                    return;
+                }
+            };
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let r = crate::lifecycle::scrub_all(&rt, rate, stop).await;
+            ControlReply::Result(serde_json::to_value(r).expect("serializes"))
+        }
+        ControlRequest::Sync => {
+            ControlReply::Result(serde_json::to_value(crate::lifecycle::sync_now(&rt).await).expect("serializes"))
+        }
+        ControlRequest::RestoreDone { ok, bytes, seconds } => {
+            let m = &rt.metrics;
+            m.restores
+                .get_or_create(&crate::lifecycle::metrics::label("result", if ok { "ok" } else { "failed" }))
+                .inc();
+            m.restore_seconds.observe(seconds);
+            m.restore_bytes.inc_by(bytes);
+            ControlReply::Result(serde_json::json!({}))
+        }
         ControlRequest::Status => match super::views::status(&rt).await {
             Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
             Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },

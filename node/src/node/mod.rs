@@ -88,6 +88,14 @@ pub struct NodeRuntime {
     pub outbound_check: Option<OutboundCheck>,
     /// Inbound address policy.
     pub inbound_check: Option<InboundCheck>,
+    /// Prometheus metrics.
+    pub metrics: Arc<crate::lifecycle::metrics::Metrics>,
+    /// Bandwidth limits (`[bandwidth]`), if any.
+    pub limiter: Option<Arc<crate::lifecycle::bandwidth::Limiter>>,
+    /// One retention + garbage collection at a time.
+    pub maintenance_lock: tokio::sync::Mutex<()>,
+    /// One mesh sync at a time.
+    pub sync_lock: tokio::sync::Mutex<()>,
     conns: tokio::sync::Mutex<HashMap<String, PeerConn>>,
     backup_lock: tokio::sync::Mutex<()>,
 }
@@ -173,13 +181,22 @@ impl NodeRuntime {
             s3.push(Arc::new(target));
         }
         let stores = Arc::new(Stores::new(cfg.clone()));
+        let counters = Arc::new(Counters::default());
+        let metrics = Arc::new(crate::lifecycle::metrics::Metrics::new(&counters));
+        let limiter = crate::lifecycle::bandwidth::Limiter::new(&cfg.bandwidth)
+            .map_err(|e| NodeError::Other(format!("{}: {e}", cfg.path.display())))?
+            .map(Arc::new);
         Ok(Arc::new(NodeRuntime {
             cfg,
             tls,
             endpoint,
             stores,
             state,
-            counters: Arc::new(Counters::default()),
+            counters,
+            metrics,
+            limiter,
+            maintenance_lock: tokio::sync::Mutex::new(()),
+            sync_lock: tokio::sync::Mutex::new(()),
             s3,
             residency: policy,
             started: Instant::now(),
@@ -214,9 +231,10 @@ impl NodeRuntime {
             }
         }
         let timeout = Duration::from_secs(self.cfg.transport.connect_timeout_secs.max(1));
-        let c = client::connect(&self.endpoint, &self.cfg.name, &peer.name, &addrs, timeout)
+        let mut c = client::connect(&self.endpoint, &self.cfg.name, &peer.name, &addrs, timeout)
             .await
             .map_err(|e| e.to_string())?;
+        c.limiter = self.limiter.clone();
         self.conns.lock().await.insert(peer.name.clone(), c.clone());
         Ok(c)
     }
@@ -241,6 +259,11 @@ impl NodeRuntime {
                         rtt_us: rtt.as_micros() as u64,
                         address: c.addr.to_string(),
                         cert_sha256: c.identity.fingerprint.clone(),
+                        throughput_bps: state
+                            .peers()
+                            .ok()
+                            .and_then(|m| m.get(&p.name).map(|s| s.throughput_bps))
+                            .unwrap_or(0),
                     },
                 );
             }
@@ -251,6 +274,41 @@ impl NodeRuntime {
 
     /// Back up into our own store, then replicate to `factor` peers.
     pub async fn backup_and_replicate(
+        self: &Arc<Self>,
+        opts: BackupOptions,
+        progress: Arc<Progress>,
+    ) -> Result<MeshBackupReport, NodeError> {
+        self.backup_and_replicate_as(opts, progress, "manual").await
+    }
+
+    /// [`NodeRuntime::backup_and_replicate`] for a named schedule (metrics
+    /// label). Two backups of this node never run at once.
+    pub async fn backup_and_replicate_as(
+        self: &Arc<Self>,
+        opts: BackupOptions,
+        progress: Arc<Progress>,
+        schedule: &str,
+    ) -> Result<MeshBackupReport, NodeError> {
+        let t = Instant::now();
+        let r = self.backup_and_replicate_inner(opts, progress).await;
+        let m = &self.metrics;
+        let result = match &r {
+            Ok(rep) if rep.protected => "ok",
+            Ok(_) => "unprotected",
+            Err(_) => "failed",
+        };
+        m.backups.get_or_create(&crate::lifecycle::metrics::labels2("schedule", schedule, "result", result)).inc();
+        m.backup_seconds.observe(t.elapsed().as_secs_f64());
+        if let Ok(rep) = &r {
+            m.backup_bytes_added.inc_by(rep.backup.bytes_added);
+            m.backup_last_success
+                .get_or_create(&crate::lifecycle::metrics::label("schedule", schedule))
+                .set(chrono::Utc::now().timestamp() as f64);
+        }
+        r
+    }
+
+    async fn backup_and_replicate_inner(
         self: &Arc<Self>,
         opts: BackupOptions,
         progress: Arc<Progress>,
@@ -437,6 +495,22 @@ impl NodeRuntime {
                 }
             });
             for r in futures_join_all(futs).await {
+                self.metrics
+                    .replications
+                    .get_or_create(&crate::lifecycle::metrics::labels2(
+                        "peer",
+                        &r.peer,
+                        "result",
+                        if r.ok { "ok" } else { "failed" },
+                    ))
+                    .inc();
+                self.metrics.replication_seconds.observe(r.seconds);
+                // a transfer long enough to say something about the link
+                if r.ok && r.bytes_sent >= 8 << 20 && r.seconds > 0.0 {
+                    if let Some(state) = &self.state {
+                        let _ = state.peer_throughput(&r.peer, (r.bytes_sent as f64 / r.seconds) as u64);
+                    }
+                }
                 if r.ok {
                     ok += 1;
                     if let Some(state) = &self.state {
@@ -445,7 +519,7 @@ impl NodeRuntime {
                             &snap.to_hex(),
                             Placement {
                                 node: r.peer.clone(),
-                                kind: "peer".into(),
+                                kind: if self.s3.iter().any(|t| t.cfg.name == r.peer) { "s3" } else { "peer" }.into(),
                                 address: r.address.clone(),
                                 cert_sha256: r.cert_sha256.clone(),
                                 time_ns: now_ns(),
@@ -560,6 +634,7 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
     let listener = control::bind(&rt.cfg.control_socket())
         .map_err(|e| NodeError::Other(format!("control socket {}: {e}", rt.cfg.control_socket().display())))?;
     tasks.spawn(control::serve(listener, rt.clone(), cancel.clone()));
+    crate::lifecycle::daemon::spawn(&rt, &mut tasks, &cancel).await?;
     tracing::info!(node = %rt.cfg.name, addr = %rt.local_addr(), "node running");
     Ok(DaemonHandle { rt, cancel, tasks })
 }

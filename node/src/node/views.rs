@@ -334,6 +334,81 @@ pub struct StatusView {
     /// Connections refused by the residency policy since start.
     #[serde(default)]
     pub residency_refusals: u64,
+    /// This node's protection: last backup, achieved RPO, replicas,
+    /// estimated restore time.
+    #[serde(default)]
+    pub protection: Option<ProtectionView>,
+    /// Backup schedules.
+    #[serde(default)]
+    pub schedules: Vec<ScheduleView>,
+    /// Sync, maintenance and scrub runs.
+    #[serde(default)]
+    pub maintenance: Vec<RunView>,
+}
+
+/// This node's own data.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProtectionView {
+    /// Latest snapshot (id).
+    pub last_snapshot: Option<String>,
+    /// Its time (RFC 3339).
+    pub last_backup: Option<String>,
+    /// Seconds since then: the data loss if this server failed now.
+    pub achieved_rpo_secs: Option<u64>,
+    /// The tightest RPO configured on a schedule.
+    pub rpo_secs: Option<u64>,
+    /// achieved <= configured.
+    pub rpo_met: Option<bool>,
+    /// Replicas of the latest snapshot.
+    pub replicas: usize,
+    /// Their failure domains.
+    pub replica_domains: usize,
+    /// Configured factor.
+    pub factor: usize,
+    /// Logical size of the latest snapshot.
+    pub bytes: Option<u64>,
+    /// Estimated time to restore it onto a new server from its replicas.
+    pub est_restore_secs: Option<f64>,
+    /// How the estimate was made.
+    pub est_restore_basis: String,
+}
+
+/// One backup schedule.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScheduleView {
+    /// Name.
+    pub name: String,
+    /// When it runs.
+    pub when: String,
+    /// Configured RPO.
+    pub rpo_secs: Option<u64>,
+    /// Last start (RFC 3339).
+    pub last_run: Option<String>,
+    /// Last success.
+    pub last_success: Option<String>,
+    /// Seconds since the last success.
+    pub achieved_rpo_secs: Option<u64>,
+    /// Achieved <= configured.
+    pub rpo_met: Option<bool>,
+    /// Error of the last run.
+    pub last_error: Option<String>,
+    /// Next run (RFC 3339).
+    pub next_run: Option<String>,
+}
+
+/// A background job's history.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunView {
+    /// "sync", "maintenance", "scrub".
+    pub job: String,
+    /// Last start.
+    pub last_run: Option<String>,
+    /// Last success.
+    pub last_success: Option<String>,
+    /// Error of the last run.
+    pub last_error: Option<String>,
+    /// Summary of the last successful run.
+    pub detail: serde_json::Value,
 }
 
 /// Compute the status.
@@ -402,6 +477,92 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
     .await
     .map_err(|e| NodeError::Other(e.to_string()))?;
     let snaps = snapshots(rt, None).await?;
+    let now = chrono::Utc::now();
+    let runs = match &rt.state {
+        Some(st) => st.runs()?,
+        None => Default::default(),
+    };
+    let ts = |ns: i64| (ns > 0).then(|| rfc3339(ns));
+    let age = |ns: i64| (ns > 0).then(|| ((now.timestamp_nanos_opt().unwrap_or(0) - ns).max(0) / 1_000_000_000) as u64);
+    let mut schedules = Vec::new();
+    for sc in &rt.cfg.schedules {
+        let Ok(sched) = crate::lifecycle::schedule::Schedule::new(sc.clone()) else { continue };
+        let r = runs.get(&format!("backup/{}", sc.name)).cloned().unwrap_or_default();
+        let last = (r.last_start_ns > 0).then(|| chrono::DateTime::from_timestamp_nanos(r.last_start_ns));
+        let achieved = age(r.last_ok_ns);
+        schedules.push(ScheduleView {
+            name: sc.name.clone(),
+            when: sched.describe(),
+            rpo_secs: sc.rpo_secs,
+            last_run: ts(r.last_start_ns),
+            last_success: ts(r.last_ok_ns),
+            achieved_rpo_secs: achieved,
+            rpo_met: sc.rpo_secs.map(|t| achieved.is_some_and(|a| a <= t)),
+            last_error: r.last_error.clone(),
+            next_run: rt.daemon.then(|| sched.next_run(&rt.cfg.name, last, now).to_rfc3339()),
+        });
+    }
+    let maintenance = ["sync", "maintenance", "scrub"]
+        .iter()
+        .filter_map(|k| {
+            runs.get(*k).map(|r| RunView {
+                job: k.to_string(),
+                last_run: ts(r.last_start_ns),
+                last_success: ts(r.last_ok_ns),
+                last_error: r.last_error.clone(),
+                detail: r.detail.clone(),
+            })
+        })
+        .collect();
+    let protection = snaps.iter().rfind(|s| s.on_source).map(|latest| {
+        let t_ns = latest
+            .time
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .and_then(|t| t.timestamp_nanos_opt())
+            .unwrap_or(0);
+        let achieved = age(t_ns);
+        let target = rt.cfg.schedules.iter().filter_map(|s| s.rpo_secs).min();
+        let confirmed: Vec<&ReplicaView> = latest.replicas.iter().filter(|r| r.confirmed).collect();
+        let domains: std::collections::HashSet<&str> = confirmed.iter().map(|r| r.domain.as_str()).collect();
+        // a restore pulls from the replicas in parallel: the two fastest
+        // links measured to them bound it
+        let mut rates: Vec<(String, u64)> = confirmed
+            .iter()
+            .filter_map(|r| {
+                seen.get(&r.node).filter(|s| s.throughput_bps > 0).map(|s| (r.node.clone(), s.throughput_bps))
+            })
+            .collect();
+        rates.sort_by_key(|r| std::cmp::Reverse(r.1));
+        rates.truncate(2);
+        let total: u64 = rates.iter().map(|r| r.1).sum();
+        let (est, basis) = match (latest.bytes, total) {
+            (Some(b), t) if t > 0 => (
+                Some(b as f64 / t as f64),
+                format!(
+                    "{} MB at {:.0} MB/s measured to {}",
+                    b / 1_000_000,
+                    t as f64 / 1e6,
+                    rates.iter().map(|r| r.0.as_str()).collect::<Vec<_>>().join(" + ")
+                ),
+            ),
+            (None, _) => (None, "snapshot size unknown here (no key)".into()),
+            _ => (None, "no transfer to a replica measured yet".into()),
+        };
+        ProtectionView {
+            last_snapshot: Some(latest.id.clone()),
+            last_backup: latest.time.clone(),
+            achieved_rpo_secs: achieved,
+            rpo_secs: target,
+            rpo_met: target.map(|t| achieved.is_some_and(|a| a <= t)),
+            replicas: latest.replica_count,
+            replica_domains: domains.len(),
+            factor: rt.cfg.replication.factor,
+            bytes: latest.bytes,
+            est_restore_secs: est,
+            est_restore_basis: basis,
+        }
+    });
     Ok(StatusView {
         node: rt.cfg.name.clone(),
         domain: rt.cfg.domain.clone(),
@@ -418,6 +579,9 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
             .collect(),
         factor: rt.cfg.replication.factor,
         residency_refusals: rt.residency.refusals.load(std::sync::atomic::Ordering::Relaxed),
+        protection,
+        schedules,
+        maintenance,
     })
 }
 

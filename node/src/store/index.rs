@@ -193,6 +193,26 @@ impl Index {
         Ok(())
     }
 
+    /// Up to `limit` objects with ids after `after`, in id order (a cursor
+    /// that does not hold a read transaction between pages).
+    pub fn objects_page(&self, after: Option<ObjectId>, limit: usize) -> Result<Vec<(ObjectId, Location)>, IndexError> {
+        let tx = self.read()?;
+        let t = tx.open_table(OBJECTS).map_err(e)?;
+        let mut out = Vec::with_capacity(limit.min(4096));
+        let iter = match after {
+            Some(a) => t.range((std::ops::Bound::Excluded(a.0), std::ops::Bound::Unbounded)).map_err(e)?,
+            None => t.range::<[u8; 32]>(..).map_err(e)?,
+        };
+        for r in iter {
+            let (k, v) = r.map_err(e)?;
+            out.push((ObjectId(k.value()), loc(v.value())));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
     /// Record a durable pack and its objects in one transaction. Objects
     /// already indexed keep their first location. Returns the pack's seq.
     pub fn add_pack(&self, info: &PackInfo) -> Result<u64, IndexError> {
@@ -267,6 +287,83 @@ impl Index {
             Db::Rw(d) => d.compact().map_err(e),
             Db::Ro(_) => Ok(false),
         }
+    }
+
+    /// Drop objects' entries (garbage collection). Returns how many were
+    /// indexed.
+    pub fn remove_objects(&self, ids: &[ObjectId]) -> Result<u64, IndexError> {
+        let db = self.rw()?;
+        let tx = db.begin_write().map_err(e)?;
+        let mut n = 0;
+        {
+            let mut objs = tx.open_table(OBJECTS).map_err(e)?;
+            for id in ids {
+                if objs.remove(id.0).map_err(e)?.is_some() {
+                    n += 1;
+                }
+            }
+        }
+        tx.commit().map_err(e)?;
+        self.committed();
+        Ok(n)
+    }
+
+    /// In one transaction: index the `new` packs, moving to them every
+    /// object they hold that is currently located in one of the `old`
+    /// packs, then forget the `old` packs and anything still located in
+    /// them. Returns the number of entries dropped that way.
+    pub fn replace_packs(&self, new: &[PackInfo], old: &[u64]) -> Result<u64, IndexError> {
+        let db = self.rw()?;
+        let tx = db.begin_write().map_err(e)?;
+        let old_set: std::collections::HashSet<u64> = old.iter().copied().collect();
+        let mut dropped = 0;
+        {
+            let mut by_hash = tx.open_table(PACK_BY_HASH).map_err(e)?;
+            let mut meta = tx.open_table(META).map_err(e)?;
+            let mut packs = tx.open_table(PACKS).map_err(e)?;
+            let mut objs = tx.open_table(OBJECTS).map_err(e)?;
+            for info in new {
+                let existing = by_hash.get(info.hash).map_err(e)?.map(|v| v.value());
+                let seq = match existing {
+                    Some(s) => s,
+                    None => {
+                        let s = meta.get("next_pack_seq").map_err(e)?.map(|v| v.value()).unwrap_or(1);
+                        meta.insert("next_pack_seq", s + 1).map_err(e)?;
+                        by_hash.insert(info.hash, s).map_err(e)?;
+                        packs.insert(s, (info.hash, info.size)).map_err(e)?;
+                        s
+                    }
+                };
+                for en in &info.entries {
+                    let cur = objs.get(en.id.0).map_err(e)?.map(|v| v.value());
+                    if cur.is_some_and(|v| old_set.contains(&(v.0 as u64))) {
+                        let (p, o) = (u32::try_from(seq).map_err(e)?, u32::try_from(en.offset).map_err(e)?);
+                        objs.insert(en.id.0, (p, o, en.len, en.kind as u8)).map_err(e)?;
+                    }
+                }
+            }
+            for seq in old {
+                if let Some(h) = packs.remove(*seq).map_err(e)?.map(|v| v.value().0) {
+                    by_hash.remove(h).map_err(e)?;
+                }
+            }
+            if !old_set.is_empty() {
+                let doomed: Vec<[u8; 32]> = objs
+                    .iter()
+                    .map_err(e)?
+                    .filter_map(|r| r.ok())
+                    .filter(|(_, v)| old_set.contains(&(v.value().0 as u64)))
+                    .map(|(k, _)| k.value())
+                    .collect();
+                for k in doomed {
+                    objs.remove(k).map_err(e)?;
+                    dropped += 1;
+                }
+            }
+        }
+        tx.commit().map_err(e)?;
+        self.committed();
+        Ok(dropped)
     }
 
     /// Drop one object's entry (quarantine of a damaged object).

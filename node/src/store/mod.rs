@@ -9,6 +9,9 @@
 //! DIR/packs/hh/<h>.pack  immutable packs named by their BLAKE3
 //! DIR/snapshots/<id>     one sealed snapshot record per file
 //! DIR/tmp/               packs and snapshots being written
+//! DIR/gc.redb            garbage collection progress (marks, condemned)
+//! DIR/trash/             packs replaced by GC, deleted one grace period later
+//! DIR/quarantine/        damaged records found by scrub, kept for inspection
 //! ```
 //!
 //! Crash consistency (argued in full in `docs/store.md`): every file is
@@ -37,7 +40,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Errors from store operations. Messages name the store, file or object
 /// and say what to do.
@@ -224,6 +227,21 @@ impl InitOptions {
     }
 }
 
+/// What a repack did.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct RepackStats {
+    /// Live objects copied.
+    pub objects: u64,
+    /// Packs retired to `trash/`.
+    pub packs_retired: u64,
+    /// Their size.
+    pub bytes_retired: u64,
+    /// New packs written.
+    pub packs_written: u64,
+    /// Their size.
+    pub bytes_written: u64,
+}
+
 /// Counters of what a writer added.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WriteStats {
@@ -248,6 +266,50 @@ pub struct Store {
     /// crash); keyed by id → (pack hash, entry).
     extra: HashMap<ObjectId, ([u8; 32], PackEntry)>,
     files: std::sync::RwLock<HashMap<[u8; 32], Arc<File>>>,
+    gc: GcHooks,
+}
+
+/// Objects condemned by a garbage collection that has not swept yet (see
+/// `lifecycle::gc`). The store asks it whenever it tells a writer that an
+/// object is present, so such an object is rescued instead of swept.
+pub trait CondemnedSet: Send + Sync {
+    /// Whether `id` is condemned.
+    fn contains(&self, id: &ObjectId) -> bool;
+}
+
+/// What garbage collection needs from a live store: a lock that makes
+/// "is it present?" answers atomic with respect to a sweep, the rescued
+/// objects, and the write sessions (backups) in flight.
+#[derive(Default)]
+struct GcHooks {
+    /// Read: a presence answer or a snapshot commit; write: a sweep.
+    lock: RwLock<()>,
+    condemned: RwLock<Option<Arc<dyn CondemnedSet>>>,
+    rescued: Mutex<HashSet<ObjectId>>,
+    sessions: Mutex<(u64, std::collections::BTreeSet<u64>)>,
+    /// Identifies this open store (sessions of an earlier process ended
+    /// with it).
+    instance: u64,
+    /// Bumped whenever objects leave the index (sweep, quarantine).
+    removals: std::sync::atomic::AtomicU64,
+}
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).expect("random source");
+    u64::from_le_bytes(b)
+}
+
+/// A write session (one backup) in flight; ends when dropped.
+pub struct Session<'a> {
+    store: &'a Store,
+    id: u64,
+}
+
+impl Drop for Session<'_> {
+    fn drop(&mut self) {
+        self.store.gc.sessions.lock().unwrap_or_else(|e| e.into_inner()).1.remove(&self.id);
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -284,6 +346,17 @@ fn read_config(dir: &Path) -> Result<StoreConfig> {
 
 /// Write a small file durably: temp, fsync, rename, fsync directory.
 pub fn write_atomic(dir: &Path, tmp_dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    write_atomic_at(dir, tmp_dir, name, data, None)
+}
+
+/// [`write_atomic`] with a given modification time.
+fn write_atomic_at(
+    dir: &Path,
+    tmp_dir: &Path,
+    name: &str,
+    data: &[u8],
+    mtime: Option<std::time::SystemTime>,
+) -> Result<()> {
     let mut rnd = [0u8; 8];
     getrandom::fill(&mut rnd).expect("random source");
     let tmp = tmp_dir.join(format!("{name}.{}.tmp", hex::encode(rnd)));
@@ -291,6 +364,9 @@ pub fn write_atomic(dir: &Path, tmp_dir: &Path, name: &str, data: &[u8]) -> Resu
     let r = (|| {
         let mut f = fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(data)?;
+        if let Some(t) = mtime {
+            f.set_modified(t)?;
+        }
         f.sync_all()?;
         Ok::<_, std::io::Error>(())
     })();
@@ -418,6 +494,7 @@ impl Store {
                 pending: Default::default(),
                 extra: HashMap::new(),
                 files: Default::default(),
+                gc: GcHooks { instance: random_u64(), ..Default::default() },
             }
         } else {
             let index =
@@ -432,6 +509,7 @@ impl Store {
                 pending: Default::default(),
                 extra: HashMap::new(),
                 files: Default::default(),
+                gc: GcHooks { instance: random_u64(), ..Default::default() },
             }
         };
         store.reconcile()?;
@@ -530,6 +608,7 @@ impl Store {
             pending: Default::default(),
             extra: HashMap::new(),
             files: Default::default(),
+            gc: GcHooks { instance: random_u64(), ..Default::default() },
         };
         let (mut packs, mut objects, mut damaged) = (0, 0, 0);
         for hash in store.pack_files()? {
@@ -596,12 +675,19 @@ impl Store {
         if self.pending.lock().expect("pending lock").contains(id) {
             return Ok(true);
         }
-        Ok(self.locate(id)?.is_some())
+        let _g = self.gc.lock.read().unwrap_or_else(|e| e.into_inner());
+        let present = self.locate(id)?.is_some();
+        if present {
+            self.note_present(std::slice::from_ref(id));
+        }
+        Ok(present)
     }
 
     /// Which of `ids` are held (one index transaction).
     pub fn contains_many(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
+        let _g = self.gc.lock.read().unwrap_or_else(|e| e.into_inner());
         let locs = self.index.get_many(ids).map_err(|e| self.index_err(e))?;
+        self.note_present_locs(ids, &locs);
         let pending = self.pending.lock().expect("pending lock");
         Ok(ids
             .iter()
@@ -613,10 +699,33 @@ impl Store {
     /// Claim `id` for writing: true if the caller must store it, false when
     /// it is already stored or another worker is storing it.
     pub fn claim(&self, id: &ObjectId) -> Result<bool> {
+        let _g = self.gc.lock.read().unwrap_or_else(|e| e.into_inner());
         if self.locate(id)?.is_some() {
+            self.note_present(std::slice::from_ref(id));
             return Ok(false);
         }
         Ok(self.pending.lock().expect("pending lock").insert(*id))
+    }
+
+    /// A writer was told these objects are present: rescue any that a
+    /// pending garbage collection condemned.
+    fn note_present(&self, ids: &[ObjectId]) {
+        let c = self.gc.condemned.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = c.as_ref() {
+            let hit: Vec<ObjectId> = ids.iter().filter(|id| c.contains(id)).copied().collect();
+            if !hit.is_empty() {
+                tracing::debug!(objects = hit.len(), store = %self.dir.display(), "condemned objects rescued by a writer");
+                self.gc.rescued.lock().unwrap_or_else(|e| e.into_inner()).extend(hit);
+            }
+        }
+    }
+
+    fn note_present_locs(&self, ids: &[ObjectId], locs: &[Option<Location>]) {
+        if self.gc.condemned.read().unwrap_or_else(|e| e.into_inner()).is_none() {
+            return;
+        }
+        let present: Vec<ObjectId> = ids.iter().zip(locs).filter(|(_, l)| l.is_some()).map(|(i, _)| *i).collect();
+        self.note_present(&present);
     }
 
     fn pack_file(&self, hash: &[u8; 32]) -> Result<Arc<File>> {
@@ -628,7 +737,16 @@ impl Store {
             return Ok(f.clone());
         }
         let p = pack::pack_path(&self.dir, hash);
-        let f = Arc::new(File::open(&p).map_err(StoreError::io("opening pack", &p))?);
+        let f = match File::open(&p) {
+            Ok(f) => f,
+            // moved aside by a garbage collection after this reader looked it up
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                File::open(self.dir.join("trash").join(format!("{}.pack", hex::encode(hash))))
+                    .map_err(|_| StoreError::Io { op: "opening pack", path: p.clone(), source: e })?
+            }
+            Err(e) => return Err(StoreError::Io { op: "opening pack", path: p, source: e }),
+        };
+        let f = Arc::new(f);
         if files.len() >= 256 {
             files.clear();
         }
@@ -701,7 +819,9 @@ impl Store {
     /// Which of `ids` are durably stored (indexed), ignoring objects still
     /// being written. This is what a peer may promise to others.
     pub fn durable_many(&self, ids: &[ObjectId]) -> Result<Vec<bool>> {
+        let _g = self.gc.lock.read().unwrap_or_else(|e| e.into_inner());
         let locs = self.index.get_many(ids).map_err(|e| self.index_err(e))?;
+        self.note_present_locs(ids, &locs);
         Ok(ids.iter().zip(locs).map(|(id, l)| l.is_some() || self.extra.contains_key(id)).collect())
     }
 
@@ -825,6 +945,252 @@ impl Store {
         write_atomic(&d, &self.dir.join("tmp"), &id.to_hex(), bytes)?;
         crate::failpoint::hit("snapshot.after_write");
         Ok(true)
+    }
+
+    /// [`Store::put_snapshot_record`] with the time to record as the
+    /// snapshot's (a repaired replica keeps the time the mesh first held it).
+    pub fn put_snapshot_record_at(&self, id: &ObjectId, bytes: &[u8], time: std::time::SystemTime) -> Result<bool> {
+        let d = self.dir.join("snapshots");
+        if d.join(id.to_hex()).exists() {
+            return Ok(false);
+        }
+        write_atomic_at(&d, &self.dir.join("tmp"), &id.to_hex(), bytes, Some(time))?;
+        Ok(true)
+    }
+
+    /// Remove a snapshot record (retention decided it goes). Its objects
+    /// stay until garbage collection finds them unreferenced.
+    pub fn forget_snapshot(&self, id: &ObjectId) -> Result<()> {
+        let d = self.dir.join("snapshots");
+        let p = d.join(id.to_hex());
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::SnapshotNotFound(id.to_hex(), self.dir.clone()));
+            }
+            Err(e) => return Err(StoreError::Io { op: "removing", path: p, source: e }),
+        }
+        sync_dir(&d).map_err(StoreError::io("syncing", &d))?;
+        Ok(())
+    }
+
+    /// Start a write session (one backup). A garbage collection does not
+    /// sweep what it condemned while a session was in flight until that
+    /// session has ended (its snapshot is then committed and marks them).
+    pub fn session(&self) -> Session<'_> {
+        let mut g = self.gc.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(id);
+        Session { store: self, id }
+    }
+
+    /// The sessions in flight: (this open store's instance, session ids).
+    pub fn active_sessions(&self) -> (u64, Vec<u64>) {
+        let g = self.gc.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        (self.gc.instance, g.1.iter().copied().collect())
+    }
+
+    /// Whether every session in `ids` (of `instance`) has ended. Sessions
+    /// of an earlier process ended when it did.
+    pub fn sessions_ended(&self, instance: u64, ids: &[u64]) -> bool {
+        if instance != self.gc.instance {
+            return true;
+        }
+        let g = self.gc.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        ids.iter().all(|i| !g.1.contains(i))
+    }
+
+    /// Hold while checking that a snapshot's objects are present and
+    /// committing it: no sweep runs in between.
+    pub fn commit_guard(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.gc.lock.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Exclusive against every presence answer and commit (a sweep).
+    pub fn sweep_guard(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.gc.lock.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Install the condemned set of a new garbage collection batch (the
+    /// rescued set starts empty), or clear it after the sweep.
+    pub fn set_condemned(&self, c: Option<Arc<dyn CondemnedSet>>) {
+        *self.gc.condemned.write().unwrap_or_else(|e| e.into_inner()) = c;
+        self.gc.rescued.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    /// Whether a condemned set is installed.
+    pub fn has_condemned(&self) -> bool {
+        self.gc.condemned.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    /// Condemned objects a writer was told are present since the condemned
+    /// set was installed.
+    pub fn rescued(&self) -> HashSet<ObjectId> {
+        self.gc.rescued.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Visit every indexed object, in id order.
+    pub fn for_each_object(&self, f: impl FnMut(ObjectId, Location)) -> Result<()> {
+        self.index.for_each_object(f).map_err(|e| self.index_err(e))
+    }
+
+    /// Up to `limit` indexed objects after `after` in id order.
+    pub fn objects_page(&self, after: Option<ObjectId>, limit: usize) -> Result<Vec<(ObjectId, Location)>> {
+        self.index.objects_page(after, limit).map_err(|e| self.index_err(e))
+    }
+
+    /// Indexed packs: (seq, hash, size).
+    pub fn packs(&self) -> Result<Vec<(u64, [u8; 32], u64)>> {
+        self.index_packs()
+    }
+
+    /// Drop objects from the index (garbage collection's sweep). Their bytes
+    /// stay in their packs until those are repacked.
+    pub fn remove_objects(&self, ids: &[ObjectId]) -> Result<u64> {
+        self.gc.removals.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.index.remove_objects(ids).map_err(|e| self.index_err(e))
+    }
+
+    /// Changes whenever objects leave the index: knowledge that a subtree
+    /// is complete is only valid while this stays the same.
+    pub fn removals(&self) -> u64 {
+        self.gc.removals.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Copy the `live` objects of packs `seqs` into new packs, point the
+    /// index at the copies and retire the old packs to `trash/` (deleted by
+    /// a later [`Store::empty_trash`]). Each copy is verified as it is
+    /// read. A crash at any point leaves either the old or the new location
+    /// indexed; a duplicate pack is collected by the next run.
+    pub fn repack(&self, seqs: &[u64], live: &[(ObjectId, Location)]) -> Result<RepackStats> {
+        if !self.writable {
+            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
+        }
+        let packs: HashMap<u64, ([u8; 32], u64)> =
+            self.index_packs()?.into_iter().map(|(seq, h, size)| (seq, (h, size))).collect();
+        let tmp = self.dir.join("tmp");
+        let mut infos = Vec::new();
+        let mut cur: Option<PackWriter> = None;
+        let mut stats = RepackStats::default();
+        let res = (|| -> Result<()> {
+            for (id, loc) in live {
+                let (hash, _) = packs.get(&loc.pack).ok_or_else(|| StoreError::Index {
+                    path: self.dir.join("index.redb"),
+                    reason: format!("object {} points at unknown pack {}", id.short(), loc.pack),
+                })?;
+                let f = self.pack_file(hash)?;
+                let rec = pack::read_record_at(&f, loc.offset, loc.len, id).map_err(|reason| StoreError::Corrupt {
+                    id: *id,
+                    pack: pack::pack_path(&self.dir, hash).display().to_string(),
+                    offset: loc.offset,
+                    reason,
+                })?;
+                if cur.is_none() {
+                    cur = Some(PackWriter::create(&tmp).map_err(StoreError::io("creating pack in", &tmp))?);
+                }
+                let w = cur.as_mut().expect("just set");
+                w.append(*id, loc.kind, &rec).map_err(StoreError::io("writing pack in", &tmp))?;
+                stats.objects += 1;
+                if w.len() >= self.config.packs.target_bytes {
+                    let info = cur
+                        .take()
+                        .expect("set")
+                        .finish(&self.dir)
+                        .map_err(StoreError::io("finishing pack in", &self.dir))?;
+                    infos.push(info);
+                }
+            }
+            if let Some(w) = cur.take() {
+                infos.push(w.finish(&self.dir).map_err(StoreError::io("finishing pack in", &self.dir))?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            if let Some(w) = cur.take() {
+                w.discard();
+            }
+            return Err(e);
+        }
+        // a rewrite identical to its original (nothing was garbage) is the
+        // same pack under the same name: it must not be retired
+        let new_hashes: HashSet<[u8; 32]> = infos.iter().map(|i| i.hash).collect();
+        let seqs: Vec<u64> =
+            seqs.iter().copied().filter(|s| packs.get(s).is_none_or(|(h, _)| !new_hashes.contains(h))).collect();
+        let seqs = &seqs[..];
+        let dropped = self.index.replace_packs(&infos, seqs).map_err(|e| self.index_err(e))?;
+        if dropped > 0 {
+            tracing::debug!(objects = dropped, "index entries of retired packs dropped");
+        }
+        let trash = self.dir.join("trash");
+        fs::create_dir_all(&trash).map_err(StoreError::io("creating", &trash))?;
+        let mut dirs = HashSet::new();
+        for seq in seqs {
+            let Some((hash, size)) = packs.get(seq) else { continue };
+            let from = pack::pack_path(&self.dir, hash);
+            let to = trash.join(format!("{}.pack", hex::encode(hash)));
+            match fs::rename(&from, &to) {
+                Ok(()) => {
+                    // the time it was retired, for the grace period
+                    if let Ok(f) = fs::OpenOptions::new().write(true).open(&to) {
+                        let _ = f.set_modified(std::time::SystemTime::now());
+                    }
+                    stats.bytes_retired += size;
+                    stats.packs_retired += 1;
+                    if let Some(d) = from.parent() {
+                        dirs.insert(d.to_path_buf());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(StoreError::Io { op: "retiring pack", path: from, source: e }),
+            }
+        }
+        for d in dirs.iter().chain(std::iter::once(&trash)) {
+            sync_dir(d).map_err(StoreError::io("syncing", d))?;
+        }
+        stats.packs_written = infos.len() as u64;
+        stats.bytes_written = infos.iter().map(|i| i.size).sum();
+        Ok(stats)
+    }
+
+    /// Delete retired packs moved to `trash/` before `before`. Returns the
+    /// bytes freed.
+    pub fn empty_trash(&self, before: std::time::SystemTime) -> Result<u64> {
+        let trash = self.dir.join("trash");
+        let mut freed = 0;
+        let rd = match fs::read_dir(&trash) {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::Io { op: "listing", path: trash, source: e }),
+        };
+        for e in rd.flatten() {
+            let Ok(m) = e.metadata() else { continue };
+            if m.modified().map(|t| t < before).unwrap_or(false) && fs::remove_file(e.path()).is_ok() {
+                freed += m.len();
+            }
+        }
+        Ok(freed)
+    }
+
+    /// Move a damaged object aside: its bytes (as found) are copied to
+    /// `quarantine/` and it leaves the index, so it can be fetched again
+    /// from a replica. Returns where the bytes went.
+    pub fn quarantine(&self, id: &ObjectId, reason: &str) -> Result<PathBuf> {
+        use std::os::unix::fs::FileExt;
+        let (hash, loc) = self.locate(id)?.ok_or(StoreError::Missing(*id, "not in the index"))?;
+        let q = self.dir.join("quarantine");
+        fs::create_dir_all(&q).map_err(StoreError::io("creating", &q))?;
+        let dest = q.join(format!("{}.{}.{}", id.to_hex(), hex::encode(&hash[..8]), loc.offset));
+        let mut buf = vec![0u8; loc.len as usize];
+        if let Ok(f) = self.pack_file(&hash) {
+            if f.read_exact_at(&mut buf, loc.offset).is_ok() {
+                let _ = fs::write(&dest, &buf);
+            }
+        }
+        self.gc.removals.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.index.remove_object(id).map_err(|e| self.index_err(e))?;
+        tracing::error!(object = %id.short(), pack = %hex::encode(hash), offset = loc.offset, %reason, quarantined = %dest.display(), "damaged object quarantined");
+        Ok(dest)
     }
 
     /// Write a record received from elsewhere through `sink` after checking

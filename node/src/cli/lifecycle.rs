@@ -1,0 +1,348 @@
+//! `omesh forget`, `omesh gc`, `omesh scrub`, `omesh sync`: the
+//! maintenance the daemon runs on its own timers, on demand.
+
+use super::StoreArgs;
+use super::mesh;
+use super::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
+use crate::lifecycle::{self, ForgetReport, bandwidth, gc, retention::RetentionPolicy, scrub};
+use crate::node::control::ControlRequest;
+use crate::store::{Access, Store};
+
+#[derive(clap::Args, Debug)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Only this source's store (mesh mode; default: every store on the node).
+    #[arg(long, requires = "config")]
+    pub source: Option<String>,
+    /// Show what would be forgotten and why, remove nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Keep the N most recent snapshots (local stores; mesh nodes use [retention]).
+    #[arg(long, value_name = "N", conflicts_with = "config")]
+    pub keep_last: Option<u32>,
+    /// Keep the last snapshot of each of the last N hours.
+    #[arg(long, value_name = "N", conflicts_with = "config")]
+    pub keep_hourly: Option<u32>,
+    /// Keep the last snapshot of each of the last N days.
+    #[arg(long, value_name = "N", conflicts_with = "config")]
+    pub keep_daily: Option<u32>,
+    /// Keep the last snapshot of each of the last N weeks.
+    #[arg(long, value_name = "N", conflicts_with = "config")]
+    pub keep_weekly: Option<u32>,
+    /// Keep the last snapshot of each of the last N months.
+    #[arg(long, value_name = "N", conflicts_with = "config")]
+    pub keep_monthly: Option<u32>,
+    /// Keep the last snapshot of each of the last N years.
+    #[arg(long, value_name = "N", conflicts_with = "config")]
+    pub keep_yearly: Option<u32>,
+    /// Keep every snapshot within this duration of the newest (e.g. 14d).
+    #[arg(long, value_name = "DURATION", conflicts_with = "config")]
+    pub keep_within: Option<String>,
+    /// Never forget snapshots younger than this (e.g. 30d).
+    #[arg(long, value_name = "DURATION", conflicts_with = "config")]
+    pub lock: Option<String>,
+    /// Forget these snapshots of this node (and ask its peers to, which they
+    /// refuse inside their retention lock) instead of applying the policy.
+    #[arg(value_name = "SNAPSHOT", requires = "config")]
+    pub snapshots: Vec<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct GcArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Seconds condemned objects wait before they are swept (local stores;
+    /// default 0 there, since this command holds the store's only write lock).
+    #[arg(long, value_name = "SECS", conflicts_with = "config")]
+    pub grace: Option<u64>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ScrubArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Read rate, e.g. "50 MiB/s" or "unlimited" (default: [scrub] rate, or unlimited for local stores).
+    #[arg(long, value_name = "RATE")]
+    pub rate: Option<String>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct SyncArgs {
+    /// Node configuration file.
+    #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
+    pub config: std::path::PathBuf,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn open_write(a: &StoreArgs) -> Result<Store, CliError> {
+    Ok(Store::open(a.dir(), Access::Write, key_source(&a.key_file))?)
+}
+
+pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
+    let rep: ForgetReport = match &a.store.config {
+        Some(path) => {
+            let cfg = mesh::load(path)?;
+            let req = ControlRequest::Forget { source: a.source.clone(), ids: a.snapshots.clone(), dry_run: a.dry_run };
+            let v = mesh::via_daemon_or_local(cfg, req, |rt| async move {
+                let _one = rt.maintenance_lock.lock().await;
+                lifecycle::forget(&rt, a.source.clone(), a.snapshots.clone(), a.dry_run)
+                    .await
+                    .map(|r| serde_json::to_value(r).expect("serializes"))
+                    .map_err(mesh::node_err)
+            })?;
+            serde_json::from_value(v).map_err(|e| CliError::failed(e.to_string()))?
+        }
+        None => {
+            let policy = RetentionPolicy {
+                keep_last: a.keep_last,
+                keep_hourly: a.keep_hourly,
+                keep_daily: a.keep_daily,
+                keep_weekly: a.keep_weekly,
+                keep_monthly: a.keep_monthly,
+                keep_yearly: a.keep_yearly,
+                keep_within: a.keep_within.clone(),
+                lock: a.lock.clone(),
+                honor_source_deletes: false,
+            };
+            policy.validate().map_err(CliError::usage)?;
+            if !policy.has_rules() {
+                return Err(CliError::usage(
+                    "give at least one --keep-* rule (e.g. --keep-daily 7 --keep-weekly 4); without rules nothing is forgotten",
+                ));
+            }
+            let store = open_write(&a.store)?;
+            let mut rep = ForgetReport { dry_run: a.dry_run, ..Default::default() };
+            let source = store.config().source.clone();
+            lifecycle::forget_store(&source, &store, &policy, chrono::Utc::now(), a.dry_run, &mut rep);
+            rep
+        }
+    };
+    if a.json {
+        print_json(&rep)?;
+    } else {
+        let mut items = rep.items.clone();
+        items.sort_by(|x, y| (&x.source, &x.time).cmp(&(&y.source, &y.time)));
+        for i in &items {
+            let verdict = match (i.keep, i.removed, rep.dry_run) {
+                (true, _, _) => "keep  ",
+                (false, true, _) => "forgot",
+                (false, false, true) => "forget",
+                (false, false, false) => "FAILED",
+            };
+            println!("{verdict} {:<12} {} {}  {}", i.source, &i.id[..8], i.time, i.reasons.join(", "));
+        }
+        for p in &rep.peers {
+            println!(
+                "peer {}: snapshot {} {}",
+                p.peer,
+                &p.snapshot[..8],
+                if p.forgotten { "forgotten".to_string() } else { format!("kept: {}", p.message) }
+            );
+        }
+        for e in &rep.errors {
+            eprintln!("omesh: {e}");
+        }
+        println!(
+            "{} {} snapshots, kept {}{}",
+            if rep.dry_run { "would forget" } else { "forgot" },
+            rep.forgotten,
+            rep.kept,
+            if rep.dry_run {
+                " (dry run: nothing removed)"
+            } else {
+                "; run `omesh gc` (or wait for maintenance) to reclaim space"
+            }
+        );
+    }
+    Ok(if !rep.errors.is_empty() {
+        ExitCode::Failed
+    } else if rep.peers.iter().any(|p| !p.forgotten)
+        || rep.items.iter().any(|i| i.keep && i.reasons.iter().any(|r| r.starts_with("retention lock until")))
+    {
+        // something asked for was kept (a lock); the caller should know
+        ExitCode::Warnings
+    } else {
+        ExitCode::Ok
+    })
+}
+
+pub fn gc(a: GcArgs) -> Result<ExitCode, CliError> {
+    let rep: lifecycle::GcAllReport = match &a.store.config {
+        Some(path) => {
+            let cfg = mesh::load(path)?;
+            let v = mesh::via_daemon_or_local(cfg, ControlRequest::Gc, |rt| async move {
+                Ok(serde_json::to_value(lifecycle::gc_all(&rt).await).expect("serializes"))
+            })?;
+            serde_json::from_value(v).map_err(|e| CliError::failed(e.to_string()))?
+        }
+        None => {
+            let store = open_write(&a.store)?;
+            let opts =
+                gc::GcOptions { grace: std::time::Duration::from_secs(a.grace.unwrap_or(0)), ..Default::default() };
+            let r = with_progress(
+                || "collecting garbage".to_string(),
+                || gc::run(&store, &opts, std::time::SystemTime::now()),
+            );
+            match r {
+                Ok(r) => lifecycle::GcAllReport { stores: vec![r], errors: vec![] },
+                Err(e @ gc::GcError::Damaged { .. }) => return Err(CliError { code: ExitCode::Damage, err: e.into() }),
+                Err(e) => return Err(CliError { code: ExitCode::Failed, err: e.into() }),
+            }
+        }
+    };
+    if a.json {
+        print_json(&rep)?;
+    } else {
+        for s in &rep.stores {
+            println!(
+                "{}: {} snapshots marked, {} objects swept{}, {} condemned; {} -> {} ({} packs retired, {} rewritten) in {:.1}s",
+                s.store,
+                s.snapshots,
+                s.swept,
+                if s.rescued > 0 { format!(" ({} rescued by writers)", s.rescued) } else { String::new() },
+                s.condemned,
+                bytes(s.bytes_before),
+                bytes(s.bytes_after),
+                s.repack.packs_retired,
+                s.repack.packs_written,
+                s.seconds
+            );
+            if let Some(w) = &s.waiting {
+                println!("  waiting: {w}");
+            }
+        }
+        for e in &rep.errors {
+            eprintln!("omesh: {e}");
+        }
+    }
+    Ok(if rep.errors.iter().any(|e| e.contains("stopped without removing anything")) {
+        ExitCode::Damage
+    } else if !rep.errors.is_empty() {
+        ExitCode::Failed
+    } else {
+        ExitCode::Ok
+    })
+}
+
+pub fn scrub(a: ScrubArgs) -> Result<ExitCode, CliError> {
+    let v: serde_json::Value = match &a.store.config {
+        Some(path) => {
+            let cfg = mesh::load(path)?;
+            let rate = a.rate.clone();
+            let rate_s = rate.clone().unwrap_or_else(|| cfg.scrub.rate.clone());
+            let r = bandwidth::parse_rate(&rate_s).map_err(|e| CliError::usage(format!("--rate: {e}")))?;
+            mesh::via_daemon_or_local(cfg, ControlRequest::Scrub { rate }, |rt| async move {
+                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                Ok(serde_json::to_value(lifecycle::scrub_all(&rt, r, stop).await).expect("serializes"))
+            })?
+        }
+        None => {
+            let r = bandwidth::parse_rate(a.rate.as_deref().unwrap_or("unlimited"))
+                .map_err(|e| CliError::usage(format!("--rate: {e}")))?;
+            let store = open_write(&a.store)?;
+            let pass = with_progress(
+                || "scrubbing".to_string(),
+                || scrub::scrub_store(&store, &bandwidth::Pacer::new(r), None, u64::MAX, &|| false),
+            )?;
+            let unrepaired: Vec<String> = pass.damaged.iter().map(|d| d.id.clone()).collect();
+            serde_json::json!({"stores": [pass], "repaired": [], "unrepaired": unrepaired, "errors": []})
+        }
+    };
+    if a.json {
+        print_json(&v)?;
+    } else {
+        for s in v["stores"].as_array().into_iter().flatten() {
+            println!(
+                "{}: {} objects ({}) and {} snapshot records checked, {} damaged",
+                s["store"].as_str().unwrap_or(""),
+                s["objects"].as_u64().unwrap_or(0),
+                bytes(s["bytes"].as_u64().unwrap_or(0)),
+                s["snapshots"].as_u64().unwrap_or(0),
+                s["damaged"].as_array().map(|d| d.len()).unwrap_or(0)
+            );
+            for d in s["damaged"].as_array().into_iter().flatten() {
+                println!(
+                    "  DAMAGED {} {}: {} (bytes kept in {})",
+                    d["what"].as_str().unwrap_or(""),
+                    &d["id"].as_str().unwrap_or("")[..8.min(d["id"].as_str().unwrap_or("").len())],
+                    d["reason"].as_str().unwrap_or(""),
+                    d["quarantined"].as_str().unwrap_or("")
+                );
+            }
+        }
+        for id in v["repaired"].as_array().into_iter().flatten() {
+            println!("  repaired {} from a replica", &id.as_str().unwrap_or("")[..8]);
+        }
+        for id in v["unrepaired"].as_array().into_iter().flatten() {
+            println!("  NOT REPAIRED {}: no reachable replica has a good copy", &id.as_str().unwrap_or("")[..8]);
+        }
+        for e in v["errors"].as_array().into_iter().flatten() {
+            eprintln!("omesh: {}", e.as_str().unwrap_or(""));
+        }
+    }
+    let unrepaired = v["unrepaired"].as_array().map(|a| !a.is_empty()).unwrap_or(false);
+    let errors = v["errors"].as_array().map(|a| !a.is_empty()).unwrap_or(false);
+    Ok(if unrepaired {
+        ExitCode::Damage
+    } else if errors {
+        ExitCode::Failed
+    } else {
+        ExitCode::Ok
+    })
+}
+
+pub fn sync(a: SyncArgs) -> Result<ExitCode, CliError> {
+    let cfg = mesh::load(&a.config)?;
+    let v = mesh::via_daemon_or_local(cfg, ControlRequest::Sync, |rt| async move {
+        Ok(serde_json::to_value(lifecycle::sync_now(&rt).await).expect("serializes"))
+    })?;
+    if a.json {
+        print_json(&v)?;
+    } else {
+        let n = |k: &str| v[k].as_u64().unwrap_or(0);
+        println!(
+            "{} snapshots in the mesh, {} under-replicated; repaired {} here, {} left to other nodes",
+            n("snapshots"),
+            n("under_replicated"),
+            v["repaired"].as_array().map(|a| a.len()).unwrap_or(0),
+            n("left_to_others")
+        );
+        for r in v["repaired"].as_array().into_iter().flatten() {
+            println!(
+                "  repaired {} of {}: {} objects, {} from {}",
+                &r["snapshot"].as_str().unwrap_or("")[..8],
+                r["source"].as_str().unwrap_or(""),
+                r["objects"].as_u64().unwrap_or(0),
+                bytes(r["bytes"].as_u64().unwrap_or(0)),
+                r["from"]
+                    .as_array()
+                    .map(|f| f.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                    .unwrap_or_default()
+            );
+        }
+        for f in v["failed"].as_array().into_iter().flatten() {
+            println!(
+                "  FAILED {} of {}: {}",
+                &f["snapshot"].as_str().unwrap_or("")[..8],
+                f["source"].as_str().unwrap_or(""),
+                f["error"].as_str().unwrap_or("")
+            );
+        }
+        for u in v["unreachable"].as_array().into_iter().flatten() {
+            println!("  unreachable: {}", u.as_str().unwrap_or(""));
+        }
+    }
+    Ok(if v["failed"].as_array().map(|a| !a.is_empty()).unwrap_or(false) { ExitCode::Warnings } else { ExitCode::Ok })
+}

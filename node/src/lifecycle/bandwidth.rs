@@ -1,0 +1,338 @@
+//! Bandwidth limits: a global limit and per-peer limits, each with
+//! time-of-day windows ("unlimited 22:00-06:00, 200 Mbit/s during the
+//! day"). They pace what this node sends when it replicates and what it
+//! pulls when it repairs other nodes' replicas; restores run at full speed
+//! (getting a server back is never throttled).
+//!
+//! Pacing is virtual scheduling: every send of `n` bytes is given the next
+//! free slot of `n / rate` seconds and waits for the end of it, so over any
+//! interval the bytes sent stay within the rate (no burst beyond one
+//! piece), and windows take effect at the next piece.
+
+use chrono::{DateTime, Timelike, Utc};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// A rate in bytes per second; `None` = unlimited.
+pub type Rate = Option<u64>;
+
+/// Parse "unlimited", "200 Mbit/s", "25 MB/s", "10 MiB/s", "1 Gbit/s" or a
+/// plain number of bytes per second.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let t = s.trim().to_ascii_lowercase();
+    if t == "unlimited" || t == "none" {
+        return Ok(None);
+    }
+    let body = t.strip_suffix("/s").or_else(|| t.strip_suffix("ps")).unwrap_or(&t).trim();
+    let split = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
+    let (num, unit) = body.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a rate (examples: \"200 Mbit/s\", \"25 MB/s\", \"unlimited\")"))?;
+    let bytes_per_unit: f64 = match unit.trim() {
+        "" | "b" => 1.0,
+        "bit" => 1.0 / 8.0,
+        "kbit" => 1e3 / 8.0,
+        "mbit" => 1e6 / 8.0,
+        "gbit" => 1e9 / 8.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        u => {
+            return Err(format!(
+                "{s:?}: unknown rate unit {u:?} (use bit, kbit, Mbit, Gbit, KB, MB, GB, KiB, MiB, GiB per second)"
+            ));
+        }
+    };
+    let r = (n * bytes_per_unit) as u64;
+    if r == 0 {
+        return Err(format!("{s:?}: a rate must be positive (or \"unlimited\")"));
+    }
+    Ok(Some(r))
+}
+
+/// `[[bandwidth.window]]`: a different limit between two times of day.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    /// Start "HH:MM" (local time in `[bandwidth] timezone`).
+    pub from: String,
+    /// End "HH:MM" (may be earlier than `from`: the window spans midnight).
+    pub to: String,
+    /// Limit inside the window.
+    pub limit: String,
+}
+
+/// `[[bandwidth.peer]]`: a limit for one peer (or S3 target).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerLimitConfig {
+    /// Peer or S3 target name.
+    pub name: String,
+    /// Limit outside its windows.
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// Windows.
+    #[serde(default)]
+    pub window: Vec<WindowConfig>,
+}
+
+/// `[bandwidth]`
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BandwidthConfig {
+    /// IANA time zone of the windows (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+    /// Global limit outside its windows (default unlimited).
+    #[serde(default)]
+    pub limit: Option<String>,
+    /// Global windows.
+    #[serde(default)]
+    pub window: Vec<WindowConfig>,
+    /// Per-peer limits (apply in addition to the global one).
+    #[serde(default)]
+    pub peer: Vec<PeerLimitConfig>,
+}
+
+/// A limit that depends on the time of day.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RatePlan {
+    /// Outside every window.
+    pub default: Rate,
+    /// (from minute of day, to minute of day, rate); the first match wins.
+    pub windows: Vec<(u32, u32, Rate)>,
+}
+
+fn parse_hhmm(s: &str) -> Result<u32, String> {
+    let (h, m) = s.trim().split_once(':').ok_or_else(|| format!("{s:?} is not a time of day (HH:MM)"))?;
+    let (h, m): (u32, u32) = (
+        h.parse().map_err(|_| format!("{s:?} is not a time of day (HH:MM)"))?,
+        m.parse().map_err(|_| format!("{s:?} is not a time of day (HH:MM)"))?,
+    );
+    if h > 24 || m > 59 || (h == 24 && m != 0) {
+        return Err(format!("{s:?} is not a time of day (00:00 to 24:00)"));
+    }
+    Ok(h * 60 + m)
+}
+
+impl RatePlan {
+    /// Compile a limit and its windows; errors name the setting.
+    pub fn new(what: &str, limit: Option<&str>, windows: &[WindowConfig]) -> Result<RatePlan, String> {
+        let default = match limit {
+            Some(l) => parse_rate(l).map_err(|e| format!("{what} limit: {e}"))?,
+            None => None,
+        };
+        let mut w = Vec::new();
+        for x in windows {
+            let from = parse_hhmm(&x.from).map_err(|e| format!("{what} window from: {e}"))?;
+            let to = parse_hhmm(&x.to).map_err(|e| format!("{what} window to: {e}"))?;
+            if from == to {
+                return Err(format!("{what} window {}-{} is empty", x.from, x.to));
+            }
+            w.push((from, to, parse_rate(&x.limit).map_err(|e| format!("{what} window limit: {e}"))?));
+        }
+        Ok(RatePlan { default, windows: w })
+    }
+
+    /// The rate at a minute of the day (0..1440).
+    pub fn rate_at(&self, minute: u32) -> Rate {
+        for (from, to, r) in &self.windows {
+            let inside = if from < to { minute >= *from && minute < *to } else { minute >= *from || minute < *to };
+            if inside {
+                return *r;
+            }
+        }
+        self.default
+    }
+
+    /// Whether it never limits.
+    pub fn is_unlimited(&self) -> bool {
+        self.default.is_none() && self.windows.iter().all(|w| w.2.is_none())
+    }
+}
+
+/// One paced flow (virtual scheduling).
+struct Bucket {
+    plan: RatePlan,
+    next_free: std::sync::Mutex<Instant>,
+}
+
+impl Bucket {
+    fn new(plan: RatePlan) -> Self {
+        Bucket { plan, next_free: std::sync::Mutex::new(Instant::now()) }
+    }
+
+    /// Reserve `n` bytes at `rate`; returns when they may be considered sent.
+    fn reserve(&self, n: u64, rate: Rate, now: Instant) -> Option<Instant> {
+        let r = rate?;
+        let mut g = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
+        let start = (*g).max(now);
+        let done = start + Duration::from_secs_f64(n as f64 / r as f64);
+        *g = done;
+        Some(done)
+    }
+}
+
+/// The node's limits.
+pub struct Limiter {
+    tz: chrono_tz::Tz,
+    global: Bucket,
+    peers: HashMap<String, Bucket>,
+}
+
+impl std::fmt::Debug for Limiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Limiter(global {:?}, {} peers)", self.global.plan, self.peers.len())
+    }
+}
+
+impl Limiter {
+    /// Compile `[bandwidth]`; `None` when nothing is limited.
+    pub fn new(cfg: &BandwidthConfig) -> Result<Option<Limiter>, String> {
+        let tz: chrono_tz::Tz = match &cfg.timezone {
+            Some(t) => t.parse().map_err(|_| format!("[bandwidth] timezone {t:?} is not an IANA time zone name"))?,
+            None => chrono_tz::UTC,
+        };
+        let global = RatePlan::new("[bandwidth]", cfg.limit.as_deref(), &cfg.window)?;
+        let mut peers = HashMap::new();
+        for p in &cfg.peer {
+            let plan = RatePlan::new(&format!("[[bandwidth.peer]] {:?}", p.name), p.limit.as_deref(), &p.window)?;
+            if peers.insert(p.name.clone(), Bucket::new(plan)).is_some() {
+                return Err(format!("[[bandwidth.peer]] {:?} is listed twice", p.name));
+            }
+        }
+        if global.is_unlimited() && peers.values().all(|b| b.plan.is_unlimited()) {
+            return Ok(None);
+        }
+        Ok(Some(Limiter { tz, global: Bucket::new(global), peers }))
+    }
+
+    fn minute(&self, t: DateTime<Utc>) -> u32 {
+        let l = t.with_timezone(&self.tz);
+        l.hour() * 60 + l.minute()
+    }
+
+    /// The limits in force at `t` for `peer`: (global, peer).
+    pub fn rates_at(&self, peer: &str, t: DateTime<Utc>) -> (Rate, Rate) {
+        let m = self.minute(t);
+        (self.global.plan.rate_at(m), self.peers.get(peer).and_then(|b| b.plan.rate_at(m)))
+    }
+
+    /// Wait until `n` more bytes to or from `peer` fit within the limits.
+    pub async fn pace(&self, peer: &str, n: u64) {
+        let (g, p) = self.rates_at(peer, Utc::now());
+        let now = Instant::now();
+        let a = self.global.reserve(n, g, now);
+        let b = self.peers.get(peer).and_then(|bk| bk.reserve(n, p, now));
+        if let Some(until) = a.into_iter().chain(b).max() {
+            tokio::time::sleep_until(until.into()).await;
+        }
+    }
+
+    /// Blocking variant for worker threads.
+    pub fn pace_blocking(&self, peer: &str, n: u64) {
+        let (g, p) = self.rates_at(peer, Utc::now());
+        let now = Instant::now();
+        let a = self.global.reserve(n, g, now);
+        let b = self.peers.get(peer).and_then(|bk| bk.reserve(n, p, now));
+        if let Some(until) = a.into_iter().chain(b).max() {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
+    }
+}
+
+/// A single paced flow at a fixed rate (scrub's read rate).
+pub struct Pacer {
+    bucket: Bucket,
+    rate: Rate,
+}
+
+impl Pacer {
+    /// At `rate` bytes per second.
+    pub fn new(rate: Rate) -> Self {
+        Pacer { bucket: Bucket::new(RatePlan { default: rate, windows: vec![] }), rate }
+    }
+
+    /// Block until `n` more bytes fit.
+    pub fn pace_blocking(&self, n: u64) {
+        if let Some(until) = self.bucket.reserve(n, self.rate, Instant::now()) {
+            std::thread::sleep(until.saturating_duration_since(Instant::now()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(from: &str, to: &str, limit: &str) -> WindowConfig {
+        WindowConfig { from: from.into(), to: to.into(), limit: limit.into() }
+    }
+
+    #[test]
+    fn rates_parse() {
+        assert_eq!(parse_rate("200 Mbit/s").unwrap(), Some(25_000_000));
+        assert_eq!(parse_rate("25MB/s").unwrap(), Some(25_000_000));
+        assert_eq!(parse_rate("1 MiB/s").unwrap(), Some(1 << 20));
+        assert_eq!(parse_rate("unlimited").unwrap(), None);
+        assert_eq!(parse_rate("1000").unwrap(), Some(1000));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0 Mbit/s").is_err());
+        assert!(parse_rate("5 parsecs/s").is_err());
+    }
+
+    #[test]
+    fn windows_span_midnight_and_fall_back_to_the_default() {
+        let p = RatePlan::new(
+            "t",
+            Some("200 Mbit/s"),
+            &[w("22:00", "06:00", "unlimited"), w("12:00", "13:00", "1 Gbit/s")],
+        )
+        .unwrap();
+        assert_eq!(p.rate_at(23 * 60), None);
+        assert_eq!(p.rate_at(0), None);
+        assert_eq!(p.rate_at(5 * 60 + 59), None);
+        assert_eq!(p.rate_at(6 * 60), Some(25_000_000));
+        assert_eq!(p.rate_at(12 * 60 + 30), Some(125_000_000));
+        assert_eq!(p.rate_at(21 * 60 + 59), Some(25_000_000));
+        assert!(RatePlan::new("t", None, &[w("25:00", "01:00", "1")]).is_err());
+        assert!(RatePlan::new("t", None, &[w("01:00", "01:00", "1")]).is_err());
+    }
+
+    #[test]
+    fn limiter_uses_local_time_and_per_peer_limits() {
+        let cfg = BandwidthConfig {
+            timezone: Some("Europe/Berlin".into()),
+            limit: Some("100 Mbit/s".into()),
+            window: vec![w("22:00", "06:00", "unlimited")],
+            peer: vec![PeerLimitConfig { name: "srv-c".into(), limit: Some("10 Mbit/s".into()), window: vec![] }],
+        };
+        let l = Limiter::new(&cfg).unwrap().unwrap();
+        // 21:30 UTC in November is 22:30 in Berlin: inside the window
+        let night = DateTime::parse_from_rfc3339("2026-11-25T21:30:00Z").unwrap().with_timezone(&Utc);
+        let day = DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(l.rates_at("srv-b", night), (None, None));
+        assert_eq!(l.rates_at("srv-b", day), (Some(12_500_000), None));
+        assert_eq!(l.rates_at("srv-c", night), (None, Some(1_250_000)));
+        assert!(Limiter::new(&BandwidthConfig::default()).unwrap().is_none());
+    }
+
+    #[test]
+    fn virtual_scheduling_spaces_reservations() {
+        let b = Bucket::new(RatePlan { default: Some(1000), windows: vec![] });
+        let t0 = Instant::now();
+        let a = b.reserve(500, Some(1000), t0).unwrap();
+        let c = b.reserve(500, Some(1000), t0).unwrap();
+        assert_eq!(a - t0, Duration::from_millis(500));
+        assert_eq!(c - t0, Duration::from_millis(1000));
+        // after an idle period no credit is carried over
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(b.reserve(1000, Some(1000), later).unwrap() - later, Duration::from_secs(1));
+        assert!(b.reserve(1000, None, later).is_none());
+    }
+}

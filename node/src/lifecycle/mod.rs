@@ -1,0 +1,688 @@
+//! Keeping the mesh healthy without anyone watching: schedules, mesh sync
+//! (anti-entropy repair), retention behind a lock, garbage collection,
+//! scrub and self-heal, bandwidth windows, metrics.
+//!
+//! - [`schedule`], [`retention`], [`sync::repairers`], [`bandwidth`]:
+//!   decisions as plain functions with the time passed in.
+//! - [`gc`], [`scrub`]: work on one store (blocking).
+//! - [`sync`]: repairing under-replicated snapshots from peers.
+//! - this module: the node-level operations (over every store this node
+//!   keeps) that both the daemon's timers ([`daemon`]) and the CLI run.
+
+pub mod bandwidth;
+pub mod daemon;
+pub mod gc;
+pub mod metrics;
+pub mod retention;
+pub mod schedule;
+pub mod scrub;
+pub mod sync;
+
+use crate::config::ByteSize;
+use crate::node::{NodeError, NodeRuntime};
+use crate::store::Store;
+use chrono::{DateTime, Utc};
+use omesh_proto::ObjectId;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// `[sync]`: mesh sync (anti-entropy).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Seconds between syncs (0: only at start and on `omesh sync`).
+    #[serde(default = "d_sync_interval")]
+    pub interval_secs: u64,
+    /// Sync when the daemon starts (a node coming back repairs at once).
+    #[serde(default = "d_true")]
+    pub at_start: bool,
+}
+
+fn d_sync_interval() -> u64 {
+    3600
+}
+fn d_true() -> bool {
+    true
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig { interval_secs: d_sync_interval(), at_start: true }
+    }
+}
+
+/// `[maintenance]`: when retention and garbage collection run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Cron expression ("" disables; default 03:15 every day).
+    #[serde(default = "d_maint_cron")]
+    pub cron: String,
+    /// IANA time zone of `cron` (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+fn d_maint_cron() -> String {
+    "15 3 * * *".into()
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig { cron: d_maint_cron(), timezone: None }
+    }
+}
+
+impl MaintenanceConfig {
+    /// The schedule, if enabled.
+    pub fn schedule(&self) -> Result<Option<schedule::Schedule>, String> {
+        if self.cron.trim().is_empty() {
+            return Ok(None);
+        }
+        schedule::Schedule::new(schedule::ScheduleConfig {
+            name: "maintenance".into(),
+            cron: Some(self.cron.clone()),
+            timezone: self.timezone.clone(),
+            interval_secs: None,
+            jitter_secs: 0,
+            paths: vec![],
+            rpo_secs: None,
+        })
+        .map(Some)
+        .map_err(|e| e.replace("[[schedule]] \"maintenance\"", "[maintenance]"))
+    }
+}
+
+/// `[gc]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// Condemned objects wait at least this long before they are swept.
+    #[serde(default = "d_grace")]
+    pub grace_secs: u64,
+    /// Rewrite a pack when this fraction of it is unreferenced.
+    #[serde(default = "d_repack")]
+    pub repack_unused: f64,
+    /// Most live data rewritten per run.
+    #[serde(default = "d_max_repack")]
+    pub max_repack: ByteSize,
+}
+
+fn d_grace() -> u64 {
+    3600
+}
+fn d_repack() -> f64 {
+    0.2
+}
+fn d_max_repack() -> ByteSize {
+    ByteSize(4 << 30)
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig { grace_secs: d_grace(), repack_unused: d_repack(), max_repack: d_max_repack() }
+    }
+}
+
+impl GcConfig {
+    /// As options.
+    pub fn options(&self) -> gc::GcOptions {
+        gc::GcOptions {
+            grace: Duration::from_secs(self.grace_secs),
+            repack_unused: self.repack_unused,
+            max_repack_bytes: self.max_repack.0,
+        }
+    }
+}
+
+/// `[scrub]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubConfig {
+    /// Run scrub passes in the daemon.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Read rate ("16 MiB/s"; "unlimited").
+    #[serde(default = "d_scrub_rate")]
+    pub rate: String,
+    /// Start a full pass at most this often (seconds; default a week).
+    #[serde(default = "d_scrub_every")]
+    pub every_secs: u64,
+}
+
+fn d_scrub_rate() -> String {
+    "16 MiB/s".into()
+}
+fn d_scrub_every() -> u64 {
+    7 * 86400
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        ScrubConfig { enabled: true, rate: d_scrub_rate(), every_secs: d_scrub_every() }
+    }
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address for the Prometheus endpoint (`GET /metrics`), e.g.
+    /// "127.0.0.1:9464". Absent: no endpoint.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
+/// Validate the lifecycle sections of a node config.
+pub fn validate(cfg: &crate::config::NodeConfig) -> Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    for s in &cfg.schedules {
+        if !names.insert(s.name.as_str()) {
+            return Err(format!("[[schedule]] {:?} is listed twice", s.name));
+        }
+        schedule::Schedule::new(s.clone())?;
+        if s.paths.is_empty() && cfg.backup.paths.is_empty() {
+            return Err(format!(
+                "[[schedule]] {:?} has no paths and [backup] paths is empty: nothing to back up",
+                s.name
+            ));
+        }
+    }
+    cfg.retention.validate().map_err(|e| format!("[retention] {e}"))?;
+    bandwidth::Limiter::new(&cfg.bandwidth)?;
+    bandwidth::parse_rate(&cfg.scrub.rate).map_err(|e| format!("[scrub] rate: {e}"))?;
+    cfg.maintenance.schedule()?;
+    if !(0.0..=1.0).contains(&cfg.gc.repack_unused) {
+        return Err(format!("[gc] repack_unused = {} must be between 0 and 1", cfg.gc.repack_unused));
+    }
+    if let Some(l) = &cfg.metrics.listen {
+        if !l.contains(':') {
+            return Err(format!("[metrics] listen = {l:?} needs a port (address:port)"));
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------- forget
+
+/// One snapshot's retention verdict.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForgetItem {
+    /// Source.
+    pub source: String,
+    /// Snapshot id.
+    pub id: String,
+    /// The time the policy used (RFC 3339).
+    pub time: String,
+    /// Kept?
+    pub keep: bool,
+    /// Why.
+    pub reasons: Vec<String>,
+    /// Removed in this run (false in a dry run).
+    pub removed: bool,
+}
+
+/// Result of `omesh forget`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ForgetReport {
+    /// Nothing was removed.
+    pub dry_run: bool,
+    /// Every snapshot considered.
+    pub items: Vec<ForgetItem>,
+    /// Removed (or, in a dry run, that would be).
+    pub forgotten: usize,
+    /// Kept.
+    pub kept: usize,
+    /// Problems (per store or snapshot).
+    pub errors: Vec<String>,
+    /// Answers of peers asked to forget snapshots (explicit ids only).
+    pub peers: Vec<PeerAnswer>,
+}
+
+/// A peer's answer to a delete request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerAnswer {
+    /// Peer.
+    pub peer: String,
+    /// Snapshot.
+    pub snapshot: String,
+    /// Forgotten there?
+    pub forgotten: bool,
+    /// Its message.
+    pub message: String,
+}
+
+/// The time retention uses for each snapshot of a store: the snapshot's
+/// own start time when this node has the key (its own store), otherwise
+/// the time the snapshot was stored here (for a repaired replica, the time
+/// the mesh first held it).
+pub fn snapshot_times(store: &Store) -> Result<Vec<(ObjectId, DateTime<Utc>)>, String> {
+    let mut out = Vec::new();
+    let keyed = store.keys().is_ok();
+    for id in store.snapshot_ids().map_err(|e| e.to_string())? {
+        let ns = if keyed {
+            match store.load_snapshot(&id) {
+                Ok(r) => r.start_ns,
+                Err(_) => store.snapshot_stored_ns(&id),
+            }
+        } else {
+            store.snapshot_stored_ns(&id)
+        };
+        out.push((id, DateTime::from_timestamp_nanos(ns)));
+    }
+    Ok(out)
+}
+
+/// Apply `policy` to one store (all its snapshots are one group: a peer
+/// cannot tell a source's backup sets apart, so the source does not either,
+/// and every replica decides alike).
+pub fn forget_store(
+    source: &str,
+    store: &Store,
+    policy: &retention::RetentionPolicy,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    rep: &mut ForgetReport,
+) {
+    let times = match snapshot_times(store) {
+        Ok(t) => t,
+        Err(e) => {
+            rep.errors.push(format!("{source}: {e}"));
+            return;
+        }
+    };
+    let decisions = match retention::decide(&times, policy, now) {
+        Ok(d) => d,
+        Err(e) => {
+            rep.errors.push(format!("[retention]: {e}"));
+            return;
+        }
+    };
+    for d in decisions {
+        let mut removed = false;
+        if !d.keep {
+            rep.forgotten += 1;
+            if !dry_run {
+                match store.forget_snapshot(&d.id) {
+                    Ok(()) => {
+                        removed = true;
+                        tracing::info!(%source, snapshot = %d.id.short(), reasons = ?d.reasons, "snapshot forgotten by retention");
+                    }
+                    Err(e) => rep.errors.push(format!("{source} {}: {e}", d.id.short())),
+                }
+            }
+        } else {
+            rep.kept += 1;
+        }
+        rep.items.push(ForgetItem {
+            source: source.to_string(),
+            id: d.id.to_hex(),
+            time: d.time.to_rfc3339(),
+            keep: d.keep,
+            reasons: d.reasons,
+            removed,
+        });
+    }
+}
+
+/// Whether snapshot `id` of `store` is still inside the retention lock
+/// (measured like [`snapshot_times`]); returns the lock's end when it is.
+pub fn locked_until(
+    store: &Store,
+    id: &ObjectId,
+    policy: &retention::RetentionPolicy,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
+    let Some(lock) = policy.lock.as_deref() else { return Ok(None) };
+    let lock = retention::parse_duration(lock)?;
+    let times = snapshot_times(store)?;
+    let t = times.iter().find(|(i, _)| i == id).map(|x| x.1).ok_or_else(|| format!("no snapshot {}", id.short()))?;
+    Ok(if now - t < lock { Some(t + lock) } else { None })
+}
+
+/// `omesh forget --config`: apply `[retention]` to every store on this node
+/// (or one source's), or forget the given snapshots of this node and ask
+/// the peers holding them to forget them too.
+pub async fn forget(
+    rt: &Arc<NodeRuntime>,
+    source: Option<String>,
+    ids: Vec<String>,
+    dry_run: bool,
+) -> Result<ForgetReport, NodeError> {
+    let mut rep = ForgetReport { dry_run, ..Default::default() };
+    let policy = rt.cfg.retention.clone();
+    let now = Utc::now();
+    if !ids.is_empty() {
+        return forget_ids(rt, ids, dry_run, now).await;
+    }
+    if !policy.has_rules() {
+        return Err(NodeError::Other(format!(
+            "{}: [retention] has no keep_* rule, so nothing is ever forgotten; add rules (see docs/config.md)",
+            rt.cfg.path.display()
+        )));
+    }
+    let stores = rt.stores.clone();
+    let rep = tokio::task::spawn_blocking(move || {
+        let names = match source {
+            Some(s) => vec![s],
+            None => stores.source_names(),
+        };
+        for n in names {
+            match stores.get(&n, false) {
+                Ok(Some(s)) => forget_store(&n, &s.store, &policy, now, dry_run, &mut rep),
+                Ok(None) => rep.errors.push(format!("no store of {n} on this node")),
+                Err(e) => rep.errors.push(format!("{n}: {e}")),
+            }
+        }
+        rep
+    })
+    .await
+    .map_err(|e| NodeError::Other(e.to_string()))?;
+    if !dry_run {
+        rt.metrics.forgotten.inc_by(rep.items.iter().filter(|i| i.removed).count() as u64);
+    }
+    Ok(rep)
+}
+
+async fn forget_ids(
+    rt: &Arc<NodeRuntime>,
+    specs: Vec<String>,
+    dry_run: bool,
+    now: DateTime<Utc>,
+) -> Result<ForgetReport, NodeError> {
+    let mut rep = ForgetReport { dry_run, ..Default::default() };
+    let own = {
+        let stores = rt.stores.clone();
+        tokio::task::spawn_blocking(move || stores.own()).await.map_err(|e| NodeError::Other(e.to_string()))??
+    };
+    let mut ids = Vec::new();
+    for s in &specs {
+        ids.push(own.store.resolve_snapshot(s)?);
+    }
+    for id in &ids {
+        let locked = locked_until(&own.store, id, &rt.cfg.retention, now).map_err(NodeError::Other)?;
+        let (keep, reasons) = match locked {
+            Some(until) => (true, vec![format!("retention lock until {}", until.to_rfc3339())]),
+            None => (false, vec!["requested".to_string()]),
+        };
+        let mut removed = false;
+        if !keep && !dry_run {
+            own.store.forget_snapshot(id)?;
+            removed = true;
+        }
+        if keep {
+            rep.kept += 1;
+        } else {
+            rep.forgotten += 1;
+        }
+        let time = snapshot_times(&own.store)
+            .ok()
+            .and_then(|t| t.into_iter().find(|x| x.0 == *id).map(|x| x.1.to_rfc3339()))
+            .unwrap_or_default();
+        rep.items.push(ForgetItem { source: rt.cfg.name.clone(), id: id.to_hex(), time, keep, reasons, removed });
+    }
+    if dry_run {
+        return Ok(rep);
+    }
+    // ask every reachable peer; each decides by its own policy and lock
+    let probes = rt.probe_all().await;
+    for p in &probes {
+        let Ok((c, _)) = &p.result else { continue };
+        for id in &ids {
+            let r = c.delete_snapshot(&rt.cfg.name, *id).await;
+            let (forgotten, message) = match r {
+                Ok(()) => (true, "forgotten".to_string()),
+                Err(crate::mesh::client::ClientError::Remote {
+                    code: omesh_proto::msg::ErrorCode::NotFound, ..
+                }) => {
+                    continue;
+                }
+                Err(e) => (false, e.to_string()),
+            };
+            rep.peers.push(PeerAnswer { peer: c.name.clone(), snapshot: id.to_hex(), forgotten, message });
+        }
+    }
+    Ok(rep)
+}
+
+/// The server side of `DeleteSnapshot`: honour it only when this node's
+/// `[retention] honor_source_deletes` is set, the requester is the source
+/// itself, and the snapshot is older than this node's retention lock.
+pub fn handle_delete_request(
+    cfg: &crate::config::NodeConfig,
+    store: &Store,
+    requester: &str,
+    source: &str,
+    id: &ObjectId,
+    now: DateTime<Utc>,
+) -> Result<(), (omesh_proto::msg::ErrorCode, String)> {
+    use omesh_proto::msg::ErrorCode;
+    if requester != source {
+        return Err((ErrorCode::Forbidden, format!("{requester} may not ask to forget snapshots of {source}")));
+    }
+    if !cfg.retention.honor_source_deletes {
+        return Err((
+            ErrorCode::Forbidden,
+            format!(
+                "{} never deletes stored snapshots on request (its [retention] honor_source_deletes is off); expiry is its own retention decision (snapshot {} of {source} kept)",
+                cfg.name,
+                id.short()
+            ),
+        ));
+    }
+    if !store.snapshot_ids().map_err(|e| (ErrorCode::Internal, e.to_string()))?.contains(id) {
+        return Err((ErrorCode::NotFound, format!("{} holds no snapshot {} of {source}", cfg.name, id.short())));
+    }
+    match locked_until(store, id, &cfg.retention, now) {
+        Err(e) => Err((ErrorCode::Internal, e)),
+        Ok(Some(until)) => Err((
+            ErrorCode::Forbidden,
+            format!(
+                "snapshot {} of {source} is inside {}'s retention lock until {}; it is kept",
+                id.short(),
+                cfg.name,
+                until.to_rfc3339()
+            ),
+        )),
+        Ok(None) => store.forget_snapshot(id).map_err(|e| (ErrorCode::Internal, e.to_string())),
+    }
+}
+
+// -------------------------------------------------------------------- gc
+
+/// Result of `omesh gc` over the node's stores.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GcAllReport {
+    /// Per store.
+    pub stores: Vec<gc::GcReport>,
+    /// Stores that failed, with why.
+    pub errors: Vec<String>,
+}
+
+/// Garbage-collect every store on this node, one after the other.
+pub async fn gc_all(rt: &Arc<NodeRuntime>) -> GcAllReport {
+    let _one = rt.maintenance_lock.lock().await;
+    let stores = rt.stores.clone();
+    let opts = rt.cfg.gc.options();
+    let metrics = rt.metrics.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut rep = GcAllReport::default();
+        for n in stores.source_names() {
+            let s = match stores.get(&n, false) {
+                Ok(Some(s)) => s,
+                Ok(None) => continue,
+                Err(e) => {
+                    rep.errors.push(format!("{n}: {e}"));
+                    continue;
+                }
+            };
+            match gc::run(&s.store, &opts, SystemTime::now()) {
+                Ok(r) => {
+                    metrics.gc_runs.get_or_create(&metrics::label("result", "ok")).inc();
+                    metrics.gc_swept.inc_by(r.swept);
+                    metrics.gc_bytes_freed.inc_by(r.bytes_before.saturating_sub(r.bytes_after));
+                    metrics.gc_seconds.observe(r.seconds);
+                    rep.stores.push(r);
+                }
+                Err(e) => {
+                    metrics.gc_runs.get_or_create(&metrics::label("result", "failed")).inc();
+                    tracing::error!(source = %n, error = %e, "garbage collection failed");
+                    rep.errors.push(format!("{n}: {e}"));
+                }
+            }
+        }
+        rep
+    })
+    .await
+    .unwrap_or_else(|e| GcAllReport { stores: vec![], errors: vec![e.to_string()] })
+}
+
+// ----------------------------------------------------------------- scrub
+
+/// Result of a scrub over the node's stores.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScrubReport {
+    /// Per store.
+    pub stores: Vec<scrub::ScrubPass>,
+    /// Damaged objects replaced with good copies from replicas.
+    pub repaired: Vec<String>,
+    /// Damaged objects no replica could supply.
+    pub unrepaired: Vec<String>,
+    /// Store-level failures.
+    pub errors: Vec<String>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// Scrub every store on this node at `rate`, then fetch good copies of
+/// whatever was damaged from the peers that hold the same source.
+pub async fn scrub_all(
+    rt: &Arc<NodeRuntime>,
+    rate: bandwidth::Rate,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> ScrubReport {
+    let t = std::time::Instant::now();
+    let mut rep = ScrubReport::default();
+    let names = {
+        let stores = rt.stores.clone();
+        tokio::task::spawn_blocking(move || stores.source_names()).await.unwrap_or_default()
+    };
+    for n in names {
+        let s = match rt.stores.get(&n, false) {
+            Ok(Some(s)) => s,
+            Ok(None) => continue,
+            Err(e) => {
+                rep.errors.push(format!("{n}: {e}"));
+                continue;
+            }
+        };
+        let st = s.clone();
+        let stop2 = stop.clone();
+        let pass = tokio::task::spawn_blocking(move || {
+            let pacer = bandwidth::Pacer::new(rate);
+            scrub::scrub_store(&st.store, &pacer, None, u64::MAX, &|| stop2.load(std::sync::atomic::Ordering::Relaxed))
+        })
+        .await;
+        let pass = match pass {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                rep.errors.push(format!("{n}: {e}"));
+                continue;
+            }
+            Err(e) => {
+                rep.errors.push(format!("{n}: {e}"));
+                continue;
+            }
+        };
+        rt.metrics.scrub_objects.inc_by(pass.objects);
+        rt.metrics.scrub_bytes.inc_by(pass.bytes);
+        rt.metrics.scrub_damaged.inc_by(pass.damaged.len() as u64);
+        if !pass.damaged.is_empty() {
+            s.forget_complete();
+            let (ok, bad) = heal(rt, &n, &s, &pass.damaged).await;
+            rt.metrics.scrub_repaired.inc_by(ok.len() as u64);
+            rep.repaired.extend(ok);
+            rep.unrepaired.extend(bad);
+        }
+        rep.stores.push(pass);
+    }
+    rep.seconds = t.elapsed().as_secs_f64();
+    if !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        rt.metrics.scrub_seconds.observe(rep.seconds);
+    }
+    rep
+}
+
+/// Fetch good copies of damaged items of `source` from the peers.
+async fn heal(
+    rt: &Arc<NodeRuntime>,
+    source: &str,
+    store: &Arc<crate::mesh::SourceStore>,
+    damaged: &[scrub::Damage],
+) -> (Vec<String>, Vec<String>) {
+    let probes = rt.probe_all().await;
+    let mut conns: Vec<(crate::mesh::client::PeerConn, Duration)> =
+        probes.iter().filter_map(|p| p.result.as_ref().ok().cloned()).collect();
+    conns.sort_by_key(|c| c.1);
+    let conns: Vec<crate::mesh::client::PeerConn> = conns.into_iter().map(|c| c.0).collect();
+    let keys = if source == rt.cfg.name { store.store.keys().ok().cloned() } else { None };
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    let objects: Vec<ObjectId> =
+        damaged.iter().filter(|d| d.what == "object").filter_map(|d| ObjectId::from_hex(&d.id).ok()).collect();
+    if !objects.is_empty() {
+        let mut got = sync::Fetched::default();
+        if let Err(e) = sync::fetch_into(rt, store, source, &objects, &conns, keys, &mut got).await {
+            tracing::warn!(%source, error = %e, "repair fetch failed");
+        }
+        let st = store.clone();
+        let _ = tokio::task::spawn_blocking(move || st.flush()).await;
+        for id in objects {
+            if got.ids.contains(&id) {
+                tracing::info!(%source, object = %id.short(), from = ?got.from, "damaged object replaced from a replica");
+                ok.push(id.to_hex());
+            } else {
+                tracing::error!(%source, object = %id.short(), "no reachable replica holds a good copy of a damaged object");
+                bad.push(id.to_hex());
+            }
+        }
+    }
+    for d in damaged.iter().filter(|d| d.what == "snapshot") {
+        let Ok(id) = ObjectId::from_hex(&d.id) else { continue };
+        let mut done = false;
+        for c in &conns {
+            let Ok(list) = c.list_snapshots(Some(source)).await else { continue };
+            if let Some(e) = list.into_iter().find(|e| e.id == id) {
+                let st = store.clone();
+                let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(e.stored_ns.max(0) as u64);
+                let ok_rec = omesh_proto::Record::decode(&e.record).map(|(r, _)| r.id == id).unwrap_or(false);
+                if ok_rec
+                    && tokio::task::spawn_blocking(move || st.store.put_snapshot_record_at(&id, &e.record, time))
+                        .await
+                        .map(|r| r.is_ok())
+                        .unwrap_or(false)
+                {
+                    done = true;
+                    break;
+                }
+            }
+        }
+        if done { ok.push(d.id.clone()) } else { bad.push(d.id.clone()) }
+    }
+    (ok, bad)
+}
+
+// ------------------------------------------------------------------ sync
+
+/// Run one mesh sync and record it in the metrics.
+pub async fn sync_now(rt: &Arc<NodeRuntime>) -> sync::SyncReport {
+    let _one = rt.sync_lock.lock().await;
+    let r = sync::run(rt).await;
+    rt.metrics.sync_runs.inc();
+    rt.metrics.sync_repaired.inc_by(r.repaired.len() as u64);
+    rt.metrics.sync_bytes.inc_by(r.repaired.iter().map(|x| x.bytes).sum());
+    rt.metrics.sync_under_replicated.set(r.under_replicated.saturating_sub(r.repaired.len()) as i64);
+    rt.metrics.sync_seconds.observe(r.seconds);
+    r
+}

@@ -1,0 +1,258 @@
+//! Retention: which snapshots to keep, with restic's `forget` semantics,
+//! behind a retention lock. A plain function over (id, time) pairs and
+//! `now`.
+//!
+//! - `keep_last N`: the N most recent.
+//! - `keep_hourly/daily/weekly/monthly/yearly N`: walking from the newest,
+//!   the most recent snapshot of each of the last N hours (days, ISO weeks,
+//!   months, years) that have snapshots.
+//! - `keep_within D`: every snapshot less than D older than the newest one.
+//! - A snapshot is kept if any rule keeps it; with no rule at all, nothing
+//!   is forgotten.
+//! - The **retention lock**: nothing younger than `lock` (measured from
+//!   `now`) is ever forgotten, whatever the policy says. It comes from the
+//!   node's own configuration; no request from another node can change it.
+//!
+//! A storing peer cannot read another source's snapshot records, so it
+//! applies the policy to the times it committed them.
+
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use omesh_proto::ObjectId;
+use serde::{Deserialize, Serialize};
+
+/// `[retention]` in the node config (also `omesh forget` flags).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionPolicy {
+    /// Keep the N most recent.
+    #[serde(default)]
+    pub keep_last: Option<u32>,
+    /// Keep one per hour for N hours.
+    #[serde(default)]
+    pub keep_hourly: Option<u32>,
+    /// Keep one per day for N days.
+    #[serde(default)]
+    pub keep_daily: Option<u32>,
+    /// Keep one per week for N weeks.
+    #[serde(default)]
+    pub keep_weekly: Option<u32>,
+    /// Keep one per month for N months.
+    #[serde(default)]
+    pub keep_monthly: Option<u32>,
+    /// Keep one per year for N years.
+    #[serde(default)]
+    pub keep_yearly: Option<u32>,
+    /// Keep everything within this duration of the newest ("7d", "36h").
+    #[serde(default)]
+    pub keep_within: Option<String>,
+    /// Retention lock: never forget anything younger than this ("30d").
+    #[serde(default)]
+    pub lock: Option<String>,
+    /// Honour a source's request to forget one of its snapshots here (only
+    /// outside the lock). Off by default: a compromised source then cannot
+    /// shorten its history on this node at all.
+    #[serde(default)]
+    pub honor_source_deletes: bool,
+}
+
+/// Parse "90d", "36h", "2w", "15m", "1y" (y = 365 d).
+pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 30d, 36h, 2w)"))?;
+    Ok(match unit {
+        "s" => chrono::Duration::seconds(n),
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" | "" => chrono::Duration::days(n),
+        "w" => chrono::Duration::weeks(n),
+        "y" => chrono::Duration::days(365 * n),
+        u => return Err(format!("{s:?}: unknown unit {u:?} (s, m, h, d, w, y)")),
+    })
+}
+
+impl RetentionPolicy {
+    /// Whether any keep rule is set.
+    pub fn has_rules(&self) -> bool {
+        self.keep_last.is_some()
+            || self.keep_hourly.is_some()
+            || self.keep_daily.is_some()
+            || self.keep_weekly.is_some()
+            || self.keep_monthly.is_some()
+            || self.keep_yearly.is_some()
+            || self.keep_within.is_some()
+    }
+
+    /// Check the durations parse.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(w) = &self.keep_within {
+            parse_duration(w).map_err(|e| format!("keep_within: {e}"))?;
+        }
+        if let Some(l) = &self.lock {
+            parse_duration(l).map_err(|e| format!("lock: {e}"))?;
+        }
+        Ok(())
+    }
+}
+
+/// The verdict for one snapshot.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Decision {
+    /// Snapshot.
+    pub id: ObjectId,
+    /// Its time.
+    pub time: DateTime<Utc>,
+    /// Keep it?
+    pub keep: bool,
+    /// Why (the rules that keep it, or why it goes).
+    pub reasons: Vec<String>,
+}
+
+/// Decide for every snapshot of one group. `now` is the reference for the
+/// lock; rules are relative to the newest snapshot, as in restic.
+pub fn decide(
+    snaps: &[(ObjectId, DateTime<Utc>)],
+    policy: &RetentionPolicy,
+    now: DateTime<Utc>,
+) -> Result<Vec<Decision>, String> {
+    policy.validate()?;
+    let mut sorted: Vec<(ObjectId, DateTime<Utc>)> = snaps.to_vec();
+    sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
+    let newest = sorted.first().map(|s| s.1);
+    let within = policy.keep_within.as_deref().map(parse_duration).transpose()?;
+    let lock = policy.lock.as_deref().map(parse_duration).transpose()?;
+    type Key = fn(&DateTime<Utc>) -> i64;
+    let buckets: [(&str, Option<u32>, Key); 5] = [
+        ("hourly", policy.keep_hourly, |t| (t.year() as i64 * 10000 + t.ordinal() as i64) * 100 + t.hour() as i64),
+        ("daily", policy.keep_daily, |t| t.year() as i64 * 1000 + t.ordinal() as i64),
+        ("weekly", policy.keep_weekly, |t| {
+            let w = t.iso_week();
+            w.year() as i64 * 100 + w.week() as i64
+        }),
+        ("monthly", policy.keep_monthly, |t| t.year() as i64 * 100 + t.month() as i64),
+        ("yearly", policy.keep_yearly, |t| t.year() as i64),
+    ];
+    let mut remaining: Vec<Option<u32>> = buckets.iter().map(|b| b.1).collect();
+    let mut last_key: Vec<Option<i64>> = vec![None; buckets.len()];
+    let mut out = Vec::with_capacity(sorted.len());
+    for (i, (id, time)) in sorted.iter().enumerate() {
+        let mut reasons = Vec::new();
+        if let Some(n) = policy.keep_last {
+            if (i as u32) < n {
+                reasons.push(format!("last {n}"));
+            }
+        }
+        for (b, (name, _, key)) in buckets.iter().enumerate() {
+            if let Some(left) = remaining[b] {
+                let k = key(time);
+                if left > 0 && last_key[b] != Some(k) {
+                    reasons.push(format!("{name} {}", buckets[b].1.unwrap_or(0) - left + 1));
+                    remaining[b] = Some(left - 1);
+                    last_key[b] = Some(k);
+                }
+            }
+        }
+        if let (Some(w), Some(n)) = (within, newest) {
+            if *time > n - w {
+                reasons.push(format!("within {} of the newest", policy.keep_within.as_deref().unwrap_or("")));
+            }
+        }
+        let mut keep = !reasons.is_empty() || !policy.has_rules();
+        if !policy.has_rules() {
+            reasons.push("no retention rules".into());
+        }
+        if let Some(l) = lock {
+            if now - *time < l && !keep {
+                keep = true;
+                reasons.push(format!("retention lock: younger than {}", policy.lock.as_deref().unwrap_or("")));
+            }
+        }
+        if !keep {
+            reasons.push("no rule keeps it".into());
+        }
+        out.push(Decision { id: *id, time: *time, keep, reasons });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn snaps(times: &[&str]) -> Vec<(ObjectId, DateTime<Utc>)> {
+        times.iter().enumerate().map(|(i, s)| (ObjectId([i as u8 + 1; 32]), t(s))).collect()
+    }
+
+    fn kept(d: &[Decision]) -> Vec<String> {
+        let mut v: Vec<String> =
+            d.iter().filter(|x| x.keep).map(|x| x.time.format("%m-%d %H:%M").to_string()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn restic_daily_and_last() {
+        // two snapshots a day for four days
+        let s = snaps(&[
+            "2026-11-20T01:00:00Z",
+            "2026-11-20T13:00:00Z",
+            "2026-11-21T01:00:00Z",
+            "2026-11-21T13:00:00Z",
+            "2026-11-22T01:00:00Z",
+            "2026-11-22T13:00:00Z",
+            "2026-11-23T01:00:00Z",
+            "2026-11-23T13:00:00Z",
+        ]);
+        let now = t("2026-12-30T00:00:00Z");
+        let p = RetentionPolicy { keep_daily: Some(3), ..Default::default() };
+        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-21 13:00", "11-22 13:00", "11-23 13:00"]);
+        let p = RetentionPolicy { keep_daily: Some(2), keep_last: Some(3), ..Default::default() };
+        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-22 13:00", "11-23 01:00", "11-23 13:00"]);
+    }
+
+    #[test]
+    fn weekly_monthly_yearly_and_within() {
+        let s = snaps(&[
+            "2024-06-01T00:00:00Z",
+            "2025-03-01T00:00:00Z",
+            "2025-12-01T00:00:00Z",
+            "2026-11-02T00:00:00Z",
+            "2026-11-16T00:00:00Z",
+            "2026-11-23T00:00:00Z",
+        ]);
+        let now = t("2027-06-01T00:00:00Z");
+        let p = RetentionPolicy { keep_yearly: Some(2), ..Default::default() };
+        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-23 00:00", "12-01 00:00"]);
+        let p = RetentionPolicy { keep_monthly: Some(2), ..Default::default() };
+        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-23 00:00", "12-01 00:00"]);
+        let p = RetentionPolicy { keep_weekly: Some(2), ..Default::default() };
+        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-16 00:00", "11-23 00:00"]);
+        let p = RetentionPolicy { keep_within: Some("10d".into()), ..Default::default() };
+        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-16 00:00", "11-23 00:00"]);
+    }
+
+    #[test]
+    fn the_lock_keeps_young_snapshots_whatever_the_policy() {
+        let s = snaps(&["2026-11-01T00:00:00Z", "2026-11-20T00:00:00Z", "2026-11-24T00:00:00Z"]);
+        let now = t("2026-11-25T00:00:00Z");
+        let p = RetentionPolicy { keep_last: Some(1), lock: Some("7d".into()), ..Default::default() };
+        let d = decide(&s, &p, now).unwrap();
+        assert_eq!(kept(&d), vec!["11-20 00:00", "11-24 00:00"]);
+        let locked = d.iter().find(|x| x.time == t("2026-11-20T00:00:00Z")).unwrap();
+        assert!(locked.reasons.iter().any(|r| r.contains("retention lock")), "{locked:?}");
+        let gone = d.iter().find(|x| !x.keep).unwrap();
+        assert_eq!(gone.reasons, vec!["no rule keeps it".to_string()]);
+    }
+
+    #[test]
+    fn no_rules_keeps_everything() {
+        let s = snaps(&["2020-01-01T00:00:00Z"]);
+        assert!(decide(&s, &RetentionPolicy::default(), t("2026-01-01T00:00:00Z")).unwrap()[0].keep);
+        assert!(parse_duration("3x").is_err());
+        assert_eq!(parse_duration("2w").unwrap(), chrono::Duration::days(14));
+    }
+}

@@ -1,0 +1,582 @@
+//! Mesh sync (anti-entropy): every node periodically compares which
+//! replicas of each snapshot the reachable nodes hold and repairs the
+//! under-replicated ones by pulling the objects from the peers that have
+//! them: not from the source, which may be offline for days.
+//!
+//! Who repairs is a plain function of what a node sees ([`repairers`]):
+//! every node computes the same list from the same view, and only the
+//! nodes on it pull, so a snapshot is not copied by everyone at once. A
+//! node that sees differently (a partition) may copy one replica too many;
+//! it never deletes one. Pulling is always the puller's own decision: the
+//! mesh protocol still lets no node write into another's store.
+
+use super::retention;
+use crate::mesh::SourceStore;
+use crate::mesh::client::PeerConn;
+use crate::node::NodeRuntime;
+use omesh_proto::{ObjectId, ObjectKind, Record};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Ids per fetch request (bounds memory: records of up to 4 MiB each).
+const FETCH_IDS: usize = 32;
+
+/// A node of the mesh as one node sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    /// Node name.
+    pub name: String,
+    /// Failure domain ("" = its own).
+    pub domain: String,
+    /// Reachable now.
+    pub reachable: bool,
+}
+
+fn domain_key(name: &str, domain: &str) -> String {
+    if domain.is_empty() { format!("\u{0}node:{name}") } else { domain.to_string() }
+}
+
+fn rendezvous(seed: &str, node: &str) -> [u8; 32] {
+    *blake3::hash(format!("{seed}\0{node}").as_bytes()).as_bytes()
+}
+
+/// The nodes that should add a replica of a snapshot of `source` held by
+/// `holders`, so that it has `factor` replicas (the source's own copy does
+/// not count) in `factor` distinct failure domains where the mesh has them.
+/// Candidates in a new failure domain come first, the source's own domain
+/// last; ties are broken by a hash of (source, node), so the same node
+/// repairs all of a source's snapshots and pulls mostly deduplicated data.
+pub fn repairers(source: &str, holders: &[String], members: &[Member], factor: usize) -> Vec<String> {
+    let dom = |n: &str| {
+        let d = members.iter().find(|m| m.name == n).map(|m| m.domain.as_str()).unwrap_or("");
+        domain_key(n, d)
+    };
+    let source_domain = dom(source);
+    let replicas: Vec<&String> = holders.iter().filter(|h| h.as_str() != source).collect();
+    let mut domains: HashSet<String> = replicas.iter().map(|h| dom(h)).collect();
+    let mut count = replicas.len();
+    if count >= factor && domains.len() >= factor {
+        return vec![];
+    }
+    let mut cands: Vec<&Member> =
+        members.iter().filter(|m| m.reachable && m.name != source && !holders.contains(&m.name)).collect();
+    cands.sort_by_key(|m| {
+        let d = domain_key(&m.name, &m.domain);
+        let rank = if d == source_domain {
+            2
+        } else if domains.contains(&d) {
+            1
+        } else {
+            0
+        };
+        (rank, rendezvous(source, &m.name))
+    });
+    let mut picks: Vec<String> = Vec::new();
+    // first: new failure domains
+    for m in &cands {
+        if domains.len() >= factor {
+            break;
+        }
+        let d = domain_key(&m.name, &m.domain);
+        if d != source_domain && !domains.contains(&d) {
+            domains.insert(d);
+            picks.push(m.name.clone());
+            count += 1;
+        }
+    }
+    // then: enough replicas, whatever their domain
+    for m in &cands {
+        if count >= factor {
+            break;
+        }
+        if !picks.contains(&m.name) {
+            picks.push(m.name.clone());
+            count += 1;
+        }
+    }
+    picks
+}
+
+/// One snapshot seen in the mesh.
+#[derive(Clone, Debug)]
+struct Seen {
+    record: Vec<u8>,
+    /// holder → when it stored it (ns)
+    holders: BTreeMap<String, i64>,
+}
+
+/// A repaired replica.
+#[derive(Clone, Debug, Serialize)]
+pub struct Repaired {
+    /// Source.
+    pub source: String,
+    /// Snapshot.
+    pub snapshot: String,
+    /// Peers the objects came from.
+    pub from: Vec<String>,
+    /// Objects fetched.
+    pub objects: u64,
+    /// Record bytes fetched.
+    pub bytes: u64,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+/// A failed repair.
+#[derive(Clone, Debug, Serialize)]
+pub struct RepairFailure {
+    /// Source.
+    pub source: String,
+    /// Snapshot.
+    pub snapshot: String,
+    /// Why.
+    pub error: String,
+}
+
+/// Result of one sync.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyncReport {
+    /// Snapshots seen in the mesh (all sources).
+    pub snapshots: usize,
+    /// Of which held by fewer than `factor` replicas or failure domains.
+    pub under_replicated: usize,
+    /// Repaired by this node.
+    pub repaired: Vec<Repaired>,
+    /// Repairs this node should have done but could not.
+    pub failed: Vec<RepairFailure>,
+    /// Under-replicated snapshots another node is to repair.
+    pub left_to_others: usize,
+    /// Not repaired here because this node's retention would forget them.
+    pub skipped_by_retention: usize,
+    /// Peers not reachable.
+    pub unreachable: Vec<String>,
+    /// Seconds.
+    pub seconds: f64,
+}
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    tokio::task::spawn_blocking(f).await.map_err(err)?
+}
+
+/// Run one mesh sync from this node.
+pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
+    let t = Instant::now();
+    let mut rep = SyncReport::default();
+    let me = rt.cfg.name.clone();
+    let probes = rt.probe_all().await;
+    let mut members = vec![Member { name: me.clone(), domain: rt.cfg.domain.clone(), reachable: true }];
+    let mut conns: Vec<(PeerConn, Duration)> = Vec::new();
+    for p in &probes {
+        let ok = p.result.is_ok();
+        members.push(Member { name: p.peer.name.clone(), domain: p.peer.domain.clone(), reachable: ok });
+        match &p.result {
+            Ok((c, rtt)) => conns.push((c.clone(), *rtt)),
+            Err(_) => rep.unreachable.push(p.peer.name.clone()),
+        }
+    }
+    conns.sort_by_key(|c| c.1);
+    // what everyone holds
+    let mut seen: HashMap<(String, ObjectId), Seen> = HashMap::new();
+    let lists = crate::node::futures_join_all(
+        conns.iter().map(|(c, _)| async move { (c.name.clone(), c.list_snapshots(None).await) }),
+    )
+    .await;
+    for (peer, l) in lists {
+        match l {
+            Ok(items) => {
+                for e in items {
+                    let s = seen
+                        .entry((e.source.clone(), e.id))
+                        .or_insert_with(|| Seen { record: e.record.clone(), holders: BTreeMap::new() });
+                    s.holders.insert(peer.clone(), e.stored_ns);
+                }
+            }
+            Err(e) => tracing::warn!(peer = %peer, error = %e, "sync: cannot list snapshots"),
+        }
+    }
+    {
+        let stores = rt.stores.clone();
+        let local = tokio::task::spawn_blocking(move || {
+            let mut v = Vec::new();
+            for n in stores.source_names() {
+                if let Ok(Some(s)) = stores.get(&n, false) {
+                    for id in s.store.snapshot_ids().unwrap_or_default() {
+                        v.push((n.clone(), id, s.store.snapshot_stored_ns(&id)));
+                    }
+                }
+            }
+            v
+        })
+        .await
+        .unwrap_or_default();
+        for (source, id, ns) in local {
+            if let Some(s) = seen.get_mut(&(source.clone(), id)) {
+                s.holders.insert(me.clone(), ns);
+            } else if let Ok(Some(st)) = rt.stores.get(&source, false) {
+                if let Ok(record) = st.store.read_snapshot_record(&id) {
+                    let mut holders = BTreeMap::new();
+                    holders.insert(me.clone(), ns);
+                    seen.insert((source, id), Seen { record, holders });
+                }
+            }
+        }
+    }
+    rep.snapshots = seen.len();
+    let factor = rt.cfg.replication.factor;
+    // repair in a stable order: per source, oldest first (later snapshots
+    // then find most of their data present)
+    let mut todo: Vec<(&(String, ObjectId), &Seen)> = seen.iter().collect();
+    todo.sort_by_key(|((src, id), s)| (src.clone(), origin_ns(src, s), *id));
+    let by_source: HashMap<String, Vec<(ObjectId, i64)>> = {
+        let mut m: HashMap<String, Vec<(ObjectId, i64)>> = HashMap::new();
+        for ((src, id), s) in &seen {
+            m.entry(src.clone()).or_default().push((*id, origin_ns(src, s)));
+        }
+        m
+    };
+    let now = chrono::Utc::now();
+    for ((source, id), s) in todo {
+        let holders: Vec<String> = s.holders.keys().cloned().collect();
+        let picks = repairers(source, &holders, &members, factor);
+        if picks.is_empty() {
+            continue;
+        }
+        rep.under_replicated += 1;
+        if source == &me || !picks.contains(&me) {
+            rep.left_to_others += 1;
+            continue;
+        }
+        if let Err(why) = may_store(rt, source) {
+            tracing::debug!(%source, reason = %why, "sync: not repairing");
+            rep.left_to_others += 1;
+            continue;
+        }
+        // do not pull what this node's retention would forget right away
+        if rt.cfg.retention.has_rules() {
+            let group: Vec<(ObjectId, chrono::DateTime<chrono::Utc>)> = by_source
+                .get(source)
+                .into_iter()
+                .flatten()
+                .map(|(i, ns)| (*i, chrono::DateTime::from_timestamp_nanos(*ns)))
+                .collect();
+            if let Ok(d) = retention::decide(&group, &rt.cfg.retention, now) {
+                if d.iter().any(|x| x.id == *id && !x.keep) {
+                    rep.skipped_by_retention += 1;
+                    continue;
+                }
+            }
+        }
+        // replicas first, nearest first; the source only as a last resort:
+        // repair must not depend on it
+        let holding = conns.iter().filter(|(c, _)| s.holders.contains_key(&c.name)).map(|(c, _)| c);
+        let from: Vec<PeerConn> = holding
+            .clone()
+            .filter(|c| &c.name != source)
+            .chain(holding.filter(|c| &c.name == source))
+            .cloned()
+            .collect();
+        let origin = origin_ns(source, s);
+        match repair_one(rt, source, *id, &s.record, &from, origin).await {
+            Ok(r) => {
+                tracing::info!(%source, snapshot = %id.short(), objects = r.objects, bytes = r.bytes, from = ?r.from, "sync: replica repaired");
+                rep.repaired.push(r);
+            }
+            Err(e) => {
+                tracing::warn!(%source, snapshot = %id.short(), error = %e, "sync: repair failed");
+                rep.failed.push(RepairFailure { source: source.clone(), snapshot: id.to_hex(), error: e });
+            }
+        }
+    }
+    rep.seconds = t.elapsed().as_secs_f64();
+    rep
+}
+
+/// The time the mesh first held a snapshot: the earliest time any replica
+/// (not the source) reports; a peer can make its copies look older, never
+/// younger, and the source's own claim is not used.
+fn origin_ns(source: &str, s: &Seen) -> i64 {
+    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    s.holders
+        .iter()
+        .filter(|(h, _)| h.as_str() != source)
+        .map(|(_, t)| *t)
+        .min()
+        .or_else(|| s.holders.values().copied().min())
+        .unwrap_or(now)
+        .min(now)
+}
+
+/// Whether this node keeps replicas of `source` (the same rule as for
+/// pushes, `[storage] accept_from`).
+fn may_store(rt: &NodeRuntime, source: &str) -> Result<(), String> {
+    if !omesh_proto::msg::valid_name(source) {
+        return Err("invalid source name".into());
+    }
+    if rt.cfg.storage.accept_from == crate::config::AcceptFrom::Peers && rt.cfg.peer(source).is_none() {
+        return Err(format!("{source} is not a [[peer]] of {}", rt.cfg.name));
+    }
+    Ok(())
+}
+
+/// Copy snapshot `id` of `source` from the peers in `from` into this
+/// node's replica store, then commit it with the mesh's time for it.
+async fn repair_one(
+    rt: &Arc<NodeRuntime>,
+    source: &str,
+    id: ObjectId,
+    record: &[u8],
+    from: &[PeerConn],
+    origin_ns: i64,
+) -> Result<Repaired, String> {
+    let t = Instant::now();
+    let (rec, used) = Record::decode(record).map_err(|e| format!("snapshot record: {e}"))?;
+    if used != record.len() || rec.kind != ObjectKind::Snapshot || rec.id != id {
+        return Err("the listed snapshot record is not a snapshot with that id".into());
+    }
+    let store = {
+        let stores = rt.stores.clone();
+        let s = source.to_string();
+        blocking(move || stores.get(&s, true).map_err(err).map(|x| x.expect("created"))).await?
+    };
+    let quota = rt.cfg.quota_for(source);
+    let mut got = Fetched::default();
+    // breadth-first over the snapshot's graph: present trees are walked
+    // from local records, missing objects fetched and walked from theirs
+    let mut queue: VecDeque<ObjectId> = rec.links.iter().copied().collect();
+    let mut seen: HashSet<ObjectId> = queue.iter().copied().collect();
+    while !queue.is_empty() {
+        let batch: Vec<ObjectId> = queue.drain(..queue.len().min(1024)).collect();
+        let st = store.clone();
+        let b = batch.clone();
+        let (present_links, missing) = blocking(move || {
+            let present = st.store.contains_many(&b).map_err(err)?;
+            let mut links = Vec::new();
+            let mut missing = Vec::new();
+            for (id, p) in b.into_iter().zip(present) {
+                if !p {
+                    missing.push(id);
+                    continue;
+                }
+                if let Some((_, loc)) = st.store.locate(&id).map_err(err)? {
+                    if loc.kind != ObjectKind::Blob {
+                        let raw = st.store.read_record(&id).map_err(err)?;
+                        let (_, l) = omesh_proto::record::links_of(&raw).map_err(err)?;
+                        links.extend(l);
+                    }
+                }
+            }
+            Ok((links, missing))
+        })
+        .await?;
+        for l in present_links {
+            if seen.insert(l) {
+                queue.push_back(l);
+            }
+        }
+        if quota > 0 {
+            let st = store.clone();
+            let used = blocking(move || st.store.bytes_stored().map_err(err)).await?;
+            if used > quota {
+                return Err(format!("{source} is over its quota of {quota} bytes on {}", rt.cfg.name));
+            }
+        }
+        let links = fetch_into(rt, &store, source, &missing, from, None, &mut got).await?;
+        for l in links {
+            if seen.insert(l) {
+                queue.push_back(l);
+            }
+        }
+    }
+    let st = store.clone();
+    let record = record.to_vec();
+    let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(origin_ns.max(0) as u64);
+    let roots = rec.links.clone();
+    blocking(move || {
+        st.flush().map_err(err)?;
+        let _commit = st.store.commit_guard();
+        let missing = st.missing_below(&roots, 16).map_err(err)?;
+        if !missing.is_empty() {
+            return Err(format!(
+                "{} objects could not be fetched from any holder (first: {})",
+                missing.len(),
+                missing[0].short()
+            ));
+        }
+        st.store.put_snapshot_record_at(&id, &record, time).map_err(err)
+    })
+    .await?;
+    Ok(Repaired {
+        source: source.into(),
+        snapshot: id.to_hex(),
+        from: got.from.into_iter().collect(),
+        objects: got.objects,
+        bytes: got.bytes,
+        seconds: t.elapsed().as_secs_f64(),
+    })
+}
+
+/// What a fetch brought.
+#[derive(Default)]
+pub struct Fetched {
+    /// Objects written.
+    pub objects: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Peers that supplied them.
+    pub from: std::collections::BTreeSet<String>,
+    /// Ids obtained.
+    pub ids: HashSet<ObjectId>,
+}
+
+/// Fetch `ids` of `source` from the peers in `from` (in order, each asked
+/// only for what the earlier ones lacked), check each record, and write it
+/// into `store`. With `keys`, records are also decrypted before they are
+/// accepted. Returns the links of the fetched non-blob records. Ids nobody
+/// has stay missing (the caller's completeness check reports them).
+pub async fn fetch_into(
+    rt: &Arc<NodeRuntime>,
+    store: &Arc<SourceStore>,
+    source: &str,
+    ids: &[ObjectId],
+    from: &[PeerConn],
+    keys: Option<Arc<crate::crypto::Keys>>,
+    got: &mut Fetched,
+) -> Result<Vec<ObjectId>, String> {
+    let mut links = Vec::new();
+    let mut left: Vec<ObjectId> = ids.to_vec();
+    for conn in from {
+        if left.is_empty() {
+            break;
+        }
+        let counters = rt.counters.peer(&conn.name);
+        let mut still = Vec::new();
+        for chunk in left.chunks(FETCH_IDS) {
+            let (recs, missing) = match conn.fetch_objects(source, chunk).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(peer = %conn.name, error = %e, "fetch failed; trying the next holder");
+                    still.extend_from_slice(chunk);
+                    continue;
+                }
+            };
+            drop(missing);
+            let want: HashSet<ObjectId> = chunk.iter().copied().collect();
+            let mut ok_here = HashSet::new();
+            let st = store.clone();
+            let k = keys.clone();
+            let n_bytes: u64 = recs.iter().map(|r| r.len() as u64).sum();
+            let written = blocking(move || {
+                let mut out = Vec::new();
+                for raw in recs {
+                    let (rec, used) = Record::decode(&raw).map_err(err)?;
+                    if used != raw.len() || !want.contains(&rec.id) {
+                        return Err("a peer sent a record that was not asked for".into());
+                    }
+                    if let Some(k) = &k {
+                        if k.open(rec.kind, &rec.id, &rec.links, &rec.body).is_err() {
+                            // a bad copy: leave the id missing, try elsewhere
+                            continue;
+                        }
+                    }
+                    st.write_record(rec.id, rec.kind, &raw).map_err(err)?;
+                    out.push((rec.id, rec.kind, rec.links, raw.len() as u64));
+                }
+                Ok(out)
+            })
+            .await?;
+            counters.bytes_received.fetch_add(n_bytes, Ordering::Relaxed);
+            for (id, kind, l, n) in written {
+                ok_here.insert(id);
+                got.objects += 1;
+                got.bytes += n;
+                got.ids.insert(id);
+                counters.objects_received.fetch_add(1, Ordering::Relaxed);
+                if kind != ObjectKind::Blob {
+                    links.extend(l);
+                }
+            }
+            if !ok_here.is_empty() {
+                got.from.insert(conn.name.clone());
+            }
+            still.extend(chunk.iter().filter(|i| !ok_here.contains(i)).copied());
+        }
+        still.sort();
+        still.dedup();
+        left = still;
+    }
+    Ok(links)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(name: &str, domain: &str, up: bool) -> Member {
+        Member { name: name.into(), domain: domain.into(), reachable: up }
+    }
+
+    fn h(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn fully_replicated_needs_nothing() {
+        let ms = [m("a", "r0", true), m("b", "r1", true), m("c", "r2", true), m("d", "r3", true)];
+        assert!(repairers("a", &h(&["a", "b", "c"]), &ms, 2).is_empty());
+    }
+
+    #[test]
+    fn a_returning_peer_is_chosen_for_the_missing_replica() {
+        // factor 3: b and d got it while c was down; now c is back
+        let ms = [m("a", "r0", false), m("b", "r1", true), m("c", "r2", true), m("d", "r3", true)];
+        assert_eq!(repairers("a", &h(&["b", "d"]), &ms, 3), vec!["c".to_string()]);
+        // while c is still down nobody can add a third domain
+        let ms2 = [m("a", "r0", true), m("b", "r1", true), m("c", "r2", false), m("d", "r3", true)];
+        assert!(repairers("a", &h(&["a", "b", "d"]), &ms2, 3).is_empty());
+    }
+
+    #[test]
+    fn new_domains_first_and_the_source_domain_last() {
+        let ms = [m("a", "r0", true), m("a2", "r0", true), m("b", "r1", true), m("b2", "r1", true), m("c", "r2", true)];
+        // held only by b (r1): the second replica goes to r2, not r1 or r0
+        assert_eq!(repairers("a", &h(&["a", "b"]), &ms, 2), vec!["c".to_string()]);
+        // factor 4 with three domains: r2, then a second r1 node before r0
+        let p = repairers("a", &h(&["b"]), &ms, 4);
+        assert_eq!(p.len(), 3);
+        assert_eq!(p[0], "c");
+        assert!(p[1..].contains(&"b2".to_string()) && p[1..].contains(&"a2".to_string()));
+        assert_eq!(p[2], "a2", "the source's own domain is the last resort: {p:?}");
+    }
+
+    #[test]
+    fn everyone_computes_the_same_repairer() {
+        let ms = [m("a", "", true), m("b", "", true), m("c", "", true), m("d", "", true), m("e", "", true)];
+        let p1 = repairers("a", &h(&["b"]), &ms, 2);
+        let mut shuffled = ms.to_vec();
+        shuffled.reverse();
+        assert_eq!(p1, repairers("a", &h(&["b"]), &shuffled, 2));
+        assert_eq!(p1.len(), 1);
+        // and the choice is per source: another source may pick another node
+        let picks: HashSet<String> = ["a", "x", "y", "z", "w"]
+            .iter()
+            .filter_map(|s| {
+                let ms2: Vec<Member> = ms.iter().cloned().chain([m(s, "", true)]).collect();
+                repairers(s, &h(&[]), &ms2, 1).into_iter().next()
+            })
+            .collect();
+        assert!(picks.len() > 1, "rendezvous hashing spreads sources: {picks:?}");
+    }
+
+    #[test]
+    fn same_domain_fills_when_domains_run_out() {
+        let ms = [m("a", "r0", true), m("b", "r1", true), m("c", "r1", true)];
+        assert_eq!(repairers("a", &h(&["b"]), &ms, 2), vec!["c".to_string()]);
+    }
+}
