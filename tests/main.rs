@@ -5,6 +5,7 @@
 mod common;
 
 mod lab;
+mod lifecycle;
 mod local_cli;
 mod local_compat;
 mod local_corruption;
@@ -12,6 +13,7 @@ mod local_crash;
 mod local_dedup;
 mod local_hostile;
 mod local_image;
+mod local_lifecycle;
 mod local_roundtrip;
 mod mesh_replication;
 mod mesh_security;

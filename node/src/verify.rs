@@ -120,6 +120,9 @@ pub fn run(store: &Store, read_data: bool, mut progress: impl FnMut(u64)) -> Res
 
     // structure
     let Some(_) = keys else {
+        // a replica without the key: every snapshot's whole graph must be
+        // present (records carry their links in the clear)
+        keyless_structure(store, &bad, &mut rep)?;
         return Ok(rep);
     };
     let mut good_trees: HashSet<ObjectId> = HashSet::new();
@@ -147,6 +150,63 @@ pub fn run(store: &Store, read_data: bool, mut progress: impl FnMut(u64)) -> Res
     }
     // objects missing from the index found during the walk
     Ok(rep)
+}
+
+fn keyless_structure(store: &Store, bad: &HashMap<ObjectId, String>, rep: &mut VerifyReport) -> Result<(), StoreError> {
+    let mut complete: HashSet<ObjectId> = HashSet::new();
+    let mut ids = store.snapshot_ids()?;
+    ids.sort();
+    for sid in ids {
+        rep.snapshots += 1;
+        let raw = match store.read_snapshot_record(&sid) {
+            Ok(r) => r,
+            Err(e) => {
+                rep.unreadable_snapshots.push(DamagedObject {
+                    id: sid.to_hex(),
+                    location: format!("snapshots/{}", sid.to_hex()),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
+        let roots = omesh_proto::record::links_of(&raw).map(|x| x.1).unwrap_or_default();
+        let mut stack = roots;
+        let mut seen = HashSet::new();
+        let mut problems = Vec::new();
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) || complete.contains(&id) {
+                continue;
+            }
+            if let Some(r) = bad.get(&id) {
+                problems.push(format!("object {} is damaged: {r}", id.short()));
+                continue;
+            }
+            match store.locate(&id)? {
+                None => {
+                    rep.damaged_objects.push(DamagedObject {
+                        id: id.to_hex(),
+                        location: "missing".into(),
+                        reason: "referenced but not in the store".into(),
+                    });
+                    problems.push(format!("object {} is missing", id.short()));
+                }
+                Some((_, loc)) if loc.kind != ObjectKind::Blob => match store.read_record(&id) {
+                    Ok(r) => {
+                        rep.trees += 1;
+                        stack.extend(omesh_proto::record::links_of(&r).map(|x| x.1).unwrap_or_default());
+                    }
+                    Err(e) => problems.push(format!("object {} is unreadable: {e}", id.short())),
+                },
+                Some(_) => {}
+            }
+        }
+        if problems.is_empty() {
+            complete.extend(seen);
+        } else {
+            rep.damaged_snapshots.push(DamagedSnapshot { snapshot: sid.to_hex(), paths: problems });
+        }
+    }
+    Ok(())
 }
 
 fn check_ids(

@@ -16,8 +16,9 @@ pub struct VerifyArgs {
     /// Mesh mode: verify this S3 target's copy instead of the local store.
     #[arg(long, value_name = "NAME", requires = "config")]
     pub s3: Option<String>,
-    /// Mesh mode with --s3: whose copy (default: this node's).
-    #[arg(long, value_name = "NODE", requires = "s3")]
+    /// Mesh mode: whose copy to verify, e.g. a peer's replica kept on this
+    /// node (default: this node's own store).
+    #[arg(long, value_name = "NODE", requires = "config")]
     pub source: Option<String>,
     /// Print the report as JSON.
     #[arg(long)]
@@ -52,11 +53,13 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
         None => Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?,
         Some(path) => {
             let cfg = super::mesh::load(path)?;
-            match crate::mesh::open_source_read(&cfg, &cfg.name)? {
+            let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
+            match crate::mesh::open_source_read(&cfg, &source)? {
                 Some(s) => s,
-                None => {
+                None if source == cfg.name => {
                     return Err(CliError::usage(format!("{} has no local store yet (nothing backed up)", cfg.name)));
                 }
+                None => return Err(CliError::usage(format!("{} keeps no replica of {source}", cfg.name))),
             }
         }
     };

@@ -49,6 +49,8 @@ pub struct ScrubPass {
     /// Whether the pass reached the end of the index (false: stopped by
     /// `budget`; `cursor` says where to continue).
     pub complete: bool,
+    /// Packs rewritten without their damaged records.
+    pub packs_rewritten: u64,
     /// Continue after this id.
     #[serde(skip)]
     pub cursor: Option<ObjectId>,
@@ -85,6 +87,7 @@ pub fn scrub_store(
         }
     }
     let mut after = cursor;
+    let mut damaged_packs = std::collections::HashSet::new();
     loop {
         if stop() {
             break;
@@ -111,6 +114,7 @@ pub fn scrub_store(
                 // gone since the page was read (swept): fine
                 Err(StoreError::Missing(..)) => {}
                 Err(e) if e.is_damage() => {
+                    damaged_packs.insert(loc.pack);
                     let q = store.quarantine(&id, &e.to_string()).map(|p| p.display().to_string()).unwrap_or_default();
                     pass.damaged.push(Damage {
                         id: id.to_hex(),
@@ -124,6 +128,24 @@ pub fn scrub_store(
         }
         if pass.bytes >= budget {
             break;
+        }
+    }
+    // rewrite each damaged pack with only its good records, so the bad
+    // bytes leave the store (they are kept in quarantine/)
+    if !damaged_packs.is_empty() {
+        let mut live = Vec::new();
+        store.for_each_object(|id, loc| {
+            if damaged_packs.contains(&loc.pack) {
+                live.push((id, loc));
+            }
+        })?;
+        live.sort_by_key(|(_, l)| (l.pack, l.offset));
+        let seqs: Vec<u64> = damaged_packs.into_iter().collect();
+        match store.repack(&seqs, &live) {
+            Ok(r) => pass.packs_rewritten = r.packs_retired,
+            Err(e) => {
+                tracing::warn!(store = %pass.store, error = %e, "could not rewrite a damaged pack; it stays until the next scrub")
+            }
         }
     }
     pass.cursor = after;
@@ -176,6 +198,13 @@ mod tests {
         assert_eq!(pass.damaged[0].id, ids[3].to_hex());
         assert!(s.locate(&ids[3]).unwrap().is_none(), "quarantined objects leave the index");
         assert!(std::path::Path::new(&pass.damaged[0].quarantined).exists());
+        assert_eq!(pass.packs_rewritten, 1);
+        assert!(!p.exists(), "the damaged pack left packs/");
+        for (i, id) in ids.iter().enumerate() {
+            if i != 3 {
+                s.read_record(id).unwrap();
+            }
+        }
         // the next pass is clean
         let pass = scrub_store(&s, &Pacer::new(None), None, u64::MAX, &|| false).unwrap();
         assert!(pass.damaged.is_empty());
