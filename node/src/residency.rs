@@ -284,13 +284,18 @@ pub async fn check_config(cfg: &NodeConfig, policy: &Policy) -> Vec<CheckLine> {
         match tokio::net::lookup_host((host.as_str(), port)).await {
             Ok(addrs) => {
                 for a in addrs {
-                    let route = route_to(a, policy.bind);
+                    // the kernel's own choice (no bind): with `bind` set, the
+                    // route must leave from that address's interface too
+                    let route = route_to(a, None);
                     let mut verdict = policy.verdict(a.ip());
-                    if let (Ok(_), Some(b), Some((src, _))) = (&verdict, policy.bind, &route) {
+                    if let (Ok(_), Some(b), Some((src, iface))) = (&verdict, policy.bind, &route) {
                         if *src != b {
                             verdict = Err(Refusal {
                                 address: a.ip(),
-                                rule: format!("would be reached from {src}, not from bind = {b}"),
+                                rule: format!(
+                                    "the route to it leaves from {src}{}, not from bind = {b}; fix the routing table",
+                                    iface.as_deref().map(|i| format!(" ({i})")).unwrap_or_default()
+                                ),
                             });
                         }
                     }

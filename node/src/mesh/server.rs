@@ -75,7 +75,9 @@ async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
     if let Some(check) = &ctx.inbound_check {
         if let Err(why) = check(remote) {
             tracing::warn!(%remote, reason = %why, "refused inbound connection");
-            inc.refuse();
+            // no answer at all: not even a refusal packet goes to an
+            // address outside the boundary
+            inc.ignore();
             return;
         }
     }

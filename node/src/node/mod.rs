@@ -108,10 +108,13 @@ pub struct Probe {
     pub result: Result<(PeerConn, Duration), String>,
 }
 
-/// Address to bind an outgoing-only endpoint to.
+/// Address to bind an outgoing-only endpoint to: `[residency] bind` when
+/// set (all omesh traffic leaves from the LNI address), else any.
 fn client_bind(cfg: &NodeConfig) -> SocketAddr {
-    let _ = cfg;
-    "0.0.0.0:0".parse().expect("valid")
+    match cfg.residency.bind {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None => "0.0.0.0:0".parse().expect("valid"),
+    }
 }
 
 fn now_ns() -> i64 {

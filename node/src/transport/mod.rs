@@ -109,6 +109,9 @@ pub fn endpoint(
             .map_err(|e| TransportError::Tls(tls::TlsError::Rustls(rustls::Error::General(e.to_string()))))?;
         let mut sc = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         sc.transport_config(transport);
+        // a connection stays on the address its handshake was checked from
+        // (the residency policy judges addresses at accept time)
+        sc.migration(false);
         Some(sc)
     } else {
         None
