@@ -54,6 +54,48 @@ pub struct S3Target {
     /// Set when the residency policy forbids this endpoint: every request
     /// fails with this message and nothing is sent.
     pub blocked: Option<String>,
+    windows: WindowCache,
+}
+
+/// Bytes fetched per ranged read during restores: objects are read in
+/// roughly the order they were packed, so one read serves the objects
+/// that follow (one request per 4 MiB instead of one per object).
+const WINDOW: u64 = 4 << 20;
+/// Windows kept (bounds restore memory to ~96 MiB).
+const WINDOWS_KEPT: usize = 24;
+
+type WindowKey = (String, u64);
+type WindowCell = Arc<tokio::sync::OnceCell<Arc<Vec<u8>>>>;
+
+/// Recently read pack windows; concurrent readers of one window share a
+/// single request.
+#[derive(Default)]
+struct WindowCache {
+    cells: std::sync::Mutex<(std::collections::VecDeque<WindowKey>, HashMap<WindowKey, WindowCell>)>,
+}
+
+impl WindowCache {
+    fn cell(&self, key: &WindowKey) -> WindowCell {
+        let mut g = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = g.1.get(key) {
+            return c.clone();
+        }
+        let c: WindowCell = Arc::default();
+        g.1.insert(key.clone(), c.clone());
+        g.0.push_back(key.clone());
+        while g.0.len() > WINDOWS_KEPT {
+            if let Some(old) = g.0.pop_front() {
+                g.1.remove(&old);
+            }
+        }
+        c
+    }
+
+    fn forget(&self, key: &WindowKey) {
+        let mut g = self.cells.lock().unwrap_or_else(|e| e.into_inner());
+        g.1.remove(key);
+        g.0.retain(|k| k != key);
+    }
 }
 
 impl std::fmt::Debug for S3Target {
@@ -80,7 +122,7 @@ impl S3Target {
     pub async fn new(cfg: S3Config, data_dir: &Path, resolver: Option<client::Resolver>) -> Result<Self, S3Error> {
         let client = client::build(&cfg, resolver).await?;
         let cache = data_dir.join("s3cache").join(&cfg.name);
-        Ok(S3Target { cfg, client, cache, blocked: None })
+        Ok(S3Target { cfg, client, cache, blocked: None, windows: WindowCache::default() })
     }
 
     /// "name (endpoint, bucket)" for messages.
@@ -324,16 +366,41 @@ impl S3Target {
         Ok(out)
     }
 
-    /// One object's record bytes (range read), check hash verified.
+    /// One pack window (cached, shared by concurrent readers).
+    async fn window(&self, key: &str, start: u64) -> Result<Arc<Vec<u8>>, S3Error> {
+        let k = (key.to_string(), start);
+        let cell = self.windows.cell(&k);
+        let r = cell.get_or_try_init(|| async { self.get(key, Some((start, WINDOW))).await.map(Arc::new) }).await;
+        if r.is_err() {
+            self.windows.forget(&k);
+        }
+        r.cloned()
+    }
+
+    /// One object's record bytes, check hash verified. Read through the
+    /// window cache: the pack's bytes around it are fetched once and serve
+    /// the objects that follow.
     pub async fn get_record(&self, source: &str, id: &ObjectId, loc: &BucketLoc) -> Result<Vec<u8>, S3Error> {
         let key = self.pack_key(source, &loc.pack);
-        let b = self.get(&key, Some((loc.offset, loc.len as u64))).await?;
+        let end = loc.offset + loc.len as u64;
+        let mut b = Vec::with_capacity(loc.len as usize);
+        let mut w = loc.offset / WINDOW * WINDOW;
+        while w < end {
+            let win = self.window(&key, w).await?;
+            let from = loc.offset.max(w) - w;
+            let to = (end.min(w + WINDOW) - w).min(win.len() as u64);
+            if from >= to {
+                break;
+            }
+            b.extend_from_slice(&win[from as usize..to as usize]);
+            w += WINDOW;
+        }
         let header = omesh_proto::RecordHeader::parse(&b).map_err(|e| S3Error::Damaged {
             target: self.describe(),
             what: key.clone(),
             reason: e.to_string(),
         })?;
-        if header.id != *id || header.record_len() != b.len() as u64 {
+        if header.id != *id || header.record_len() != b.len() as u64 || b.len() != loc.len as usize {
             return Err(S3Error::Damaged {
                 target: self.describe(),
                 what: key,
