@@ -9,7 +9,7 @@
 //! interval the bytes sent stay within the rate (no burst beyond one
 //! piece), and windows take effect at the next piece.
 
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -180,7 +180,7 @@ impl Bucket {
 
 /// The node's limits.
 pub struct Limiter {
-    tz: chrono_tz::Tz,
+    tz: jiff::tz::TimeZone,
     global: Bucket,
     peers: HashMap<String, Bucket>,
 }
@@ -194,10 +194,8 @@ impl std::fmt::Debug for Limiter {
 impl Limiter {
     /// Compile `[bandwidth]`; `None` when nothing is limited.
     pub fn new(cfg: &BandwidthConfig) -> Result<Option<Limiter>, String> {
-        let tz: chrono_tz::Tz = match &cfg.timezone {
-            Some(t) => t.parse().map_err(|_| format!("[bandwidth] timezone {t:?} is not an IANA time zone name"))?,
-            None => chrono_tz::UTC,
-        };
+        let tz =
+            super::schedule::time_zone(cfg.timezone.as_deref()).map_err(|e| format!("[bandwidth] timezone: {e}"))?;
         let global = RatePlan::new("[bandwidth]", cfg.limit.as_deref(), &cfg.window)?;
         let mut peers = HashMap::new();
         for p in &cfg.peer {
@@ -213,8 +211,9 @@ impl Limiter {
     }
 
     fn minute(&self, t: DateTime<Utc>) -> u32 {
-        let l = t.with_timezone(&self.tz);
-        l.hour() * 60 + l.minute()
+        let ts = jiff::Timestamp::from_second(t.timestamp()).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let l = ts.to_zoned(self.tz.clone());
+        l.hour() as u32 * 60 + l.minute() as u32
     }
 
     /// The limits in force at `t` for `peer`: (global, peer).

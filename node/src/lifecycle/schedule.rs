@@ -38,18 +38,34 @@ pub struct Schedule {
     /// Settings.
     pub cfg: ScheduleConfig,
     cron: Option<croner::Cron>,
-    tz: chrono_tz::Tz,
+    tz: jiff::tz::TimeZone,
+}
+
+/// A time zone by IANA name (the tz database is built in, so a server
+/// without tzdata still knows "Europe/Berlin").
+pub fn time_zone(name: Option<&str>) -> Result<jiff::tz::TimeZone, String> {
+    match name {
+        None => Ok(jiff::tz::TimeZone::UTC),
+        Some(t) => jiff::tz::TimeZone::get(t)
+            .map_err(|_| format!("unknown time zone {t:?} (use an IANA name like \"Europe/Berlin\")")),
+    }
+}
+
+fn to_zoned(t: DateTime<Utc>, tz: &jiff::tz::TimeZone) -> Option<jiff::Zoned> {
+    let ts = jiff::Timestamp::from_nanosecond(t.timestamp_nanos_opt()? as i128).ok()?;
+    Some(ts.to_zoned(tz.clone()))
+}
+
+fn from_zoned(z: &jiff::Zoned) -> Option<DateTime<Utc>> {
+    let ns = i64::try_from(z.timestamp().as_nanosecond()).ok()?;
+    Some(DateTime::from_timestamp_nanos(ns))
 }
 
 impl Schedule {
     /// Compile; errors name the schedule and setting.
     pub fn new(cfg: ScheduleConfig) -> Result<Schedule, String> {
-        let tz: chrono_tz::Tz = match &cfg.timezone {
-            Some(t) => t.parse().map_err(|_| {
-                format!("[[schedule]] {:?}: unknown timezone {t:?} (use an IANA name like \"Europe/Berlin\")", cfg.name)
-            })?,
-            None => chrono_tz::UTC,
-        };
+        let tz =
+            time_zone(cfg.timezone.as_deref()).map_err(|e| format!("[[schedule]] {:?}: timezone: {e}", cfg.name))?;
         let cron = match (&cfg.cron, cfg.interval_secs) {
             (Some(c), None) => Some(
                 croner::parser::CronParser::builder()
@@ -81,8 +97,8 @@ impl Schedule {
     fn next_occurrence(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match &self.cron {
             Some(c) => {
-                let local = t.with_timezone(&self.tz);
-                c.find_next_occurrence(&local, false).ok().map(|d| d.with_timezone(&Utc))
+                let local = to_zoned(t, &self.tz)?;
+                c.find_next_occurrence(&local, false).ok().and_then(|d| from_zoned(&d))
             }
             None => {
                 let every = self.cfg.interval_secs.expect("interval") as i64;
@@ -96,8 +112,8 @@ impl Schedule {
     fn previous_occurrence(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match &self.cron {
             Some(c) => {
-                let local = t.with_timezone(&self.tz);
-                c.find_previous_occurrence(&local, true).ok().map(|d| d.with_timezone(&Utc))
+                let local = to_zoned(t, &self.tz)?;
+                c.find_previous_occurrence(&local, true).ok().and_then(|d| from_zoned(&d))
             }
             None => {
                 let every = self.cfg.interval_secs.expect("interval") as i64;
@@ -131,7 +147,7 @@ impl Schedule {
     /// Human description.
     pub fn describe(&self) -> String {
         match (&self.cfg.cron, self.cfg.interval_secs) {
-            (Some(c), _) => format!("cron {c:?} {}", self.tz),
+            (Some(c), _) => format!("cron {c:?} {}", self.tz.iana_name().unwrap_or("UTC")),
             (_, Some(s)) => format!("every {s}s"),
             _ => String::new(),
         }
