@@ -167,3 +167,26 @@ fn server_stopped_during_a_backup_then_a_later_run_succeeds() {
     assert_eq!(r["protected"], true, "{r}");
     site.omesh("srv-a", &["verify", "--s3", "rack", "--read-data"]).ok();
 }
+
+#[test]
+fn uploads_to_a_bucket_keep_to_the_bandwidth_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let g = Garage::start(&t.path().join("garage"));
+    let mut site = Site::new(t.path(), &[("srv-a", "r0")]);
+    // 16 Mbit/s = 2 MB/s
+    site.write_config("srv-a", &[], 1, &format!("{}[bandwidth]\nlimit = \"16 Mbit/s\"\n", g.toml("rack", "")));
+    site.env = g.env();
+    let src = t.path().join("src");
+    // incompressible, 6 MB: about three seconds at the limit
+    data(&src, 3, 2_000_000, 5);
+    let t0 = std::time::Instant::now();
+    let r = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();
+    let wall = t0.elapsed().as_secs_f64();
+    let rep = &r["replicas"][0];
+    assert_eq!(rep["ok"], true, "{r}");
+    let bytes = rep["bytes_sent"].as_f64().unwrap();
+    assert!(bytes > 5_900_000.0, "{rep}");
+    let rate = bytes / rep["seconds"].as_f64().unwrap();
+    assert!(rate <= 2.2e6, "the upload ran at {rate:.0} B/s, limit 2e6: {rep}");
+    assert!(bytes / wall <= 2.2e6, "{bytes} bytes in {wall}s");
+}

@@ -20,17 +20,30 @@ pub type Rate = Option<u64>;
 /// Parse "unlimited", "200 Mbit/s", "25 MB/s", "10 MiB/s", "1 Gbit/s" or a
 /// plain number of bytes per second.
 pub fn parse_rate(s: &str) -> Result<Rate, String> {
-    let t = s.trim().to_ascii_lowercase();
+    let o = s.trim();
+    let t = o.to_ascii_lowercase();
     if t == "unlimited" || t == "none" {
         return Ok(None);
     }
-    let body = t.strip_suffix("/s").or_else(|| t.strip_suffix("ps")).unwrap_or(&t).trim();
+    let examples = "examples: \"200 Mbit/s\", \"25 MB/s\", \"unlimited\"";
+    // "/s" or "ps" ends a unit; the case of a bare b/B is kept: "MB" is
+    // bytes, while "Mb" and "Mbps" mean megabits to some tools and
+    // megabytes to others (tc), so they are refused rather than guessed
+    let body =
+        o.strip_suffix("/s").or_else(|| o.strip_suffix("ps")).or_else(|| o.strip_suffix("Ps")).unwrap_or(o).trim();
     let split = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
     let (num, unit) = body.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a rate (examples: \"200 Mbit/s\", \"25 MB/s\", \"unlimited\")"))?;
-    let bytes_per_unit: f64 = match unit.trim() {
+    let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a rate ({examples})"))?;
+    let unit = unit.trim();
+    let lower = unit.to_ascii_lowercase();
+    if unit.ends_with('b') && !lower.ends_with("bit") {
+        return Err(format!(
+            "{s:?}: {unit:?} is ambiguous (bits or bytes?); write \"{num} {}bit/s\" for bits or \"{num} {}B/s\" for bytes",
+            &unit[..unit.len() - 1],
+            unit[..unit.len() - 1].to_ascii_uppercase()
+        ));
+    }
+    let bytes_per_unit: f64 = match lower.as_str() {
         "" | "b" => 1.0,
         "bit" => 1.0 / 8.0,
         "kbit" => 1e3 / 8.0,
@@ -44,7 +57,7 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         "gib" => 1024.0 * 1024.0 * 1024.0,
         u => {
             return Err(format!(
-                "{s:?}: unknown rate unit {u:?} (use bit, kbit, Mbit, Gbit, KB, MB, GB, KiB, MiB, GiB per second)"
+                "{s:?}: unknown rate unit {u:?} (use bit, kbit, Mbit, Gbit, B, KB, MB, GB, KiB, MiB, GiB per second; {examples})"
             ));
         }
     };
@@ -281,6 +294,13 @@ mod tests {
         assert_eq!(parse_rate("unlimited").unwrap(), None);
         assert_eq!(parse_rate("1000").unwrap(), Some(1000));
         assert!(parse_rate("fast").is_err());
+        assert_eq!(parse_rate("100 MBps").unwrap(), Some(100_000_000));
+        assert_eq!(parse_rate("100 mbit").unwrap(), Some(12_500_000));
+        assert_eq!(parse_rate("2.5 GB").unwrap(), Some(2_500_000_000));
+        for ambiguous in ["100Mbps", "100 mbps", "100 Mb/s", "5 kb"] {
+            let e = parse_rate(ambiguous).unwrap_err();
+            assert!(e.contains("ambiguous") && e.contains("bit/s"), "{ambiguous}: {e}");
+        }
         assert!(parse_rate("0 Mbit/s").is_err());
         assert!(parse_rate("5 parsecs/s").is_err());
     }

@@ -161,6 +161,9 @@ impl NodeRuntime {
         };
         let endpoint = transport::endpoint(bind, &tls, &cfg.transport, serve)?;
         let state = if with_state { Some(Arc::new(State::open(&cfg.data_dir.join("state.redb"))?)) } else { None };
+        let limiter = crate::lifecycle::bandwidth::Limiter::new(&cfg.bandwidth)
+            .map_err(|e| NodeError::Other(format!("{}: {e}", cfg.path.display())))?
+            .map(Arc::new);
         let mut s3 = Vec::new();
         for t in &cfg.s3 {
             let resolver = outbound_check.as_ref().map(|check| {
@@ -181,14 +184,12 @@ impl NodeRuntime {
                     target.blocked = Some(m);
                 }
             }
+            target.limiter = limiter.clone();
             s3.push(Arc::new(target));
         }
         let stores = Arc::new(Stores::new(cfg.clone()));
         let counters = Arc::new(Counters::default());
         let metrics = Arc::new(crate::lifecycle::metrics::Metrics::new(&counters));
-        let limiter = crate::lifecycle::bandwidth::Limiter::new(&cfg.bandwidth)
-            .map_err(|e| NodeError::Other(format!("{}: {e}", cfg.path.display())))?
-            .map(Arc::new);
         Ok(Arc::new(NodeRuntime {
             cfg,
             tls,

@@ -54,6 +54,9 @@ pub struct S3Target {
     /// Set when the residency policy forbids this endpoint: every request
     /// fails with this message and nothing is sent.
     pub blocked: Option<String>,
+    /// `[bandwidth]` limits: uploads are paced like replication to a peer
+    /// (keyed by the target's name for per-peer limits).
+    pub limiter: Option<Arc<crate::lifecycle::bandwidth::Limiter>>,
     windows: WindowCache,
 }
 
@@ -122,7 +125,7 @@ impl S3Target {
     pub async fn new(cfg: S3Config, data_dir: &Path, resolver: Option<client::Resolver>) -> Result<Self, S3Error> {
         let client = client::build(&cfg, resolver).await?;
         let cache = data_dir.join("s3cache").join(&cfg.name);
-        Ok(S3Target { cfg, client, cache, blocked: None, windows: WindowCache::default() })
+        Ok(S3Target { cfg, client, cache, blocked: None, limiter: None, windows: WindowCache::default() })
     }
 
     /// "name (endpoint, bucket)" for messages.
@@ -217,6 +220,13 @@ impl S3Target {
         Ok(b.into_bytes().to_vec())
     }
 
+    /// Wait until `n` more upload bytes fit within `[bandwidth]`.
+    async fn pace(&self, n: usize) {
+        if let Some(l) = &self.limiter {
+            l.pace(&self.cfg.name, n as u64).await;
+        }
+    }
+
     /// Write `data` under `key` unless an object is already there.
     async fn put_once(&self, key: &str, data: Vec<u8>) -> Result<bool, S3Error> {
         if self.exists(key).await? {
@@ -225,6 +235,7 @@ impl S3Target {
         if data.len() as u64 > self.cfg.part_size.0 {
             return self.put_multipart(key, data).await.map(|_| true);
         }
+        self.pace(data.len()).await;
         let mut req = self.client.put_object().bucket(&self.cfg.bucket).key(key).body(ByteStream::from(data));
         if let Some(sc) = &self.cfg.storage_class {
             req = req.storage_class(sc.as_str().into());
@@ -245,6 +256,7 @@ impl S3Target {
             let mut parts = Vec::new();
             for (i, chunk) in data.chunks(self.cfg.part_size.0 as usize).enumerate() {
                 let n = i as i32 + 1;
+                self.pace(chunk.len()).await;
                 let r = self
                     .client
                     .upload_part()
