@@ -190,3 +190,28 @@ fn uploads_to_a_bucket_keep_to_the_bandwidth_limit() {
     assert!(rate <= 2.2e6, "the upload ran at {rate:.0} B/s, limit 2e6: {rep}");
     assert!(bytes / wall <= 2.2e6, "{bytes} bytes in {wall}s");
 }
+
+#[test]
+fn mesh_sync_counts_the_bucket_as_a_replica() {
+    let t = tempfile::tempdir().unwrap();
+    let g = Garage::start(&t.path().join("garage"));
+    let mut site = Site::new(t.path(), &[("a", "r0"), ("b", "r1"), ("c", "r2")]);
+    let bucket = g.toml("rack", "");
+    // factor 2: a's snapshots go to b and to the bucket
+    site.write_config("a", &["b".into()], 2, &bucket);
+    site.write_config("b", &["a".into(), "c".into()], 2, &bucket);
+    site.write_config("c", &["a".into(), "b".into()], 2, &bucket);
+    site.env = g.env();
+    let _b = site.start("b");
+    let src = t.path().join("src");
+    data(&src, 4, 200_000, 11);
+    let r = site.omesh("a", &["backup", s(&src), "--json"]).ok().json();
+    assert_eq!(r["protected"], true, "{r}");
+    let mut to: Vec<&str> = r["replicas"].as_array().unwrap().iter().map(|x| x["peer"].as_str().unwrap()).collect();
+    to.sort();
+    assert_eq!(to, ["b", "rack"], "{r}");
+    // c sees two replicas in two failure domains: nothing to repair
+    let rep = site.omesh("c", &["sync", "--json"]).ok().json();
+    assert_eq!(rep["under_replicated"], 0, "{rep}");
+    assert!(rep["repaired"].as_array().unwrap().is_empty(), "{rep}");
+}

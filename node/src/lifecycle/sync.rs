@@ -16,7 +16,7 @@ use crate::mesh::client::PeerConn;
 use crate::node::NodeRuntime;
 use omesh_proto::{ObjectId, ObjectKind, Record};
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -224,6 +224,33 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
                     let mut holders = BTreeMap::new();
                     holders.insert(me.clone(), ns);
                     seen.insert((source, id), Seen { record, holders });
+                }
+            }
+        }
+    }
+    // S3 targets hold replicas too: they count towards the factor (in
+    // their own failure domain) but never repair anything themselves
+    let sources: BTreeSet<String> =
+        seen.keys().map(|(src, _)| src.clone()).chain(std::iter::once(me.clone())).collect();
+    for t in rt.s3.iter().filter(|t| t.blocked.is_none()) {
+        members.push(Member { name: t.cfg.name.clone(), domain: t.cfg.domain(), reachable: false });
+        for source in &sources {
+            match t.snapshot_times(source).await {
+                Ok(items) => {
+                    for (id, ns) in items {
+                        if let Some(s) = seen.get_mut(&(source.clone(), id)) {
+                            // a bucket that does not date its objects does not
+                            // make a snapshot look older than it is
+                            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+                            s.holders.insert(t.cfg.name.clone(), if ns > 0 { ns } else { now });
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target = %t.cfg.name, %source, error = %e, "sync: cannot list the bucket's snapshots");
+                    if !rep.unreachable.contains(&t.cfg.name) {
+                        rep.unreachable.push(t.cfg.name.clone());
+                    }
                 }
             }
         }

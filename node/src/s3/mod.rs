@@ -165,6 +165,11 @@ impl S3Target {
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<(String, u64)>, S3Error> {
+        Ok(self.list_detailed(prefix).await?.into_iter().map(|(k, n, _)| (k, n)).collect())
+    }
+
+    /// (key, size, last modified in ns since the epoch, 0 if unknown).
+    async fn list_detailed(&self, prefix: &str) -> Result<Vec<(String, u64, i64)>, S3Error> {
         if let Some(m) = &self.blocked {
             return Err(S3Error::Config(format!("residency: {m}")));
         }
@@ -182,7 +187,11 @@ impl S3Target {
                 .map_err(|e| self.err("listing", e))?;
             for o in r.contents() {
                 if let Some(k) = o.key() {
-                    out.push((k.to_string(), o.size().unwrap_or(0).max(0) as u64));
+                    let modified = o
+                        .last_modified()
+                        .map(|t| t.secs().saturating_mul(1_000_000_000).saturating_add(t.subsec_nanos() as i64))
+                        .unwrap_or(0);
+                    out.push((k.to_string(), o.size().unwrap_or(0).max(0) as u64, modified));
                 }
             }
             match r.next_continuation_token() {
@@ -365,6 +374,18 @@ impl S3Target {
             tracing::info!(target = %self.cfg.name, pack = %name, "indexed a pack left by an interrupted upload");
         }
         Ok((map, recovered))
+    }
+
+    /// Snapshot ids stored for `source`, each with the time the bucket
+    /// stored it (ns; 0 if the server does not say). One listing, no reads.
+    pub async fn snapshot_times(&self, source: &str) -> Result<Vec<(ObjectId, i64)>, S3Error> {
+        let prefix = self.key(source, "snapshots/");
+        Ok(self
+            .list_detailed(&prefix)
+            .await?
+            .into_iter()
+            .filter_map(|(key, _, t)| Some((ObjectId::from_hex(key.strip_prefix(&prefix)?).ok()?, t)))
+            .collect())
     }
 
     /// Snapshots stored for `source`: (id, sealed record).
