@@ -73,14 +73,17 @@ pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
 
 impl RetentionPolicy {
     /// Whether any keep rule is set.
+    /// A zero count or a zero `keep_within` is no rule at all (as in
+    /// restic): `keep_last = 0` alone must not forget everything.
     pub fn has_rules(&self) -> bool {
-        self.keep_last.is_some()
-            || self.keep_hourly.is_some()
-            || self.keep_daily.is_some()
-            || self.keep_weekly.is_some()
-            || self.keep_monthly.is_some()
-            || self.keep_yearly.is_some()
-            || self.keep_within.is_some()
+        [self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly]
+            .into_iter()
+            .any(|n| rule(n).is_some())
+            || self.within().ok().flatten().is_some()
+    }
+
+    fn within(&self) -> Result<Option<chrono::Duration>, String> {
+        Ok(self.keep_within.as_deref().map(parse_duration).transpose()?.filter(|d| *d > chrono::Duration::zero()))
     }
 
     /// Check the durations parse.
@@ -93,6 +96,11 @@ impl RetentionPolicy {
         }
         Ok(())
     }
+}
+
+/// A count rule: 0 means unset.
+fn rule(n: Option<u32>) -> Option<u32> {
+    n.filter(|n| *n > 0)
 }
 
 /// The verdict for one snapshot.
@@ -119,25 +127,25 @@ pub fn decide(
     let mut sorted: Vec<(ObjectId, DateTime<Utc>)> = snaps.to_vec();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
     let newest = sorted.first().map(|s| s.1);
-    let within = policy.keep_within.as_deref().map(parse_duration).transpose()?;
+    let within = policy.within()?;
     let lock = policy.lock.as_deref().map(parse_duration).transpose()?;
     type Key = fn(&DateTime<Utc>) -> i64;
     let buckets: [(&str, Option<u32>, Key); 5] = [
-        ("hourly", policy.keep_hourly, |t| (t.year() as i64 * 10000 + t.ordinal() as i64) * 100 + t.hour() as i64),
-        ("daily", policy.keep_daily, |t| t.year() as i64 * 1000 + t.ordinal() as i64),
-        ("weekly", policy.keep_weekly, |t| {
+        ("hourly", rule(policy.keep_hourly), |t| (t.year() as i64 * 10000 + t.ordinal() as i64) * 100 + t.hour() as i64),
+        ("daily", rule(policy.keep_daily), |t| t.year() as i64 * 1000 + t.ordinal() as i64),
+        ("weekly", rule(policy.keep_weekly), |t| {
             let w = t.iso_week();
             w.year() as i64 * 100 + w.week() as i64
         }),
-        ("monthly", policy.keep_monthly, |t| t.year() as i64 * 100 + t.month() as i64),
-        ("yearly", policy.keep_yearly, |t| t.year() as i64),
+        ("monthly", rule(policy.keep_monthly), |t| t.year() as i64 * 100 + t.month() as i64),
+        ("yearly", rule(policy.keep_yearly), |t| t.year() as i64),
     ];
     let mut remaining: Vec<Option<u32>> = buckets.iter().map(|b| b.1).collect();
     let mut last_key: Vec<Option<i64>> = vec![None; buckets.len()];
     let mut out = Vec::with_capacity(sorted.len());
     for (i, (id, time)) in sorted.iter().enumerate() {
         let mut reasons = Vec::new();
-        if let Some(n) = policy.keep_last {
+        if let Some(n) = rule(policy.keep_last) {
             if (i as u32) < n {
                 reasons.push(format!("last {n}"));
             }
@@ -192,6 +200,18 @@ mod tests {
             d.iter().filter(|x| x.keep).map(|x| x.time.format("%m-%d %H:%M").to_string()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn zero_counts_are_no_rules() {
+        let s = snaps(&["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"]);
+        let p = RetentionPolicy { keep_last: Some(0), keep_daily: Some(0), keep_within: Some("0d".into()), ..Default::default() };
+        assert!(!p.has_rules());
+        let d = decide(&s, &p, t("2026-02-01T00:00:00Z")).unwrap();
+        assert!(d.iter().all(|x| x.keep), "{d:?}");
+        // a zero next to a real rule: only the real rule counts
+        let p = RetentionPolicy { keep_last: Some(0), keep_daily: Some(1), ..Default::default() };
+        assert_eq!(kept(&decide(&s, &p, t("2026-02-01T00:00:00Z")).unwrap()), ["01-03 00:00"]);
     }
 
     #[test]
