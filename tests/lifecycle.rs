@@ -117,6 +117,8 @@ fn a_delete_requested_by_the_source_is_refused_inside_the_retention_lock() {
     let r = site.omesh("a", &["backup", s(&src), "--json"]).ok().json();
     let snap = r["snapshot"].as_str().unwrap().to_string();
     let f = site.omesh("a", &["forget", &snap[..12], "--json"]).code(3).json();
+    assert_eq!(f["items"][0]["removed"], true, "{f}");
+    assert!(f["items"][0]["time"].as_str().unwrap().starts_with("20"), "the forgotten snapshot's time: {f}");
     let answers = f["peers"].as_array().unwrap();
     let b = answers.iter().find(|p| p["peer"] == "b").unwrap();
     assert_eq!(b["forgotten"], false, "{f}");
@@ -133,9 +135,21 @@ fn a_delete_requested_by_the_source_is_refused_inside_the_retention_lock() {
         "[retention]\nlock = \"30d\"\nkeep_last = 1\nhonor_source_deletes = true\n",
     );
     b_daemon.kill();
-    let _b = site.start("b");
+    let mut b_daemon = site.start("b");
     let dry = site.omesh("b", &["forget", "--source", "a", "--dry-run", "--json"]).ok().json();
     assert_eq!(dry["forgotten"], 0, "{dry}");
+    // a peer that is down cannot be asked: the answer says so (exit 3)
+    fs::write(src.join("more.bin"), b"more").unwrap();
+    let r = site.omesh("a", &["backup", s(&src), "--json"]).ok().json();
+    let snap2 = r["snapshot"].as_str().unwrap().to_string();
+    b_daemon.kill();
+    let f = site.omesh("a", &["forget", &snap2[..12], "--json"]).code(3).json();
+    let b = f["peers"].as_array().unwrap().iter().find(|p| p["peer"] == "b").cloned().unwrap();
+    assert_eq!(b["forgotten"], false, "{f}");
+    assert!(b["message"].as_str().unwrap().contains("unreachable"), "{f}");
+    // c has no keep_* rule: `forget` without snapshots is a configuration error
+    let out = site.omesh("c", &["forget"]).code(2);
+    assert!(out.stderr.contains("[retention] has no keep_* rule"), "{}", out.stderr);
 }
 
 #[test]

@@ -35,7 +35,7 @@ pub use output::{CliError, ExitCode};
     version,
     about,
     long_about = None,
-    after_help = "Start here:\n  omesh demo                                 see the whole thing work in a minute\n  omesh init --store /srv/omesh              create a local store and its key\n  omesh backup --store /srv/omesh /var/lib/app\n  omesh snapshots --store /srv/omesh\n  omesh restore --store /srv/omesh latest --target /tmp/restore\n\nExit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 backup finished with\nunreadable files, 4 damage found (verify) or files not restored, 5 store busy,
+    after_help = "Start here:\n  omesh demo                                 see the whole thing work in a minute\n  omesh init --store /srv/omesh              create a local store and its key\n  omesh backup --store /srv/omesh /var/lib/app\n  omesh snapshots --store /srv/omesh\n  omesh restore --store /srv/omesh latest --target /tmp/restore\n\nExit codes: 0 ok, 1 failed, 2 usage or configuration error, 3 warnings (backup finished\nwith unreadable files; forget kept a snapshot asked for or could not ask a peer; sync\nrepairs failed), 4 damage found (verify) or files not restored, 5 store busy,
 6 snapshot saved but not yet on `factor` peers.\nLogs: RUST_LOG=debug (or --verbose) writes detailed logs to stderr."
 )]
 pub struct Cli {

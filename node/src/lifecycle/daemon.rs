@@ -148,18 +148,27 @@ async fn sync_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
 /// Retention on every store, then garbage collection.
 pub async fn maintenance(rt: &Arc<NodeRuntime>) -> Result<serde_json::Value, String> {
     let forget = if rt.cfg.retention.has_rules() {
+        // (not while `omesh forget` or another maintenance runs; gc_all
+        // takes the lock itself)
+        let _one = rt.maintenance_lock.lock().await;
         Some(super::forget(rt, None, vec![], false).await.map_err(|e| e.to_string())?)
     } else {
         None
     };
     let gc = super::gc_all(rt).await;
+    let forget_errors: Vec<String> =
+        forget.as_ref().map(|f| f.errors.iter().map(|e| format!("retention: {e}")).collect()).unwrap_or_default();
+    for e in &forget_errors {
+        tracing::error!(error = %e, "retention could not forget a snapshot");
+    }
+    let errors: Vec<String> = forget_errors.into_iter().chain(gc.errors.iter().cloned()).collect();
     let v = serde_json::json!({
-        "forgotten": forget.as_ref().map(|f| f.forgotten).unwrap_or(0),
+        "forgotten": forget.as_ref().map(|f| f.items.iter().filter(|i| i.removed).count()).unwrap_or(0),
         "swept": gc.stores.iter().map(|s| s.swept).sum::<u64>(),
         "freed_bytes": gc.stores.iter().map(|s| s.bytes_before.saturating_sub(s.bytes_after)).sum::<u64>(),
-        "errors": gc.errors,
+        "errors": errors,
     });
-    if gc.errors.is_empty() { Ok(v) } else { Err(gc.errors.join("; ")) }
+    if errors.is_empty() { Ok(v) } else { Err(errors.join("; ")) }
 }
 
 async fn maintenance_loop(rt: Arc<NodeRuntime>, sched: Schedule, cancel: CancellationToken) {

@@ -357,10 +357,10 @@ pub async fn forget(
         return forget_ids(rt, ids, dry_run, now).await;
     }
     if !policy.has_rules() {
-        return Err(NodeError::Other(format!(
-            "{}: [retention] has no keep_* rule, so nothing is ever forgotten; add rules (see docs/config.md)",
-            rt.cfg.path.display()
-        )));
+        return Err(NodeError::Config(crate::config::ConfigError {
+            path: rt.cfg.path.clone(),
+            message: "[retention] has no keep_* rule, so nothing is ever forgotten; add rules (see docs/config.md) or name the snapshots to forget".into(),
+        }));
     }
     let stores = rt.stores.clone();
     let rep = tokio::task::spawn_blocking(move || {
@@ -400,6 +400,7 @@ async fn forget_ids(
     for s in &specs {
         ids.push(own.store.resolve_snapshot(s)?);
     }
+    let times = snapshot_times(&own.store).map_err(NodeError::Other)?;
     for id in &ids {
         let locked = locked_until(&own.store, id, &rt.cfg.retention, now).map_err(NodeError::Other)?;
         let (keep, reasons) = match locked {
@@ -416,10 +417,7 @@ async fn forget_ids(
         } else {
             rep.forgotten += 1;
         }
-        let time = snapshot_times(&own.store)
-            .ok()
-            .and_then(|t| t.into_iter().find(|x| x.0 == *id).map(|x| x.1.to_rfc3339()))
-            .unwrap_or_default();
+        let time = times.iter().find(|x| x.0 == *id).map(|x| x.1.to_rfc3339()).unwrap_or_default();
         rep.items.push(ForgetItem { source: rt.cfg.name.clone(), id: id.to_hex(), time, keep, reasons, removed });
     }
     if dry_run {
@@ -428,7 +426,22 @@ async fn forget_ids(
     // ask every reachable peer; each decides by its own policy and lock
     let probes = rt.probe_all().await;
     for p in &probes {
-        let Ok((c, _)) = &p.result else { continue };
+        let c = match &p.result {
+            Ok((c, _)) => c,
+            Err(e) => {
+                // it may hold replicas: the caller must know they were not
+                // asked (it can rerun forget when the peer is back)
+                for id in &ids {
+                    rep.peers.push(PeerAnswer {
+                        peer: p.peer.name.clone(),
+                        snapshot: id.to_hex(),
+                        forgotten: false,
+                        message: format!("not asked: unreachable ({e})"),
+                    });
+                }
+                continue;
+            }
+        };
         for id in &ids {
             let r = c.delete_snapshot(&rt.cfg.name, *id).await;
             let (forgotten, message) = match r {

@@ -131,7 +131,9 @@ pub fn decide(
     let lock = policy.lock.as_deref().map(parse_duration).transpose()?;
     type Key = fn(&DateTime<Utc>) -> i64;
     let buckets: [(&str, Option<u32>, Key); 5] = [
-        ("hourly", rule(policy.keep_hourly), |t| (t.year() as i64 * 10000 + t.ordinal() as i64) * 100 + t.hour() as i64),
+        ("hourly", rule(policy.keep_hourly), |t| {
+            (t.year() as i64 * 10000 + t.ordinal() as i64) * 100 + t.hour() as i64
+        }),
         ("daily", rule(policy.keep_daily), |t| t.year() as i64 * 1000 + t.ordinal() as i64),
         ("weekly", rule(policy.keep_weekly), |t| {
             let w = t.iso_week();
@@ -205,7 +207,12 @@ mod tests {
     #[test]
     fn zero_counts_are_no_rules() {
         let s = snaps(&["2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", "2026-01-03T00:00:00Z"]);
-        let p = RetentionPolicy { keep_last: Some(0), keep_daily: Some(0), keep_within: Some("0d".into()), ..Default::default() };
+        let p = RetentionPolicy {
+            keep_last: Some(0),
+            keep_daily: Some(0),
+            keep_within: Some("0d".into()),
+            ..Default::default()
+        };
         assert!(!p.has_rules());
         let d = decide(&s, &p, t("2026-02-01T00:00:00Z")).unwrap();
         assert!(d.iter().all(|x| x.keep), "{d:?}");
