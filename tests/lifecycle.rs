@@ -346,3 +346,51 @@ fn a_scheduled_backup_runs_and_status_and_metrics_report_it() {
         assert!(metrics.contains(m), "{m} missing:\n{metrics}");
     }
 }
+
+#[test]
+fn a_snapshot_left_on_the_server_alone_does_not_meet_the_rpo() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("a", "r0"), ("b", "r1")]);
+    let src = t.path().join("src");
+    data(&src, 2, 100_000, 21);
+    site.write_config(
+        "a",
+        &["b".into()],
+        1,
+        &format!("[[schedule]]\nname = \"often\"\ninterval_secs = 3600\nrpo_secs = 7200\npaths = [\"{}\"]\n", s(&src)),
+    );
+    site.write_config("b", &["a".into()], 1, "");
+    // b is down: the scheduled backup saves the snapshot here only
+    let mut a = site.start("a");
+    let mut st = serde_json::Value::Null;
+    wait_until("the scheduled backup", Duration::from_secs(60), || {
+        st = site.omesh("a", &["status", "--json"]).ok().json();
+        st["schedules"][0]["last_error"].is_string()
+    });
+    let sc = &st["schedules"][0];
+    assert!(sc["last_success"].is_null(), "{st}");
+    assert!(sc["last_error"].as_str().unwrap().contains("not protected"), "{st}");
+    assert_eq!(sc["rpo_met"], false, "{st}");
+    let p = &st["protection"];
+    assert!(p["last_backup"].is_string(), "{st}");
+    assert!(p["last_protected_backup"].is_null() && p["achieved_rpo_secs"].is_null(), "{st}");
+    assert_eq!(p["rpo_met"], false, "{st}");
+    a.kill();
+
+    // b comes up and takes a manual backup's replica; then b loses it
+    let _b = site.start("b");
+    let r = site.omesh("a", &["backup", s(&src), "--json"]).ok().json();
+    assert_eq!(r["protected"], true, "{r}");
+    let snap = r["snapshot"].as_str().unwrap().to_string();
+    let st = site.omesh("a", &["status", "--json"]).ok().json();
+    assert!(st["protection"]["achieved_rpo_secs"].as_u64().is_some(), "{st}");
+    assert_eq!(st["protection"]["replica_domains"], 1, "{st}");
+    drop(_b);
+    fs::remove_dir_all(site.node("b").data().join("sources").join("a")).unwrap();
+    let _b = site.start("b");
+    // b answers and does not list it: the acknowledgement no longer counts
+    let list = site.omesh("a", &["snapshots", "--json"]).ok().json();
+    let e = list.as_array().unwrap().iter().find(|x| x["id"] == snap.as_str()).unwrap().clone();
+    assert_eq!(e["replica_count"], 0, "{e}");
+    assert_eq!(e["fully_replicated"], false, "{e}");
+}

@@ -89,9 +89,10 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
     };
     if let Some(p) = &s.protection {
         println!(
-            "last backup {} ({} ago){}; {} of {} replicas in {} failure domains",
+            "last backup {}; last fully replicated {} ({} ago){}; {} of {} replicas in {} failure domains",
             p.last_backup.clone().unwrap_or_else(|| "?".into()),
-            p.achieved_rpo_secs.map(dur).unwrap_or_else(|| "?".into()),
+            p.last_protected_backup.clone().unwrap_or_else(|| "never".into()),
+            p.achieved_rpo_secs.map(dur).unwrap_or_else(|| "-".into()),
             match (p.rpo_secs, p.rpo_met) {
                 (Some(t), Some(true)) => format!(", RPO {} met", dur(t)),
                 (Some(t), _) => format!(", RPO {} MISSED", dur(t)),

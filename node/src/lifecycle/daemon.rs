@@ -103,7 +103,18 @@ async fn schedule_loop(rt: Arc<NodeRuntime>, sched: Schedule, cancel: Cancellati
             }
             Err(e) => tracing::error!(schedule = %sched.cfg.name, error = %e, "scheduled backup failed"),
         }
-        record_end(&rt, &key, r.map_err(|e| e.to_string()));
+        // an unprotected snapshot is a failed run for the RPO: it would be
+        // lost with this server
+        let r = match r {
+            Ok(v) if v["protected"] != serde_json::Value::Bool(true) => Err(format!(
+                "snapshot {} saved on this server only partly replicated (replicas: {}; {}): not protected, so not counted towards the RPO",
+                v["snapshot"].as_str().unwrap_or("?"),
+                v["replicas"],
+                v["warnings"]
+            )),
+            r => r.map_err(|e| e.to_string()),
+        };
+        record_end(&rt, &key, r);
     }
 }
 

@@ -128,7 +128,7 @@ impl Metrics {
         r.register("backup_added_bytes", "Bytes added to the local store by backups", m.backup_bytes_added.clone());
         r.register(
             "backup_last_success_timestamp_seconds",
-            "Unix time of the last successful backup per schedule",
+            "Unix time of the last backup per schedule whose snapshot reached factor replicas",
             m.backup_last_success.clone(),
         );
         r.register("rpo_target_seconds", "Configured recovery point objective per schedule", m.rpo_target.clone());

@@ -305,6 +305,10 @@ impl NodeRuntime {
         m.backup_seconds.observe(t.elapsed().as_secs_f64());
         if let Ok(rep) = &r {
             m.backup_bytes_added.inc_by(rep.backup.bytes_added);
+        }
+        // a snapshot that is only on this server does not meet an RPO: it
+        // dies with the server
+        if r.as_ref().is_ok_and(|rep| rep.protected) {
             m.backup_last_success
                 .get_or_create(&crate::lifecycle::metrics::label("schedule", schedule))
                 .set(chrono::Utc::now().timestamp() as f64);

@@ -145,11 +145,17 @@ pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Ve
             }
         }
     }
-    let (mut live, _) = live_listing(rt, &source).await;
+    let (mut live, probes) = live_listing(rt, &source).await;
+    // who answered now: what they do not list, they do not hold (whatever
+    // they acknowledged earlier)
+    let mut answered: std::collections::HashSet<String> =
+        probes.iter().filter(|p| p.result.is_ok()).map(|p| p.peer.name.clone()).collect();
+    answered.insert(rt.cfg.name.clone());
     let mut s3_holders: HashMap<ObjectId, Vec<(String, String)>> = HashMap::new();
     for t in &rt.s3 {
         match t.list_snapshots(&source).await {
             Ok(list) => {
+                answered.insert(t.cfg.name.clone());
                 for (id, rec) in list {
                     live.entry(id).or_insert_with(|| (rec, vec![]));
                     s3_holders.entry(id).or_default().push((t.cfg.name.clone(), t.cfg.domain()));
@@ -224,7 +230,10 @@ pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Ve
         }
         // a replica counts when the node confirms it now, or (if that node
         // is unreachable) when it acknowledged it earlier
-        let count = replicas.values().filter(|r| r.confirmed || r.acknowledged.is_some()).count();
+        let count = replicas
+            .values()
+            .filter(|r| r.confirmed || (r.acknowledged.is_some() && !answered.contains(&r.node)))
+            .count();
         out.push(SnapshotView {
             id: id.to_hex(),
             short_id: id.short(),
@@ -353,6 +362,8 @@ pub struct ProtectionView {
     pub last_snapshot: Option<String>,
     /// Its time (RFC 3339).
     pub last_backup: Option<String>,
+    /// Start of the newest snapshot with `factor` replicas (RFC 3339).
+    pub last_protected_backup: Option<String>,
     /// Seconds since then: the data loss if this server failed now.
     pub achieved_rpo_secs: Option<u64>,
     /// The tightest RPO configured on a schedule.
@@ -514,17 +525,26 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
             })
         })
         .collect();
-    let protection = snaps.iter().rfind(|s| s.on_source).map(|latest| {
-        let t_ns = latest
-            .time
+    let start_ns = |s: &SnapshotView| {
+        s.time
             .as_deref()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
             .and_then(|t| t.timestamp_nanos_opt())
-            .unwrap_or(0);
-        let achieved = age(t_ns);
+            .unwrap_or(0)
+    };
+    // what survives losing this server: the newest snapshot with `factor`
+    // replicas
+    let protected_ns = snaps.iter().filter(|s| s.on_source && s.fully_replicated).map(start_ns).max();
+    let last_protected_backup = protected_ns.map(rfc3339);
+    let protection = snaps.iter().rfind(|s| s.on_source).map(|latest| {
+        let achieved = protected_ns.and_then(age);
         let target = rt.cfg.schedules.iter().filter_map(|s| s.rpo_secs).min();
         let confirmed: Vec<&ReplicaView> = latest.replicas.iter().filter(|r| r.confirmed).collect();
-        let domains: std::collections::HashSet<&str> = confirmed.iter().map(|r| r.domain.as_str()).collect();
+        // an empty label is a failure domain of its own for each node
+        let domains: std::collections::HashSet<String> = confirmed
+            .iter()
+            .map(|r| if r.domain.is_empty() { format!("\0node:{}", r.node) } else { r.domain.clone() })
+            .collect();
         // a restore pulls from the replicas in parallel: the two fastest
         // links measured to them bound it
         let mut rates: Vec<(String, u64)> = confirmed
@@ -552,6 +572,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         ProtectionView {
             last_snapshot: Some(latest.id.clone()),
             last_backup: latest.time.clone(),
+            last_protected_backup: last_protected_backup.clone(),
             achieved_rpo_secs: achieved,
             rpo_secs: target,
             rpo_met: target.map(|t| achieved.is_some_and(|a| a <= t)),
