@@ -72,11 +72,14 @@ fn inbound_from_a_forbidden_address_is_refused() {
     // srv-b accepts connections only from the two nodes' configured
     // addresses; srv-a's client endpoint connects from 127.0.0.1
     let (a, b) = (site.node("srv-a").ip.clone(), site.node("srv-b").ip.clone());
+    let metrics_port = crate::common::mesh::free_port("127.0.0.1");
     site.write_config(
         "srv-b",
         &["srv-a".into()],
         1,
-        &format!("[residency]\nallowed_networks = [\"{a}/32\", \"{b}/32\"]\n"),
+        &format!(
+            "[residency]\nallowed_networks = [\"{a}/32\", \"{b}/32\"]\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n"
+        ),
     );
     let _b = site.start("srv-b");
     let r = site.omesh("srv-a", &["backup", s(&src(t.path())), "--json"]).code(6).json();
@@ -84,6 +87,13 @@ fn inbound_from_a_forbidden_address_is_refused() {
     assert!(!site.node("srv-b").data().join("sources/srv-a").exists(), "srv-b stored data from a refused address");
     let st = site.omesh("srv-b", &["status", "--json"]).ok().json();
     assert!(st["residency_refusals"].as_u64().unwrap() >= 1, "{st}");
+    // ...but a metrics scraper on the same host (loopback) is served
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).unwrap();
+    use std::io::{Read, Write};
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut m = String::new();
+    c.read_to_string(&mut m).unwrap();
+    assert!(m.starts_with("HTTP/1.1 200") && m.contains("omesh_"), "{m}");
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //! The endpoint is plain HTTP on an address the operator chooses (a
 //! management network or loopback); it serves numbers and names only,
 //! never data or keys, and the residency policy's inbound check applies
-//! to it like to every other connection.
+//! to it like to every other connection, except a scraper on this host
+//! (a loopback client address).
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -189,7 +190,8 @@ pub async fn serve(
                 }
             },
         };
-        if let Some(check) = &inbound {
+        // a scraper on this host (loopback) never crosses a network
+        if let Some(check) = inbound.as_ref().filter(|_| !peer.ip().to_canonical().is_loopback()) {
             if let Err(why) = check(peer) {
                 tracing::warn!(%peer, reason = %why, "refused a metrics connection");
                 continue;

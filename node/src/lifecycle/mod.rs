@@ -646,7 +646,7 @@ async fn heal(
         damaged.iter().filter(|d| d.what == "object").filter_map(|d| ObjectId::from_hex(&d.id).ok()).collect();
     if !objects.is_empty() {
         let mut got = sync::Fetched::default();
-        if let Err(e) = sync::fetch_into(rt, store, source, &objects, &conns, keys, &mut got).await {
+        if let Err(e) = sync::fetch_into(rt, store, source, &objects, &conns, keys.clone(), &mut got).await {
             tracing::warn!(%source, error = %e, "repair fetch failed");
         }
         let st = store.clone();
@@ -669,7 +669,16 @@ async fn heal(
             if let Some(e) = list.into_iter().find(|e| e.id == id) {
                 let st = store.clone();
                 let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(e.stored_ns.max(0) as u64);
-                let ok_rec = omesh_proto::Record::decode(&e.record).map(|(r, _)| r.id == id).unwrap_or(false);
+                // with the key (this node's own store), the record must
+                // decrypt and hash to its id: a peer cannot plant a forged
+                // one; a keyless replica can only check the frame
+                let ok_rec = match &keys {
+                    Some(k) => crate::mesh::source::open_snapshot(k, &id, &e.record).is_ok(),
+                    None => omesh_proto::Record::decode(&e.record).map(|(r, _)| r.id == id).unwrap_or(false),
+                };
+                if !ok_rec {
+                    tracing::warn!(%source, snapshot = %id.short(), peer = %c.name, "a peer's copy of a damaged snapshot record does not verify; not used");
+                }
                 if ok_rec
                     && tokio::task::spawn_blocking(move || st.store.put_snapshot_record_at(&id, &e.record, time))
                         .await
