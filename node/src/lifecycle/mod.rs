@@ -575,6 +575,7 @@ pub async fn scrub_all(
     rate: bandwidth::Rate,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> ScrubReport {
+    let _one = rt.scrub_lock.lock().await;
     let t = std::time::Instant::now();
     let mut rep = ScrubReport::default();
     let names = {

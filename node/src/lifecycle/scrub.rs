@@ -7,7 +7,7 @@
 //! Every snapshot record is decoded and checked. A bad object is
 //! quarantined: its bytes are copied to `quarantine/` and it leaves the
 //! index, so a good copy can be fetched from another replica and written
-//! again (see `lifecycle::sync::refetch`). The pass walks the index in id
+//! again (see `lifecycle::sync::fetch_into`). The pass walks the index in id
 //! order by pages, so memory stays flat and a pass can continue where the
 //! previous one stopped.
 

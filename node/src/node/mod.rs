@@ -96,6 +96,9 @@ pub struct NodeRuntime {
     pub maintenance_lock: tokio::sync::Mutex<()>,
     /// One mesh sync at a time.
     pub sync_lock: tokio::sync::Mutex<()>,
+    /// One scrub at a time (the daemon's pass and `omesh scrub` would
+    /// otherwise read, quarantine and rewrite the same packs together).
+    pub scrub_lock: tokio::sync::Mutex<()>,
     conns: tokio::sync::Mutex<HashMap<String, PeerConn>>,
     backup_lock: tokio::sync::Mutex<()>,
 }
@@ -201,6 +204,7 @@ impl NodeRuntime {
             limiter,
             maintenance_lock: tokio::sync::Mutex::new(()),
             sync_lock: tokio::sync::Mutex::new(()),
+            scrub_lock: tokio::sync::Mutex::new(()),
             s3,
             residency: policy,
             started: Instant::now(),
