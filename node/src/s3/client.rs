@@ -129,35 +129,35 @@ where
             let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
             let code = e.code().unwrap_or("").to_string();
             let message = e.message().unwrap_or("").to_string();
-            match (code.as_str(), status) {
-                ("NoSuchBucket", _) => {
-                    S3Error::NoBucket { target, message: if message.is_empty() { code } else { message } }
-                }
-                (
-                    "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" | "InvalidToken" | "ExpiredToken",
-                    _,
-                )
-                | (_, 401 | 403) => S3Error::Credentials {
-                    target,
-                    op,
-                    code: if code.is_empty() { status.to_string() } else { code },
-                    message,
-                },
-                ("InsufficientCapacity" | "NotEnoughSpace" | "QuotaExceeded" | "EntityTooLarge", _) | (_, 507) => {
-                    S3Error::Full { target, code, message }
-                }
-                (_, 404) if op == "checking the bucket" => {
-                    S3Error::NoBucket { target, message: if code.is_empty() { "404".into() } else { code } }
-                }
-                ("", _) if status == 0 => S3Error::Unreachable { target, op, message: format!("{e}") },
-                _ => S3Error::Service {
-                    target,
-                    op,
-                    code: if code.is_empty() { status.to_string() } else { code },
-                    message,
-                },
-            }
+            classify(target, op, code, status, message, || format!("{e}"))
         }
+    }
+}
+
+/// An S3 service answer (error code, HTTP status) as an error that says
+/// what to do.
+fn classify(
+    target: String,
+    op: String,
+    code: String,
+    status: u16,
+    message: String,
+    describe: impl FnOnce() -> String,
+) -> S3Error {
+    match (code.as_str(), status) {
+        ("NoSuchBucket", _) => S3Error::NoBucket { target, message: if message.is_empty() { code } else { message } },
+        ("InvalidAccessKeyId" | "SignatureDoesNotMatch" | "AccessDenied" | "InvalidToken" | "ExpiredToken", _)
+        | (_, 401 | 403) => {
+            S3Error::Credentials { target, op, code: if code.is_empty() { status.to_string() } else { code }, message }
+        }
+        ("InsufficientCapacity" | "NotEnoughSpace" | "QuotaExceeded" | "EntityTooLarge", _) | (_, 507) => {
+            S3Error::Full { target, code, message }
+        }
+        (_, 404) if op == "checking the bucket" => {
+            S3Error::NoBucket { target, message: if code.is_empty() { "404".into() } else { code } }
+        }
+        ("", 0) => S3Error::Unreachable { target, op, message: describe() },
+        _ => S3Error::Service { target, op, code: if code.is_empty() { status.to_string() } else { code }, message },
     }
 }
 
@@ -236,5 +236,28 @@ impl ResolveDns for CheckedResolver {
             }
             Ok(addrs)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(code: &str, status: u16) -> S3Error {
+        classify("rack".into(), "writing".into(), code.into(), status, "m".into(), || "x".into())
+    }
+
+    #[test]
+    fn service_answers_become_errors_that_say_what_to_do() {
+        // S3 on Outposts out of capacity
+        let e = c("InsufficientCapacity", 503);
+        assert!(matches!(e, S3Error::Full { .. }), "{e}");
+        assert!(e.to_string().contains("rack") && e.to_string().contains("free capacity"), "{e}");
+        assert!(matches!(c("", 507), S3Error::Full { .. }));
+        assert!(matches!(c("SignatureDoesNotMatch", 403), S3Error::Credentials { .. }));
+        assert!(matches!(c("", 403), S3Error::Credentials { .. }));
+        assert!(matches!(c("NoSuchBucket", 404), S3Error::NoBucket { .. }));
+        assert!(matches!(c("", 0), S3Error::Unreachable { .. }));
+        assert!(matches!(c("SlowDown", 503), S3Error::Service { .. }));
     }
 }
