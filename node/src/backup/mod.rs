@@ -357,6 +357,7 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
 
     let root_slot: DirSlot = Slot::new();
     let mut write_stats = WriteStats::default();
+    let walk_done = AtomicBool::new(false);
     std::thread::scope(|s| -> Res<()> {
         let ctx = &ctx;
         let packer = s.spawn(move || packer(ctx, pack_rx));
@@ -378,11 +379,20 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
         drop(pack_tx);
         let finisher = s.spawn(move || finisher(ctx, dir_rx, fin_ptx));
 
+        // metadata read-ahead: with a cold cache the walker would wait for
+        // every directory and inode in turn; a second thread walking the
+        // same tree ahead of it turns those waits into cache hits
+        let walk_done = &walk_done;
+        if opts.image.is_none() {
+            let roots = &roots;
+            s.spawn(move || read_ahead(ctx, roots, walk_done));
+        }
         let mut walker = Walker { ctx, file_tx, dir_tx, hardlinks: HashMap::new() };
         let walked = match &opts.image {
             Some(img) => walker.image_root(img, root_slot.clone()),
             None => walker.virtual_root(&roots, parent_root.as_deref(), root_slot.clone()),
         };
+        walk_done.store(true, Ordering::Relaxed);
         if let Err(e) = walked {
             ctx.fail(e);
         }
@@ -770,6 +780,57 @@ impl Walker<'_, '_> {
             }
         }
         self.emit(PendingDir { nodes, slot })
+    }
+}
+
+/// Walk the tree the walker is about to walk, in about the same order,
+/// reading directories and inodes into the kernel's caches (and nothing
+/// else: results are dropped). It follows the walker's rules (excludes, one
+/// file system, the store's own directory) so it reads nothing the backup
+/// would not, and stops as soon as the walker is done.
+fn read_ahead(ctx: &Ctx<'_>, roots: &[PathBuf], done: &AtomicBool) {
+    // from the cache, a lookup (with its share of the directory read) takes
+    // 2-3 µs; from disk, over 10 µs on average. When a stretch of lookups
+    // runs at cache speed, reading ahead only costs CPU: stop.
+    const WINDOW: u64 = 1024;
+    const WARM: std::time::Duration = std::time::Duration::from_millis(5);
+    let mut looked = 0u64;
+    let mut window = Instant::now();
+    for root in roots {
+        let Ok(m) = fs::symlink_metadata(root) else { continue };
+        if !m.is_dir() {
+            continue;
+        }
+        let root_dev = m.dev();
+        let mut stack = vec![root.clone()];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            let mut names: Vec<std::ffi::OsString> = rd.flatten().map(|e| e.file_name()).collect();
+            names.sort();
+            let mut subdirs = Vec::new();
+            for name in names {
+                if done.load(Ordering::Relaxed) || ctx.failed() {
+                    return;
+                }
+                let path = dir.join(&name);
+                if ctx.excludes.is_excluded(&path, name.as_bytes()) {
+                    continue;
+                }
+                let Ok(m) = fs::symlink_metadata(&path) else { continue };
+                looked += 1;
+                if looked % WINDOW == 0 {
+                    if window.elapsed() < WARM {
+                        tracing::debug!(looked, "metadata is cached; read-ahead stops");
+                        return;
+                    }
+                    window = Instant::now();
+                }
+                if m.is_dir() && !(ctx.one_fs && m.dev() != root_dev) && ctx.skip_dir != Some((m.dev(), m.ino())) {
+                    subdirs.push(path);
+                }
+            }
+            stack.extend(subdirs.into_iter().rev());
+        }
     }
 }
 
