@@ -10,6 +10,11 @@
 //! finisher (build trees) ──trees──▶ packer (append to packs, fsync, index)
 //! ```
 //!
+//! A read-ahead thread walks the same tree a little ahead of the walker and
+//! only stats, so that with a cold cache the walker finds directories and
+//! inodes cached instead of waiting for each in turn; it stops by itself
+//! when lookups run at cache speed.
+//!
 //! Memory is bounded by the channel capacities times the maximum chunk size,
 //! whatever the size of the tree. A file whose size, mtime, ctime and inode
 //! match the parent snapshot reuses its extents without being read (after
