@@ -394,3 +394,42 @@ fn a_snapshot_left_on_the_server_alone_does_not_meet_the_rpo() {
     assert_eq!(e["replica_count"], 0, "{e}");
     assert_eq!(e["fully_replicated"], false, "{e}");
 }
+
+#[test]
+fn a_damaged_snapshot_record_is_healed_only_from_a_copy_that_verifies() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("a", "r0"), ("b", "r1")]);
+    site.write_config("a", &["b".into()], 1, "");
+    site.write_config("b", &["a".into()], 1, "");
+    let _b = site.start("b");
+    let _a = site.start("a");
+    let src = t.path().join("src");
+    data(&src, 2, 50_000, 31);
+    let r = site.omesh("a", &["backup", s(&src), "--json"]).ok().json();
+    let snap = r["snapshot"].as_str().unwrap().to_string();
+    let own = site.node("a").data().join("sources/a/snapshots").join(&snap);
+    let replica = site.node("b").data().join("sources/a/snapshots").join(&snap);
+    let damage = |p: &Path| {
+        let mut b = fs::read(p).unwrap();
+        let at = b.len() / 2;
+        b[at] ^= 0x01;
+        fs::write(p, &b).unwrap();
+    };
+    // 1. b's copy is good: the record comes back from it
+    damage(&own);
+    let r = site.omesh("a", &["scrub", "--rate", "unlimited", "--json"]).ok().json();
+    assert!(r["repaired"].as_array().unwrap().iter().any(|x| x == snap.as_str()), "{r}");
+    site.omesh("a", &["verify", "--read-data"]).ok();
+    // 2. b serves a forged record: well framed, right id, but not sealed
+    // with a's key. a refuses it and reports the damage (exit 4)
+    let good = fs::read(&replica).unwrap();
+    let (mut rec, _) = omesh::proto::Record::decode(&good).unwrap();
+    for x in rec.body.iter_mut() {
+        *x = x.wrapping_add(1);
+    }
+    fs::write(&replica, rec.encode()).unwrap();
+    damage(&own);
+    let r = site.omesh("a", &["scrub", "--rate", "unlimited", "--json"]).code(4).json();
+    assert!(r["unrepaired"].as_array().unwrap().iter().any(|x| x == snap.as_str()), "{r}");
+    assert!(!own.exists(), "a forged record was installed in a's own store");
+}
