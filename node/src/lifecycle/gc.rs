@@ -44,7 +44,7 @@ use omesh_proto::{ObjectId, ObjectKind};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -143,9 +143,28 @@ struct GcDb {
     path: String,
 }
 
-/// The condemned set as the store sees it (one read transaction).
+/// Open `gc.redb` files of this process. redb refuses to open a file twice
+/// (even in one process) and a read transaction fails once its database is
+/// closed, so a condemned view keeps its database open and a later
+/// [`GcDb::open`] of the same store shares it.
+static OPEN_DBS: std::sync::Mutex<Option<HashMap<PathBuf, std::sync::Weak<redb::Database>>>> =
+    std::sync::Mutex::new(None);
+
+/// The condemned set as the store sees it (one read transaction, on a
+/// database kept open as long as the view lives).
 struct CondemnedView {
     table: redb::ReadOnlyTable<[u8; 32], ()>,
+    _db: Arc<redb::Database>,
+}
+
+/// Stand-in when the garbage collection state cannot be read at store
+/// open: every reused object counts as rescued (the safe side).
+struct AllCondemned;
+
+impl CondemnedSet for AllCondemned {
+    fn contains(&self, _id: &ObjectId) -> bool {
+        true
+    }
 }
 
 impl CondemnedSet for CondemnedView {
@@ -168,11 +187,23 @@ impl GcDb {
     fn open(dir: &Path) -> Result<GcDb, GcError> {
         let path = dir.join("gc.redb");
         let p = path.display().to_string();
-        let db = redb::Builder::new()
-            .set_cache_size(16 << 20)
-            .create(&path)
-            .map_err(|e| GcError::Db { path: p.clone(), message: e.to_string() })?;
-        let g = GcDb { db: Arc::new(db), path: p };
+        let mut reg = OPEN_DBS.lock().unwrap_or_else(|e| e.into_inner());
+        let reg = reg.get_or_insert_with(HashMap::new);
+        reg.retain(|_, w| w.strong_count() > 0);
+        let db = match reg.get(&path).and_then(|w| w.upgrade()) {
+            Some(db) => db,
+            None => {
+                let db = Arc::new(
+                    redb::Builder::new()
+                        .set_cache_size(16 << 20)
+                        .create(&path)
+                        .map_err(|e| GcError::Db { path: p.clone(), message: e.to_string() })?,
+                );
+                reg.insert(path.clone(), Arc::downgrade(&db));
+                db
+            }
+        };
+        let g = GcDb { db, path: p };
         let tx = g.db.begin_write().map_err(|e| g.err(e))?;
         {
             tx.open_table(MARKS).map_err(|e| g.err(e))?;
@@ -235,7 +266,7 @@ impl GcDb {
     fn view(&self) -> Result<Arc<dyn CondemnedSet>, GcError> {
         let tx = self.db.begin_read().map_err(|e| self.err(e))?;
         let table = tx.open_table(CONDEMNED).map_err(|e| self.err(e))?;
-        Ok(Arc::new(CondemnedView { table }))
+        Ok(Arc::new(CondemnedView { table, _db: self.db.clone() }))
     }
 }
 
@@ -488,15 +519,21 @@ fn reclaim(store: &Store, opts: &GcOptions) -> Result<RepackStats, GcError> {
 /// Show a batch condemned by an earlier process to `store` (called when a
 /// store is opened for writing): until it is swept, a writer that reuses one
 /// of its objects rescues it.
-pub fn install_pending(store: &Store) -> Result<(), GcError> {
+pub fn install_pending(store: &Store) {
     if store.has_condemned() || !store.dir().join("gc.redb").exists() {
-        return Ok(());
+        return;
     }
-    let db = GcDb::open(store.dir())?;
-    if db.batch()?.is_some() {
-        store.set_condemned(Some(db.view()?));
+    let pending =
+        GcDb::open(store.dir()).and_then(|db| Ok(if db.batch()?.is_some() { Some(db.view()?) } else { None }));
+    match pending {
+        Ok(view) => store.set_condemned(view),
+        Err(e) => {
+            // writers must still rescue what they reuse: a later run may
+            // read the state again and sweep
+            tracing::warn!(store = %store.dir().display(), error = %e, "cannot read the garbage collection state; every reused object counts as rescued until the next run");
+            store.set_condemned(Some(Arc::new(AllCondemned)));
+        }
     }
-    Ok(())
 }
 
 /// One garbage collection run over one store (see the module docs).
@@ -651,21 +688,42 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = store(d.path());
         let a = put_blob(&s, &[5u8; 3000]);
-        let snap = put_snapshot(&s, &[a]);
+        let live = put_blob(&s, &[6u8; 3000]);
+        put_snapshot(&s, &[live]);
+        // enough condemned objects that the set spans many pages
+        let mut garbage = vec![a];
+        {
+            let mut sink = s.sink().unwrap();
+            for i in 0..3000u32 {
+                let (id, rec) = s.seal(ObjectKind::Blob, format!("garbage {i}").as_bytes(), vec![]).unwrap();
+                if s.claim(&id).unwrap() {
+                    sink.add(id, ObjectKind::Blob, &rec).unwrap();
+                }
+                garbage.push(id);
+            }
+            sink.finish().unwrap();
+        }
+        let snap = put_snapshot(&s, &garbage);
         s.forget_snapshot(&snap).unwrap();
         let t0 = SystemTime::now();
         let r = run(&s, &opts(3600), t0).unwrap();
-        assert_eq!(r.condemned, 2, "{r:?}");
+        assert_eq!(r.condemned, 3002, "{r:?}");
         // the process restarts: the store is opened afresh
         drop(s);
         let s =
             Store::open(&d.path().join("s"), crate::store::Access::Write, crate::store::KeySource::Default).unwrap();
-        // a backup in the new process deduplicates against the condemned
-        // blob and has not committed when the grace period ends
+        // a backup in the new process deduplicates against a condemned
+        // blob and a live one, and has not committed when the grace
+        // period ends
         let _backup = s.session();
         assert!(!s.claim(&a).unwrap());
+        assert!(!s.claim(&live).unwrap());
+        // the view answers from the batch (one that could not read it
+        // would count the live blob as rescued too)
+        assert_eq!(s.rescued().len(), 1);
         let r = run(&s, &opts(3600), t0 + Duration::from_secs(7200)).unwrap();
         assert_eq!(r.rescued, 1, "{r:?}");
+        assert_eq!(r.swept, 3001, "{r:?}");
         assert!(s.locate(&a).unwrap().is_some(), "the blob reused after the restart survives: {r:?}");
         s.read_record(&a).unwrap();
     }

@@ -517,10 +517,7 @@ impl Store {
             // a garbage collection batch condemned before a restart must be
             // visible to writers from the start, or a backup reusing one of
             // its objects would not rescue it before the sweep
-            crate::lifecycle::gc::install_pending(&store).map_err(|e| StoreError::Index {
-                path: dir.join("gc.redb"),
-                reason: format!("{e} (remove gc.redb to restart garbage collection from scratch)"),
-            })?;
+            crate::lifecycle::gc::install_pending(&store);
         }
         Ok(store)
     }
