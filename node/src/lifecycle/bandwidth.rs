@@ -29,18 +29,18 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     // "/s" or "ps" ends a unit; the case of a bare b/B is kept: "MB" is
     // bytes, while "Mb" and "Mbps" mean megabits to some tools and
     // megabytes to others (tc), so they are refused rather than guessed
-    let body =
-        o.strip_suffix("/s").or_else(|| o.strip_suffix("ps")).or_else(|| o.strip_suffix("Ps")).unwrap_or(o).trim();
+    let body = if t.ends_with("/s") || t.ends_with("ps") { &o[..o.len() - 2] } else { o }.trim();
     let split = body.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(body.len());
     let (num, unit) = body.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("{s:?} is not a rate ({examples})"))?;
     let unit = unit.trim();
     let lower = unit.to_ascii_lowercase();
-    if unit.ends_with('b') && !lower.ends_with("bit") {
+    // "KiB", "mib"...: binary prefixes are bytes whatever the case
+    if unit.ends_with('b') && !lower.ends_with("bit") && !lower.ends_with("ib") {
+        let prefix = &unit[..unit.len() - 1];
         return Err(format!(
-            "{s:?}: {unit:?} is ambiguous (bits or bytes?); write \"{num} {}bit/s\" for bits or \"{num} {}B/s\" for bytes",
-            &unit[..unit.len() - 1],
-            unit[..unit.len() - 1].to_ascii_uppercase()
+            "{s:?}: {unit:?} is ambiguous (bits or bytes?); write \"{num} {prefix}bit/s\" for bits or \"{num} {}B/s\" for bytes",
+            prefix.to_ascii_uppercase()
         ));
     }
     let bytes_per_unit: f64 = match lower.as_str() {
@@ -297,6 +297,10 @@ mod tests {
         assert_eq!(parse_rate("100 MBps").unwrap(), Some(100_000_000));
         assert_eq!(parse_rate("100 mbit").unwrap(), Some(12_500_000));
         assert_eq!(parse_rate("2.5 GB").unwrap(), Some(2_500_000_000));
+        assert_eq!(parse_rate("10 mib/s").unwrap(), Some(10 << 20));
+        assert_eq!(parse_rate("16 MiB/S").unwrap(), Some(16 << 20));
+        assert_eq!(parse_rate("100 MBPS").unwrap(), Some(100_000_000));
+        assert_eq!(parse_rate("1 gib").unwrap(), Some(1 << 30));
         for ambiguous in ["100Mbps", "100 mbps", "100 Mb/s", "5 kb"] {
             let e = parse_rate(ambiguous).unwrap_err();
             assert!(e.contains("ambiguous") && e.contains("bit/s"), "{ambiguous}: {e}");

@@ -575,9 +575,14 @@ pub async fn scrub_all(
     rate: bandwidth::Rate,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) -> ScrubReport {
-    let _one = rt.scrub_lock.lock().await;
     let t = std::time::Instant::now();
     let mut rep = ScrubReport::default();
+    // a second scrub would read and rewrite the same packs: say so rather
+    // than wait for hours without a word
+    let Ok(_one) = rt.scrub_lock.try_lock() else {
+        rep.errors.push("a scrub is already running on this node (the daemon's [scrub] pass or another `omesh scrub`); try again when it has finished (`omesh status` shows it)".into());
+        return rep;
+    };
     let names = {
         let stores = rt.stores.clone();
         tokio::task::spawn_blocking(move || stores.source_names()).await.unwrap_or_default()

@@ -247,10 +247,11 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(target = %t.cfg.name, %source, error = %e, "sync: cannot list the bucket's snapshots");
-                    if !rep.unreachable.contains(&t.cfg.name) {
-                        rep.unreachable.push(t.cfg.name.clone());
-                    }
+                    // one failure is enough: do not wait for its timeout
+                    // once per source
+                    tracing::warn!(target = %t.cfg.name, %source, error = %e, "sync: cannot list the bucket's snapshots; its replicas are not counted");
+                    rep.unreachable.push(t.cfg.name.clone());
+                    break;
                 }
             }
         }

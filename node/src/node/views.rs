@@ -88,11 +88,18 @@ pub fn source_keys(rt: &NodeRuntime, source: &str) -> Option<Arc<crate::crypto::
     KeyFile::load(&p).ok().map(|k| Arc::new(crate::crypto::Keys::derive(&k.secret)))
 }
 
-/// Listing from every reachable peer: id → (record, holders).
-pub async fn live_listing(
-    rt: &NodeRuntime,
-    source: &str,
-) -> (HashMap<ObjectId, (Vec<u8>, Vec<String>)>, Vec<super::Probe>) {
+/// What the reachable peers hold of a source.
+pub struct LiveListing {
+    /// id → (record, holders).
+    pub snapshots: HashMap<ObjectId, (Vec<u8>, Vec<String>)>,
+    /// Every configured peer's probe.
+    pub probes: Vec<super::Probe>,
+    /// Peers whose listing succeeded (what they do not list, they do not hold).
+    pub listed: std::collections::HashSet<String>,
+}
+
+/// Listing from every reachable peer.
+pub async fn live_listing(rt: &NodeRuntime, source: &str) -> LiveListing {
     let probes = rt.probe_all().await;
     let lists = super::futures_join_all(
         probes.iter().filter_map(|p| p.result.as_ref().ok().map(|(c, _)| (p.peer.name.clone(), c.clone()))).map(
@@ -104,9 +111,11 @@ pub async fn live_listing(
     )
     .await;
     let mut out: HashMap<ObjectId, (Vec<u8>, Vec<String>)> = HashMap::new();
+    let mut listed = std::collections::HashSet::new();
     for (name, l) in lists {
         match l {
             Ok(items) => {
+                listed.insert(name.clone());
                 for e in items {
                     let ent = out.entry(e.id).or_insert_with(|| (e.record.clone(), vec![]));
                     ent.1.push(name.clone());
@@ -115,7 +124,7 @@ pub async fn live_listing(
             Err(e) => tracing::warn!(peer = %name, error = %e, "cannot list snapshots"),
         }
     }
-    (out, probes)
+    LiveListing { snapshots: out, probes, listed }
 }
 
 /// `omesh snapshots --config`.
@@ -145,11 +154,11 @@ pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Ve
             }
         }
     }
-    let (mut live, probes) = live_listing(rt, &source).await;
-    // who answered now: what they do not list, they do not hold (whatever
+    let listing = live_listing(rt, &source).await;
+    let mut live = listing.snapshots;
+    // who listed now: what they do not list, they do not hold (whatever
     // they acknowledged earlier)
-    let mut answered: std::collections::HashSet<String> =
-        probes.iter().filter(|p| p.result.is_ok()).map(|p| p.peer.name.clone()).collect();
+    let mut answered = listing.listed;
     answered.insert(rt.cfg.name.clone());
     let mut s3_holders: HashMap<ObjectId, Vec<(String, String)>> = HashMap::new();
     for t in &rt.s3 {
@@ -672,7 +681,7 @@ pub async fn prepare_restore(
         From::Auto => true,
     };
     if peers_wanted {
-        let (live, probes) = live_listing(rt, source).await;
+        let LiveListing { snapshots: live, probes, .. } = live_listing(rt, source).await;
         for p in probes {
             if let Ok((c, d)) = p.result {
                 probes_ok.insert(p.peer.name.clone(), (c, d));
