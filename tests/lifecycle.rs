@@ -433,3 +433,37 @@ fn a_damaged_snapshot_record_is_healed_only_from_a_copy_that_verifies() {
     assert!(r["unrepaired"].as_array().unwrap().iter().any(|x| x == snap.as_str()), "{r}");
     assert!(!own.exists(), "a forged record was installed in a's own store");
 }
+
+#[test]
+fn a_second_scrub_says_one_is_running_instead_of_waiting() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("a", "r0"), ("b", "r1")]);
+    site.write_config("a", &["b".into()], 1, "");
+    site.write_config("b", &["a".into()], 1, "");
+    let _b = site.start("b");
+    let src = t.path().join("src");
+    data(&src, 2, 50_000, 41);
+    site.omesh("a", &["backup", s(&src)]).ok();
+    // a's daemon holds its first scrub at the start of the first store
+    let release = t.path().join("release");
+    let _a = site.start_with_env("a", &[("OMESH_FAILPOINT", &format!("scrub.store:1:wait={}", release.display()))]);
+    let config = site.node("a").config();
+    let mut first = cmd()
+        .args(["scrub", "--config", s(&config), "--rate", "unlimited", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reached = t.path().join("release.reached");
+    wait_until("the first scrub to start", Duration::from_secs(30), || reached.exists());
+    let out = site.omesh("a", &["scrub", "--rate", "unlimited", "--json"]).code(1);
+    assert!(
+        out.stdout.contains("already running") || out.stderr.contains("already running"),
+        "{}{}",
+        out.stdout,
+        out.stderr
+    );
+    // the first one finishes normally once released
+    fs::write(&release, b"").unwrap();
+    let status = first.wait().unwrap();
+    assert!(status.success(), "the first scrub failed: {status}");
+}

@@ -68,6 +68,7 @@ pub fn scrub_store(
     stop: &dyn Fn() -> bool,
 ) -> Result<ScrubPass, StoreError> {
     let t = Instant::now();
+    crate::failpoint::hit("scrub.store");
     let mut pass = ScrubPass { store: store.dir().display().to_string(), ..Default::default() };
     let keys = store.keys().ok().cloned();
     if cursor.is_none() {
