@@ -34,7 +34,8 @@ fn material(dir: &Path, crl: Option<&Path>) -> TlsMaterial {
 
 async fn try_connect(tls: &TlsMaterial, me: &str, name: &str, addr: SocketAddr) -> Result<client::PeerConn, String> {
     let ep = endpoint(tls);
-    let r = client::connect(&ep, me, name, &[addr], Duration::from_secs(5)).await.map_err(|e| e.to_string());
+    let config = transport::client_config(tls, &TransportConfig::default()).unwrap();
+    let r = client::connect(&ep, &config, me, name, &[addr], Duration::from_secs(5)).await.map_err(|e| e.to_string());
     match r {
         Ok(c) => {
             // a handshake can complete on our side before the server rejects
@@ -144,6 +145,17 @@ fn authentication_matrix() {
             Err(ClientError::Remote { code: ErrorCode::Forbidden, .. }) => {}
             other => panic!("wrote into another namespace: {other:?}"),
         }
+
+        // 6. the client side checks the CRL too: once srv-b's certificate is
+        // revoked, the same client material (no restart) refuses srv-b
+        let client_crl = t.path().join("client-crl.pem");
+        std::fs::copy(site.ca.join("crl.pem"), &client_crl).unwrap();
+        let x_tls = material(&x_dir, Some(&client_crl));
+        assert!(try_connect(&x_tls, "srv-x", "srv-b", b).await.is_ok(), "srv-b refused before its revocation");
+        omesh::ca::revoke(&site.ca, "srv-b").unwrap();
+        std::fs::copy(site.ca.join("crl.pem"), &client_crl).unwrap();
+        let r = try_connect(&x_tls, "srv-x", "srv-b", b).await;
+        assert!(r.is_err(), "a client accepted a revoked server certificate");
     });
     // nothing was stored for any of them
     let sources = site.node("srv-b").data().join("sources");

@@ -68,6 +68,7 @@ const PACE_PIECE: usize = 64 << 10;
 /// `name`, and exchange Hello.
 pub async fn connect(
     endpoint: &quinn::Endpoint,
+    config: &quinn::ClientConfig,
     me: &str,
     name: &str,
     addrs: &[SocketAddr],
@@ -76,7 +77,7 @@ pub async fn connect(
     let mut last = String::from("no address");
     for addr in addrs {
         let attempt = async {
-            let connecting = endpoint.connect(*addr, name).map_err(|e| e.to_string())?;
+            let connecting = endpoint.connect_with(config.clone(), *addr, name).map_err(|e| e.to_string())?;
             let conn = connecting.await.map_err(|e| e.to_string())?;
             let identity = transport::peer_identity(&conn).ok_or("peer certificate has no single node name")?;
             if identity.name != name {

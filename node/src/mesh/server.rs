@@ -39,6 +39,9 @@ pub struct ServerCtx {
     pub cancel: CancellationToken,
     /// Inbound address policy (residency); returns an error message to refuse.
     pub inbound_check: Option<crate::node::InboundCheck>,
+    /// Certificates and the CRL: each connection is accepted with the
+    /// current server config.
+    pub tls: Arc<transport::TlsMaterial>,
 }
 
 /// Our handshake.
@@ -81,7 +84,22 @@ async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
             return;
         }
     }
-    let conn = match inc.await {
+    let config = match transport::server_config(&ctx.tls, &ctx.cfg.transport) {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            tracing::error!(%remote, error = %e, "cannot build the TLS configuration; connection refused");
+            inc.refuse();
+            return;
+        }
+    };
+    let connecting = match inc.accept_with(config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!(%remote, error = %e, "connection refused");
+            return;
+        }
+    };
+    let conn = match connecting.await {
         Ok(c) => c,
         Err(e) => {
             tracing::info!(%remote, error = %e, "TLS handshake refused");

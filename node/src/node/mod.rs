@@ -239,7 +239,8 @@ impl NodeRuntime {
             }
         }
         let timeout = Duration::from_secs(self.cfg.transport.connect_timeout_secs.max(1));
-        let mut c = client::connect(&self.endpoint, &self.cfg.name, &peer.name, &addrs, timeout)
+        let config = transport::client_config(&self.tls, &self.cfg.transport).map_err(|e| e.to_string())?;
+        let mut c = client::connect(&self.endpoint, &config, &self.cfg.name, &peer.name, &addrs, timeout)
             .await
             .map_err(|e| e.to_string())?;
         c.limiter = self.limiter.clone();
@@ -641,6 +642,7 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
         started: rt.started,
         cancel: cancel.clone(),
         inbound_check: rt.inbound_check.clone(),
+        tls: rt.tls.clone(),
     });
     tasks.spawn(server::serve(rt.endpoint.clone(), ctx));
     let listener = control::bind(&rt.cfg.control_socket())

@@ -84,19 +84,40 @@ pub fn transport_config(t: &TransportConfig) -> quinn::TransportConfig {
     c
 }
 
+fn quinn_tls_err(e: impl std::fmt::Display) -> TransportError {
+    TransportError::Tls(tls::TlsError::Rustls(rustls::Error::General(e.to_string())))
+}
+
+/// The QUIC client config for the next connection: the TLS material's
+/// current configs (a CRL change applies to the next connection).
+pub fn client_config(tls: &TlsMaterial, t: &TransportConfig) -> Result<quinn::ClientConfig, TransportError> {
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config()).map_err(quinn_tls_err)?;
+    let mut c = quinn::ClientConfig::new(Arc::new(crypto));
+    c.transport_config(Arc::new(transport_config(t)));
+    Ok(c)
+}
+
+/// The QUIC server config for the next incoming connection.
+pub fn server_config(tls: &TlsMaterial, t: &TransportConfig) -> Result<quinn::ServerConfig, TransportError> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config()).map_err(quinn_tls_err)?;
+    let mut c = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    c.transport_config(Arc::new(transport_config(t)));
+    // a connection stays on the address its handshake was checked from
+    // (the residency policy judges addresses at accept time)
+    c.migration(false);
+    Ok(c)
+}
+
 /// Build a QUIC endpoint bound to `bind` that serves (when `serve`) and
-/// connects, with mutual TLS from `tls`.
+/// connects, with mutual TLS from `tls`. The default configs are those of
+/// start-up; connections made and accepted by a node use
+/// [`client_config`] and [`server_config`] so a new CRL applies at once.
 pub fn endpoint(
     bind: SocketAddr,
     tls: &TlsMaterial,
     t: &TransportConfig,
     serve: bool,
 ) -> Result<quinn::Endpoint, TransportError> {
-    let transport = Arc::new(transport_config(t));
-    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config()?)
-        .map_err(|e| TransportError::Tls(tls::TlsError::Rustls(rustls::Error::General(e.to_string()))))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
-    client.transport_config(transport.clone());
     let socket = std::net::UdpSocket::bind(bind)
         .map_err(|source| TransportError::Io { context: format!("binding UDP {bind}"), source })?;
     // large socket buffers: bulk transfers on fast LANs drop packets with
@@ -104,25 +125,14 @@ pub fn endpoint(
     let s2 = socket2::SockRef::from(&socket);
     let _ = s2.set_recv_buffer_size(8 << 20);
     let _ = s2.set_send_buffer_size(8 << 20);
-    let server = if serve {
-        let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config()?)
-            .map_err(|e| TransportError::Tls(tls::TlsError::Rustls(rustls::Error::General(e.to_string()))))?;
-        let mut sc = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        sc.transport_config(transport);
-        // a connection stays on the address its handshake was checked from
-        // (the residency policy judges addresses at accept time)
-        sc.migration(false);
-        Some(sc)
-    } else {
-        None
-    };
+    let server = if serve { Some(server_config(tls, t)?) } else { None };
     let runtime = quinn::default_runtime().ok_or_else(|| TransportError::Io {
         context: "no async runtime".into(),
         source: std::io::Error::other("tokio runtime missing"),
     })?;
     let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
         .map_err(|source| TransportError::Io { context: format!("starting QUIC on {bind}"), source })?;
-    ep.set_default_client_config(client);
+    ep.set_default_client_config(client_config(tls, t)?);
     Ok(ep)
 }
 

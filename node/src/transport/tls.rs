@@ -2,8 +2,12 @@
 //!
 //! - Both ends present a certificate issued by the site CA; both verify the
 //!   other's against the CA and the CRL (rustls' webpki verifiers).
+//! - Verification is always rustls' own: `WebPkiClientVerifier` on the
+//!   server side, `WebPkiServerVerifier` (`with_webpki_verifier`) on the
+//!   client side; omesh implements no verifier of its own.
 //! - The CRL file is re-read whenever its modification time or size
-//!   changes, checked on every handshake, so `omesh ca revoke` takes effect
+//!   changes, checked for every connection (the configs are rebuilt then and
+//!   handed to quinn per connection), so `omesh ca revoke` takes effect
 //!   without restarting a daemon.
 //! - A peer's identity is the DNS name in its verified certificate, never a
 //!   name it sends in a message. A client verifies that the server's
@@ -13,12 +17,10 @@
 //!   writes, can be replayed.
 
 use crate::config::TlsConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -94,14 +96,23 @@ pub fn cert_names(der: &[u8]) -> Vec<String> {
     out
 }
 
-/// Everything needed to build client and server TLS configs.
+/// Everything needed to build client and server TLS configs, and the
+/// configs built from the current CRL.
 pub struct TlsMaterial {
     roots: Arc<RootCertStore>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
-    crl: Arc<CrlWatch>,
+    crl: Option<PathBuf>,
+    built: Mutex<Built>,
     /// SHA-256 of this node's certificate.
     pub fingerprint: String,
+}
+
+/// Configs built from one version of the CRL file.
+struct Built {
+    stamp: Option<(SystemTime, u64)>,
+    server: Arc<rustls::ServerConfig>,
+    client: Arc<rustls::ClientConfig>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -138,10 +149,21 @@ impl TlsMaterial {
         }
         let key = PrivateKeyDer::from_pem_file(&cfg.key)
             .map_err(|e| file_err(&cfg.key, format!("not a PEM private key: {e}")))?;
-        let roots = Arc::new(roots);
-        let crl = Arc::new(CrlWatch::new(roots.clone(), cfg.crl.clone())?);
         let fingerprint = crate::ca::sha256_hex(&chain[0]);
-        Ok(TlsMaterial { roots, chain, key, crl, fingerprint })
+        let (stamp, crls) = match &cfg.crl {
+            Some(p) => (stamp(p), load_crls(p)?),
+            None => (None, vec![]),
+        };
+        let roots = Arc::new(roots);
+        let (server, client) = build_configs(&roots, &chain, &key, crls)?;
+        Ok(TlsMaterial {
+            roots,
+            chain,
+            key,
+            crl: cfg.crl.clone(),
+            built: Mutex::new(Built { stamp, server, client }),
+            fingerprint,
+        })
     }
 
     /// Build from explicit parts (tests: alternative certificates).
@@ -152,78 +174,39 @@ impl TlsMaterial {
         Self::load(&cfg, &name)
     }
 
-    /// Server side: client certificates required.
-    pub fn server_config(&self) -> Result<rustls::ServerConfig, TlsError> {
-        let verifier = Arc::new(ReloadingClientVerifier { crl: self.crl.clone(), hints: self.roots.subjects() });
-        let mut c = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())?;
-        c.alpn_protocols = vec![omesh_proto::ALPN.to_vec()];
-        c.max_early_data_size = 0;
-        Ok(c)
+    /// Server side: client certificates required, verified against the CA
+    /// and the current CRL.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.current().server.clone()
     }
 
-    /// Client side: presents our certificate, verifies the server's.
-    pub fn client_config(&self) -> Result<rustls::ClientConfig, TlsError> {
-        let verifier = Arc::new(ReloadingServerVerifier { crl: self.crl.clone() });
-        let mut c = rustls::ClientConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())?;
-        c.alpn_protocols = vec![omesh_proto::ALPN.to_vec()];
-        c.enable_early_data = false;
-        Ok(c)
-    }
-}
-
-/// The CRL file and the verifiers built from it, rebuilt when it changes.
-struct CrlWatch {
-    roots: Arc<RootCertStore>,
-    path: Option<PathBuf>,
-    state: Mutex<CrlState>,
-}
-
-struct CrlState {
-    stamp: Option<(SystemTime, u64)>,
-    client: Arc<dyn ClientCertVerifier>,
-    server: Arc<dyn ServerCertVerifier>,
-}
-
-impl CrlWatch {
-    fn new(roots: Arc<RootCertStore>, path: Option<PathBuf>) -> Result<Self, TlsError> {
-        let (stamp, crls) = match &path {
-            Some(p) => (stamp(p), load_crls(p)?),
-            None => (None, vec![]),
-        };
-        let (client, server) = build_verifiers(&roots, crls)?;
-        Ok(CrlWatch { roots, path, state: Mutex::new(CrlState { stamp, client, server }) })
+    /// Client side: presents our certificate, verifies the server's against
+    /// the CA and the current CRL.
+    pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        self.current().client.clone()
     }
 
-    /// Current verifiers, reloading the CRL first if the file changed.
-    fn current(&self) -> (Arc<dyn ClientCertVerifier>, Arc<dyn ServerCertVerifier>) {
-        let mut st = self.state.lock().expect("crl lock");
-        if let Some(p) = &self.path {
+    /// The configs, rebuilt first if the CRL file changed.
+    fn current(&self) -> std::sync::MutexGuard<'_, Built> {
+        let mut b = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = &self.crl {
             let now = stamp(p);
-            if now != st.stamp {
+            if now != b.stamp {
                 match load_crls(p).and_then(|c| {
                     let n = c.len();
-                    build_verifiers(&self.roots, c).map(|v| (v, n))
+                    build_configs(&self.roots, &self.chain, &self.key, c).map(|v| (v, n))
                 }) {
-                    Ok(((client, server), n)) => {
+                    Ok(((server, client), n)) => {
                         tracing::info!(crl = %p.display(), lists = n, "certificate revocation list reloaded");
-                        st.client = client;
-                        st.server = server;
-                        st.stamp = now;
+                        *b = Built { stamp: now, server, client };
                     }
                     // keep enforcing the last good CRL; a half-copied file
-                    // is retried on the next handshake
+                    // is retried on the next connection
                     Err(e) => tracing::error!(error = %e, "cannot reload the CRL; still using the previous one"),
                 }
             }
         }
-        (st.client.clone(), st.server.clone())
+        b
     }
 }
 
@@ -231,106 +214,37 @@ fn stamp(p: &Path) -> Option<(SystemTime, u64)> {
     std::fs::metadata(p).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len()))
 }
 
-type Verifiers = (Arc<dyn ClientCertVerifier>, Arc<dyn ServerCertVerifier>);
-
-fn build_verifiers(
+/// Server and client configs with rustls' webpki verifiers over `roots`
+/// and `crls`; TLS 1.3 only, ALPN `omesh/1`, no 0-RTT.
+fn build_configs(
     roots: &Arc<RootCertStore>,
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
     crls: Vec<CertificateRevocationListDer<'static>>,
-) -> Result<Verifiers, TlsError> {
-    let client = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+) -> Result<(Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>), TlsError> {
+    let verifier_err =
+        |e: rustls::server::VerifierBuilderError| TlsError::Rustls(rustls::Error::General(e.to_string()));
+    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
         .with_crls(crls.clone())
         .build()
-        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
-    let server = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+        .map_err(verifier_err)?;
+    let server_verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
         .with_crls(crls)
         .build()
-        .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
-    Ok((client, server))
-}
-
-#[derive(Debug)]
-struct ReloadingClientVerifier {
-    crl: Arc<CrlWatch>,
-    hints: Vec<DistinguishedName>,
-}
-
-impl std::fmt::Debug for CrlWatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "CrlWatch({:?})", self.path)
-    }
-}
-
-impl ClientCertVerifier for ReloadingClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &self.hints
-    }
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.crl.current().0.verify_client_cert(end_entity, intermediates, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.crl.current().0.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.crl.current().0.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.crl.current().0.supported_verify_schemes()
-    }
-}
-
-#[derive(Debug)]
-struct ReloadingServerVerifier {
-    crl: Arc<CrlWatch>,
-}
-
-impl ServerCertVerifier for ReloadingServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        self.crl.current().1.verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.crl.current().1.verify_tls12_signature(message, cert, dss)
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.crl.current().1.verify_tls13_signature(message, cert, dss)
-    }
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.crl.current().1.supported_verify_schemes()
-    }
+        .map_err(verifier_err)?;
+    let mut server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(chain.to_vec(), key.clone_key())?;
+    server.alpn_protocols = vec![omesh_proto::ALPN.to_vec()];
+    server.max_early_data_size = 0;
+    let mut client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_webpki_verifier(server_verifier)
+        .with_client_auth_cert(chain.to_vec(), key.clone_key())?;
+    client.alpn_protocols = vec![omesh_proto::ALPN.to_vec()];
+    client.enable_early_data = false;
+    Ok((Arc::new(server), Arc::new(client)))
 }
 
 /// The authenticated identity of the other end of a connection.
