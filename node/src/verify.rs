@@ -133,11 +133,7 @@ pub fn run(store: &Store, read_data: bool, mut progress: impl FnMut(u64)) -> Res
         let rec = match store.load_snapshot(&sid) {
             Ok(r) => r,
             Err(e) => {
-                rep.unreadable_snapshots.push(DamagedObject {
-                    id: sid.to_hex(),
-                    location: format!("snapshots/{}", sid.to_hex()),
-                    reason: e.to_string(),
-                });
+                unreadable_snapshot(&mut rep, &sid, e);
                 continue;
             }
         };
@@ -152,6 +148,14 @@ pub fn run(store: &Store, read_data: bool, mut progress: impl FnMut(u64)) -> Res
     Ok(rep)
 }
 
+fn unreadable_snapshot(rep: &mut VerifyReport, sid: &ObjectId, e: StoreError) {
+    rep.unreadable_snapshots.push(DamagedObject {
+        id: sid.to_hex(),
+        location: format!("snapshots/{}", sid.to_hex()),
+        reason: e.to_string(),
+    });
+}
+
 fn keyless_structure(store: &Store, bad: &HashMap<ObjectId, String>, rep: &mut VerifyReport) -> Result<(), StoreError> {
     let mut complete: HashSet<ObjectId> = HashSet::new();
     let mut ids = store.snapshot_ids()?;
@@ -161,11 +165,7 @@ fn keyless_structure(store: &Store, bad: &HashMap<ObjectId, String>, rep: &mut V
         let raw = match store.read_snapshot_record(&sid) {
             Ok(r) => r,
             Err(e) => {
-                rep.unreadable_snapshots.push(DamagedObject {
-                    id: sid.to_hex(),
-                    location: format!("snapshots/{}", sid.to_hex()),
-                    reason: e.to_string(),
-                });
+                unreadable_snapshot(rep, &sid, e);
                 continue;
             }
         };

@@ -167,23 +167,8 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
             let ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } = req else {
                 unreachable!()
             };
-            let mut excludes = cfg.backup.exclude.clone();
-            excludes.extend(exclude);
             let nrt = mesh::runtime(cfg.clone(), true).await?;
-            let parent = match parent.as_deref() {
-                None => ParentChoice::Auto,
-                Some("none") => ParentChoice::None,
-                Some(p) => ParentChoice::Id(nrt.stores.own().and_then(|s| s.store.resolve_snapshot(p))?),
-            };
-            let opts = BackupOptions {
-                paths: if paths.is_empty() && image.is_none() { cfg.backup.paths.clone() } else { paths },
-                image,
-                excludes,
-                one_file_system: one_file_system || cfg.backup.one_file_system,
-                parent,
-                tags,
-                ..Default::default()
-            };
+            let opts = nrt.backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())?;
             let progress = Arc::new(Progress::default());
             let rep = nrt.backup_and_replicate(opts, progress).await.map_err(mesh::node_err)?;
             Ok(serde_json::to_value(rep).expect("serializes"))

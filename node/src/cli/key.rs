@@ -88,21 +88,7 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
                     cfg.key_id
                 )));
             }
-            let dest = store.join("key");
-            if dest.exists() {
-                let existing = KeyFile::load(&dest)?;
-                if existing.key_id() == k.key_id() {
-                    eprintln!("{} already holds this key", dest.display());
-                    return Ok(ExitCode::Ok);
-                }
-                return Err(CliError::usage(format!(
-                    "{} already holds a different key; move it away first",
-                    dest.display()
-                )));
-            }
-            k.save(&dest)?;
-            eprintln!("key {} of source {:?} installed as {}", k.key_id(), k.source, dest.display());
-            Ok(ExitCode::Ok)
+            install(&k, &store.join("key"))
         }
     }
 }
@@ -124,21 +110,28 @@ fn import_for_node(k: &KeyFile, config: &std::path::Path) -> Result<ExitCode, Cl
             }
         }
     }
+    install(k, &dest)
+}
+
+/// Write `k` to `dest`, unless `dest` already holds it (fine) or another
+/// key (refused: a key is never overwritten).
+fn install(k: &KeyFile, dest: &std::path::Path) -> Result<ExitCode, CliError> {
     if dest.exists() {
-        let existing = KeyFile::load(&dest)?;
+        let existing = KeyFile::load(dest)?;
         if existing.key_id() == k.key_id() {
             eprintln!("{} already holds this key", dest.display());
             return Ok(ExitCode::Ok);
         }
         return Err(CliError::usage(format!(
-            "{} already holds a different key for {}; move it away first",
+            "{} already holds a different key (of {:?}); move it away first",
             dest.display(),
-            k.source
+            existing.source
         )));
     }
-    std::fs::create_dir_all(dest.parent().expect("keys dir"))
-        .map_err(|e| CliError::failed(format!("{}: {e}", dest.display())))?;
-    k.save(&dest)?;
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
+    }
+    k.save(dest)?;
     eprintln!("key {} of source {:?} installed as {}", k.key_id(), k.source, dest.display());
     Ok(ExitCode::Ok)
 }

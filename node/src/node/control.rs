@@ -8,7 +8,7 @@
 //! daemon's own user may connect (checked with SO_PEERCRED).
 
 use super::{NodeError, NodeRuntime};
-use crate::backup::{BackupOptions, ParentChoice, Progress};
+use crate::backup::Progress;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -163,28 +163,13 @@ async fn handle(s: UnixStream, rt: Arc<NodeRuntime>) {
     let reply = match req {
         ControlRequest::Ping => ControlReply::Result(serde_json::json!({"node": rt.cfg.name})),
         ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } => {
-            let cfg = &rt.cfg;
-            let parent = match parent.as_deref() {
-                None => ParentChoice::Auto,
-                Some("none") => ParentChoice::None,
-                Some(p) => match rt.stores.own().and_then(|s| s.store.resolve_snapshot(p)) {
-                    Ok(id) => ParentChoice::Id(id),
-                    Err(e) => {
-                        let _ = send(&mut w, &ControlReply::Error { code: 2, message: e.to_string() }).await;
-                        return;
-                    }
-                },
-            };
-            let mut excludes = cfg.backup.exclude.clone();
-            excludes.extend(exclude);
-            let opts = BackupOptions {
-                paths: if paths.is_empty() && image.is_none() { cfg.backup.paths.clone() } else { paths },
-                image,
-                excludes,
-                one_file_system: one_file_system || cfg.backup.one_file_system,
-                parent,
-                tags,
-                ..Default::default()
+            let opts = match rt.backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())
+            {
+                Ok(o) => o,
+                Err(e) => {
+                    let _ = send(&mut w, &ControlReply::Error { code: 2, message: e.to_string() }).await;
+                    return;
+                }
             };
             let progress = Arc::new(Progress::default());
             let job = {

@@ -9,7 +9,7 @@
 pub mod control;
 pub mod views;
 
-use crate::backup::{self, BackupOptions, BackupSummary, Progress};
+use crate::backup::{self, BackupOptions, BackupSummary, ParentChoice, Progress};
 use crate::config::{NodeConfig, PeerConfig};
 use crate::mesh::client::{self, PeerConn};
 use crate::mesh::placement::{self, Candidate};
@@ -288,6 +288,38 @@ impl NodeRuntime {
         progress: Arc<Progress>,
     ) -> Result<MeshBackupReport, NodeError> {
         self.backup_and_replicate_as(opts, progress, "manual").await
+    }
+
+    /// The options of a `backup --config` request: its paths (or
+    /// `[backup] paths`), `[backup] exclude` plus its own, and its parent
+    /// ("none", a snapshot, or the latest matching one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backup_request_options(
+        &self,
+        paths: Vec<std::path::PathBuf>,
+        exclude: Vec<String>,
+        one_file_system: bool,
+        image: Option<std::path::PathBuf>,
+        tags: Vec<String>,
+        parent: Option<&str>,
+    ) -> Result<BackupOptions, crate::store::StoreError> {
+        let cfg = &self.cfg;
+        let parent = match parent {
+            None => ParentChoice::Auto,
+            Some("none") => ParentChoice::None,
+            Some(p) => ParentChoice::Id(self.stores.own().and_then(|s| s.store.resolve_snapshot(p))?),
+        };
+        let mut excludes = cfg.backup.exclude.clone();
+        excludes.extend(exclude);
+        Ok(BackupOptions {
+            paths: if paths.is_empty() && image.is_none() { cfg.backup.paths.clone() } else { paths },
+            image,
+            excludes,
+            one_file_system: one_file_system || cfg.backup.one_file_system,
+            parent,
+            tags,
+            ..Default::default()
+        })
     }
 
     /// [`NodeRuntime::backup_and_replicate`] for a named schedule (metrics
