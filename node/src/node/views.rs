@@ -162,11 +162,22 @@ pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Ve
     answered.insert(rt.cfg.name.clone());
     let mut s3_holders: HashMap<ObjectId, Vec<(String, String)>> = HashMap::new();
     for t in &rt.s3 {
-        match t.list_snapshots(&source).await {
+        match t.snapshot_times(&source).await {
             Ok(list) => {
                 answered.insert(t.cfg.name.clone());
-                for (id, rec) in list {
-                    live.entry(id).or_insert_with(|| (rec, vec![]));
+                for (id, _) in list {
+                    // read a record only when no one else supplied it
+                    if !records.contains_key(&id) && !live.contains_key(&id) {
+                        match t.snapshot_record(&source, &id).await {
+                            Ok(rec) => {
+                                live.insert(id, (rec, vec![]));
+                            }
+                            Err(e) => {
+                                tracing::warn!(target = %t.cfg.name, snapshot = %id.short(), error = %e, "cannot read a snapshot record from the bucket");
+                                continue;
+                            }
+                        }
+                    }
                     s3_holders.entry(id).or_default().push((t.cfg.name.clone(), t.cfg.domain()));
                 }
             }

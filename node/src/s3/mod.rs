@@ -388,13 +388,17 @@ impl S3Target {
             .collect())
     }
 
-    /// Snapshots stored for `source`: (id, sealed record).
+    /// One sealed snapshot record of `source`.
+    pub async fn snapshot_record(&self, source: &str, id: &ObjectId) -> Result<Vec<u8>, S3Error> {
+        self.get(&self.key(source, &format!("snapshots/{}", id.to_hex())), None).await
+    }
+
+    /// Snapshots stored for `source`: (id, sealed record). One request per
+    /// snapshot: use [`Self::snapshot_times`] when the ids are enough.
     pub async fn list_snapshots(&self, source: &str) -> Result<Vec<(ObjectId, Vec<u8>)>, S3Error> {
-        let prefix = self.key(source, "snapshots/");
         let mut out = Vec::new();
-        for (key, _) in self.list(&prefix).await? {
-            let Some(id) = key.strip_prefix(&prefix).and_then(|h| ObjectId::from_hex(h).ok()) else { continue };
-            out.push((id, self.get(&key, None).await?));
+        for (id, _) in self.snapshot_times(source).await? {
+            out.push((id, self.snapshot_record(source, &id).await?));
         }
         Ok(out)
     }
