@@ -232,6 +232,7 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     // their own failure domain) but never repair anything themselves
     let sources: BTreeSet<String> =
         seen.keys().map(|(src, _)| src.clone()).chain(std::iter::once(me.clone())).collect();
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
     for t in rt.s3.iter().filter(|t| t.blocked.is_none()) {
         members.push(Member { name: t.cfg.name.clone(), domain: t.cfg.domain(), reachable: false });
         for source in &sources {
@@ -241,8 +242,7 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
                         if let Some(s) = seen.get_mut(&(source.clone(), id)) {
                             // a bucket that does not date its objects does not
                             // make a snapshot look older than it is
-                            let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-                            s.holders.insert(t.cfg.name.clone(), if ns > 0 { ns } else { now });
+                            s.holders.insert(t.cfg.name.clone(), if ns > 0 { ns } else { now_ns });
                         }
                     }
                 }
