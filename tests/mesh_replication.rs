@@ -5,6 +5,7 @@
 use crate::common::mesh::{Site, stored_snapshots};
 use crate::common::{restored, s, tree};
 use std::fs;
+use std::path::{Path, PathBuf};
 
 fn data(root: &std::path::Path, files: usize, size: usize, seed: u64) {
     fs::create_dir_all(root).unwrap();
@@ -114,21 +115,18 @@ fn factor_two_lands_on_two_domains_second_backup_sends_only_new_and_fresh_node_r
     );
 }
 
-#[test]
-fn restore_completes_when_a_replica_is_sigkilled_midway() {
-    let t = tempfile::tempdir().unwrap();
-    let site = Site::new(t.path(), &[("n1", "r1"), ("n2", "r2"), ("n3", "r3"), ("n4", "r4")]);
+/// n1's generated data backed up with factor 2 to n2 and n3 (their daemons
+/// stopped again); n4, a new node peering with n2 and n3, holds n1's
+/// exported key. Returns the site and the source directory.
+fn replicated_to_two(root: &Path, files: usize, size: usize, seed: u64) -> (Site, PathBuf) {
+    let site = Site::new(root, &[("n1", "r1"), ("n2", "r2"), ("n3", "r3"), ("n4", "r4")]);
     for n in ["n1", "n2", "n3"] {
-        site.write_config(
-            n,
-            &["n1", "n2", "n3"].iter().filter(|p| **p != n).map(|p| p.to_string()).collect::<Vec<_>>(),
-            2,
-            "",
-        );
+        let peers: Vec<String> = ["n1", "n2", "n3"].iter().filter(|p| **p != n).map(|p| p.to_string()).collect();
+        site.write_config(n, &peers, 2, "");
     }
     site.write_config("n4", &["n2".into(), "n3".into()], 1, "");
-    let src = t.path().join("src");
-    data(&src, 120, 150_000, 7);
+    let src = root.join("src");
+    data(&src, files, size, seed);
     {
         let _n2 = site.start("n2");
         let _n3 = site.start("n3");
@@ -136,9 +134,16 @@ fn restore_completes_when_a_replica_is_sigkilled_midway() {
         let r = site.omesh("n1", &["backup", s(&src), "--json"]).ok().json();
         assert_eq!(r["protected"], true, "{r}");
     }
-    let exported = t.path().join("n1.key");
+    let exported = root.join("n1.key");
     site.omesh("n1", &["key", "export", "--out", s(&exported)]).ok();
     site.omesh("n4", &["key", "import", s(&exported)]).ok();
+    (site, src)
+}
+
+#[test]
+fn restore_completes_when_a_replica_is_sigkilled_midway() {
+    let t = tempfile::tempdir().unwrap();
+    let (site, src) = replicated_to_two(t.path(), 120, 150_000, 7);
     // n2 kills itself (SIGKILL) after serving 10 objects
     let mut n2 = site.start_with_env("n2", &[("OMESH_FAILPOINT", "serve.object:10")]);
     let _n3 = site.start("n3");
@@ -158,24 +163,7 @@ fn restore_completes_when_a_replica_is_sigkilled_midway() {
 #[test]
 fn a_peer_serving_corrupted_objects_is_detected_and_failed_over() {
     let t = tempfile::tempdir().unwrap();
-    let site = Site::new(t.path(), &[("n1", "r1"), ("n2", "r2"), ("n3", "r3"), ("n4", "r4")]);
-    for n in ["n1", "n2", "n3"] {
-        site.write_config(
-            n,
-            &["n1", "n2", "n3"].iter().filter(|p| **p != n).map(|p| p.to_string()).collect::<Vec<_>>(),
-            2,
-            "",
-        );
-    }
-    site.write_config("n4", &["n2".into(), "n3".into()], 1, "");
-    let src = t.path().join("src");
-    data(&src, 60, 100_000, 3);
-    {
-        let _n2 = site.start("n2");
-        let _n3 = site.start("n3");
-        let r = site.omesh("n1", &["backup", s(&src), "--json"]).ok().json();
-        assert_eq!(r["protected"], true, "{r}");
-    }
+    let (site, src) = replicated_to_two(t.path(), 60, 100_000, 3);
     // n2 turns malicious: every blob it stores is altered, with a valid
     // check hash, so only the key holder can tell
     let mut altered = 0;
@@ -193,9 +181,6 @@ fn a_peer_serving_corrupted_objects_is_detected_and_failed_over() {
         fs::write(&p, bytes).unwrap();
     }
     assert!(altered >= 60);
-    let exported = t.path().join("n1.key");
-    site.omesh("n1", &["key", "export", "--out", s(&exported)]).ok();
-    site.omesh("n4", &["key", "import", s(&exported)]).ok();
     let _n2 = site.start("n2");
     let _n3 = site.start("n3");
     // only the malicious peer: fails loudly, writes no wrong byte
