@@ -203,12 +203,23 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     }
     {
         let stores = rt.stores.clone();
+        let known: HashSet<(String, ObjectId)> = seen.keys().cloned().collect();
+        // (store I/O off the async workers; a record is read only when no
+        // peer listed the snapshot)
         let local = tokio::task::spawn_blocking(move || {
             let mut v = Vec::new();
             for n in stores.source_names() {
                 if let Ok(Some(s)) = stores.get(&n, false) {
                     for id in s.store.snapshot_ids().unwrap_or_default() {
-                        v.push((n.clone(), id, s.store.snapshot_stored_ns(&id)));
+                        let record = if known.contains(&(n.clone(), id)) {
+                            None
+                        } else {
+                            match s.store.read_snapshot_record(&id) {
+                                Ok(r) => Some(r),
+                                Err(_) => continue,
+                            }
+                        };
+                        v.push((n.clone(), id, s.store.snapshot_stored_ns(&id), record));
                     }
                 }
             }
@@ -216,15 +227,15 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
         })
         .await
         .unwrap_or_default();
-        for (source, id, ns) in local {
-            if let Some(s) = seen.get_mut(&(source.clone(), id)) {
-                s.holders.insert(me.clone(), ns);
-            } else if let Ok(Some(st)) = rt.stores.get(&source, false) {
-                if let Ok(record) = st.store.read_snapshot_record(&id) {
-                    let mut holders = BTreeMap::new();
-                    holders.insert(me.clone(), ns);
-                    seen.insert((source, id), Seen { record, holders });
+        for (source, id, ns, record) in local {
+            match (seen.get_mut(&(source.clone(), id)), record) {
+                (Some(s), _) => {
+                    s.holders.insert(me.clone(), ns);
                 }
+                (None, Some(record)) => {
+                    seen.insert((source, id), Seen { record, holders: BTreeMap::from([(me.clone(), ns)]) });
+                }
+                (None, None) => {}
             }
         }
     }

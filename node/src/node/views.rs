@@ -131,27 +131,29 @@ pub async fn live_listing(rt: &NodeRuntime, source: &str) -> LiveListing {
 pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Vec<SnapshotView>, NodeError> {
     let source = source.unwrap_or(&rt.cfg.name).to_string();
     let keys = source_keys(rt, &source);
-    // local copy (own store, or a replica this node keeps)
-    let local: Option<Arc<crate::mesh::SourceStore>> = {
+    // local copy (own store, or a replica this node keeps), read off the
+    // async workers
+    let local: Vec<(ObjectId, Option<Vec<u8>>)> = {
         let stores = rt.stores.clone();
         let s = source.clone();
-        tokio::task::spawn_blocking(move || stores.get(&s, false))
-            .await
-            .map_err(|e| NodeError::Other(e.to_string()))??
+        tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+            let Some(l) = stores.get(&s, false)? else { return Ok(vec![]) };
+            Ok(l.store.snapshot_ids()?.into_iter().map(|id| (id, l.store.read_snapshot_record(&id).ok())).collect())
+        })
+        .await
+        .map_err(|e| NodeError::Other(e.to_string()))??
     };
     let mut records: BTreeMap<ObjectId, Vec<u8>> = BTreeMap::new();
     let mut on_source = std::collections::HashSet::new();
     let mut local_replica = std::collections::HashSet::new();
-    if let Some(l) = &local {
-        for id in l.store.snapshot_ids()? {
-            if let Ok(r) = l.store.read_snapshot_record(&id) {
-                records.insert(id, r);
-            }
-            if source == rt.cfg.name {
-                on_source.insert(id);
-            } else {
-                local_replica.insert(id);
-            }
+    for (id, record) in local {
+        if let Some(r) = record {
+            records.insert(id, r);
+        }
+        if source == rt.cfg.name {
+            on_source.insert(id);
+        } else {
+            local_replica.insert(id);
         }
     }
     let listing = live_listing(rt, &source).await;
