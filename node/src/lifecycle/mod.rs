@@ -667,12 +667,21 @@ async fn heal(
             }
         }
     }
-    for d in damaged.iter().filter(|d| d.what == "snapshot") {
+    let records: Vec<&scrub::Damage> = damaged.iter().filter(|d| d.what == "snapshot").collect();
+    // each peer's listing once, for all damaged records
+    let mut listings = Vec::new();
+    if !records.is_empty() {
+        for c in &conns {
+            if let Ok(list) = c.list_snapshots(Some(source)).await {
+                listings.push((c, list));
+            }
+        }
+    }
+    for d in records {
         let Ok(id) = ObjectId::from_hex(&d.id) else { continue };
         let mut done = false;
-        for c in &conns {
-            let Ok(list) = c.list_snapshots(Some(source)).await else { continue };
-            if let Some(e) = list.into_iter().find(|e| e.id == id) {
+        for (c, list) in &listings {
+            if let Some(e) = list.iter().find(|e| e.id == id).cloned() {
                 let st = store.clone();
                 let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(e.stored_ns.max(0) as u64);
                 // with the key (this node's own store), the record must
