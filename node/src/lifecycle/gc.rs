@@ -147,8 +147,8 @@ struct GcDb {
 /// (even in one process) and a read transaction fails once its database is
 /// closed, so a condemned view keeps its database open and a later
 /// [`GcDb::open`] of the same store shares it.
-static OPEN_DBS: std::sync::Mutex<Option<HashMap<PathBuf, std::sync::Weak<redb::Database>>>> =
-    std::sync::Mutex::new(None);
+static OPEN_DBS: std::sync::LazyLock<std::sync::Mutex<HashMap<PathBuf, std::sync::Weak<redb::Database>>>> =
+    std::sync::LazyLock::new(Default::default);
 
 /// The condemned set as the store sees it (one read transaction, on a
 /// database kept open as long as the view lives).
@@ -188,7 +188,6 @@ impl GcDb {
         let path = dir.join("gc.redb");
         let p = path.display().to_string();
         let mut reg = OPEN_DBS.lock().unwrap_or_else(|e| e.into_inner());
-        let reg = reg.get_or_insert_with(HashMap::new);
         reg.retain(|_, w| w.strong_count() > 0);
         let db = match reg.get(&path).and_then(|w| w.upgrade()) {
             Some(db) => db,
@@ -543,13 +542,10 @@ pub fn run(store: &Store, opts: &GcOptions, now: SystemTime) -> Result<GcReport,
     let mut rep = GcReport { store: store.dir().display().to_string(), ..Default::default() };
     rep.bytes_before = store.bytes_stored()?;
     rep.trash_freed = store.empty_trash(now.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH))?;
-    // a pending batch survives restarts (install_pending showed it to the
-    // store when it was opened; this covers a store opened before the batch
-    // file appeared)
+    // a pending batch survives restarts (shown to the store when it was
+    // opened; again here for a store opened before gc.redb existed)
+    install_pending(store);
     let pending = db.batch()?;
-    if pending.is_some() && !store.has_condemned() {
-        store.set_condemned(Some(db.view()?));
-    }
     // 1. mark (resuming an interrupted mark)
     if db.meta("mark_complete")?.is_some() {
         db.reset_marks()?;
