@@ -9,14 +9,12 @@
 //! - this module: the node-level operations (over every store this node
 //!   keeps) that both the daemon's timers ([`daemon`]) and the CLI run.
 
-pub mod bandwidth;
 pub mod daemon;
-pub mod gc;
 pub mod metrics;
-pub mod retention;
-pub mod schedule;
-pub mod scrub;
 pub mod sync;
+
+pub use omesh_core::policy::{bandwidth, retention, schedule};
+pub use omesh_core::store::{gc, scrub};
 
 use crate::config::ByteSize;
 use crate::node::{NodeError, NodeRuntime};

@@ -61,6 +61,13 @@ pub struct PeerConn {
     pub limiter: Option<std::sync::Arc<crate::lifecycle::bandwidth::Limiter>>,
 }
 
+/// Wait until `n` more bytes to or from `peer` fit within the limits.
+pub async fn pace(l: &crate::lifecycle::bandwidth::Limiter, peer: &str, n: u64) {
+    if let Some(until) = l.reserve(peer, n) {
+        tokio::time::sleep_until(until.into()).await;
+    }
+}
+
 /// Bytes written between two pacing decisions.
 const PACE_PIECE: usize = 64 << 10;
 
@@ -175,7 +182,7 @@ impl PeerConn {
                 None => send.write_all(r).await.map_err(|e| stream_err(&self.name, e))?,
                 Some(l) => {
                     for piece in r.chunks(PACE_PIECE) {
-                        l.pace(&self.name, piece.len() as u64).await;
+                        pace(l, &self.name, piece.len() as u64).await;
                         send.write_all(piece).await.map_err(|e| stream_err(&self.name, e))?;
                     }
                 }
@@ -264,7 +271,7 @@ impl PeerConn {
             }
             let (_, rec) = read_record(&mut recv).await.map_err(|e| self.read_err(e))?;
             if let (true, Some(l)) = (paced, &self.limiter) {
-                l.pace(&self.name, rec.len() as u64).await;
+                pace(l, &self.name, rec.len() as u64).await;
             }
             out.push(rec);
         }

@@ -10,10 +10,11 @@
 //! - [`source`]: an `ObjectSource` that fetches from several peers.
 
 pub mod client;
-pub mod placement;
 pub mod replicate;
 pub mod server;
 pub mod source;
+
+pub use omesh_core::policy::placement;
 
 use crate::config::NodeConfig;
 use crate::keyfile::KeyFile;

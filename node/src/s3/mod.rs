@@ -232,7 +232,9 @@ impl S3Target {
     /// Wait until `n` more upload bytes fit within `[bandwidth]`.
     async fn pace(&self, n: usize) {
         if let Some(l) = &self.limiter {
-            l.pace(&self.cfg.name, n as u64).await;
+            if let Some(until) = l.reserve(&self.cfg.name, n as u64) {
+                tokio::time::sleep_until(until.into()).await;
+            }
         }
     }
 

@@ -7,11 +7,11 @@
 //! Every snapshot record is decoded and checked. A bad object is
 //! quarantined: its bytes are copied to `quarantine/` and it leaves the
 //! index, so a good copy can be fetched from another replica and written
-//! again (see `lifecycle::sync::fetch_into`). The pass walks the index in id
+//! again (see `the node's scrub heal`). The pass walks the index in id
 //! order by pages, so memory stays flat and a pass can continue where the
 //! previous one stopped.
 
-use super::bandwidth::Pacer;
+use crate::policy::bandwidth::Pacer;
 use crate::store::{Store, StoreError};
 use omesh_proto::ObjectId;
 use serde::Serialize;

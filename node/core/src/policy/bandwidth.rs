@@ -235,24 +235,21 @@ impl Limiter {
         (self.global.plan.rate_at(m), self.peers.get(peer).and_then(|b| b.plan.rate_at(m)))
     }
 
-    /// Wait until `n` more bytes to or from `peer` fit within the limits.
-    pub async fn pace(&self, peer: &str, n: u64) {
+    /// Reserve `n` more bytes to or from `peer` within the limits; returns
+    /// the instant until which the caller must wait before sending more
+    /// (`None`: no limit applies now). Async callers sleep until then,
+    /// worker threads use [`Limiter::pace_blocking`].
+    pub fn reserve(&self, peer: &str, n: u64) -> Option<Instant> {
         let (g, p) = self.rates_at(peer, Utc::now());
         let now = Instant::now();
         let a = self.global.reserve(n, g, now);
         let b = self.peers.get(peer).and_then(|bk| bk.reserve(n, p, now));
-        if let Some(until) = a.into_iter().chain(b).max() {
-            tokio::time::sleep_until(until.into()).await;
-        }
+        a.into_iter().chain(b).max()
     }
 
     /// Blocking variant for worker threads.
     pub fn pace_blocking(&self, peer: &str, n: u64) {
-        let (g, p) = self.rates_at(peer, Utc::now());
-        let now = Instant::now();
-        let a = self.global.reserve(n, g, now);
-        let b = self.peers.get(peer).and_then(|bk| bk.reserve(n, p, now));
-        if let Some(until) = a.into_iter().chain(b).max() {
+        if let Some(until) = self.reserve(peer, n) {
             std::thread::sleep(until.saturating_duration_since(Instant::now()));
         }
     }

@@ -26,8 +26,10 @@
 //! `spawn_blocking`.
 
 pub mod config;
+pub mod gc;
 pub mod index;
 pub mod pack;
+pub mod scrub;
 
 use crate::crypto::{Keys, OpenError, Secret};
 use crate::keyfile::{KeyFile, KeyFileError};
@@ -517,7 +519,7 @@ impl Store {
             // a garbage collection batch condemned before a restart must be
             // visible to writers from the start, or a backup reusing one of
             // its objects would not rescue it before the sweep
-            crate::lifecycle::gc::install_pending(&store);
+            gc::install_pending(&store);
         }
         Ok(store)
     }
