@@ -2,68 +2,11 @@
 //! `deploy/` has examples. Unknown keys are errors, so a typo is caught at
 //! start instead of silently ignored; every error names the file and key.
 
+pub use omesh_core::units::ByteSize;
+pub use omesh_net::transport::{TlsConfig, TransportConfig};
 use omesh_proto::msg::valid_name;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::path::{Path, PathBuf};
-
-/// A byte size written as an integer or a string like "500 GiB".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct ByteSize(pub u64);
-
-impl ByteSize {
-    /// Parse "123", "10 MiB", "1.5 GB", "200M".
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 =
-            num.parse().map_err(|_| format!("{s:?} is not a size (examples: 1048576, \"512 MiB\", \"2 TiB\")"))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kib" => 1 << 10,
-            "kb" => 1000,
-            "m" | "mib" => 1 << 20,
-            "mb" => 1_000_000,
-            "g" | "gib" => 1 << 30,
-            "gb" => 1_000_000_000,
-            "t" | "tib" => 1 << 40,
-            "tb" => 1_000_000_000_000,
-            u => return Err(format!("unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
-        };
-        Ok(ByteSize((n * mult as f64) as u64))
-    }
-}
-
-impl<'de> Deserialize<'de> for ByteSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
-    }
-}
-
-/// `[tls]`
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Site CA certificate (PEM).
-    pub ca: PathBuf,
-    /// This node's certificate (PEM).
-    pub cert: PathBuf,
-    /// This node's private key (PEM, mode 0600).
-    pub key: PathBuf,
-    /// Certificate revocation list (PEM) from `omesh ca revoke`; reloaded
-    /// when it changes.
-    #[serde(default)]
-    pub crl: Option<PathBuf>,
-}
 
 /// `[replication]`
 #[derive(Clone, Debug, Deserialize)]
@@ -100,16 +43,7 @@ impl Default for ReplicationConfig {
     }
 }
 
-/// Who may store replicas on this node.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum AcceptFrom {
-    /// Only nodes listed as `[[peer]]` (default).
-    #[default]
-    Peers,
-    /// Any node with a valid site certificate.
-    Site,
-}
+pub use omesh_net::mesh::server::AcceptFrom;
 
 /// `[storage]`
 #[derive(Clone, Debug, Deserialize, Default)]
@@ -140,67 +74,6 @@ pub struct BackupConfig {
     /// zstd level for new stores.
     #[serde(default)]
     pub compression: Option<i32>,
-}
-
-/// `[transport]`: QUIC tuning (see docs/config.md for the reasoning).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TransportConfig {
-    /// Per-stream receive window.
-    #[serde(default = "d_stream_window")]
-    pub stream_receive_window: ByteSize,
-    /// Per-connection receive window.
-    #[serde(default = "d_conn_window")]
-    pub receive_window: ByteSize,
-    /// Per-connection send window.
-    #[serde(default = "d_conn_window")]
-    pub send_window: ByteSize,
-    /// Idle timeout.
-    #[serde(default = "d_idle")]
-    pub idle_timeout_secs: u64,
-    /// Keep-alive interval.
-    #[serde(default = "d_keepalive")]
-    pub keep_alive_secs: u64,
-    /// Connect timeout.
-    #[serde(default = "d_connect")]
-    pub connect_timeout_secs: u64,
-    /// A single request (e.g. fetching one object during a restore) that
-    /// takes longer fails over to another replica.
-    #[serde(default = "d_request")]
-    pub request_timeout_secs: u64,
-}
-
-fn d_stream_window() -> ByteSize {
-    ByteSize(16 << 20)
-}
-fn d_conn_window() -> ByteSize {
-    ByteSize(64 << 20)
-}
-fn d_idle() -> u64 {
-    10
-}
-fn d_keepalive() -> u64 {
-    2
-}
-fn d_request() -> u64 {
-    15
-}
-fn d_connect() -> u64 {
-    5
-}
-
-impl Default for TransportConfig {
-    fn default() -> Self {
-        TransportConfig {
-            stream_receive_window: d_stream_window(),
-            receive_window: d_conn_window(),
-            send_window: d_conn_window(),
-            idle_timeout_secs: d_idle(),
-            keep_alive_secs: d_keepalive(),
-            connect_timeout_secs: d_connect(),
-            request_timeout_secs: d_request(),
-        }
-    }
 }
 
 /// `[[peer]]`
@@ -454,12 +327,44 @@ impl NodeConfig {
 
     /// Directory of a source's store on this node.
     pub fn source_dir(&self, source: &str) -> PathBuf {
-        self.data_dir.join("sources").join(source)
+        self.layout().source_dir(source)
     }
 
     /// Key file of a source on this node.
     pub fn key_path(&self, source: &str) -> PathBuf {
-        self.data_dir.join("keys").join(format!("{source}.key"))
+        self.layout().key_path(source)
+    }
+
+    /// Where this node keeps its stores and keys.
+    pub fn layout(&self) -> omesh_net::mesh::StoreLayout {
+        omesh_net::mesh::StoreLayout {
+            node: self.name.clone(),
+            data_dir: self.data_dir.clone(),
+            compression: self.backup.compression,
+        }
+    }
+
+    /// What this node allows when serving peers.
+    pub fn serve_policy(&self) -> omesh_net::mesh::server::ServePolicy {
+        omesh_net::mesh::server::ServePolicy {
+            node: self.name.clone(),
+            accept_from: self.storage.accept_from,
+            peers: self.peers.iter().map(|p| (p.name.clone(), p.quota.map(|q| q.0))).collect(),
+            default_quota: self.storage.quota.0,
+            retention: self.retention.clone(),
+        }
+    }
+
+    /// Every destination this node sends data to, for the residency check.
+    pub fn destinations(&self) -> Vec<omesh_net::residency::Destination> {
+        use omesh_net::residency::Destination;
+        let peers = self.peers.iter().map(|p| Destination {
+            kind: "peer",
+            name: p.name.clone(),
+            endpoint: Some(p.address.clone()),
+        });
+        let s3 = self.s3.iter().map(|t| Destination { kind: "s3", name: t.name.clone(), endpoint: t.endpoint.clone() });
+        peers.chain(s3).collect()
     }
 
     /// S3 target by name.
@@ -515,12 +420,5 @@ quota = "2 TiB"
         assert!(e.to_string().contains("listen_typo"), "{e}");
         let e = NodeConfig::from_toml(&BASE.replace("10.0.0.12:7443", "10.0.0.12"), Path::new("x.toml")).unwrap_err();
         assert!(e.message.contains("needs a port"), "{e}");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(ByteSize::parse("512 MiB").unwrap().0, 512 << 20);
-        assert_eq!(ByteSize::parse("1.5GB").unwrap().0, 1_500_000_000);
-        assert!(ByteSize::parse("12 parsecs").is_err());
     }
 }

@@ -8,18 +8,16 @@
 //!
 //! Wire and record formats live in the `omesh-proto` crate.
 
-pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod lifecycle;
 pub mod mesh;
 pub mod node;
-pub mod residency;
 pub mod s3;
 pub mod state;
-pub mod transport;
 
 pub use omesh_core::{
     backup, chunker, crypto, failpoint, fsutil, keyfile, objects, restore, sample, snapshot, store, verify,
 };
+pub use omesh_net::{ca, residency, transport};
 pub use omesh_proto as proto;

@@ -56,7 +56,8 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
             let cfg = mesh::load(&config)?;
             let policy = crate::residency::Policy::new(&cfg.residency).map_err(CliError::usage)?;
             let rt = mesh::tokio()?;
-            let lines = rt.block_on(crate::residency::check_config(&cfg, &policy));
+            let lines =
+                rt.block_on(crate::residency::check_destinations(&cfg.destinations(), &cfg.name, &cfg.listen, &policy));
             let ok = lines.iter().all(|l| l.allowed);
             if json {
                 print_json(&serde_json::json!({"ok": ok, "policy_active": policy.is_active(), "destinations": lines}))?;

@@ -54,7 +54,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
         Some(path) => {
             let cfg = super::mesh::load(path)?;
             let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
-            match crate::mesh::open_source_read(&cfg, &source)? {
+            match crate::mesh::open_source_read(&cfg.layout(), &source)? {
                 Some(s) => s,
                 None if source == cfg.name => {
                     return Err(CliError::usage(format!("{} has no local store yet (nothing backed up)", cfg.name)));

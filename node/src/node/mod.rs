@@ -190,7 +190,7 @@ impl NodeRuntime {
             target.limiter = limiter.clone();
             s3.push(Arc::new(target));
         }
-        let stores = Arc::new(Stores::new(cfg.clone()));
+        let stores = Arc::new(Stores::new(cfg.layout()));
         let counters = Arc::new(Counters::default());
         let metrics = Arc::new(crate::lifecycle::metrics::Metrics::new(&counters));
         Ok(Arc::new(NodeRuntime {
@@ -646,12 +646,13 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
     // the same check as `omesh residency check`: refuse to start outside the boundary
     let policy = crate::residency::Policy::new(&cfg.residency).map_err(NodeError::Residency)?;
     if policy.is_active() {
-        let bad: Vec<String> = crate::residency::check_config(&cfg, &policy)
-            .await
-            .into_iter()
-            .filter(|l| !l.allowed)
-            .map(|l| format!("{} {} ({} -> {}): {}", l.kind, l.name, l.host, l.address, l.reason))
-            .collect();
+        let bad: Vec<String> =
+            crate::residency::check_destinations(&cfg.destinations(), &cfg.name, &cfg.listen, &policy)
+                .await
+                .into_iter()
+                .filter(|l| !l.allowed)
+                .map(|l| format!("{} {} ({} -> {}): {}", l.kind, l.name, l.host, l.address, l.reason))
+                .collect();
         if !bad.is_empty() {
             return Err(NodeError::Residency(format!(
                 "not starting, the configuration violates the residency boundary:\n  {}",
@@ -668,7 +669,8 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     let ctx = Arc::new(ServerCtx {
-        cfg: rt.cfg.clone(),
+        policy: rt.cfg.serve_policy(),
+        transport: rt.cfg.transport.clone(),
         stores: rt.stores.clone(),
         counters: rt.counters.clone(),
         started: rt.started,

@@ -669,7 +669,7 @@ pub async fn prepare_restore(
     } else {
         let cfg = rt.cfg.clone();
         let s = source.to_string();
-        tokio::task::spawn_blocking(move || crate::mesh::open_source_read(&cfg, &s))
+        tokio::task::spawn_blocking(move || crate::mesh::open_source_read(&cfg.layout(), &s))
             .await
             .map_err(|e| NodeError::Other(e.to_string()))??
             .map(Arc::new)

@@ -26,6 +26,7 @@
 //! `spawn_blocking`.
 
 pub mod config;
+pub mod forget;
 pub mod gc;
 pub mod index;
 pub mod pack;

@@ -11,24 +11,69 @@
 //! connection with a QUIC error code; other connections are unaffected.
 
 use super::{Counters, SourceStore, Stores};
-use crate::config::{AcceptFrom, NodeConfig};
-use crate::transport::{self, PeerIdentity, ReadError, read_frame, read_record, write_frame};
+use crate::residency::InboundCheck;
+use crate::transport::{self, PeerIdentity, ReadError, TransportConfig, read_frame, read_record, write_frame};
+use omesh_core::policy::retention::RetentionPolicy;
+use omesh_core::store::forget::{DeleteRefusal, handle_delete_request};
 use omesh_proto::msg::{
     self, Capability, ErrorCode, Hello, MAX_LIST_SNAPSHOTS, PeerStatus, Request, Response, SnapshotEntry, SourceUsage,
     close,
 };
 use omesh_proto::{MAX_FRAME_BYTES, ObjectId, ObjectKind, Record};
 use quinn::{RecvStream, SendStream};
+use serde::Deserialize;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+/// Who may store replicas on this node.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptFrom {
+    /// Only nodes listed as `[[peer]]` (default).
+    #[default]
+    Peers,
+    /// Any node with a valid site certificate.
+    Site,
+}
+
+/// What a serving node allows, from its `[storage]`, `[[peer]]` and
+/// `[retention]` settings.
+#[derive(Clone, Debug)]
+pub struct ServePolicy {
+    /// This node's name.
+    pub node: String,
+    /// Who may store here.
+    pub accept_from: AcceptFrom,
+    /// Configured peers, each with its quota override (bytes).
+    pub peers: HashMap<String, Option<u64>>,
+    /// Most bytes one source may store here (0 = unlimited).
+    pub default_quota: u64,
+    /// Retention: whether and when a source may ask to forget a snapshot.
+    pub retention: RetentionPolicy,
+}
+
+impl ServePolicy {
+    /// Quota for `source` here (0 = unlimited).
+    pub fn quota_for(&self, source: &str) -> u64 {
+        self.peers.get(source).copied().flatten().unwrap_or(self.default_quota)
+    }
+
+    /// Whether `name` is a configured peer.
+    pub fn is_peer(&self, name: &str) -> bool {
+        self.peers.contains_key(name)
+    }
+}
+
 /// Shared state of a serving node.
 pub struct ServerCtx {
-    /// Configuration.
-    pub cfg: Arc<NodeConfig>,
+    /// What this node allows.
+    pub policy: ServePolicy,
+    /// QUIC tuning for accepted connections.
+    pub transport: TransportConfig,
     /// Stores.
     pub stores: Arc<Stores>,
     /// Byte counters.
@@ -38,7 +83,7 @@ pub struct ServerCtx {
     /// Shutdown signal.
     pub cancel: CancellationToken,
     /// Inbound address policy (residency); returns an error message to refuse.
-    pub inbound_check: Option<crate::node::InboundCheck>,
+    pub inbound_check: Option<InboundCheck>,
     /// Certificates and the CRL: each connection is accepted with the
     /// current server config.
     pub tls: Arc<transport::TlsMaterial>,
@@ -84,7 +129,7 @@ async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
             return;
         }
     }
-    let config = match transport::server_config(&ctx.tls, &ctx.cfg.transport) {
+    let config = match transport::server_config(&ctx.tls, &ctx.transport) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             tracing::error!(%remote, error = %e, "cannot build the TLS configuration; connection refused");
@@ -116,7 +161,7 @@ async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
         match read_frame::<Request>(&mut recv, MAX_FRAME_BYTES).await {
             Ok(Request::Hello(h)) if h.protocol == omesh_proto::PROTOCOL_VERSION => {
-                write_frame(&mut send, &Response::Hello(hello(&ctx.cfg.name))).await.map_err(|e| e.to_string())?;
+                write_frame(&mut send, &Response::Hello(hello(&ctx.policy.node))).await.map_err(|e| e.to_string())?;
                 let _ = send.finish();
                 Ok(h)
             }
@@ -220,7 +265,7 @@ async fn handle_stream(
     let _ = send.finish();
 }
 
-fn may_write(cfg: &NodeConfig, peer: &PeerIdentity, source: &str) -> Result<(), Fail> {
+fn may_write(cfg: &ServePolicy, peer: &PeerIdentity, source: &str) -> Result<(), Fail> {
     if source != peer.name {
         return Err(Fail::Respond(
             ErrorCode::Forbidden,
@@ -228,19 +273,19 @@ fn may_write(cfg: &NodeConfig, peer: &PeerIdentity, source: &str) -> Result<(), 
             vec![],
         ));
     }
-    if source == cfg.name {
+    if source == cfg.node {
         return Err(Fail::Respond(
             ErrorCode::Forbidden,
             "a node cannot store into the namespace of the node it talks to".into(),
             vec![],
         ));
     }
-    if cfg.storage.accept_from == AcceptFrom::Peers && cfg.peer(&peer.name).is_none() {
+    if cfg.accept_from == AcceptFrom::Peers && !cfg.is_peer(&peer.name) {
         return Err(Fail::Respond(
             ErrorCode::Forbidden,
             format!(
                 "{} is not a [[peer]] of {}; add it there (or set [storage] accept_from = \"site\") to store its replicas",
-                peer.name, cfg.name
+                peer.name, cfg.node
             ),
             vec![],
         ));
@@ -298,18 +343,12 @@ async fn dispatch(
             let Some(store) = source_store(ctx, &source, false).await? else {
                 return Err(Fail::Respond(ErrorCode::NotFound, format!("no snapshots of {source} here"), vec![]));
             };
-            let cfg = ctx.cfg.clone();
+            let node = ctx.policy.node.clone();
+            let retention = ctx.policy.retention.clone();
             let requester = peer.name.clone();
             let src = source.clone();
             let r = blocking(move || {
-                Ok(crate::lifecycle::handle_delete_request(
-                    &cfg,
-                    &store.store,
-                    &requester,
-                    &src,
-                    &id,
-                    chrono::Utc::now(),
-                ))
+                Ok(handle_delete_request(&node, &retention, &store.store, &requester, &src, &id, chrono::Utc::now()))
             })
             .await?;
             match r {
@@ -317,15 +356,20 @@ async fn dispatch(
                     tracing::warn!(peer = %peer.name, %source, snapshot = %id.short(), "snapshot forgotten at its source's request (outside the retention lock)");
                     respond(send, &Response::Forgotten { id }).await
                 }
-                Err((code, message)) => {
-                    tracing::warn!(peer = %peer.name, %source, snapshot = %id.short(), reason = %message, "refused a request to delete a stored snapshot");
-                    Err(Fail::Respond(code, message, vec![]))
+                Err(refusal) => {
+                    tracing::warn!(peer = %peer.name, %source, snapshot = %id.short(), reason = %refusal, "refused a request to delete a stored snapshot");
+                    let code = match refusal {
+                        DeleteRefusal::Forbidden(_) => ErrorCode::Forbidden,
+                        DeleteRefusal::NotFound(_) => ErrorCode::NotFound,
+                        DeleteRefusal::Internal(_) => ErrorCode::Internal,
+                    };
+                    Err(Fail::Respond(code, refusal.to_string(), vec![]))
                 }
             }
         }
         Request::Status => {
             let stores = ctx.stores.clone();
-            let cfg = ctx.cfg.clone();
+            let policy = ctx.policy.clone();
             let sources = blocking(move || {
                 let mut v = Vec::new();
                 for name in stores.source_names() {
@@ -334,7 +378,7 @@ async fn dispatch(
                             bytes: s.store.bytes_stored().unwrap_or(0),
                             objects: s.store.object_count().unwrap_or(0),
                             snapshots: s.store.snapshot_ids().map(|x| x.len() as u64).unwrap_or(0),
-                            quota_bytes: cfg.quota_for(&name),
+                            quota_bytes: policy.quota_for(&name),
                             source: name,
                         });
                     }
@@ -343,8 +387,8 @@ async fn dispatch(
             })
             .await?;
             let st = PeerStatus {
-                node: ctx.cfg.name.clone(),
-                software: hello(&ctx.cfg.name).software,
+                node: ctx.policy.node.clone(),
+                software: hello(&ctx.policy.node).software,
                 uptime_secs: ctx.started.elapsed().as_secs(),
                 sources,
             };
@@ -365,9 +409,9 @@ async fn put_objects(
     send: &mut SendStream,
     recv: &mut RecvStream,
 ) -> Result<(), Fail> {
-    may_write(&ctx.cfg, peer, source)?;
+    may_write(&ctx.policy, peer, source)?;
     let store = source_store(ctx, source, true).await?.expect("created");
-    let quota = ctx.cfg.quota_for(source);
+    let quota = ctx.policy.quota_for(source);
     let used = {
         let s = store.clone();
         blocking(move || s.store.bytes_stored().map_err(internal)).await?
@@ -375,7 +419,7 @@ async fn put_objects(
     let counters = ctx.counters.peer(&peer.name);
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, ObjectKind, Vec<u8>)>(8);
     let writer_store = store.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<u32, crate::store::StoreError> {
+    let writer = tokio::task::spawn_blocking(move || -> Result<u32, omesh_core::store::StoreError> {
         let mut new = 0;
         while let Some((id, kind, bytes)) = rx.blocking_recv() {
             if writer_store.write_record(id, kind, &bytes)? {
@@ -400,7 +444,7 @@ async fn put_objects(
         if quota > 0 && used + bytes > quota {
             refused = Some(format!(
                 "{source} would exceed its quota of {} bytes on {} ({} bytes stored); raise `quota` for this peer or free space",
-                quota, ctx.cfg.name, used
+                quota, ctx.policy.node, used
             ));
             break;
         }
@@ -426,7 +470,7 @@ async fn put_snapshot(
     record: Vec<u8>,
     send: &mut SendStream,
 ) -> Result<(), Fail> {
-    may_write(&ctx.cfg, peer, source)?;
+    may_write(&ctx.policy, peer, source)?;
     let (rec, used) = Record::decode(&record)
         .map_err(|e| Fail::Respond(ErrorCode::Corrupt, format!("snapshot record: {e}"), vec![]))?;
     if used != record.len() || rec.kind != ObjectKind::Snapshot {
@@ -531,7 +575,7 @@ async fn get_objects(
     for id in have {
         let s = store.clone();
         let rec = blocking(move || Ok(s.store.read_record(&id))).await?;
-        crate::failpoint::hit("serve.object");
+        omesh_core::failpoint::hit("serve.object");
         match rec {
             Ok(r) => {
                 send.write_all(&[1]).await.map_err(|_| Fail::Gone)?;

@@ -11,7 +11,7 @@
 //! a peer's identity is that name, read from its verified certificate. The
 //! CA is constrained to path length 0 (it can only sign node certificates).
 
-use crate::keyfile::write_private_atomic;
+use omesh_core::keyfile::write_private_atomic;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevokedCertParams, SanType,

@@ -19,10 +19,28 @@
 //!   address and interface the kernel would use, and the verdict; the daemon
 //!   refuses to start on a violation.
 
-use crate::config::NodeConfig;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Hook deciding whether an outbound connection to (peer, address) is
+/// allowed (the residency policy plugs in here).
+pub type OutboundCheck = std::sync::Arc<dyn Fn(&str, SocketAddr) -> Result<(), String> + Send + Sync>;
+
+/// Hook deciding whether an inbound connection from an address is allowed.
+pub type InboundCheck = std::sync::Arc<dyn Fn(SocketAddr) -> Result<(), String> + Send + Sync>;
+
+/// A destination a node's configuration names.
+#[derive(Clone, Debug)]
+pub struct Destination {
+    /// "peer" or "s3".
+    pub kind: &'static str,
+    /// Its name in the configuration.
+    pub name: String,
+    /// `host:port` or an endpoint URL; `None`: the AWS SDK's default
+    /// endpoint (an S3 target without `endpoint`).
+    pub endpoint: Option<String>,
+}
 
 /// An IP network (CIDR).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,23 +267,25 @@ fn host_of(url_or_addr: &str) -> (String, u16) {
     }
 }
 
-/// Check every destination of a config against its policy.
-pub async fn check_config(cfg: &NodeConfig, policy: &Policy) -> Vec<CheckLine> {
+/// Check every destination of node `node` (listening on `listen`) against
+/// its policy.
+pub async fn check_destinations(
+    destinations: &[Destination],
+    node: &str,
+    listen: &str,
+    policy: &Policy,
+) -> Vec<CheckLine> {
     let mut out = Vec::new();
     let mut dests: Vec<(String, String, String, u16)> = Vec::new();
-    for p in &cfg.peers {
-        let (h, port) = host_of(&p.address);
-        dests.push(("peer".into(), p.name.clone(), h, port));
-    }
-    for t in &cfg.s3 {
-        match &t.endpoint {
+    for d in destinations {
+        match &d.endpoint {
             Some(e) => {
                 let (h, port) = host_of(e);
-                dests.push(("s3".into(), t.name.clone(), h, port));
+                dests.push((d.kind.into(), d.name.clone(), h, port));
             }
             None => out.push(CheckLine {
-                kind: "s3".into(),
-                name: t.name.clone(),
+                kind: d.kind.into(),
+                name: d.name.clone(),
                 host: "(AWS default endpoint)".into(),
                 address: String::new(),
                 source_address: None,
@@ -327,7 +347,7 @@ pub async fn check_config(cfg: &NodeConfig, policy: &Policy) -> Vec<CheckLine> {
         }
     }
     // the listen address itself must be inside the boundary
-    if let Ok(addrs) = tokio::net::lookup_host(cfg.listen.as_str()).await {
+    if let Ok(addrs) = tokio::net::lookup_host(listen).await {
         for a in addrs {
             let v = if a.ip().is_unspecified() && policy.is_active() {
                 Err(Refusal {
@@ -340,8 +360,8 @@ pub async fn check_config(cfg: &NodeConfig, policy: &Policy) -> Vec<CheckLine> {
             };
             out.push(CheckLine {
                 kind: "listen".into(),
-                name: cfg.name.clone(),
-                host: cfg.listen.clone(),
+                name: node.to_string(),
+                host: listen.to_string(),
                 address: a.to_string(),
                 source_address: None,
                 interface: None,

@@ -12,15 +12,77 @@
 
 pub mod tls;
 
-use crate::config::TransportConfig;
+use omesh_core::units::ByteSize;
 use omesh_proto::frame::{self, FrameError, LEN_PREFIX_BYTES};
 use omesh_proto::record::{self, HEADER_BYTES, RecordHeader};
 use quinn::{RecvStream, SendStream, VarInt};
+use serde::Deserialize;
 use serde::{Serialize, de::DeserializeOwned};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-pub use tls::{PeerIdentity, TlsMaterial, peer_identity};
+pub use tls::{PeerIdentity, TlsConfig, TlsMaterial, peer_identity};
+
+/// `[transport]`: QUIC tuning (see docs/config.md for the reasoning).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransportConfig {
+    /// Per-stream receive window.
+    #[serde(default = "d_stream_window")]
+    pub stream_receive_window: ByteSize,
+    /// Per-connection receive window.
+    #[serde(default = "d_conn_window")]
+    pub receive_window: ByteSize,
+    /// Per-connection send window.
+    #[serde(default = "d_conn_window")]
+    pub send_window: ByteSize,
+    /// Idle timeout.
+    #[serde(default = "d_idle")]
+    pub idle_timeout_secs: u64,
+    /// Keep-alive interval.
+    #[serde(default = "d_keepalive")]
+    pub keep_alive_secs: u64,
+    /// Connect timeout.
+    #[serde(default = "d_connect")]
+    pub connect_timeout_secs: u64,
+    /// A single request (e.g. fetching one object during a restore) that
+    /// takes longer fails over to another replica.
+    #[serde(default = "d_request")]
+    pub request_timeout_secs: u64,
+}
+
+fn d_stream_window() -> ByteSize {
+    ByteSize(16 << 20)
+}
+fn d_conn_window() -> ByteSize {
+    ByteSize(64 << 20)
+}
+fn d_idle() -> u64 {
+    10
+}
+fn d_keepalive() -> u64 {
+    2
+}
+fn d_request() -> u64 {
+    15
+}
+fn d_connect() -> u64 {
+    5
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            stream_receive_window: d_stream_window(),
+            receive_window: d_conn_window(),
+            send_window: d_conn_window(),
+            idle_timeout_secs: d_idle(),
+            keep_alive_secs: d_keepalive(),
+            connect_timeout_secs: d_connect(),
+            request_timeout_secs: d_request(),
+        }
+    }
+}
 
 /// Transport errors.
 #[derive(Debug, thiserror::Error)]

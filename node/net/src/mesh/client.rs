@@ -58,11 +58,11 @@ pub struct PeerConn {
     pub hello: Hello,
     /// Bandwidth limits for replication and repair traffic (restores are
     /// never paced).
-    pub limiter: Option<std::sync::Arc<crate::lifecycle::bandwidth::Limiter>>,
+    pub limiter: Option<std::sync::Arc<omesh_core::policy::bandwidth::Limiter>>,
 }
 
 /// Wait until `n` more bytes to or from `peer` fit within the limits.
-pub async fn pace(l: &crate::lifecycle::bandwidth::Limiter, peer: &str, n: u64) {
+pub async fn pace(l: &omesh_core::policy::bandwidth::Limiter, peer: &str, n: u64) {
     if let Some(until) = l.reserve(peer, n) {
         tokio::time::sleep_until(until.into()).await;
     }

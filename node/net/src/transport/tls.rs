@@ -16,15 +16,31 @@
 //!   `enable_early_data = false`): no request, and certainly nothing that
 //!   writes, can be replayed.
 
-use crate::config::TlsConfig;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use serde::Deserialize;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+
+/// `[tls]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Site CA certificate (PEM).
+    pub ca: PathBuf,
+    /// This node's certificate (PEM).
+    pub cert: PathBuf,
+    /// This node's private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// Certificate revocation list (PEM) from `omesh ca revoke`; reloaded
+    /// when it changes.
+    #[serde(default)]
+    pub crl: Option<PathBuf>,
+}
 
 /// TLS setup errors (name the file and what to do).
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@
 
 use super::PeerCounters;
 use super::client::{ClientError, PeerConn};
-use crate::store::{Store, StoreError};
+use omesh_core::store::{Store, StoreError};
 use omesh_proto::msg::ErrorCode;
 use omesh_proto::{ObjectId, ObjectKind};
 use std::collections::HashSet;

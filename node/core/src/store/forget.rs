@@ -1,0 +1,194 @@
+//! Retention applied to one store: the time each snapshot counts as, the
+//! verdicts of a policy, the retention lock, and the decision on a
+//! source's request to forget one of its snapshots stored here.
+
+use super::Store;
+use crate::policy::retention;
+use chrono::{DateTime, Utc};
+use omesh_proto::ObjectId;
+use serde::{Deserialize, Serialize};
+
+/// One snapshot's retention verdict.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ForgetItem {
+    /// Source.
+    pub source: String,
+    /// Snapshot id.
+    pub id: String,
+    /// The time the policy used (RFC 3339).
+    pub time: String,
+    /// Kept?
+    pub keep: bool,
+    /// Why.
+    pub reasons: Vec<String>,
+    /// Removed in this run (false in a dry run).
+    pub removed: bool,
+}
+
+/// Result of `omesh forget`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ForgetReport {
+    /// Nothing was removed.
+    pub dry_run: bool,
+    /// Every snapshot considered.
+    pub items: Vec<ForgetItem>,
+    /// Removed (or, in a dry run, that would be).
+    pub forgotten: usize,
+    /// Kept.
+    pub kept: usize,
+    /// Problems (per store or snapshot).
+    pub errors: Vec<String>,
+    /// Answers of peers asked to forget snapshots (explicit ids only).
+    pub peers: Vec<PeerAnswer>,
+}
+
+/// A peer's answer to a delete request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PeerAnswer {
+    /// Peer.
+    pub peer: String,
+    /// Snapshot.
+    pub snapshot: String,
+    /// Forgotten there?
+    pub forgotten: bool,
+    /// Its message.
+    pub message: String,
+}
+
+/// The time retention uses for each snapshot of a store: the snapshot's
+/// own start time when this node has the key (its own store), otherwise
+/// the time the snapshot was stored here (for a repaired replica, the time
+/// the mesh first held it).
+pub fn snapshot_times(store: &Store) -> Result<Vec<(ObjectId, DateTime<Utc>)>, String> {
+    let mut out = Vec::new();
+    let keyed = store.keys().is_ok();
+    for id in store.snapshot_ids().map_err(|e| e.to_string())? {
+        let ns = if keyed {
+            match store.load_snapshot(&id) {
+                Ok(r) => r.start_ns,
+                Err(_) => store.snapshot_stored_ns(&id),
+            }
+        } else {
+            store.snapshot_stored_ns(&id)
+        };
+        out.push((id, DateTime::from_timestamp_nanos(ns)));
+    }
+    Ok(out)
+}
+
+/// Apply `policy` to one store (all its snapshots are one group: a peer
+/// cannot tell a source's backup sets apart, so the source does not either,
+/// and every replica decides alike).
+pub fn forget_store(
+    source: &str,
+    store: &Store,
+    policy: &retention::RetentionPolicy,
+    now: DateTime<Utc>,
+    dry_run: bool,
+    rep: &mut ForgetReport,
+) {
+    let times = match snapshot_times(store) {
+        Ok(t) => t,
+        Err(e) => {
+            rep.errors.push(format!("{source}: {e}"));
+            return;
+        }
+    };
+    let decisions = match retention::decide(&times, policy, now) {
+        Ok(d) => d,
+        Err(e) => {
+            rep.errors.push(format!("[retention]: {e}"));
+            return;
+        }
+    };
+    for d in decisions {
+        let mut removed = false;
+        if !d.keep {
+            rep.forgotten += 1;
+            if !dry_run {
+                match store.forget_snapshot(&d.id) {
+                    Ok(()) => {
+                        removed = true;
+                        tracing::info!(%source, snapshot = %d.id.short(), reasons = ?d.reasons, "snapshot forgotten by retention");
+                    }
+                    Err(e) => rep.errors.push(format!("{source} {}: {e}", d.id.short())),
+                }
+            }
+        } else {
+            rep.kept += 1;
+        }
+        rep.items.push(ForgetItem {
+            source: source.to_string(),
+            id: d.id.to_hex(),
+            time: d.time.to_rfc3339(),
+            keep: d.keep,
+            reasons: d.reasons,
+            removed,
+        });
+    }
+}
+
+/// Whether snapshot `id` of `store` is still inside the retention lock
+/// (measured like [`snapshot_times`]); returns the lock's end when it is.
+pub fn locked_until(
+    store: &Store,
+    id: &ObjectId,
+    policy: &retention::RetentionPolicy,
+    now: DateTime<Utc>,
+) -> Result<Option<DateTime<Utc>>, String> {
+    let Some(lock) = policy.lock.as_deref() else { return Ok(None) };
+    let lock = retention::parse_duration(lock)?;
+    let times = snapshot_times(store)?;
+    let t = times.iter().find(|(i, _)| i == id).map(|x| x.1).ok_or_else(|| format!("no snapshot {}", id.short()))?;
+    Ok(if now - t < lock { Some(t + lock) } else { None })
+}
+
+/// Why a `DeleteSnapshot` request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeleteRefusal {
+    /// Not allowed here (not the source, deletes not honoured, inside the lock).
+    #[error("{0}")]
+    Forbidden(String),
+    /// This node holds no such snapshot.
+    #[error("{0}")]
+    NotFound(String),
+    /// The store could not be read or written.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The server side of `DeleteSnapshot` on node `node`: honour it only when
+/// this node's `[retention] honor_source_deletes` is set, the requester is
+/// the source itself, and the snapshot is older than this node's retention
+/// lock.
+pub fn handle_delete_request(
+    node: &str,
+    policy: &retention::RetentionPolicy,
+    store: &Store,
+    requester: &str,
+    source: &str,
+    id: &ObjectId,
+    now: DateTime<Utc>,
+) -> Result<(), DeleteRefusal> {
+    if requester != source {
+        return Err(DeleteRefusal::Forbidden(format!("{requester} may not ask to forget snapshots of {source}")));
+    }
+    if !policy.honor_source_deletes {
+        return Err(DeleteRefusal::Forbidden(format!(
+            "{node} never deletes stored snapshots on request (its [retention] honor_source_deletes is off); expiry is its own retention decision (snapshot {} of {source} kept)",
+            id.short()
+        )));
+    }
+    if !store.snapshot_ids().map_err(|e| DeleteRefusal::Internal(e.to_string()))?.contains(id) {
+        return Err(DeleteRefusal::NotFound(format!("{node} holds no snapshot {} of {source}", id.short())));
+    }
+    match locked_until(store, id, policy, now) {
+        Err(e) => Err(DeleteRefusal::Internal(e)),
+        Ok(Some(until)) => Err(DeleteRefusal::Forbidden(format!(
+            "snapshot {} of {source} is inside {node}'s retention lock until {}; it is kept",
+            id.short(),
+            until.to_rfc3339()
+        ))),
+        Ok(None) => store.forget_snapshot(id).map_err(|e| DeleteRefusal::Internal(e.to_string())),
+    }
+}

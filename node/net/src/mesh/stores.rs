@@ -1,0 +1,232 @@
+//! This node's stores (`data_dir/sources/NAME`): its own (with its key)
+//! and keyless replicas of other sources, each with a shared writer for
+//! incoming replicas.
+
+use omesh_core::keyfile::KeyFile;
+use omesh_core::store::{Access, InitOptions, KeySource, PackSink, Store, StoreError};
+use omesh_proto::ObjectId;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// One source's store on this node, with a shared writer for incoming
+/// replicas.
+pub struct SourceStore {
+    /// The store.
+    pub store: Arc<Store>,
+    sink: Mutex<Option<PackSink<Arc<Store>>>>,
+    /// Trees known to have their whole subtree present (speeds up
+    /// completeness checks of later snapshots), valid for the store's
+    /// removal count it was learned at.
+    complete: Mutex<(u64, HashSet<ObjectId>)>,
+}
+
+impl SourceStore {
+    fn new(store: Store) -> Self {
+        SourceStore { store: Arc::new(store), sink: Mutex::new(None), complete: Mutex::new((0, HashSet::new())) }
+    }
+
+    /// Append one verified record (blocking). Returns whether it was new.
+    pub fn write_record(&self, id: ObjectId, kind: omesh_proto::ObjectKind, bytes: &[u8]) -> Result<bool, StoreError> {
+        if !self.store.claim(&id)? {
+            return Ok(false);
+        }
+        let mut g = self.sink.lock().expect("sink lock");
+        if g.is_none() {
+            *g = Some(self.store.owned_sink()?);
+        }
+        g.as_mut().expect("set").add(id, kind, bytes)?;
+        Ok(true)
+    }
+
+    /// Make everything written so far durable (blocking).
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let mut g = self.sink.lock().expect("sink lock");
+        if let Some(s) = g.as_mut() {
+            s.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Check that everything reachable from `roots` is durably held;
+    /// returns the missing ids (at most `limit`).
+    pub fn missing_below(&self, roots: &[ObjectId], limit: usize) -> Result<Vec<ObjectId>, StoreError> {
+        let mut stack: Vec<ObjectId> = roots.to_vec();
+        let mut seen: HashSet<ObjectId> = HashSet::new();
+        let mut trees = Vec::new();
+        let mut missing = Vec::new();
+        let removals = self.store.removals();
+        let known = {
+            let mut c = self.complete.lock().expect("complete lock");
+            if c.0 != removals {
+                // objects left the store since: forget what we knew
+                *c = (removals, HashSet::new());
+            }
+            c.1.clone()
+        };
+        while let Some(id) = stack.pop() {
+            if !seen.insert(id) || known.contains(&id) {
+                continue;
+            }
+            match self.store.locate(&id)? {
+                None => {
+                    missing.push(id);
+                    if missing.len() >= limit {
+                        break;
+                    }
+                }
+                Some((_, loc)) if loc.kind != omesh_proto::ObjectKind::Blob => {
+                    let raw = self.store.read_record(&id)?;
+                    let (_, links) = omesh_proto::record::links_of(&raw).map_err(|e| StoreError::Corrupt {
+                        id,
+                        pack: String::new(),
+                        offset: loc.offset,
+                        reason: e.to_string(),
+                    })?;
+                    trees.push(id);
+                    stack.extend(links);
+                }
+                Some(_) => {}
+            }
+        }
+        if missing.is_empty() {
+            let mut c = self.complete.lock().expect("complete lock");
+            if c.0 == removals {
+                if c.1.len() > 1_000_000 {
+                    c.1.clear();
+                }
+                c.1.extend(trees);
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Forget completeness knowledge (after objects were removed).
+    pub fn forget_complete(&self) {
+        self.complete.lock().expect("complete lock").1.clear();
+    }
+}
+
+/// Where a node keeps its stores and keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreLayout {
+    /// This node's name (its own store is `sources/NAME`).
+    pub node: String,
+    /// The node's data directory.
+    pub data_dir: PathBuf,
+    /// zstd level for a new own store (`[backup] compression`).
+    pub compression: Option<i32>,
+}
+
+impl StoreLayout {
+    /// Directory of a source's store on this node.
+    pub fn source_dir(&self, source: &str) -> PathBuf {
+        self.data_dir.join("sources").join(source)
+    }
+
+    /// Key file of a source on this node.
+    pub fn key_path(&self, source: &str) -> PathBuf {
+        self.data_dir.join("keys").join(format!("{source}.key"))
+    }
+}
+
+/// All stores of this node.
+pub struct Stores {
+    cfg: StoreLayout,
+    map: Mutex<HashMap<String, Arc<SourceStore>>>,
+}
+
+impl Stores {
+    /// Registry for a node's data directory.
+    pub fn new(cfg: StoreLayout) -> Self {
+        Stores { cfg, map: Mutex::new(HashMap::new()) }
+    }
+
+    /// This node's own store, created (with a new key) on first use.
+    pub fn own(&self) -> Result<Arc<SourceStore>, StoreError> {
+        let mut map = self.map.lock().expect("stores lock");
+        if let Some(s) = map.get(&self.cfg.node) {
+            return Ok(s.clone());
+        }
+        let store = open_own_store(&self.cfg)?;
+        let s = Arc::new(SourceStore::new(store));
+        map.insert(self.cfg.node.clone(), s.clone());
+        Ok(s)
+    }
+
+    /// A source's store; `create` makes a keyless replica store when absent.
+    /// Opening happens under the registry lock, so concurrent requests for
+    /// a new source never race to open (and lock) the same store twice.
+    pub fn get(&self, source: &str, create: bool) -> Result<Option<Arc<SourceStore>>, StoreError> {
+        if source == self.cfg.node {
+            return self.own().map(Some);
+        }
+        let mut map = self.map.lock().expect("stores lock");
+        if let Some(s) = map.get(source) {
+            return Ok(Some(s.clone()));
+        }
+        let dir = self.cfg.source_dir(source);
+        let store = if dir.join(omesh_core::store::config::CONFIG_FILE).exists() {
+            Store::open(&dir, Access::Write, KeySource::None)?
+        } else if create {
+            Store::init_replica(&dir, source)?
+        } else {
+            return Ok(None);
+        };
+        let s = Arc::new(SourceStore::new(store));
+        map.insert(source.to_string(), s.clone());
+        Ok(Some(s))
+    }
+
+    /// Names of all sources with a store here.
+    pub fn source_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.cfg.data_dir.join("sources"))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| omesh_proto::msg::valid_name(n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+/// Open (or create) this node's own store in write mode.
+pub fn open_own_store(cfg: &StoreLayout) -> Result<Store, StoreError> {
+    let dir = cfg.source_dir(&cfg.node);
+    let key_path = cfg.key_path(&cfg.node);
+    if dir.join(omesh_core::store::config::CONFIG_FILE).exists() {
+        return Store::open(&dir, Access::Write, KeySource::File(key_path));
+    }
+    std::fs::create_dir_all(cfg.data_dir.join("keys")).map_err(|source| StoreError::Io {
+        op: "creating",
+        path: cfg.data_dir.join("keys"),
+        source,
+    })?;
+    let mut opts = InitOptions::new(&cfg.node);
+    opts.key_file = Some(key_path.clone());
+    if let Some(c) = cfg.compression {
+        opts.compression = c;
+    }
+    if key_path.exists() {
+        // the key survived (or was imported): a new store for the same source
+        opts.existing_key = Some(KeyFile::load(&key_path)?);
+    } else {
+        tracing::warn!(key = %key_path.display(), "created a new key for this node's snapshots; export it with `omesh key export --config` and keep it off this server");
+    }
+    Store::init(&dir, opts)
+}
+
+/// Open a source's store read-only for restores and listings (beside a
+/// running daemon). `None` when this node holds nothing of that source.
+pub fn open_source_read(cfg: &StoreLayout, source: &str) -> Result<Option<Store>, StoreError> {
+    let dir = cfg.source_dir(source);
+    if !dir.join(omesh_core::store::config::CONFIG_FILE).exists() {
+        return Ok(None);
+    }
+    let key = cfg.key_path(source);
+    let ks = if key.exists() { KeySource::File(key) } else { KeySource::None };
+    Store::open(&dir, Access::Read, ks).map(Some)
+}
