@@ -13,7 +13,6 @@ pub mod config;
 pub mod lifecycle;
 pub mod mesh;
 pub mod node;
-pub mod s3;
 pub mod state;
 
 pub use omesh_core::{
@@ -21,3 +20,4 @@ pub use omesh_core::{
 };
 pub use omesh_net::{ca, residency, transport};
 pub use omesh_proto as proto;
+pub use omesh_s3 as s3;

@@ -18,12 +18,13 @@
 //! The bucket cannot read anything: objects are sealed with the source key.
 
 pub mod client;
+pub mod config;
 pub mod index;
 
-use crate::config::S3Config;
-use crate::store::{Store, StoreError};
 use aws_sdk_s3::primitives::ByteStream;
 use index::{IndexEntry, PackIndex};
+use omesh_core::store::pack::{PackBuilder, parse_pack_name, scan_slice};
+use omesh_core::store::{Store, StoreError};
 use omesh_proto::{ObjectId, ObjectKind};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use client::S3Error;
+pub use config::S3Config;
 
 /// Where an object is in the bucket.
 #[derive(Clone, Debug)]
@@ -56,7 +58,7 @@ pub struct S3Target {
     pub blocked: Option<String>,
     /// `[bandwidth]` limits: uploads are paced like replication to a peer
     /// (keyed by the target's name for per-peer limits).
-    pub limiter: Option<Arc<crate::lifecycle::bandwidth::Limiter>>,
+    pub limiter: Option<Arc<omesh_core::policy::bandwidth::Limiter>>,
     windows: WindowCache,
 }
 
@@ -320,7 +322,7 @@ impl S3Target {
         let mut indexed: HashSet<[u8; 32]> = HashSet::new();
         for (key, _) in &indexes {
             let Some(name) = key.strip_prefix(&idx_prefix).and_then(|n| n.strip_suffix(".idx")) else { continue };
-            let Some(digest) = crate::store::pack::parse_pack_name(&format!("{name}.pack")) else { continue };
+            let Some(digest) = parse_pack_name(&format!("{name}.pack")) else { continue };
             let cached = cache.join(format!("{name}.idx"));
             let bytes = match std::fs::read(&cached) {
                 Ok(b) => b,
@@ -351,7 +353,7 @@ impl S3Target {
         let mut recovered = 0;
         for (key, _) in &packs {
             let Some(name) = key.rsplit('/').next() else { continue };
-            let Some(digest) = crate::store::pack::parse_pack_name(name) else { continue };
+            let Some(digest) = parse_pack_name(name) else { continue };
             if indexed.contains(&digest) {
                 continue;
             }
@@ -491,12 +493,11 @@ impl S3Target {
             while tasks.len() < self.cfg.parallel_uploads.max(1) && i < missing.len() {
                 let s = store.clone();
                 let ids: Vec<ObjectId> = missing[i..].iter().take(65_536).copied().collect();
-                let (pack, entries, used) = tokio::task::spawn_blocking(move || build_pack(&s, &ids, target))
+                let (pack, digest, entries, used) = tokio::task::spawn_blocking(move || build_pack(&s, &ids, target))
                     .await
                     .map_err(|e| S3Error::Local(e.to_string()))?
                     .map_err(|e| S3Error::Local(e.to_string()))?;
                 i += used;
-                let digest = pack_digest(&pack, &entries);
                 let key = self.pack_key(source, &digest);
                 let idx_key = self.key(source, &format!("index/{}.idx", hex::encode(digest)));
                 let idx = PackIndex { entries }.encode();
@@ -505,7 +506,7 @@ impl S3Target {
                 let this = self.clone();
                 tasks.spawn(async move {
                     this.put_once(&key, pack).await?;
-                    crate::failpoint::hit("s3.pack_uploaded");
+                    omesh_core::failpoint::hit("s3.pack_uploaded");
                     this.put_once(&idx_key, idx).await?;
                     Ok::<_, S3Error>((n, bytes))
                 });
@@ -525,7 +526,7 @@ impl S3Target {
                 .map_err(|e| S3Error::Local(e.to_string()))?
                 .map_err(|e| S3Error::Local(e.to_string()))?
         };
-        crate::failpoint::hit("s3.before_snapshot");
+        omesh_core::failpoint::hit("s3.before_snapshot");
         self.put_once(&snap_key, record).await?;
         Ok(stats)
     }
@@ -535,10 +536,10 @@ impl S3Target {
     pub async fn verify(
         &self,
         source: &str,
-        keys: Option<Arc<crate::crypto::Keys>>,
+        keys: Option<Arc<omesh_core::crypto::Keys>>,
         read_data: bool,
-    ) -> Result<crate::verify::VerifyReport, S3Error> {
-        use crate::verify::{DamagedObject, DamagedSnapshot, VerifyReport};
+    ) -> Result<omesh_core::verify::VerifyReport, S3Error> {
+        use omesh_core::verify::{DamagedObject, DamagedSnapshot, VerifyReport};
         let mut rep = VerifyReport::default();
         let (held, _) = self.held(source).await?;
         let mut bad: HashSet<ObjectId> = HashSet::new();
@@ -563,7 +564,7 @@ impl S3Target {
                     rep.objects_read += 1;
                     if let Some(k) = &keys {
                         let raw = &data[e.offset as usize..e.offset as usize + e.len as usize];
-                        if let Err(reason) = crate::store::open_record(k, raw, &e.id, e.kind) {
+                        if let Err(reason) = omesh_core::store::open_record(k, raw, &e.id, e.kind) {
                             bad.insert(e.id);
                             rep.damaged_objects.push(DamagedObject {
                                 id: e.id.to_hex(),
@@ -657,33 +658,30 @@ pub fn all_objects(store: &Store, roots: &[ObjectId]) -> Result<Vec<ObjectId>, S
     Ok(blobs)
 }
 
-/// A pack of records for `ids` (from the front, up to `target` bytes).
-fn build_pack(store: &Store, ids: &[ObjectId], target: u64) -> Result<(Vec<u8>, Vec<IndexEntry>, usize), StoreError> {
-    let mut pack = crate::store::pack::PACK_MAGIC.to_vec();
-    let mut entries = Vec::new();
+/// A pack of records for `ids` (from the front, up to `target` bytes):
+/// its bytes, digest, index entries and how many ids it took.
+fn build_pack(
+    store: &Store,
+    ids: &[ObjectId],
+    target: u64,
+) -> Result<(Vec<u8>, [u8; 32], Vec<IndexEntry>, usize), StoreError> {
+    let mut pack = PackBuilder::new();
     let mut used = 0;
     for id in ids {
         let raw = store.read_record(id)?;
         let h = omesh_proto::RecordHeader::parse(&raw).map_err(|e| StoreError::Object(e.to_string(), true))?;
-        entries.push(IndexEntry { id: *id, kind: h.kind, offset: pack.len() as u32, len: raw.len() as u32 });
-        pack.extend_from_slice(&raw);
+        pack.append(*id, h.kind, &raw);
         used += 1;
-        if pack.len() as u64 >= target {
+        if pack.len() >= target {
             break;
         }
     }
-    Ok((pack, entries, used))
+    let (bytes, digest, entries) = pack.finish();
+    let entries =
+        entries.iter().map(|e| IndexEntry { id: e.id, kind: e.kind, offset: e.offset as u32, len: e.len }).collect();
+    Ok((bytes, digest, entries, used))
 }
 
-fn pack_digest(pack: &[u8], entries: &[IndexEntry]) -> [u8; 32] {
-    let mut h = blake3::Hasher::new();
-    h.update(&crate::store::pack::PACK_MAGIC);
-    for e in entries {
-        crate::store::pack::digest_record(&mut h, &pack[e.offset as usize..e.offset as usize + e.len as usize]);
-    }
-    *h.finalize().as_bytes()
-}
-
-fn scan_bytes(data: &[u8]) -> crate::store::pack::ScanResult {
-    crate::store::pack::scan_slice(data, None, |_, _| {})
+fn scan_bytes(data: &[u8]) -> omesh_core::store::pack::ScanResult {
+    scan_slice(data, None, |_, _| {})
 }

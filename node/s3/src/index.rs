@@ -64,7 +64,7 @@ impl PackIndex {
 
     /// Index a pack from its own bytes, checking it matches `digest`.
     pub fn from_pack(data: &[u8], digest: &[u8; 32]) -> Result<Self, String> {
-        let res = crate::store::pack::scan_slice(data, Some(digest), |_, _| {});
+        let res = omesh_core::store::pack::scan_slice(data, Some(digest), |_, _| {});
         if !res.hash_ok {
             return Err(format!("pack does not match its name ({} damaged records)", res.problems.len()));
         }
