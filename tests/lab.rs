@@ -13,7 +13,7 @@ struct Lab {
 }
 
 fn lab_script() -> std::path::PathBuf {
-    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tools/lab/lab"))
+    std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tools/lab/lab"))
 }
 
 impl Lab {

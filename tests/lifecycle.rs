@@ -429,7 +429,7 @@ fn a_damaged_snapshot_record_is_healed_only_from_a_copy_that_verifies() {
     // 2. b serves a forged record: well framed, right id, but not sealed
     // with a's key. a refuses it and reports the damage (exit 4)
     let good = fs::read(&replica).unwrap();
-    let (mut rec, _) = omesh::proto::Record::decode(&good).unwrap();
+    let (mut rec, _) = omesh_proto::Record::decode(&good).unwrap();
     for x in rec.body.iter_mut() {
         *x = x.wrapping_add(1);
     }

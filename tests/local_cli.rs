@@ -212,7 +212,8 @@ fn store_in_use_is_reported_as_busy() {
     let store = t.path().join("store");
     init_small(&store);
     let _held =
-        omesh::store::Store::open(&store, omesh::store::Access::Write, omesh::store::KeySource::Default).unwrap();
+        omesh_core::store::Store::open(&store, omesh_core::store::Access::Write, omesh_core::store::KeySource::Default)
+            .unwrap();
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let r = omesh(["backup", "--store", s(&store), s(&src)]).code(5);

@@ -10,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 fn reads_a_format_v1_store() {
     let t = tempfile::tempdir().unwrap();
     let store = t.path().join("store");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/store-v1");
+    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/store-v1");
     assert!(std::process::Command::new("cp").args(["-a", fixture, s(&store)]).status().unwrap().success());
     fs::set_permissions(store.join("key"), fs::Permissions::from_mode(0o600)).unwrap();
     let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();

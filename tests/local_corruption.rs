@@ -2,7 +2,7 @@
 //! write wrong bytes and restores everything else.
 
 use crate::common::{backup, init_small, omesh, packs, restored, s, tree};
-use omesh::store::pack;
+use omesh_core::store::pack;
 use std::fs;
 
 #[test]
@@ -22,7 +22,7 @@ fn flipped_byte_is_reported_and_never_restored() {
     let mut victim = None;
     for p in packs(&store) {
         let res = pack::scan(&p, None, |_, _| {}).unwrap();
-        if let Some(e) = res.entries.iter().find(|e| e.kind == omesh::proto::ObjectKind::Blob) {
+        if let Some(e) = res.entries.iter().find(|e| e.kind == omesh_proto::ObjectKind::Blob) {
             victim = Some((p.clone(), *e));
             break;
         }

@@ -1,9 +1,9 @@
 //! Hostile snapshots (crafted by someone holding the key) and bad keys.
 
 use crate::common::{init_small, omesh, s};
-use omesh::proto::{ObjectId, ObjectKind};
-use omesh::snapshot::{Content, Extent, Node, NodeKind, SnapshotKind, SnapshotRecord, Tree};
-use omesh::store::{Access, KeySource, Store};
+use omesh_core::snapshot::{Content, Extent, Node, NodeKind, SnapshotKind, SnapshotRecord, Tree};
+use omesh_core::store::{Access, KeySource, Store};
+use omesh_proto::{ObjectId, ObjectKind};
 use std::fs;
 use std::path::Path;
 
@@ -185,13 +185,13 @@ fn oversized_and_inconsistent_lengths_are_refused() {
     // a pack record declaring a gigantic body: the index rebuild refuses it
     // without allocating, and reports the damage
     let mut rec =
-        omesh::proto::Record { kind: ObjectKind::Blob, id: ObjectId([3; 32]), links: vec![], body: vec![1, 2, 3] }
+        omesh_proto::Record { kind: ObjectKind::Blob, id: ObjectId([3; 32]), links: vec![], body: vec![1, 2, 3] }
             .encode();
     rec[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
-    let mut pack = omesh::store::pack::PACK_MAGIC.to_vec();
+    let mut pack = omesh_core::store::pack::PACK_MAGIC.to_vec();
     pack.extend_from_slice(&rec);
     let h = blake3::hash(&pack);
-    let p = omesh::store::pack::pack_path(&store, h.as_bytes());
+    let p = omesh_core::store::pack::pack_path(&store, h.as_bytes());
     fs::create_dir_all(p.parent().unwrap()).unwrap();
     fs::write(&p, &pack).unwrap();
     let r = omesh(["repair", "index", "--store", s(&store), "--json"]).code(4).json();

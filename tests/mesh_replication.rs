@@ -169,10 +169,10 @@ fn a_peer_serving_corrupted_objects_is_detected_and_failed_over() {
     let mut altered = 0;
     for p in crate::common::packs(&site.node("n2").data().join("sources/n1")) {
         let mut bytes = fs::read(&p).unwrap();
-        let res = omesh::store::pack::scan(&p, None, |_, _| {}).unwrap();
-        for e in res.entries.iter().filter(|e| e.kind == omesh::proto::ObjectKind::Blob) {
+        let res = omesh_core::store::pack::scan(&p, None, |_, _| {}).unwrap();
+        for e in res.entries.iter().filter(|e| e.kind == omesh_proto::ObjectKind::Blob) {
             let (o, l) = (e.offset as usize, e.len as usize);
-            let c = omesh::proto::record::CHECK_BYTES;
+            let c = omesh_proto::record::CHECK_BYTES;
             bytes[o + l - c - 8] ^= 0x01; // inside the sealed body
             let check = blake3::hash(&bytes[o..o + l - c]);
             bytes[o + l - c..o + l].copy_from_slice(&check.as_bytes()[..c]);

@@ -5,10 +5,10 @@
 
 use crate::common::mesh::{Site, stored_snapshots};
 use crate::common::{s, tree};
-use omesh::config::TransportConfig;
-use omesh::mesh::client::{self, ClientError};
-use omesh::proto::msg::{ErrorCode, Request, close};
-use omesh::transport::{self, TlsMaterial};
+use omesh_net::mesh::client::{self, ClientError};
+use omesh_net::transport::TransportConfig;
+use omesh_net::transport::{self, TlsMaterial};
+use omesh_proto::msg::{ErrorCode, Request, close};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -75,7 +75,7 @@ fn authentication_matrix() {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        cc.alpn_protocols = vec![omesh::proto::ALPN.to_vec()];
+        cc.alpn_protocols = vec![omesh_proto::ALPN.to_vec()];
         let qc = quinn::crypto::rustls::QuicClientConfig::try_from(cc).unwrap();
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         ep.set_default_client_config(quinn::ClientConfig::new(Arc::new(qc)));
@@ -83,16 +83,16 @@ fn authentication_matrix() {
             let c = ep.connect(b, "srv-b").unwrap().await.map_err(|e| e.to_string())?;
             let (mut s, mut r) = c.open_bi().await.map_err(|e| e.to_string())?;
             transport::write_frame(&mut s, &Request::Ping { nonce: 1 }).await.map_err(|e| e.to_string())?;
-            transport::read_frame::<omesh::proto::msg::Response>(&mut r, 1 << 20).await.map_err(|e| e.to_string())
+            transport::read_frame::<omesh_proto::msg::Response>(&mut r, 1 << 20).await.map_err(|e| e.to_string())
         }
         .await;
         assert!(r.is_err(), "connection without a client certificate was served");
 
         // 2. a certificate from another CA (same node name)
         let other_ca = t.path().join("other-ca");
-        omesh::ca::init(&other_ca, "evil", 30).unwrap();
+        omesh_net::ca::init(&other_ca, "evil", 30).unwrap();
         let evil = t.path().join("evil-a");
-        omesh::ca::issue(&other_ca, "srv-a", &evil, 30).unwrap();
+        omesh_net::ca::issue(&other_ca, "srv-a", &evil, 30).unwrap();
         // trust our CA for the server, present the foreign certificate
         std::fs::copy(a_dir.join("ca.pem"), evil.join("ca.pem")).unwrap();
         let r = try_connect(&material(&evil, None), "srv-a", "srv-b", b).await;
@@ -101,7 +101,7 @@ fn authentication_matrix() {
         // 3. an expired certificate
         let expired = t.path().join("expired-a");
         let now = time::OffsetDateTime::now_utc();
-        omesh::ca::issue_with_validity(
+        omesh_net::ca::issue_with_validity(
             &site.ca,
             "srv-a",
             &expired,
@@ -114,9 +114,9 @@ fn authentication_matrix() {
 
         // 4. a revoked certificate: revoke, hand the CRL to srv-b, no restart
         let revoked = t.path().join("revoked-a");
-        omesh::ca::issue(&site.ca, "srv-a", &revoked, 30).unwrap();
+        omesh_net::ca::issue(&site.ca, "srv-a", &revoked, 30).unwrap();
         assert!(try_connect(&material(&revoked, None), "srv-a", "srv-b", b).await.is_ok(), "fresh certificate refused");
-        omesh::ca::revoke(&site.ca, "srv-a").unwrap();
+        omesh_net::ca::revoke(&site.ca, "srv-a").unwrap();
         std::fs::copy(site.ca.join("crl.pem"), site.node("srv-b").dir.join("tls/crl.pem")).unwrap();
         let r = try_connect(&material(&revoked, None), "srv-a", "srv-b", b).await;
         assert!(r.is_err(), "revoked certificate accepted after the CRL was updated");
@@ -128,9 +128,9 @@ fn authentication_matrix() {
         // and a valid site node that is not a configured peer cannot store
         let x = try_connect(&material(&x_dir, None), "srv-x", "srv-b", b).await.expect("site member may connect");
         let rec = vec![
-            omesh::proto::Record {
-                kind: omesh::proto::ObjectKind::Blob,
-                id: omesh::proto::ObjectId([5; 32]),
+            omesh_proto::Record {
+                kind: omesh_proto::ObjectKind::Blob,
+                id: omesh_proto::ObjectId([5; 32]),
                 links: vec![],
                 body: vec![1; 64],
             }
@@ -152,7 +152,7 @@ fn authentication_matrix() {
         std::fs::copy(site.ca.join("crl.pem"), &client_crl).unwrap();
         let x_tls = material(&x_dir, Some(&client_crl));
         assert!(try_connect(&x_tls, "srv-x", "srv-b", b).await.is_ok(), "srv-b refused before its revocation");
-        omesh::ca::revoke(&site.ca, "srv-b").unwrap();
+        omesh_net::ca::revoke(&site.ca, "srv-b").unwrap();
         std::fs::copy(site.ca.join("crl.pem"), &client_crl).unwrap();
         let r = try_connect(&x_tls, "srv-x", "srv-b", b).await;
         assert!(r.is_err(), "a client accepted a revoked server certificate");
@@ -176,7 +176,7 @@ fn oversized_and_malformed_frames_close_only_that_connection() {
     rt().block_on(async {
         let good = try_connect(&tls, "srv-a", "srv-b", b).await.unwrap();
         for (payload, code) in [
-            ((omesh::proto::MAX_FRAME_BYTES + 1).to_le_bytes().to_vec(), close::TOO_LARGE),
+            ((omesh_proto::MAX_FRAME_BYTES + 1).to_le_bytes().to_vec(), close::TOO_LARGE),
             ([&5u32.to_le_bytes()[..], &[0xff, 0xff, 0xff, 0xff, 0xff]].concat(), close::PROTOCOL_VIOLATION),
         ] {
             let bad = try_connect(&tls, "srv-a", "srv-b", b).await.unwrap();
@@ -197,9 +197,9 @@ fn oversized_and_malformed_frames_close_only_that_connection() {
         let bad = try_connect(&tls, "srv-a", "srv-b", b).await.unwrap();
         let (mut s, _r) = bad.conn.open_bi().await.unwrap();
         transport::write_frame(&mut s, &Request::PutObjects { source: "srv-a".into(), count: 1 }).await.unwrap();
-        let mut rec = omesh::proto::Record {
-            kind: omesh::proto::ObjectKind::Blob,
-            id: omesh::proto::ObjectId([1; 32]),
+        let mut rec = omesh_proto::Record {
+            kind: omesh_proto::ObjectKind::Blob,
+            id: omesh_proto::ObjectId([1; 32]),
             links: vec![],
             body: vec![0; 10],
         }
@@ -226,7 +226,7 @@ fn a_source_cannot_delete_or_overwrite_its_stored_snapshots() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("f"), tree::data(50_000, 1)).unwrap();
     let r = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();
-    let snap = omesh::proto::ObjectId::from_hex(r["snapshot"].as_str().unwrap()).unwrap();
+    let snap = omesh_proto::ObjectId::from_hex(r["snapshot"].as_str().unwrap()).unwrap();
     let b_node = site.node("srv-b").clone();
     assert_eq!(stored_snapshots(&b_node, "srv-a"), vec![snap.to_hex()]);
     let stored_path = b_node.data().join("sources/srv-a/snapshots").join(snap.to_hex());
@@ -242,7 +242,7 @@ fn a_source_cannot_delete_or_overwrite_its_stored_snapshots() {
         // same id, different content
         let mut forged = before.clone();
         let n = forged.len();
-        let cb = omesh::proto::record::CHECK_BYTES;
+        let cb = omesh_proto::record::CHECK_BYTES;
         forged[n - cb - 8] ^= 1;
         let check = blake3::hash(&forged[..n - cb]);
         forged[n - cb..].copy_from_slice(&check.as_bytes()[..cb]);

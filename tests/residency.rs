@@ -130,7 +130,7 @@ fn audit_report_lists_exactly_the_destinations_that_received_data() {
         let der = rustls::pki_types::pem::PemObject::from_pem_slice(pem.as_bytes())
             .map(|c: rustls::pki_types::CertificateDer| c.to_vec())
             .unwrap();
-        want.push((n.to_string(), site.node(n).addr(), omesh::ca::sha256_hex(&der)));
+        want.push((n.to_string(), site.node(n).addr(), omesh_net::ca::sha256_hex(&der)));
     }
     assert_eq!(got, want);
     // and the snapshot is indeed exactly there

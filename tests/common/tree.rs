@@ -8,15 +8,15 @@ use std::path::Path;
 
 /// Deterministic bytes.
 pub fn data(n: usize, seed: u64) -> Vec<u8> {
-    let mut r = omesh::sample::Rng::new(seed);
+    let mut r = omesh_core::sample::Rng::new(seed);
     r.bytes(n)
 }
 
 /// Set mtime and atime with nanoseconds, without following symlinks.
 pub fn set_times(p: &Path, mtime_ns: i64) {
     let ts = rustix::fs::Timestamps {
-        last_access: omesh::fsutil::timespec(mtime_ns - 1_000_000_007),
-        last_modification: omesh::fsutil::timespec(mtime_ns),
+        last_access: omesh_core::fsutil::timespec(mtime_ns - 1_000_000_007),
+        last_modification: omesh_core::fsutil::timespec(mtime_ns),
     };
     rustix::fs::utimensat(rustix::fs::CWD, p, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
 }
@@ -214,7 +214,9 @@ pub fn attrs(root: &Path) -> BTreeMap<String, Attrs> {
             // equal hole layout, without reading gigabytes of holes
             let f = fs::File::open(&p).unwrap();
             let mut h = blake3::Hasher::new();
-            for (off, len) in omesh::fsutil::data_ranges(&f, m.size(), omesh::fsutil::sparse_hint(&m)).unwrap() {
+            for (off, len) in
+                omesh_core::fsutil::data_ranges(&f, m.size(), omesh_core::fsutil::sparse_hint(&m)).unwrap()
+            {
                 h.update(&off.to_le_bytes());
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, off).unwrap();

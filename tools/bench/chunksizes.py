@@ -4,7 +4,7 @@
 For each MIN,AVG,MAX candidate: a fresh store, a first backup of the
 generated tree, the datagen "day of changes", a second backup. Reports the
 store size, how much the second backup added, the object count and the
-first backup's time. The default sizes in node/src/chunker.rs were chosen
+first backup's time. The default sizes in node/core/src/chunker.rs were chosen
 from this table (see BENCHMARKS.md, "Chunk size").
 
 Usage: tools/bench/chunksizes.py [--work DIR] [--small]

@@ -10,7 +10,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use omesh::sample::Rng;
+use omesh_core::sample::Rng;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,8 @@
 //! `omesh repair index`
 
-use super::StoreArgs;
-use super::output::{CliError, ExitCode, print_json};
-use crate::store::{Access, Store};
+use crate::StoreArgs;
+use crate::output::{CliError, ExitCode, print_json};
+use omesh_core::store::{Access, Store};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum RepairCommand {
@@ -26,11 +26,11 @@ pub fn run(c: RepairCommand) -> Result<ExitCode, CliError> {
             let dir = match &store.config {
                 None => store.dir().to_path_buf(),
                 Some(p) => {
-                    let cfg = super::mesh::load(p)?;
+                    let cfg = crate::meshmode::load(p)?;
                     cfg.source_dir(&cfg.name)
                 }
             };
-            let s = Store::open(&dir, Access::Write, crate::store::KeySource::None)?;
+            let s = Store::open(&dir, Access::Write, omesh_core::store::KeySource::None)?;
             let (_s, packs, objects, damaged) = s.rebuild_index()?;
             if json {
                 print_json(&serde_json::json!({"packs": packs, "objects": objects, "damaged_records": damaged}))?;

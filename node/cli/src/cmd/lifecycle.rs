@@ -1,12 +1,12 @@
 //! `omesh forget`, `omesh gc`, `omesh scrub`, `omesh sync`: the
 //! maintenance the daemon runs on its own timers, on demand.
 
-use super::StoreArgs;
-use super::mesh;
-use super::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
-use crate::lifecycle::{self, ForgetReport, bandwidth, gc, retention::RetentionPolicy, scrub};
-use crate::node::control::ControlRequest;
-use crate::store::{Access, Store};
+use crate::StoreArgs;
+use crate::meshmode as mesh;
+use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
+use omesh_core::store::{Access, Store};
+use omesh_daemon::lifecycle::{self, ForgetReport, bandwidth, gc, retention::RetentionPolicy, scrub};
+use omesh_daemon::node::control::ControlRequest;
 
 #[derive(clap::Args, Debug)]
 pub struct ForgetArgs {

@@ -1,9 +1,9 @@
 //! `omesh key export|import`
 
-use super::StoreArgs;
-use super::output::{CliError, ExitCode};
-use crate::keyfile::{KeyFile, write_private_atomic};
-use crate::store::config::CONFIG_FILE;
+use crate::StoreArgs;
+use crate::output::{CliError, ExitCode};
+use omesh_core::keyfile::{KeyFile, write_private_atomic};
+use omesh_core::store::config::CONFIG_FILE;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -45,7 +45,7 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
         KeyCommand::Export { store, out } => {
             let path = match &store.config {
                 Some(p) => {
-                    let cfg = super::mesh::load(p)?;
+                    let cfg = crate::meshmode::load(p)?;
                     cfg.key_path(&cfg.name)
                 }
                 None => store.key_file.clone().unwrap_or_else(|| store.dir().join("key")),
@@ -77,7 +77,7 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
             let cfg = std::fs::read_to_string(&cfg_path).map_err(|e| {
                 CliError::usage(format!("{} is not an omesh store ({}: {e})", store.display(), cfg_path.display()))
             })?;
-            let cfg: crate::store::config::StoreConfig =
+            let cfg: omesh_core::store::config::StoreConfig =
                 toml::from_str(&cfg).map_err(|e| CliError::usage(format!("{}: {e}", cfg_path.display())))?;
             if !cfg.key_id.is_empty() && cfg.key_id != k.key_id() {
                 return Err(CliError::usage(format!(
@@ -95,11 +95,11 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
 
 /// Install a key as DATA_DIR/keys/SOURCE.key for mesh restores.
 fn import_for_node(k: &KeyFile, config: &std::path::Path) -> Result<ExitCode, CliError> {
-    let cfg = super::mesh::load(config)?;
+    let cfg = crate::meshmode::load(config)?;
     let dest = cfg.key_path(&k.source);
     let dir = cfg.source_dir(&k.source);
     if let Ok(t) = std::fs::read_to_string(dir.join(CONFIG_FILE)) {
-        if let Ok(c) = toml::from_str::<crate::store::config::StoreConfig>(&t) {
+        if let Ok(c) = toml::from_str::<omesh_core::store::config::StoreConfig>(&t) {
             if !c.key_id.is_empty() && c.key_id != k.key_id() {
                 return Err(CliError::usage(format!(
                     "key {} does not match the store of {} on this node (key {}); nothing written",

@@ -1,7 +1,7 @@
 //! `omesh residency check | report`
 
-use super::mesh;
-use super::output::{CliError, ExitCode, bytes, print_json};
+use crate::meshmode as mesh;
+use crate::output::{CliError, ExitCode, bytes, print_json};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -54,10 +54,14 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
     match c {
         ResidencyCommand::Check { config, json } => {
             let cfg = mesh::load(&config)?;
-            let policy = crate::residency::Policy::new(&cfg.residency).map_err(CliError::usage)?;
+            let policy = omesh_net::residency::Policy::new(&cfg.residency).map_err(CliError::usage)?;
             let rt = mesh::tokio()?;
-            let lines =
-                rt.block_on(crate::residency::check_destinations(&cfg.destinations(), &cfg.name, &cfg.listen, &policy));
+            let lines = rt.block_on(omesh_net::residency::check_destinations(
+                &cfg.destinations(),
+                &cfg.name,
+                &cfg.listen,
+                &policy,
+            ));
             let ok = lines.iter().all(|l| l.allowed);
             if json {
                 print_json(&serde_json::json!({"ok": ok, "policy_active": policy.is_active(), "destinations": lines}))?;
@@ -82,7 +86,7 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
             Ok(if ok { ExitCode::Ok } else { ExitCode::Usage })
         }
         ResidencyCommand::Report { config, since, json } => {
-            use crate::node::control::{self, ControlRequest};
+            use omesh_daemon::node::control::{self, ControlRequest};
             let cfg = mesh::load(&config)?;
             let since_ns = since.as_deref().map(parse_since).transpose()?.unwrap_or(i64::MIN);
             let rt = mesh::tokio()?;
@@ -95,9 +99,9 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
                         Err(e) => Err(CliError::failed(format!("daemon: {e}"))),
                     }
                 } else {
-                    let state = crate::state::State::open(&cfg.data_dir.join("state.redb"))
+                    let state = omesh_daemon::state::State::open(&cfg.data_dir.join("state.redb"))
                         .map_err(|e| CliError::failed(e.to_string()))?;
-                    crate::node::views::residency_report(&state, &cfg.name, since_ns).map_err(mesh::node_err)
+                    omesh_daemon::node::views::residency_report(&state, &cfg.name, since_ns).map_err(mesh::node_err)
                 }
             })?;
             if json {

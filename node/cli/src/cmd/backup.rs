@@ -1,10 +1,10 @@
 //! `omesh backup`
 
-use super::StoreArgs;
-use super::mesh;
-use super::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
-use crate::backup::{self, BackupError, BackupOptions, ParentChoice, Progress};
-use crate::store::{Access, Store};
+use crate::StoreArgs;
+use crate::meshmode as mesh;
+use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
+use omesh_core::backup::{self, BackupError, BackupOptions, ParentChoice, Progress};
+use omesh_core::store::{Access, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -125,7 +125,7 @@ fn print_summary(s: &serde_json::Value) {
 }
 
 fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
-    use crate::node::control::{self, ControlRequest};
+    use omesh_daemon::node::control::{self, ControlRequest};
     let cfg = mesh::load(path)?;
     if a.host.is_some() || a.threads.is_some() || a.read_concurrency.is_some() {
         return Err(CliError::usage("--host, --threads and --read-concurrency apply to --store backups only"));
@@ -222,7 +222,7 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
 }
 
 fn progress_bar() -> Option<indicatif::ProgressBar> {
-    if !super::output::interactive() {
+    if !crate::output::interactive() {
         return None;
     }
     let pb = indicatif::ProgressBar::new_spinner();

@@ -1,10 +1,10 @@
 //! `omesh ls`
 
-use super::StoreArgs;
-use super::output::{CliError, ExitCode, key_source, print_json, time};
-use crate::objects::{self, ObjectSource};
-use crate::snapshot::{Node, NodeKind};
-use crate::store::{Access, Store};
+use crate::StoreArgs;
+use crate::output::{CliError, ExitCode, key_source, print_json, time};
+use omesh_core::objects::{self, ObjectSource};
+use omesh_core::snapshot::{Node, NodeKind};
+use omesh_core::store::{Access, Store};
 
 #[derive(clap::Args, Debug)]
 pub struct LsArgs {
@@ -70,16 +70,20 @@ pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
             list(&store, rec.tree, a.path.as_deref())?
         }
         Some(path) => {
-            use super::mesh;
+            use crate::meshmode as mesh;
             let cfg = mesh::load(&path)?;
             let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
             let rt = mesh::tokio()?;
             rt.block_on(async {
                 let nrt = mesh::runtime(cfg, false).await?;
-                let (id, src) =
-                    crate::node::views::prepare_restore(&nrt, &source, &a.snapshot, &crate::node::views::From::Auto)
-                        .await
-                        .map_err(mesh::node_err)?;
+                let (id, src) = omesh_daemon::node::views::prepare_restore(
+                    &nrt,
+                    &source,
+                    &a.snapshot,
+                    &omesh_daemon::node::views::From::Auto,
+                )
+                .await
+                .map_err(mesh::node_err)?;
                 let rec =
                     src.snapshot(&id).map_err(|e| CliError { code: ExitCode::Damage, err: anyhow::anyhow!(e) })?;
                 let p = a.path.clone();

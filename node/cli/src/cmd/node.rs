@@ -1,7 +1,7 @@
 //! `omesh node run`
 
-use super::mesh;
-use super::output::{CliError, ExitCode};
+use crate::meshmode as mesh;
+use crate::output::{CliError, ExitCode};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -25,7 +25,7 @@ pub fn run(c: NodeCommand) -> Result<ExitCode, CliError> {
             let cfg = mesh::load(&config)?;
             let rt = mesh::tokio()?;
             rt.block_on(async move {
-                let d = crate::node::start_daemon(cfg).await.map_err(mesh::node_err)?;
+                let d = omesh_daemon::node::start_daemon(cfg).await.map_err(mesh::node_err)?;
                 println!("omesh node {} listening on {}", d.rt.cfg.name, d.rt.local_addr());
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .map_err(|e| CliError::failed(e.to_string()))?;

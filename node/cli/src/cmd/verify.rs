@@ -1,8 +1,8 @@
 //! `omesh verify`
 
-use super::StoreArgs;
-use super::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
-use crate::store::{Access, Store};
+use crate::StoreArgs;
+use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
+use omesh_core::store::{Access, Store};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -25,18 +25,18 @@ pub struct VerifyArgs {
     pub json: bool,
 }
 
-fn run_s3(a: &VerifyArgs, path: &std::path::Path, name: &str) -> Result<crate::verify::VerifyReport, CliError> {
-    let cfg = super::mesh::load(path)?;
+fn run_s3(a: &VerifyArgs, path: &std::path::Path, name: &str) -> Result<omesh_core::verify::VerifyReport, CliError> {
+    let cfg = crate::meshmode::load(path)?;
     let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
-    let rt = super::mesh::tokio()?;
+    let rt = crate::meshmode::tokio()?;
     rt.block_on(async {
-        let nrt = super::mesh::runtime(cfg, false).await?;
+        let nrt = crate::meshmode::runtime(cfg, false).await?;
         let t = nrt
             .s3
             .iter()
             .find(|t| t.cfg.name == name)
             .ok_or_else(|| CliError::usage(format!("--s3 {name}: no [[s3]] target of that name")))?;
-        let keys = crate::node::views::source_keys(&nrt, &source);
+        let keys = omesh_daemon::node::views::source_keys(&nrt, &source);
         t.verify(&source, keys, a.read_data).await.map_err(|e| CliError {
             code: if e.is_config() { ExitCode::Usage } else { ExitCode::Failed },
             err: e.into(),
@@ -52,9 +52,9 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
     let store = match &a.store.config {
         None => Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?,
         Some(path) => {
-            let cfg = super::mesh::load(path)?;
+            let cfg = crate::meshmode::load(path)?;
             let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
-            match crate::mesh::open_source_read(&cfg.layout(), &source)? {
+            match omesh_daemon::mesh::open_source_read(&cfg.layout(), &source)? {
                 Some(s) => s,
                 None if source == cfg.name => {
                     return Err(CliError::usage(format!("{} has no local store yet (nothing backed up)", cfg.name)));
@@ -67,12 +67,12 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
     let r2 = read.clone();
     let rep = with_progress(
         move || format!("verified {}", bytes(r2.load(Ordering::Relaxed))),
-        || crate::verify::run(&store, a.read_data, |b| read.store(b, Ordering::Relaxed)),
+        || omesh_core::verify::run(&store, a.read_data, |b| read.store(b, Ordering::Relaxed)),
     )?;
     report(&a, &rep)
 }
 
-fn report(a: &VerifyArgs, rep: &crate::verify::VerifyReport) -> Result<ExitCode, CliError> {
+fn report(a: &VerifyArgs, rep: &omesh_core::verify::VerifyReport) -> Result<ExitCode, CliError> {
     if a.json {
         let mut v = serde_json::to_value(rep).map_err(|e| CliError::failed(e.to_string()))?;
         v["ok"] = serde_json::Value::Bool(rep.ok());

@@ -1,9 +1,9 @@
 //! Helpers for commands in mesh mode (`--config`): load the config, build
 //! a tokio runtime, and decide whether to go through the daemon.
 
-use super::output::{CliError, ExitCode};
-use crate::config::NodeConfig;
-use crate::node::{self, NodeError, NodeRuntime};
+use crate::output::{CliError, ExitCode};
+use omesh_daemon::config::NodeConfig;
+use omesh_daemon::node::{self, NodeError, NodeRuntime};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -54,14 +54,14 @@ pub async fn runtime(cfg: NodeConfig, with_state: bool) -> Result<Arc<NodeRuntim
 /// socket (it holds the stores), otherwise run `local` in this process.
 pub fn via_daemon_or_local<F, Fut>(
     cfg: NodeConfig,
-    req: crate::node::control::ControlRequest,
+    req: omesh_daemon::node::control::ControlRequest,
     local: F,
 ) -> Result<serde_json::Value, CliError>
 where
     F: FnOnce(Arc<NodeRuntime>) -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, CliError>>,
 {
-    use crate::node::control;
+    use omesh_daemon::node::control;
     let rt = tokio()?;
     rt.block_on(async {
         let sock = cfg.control_socket();

@@ -1,8 +1,8 @@
 //! `omesh init`
 
-use super::output::{CliError, ExitCode, print_json};
-use crate::chunker::ChunkerParams;
-use crate::store::{InitOptions, Store};
+use crate::output::{CliError, ExitCode, print_json};
+use omesh_core::chunker::ChunkerParams;
+use omesh_core::store::{InitOptions, Store};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -17,7 +17,7 @@ pub struct InitArgs {
     #[arg(long)]
     pub source: Option<String>,
     /// zstd compression level for new data, 0 (off) to 19.
-    #[arg(long, default_value_t = crate::store::config::DEFAULT_COMPRESSION, value_parser = clap::value_parser!(i32).range(0..=19))]
+    #[arg(long, default_value_t = omesh_core::store::config::DEFAULT_COMPRESSION, value_parser = clap::value_parser!(i32).range(0..=19))]
     pub compression: i32,
     /// Pack file size in MiB (larger packs mean fewer files and S3 objects).
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]

@@ -1,6 +1,6 @@
 //! Exit codes, error mapping and output helpers shared by the commands.
 
-use crate::store::{KeySource, StoreError};
+use omesh_core::store::{KeySource, StoreError};
 use std::io::IsTerminal;
 
 /// Process exit codes. Scripts rely on these values.
@@ -90,8 +90,8 @@ impl From<anyhow::Error> for CliError {
     }
 }
 
-impl From<crate::keyfile::KeyFileError> for CliError {
-    fn from(e: crate::keyfile::KeyFileError) -> Self {
+impl From<omesh_core::keyfile::KeyFileError> for CliError {
+    fn from(e: omesh_core::keyfile::KeyFileError) -> Self {
         CliError { code: ExitCode::Usage, err: e.into() }
     }
 }

@@ -6,11 +6,11 @@
 //! node 1's data onto a brand-new node 4 (certificate, CA and the exported
 //! key only) from the remaining peer, and verify it byte for byte.
 
-use super::output::{CliError, ExitCode, bytes};
-use crate::backup::{BackupOptions, Progress};
-use crate::config::NodeConfig;
-use crate::node::{self, NodeRuntime};
-use crate::restore::{self, RestoreOptions, RestoreProgress};
+use crate::output::{CliError, ExitCode, bytes};
+use omesh_core::backup::{BackupOptions, Progress};
+use omesh_core::restore::{self, RestoreOptions, RestoreProgress};
+use omesh_daemon::config::NodeConfig;
+use omesh_daemon::node::{self, NodeRuntime};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,7 +60,7 @@ fn config(
 pub fn run(a: DemoArgs) -> Result<ExitCode, CliError> {
     let tmp = tempfile::Builder::new().prefix("omesh-demo-").tempdir().map_err(fail)?;
     let root = tmp.path().to_path_buf();
-    let rt = super::mesh::tokio()?;
+    let rt = crate::meshmode::tokio()?;
     let r = rt.block_on(demo(&root, a.size_mib));
     if a.keep {
         let kept = tmp.keep();
@@ -73,9 +73,9 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
     println!("omesh demo in {}", root.display());
     // 1. a site CA and four node certificates
     let ca = root.join("ca");
-    crate::ca::init(&ca, "demo-site", 30).map_err(fail)?;
+    omesh_net::ca::init(&ca, "demo-site", 30).map_err(fail)?;
     for n in ["node-1", "node-2", "node-3", "node-4"] {
-        crate::ca::issue(&ca, n, &root.join(n).join("tls"), 30).map_err(fail)?;
+        omesh_net::ca::issue(&ca, n, &root.join(n).join("tls"), 30).map_err(fail)?;
     }
     let ports = [free_port()?, free_port()?, free_port()?, free_port()?];
     let all = [("node-1", ports[0], "rack-a"), ("node-2", ports[1], "rack-b"), ("node-3", ports[2], "rack-c")];
@@ -93,7 +93,7 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
 
     // 2. sample data and a first backup with factor 2
     let data = root.join("data");
-    let total = crate::sample::generate(&data, size_mib * 1024 * 1024, 1).map_err(fail)?;
+    let total = omesh_core::sample::generate(&data, size_mib * 1024 * 1024, 1).map_err(fail)?;
     let opts = BackupOptions { paths: vec![data.clone()], ..Default::default() };
     let t = Instant::now();
     let r1 = d1.rt.backup_and_replicate(opts.clone(), Arc::new(Progress::default())).await.map_err(fail)?;
@@ -120,7 +120,7 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
     }
 
     // 3. small edits, second backup: only new data moves
-    crate::sample::mutate(&data, 2).map_err(fail)?;
+    omesh_core::sample::mutate(&data, 2).map_err(fail)?;
     let r2 = d1.rt.backup_and_replicate(opts, Arc::new(Progress::default())).await.map_err(fail)?;
     let sent2: u64 = r2.replicas.iter().filter(|r| r.ok).map(|r| r.bytes_sent).sum();
     println!(
@@ -150,7 +150,7 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
 
     // 5. a brand-new node-4: certificate, CA and the exported key only
     std::fs::create_dir_all(c4.data_dir.join("keys")).map_err(fail)?;
-    let k = crate::keyfile::KeyFile::load(&key_export).map_err(fail)?;
+    let k = omesh_core::keyfile::KeyFile::load(&key_export).map_err(fail)?;
     k.save(&c4.key_path("node-1")).map_err(fail)?;
     let n4 = NodeRuntime::build(c4, false, false).await.map_err(fail)?;
     let (id, src) =
@@ -175,7 +175,7 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
     let from: Vec<String> =
         src.usage().iter().filter(|u| u.objects > 0).map(|u| format!("{} ({} objects)", u.peer, u.objects)).collect();
     let restored: PathBuf = target.join(data.strip_prefix("/").unwrap_or(&data));
-    let same = super::demo_compare::dirs_equal(&data, &restored).map_err(fail)?;
+    let same = crate::demo_compare::dirs_equal(&data, &restored).map_err(fail)?;
     println!(
         "5. node-4 restored snapshot {} ({} files, {}) from {} in {:.2}s ({}/s): {}",
         id.short(),

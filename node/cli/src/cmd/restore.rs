@@ -1,9 +1,9 @@
 //! `omesh restore`
 
-use super::StoreArgs;
-use super::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
-use crate::restore::{self, RestoreError, RestoreOptions, RestoreProgress};
-use crate::store::{Access, Store};
+use crate::StoreArgs;
+use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
+use omesh_core::restore::{self, RestoreError, RestoreOptions, RestoreProgress};
+use omesh_core::store::{Access, Store};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -50,11 +50,11 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
 }
 
 fn run_restore(
-    src: &dyn crate::objects::ObjectSource,
+    src: &dyn omesh_core::objects::ObjectSource,
     id: &omesh_proto::ObjectId,
     opts: &RestoreOptions,
     progress: Arc<RestoreProgress>,
-) -> Result<crate::restore::RestoreSummary, RestoreError> {
+) -> Result<omesh_core::restore::RestoreSummary, RestoreError> {
     let p = progress.clone();
     with_progress(
         move || {
@@ -71,8 +71,8 @@ fn run_restore(
 }
 
 fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
-    use super::mesh;
-    use crate::node::views::{From, prepare_restore};
+    use crate::meshmode as mesh;
+    use omesh_daemon::node::views::{From, prepare_restore};
     let cfg = mesh::load(path)?;
     let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
     let from = match a.from.as_str() {
@@ -104,13 +104,13 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
             usage.as_array_mut().expect("array").push(serde_json::json!({"peer": "local", "objects": local}));
         }
         // tell the daemon, if one runs, for its restore metrics
-        if crate::node::control::daemon_running(&sock).await {
+        if omesh_daemon::node::control::daemon_running(&sock).await {
             let (ok, bytes, seconds) = match &res {
                 Ok(s) => (s.errors.is_empty(), s.bytes_written + s.bytes_reused, s.seconds),
                 Err(_) => (false, 0, 0.0),
             };
-            let req = crate::node::control::ControlRequest::RestoreDone { ok, bytes, seconds };
-            let _ = crate::node::control::call(&sock, &req, |_| {}).await;
+            let req = omesh_daemon::node::control::ControlRequest::RestoreDone { ok, bytes, seconds };
+            let _ = omesh_daemon::node::control::call(&sock, &req, |_| {}).await;
         }
         Ok::<_, CliError>((res, usage))
     })?;
@@ -118,7 +118,7 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
 }
 
 fn finish(
-    res: Result<crate::restore::RestoreSummary, RestoreError>,
+    res: Result<omesh_core::restore::RestoreSummary, RestoreError>,
     json: bool,
     sources: Option<serde_json::Value>,
 ) -> Result<ExitCode, CliError> {

@@ -1,9 +1,9 @@
 //! `omesh snapshots`
 
-use super::StoreArgs;
-use super::output::{CliError, ExitCode, bytes, key_source, print_json, time};
-use crate::snapshot::{SnapshotKind, SnapshotRecord};
-use crate::store::{Access, Store};
+use crate::StoreArgs;
+use crate::output::{CliError, ExitCode, bytes, key_source, print_json, time};
+use omesh_core::snapshot::{SnapshotKind, SnapshotRecord};
+use omesh_core::store::{Access, Store};
 use omesh_proto::ObjectId;
 
 #[derive(clap::Args, Debug)]
@@ -77,8 +77,8 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
 }
 
 fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
-    use super::mesh;
-    use crate::node::control::{self, ControlRequest};
+    use crate::meshmode as mesh;
+    use omesh_daemon::node::control::{self, ControlRequest};
     let cfg = mesh::load(path)?;
     let rt = mesh::tokio()?;
     let v: serde_json::Value = rt.block_on(async {
@@ -91,7 +91,7 @@ fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliEr
             }
         } else {
             let nrt = mesh::runtime(cfg, true).await?;
-            let v = crate::node::views::snapshots(&nrt, a.source.as_deref()).await.map_err(mesh::node_err)?;
+            let v = omesh_daemon::node::views::snapshots(&nrt, a.source.as_deref()).await.map_err(mesh::node_err)?;
             Ok(serde_json::to_value(v).expect("serializes"))
         }
     })?;

@@ -1,7 +1,7 @@
 //! `omesh ca init | issue | revoke | list`
 
-use super::output::{CliError, ExitCode, print_json};
-use crate::ca::{self, CaError};
+use crate::output::{CliError, ExitCode, print_json};
+use omesh_net::ca::{self, CaError};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]

@@ -1,0 +1,16 @@
+//! One module per command (or command family).
+
+pub mod backup;
+pub mod ca;
+pub mod demo;
+pub mod init;
+pub mod key;
+pub mod lifecycle;
+pub mod ls;
+pub mod node;
+pub mod repair;
+pub mod residency;
+pub mod restore;
+pub mod snapshots;
+pub mod status;
+pub mod verify;
