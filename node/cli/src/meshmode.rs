@@ -3,7 +3,8 @@
 
 use crate::output::{CliError, ExitCode};
 use omesh_daemon::config::NodeConfig;
-use omesh_daemon::node::{self, NodeError, NodeRuntime};
+use omesh_daemon::error::{self as node_error, NodeError};
+use omesh_daemon::runtime::NodeRuntime;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -22,7 +23,7 @@ pub fn tokio() -> Result<tokio::runtime::Runtime, CliError> {
 
 /// Map a node error to a CLI error.
 pub fn node_err(e: NodeError) -> CliError {
-    let code = match node::views::exit_code(&e) {
+    let code = match node_error::exit_code(&e) {
         2 => ExitCode::Usage,
         4 => ExitCode::Damage,
         5 => ExitCode::Busy,
@@ -54,14 +55,14 @@ pub async fn runtime(cfg: NodeConfig, with_state: bool) -> Result<Arc<NodeRuntim
 /// socket (it holds the stores), otherwise run `local` in this process.
 pub fn via_daemon_or_local<F, Fut>(
     cfg: NodeConfig,
-    req: omesh_daemon::node::control::ControlRequest,
+    req: omesh_daemon::services::control::ControlRequest,
     local: F,
 ) -> Result<serde_json::Value, CliError>
 where
     F: FnOnce(Arc<NodeRuntime>) -> Fut,
     Fut: std::future::Future<Output = Result<serde_json::Value, CliError>>,
 {
-    use omesh_daemon::node::control;
+    use omesh_daemon::services::control;
     let rt = tokio()?;
     rt.block_on(async {
         let sock = cfg.control_socket();

@@ -2,6 +2,9 @@
 //! `deploy/` has examples. Unknown keys are errors, so a typo is caught at
 //! start instead of silently ignored; every error names the file and key.
 
+use omesh_core::policy::{bandwidth, retention, schedule};
+pub use omesh_core::store::gc::GcConfig;
+pub use omesh_core::store::scrub::ScrubConfig;
 pub use omesh_core::units::ByteSize;
 pub use omesh_net::transport::{TlsConfig, TransportConfig};
 use omesh_proto::msg::valid_name;
@@ -94,6 +97,83 @@ pub struct PeerConfig {
 
 pub use omesh_s3::S3Config;
 
+/// `[sync]`: mesh sync (anti-entropy).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Seconds between syncs (0: only at start and on `omesh sync`).
+    #[serde(default = "d_sync_interval")]
+    pub interval_secs: u64,
+    /// Sync when the daemon starts (a node coming back repairs at once).
+    #[serde(default = "d_true")]
+    pub at_start: bool,
+}
+
+fn d_sync_interval() -> u64 {
+    3600
+}
+fn d_true() -> bool {
+    true
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig { interval_secs: d_sync_interval(), at_start: true }
+    }
+}
+
+/// `[maintenance]`: when retention and garbage collection run.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceConfig {
+    /// Cron expression ("" disables; default 03:15 every day).
+    #[serde(default = "d_maint_cron")]
+    pub cron: String,
+    /// IANA time zone of `cron` (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+fn d_maint_cron() -> String {
+    "15 3 * * *".into()
+}
+
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig { cron: d_maint_cron(), timezone: None }
+    }
+}
+
+impl MaintenanceConfig {
+    /// The schedule, if enabled.
+    pub fn schedule(&self) -> Result<Option<schedule::Schedule>, String> {
+        if self.cron.trim().is_empty() {
+            return Ok(None);
+        }
+        schedule::Schedule::new(schedule::ScheduleConfig {
+            name: "maintenance".into(),
+            cron: Some(self.cron.clone()),
+            timezone: self.timezone.clone(),
+            interval_secs: None,
+            jitter_secs: 0,
+            paths: vec![],
+            rpo_secs: None,
+        })
+        .map(Some)
+        .map_err(|e| e.replace("[[schedule]] \"maintenance\"", "[maintenance]"))
+    }
+}
+
+/// `[metrics]`
+#[derive(Clone, Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address for the Prometheus endpoint (`GET /metrics`), e.g.
+    /// "127.0.0.1:9464". Absent: no endpoint.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
+
 /// The whole node configuration.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -129,34 +209,64 @@ pub struct NodeConfig {
     pub s3: Vec<S3Config>,
     /// Residency boundary.
     #[serde(default)]
-    pub residency: crate::residency::ResidencyConfig,
+    pub residency: omesh_net::residency::ResidencyConfig,
     /// Backup schedules run by the daemon.
     #[serde(default, rename = "schedule")]
-    pub schedules: Vec<crate::lifecycle::schedule::ScheduleConfig>,
+    pub schedules: Vec<schedule::ScheduleConfig>,
     /// Retention policy and lock, applied to every store on this node.
     #[serde(default)]
-    pub retention: crate::lifecycle::retention::RetentionPolicy,
+    pub retention: retention::RetentionPolicy,
     /// Mesh sync (anti-entropy).
     #[serde(default)]
-    pub sync: crate::lifecycle::SyncConfig,
+    pub sync: SyncConfig,
     /// When retention and garbage collection run.
     #[serde(default)]
-    pub maintenance: crate::lifecycle::MaintenanceConfig,
+    pub maintenance: MaintenanceConfig,
     /// Garbage collection.
     #[serde(default)]
-    pub gc: crate::lifecycle::GcConfig,
+    pub gc: GcConfig,
     /// Scrub.
     #[serde(default)]
-    pub scrub: crate::lifecycle::ScrubConfig,
+    pub scrub: ScrubConfig,
     /// Bandwidth limits.
     #[serde(default)]
-    pub bandwidth: crate::lifecycle::bandwidth::BandwidthConfig,
+    pub bandwidth: bandwidth::BandwidthConfig,
     /// Prometheus endpoint.
     #[serde(default)]
-    pub metrics: crate::lifecycle::MetricsConfig,
+    pub metrics: MetricsConfig,
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
+}
+
+/// Validate the lifecycle sections.
+fn validate_lifecycle(cfg: &NodeConfig) -> Result<(), String> {
+    let mut names = std::collections::HashSet::new();
+    for s in &cfg.schedules {
+        if !names.insert(s.name.as_str()) {
+            return Err(format!("[[schedule]] {:?} is listed twice", s.name));
+        }
+        schedule::Schedule::new(s.clone())?;
+        if s.paths.is_empty() && cfg.backup.paths.is_empty() {
+            return Err(format!(
+                "[[schedule]] {:?} has no paths and [backup] paths is empty: nothing to back up",
+                s.name
+            ));
+        }
+    }
+    cfg.retention.validate().map_err(|e| format!("[retention] {e}"))?;
+    bandwidth::Limiter::new(&cfg.bandwidth)?;
+    bandwidth::parse_rate(&cfg.scrub.rate).map_err(|e| format!("[scrub] rate: {e}"))?;
+    cfg.maintenance.schedule()?;
+    if !(0.0..=1.0).contains(&cfg.gc.repack_unused) {
+        return Err(format!("[gc] repack_unused = {} must be between 0 and 1", cfg.gc.repack_unused));
+    }
+    if let Some(l) = &cfg.metrics.listen {
+        if !l.contains(':') {
+            return Err(format!("[metrics] listen = {l:?} needs a port (address:port)"));
+        }
+    }
+    Ok(())
 }
 
 /// A configuration problem, naming the file and setting.
@@ -251,8 +361,8 @@ impl NodeConfig {
         if !self.listen.contains(':') {
             return Err(format!("listen = {:?} needs a port (address:port)", self.listen));
         }
-        crate::residency::Policy::new(&self.residency)?;
-        crate::lifecycle::validate(self)?;
+        omesh_net::residency::Policy::new(&self.residency)?;
+        validate_lifecycle(self)?;
         Ok(())
     }
 

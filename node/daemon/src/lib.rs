@@ -5,14 +5,10 @@
 //! `omesh-s3`; the `omesh` binary sits on top.
 
 pub mod config;
-pub mod lifecycle;
-pub mod mesh;
-pub mod node;
+pub mod error;
+pub mod metrics;
+pub mod runtime;
+pub mod services;
+pub mod source;
 pub mod state;
-
-pub use omesh_core::{
-    backup, chunker, crypto, failpoint, fsutil, keyfile, objects, restore, sample, snapshot, store, verify,
-};
-pub use omesh_net::{ca, residency, transport};
-pub use omesh_proto as proto;
-pub use omesh_s3 as s3;
+pub mod views;

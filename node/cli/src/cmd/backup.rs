@@ -125,7 +125,7 @@ fn print_summary(s: &serde_json::Value) {
 }
 
 fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
-    use omesh_daemon::node::control::{self, ControlRequest};
+    use omesh_daemon::services::control::{self, ControlRequest};
     let cfg = mesh::load(path)?;
     if a.host.is_some() || a.threads.is_some() || a.read_concurrency.is_some() {
         return Err(CliError::usage("--host, --threads and --read-concurrency apply to --store backups only"));

@@ -10,7 +10,8 @@ use crate::output::{CliError, ExitCode, bytes};
 use omesh_core::backup::{BackupOptions, Progress};
 use omesh_core::restore::{self, RestoreOptions, RestoreProgress};
 use omesh_daemon::config::NodeConfig;
-use omesh_daemon::node::{self, NodeRuntime};
+use omesh_daemon::runtime::NodeRuntime;
+use omesh_daemon::{services, views};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -84,9 +85,9 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
     let c2 = config(root, "node-2", ports[1], "rack-b", &peers_of("node-2"))?;
     let c3 = config(root, "node-3", ports[2], "rack-c", &peers_of("node-3"))?;
     let c4 = config(root, "node-4", ports[3], "rack-d", &all)?;
-    let d2 = node::start_daemon(c2).await.map_err(fail)?;
-    let d3 = node::start_daemon(c3).await.map_err(fail)?;
-    let d1 = node::start_daemon(c1.clone()).await.map_err(fail)?;
+    let d2 = services::start_daemon(c2).await.map_err(fail)?;
+    let d3 = services::start_daemon(c3).await.map_err(fail)?;
+    let d1 = services::start_daemon(c1.clone()).await.map_err(fail)?;
     println!(
         "1. site CA created; 3-node mesh running on 127.0.0.1 (node-1 rack-a, node-2 rack-b, node-3 rack-c), mutual TLS over QUIC"
     );
@@ -153,8 +154,7 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
     let k = omesh_core::keyfile::KeyFile::load(&key_export).map_err(fail)?;
     k.save(&c4.key_path("node-1")).map_err(fail)?;
     let n4 = NodeRuntime::build(c4, false, false).await.map_err(fail)?;
-    let (id, src) =
-        node::views::prepare_restore(&n4, "node-1", "latest", &node::views::From::Auto).await.map_err(fail)?;
+    let (id, src) = views::prepare_restore(&n4, "node-1", "latest", &views::From::Auto).await.map_err(fail)?;
     let target = root.join("node-4-restore");
     let src = Arc::new(src);
     let s2 = src.clone();

@@ -4,9 +4,11 @@
 use crate::StoreArgs;
 use crate::meshmode as mesh;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
+use omesh_core::policy::{bandwidth, retention::RetentionPolicy};
 use omesh_core::store::{Access, Store};
-use omesh_daemon::lifecycle::{self, ForgetReport, bandwidth, gc, retention::RetentionPolicy, scrub};
-use omesh_daemon::node::control::ControlRequest;
+use omesh_core::store::{gc, scrub};
+use omesh_daemon::services::control::ControlRequest;
+use omesh_daemon::services::maintenance::{self as lifecycle, ForgetReport};
 
 #[derive(clap::Args, Debug)]
 pub struct ForgetArgs {

@@ -76,14 +76,10 @@ pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
             let rt = mesh::tokio()?;
             rt.block_on(async {
                 let nrt = mesh::runtime(cfg, false).await?;
-                let (id, src) = omesh_daemon::node::views::prepare_restore(
-                    &nrt,
-                    &source,
-                    &a.snapshot,
-                    &omesh_daemon::node::views::From::Auto,
-                )
-                .await
-                .map_err(mesh::node_err)?;
+                let (id, src) =
+                    omesh_daemon::views::prepare_restore(&nrt, &source, &a.snapshot, &omesh_daemon::views::From::Auto)
+                        .await
+                        .map_err(mesh::node_err)?;
                 let rec =
                     src.snapshot(&id).map_err(|e| CliError { code: ExitCode::Damage, err: anyhow::anyhow!(e) })?;
                 let p = a.path.clone();

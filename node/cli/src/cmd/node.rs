@@ -25,7 +25,7 @@ pub fn run(c: NodeCommand) -> Result<ExitCode, CliError> {
             let cfg = mesh::load(&config)?;
             let rt = mesh::tokio()?;
             rt.block_on(async move {
-                let d = omesh_daemon::node::start_daemon(cfg).await.map_err(mesh::node_err)?;
+                let d = omesh_daemon::services::start_daemon(cfg).await.map_err(mesh::node_err)?;
                 println!("omesh node {} listening on {}", d.rt.cfg.name, d.rt.local_addr());
                 let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                     .map_err(|e| CliError::failed(e.to_string()))?;

@@ -86,7 +86,7 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
             Ok(if ok { ExitCode::Ok } else { ExitCode::Usage })
         }
         ResidencyCommand::Report { config, since, json } => {
-            use omesh_daemon::node::control::{self, ControlRequest};
+            use omesh_daemon::services::control::{self, ControlRequest};
             let cfg = mesh::load(&config)?;
             let since_ns = since.as_deref().map(parse_since).transpose()?.unwrap_or(i64::MIN);
             let rt = mesh::tokio()?;
@@ -101,7 +101,7 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
                 } else {
                     let state = omesh_daemon::state::State::open(&cfg.data_dir.join("state.redb"))
                         .map_err(|e| CliError::failed(e.to_string()))?;
-                    omesh_daemon::node::views::residency_report(&state, &cfg.name, since_ns).map_err(mesh::node_err)
+                    omesh_daemon::views::residency_report(&state, &cfg.name, since_ns).map_err(mesh::node_err)
                 }
             })?;
             if json {

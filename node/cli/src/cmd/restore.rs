@@ -72,7 +72,7 @@ fn run_restore(
 
 fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
     use crate::meshmode as mesh;
-    use omesh_daemon::node::views::{From, prepare_restore};
+    use omesh_daemon::views::{From, prepare_restore};
     let cfg = mesh::load(path)?;
     let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
     let from = match a.from.as_str() {
@@ -104,13 +104,13 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
             usage.as_array_mut().expect("array").push(serde_json::json!({"peer": "local", "objects": local}));
         }
         // tell the daemon, if one runs, for its restore metrics
-        if omesh_daemon::node::control::daemon_running(&sock).await {
+        if omesh_daemon::services::control::daemon_running(&sock).await {
             let (ok, bytes, seconds) = match &res {
                 Ok(s) => (s.errors.is_empty(), s.bytes_written + s.bytes_reused, s.seconds),
                 Err(_) => (false, 0, 0.0),
             };
-            let req = omesh_daemon::node::control::ControlRequest::RestoreDone { ok, bytes, seconds };
-            let _ = omesh_daemon::node::control::call(&sock, &req, |_| {}).await;
+            let req = omesh_daemon::services::control::ControlRequest::RestoreDone { ok, bytes, seconds };
+            let _ = omesh_daemon::services::control::call(&sock, &req, |_| {}).await;
         }
         Ok::<_, CliError>((res, usage))
     })?;

@@ -78,7 +78,7 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
 
 fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
     use crate::meshmode as mesh;
-    use omesh_daemon::node::control::{self, ControlRequest};
+    use omesh_daemon::services::control::{self, ControlRequest};
     let cfg = mesh::load(path)?;
     let rt = mesh::tokio()?;
     let v: serde_json::Value = rt.block_on(async {
@@ -91,7 +91,7 @@ fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliEr
             }
         } else {
             let nrt = mesh::runtime(cfg, true).await?;
-            let v = omesh_daemon::node::views::snapshots(&nrt, a.source.as_deref()).await.map_err(mesh::node_err)?;
+            let v = omesh_daemon::views::snapshots(&nrt, a.source.as_deref()).await.map_err(mesh::node_err)?;
             Ok(serde_json::to_value(v).expect("serializes"))
         }
     })?;

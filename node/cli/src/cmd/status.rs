@@ -2,8 +2,8 @@
 
 use crate::meshmode as mesh;
 use crate::output::{CliError, ExitCode, bytes, print_json};
-use omesh_daemon::node::control::{self, ControlRequest};
-use omesh_daemon::node::views::StatusView;
+use omesh_daemon::services::control::{self, ControlRequest};
+use omesh_daemon::views::StatusView;
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -29,7 +29,7 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
             }
         } else {
             let nrt = mesh::runtime(cfg, true).await?;
-            let s = omesh_daemon::node::views::status(&nrt).await.map_err(mesh::node_err)?;
+            let s = omesh_daemon::views::status(&nrt).await.map_err(mesh::node_err)?;
             Ok(serde_json::to_value(s).expect("serializes"))
         }
     })?;

@@ -36,7 +36,7 @@ fn run_s3(a: &VerifyArgs, path: &std::path::Path, name: &str) -> Result<omesh_co
             .iter()
             .find(|t| t.cfg.name == name)
             .ok_or_else(|| CliError::usage(format!("--s3 {name}: no [[s3]] target of that name")))?;
-        let keys = omesh_daemon::node::views::source_keys(&nrt, &source);
+        let keys = omesh_daemon::views::source_keys(&nrt, &source);
         t.verify(&source, keys, a.read_data).await.map_err(|e| CliError {
             code: if e.is_config() { ExitCode::Usage } else { ExitCode::Failed },
             err: e.into(),
@@ -54,7 +54,7 @@ pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
         Some(path) => {
             let cfg = crate::meshmode::load(path)?;
             let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
-            match omesh_daemon::mesh::open_source_read(&cfg.layout(), &source)? {
+            match omesh_net::mesh::stores::open_source_read(&cfg.layout(), &source)? {
                 Some(s) => s,
                 None if source == cfg.name => {
                     return Err(CliError::usage(format!("{} has no local store yet (nothing backed up)", cfg.name)));

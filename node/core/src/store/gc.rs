@@ -40,9 +40,10 @@
 
 use crate::store::index::Location;
 use crate::store::{CondemnedSet, RepackStats, Store, StoreError};
+use crate::units::ByteSize;
 use omesh_proto::{ObjectId, ObjectKind};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -74,6 +75,48 @@ pub struct GcOptions {
 impl Default for GcOptions {
     fn default() -> Self {
         GcOptions { grace: Duration::from_secs(3600), repack_unused: 0.2, max_repack_bytes: 4 << 30 }
+    }
+}
+
+/// `[gc]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcConfig {
+    /// Condemned objects wait at least this long before they are swept.
+    #[serde(default = "d_grace")]
+    pub grace_secs: u64,
+    /// Rewrite a pack when this fraction of it is unreferenced.
+    #[serde(default = "d_repack")]
+    pub repack_unused: f64,
+    /// Most live data rewritten per run.
+    #[serde(default = "d_max_repack")]
+    pub max_repack: ByteSize,
+}
+
+fn d_grace() -> u64 {
+    3600
+}
+fn d_repack() -> f64 {
+    0.2
+}
+fn d_max_repack() -> ByteSize {
+    ByteSize(4 << 30)
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        GcConfig { grace_secs: d_grace(), repack_unused: d_repack(), max_repack: d_max_repack() }
+    }
+}
+
+impl GcConfig {
+    /// As options.
+    pub fn options(&self) -> GcOptions {
+        GcOptions {
+            grace: Duration::from_secs(self.grace_secs),
+            repack_unused: self.repack_unused,
+            max_repack_bytes: self.max_repack.0,
+        }
     }
 }
 

@@ -14,8 +14,40 @@
 use crate::policy::bandwidth::Pacer;
 use crate::store::{Store, StoreError};
 use omesh_proto::ObjectId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
+
+/// `[scrub]`
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScrubConfig {
+    /// Run scrub passes in the daemon.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// Read rate ("16 MiB/s"; "unlimited").
+    #[serde(default = "d_scrub_rate")]
+    pub rate: String,
+    /// Start a full pass at most this often (seconds; default a week).
+    #[serde(default = "d_scrub_every")]
+    pub every_secs: u64,
+}
+
+fn d_scrub_rate() -> String {
+    "16 MiB/s".into()
+}
+fn d_scrub_every() -> u64 {
+    7 * 86400
+}
+
+impl Default for ScrubConfig {
+    fn default() -> Self {
+        ScrubConfig { enabled: true, rate: d_scrub_rate(), every_secs: d_scrub_every() }
+    }
+}
+
+fn d_true() -> bool {
+    true
+}
 
 /// Objects per index page.
 const PAGE: usize = 1024;

@@ -1,14 +1,14 @@
 //! The daemon's timers: scheduled backups, mesh sync, maintenance
 //! (retention, then garbage collection), scrub passes, and the metrics
 //! endpoint. Every decision about *when* is made by the plain functions in
-//! [`super::schedule`]; this module only sleeps until then, runs the job
+//! `omesh_core::policy::schedule`; this module only sleeps until then, runs the job
 //! and records it in the node state (so a run missed while the node was
 //! down is made up at start, and `omesh status` can report it).
 
-use super::schedule::Schedule;
-use crate::backup::{BackupOptions, ParentChoice, Progress};
-use crate::node::{NodeError, NodeRuntime};
+use crate::{error::NodeError, runtime::NodeRuntime};
 use chrono::Utc;
+use omesh_core::backup::{BackupOptions, ParentChoice, Progress};
+use omesh_core::policy::schedule::Schedule;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -88,7 +88,7 @@ pub async fn run_scheduled_backup(rt: &Arc<NodeRuntime>, sched: &Schedule) -> Re
 async fn schedule_loop(rt: Arc<NodeRuntime>, sched: Schedule, cancel: CancellationToken) {
     let key = format!("backup/{}", sched.cfg.name);
     if let Some(rpo) = sched.cfg.rpo_secs {
-        rt.metrics.rpo_target.get_or_create(&super::metrics::label("schedule", &sched.cfg.name)).set(rpo as f64);
+        rt.metrics.rpo_target.get_or_create(&crate::metrics::label("schedule", &sched.cfg.name)).set(rpo as f64);
     }
     while wait_for(&rt, &sched, &key, &cancel).await {
         tracing::info!(schedule = %sched.cfg.name, "scheduled backup starting");
@@ -131,7 +131,7 @@ async fn sync_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
     }
     loop {
         record_start(&rt, "sync");
-        let r = super::sync_now(&rt).await;
+        let r = super::maintenance::sync_now(&rt).await;
         if !r.repaired.is_empty() || !r.failed.is_empty() {
             tracing::info!(
                 repaired = r.repaired.len(),
@@ -162,11 +162,11 @@ pub async fn maintenance(rt: &Arc<NodeRuntime>) -> Result<serde_json::Value, Str
         // (not while `omesh forget` or another maintenance runs; gc_all
         // takes the lock itself)
         let _one = rt.maintenance_lock.lock().await;
-        Some(super::forget(rt, None, vec![], false).await.map_err(|e| e.to_string())?)
+        Some(super::maintenance::forget(rt, None, vec![], false).await.map_err(|e| e.to_string())?)
     } else {
         None
     };
-    let gc = super::gc_all(rt).await;
+    let gc = super::maintenance::gc_all(rt).await;
     let forget_errors: Vec<String> =
         forget.as_ref().map(|f| f.errors.iter().map(|e| format!("retention: {e}")).collect()).unwrap_or_default();
     for e in &forget_errors {
@@ -194,7 +194,7 @@ async fn maintenance_loop(rt: Arc<NodeRuntime>, sched: Schedule, cancel: Cancell
 }
 
 async fn scrub_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
-    let rate = super::bandwidth::parse_rate(&rt.cfg.scrub.rate).unwrap_or(Some(16 << 20));
+    let rate = omesh_core::policy::bandwidth::parse_rate(&rt.cfg.scrub.rate).unwrap_or(Some(16 << 20));
     let every = Duration::from_secs(rt.cfg.scrub.every_secs.max(60));
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -220,7 +220,7 @@ async fn scrub_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
             }
         }
         record_start(&rt, "scrub");
-        let r = super::scrub_all(&rt, rate, stop.clone()).await;
+        let r = super::maintenance::scrub_all(&rt, rate, stop.clone()).await;
         if stop.load(Ordering::Relaxed) {
             return;
         }
@@ -256,7 +256,7 @@ pub async fn spawn(
         tasks.spawn(scrub_loop(rt.clone(), cancel.clone()));
     }
     if let Some(listen) = &rt.cfg.metrics.listen {
-        let addr = crate::mesh::client::resolve(listen)
+        let addr = omesh_net::mesh::client::resolve(listen)
             .await
             .map_err(|e| NodeError::Other(format!("{}: [metrics] listen = {listen:?}: {e}", rt.cfg.path.display())))?
             [0];
@@ -264,7 +264,7 @@ pub async fn spawn(
             .await
             .map_err(|e| NodeError::Other(format!("{}: [metrics] listen = {listen:?}: {e}", rt.cfg.path.display())))?;
         tracing::info!(%addr, "metrics endpoint listening");
-        tasks.spawn(super::metrics::serve(l, rt.metrics.clone(), rt.inbound_check.clone(), cancel.clone()));
+        tasks.spawn(crate::metrics::serve(l, rt.metrics.clone(), rt.inbound_check.clone(), cancel.clone()));
     }
     Ok(())
 }

@@ -10,11 +10,11 @@
 //! it never deletes one. Pulling is always the puller's own decision: the
 //! mesh protocol still lets no node write into another's store.
 
-use super::retention;
-use crate::mesh::SourceStore;
-use crate::mesh::client::PeerConn;
-use crate::node::NodeRuntime;
+use crate::runtime::NodeRuntime;
 pub use omesh_core::policy::repairers::{Member, repairers};
+use omesh_core::policy::retention;
+use omesh_net::mesh::SourceStore;
+use omesh_net::mesh::client::PeerConn;
 use omesh_proto::{ObjectId, ObjectKind, Record};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -109,7 +109,7 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     conns.sort_by_key(|c| c.1);
     // what everyone holds
     let mut seen: HashMap<(String, ObjectId), Seen> = HashMap::new();
-    let lists = crate::node::futures_join_all(
+    let lists = crate::runtime::futures_join_all(
         conns.iter().map(|(c, _)| async move { (c.name.clone(), c.list_snapshots(None).await) }),
     )
     .await;
@@ -410,7 +410,7 @@ pub async fn fetch_into(
     source: &str,
     ids: &[ObjectId],
     from: &[PeerConn],
-    keys: Option<Arc<crate::crypto::Keys>>,
+    keys: Option<Arc<omesh_core::crypto::Keys>>,
     got: &mut Fetched,
 ) -> Result<Vec<ObjectId>, String> {
     let mut links = Vec::new();

@@ -9,197 +9,17 @@
 //! - this module: the node-level operations (over every store this node
 //!   keeps) that both the daemon's timers ([`daemon`]) and the CLI run.
 
-pub mod daemon;
-pub mod metrics;
-pub mod sync;
+use super::sync;
+use crate::metrics;
+use omesh_core::policy::bandwidth;
+use omesh_core::store::{gc, scrub};
 
-pub use omesh_core::policy::{bandwidth, retention, schedule};
-pub use omesh_core::store::{gc, scrub};
-
-use crate::config::ByteSize;
-use crate::node::{NodeError, NodeRuntime};
+use crate::{error::NodeError, runtime::NodeRuntime};
 use chrono::{DateTime, Utc};
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-/// `[sync]`: mesh sync (anti-entropy).
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SyncConfig {
-    /// Seconds between syncs (0: only at start and on `omesh sync`).
-    #[serde(default = "d_sync_interval")]
-    pub interval_secs: u64,
-    /// Sync when the daemon starts (a node coming back repairs at once).
-    #[serde(default = "d_true")]
-    pub at_start: bool,
-}
-
-fn d_sync_interval() -> u64 {
-    3600
-}
-fn d_true() -> bool {
-    true
-}
-
-impl Default for SyncConfig {
-    fn default() -> Self {
-        SyncConfig { interval_secs: d_sync_interval(), at_start: true }
-    }
-}
-
-/// `[maintenance]`: when retention and garbage collection run.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaintenanceConfig {
-    /// Cron expression ("" disables; default 03:15 every day).
-    #[serde(default = "d_maint_cron")]
-    pub cron: String,
-    /// IANA time zone of `cron` (default UTC).
-    #[serde(default)]
-    pub timezone: Option<String>,
-}
-
-fn d_maint_cron() -> String {
-    "15 3 * * *".into()
-}
-
-impl Default for MaintenanceConfig {
-    fn default() -> Self {
-        MaintenanceConfig { cron: d_maint_cron(), timezone: None }
-    }
-}
-
-impl MaintenanceConfig {
-    /// The schedule, if enabled.
-    pub fn schedule(&self) -> Result<Option<schedule::Schedule>, String> {
-        if self.cron.trim().is_empty() {
-            return Ok(None);
-        }
-        schedule::Schedule::new(schedule::ScheduleConfig {
-            name: "maintenance".into(),
-            cron: Some(self.cron.clone()),
-            timezone: self.timezone.clone(),
-            interval_secs: None,
-            jitter_secs: 0,
-            paths: vec![],
-            rpo_secs: None,
-        })
-        .map(Some)
-        .map_err(|e| e.replace("[[schedule]] \"maintenance\"", "[maintenance]"))
-    }
-}
-
-/// `[gc]`
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GcConfig {
-    /// Condemned objects wait at least this long before they are swept.
-    #[serde(default = "d_grace")]
-    pub grace_secs: u64,
-    /// Rewrite a pack when this fraction of it is unreferenced.
-    #[serde(default = "d_repack")]
-    pub repack_unused: f64,
-    /// Most live data rewritten per run.
-    #[serde(default = "d_max_repack")]
-    pub max_repack: ByteSize,
-}
-
-fn d_grace() -> u64 {
-    3600
-}
-fn d_repack() -> f64 {
-    0.2
-}
-fn d_max_repack() -> ByteSize {
-    ByteSize(4 << 30)
-}
-
-impl Default for GcConfig {
-    fn default() -> Self {
-        GcConfig { grace_secs: d_grace(), repack_unused: d_repack(), max_repack: d_max_repack() }
-    }
-}
-
-impl GcConfig {
-    /// As options.
-    pub fn options(&self) -> gc::GcOptions {
-        gc::GcOptions {
-            grace: Duration::from_secs(self.grace_secs),
-            repack_unused: self.repack_unused,
-            max_repack_bytes: self.max_repack.0,
-        }
-    }
-}
-
-/// `[scrub]`
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScrubConfig {
-    /// Run scrub passes in the daemon.
-    #[serde(default = "d_true")]
-    pub enabled: bool,
-    /// Read rate ("16 MiB/s"; "unlimited").
-    #[serde(default = "d_scrub_rate")]
-    pub rate: String,
-    /// Start a full pass at most this often (seconds; default a week).
-    #[serde(default = "d_scrub_every")]
-    pub every_secs: u64,
-}
-
-fn d_scrub_rate() -> String {
-    "16 MiB/s".into()
-}
-fn d_scrub_every() -> u64 {
-    7 * 86400
-}
-
-impl Default for ScrubConfig {
-    fn default() -> Self {
-        ScrubConfig { enabled: true, rate: d_scrub_rate(), every_secs: d_scrub_every() }
-    }
-}
-
-/// `[metrics]`
-#[derive(Clone, Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsConfig {
-    /// Address for the Prometheus endpoint (`GET /metrics`), e.g.
-    /// "127.0.0.1:9464". Absent: no endpoint.
-    #[serde(default)]
-    pub listen: Option<String>,
-}
-
-/// Validate the lifecycle sections of a node config.
-pub fn validate(cfg: &crate::config::NodeConfig) -> Result<(), String> {
-    let mut names = std::collections::HashSet::new();
-    for s in &cfg.schedules {
-        if !names.insert(s.name.as_str()) {
-            return Err(format!("[[schedule]] {:?} is listed twice", s.name));
-        }
-        schedule::Schedule::new(s.clone())?;
-        if s.paths.is_empty() && cfg.backup.paths.is_empty() {
-            return Err(format!(
-                "[[schedule]] {:?} has no paths and [backup] paths is empty: nothing to back up",
-                s.name
-            ));
-        }
-    }
-    cfg.retention.validate().map_err(|e| format!("[retention] {e}"))?;
-    bandwidth::Limiter::new(&cfg.bandwidth)?;
-    bandwidth::parse_rate(&cfg.scrub.rate).map_err(|e| format!("[scrub] rate: {e}"))?;
-    cfg.maintenance.schedule()?;
-    if !(0.0..=1.0).contains(&cfg.gc.repack_unused) {
-        return Err(format!("[gc] repack_unused = {} must be between 0 and 1", cfg.gc.repack_unused));
-    }
-    if let Some(l) = &cfg.metrics.listen {
-        if !l.contains(':') {
-            return Err(format!("[metrics] listen = {l:?} needs a port (address:port)"));
-        }
-    }
-    Ok(())
-}
 
 // ---------------------------------------------------------------- forget
 
@@ -310,8 +130,9 @@ async fn forget_ids(
             let r = c.delete_snapshot(&rt.cfg.name, *id).await;
             let (forgotten, message) = match r {
                 Ok(()) => (true, "forgotten".to_string()),
-                Err(crate::mesh::client::ClientError::Remote {
-                    code: omesh_proto::msg::ErrorCode::NotFound, ..
+                Err(omesh_net::mesh::client::ClientError::Remote {
+                    code: omesh_proto::msg::ErrorCode::NotFound,
+                    ..
                 }) => {
                     continue;
                 }
@@ -458,14 +279,14 @@ pub async fn scrub_all(
 async fn heal(
     rt: &Arc<NodeRuntime>,
     source: &str,
-    store: &Arc<crate::mesh::SourceStore>,
+    store: &Arc<omesh_net::mesh::SourceStore>,
     damaged: &[scrub::Damage],
 ) -> (Vec<String>, Vec<String>) {
     let probes = rt.probe_all().await;
-    let mut conns: Vec<(crate::mesh::client::PeerConn, Duration)> =
+    let mut conns: Vec<(omesh_net::mesh::client::PeerConn, Duration)> =
         probes.iter().filter_map(|p| p.result.as_ref().ok().cloned()).collect();
     conns.sort_by_key(|c| c.1);
-    let conns: Vec<crate::mesh::client::PeerConn> = conns.into_iter().map(|c| c.0).collect();
+    let conns: Vec<omesh_net::mesh::client::PeerConn> = conns.into_iter().map(|c| c.0).collect();
     let keys = if source == rt.cfg.name { store.store.keys().ok().cloned() } else { None };
     let mut ok = Vec::new();
     let mut bad = Vec::new();
@@ -509,7 +330,7 @@ async fn heal(
                 // decrypt and hash to its id: a peer cannot plant a forged
                 // one; a keyless replica can only check the frame
                 let ok_rec = match &keys {
-                    Some(k) => crate::mesh::source::open_snapshot(k, &id, &e.record).is_ok(),
+                    Some(k) => crate::source::open_snapshot(k, &id, &e.record).is_ok(),
                     None => omesh_proto::Record::decode(&e.record).map(|(r, _)| r.id == id).unwrap_or(false),
                 };
                 if !ok_rec {

@@ -94,7 +94,7 @@ pub struct Metrics {
 impl Metrics {
     /// Create and register everything, including the per-peer byte
     /// counters of `counters`.
-    pub fn new(counters: &crate::mesh::Counters) -> Metrics {
+    pub fn new(counters: &omesh_net::mesh::Counters) -> Metrics {
         let mut r = Registry::with_prefix("omesh");
         let m = Metrics {
             backups: Family::default(),
@@ -174,7 +174,7 @@ impl Metrics {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
-    inbound: Option<crate::node::InboundCheck>,
+    inbound: Option<omesh_net::residency::InboundCheck>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
     use http_body_util::Full;

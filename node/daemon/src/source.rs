@@ -11,12 +11,12 @@
 //! that stalls stops getting new ones. Latency, not bytes per second, so
 //! that object sizes do not bias the choice.
 
-use super::client::{ClientError, PeerConn};
-use crate::chunker::ChunkerParams;
-use crate::crypto::Keys;
-use crate::objects::{ObjectSource, SourceError};
-use crate::snapshot::SnapshotRecord;
-use crate::store::{Store, open_record};
+use omesh_core::chunker::ChunkerParams;
+use omesh_core::crypto::Keys;
+use omesh_core::objects::{ObjectSource, SourceError};
+use omesh_core::snapshot::SnapshotRecord;
+use omesh_core::store::{Store, open_record};
+use omesh_net::mesh::client::{ClientError, PeerConn};
 use omesh_proto::{ObjectId, ObjectKind};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -33,9 +33,9 @@ pub enum Remote {
     /// An S3 bucket, with its index of the source's objects.
     S3 {
         /// The target.
-        target: Arc<crate::s3::S3Target>,
+        target: Arc<omesh_s3::S3Target>,
         /// What it holds.
-        held: Arc<HashMap<ObjectId, crate::s3::BucketLoc>>,
+        held: Arc<HashMap<ObjectId, omesh_s3::BucketLoc>>,
     },
 }
 
@@ -60,7 +60,7 @@ impl Remote {
                 None => Ok(None),
                 Some(loc) => match target.get_record(source, id, loc).await {
                     Ok(r) => Ok(Some(r)),
-                    Err(e @ crate::s3::S3Error::Unreachable { .. }) => Err(FetchError::Dead(e.to_string())),
+                    Err(e @ omesh_s3::S3Error::Unreachable { .. }) => Err(FetchError::Dead(e.to_string())),
                     Err(e) => Err(FetchError::Other(e.to_string())),
                 },
             },

@@ -2,33 +2,17 @@
 //! --config` compute: the node's view of the mesh, from its own stores, its
 //! state database and live answers from peers.
 
-use super::{NodeError, NodeRuntime};
-use crate::keyfile::KeyFile;
-use crate::mesh::source::{MeshSource, Replica, open_snapshot};
-use crate::snapshot::{SnapshotKind, SnapshotRecord};
-use crate::store::Store;
+use crate::error::NodeError;
+use crate::runtime::NodeRuntime;
+use crate::source::{MeshSource, Replica, open_snapshot};
+use omesh_core::keyfile::KeyFile;
+use omesh_core::snapshot::{SnapshotKind, SnapshotRecord};
+use omesh_core::store::Store;
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// CLI exit code for a node error.
-pub fn exit_code(e: &NodeError) -> u8 {
-    match e {
-        NodeError::Config(_) => 2,
-        NodeError::Store(crate::store::StoreError::Locked { .. }) => 5,
-        NodeError::Store(s) if s.is_damage() => 4,
-        NodeError::Store(
-            crate::store::StoreError::NoKey(_)
-            | crate::store::StoreError::WrongKey { .. }
-            | crate::store::StoreError::KeyFile(_),
-        ) => 2,
-        NodeError::Residency(_) => 2,
-        NodeError::Transport(crate::transport::TransportError::Tls(_)) => 2,
-        _ => 1,
-    }
-}
 
 /// One replica of a snapshot.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -83,9 +67,9 @@ fn rfc3339(ns: i64) -> String {
 }
 
 /// Keys of `source` held on this node, if any.
-pub fn source_keys(rt: &NodeRuntime, source: &str) -> Option<Arc<crate::crypto::Keys>> {
+pub fn source_keys(rt: &NodeRuntime, source: &str) -> Option<Arc<omesh_core::crypto::Keys>> {
     let p = rt.cfg.key_path(source);
-    KeyFile::load(&p).ok().map(|k| Arc::new(crate::crypto::Keys::derive(&k.secret)))
+    KeyFile::load(&p).ok().map(|k| Arc::new(omesh_core::crypto::Keys::derive(&k.secret)))
 }
 
 /// What the reachable peers hold of a source.
@@ -93,7 +77,7 @@ pub struct LiveListing {
     /// id → (record, holders).
     pub snapshots: HashMap<ObjectId, (Vec<u8>, Vec<String>)>,
     /// Every configured peer's probe.
-    pub probes: Vec<super::Probe>,
+    pub probes: Vec<crate::runtime::Probe>,
     /// Peers whose listing succeeded (what they do not list, they do not hold).
     pub listed: std::collections::HashSet<String>,
 }
@@ -101,7 +85,7 @@ pub struct LiveListing {
 /// Listing from every reachable peer.
 pub async fn live_listing(rt: &NodeRuntime, source: &str) -> LiveListing {
     let probes = rt.probe_all().await;
-    let lists = super::futures_join_all(
+    let lists = crate::runtime::futures_join_all(
         probes.iter().filter_map(|p| p.result.as_ref().ok().map(|(c, _)| (p.peer.name.clone(), c.clone()))).map(
             |(name, c)| {
                 let source = source.to_string();
@@ -136,7 +120,7 @@ pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Ve
     let local: Vec<(ObjectId, Option<Vec<u8>>)> = {
         let stores = rt.stores.clone();
         let s = source.clone();
-        tokio::task::spawn_blocking(move || -> Result<_, crate::store::StoreError> {
+        tokio::task::spawn_blocking(move || -> Result<_, omesh_core::store::StoreError> {
             let Some(l) = stores.get(&s, false)? else { return Ok(vec![]) };
             Ok(l.store.snapshot_ids()?.into_iter().map(|id| (id, l.store.read_snapshot_record(&id).ok())).collect())
         })
@@ -451,7 +435,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         Some(st) => st.peers()?,
         None => HashMap::new(),
     };
-    let statuses = super::futures_join_all(probes.iter().map(|p| async move {
+    let statuses = crate::runtime::futures_join_all(probes.iter().map(|p| async move {
         match &p.result {
             Ok((c, _)) => c.status().await.ok(),
             Err(_) => None,
@@ -519,7 +503,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
     let age = |ns: i64| (ns > 0).then(|| ((now.timestamp_nanos_opt().unwrap_or(0) - ns).max(0) / 1_000_000_000) as u64);
     let mut schedules = Vec::new();
     for sc in &rt.cfg.schedules {
-        let Ok(sched) = crate::lifecycle::schedule::Schedule::new(sc.clone()) else { continue };
+        let Ok(sched) = omesh_core::policy::schedule::Schedule::new(sc.clone()) else { continue };
         let r = runs.get(&format!("backup/{}", sc.name)).cloned().unwrap_or_default();
         let last = (r.last_start_ns > 0).then(|| chrono::DateTime::from_timestamp_nanos(r.last_start_ns));
         let achieved = age(r.last_ok_ns);
@@ -669,7 +653,7 @@ pub async fn prepare_restore(
     } else {
         let cfg = rt.cfg.clone();
         let s = source.to_string();
-        tokio::task::spawn_blocking(move || crate::mesh::open_source_read(&cfg.layout(), &s))
+        tokio::task::spawn_blocking(move || omesh_net::mesh::stores::open_source_read(&cfg.layout(), &s))
             .await
             .map_err(|e| NodeError::Other(e.to_string()))??
             .map(Arc::new)
@@ -687,7 +671,7 @@ pub async fn prepare_restore(
         }
     }
     let mut holders: HashMap<ObjectId, Vec<String>> = HashMap::new();
-    let mut probes_ok: HashMap<String, (crate::mesh::client::PeerConn, Duration)> = HashMap::new();
+    let mut probes_ok: HashMap<String, (omesh_net::mesh::client::PeerConn, Duration)> = HashMap::new();
     let peers_wanted = match from {
         From::Local | From::S3 => false,
         From::Peer(p) => rt.cfg.peer(p).is_some(),
@@ -753,7 +737,7 @@ pub async fn prepare_restore(
             match t.held(source).await {
                 Ok((held, _)) => replicas.push(Arc::new(Replica::with(
                     t.cfg.name.clone(),
-                    crate::mesh::source::Remote::S3 { target: t.clone(), held: Arc::new(held) },
+                    crate::source::Remote::S3 { target: t.clone(), held: Arc::new(held) },
                     rtt,
                 ))),
                 Err(e) => tracing::warn!(target = %t.cfg.name, error = %e, "cannot read the bucket's index"),

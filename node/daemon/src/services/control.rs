@@ -7,8 +7,9 @@
 //! `{"error": {"code": N, "message": "..."}}` line. Only root or the
 //! daemon's own user may connect (checked with SO_PEERCRED).
 
-use super::{NodeError, NodeRuntime};
-use crate::backup::Progress;
+use crate::error::NodeError;
+use crate::runtime::NodeRuntime;
+use omesh_core::backup::Progress;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -184,7 +185,7 @@ async fn handle(s: UnixStream, rt: Arc<NodeRuntime>) {
                     res = &mut job => {
                         break match res {
                             Ok(Ok(rep)) => ControlReply::Result(serde_json::to_value(&rep).expect("serializes")),
-                            Ok(Err(e)) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+                            Ok(Err(e)) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
                             Err(e) => ControlReply::Error { code: 1, message: format!("backup task failed: {e}") },
                         };
                     }
@@ -201,31 +202,31 @@ async fn handle(s: UnixStream, rt: Arc<NodeRuntime>) {
                 }
             }
         }
-        ControlRequest::Snapshots { source } => match super::views::snapshots(&rt, source.as_deref()).await {
+        ControlRequest::Snapshots { source } => match crate::views::snapshots(&rt, source.as_deref()).await {
             Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
-            Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+            Err(e) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
         },
         ControlRequest::ResidencyReport { since_ns } => match rt
             .state
             .as_ref()
             .ok_or_else(|| NodeError::Other("no state database".into()))
-            .and_then(|st| super::views::residency_report(st, &rt.cfg.name, since_ns))
+            .and_then(|st| crate::views::residency_report(st, &rt.cfg.name, since_ns))
         {
             Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
-            Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+            Err(e) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
         },
         ControlRequest::Forget { source, ids, dry_run } => {
             let _one = rt.maintenance_lock.lock().await;
-            match crate::lifecycle::forget(&rt, source, ids, dry_run).await {
+            match crate::services::maintenance::forget(&rt, source, ids, dry_run).await {
                 Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
-                Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+                Err(e) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
             }
         }
-        ControlRequest::Gc => {
-            ControlReply::Result(serde_json::to_value(crate::lifecycle::gc_all(&rt).await).expect("serializes"))
-        }
+        ControlRequest::Gc => ControlReply::Result(
+            serde_json::to_value(crate::services::maintenance::gc_all(&rt).await).expect("serializes"),
+        ),
         ControlRequest::Scrub { rate } => {
-            let rate = match crate::lifecycle::bandwidth::parse_rate(rate.as_deref().unwrap_or(&rt.cfg.scrub.rate)) {
+            let rate = match omesh_core::policy::bandwidth::parse_rate(rate.as_deref().unwrap_or(&rt.cfg.scrub.rate)) {
                 Ok(r) => r,
                 Err(e) => {
                     let _ = send(&mut w, &ControlReply::Error { code: 2, message: format!("--rate: {e}") }).await;
@@ -233,24 +234,22 @@ async fn handle(s: UnixStream, rt: Arc<NodeRuntime>) {
                 }
             };
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let r = crate::lifecycle::scrub_all(&rt, rate, stop).await;
+            let r = crate::services::maintenance::scrub_all(&rt, rate, stop).await;
             ControlReply::Result(serde_json::to_value(r).expect("serializes"))
         }
-        ControlRequest::Sync => {
-            ControlReply::Result(serde_json::to_value(crate::lifecycle::sync_now(&rt).await).expect("serializes"))
-        }
+        ControlRequest::Sync => ControlReply::Result(
+            serde_json::to_value(crate::services::maintenance::sync_now(&rt).await).expect("serializes"),
+        ),
         ControlRequest::RestoreDone { ok, bytes, seconds } => {
             let m = &rt.metrics;
-            m.restores
-                .get_or_create(&crate::lifecycle::metrics::label("result", if ok { "ok" } else { "failed" }))
-                .inc();
+            m.restores.get_or_create(&crate::metrics::label("result", if ok { "ok" } else { "failed" })).inc();
             m.restore_seconds.observe(seconds);
             m.restore_bytes.inc_by(bytes);
             ControlReply::Result(serde_json::json!({}))
         }
-        ControlRequest::Status => match super::views::status(&rt).await {
+        ControlRequest::Status => match crate::views::status(&rt).await {
             Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
-            Err(e) => ControlReply::Error { code: super::views::exit_code(&e), message: e.to_string() },
+            Err(e) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
         },
     };
     let _ = send(&mut w, &reply).await;

@@ -6,61 +6,22 @@
 //! server and the control socket; CLI commands talk to the daemon through
 //! that socket when it runs, so the store only ever has one writer.
 
-pub mod control;
-pub mod views;
-
-use crate::backup::{self, BackupOptions, BackupSummary, ParentChoice, Progress};
 use crate::config::{NodeConfig, PeerConfig};
-use crate::mesh::client::{self, PeerConn};
-use crate::mesh::placement::{self, Candidate};
-use crate::mesh::replicate::{self, PushOptions, ReplicaReport};
-use crate::mesh::server::{self, ServerCtx};
-use crate::mesh::{Counters, Stores};
+use crate::error::NodeError;
 use crate::state::{PeerSeen, Placement, State};
-use crate::transport::{self, TlsMaterial};
+use omesh_core::backup::{self, BackupOptions, BackupSummary, ParentChoice, Progress};
+use omesh_core::policy::placement::{self, Candidate};
+use omesh_net::mesh::client::{self, PeerConn};
+use omesh_net::mesh::replicate::{self, PushOptions, ReplicaReport};
+use omesh_net::mesh::{Counters, Stores};
+use omesh_net::transport::{self, TlsMaterial};
 use omesh_proto::ObjectId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
-/// Node-level errors (each names what is wrong and what to do).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NodeError {
-    /// Configuration.
-    #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    /// TLS / network setup.
-    #[error(transparent)]
-    Transport(#[from] transport::TransportError),
-    /// Store.
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
-    /// State database.
-    #[error(transparent)]
-    State(#[from] crate::state::StateError),
-    /// Backup.
-    #[error(transparent)]
-    Backup(#[from] crate::backup::BackupError),
-    /// Restore.
-    #[error(transparent)]
-    Restore(#[from] crate::restore::RestoreError),
-    /// Residency refusal (a destination outside the allowed networks).
-    #[error("residency: {0}")]
-    Residency(String),
-    /// Anything else, with its explanation.
-    #[error("{0}")]
-    Other(String),
-}
-
-/// Hook deciding whether an outbound connection to (peer, address) is
-/// allowed (the residency policy plugs in here).
-pub type OutboundCheck = Arc<dyn Fn(&str, SocketAddr) -> Result<(), String> + Send + Sync>;
-
-/// Hook deciding whether an inbound connection from an address is allowed.
-pub type InboundCheck = Arc<dyn Fn(SocketAddr) -> Result<(), String> + Send + Sync>;
+pub use omesh_net::residency::{InboundCheck, OutboundCheck};
 
 /// Everything a node needs to act on the mesh.
 pub struct NodeRuntime {
@@ -77,9 +38,9 @@ pub struct NodeRuntime {
     /// Byte counters.
     pub counters: Arc<Counters>,
     /// S3 targets.
-    pub s3: Vec<Arc<crate::s3::S3Target>>,
+    pub s3: Vec<Arc<omesh_s3::S3Target>>,
     /// Residency policy (refusal counters).
-    pub residency: Arc<crate::residency::Policy>,
+    pub residency: Arc<omesh_net::residency::Policy>,
     /// Start time.
     pub started: Instant,
     /// Whether this runtime is the daemon.
@@ -89,9 +50,9 @@ pub struct NodeRuntime {
     /// Inbound address policy.
     pub inbound_check: Option<InboundCheck>,
     /// Prometheus metrics.
-    pub metrics: Arc<crate::lifecycle::metrics::Metrics>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Bandwidth limits (`[bandwidth]`), if any.
-    pub limiter: Option<Arc<crate::lifecycle::bandwidth::Limiter>>,
+    pub limiter: Option<Arc<omesh_core::policy::bandwidth::Limiter>>,
     /// One retention + garbage collection at a time.
     pub maintenance_lock: tokio::sync::Mutex<()>,
     /// One mesh sync at a time.
@@ -135,7 +96,7 @@ impl NodeRuntime {
     /// at a time). The residency policy of the config is enforced on every
     /// outbound and inbound connection.
     pub async fn build(cfg: NodeConfig, serve: bool, with_state: bool) -> Result<Arc<Self>, NodeError> {
-        let policy = Arc::new(crate::residency::Policy::new(&cfg.residency).map_err(NodeError::Residency)?);
+        let policy = Arc::new(omesh_net::residency::Policy::new(&cfg.residency).map_err(NodeError::Residency)?);
         let (outbound_check, inbound_check): (Option<OutboundCheck>, Option<InboundCheck>) = if policy.is_active() {
             let p1 = policy.clone();
             let p2 = policy.clone();
@@ -164,7 +125,7 @@ impl NodeRuntime {
         };
         let endpoint = transport::endpoint(bind, &tls, &cfg.transport, serve)?;
         let state = if with_state { Some(Arc::new(State::open(&cfg.data_dir.join("state.redb"))?)) } else { None };
-        let limiter = crate::lifecycle::bandwidth::Limiter::new(&cfg.bandwidth)
+        let limiter = omesh_core::policy::bandwidth::Limiter::new(&cfg.bandwidth)
             .map_err(|e| NodeError::Other(format!("{}: {e}", cfg.path.display())))?
             .map(Arc::new);
         let mut s3 = Vec::new();
@@ -172,16 +133,16 @@ impl NodeRuntime {
             let resolver = outbound_check.as_ref().map(|check| {
                 let check = check.clone();
                 let name = format!("S3 target {:?}", t.name);
-                aws_smithy_runtime_api::client::dns::SharedDnsResolver::new(crate::s3::client::CheckedResolver {
+                aws_smithy_runtime_api::client::dns::SharedDnsResolver::new(omesh_s3::client::CheckedResolver {
                     check: Arc::new(move |_host: &str, ip: std::net::IpAddr| check(&name, SocketAddr::new(ip, 0))),
                 })
             });
-            let mut target = crate::s3::S3Target::new(t.clone(), &cfg.data_dir, resolver)
+            let mut target = omesh_s3::S3Target::new(t.clone(), &cfg.data_dir, resolver)
                 .await
                 .map_err(|e| NodeError::Other(e.to_string()))?;
             // an endpoint given as an IP address is never resolved: check it here
             if let (Some(check), Some(ip)) =
-                (&outbound_check, t.endpoint.as_deref().and_then(crate::residency::literal_ip))
+                (&outbound_check, t.endpoint.as_deref().and_then(omesh_net::residency::literal_ip))
             {
                 if let Err(m) = check(&format!("S3 target {:?}", t.name), SocketAddr::new(ip, 0)) {
                     target.blocked = Some(m);
@@ -192,7 +153,7 @@ impl NodeRuntime {
         }
         let stores = Arc::new(Stores::new(cfg.layout()));
         let counters = Arc::new(Counters::default());
-        let metrics = Arc::new(crate::lifecycle::metrics::Metrics::new(&counters));
+        let metrics = Arc::new(crate::metrics::Metrics::new(&counters));
         Ok(Arc::new(NodeRuntime {
             cfg,
             tls,
@@ -302,7 +263,7 @@ impl NodeRuntime {
         image: Option<std::path::PathBuf>,
         tags: Vec<String>,
         parent: Option<&str>,
-    ) -> Result<BackupOptions, crate::store::StoreError> {
+    ) -> Result<BackupOptions, omesh_core::store::StoreError> {
         let cfg = &self.cfg;
         let parent = match parent {
             None => ParentChoice::Auto,
@@ -338,7 +299,7 @@ impl NodeRuntime {
             Ok(_) => "unprotected",
             Err(_) => "failed",
         };
-        m.backups.get_or_create(&crate::lifecycle::metrics::labels2("schedule", schedule, "result", result)).inc();
+        m.backups.get_or_create(&crate::metrics::labels2("schedule", schedule, "result", result)).inc();
         m.backup_seconds.observe(t.elapsed().as_secs_f64());
         if let Ok(rep) = &r {
             m.backup_bytes_added.inc_by(rep.backup.bytes_added);
@@ -347,7 +308,7 @@ impl NodeRuntime {
         // dies with the server
         if r.as_ref().is_ok_and(|rep| rep.protected) {
             m.backup_last_success
-                .get_or_create(&crate::lifecycle::metrics::label("schedule", schedule))
+                .get_or_create(&crate::metrics::label("schedule", schedule))
                 .set(chrono::Utc::now().timestamp() as f64);
         }
         r
@@ -542,7 +503,7 @@ impl NodeRuntime {
             for r in futures_join_all(futs).await {
                 self.metrics
                     .replications
-                    .get_or_create(&crate::lifecycle::metrics::labels2(
+                    .get_or_create(&crate::metrics::labels2(
                         "peer",
                         &r.peer,
                         "result",
@@ -620,69 +581,4 @@ pub async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<It
     })
     .await;
     outs.into_iter().map(|o| o.expect("all completed")).collect()
-}
-
-/// A running daemon.
-pub struct DaemonHandle {
-    /// The runtime.
-    pub rt: Arc<NodeRuntime>,
-    /// Cancel to stop.
-    pub cancel: CancellationToken,
-    tasks: tokio::task::JoinSet<()>,
-}
-
-impl DaemonHandle {
-    /// Stop serving and wait for every task.
-    pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        while self.tasks.join_next().await.is_some() {}
-        self.rt.endpoint.close(omesh_proto::msg::close::SHUTDOWN.into(), b"node shutting down");
-        self.rt.endpoint.wait_idle().await;
-    }
-}
-
-/// Start the daemon: QUIC server and control socket.
-pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
-    // the same check as `omesh residency check`: refuse to start outside the boundary
-    let policy = crate::residency::Policy::new(&cfg.residency).map_err(NodeError::Residency)?;
-    if policy.is_active() {
-        let bad: Vec<String> =
-            crate::residency::check_destinations(&cfg.destinations(), &cfg.name, &cfg.listen, &policy)
-                .await
-                .into_iter()
-                .filter(|l| !l.allowed)
-                .map(|l| format!("{} {} ({} -> {}): {}", l.kind, l.name, l.host, l.address, l.reason))
-                .collect();
-        if !bad.is_empty() {
-            return Err(NodeError::Residency(format!(
-                "not starting, the configuration violates the residency boundary:\n  {}",
-                bad.join("\n  ")
-            )));
-        }
-    }
-    let rt = NodeRuntime::new(cfg, true).await?;
-    // take the store lock now: a second writer fails at start, not later
-    {
-        let stores = rt.stores.clone();
-        tokio::task::spawn_blocking(move || stores.own()).await.map_err(|e| NodeError::Other(e.to_string()))??;
-    }
-    let cancel = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    let ctx = Arc::new(ServerCtx {
-        policy: rt.cfg.serve_policy(),
-        transport: rt.cfg.transport.clone(),
-        stores: rt.stores.clone(),
-        counters: rt.counters.clone(),
-        started: rt.started,
-        cancel: cancel.clone(),
-        inbound_check: rt.inbound_check.clone(),
-        tls: rt.tls.clone(),
-    });
-    tasks.spawn(server::serve(rt.endpoint.clone(), ctx));
-    let listener = control::bind(&rt.cfg.control_socket())
-        .map_err(|e| NodeError::Other(format!("control socket {}: {e}", rt.cfg.control_socket().display())))?;
-    tasks.spawn(control::serve(listener, rt.clone(), cancel.clone()));
-    crate::lifecycle::daemon::spawn(&rt, &mut tasks, &cancel).await?;
-    tracing::info!(node = %rt.cfg.name, addr = %rt.local_addr(), "node running");
-    Ok(DaemonHandle { rt, cancel, tasks })
 }

@@ -1,0 +1,85 @@
+//! The daemon's services: the QUIC server, the control socket, the timers
+//! (schedules, sync, maintenance, scrub) and the metrics endpoint, each a
+//! worker under one cancellation token whose tasks are joined at shutdown.
+//!
+//! - [`timers`]: when scheduled backups, sync, maintenance and scrub run;
+//! - [`sync`]: mesh sync, repairing under-replicated snapshots by pulling;
+//! - [`maintenance`]: forget, garbage collection and scrub over every store;
+//! - [`control`]: the local control socket the CLI talks to.
+
+pub mod control;
+pub mod maintenance;
+pub mod sync;
+pub mod timers;
+
+use crate::config::NodeConfig;
+use crate::error::NodeError;
+use crate::runtime::NodeRuntime;
+use omesh_net::mesh::server::{self, ServerCtx};
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// A running daemon.
+pub struct DaemonHandle {
+    /// The runtime.
+    pub rt: Arc<NodeRuntime>,
+    /// Cancel to stop.
+    pub cancel: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl DaemonHandle {
+    /// Stop serving and wait for every task.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.rt.endpoint.close(omesh_proto::msg::close::SHUTDOWN.into(), b"node shutting down");
+        self.rt.endpoint.wait_idle().await;
+    }
+}
+
+/// Start the daemon: QUIC server and control socket.
+pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
+    // the same check as `omesh residency check`: refuse to start outside the boundary
+    let policy = omesh_net::residency::Policy::new(&cfg.residency).map_err(NodeError::Residency)?;
+    if policy.is_active() {
+        let bad: Vec<String> =
+            omesh_net::residency::check_destinations(&cfg.destinations(), &cfg.name, &cfg.listen, &policy)
+                .await
+                .into_iter()
+                .filter(|l| !l.allowed)
+                .map(|l| format!("{} {} ({} -> {}): {}", l.kind, l.name, l.host, l.address, l.reason))
+                .collect();
+        if !bad.is_empty() {
+            return Err(NodeError::Residency(format!(
+                "not starting, the configuration violates the residency boundary:\n  {}",
+                bad.join("\n  ")
+            )));
+        }
+    }
+    let rt = NodeRuntime::new(cfg, true).await?;
+    // take the store lock now: a second writer fails at start, not later
+    {
+        let stores = rt.stores.clone();
+        tokio::task::spawn_blocking(move || stores.own()).await.map_err(|e| NodeError::Other(e.to_string()))??;
+    }
+    let cancel = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let ctx = Arc::new(ServerCtx {
+        policy: rt.cfg.serve_policy(),
+        transport: rt.cfg.transport.clone(),
+        stores: rt.stores.clone(),
+        counters: rt.counters.clone(),
+        started: rt.started,
+        cancel: cancel.clone(),
+        inbound_check: rt.inbound_check.clone(),
+        tls: rt.tls.clone(),
+    });
+    tasks.spawn(server::serve(rt.endpoint.clone(), ctx));
+    let listener = control::bind(&rt.cfg.control_socket())
+        .map_err(|e| NodeError::Other(format!("control socket {}: {e}", rt.cfg.control_socket().display())))?;
+    tasks.spawn(control::serve(listener, rt.clone(), cancel.clone()));
+    crate::services::timers::spawn(&rt, &mut tasks, &cancel).await?;
+    tracing::info!(node = %rt.cfg.name, addr = %rt.local_addr(), "node running");
+    Ok(DaemonHandle { rt, cancel, tasks })
+}
