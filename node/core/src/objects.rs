@@ -1,14 +1,13 @@
 //! Reading a snapshot's objects from wherever they are.
 //!
 //! Restore, `ls` and verify walk trees through [`ObjectSource`], which the
-//! local store implements and the mesh and S3 clients implement too, so a
+//! local store implements (in `store::read`) and the mesh and S3 clients implement too, so a
 //! restore from peers runs the same code as a local one. Every `get`
 //! returns verified plaintext: decrypted, authenticated and re-hashed
 //! against its id.
 
 use crate::crypto::Keys;
 use crate::snapshot::{Content, Extent, ExtentList, FormatError, Node, SnapshotRecord, Tree, extent_sum};
-use crate::store::{Store, StoreError};
 use omesh_proto::{ObjectId, ObjectKind};
 use std::sync::Arc;
 
@@ -21,12 +20,6 @@ pub struct SourceError {
     /// The object is missing or damaged everywhere this source looked (as
     /// opposed to a configuration or connectivity problem).
     pub damage: bool,
-}
-
-impl From<StoreError> for SourceError {
-    fn from(e: StoreError) -> Self {
-        SourceError { damage: e.is_damage(), message: e.to_string() }
-    }
 }
 
 /// Somewhere objects of one source can be read from.
@@ -43,21 +36,6 @@ pub trait ObjectSource: Sync {
     fn chunker_params(&self) -> crate::chunker::ChunkerParams;
     /// Decrypted snapshot record.
     fn snapshot(&self, id: &ObjectId) -> Result<SnapshotRecord, SourceError>;
-}
-
-impl ObjectSource for Store {
-    fn get_linked(&self, id: &ObjectId, kind: ObjectKind) -> Result<(Vec<u8>, Vec<ObjectId>), SourceError> {
-        Ok(Store::get_linked(self, id, kind)?)
-    }
-    fn keys(&self) -> &Arc<Keys> {
-        Store::keys(self).expect("restore checks for the key before starting")
-    }
-    fn chunker_params(&self) -> crate::chunker::ChunkerParams {
-        self.config().chunker
-    }
-    fn snapshot(&self, id: &ObjectId) -> Result<SnapshotRecord, SourceError> {
-        Ok(self.load_snapshot(id)?)
-    }
 }
 
 fn fmt_err(id: ObjectId, e: FormatError) -> SourceError {

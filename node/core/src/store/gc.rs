@@ -38,21 +38,16 @@
 //! unreadable: what lies below it is unknown, so nothing may be condemned
 //! (run `omesh scrub` or `omesh verify` first).
 
+pub use super::gcdb::GcDbError;
+use super::gcdb::{Batch, CONDEMNED, GcDb, MARKED_SNAPSHOTS, MARKS, pending_condemned};
 use crate::store::index::Location;
-use crate::store::{CondemnedSet, RepackStats, Store, StoreError};
+use crate::store::{RepackStats, Store, StoreError};
 use crate::units::ByteSize;
 use omesh_proto::{ObjectId, ObjectKind};
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
-
-const MARKS: TableDefinition<[u8; 32], ()> = TableDefinition::new("marks");
-const MARKED_SNAPSHOTS: TableDefinition<[u8; 32], ()> = TableDefinition::new("marked_snapshots");
-const CONDEMNED: TableDefinition<[u8; 32], ()> = TableDefinition::new("condemned");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Bytes of a pack before its first record.
 const PACK_HEADER: u64 = crate::store::pack::PACK_MAGIC.len() as u64;
@@ -158,13 +153,8 @@ pub enum GcError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The progress database.
-    #[error("garbage collection state {path}: {message}")]
-    Db {
-        /// file
-        path: String,
-        /// cause
-        message: String,
-    },
+    #[error(transparent)]
+    Db(#[from] GcDbError),
     /// A snapshot references an object that cannot be read.
     #[error(
         "store {store}: snapshot {snapshot} references object {object} that is {why}; garbage collection stopped without removing anything (run `omesh scrub` to repair it from a replica, or `omesh verify`)"
@@ -179,137 +169,6 @@ pub enum GcError {
         /// missing or why unreadable
         why: String,
     },
-}
-
-struct GcDb {
-    db: Arc<redb::Database>,
-    path: String,
-}
-
-/// Open `gc.redb` files of this process. redb refuses to open a file twice
-/// (even in one process) and a read transaction fails once its database is
-/// closed, so a condemned view keeps its database open and a later
-/// [`GcDb::open`] of the same store shares it.
-static OPEN_DBS: std::sync::LazyLock<std::sync::Mutex<HashMap<PathBuf, std::sync::Weak<redb::Database>>>> =
-    std::sync::LazyLock::new(Default::default);
-
-/// The condemned set as the store sees it (one read transaction, on a
-/// database kept open as long as the view lives).
-struct CondemnedView {
-    table: redb::ReadOnlyTable<[u8; 32], ()>,
-    _db: Arc<redb::Database>,
-}
-
-/// Stand-in when the garbage collection state cannot be read at store
-/// open: every reused object counts as rescued (the safe side).
-struct AllCondemned;
-
-impl CondemnedSet for AllCondemned {
-    fn contains(&self, _id: &ObjectId) -> bool {
-        true
-    }
-}
-
-impl CondemnedSet for CondemnedView {
-    fn contains(&self, id: &ObjectId) -> bool {
-        // an unreadable answer counts as condemned: rescuing is the safe side
-        self.table.get(id.0).map(|v| v.is_some()).unwrap_or(true)
-    }
-}
-
-/// A pending condemned set.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-struct Batch {
-    condemned_at_ns: i64,
-    instance: u64,
-    sessions: Vec<u64>,
-    objects: u64,
-}
-
-impl GcDb {
-    fn open(dir: &Path) -> Result<GcDb, GcError> {
-        let path = dir.join("gc.redb");
-        let p = path.display().to_string();
-        let mut reg = OPEN_DBS.lock().unwrap_or_else(|e| e.into_inner());
-        reg.retain(|_, w| w.strong_count() > 0);
-        let db = match reg.get(&path).and_then(|w| w.upgrade()) {
-            Some(db) => db,
-            None => {
-                let db = Arc::new(
-                    redb::Builder::new()
-                        .set_cache_size(16 << 20)
-                        .create(&path)
-                        .map_err(|e| GcError::Db { path: p.clone(), message: e.to_string() })?,
-                );
-                reg.insert(path.clone(), Arc::downgrade(&db));
-                db
-            }
-        };
-        let g = GcDb { db, path: p };
-        let tx = g.db.begin_write().map_err(|e| g.err(e))?;
-        {
-            tx.open_table(MARKS).map_err(|e| g.err(e))?;
-            tx.open_table(MARKED_SNAPSHOTS).map_err(|e| g.err(e))?;
-            tx.open_table(CONDEMNED).map_err(|e| g.err(e))?;
-            tx.open_table(META).map_err(|e| g.err(e))?;
-        }
-        tx.commit().map_err(|e| g.err(e))?;
-        Ok(g)
-    }
-
-    fn err(&self, e: impl std::fmt::Display) -> GcError {
-        GcError::Db { path: self.path.clone(), message: e.to_string() }
-    }
-
-    fn meta(&self, key: &str) -> Result<Option<Vec<u8>>, GcError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let t = tx.open_table(META).map_err(|e| self.err(e))?;
-        Ok(t.get(key).map_err(|e| self.err(e))?.map(|v| v.value().to_vec()))
-    }
-
-    fn set_meta(&self, key: &str, value: Option<&[u8]>) -> Result<(), GcError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut t = tx.open_table(META).map_err(|e| self.err(e))?;
-            match value {
-                Some(v) => {
-                    t.insert(key, v).map_err(|e| self.err(e))?;
-                }
-                None => {
-                    t.remove(key).map_err(|e| self.err(e))?;
-                }
-            }
-        }
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    fn batch(&self) -> Result<Option<Batch>, GcError> {
-        Ok(self.meta("batch")?.and_then(|b| serde_json::from_slice(&b).ok()))
-    }
-
-    /// Start a fresh mark (drop the previous run's marks).
-    fn reset_marks(&self) -> Result<(), GcError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        tx.delete_table(MARKS).map_err(|e| self.err(e))?;
-        tx.delete_table(MARKED_SNAPSHOTS).map_err(|e| self.err(e))?;
-        tx.open_table(MARKS).map_err(|e| self.err(e))?;
-        tx.open_table(MARKED_SNAPSHOTS).map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    fn clear_condemned(&self) -> Result<(), GcError> {
-        let tx = self.db.begin_write().map_err(|e| self.err(e))?;
-        tx.delete_table(CONDEMNED).map_err(|e| self.err(e))?;
-        tx.open_table(CONDEMNED).map_err(|e| self.err(e))?;
-        tx.open_table(META).map_err(|e| self.err(e))?.remove("batch").map_err(|e| self.err(e))?;
-        tx.commit().map_err(|e| self.err(e))
-    }
-
-    fn view(&self) -> Result<Arc<dyn CondemnedSet>, GcError> {
-        let tx = self.db.begin_read().map_err(|e| self.err(e))?;
-        let table = tx.open_table(CONDEMNED).map_err(|e| self.err(e))?;
-        Ok(Arc::new(CondemnedView { table, _db: self.db.clone() }))
-    }
 }
 
 /// One directory level of the post-order walk.
@@ -501,7 +360,7 @@ fn condemn(store: &Store, db: &GcDb, now: SystemTime) -> Result<u64, GcError> {
                     }
                 }
             }
-            Err(e) => err = Some(db.err(e)),
+            Err(e) => err = Some(db.err(e).into()),
         }
     })?;
     if let Some(e) = err {
@@ -558,26 +417,6 @@ fn reclaim(store: &Store, opts: &GcOptions) -> Result<RepackStats, GcError> {
     Ok(store.repack(&seqs, &live)?)
 }
 
-/// Show a batch condemned by an earlier process to `store` (called when a
-/// store is opened for writing): until it is swept, a writer that reuses one
-/// of its objects rescues it.
-pub fn install_pending(store: &Store) {
-    if store.has_condemned() || !store.dir().join("gc.redb").exists() {
-        return;
-    }
-    let pending =
-        GcDb::open(store.dir()).and_then(|db| Ok(if db.batch()?.is_some() { Some(db.view()?) } else { None }));
-    match pending {
-        Ok(view) => store.set_condemned(view),
-        Err(e) => {
-            // writers must still rescue what they reuse: a later run may
-            // read the state again and sweep
-            tracing::warn!(store = %store.dir().display(), error = %e, "cannot read the garbage collection state; every reused object counts as rescued until the next run");
-            store.set_condemned(Some(Arc::new(AllCondemned)));
-        }
-    }
-}
-
 /// One garbage collection run over one store (see the module docs).
 pub fn run(store: &Store, opts: &GcOptions, now: SystemTime) -> Result<GcReport, GcError> {
     let t = Instant::now();
@@ -587,7 +426,9 @@ pub fn run(store: &Store, opts: &GcOptions, now: SystemTime) -> Result<GcReport,
     rep.trash_freed = store.empty_trash(now.checked_sub(opts.grace).unwrap_or(SystemTime::UNIX_EPOCH))?;
     // a pending batch survives restarts (shown to the store when it was
     // opened; again here for a store opened before gc.redb existed)
-    install_pending(store);
+    if !store.has_condemned() {
+        store.set_condemned(pending_condemned(store.dir()));
+    }
     let pending = db.batch()?;
     // 1. mark (resuming an interrupted mark)
     if db.meta("mark_complete")?.is_some() {
@@ -650,6 +491,7 @@ pub fn run(store: &Store, opts: &GcOptions, now: SystemTime) -> Result<GcReport,
 mod tests {
     use super::*;
     use crate::store::{InitOptions, Store};
+    use std::path::Path;
 
     fn store(dir: &Path) -> Store {
         let mut o = InitOptions::new("t");

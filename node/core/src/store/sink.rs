@@ -1,0 +1,159 @@
+//! Writing objects: sealing plaintext into records, claiming ids so two
+//! writers never store one object twice, and appending records to packs
+//! that become durable before the index learns of them.
+
+use super::error::{Result, StoreError};
+use super::open::Store;
+use super::pack::PackWriter;
+use omesh_proto::{ObjectId, ObjectKind, Record};
+use std::sync::Arc;
+
+/// Counters of what a writer added.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriteStats {
+    /// Objects added.
+    pub objects: u64,
+    /// Record bytes added (what the store grew by, before pack headers).
+    pub bytes: u64,
+    /// Packs written.
+    pub packs: u64,
+}
+
+impl Store {
+    /// Seal a plaintext into a record: (id, encoded record).
+    pub fn seal(&self, kind: ObjectKind, plaintext: &[u8], links: Vec<ObjectId>) -> Result<(ObjectId, Vec<u8>)> {
+        let keys = self.keys()?;
+        let id = keys.id_for(kind, &links, plaintext);
+        let body = keys.seal(kind, &id, &links, plaintext, self.config.packs.compression_level);
+        Ok((id, Record { kind, id, links, body }.encode()))
+    }
+
+    /// A writer that appends records to packs. Only one per store at a
+    /// time makes sense; it needs a writable store.
+    pub fn sink(&self) -> Result<PackSink<&Store>> {
+        if !self.writable {
+            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
+        }
+        Ok(PackSink { store: self, current: None, stats: WriteStats::default() })
+    }
+
+    /// A sink that owns a reference to the store (for long-lived writers).
+    pub fn owned_sink(self: &Arc<Self>) -> Result<PackSink<Arc<Store>>> {
+        if !self.writable {
+            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
+        }
+        Ok(PackSink { store: self.clone(), current: None, stats: WriteStats::default() })
+    }
+
+    /// Write a record received from elsewhere through `sink` after checking
+    /// it (check hash; with the key also decryption and id).
+    pub fn import_record<S: std::ops::Deref<Target = Store>>(
+        &self,
+        sink: &mut PackSink<S>,
+        bytes: &[u8],
+    ) -> Result<bool> {
+        let (rec, used) = Record::decode(bytes).map_err(|e| StoreError::Corrupt {
+            id: ObjectId::ZERO,
+            pack: "incoming record".into(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        if used != bytes.len() {
+            return Err(StoreError::Corrupt {
+                id: rec.id,
+                pack: "incoming record".into(),
+                offset: 0,
+                reason: "trailing bytes".into(),
+            });
+        }
+        if let Some(keys) = &self.keys {
+            keys.open(rec.kind, &rec.id, &rec.links, &rec.body).map_err(|e| StoreError::Corrupt {
+                id: rec.id,
+                pack: "incoming record".into(),
+                offset: 0,
+                reason: e.to_string(),
+            })?;
+        }
+        if !self.claim(&rec.id)? {
+            return Ok(false);
+        }
+        sink.add(rec.id, rec.kind, bytes)?;
+        Ok(true)
+    }
+}
+
+/// Appends records to packs, closing each at the target size. `S` is how
+/// the sink refers to its store: `&Store` in a scoped pipeline,
+/// `Arc<Store>` in a long-lived writer.
+pub struct PackSink<S: std::ops::Deref<Target = Store>> {
+    store: S,
+    current: Option<PackWriter>,
+    stats: WriteStats,
+}
+
+impl<S: std::ops::Deref<Target = Store>> PackSink<S> {
+    /// Append a claimed object's record.
+    pub fn add(&mut self, id: ObjectId, kind: ObjectKind, record: &[u8]) -> Result<()> {
+        let tmp = self.store.dir.join("tmp");
+        if self.current.is_none() {
+            self.current = Some(PackWriter::create(&tmp).map_err(StoreError::io("creating pack in", &tmp))?);
+        }
+        let w = self.current.as_mut().expect("just set");
+        w.append(id, kind, record).map_err(StoreError::io("writing pack in", &tmp))?;
+        self.stats.objects += 1;
+        self.stats.bytes += record.len() as u64;
+        if w.len() >= self.store.config.packs.target_bytes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Close the current pack: durable on disk, then indexed.
+    pub fn flush(&mut self) -> Result<()> {
+        let Some(w) = self.current.take() else {
+            return Ok(());
+        };
+        if w.is_empty() {
+            w.discard();
+            return Ok(());
+        }
+        let info =
+            w.finish(&self.store.dir).map_err(StoreError::io("finishing pack in", &self.store.dir.join("packs")))?;
+        self.store.index.add_pack(&info).map_err(|e| self.store.index_err(e))?;
+        let mut pending = self.store.pending.lock().expect("pending lock");
+        for e in &info.entries {
+            pending.remove(&e.id);
+        }
+        self.stats.packs += 1;
+        Ok(())
+    }
+
+    /// Flush and return what was added.
+    pub fn finish(mut self) -> Result<WriteStats> {
+        self.flush()?;
+        Ok(self.stats)
+    }
+
+    /// What was added so far.
+    pub fn stats(&self) -> WriteStats {
+        self.stats
+    }
+}
+
+impl<S: std::ops::Deref<Target = Store>> Drop for PackSink<S> {
+    fn drop(&mut self) {
+        if let Some(w) = self.current.take() {
+            // unfinished (error path): the objects were never indexed
+            let ids: Vec<ObjectId> = w_ids(&w);
+            w.discard();
+            let mut pending = self.store.pending.lock().unwrap_or_else(|e| e.into_inner());
+            for id in ids {
+                pending.remove(&id);
+            }
+        }
+    }
+}
+
+fn w_ids(w: &PackWriter) -> Vec<ObjectId> {
+    w.entry_ids()
+}

@@ -1,0 +1,160 @@
+//! Snapshot records: one sealed record per file under `snapshots/`,
+//! written atomically and only after everything they reference is durable.
+
+use super::atomic::{write_atomic, write_atomic_at};
+use super::error::{Result, StoreError};
+use super::open::Store;
+use super::pack::sync_dir;
+use super::read::open_record;
+use crate::snapshot::SnapshotRecord;
+use omesh_proto::{ObjectId, ObjectKind, Record};
+use std::fs::{self};
+
+/// Readable snapshots (oldest first) and the errors of unreadable ones.
+pub type SnapshotList = (Vec<(ObjectId, SnapshotRecord)>, Vec<StoreError>);
+
+impl Store {
+    /// When a snapshot record was stored here (file modification time).
+    pub fn snapshot_stored_ns(&self, id: &ObjectId) -> i64 {
+        std::fs::metadata(self.dir.join("snapshots").join(id.to_hex()))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0)
+    }
+
+    /// Ids of all snapshots (unordered).
+    pub fn snapshot_ids(&self) -> Result<Vec<ObjectId>> {
+        let d = self.dir.join("snapshots");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&d).map_err(StoreError::io("listing", &d))? {
+            let e = e.map_err(StoreError::io("listing", &d))?;
+            if let Some(id) = e.file_name().to_str().and_then(|n| ObjectId::from_hex(n).ok()) {
+                out.push(id);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Raw record bytes of a snapshot (check hash verified).
+    pub fn read_snapshot_record(&self, id: &ObjectId) -> Result<Vec<u8>> {
+        let p = self.dir.join("snapshots").join(id.to_hex());
+        let b = fs::read(&p).map_err(StoreError::io("reading snapshot", &p))?;
+        let (rec, _) = Record::decode(&b).map_err(|e| StoreError::Corrupt {
+            id: *id,
+            pack: p.display().to_string(),
+            offset: 0,
+            reason: e.to_string(),
+        })?;
+        if rec.id != *id || rec.kind != ObjectKind::Snapshot {
+            return Err(StoreError::Corrupt {
+                id: *id,
+                pack: p.display().to_string(),
+                offset: 0,
+                reason: "file holds a different object".into(),
+            });
+        }
+        Ok(b)
+    }
+
+    /// Decrypt a snapshot record.
+    pub fn load_snapshot(&self, id: &ObjectId) -> Result<SnapshotRecord> {
+        let keys = self.keys()?.clone();
+        let raw = self.read_snapshot_record(id)?;
+        let p = self.dir.join("snapshots").join(id.to_hex());
+        let (plain, _) = open_record(&keys, &raw, id, ObjectKind::Snapshot).map_err(|reason| StoreError::Corrupt {
+            id: *id,
+            pack: p.display().to_string(),
+            offset: 0,
+            reason,
+        })?;
+        SnapshotRecord::decode(&plain).map_err(|source| StoreError::Format { id: *id, source })
+    }
+
+    /// All snapshots, oldest first. Unreadable ones are returned as errors
+    /// in the second list so one bad file does not hide the others.
+    pub fn snapshots(&self) -> Result<SnapshotList> {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for id in self.snapshot_ids()? {
+            match self.load_snapshot(&id) {
+                Ok(r) => ok.push((id, r)),
+                Err(e @ StoreError::NoKey(_)) => return Err(e),
+                Err(e) => bad.push(e),
+            }
+        }
+        ok.sort_by_key(|(id, r)| (r.start_ns, *id));
+        Ok((ok, bad))
+    }
+
+    /// Resolve `latest`, a full id or a unique prefix.
+    pub fn resolve_snapshot(&self, spec: &str) -> Result<ObjectId> {
+        if spec == "latest" {
+            let (snaps, _) = self.snapshots()?;
+            return snaps
+                .last()
+                .map(|(id, _)| *id)
+                .ok_or_else(|| StoreError::SnapshotNotFound(spec.into(), self.dir.clone()));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        let matches: Vec<ObjectId> =
+            self.snapshot_ids()?.into_iter().filter(|id| id.to_hex().starts_with(&spec_l)).collect();
+        match matches.len() {
+            0 => Err(StoreError::SnapshotNotFound(spec.into(), self.dir.clone())),
+            1 => Ok(matches[0]),
+            _ => Err(StoreError::Ambiguous(
+                spec.into(),
+                matches.iter().map(|m| m.short()).collect::<Vec<_>>().join(", "),
+            )),
+        }
+    }
+
+    /// Seal and durably write a snapshot record. Call only after every
+    /// object it references is durable (after [`PackSink::finish`]).
+    pub fn write_snapshot(&self, rec: &SnapshotRecord) -> Result<ObjectId> {
+        let (id, bytes) = self.seal(ObjectKind::Snapshot, &rec.encode(), vec![rec.tree])?;
+        self.put_snapshot_record(&id, &bytes)?;
+        Ok(id)
+    }
+
+    /// Durably store an already-sealed snapshot record (replication).
+    /// Never overwrites: an existing snapshot with this id is left alone.
+    pub fn put_snapshot_record(&self, id: &ObjectId, bytes: &[u8]) -> Result<bool> {
+        let d = self.dir.join("snapshots");
+        if d.join(id.to_hex()).exists() {
+            return Ok(false);
+        }
+        crate::failpoint::hit("snapshot.before_write");
+        write_atomic(&d, &self.dir.join("tmp"), &id.to_hex(), bytes)?;
+        crate::failpoint::hit("snapshot.after_write");
+        Ok(true)
+    }
+
+    /// [`Store::put_snapshot_record`] with the time to record as the
+    /// snapshot's (a repaired replica keeps the time the mesh first held it).
+    pub fn put_snapshot_record_at(&self, id: &ObjectId, bytes: &[u8], time: std::time::SystemTime) -> Result<bool> {
+        let d = self.dir.join("snapshots");
+        if d.join(id.to_hex()).exists() {
+            return Ok(false);
+        }
+        write_atomic_at(&d, &self.dir.join("tmp"), &id.to_hex(), bytes, Some(time))?;
+        Ok(true)
+    }
+
+    /// Remove a snapshot record (retention decided it goes). Its objects
+    /// stay until garbage collection finds them unreferenced.
+    pub fn forget_snapshot(&self, id: &ObjectId) -> Result<()> {
+        let d = self.dir.join("snapshots");
+        let p = d.join(id.to_hex());
+        match fs::remove_file(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(StoreError::SnapshotNotFound(id.to_hex(), self.dir.clone()));
+            }
+            Err(e) => return Err(StoreError::Io { op: "removing", path: p, source: e }),
+        }
+        sync_dir(&d).map_err(StoreError::io("syncing", &d))?;
+        Ok(())
+    }
+}
