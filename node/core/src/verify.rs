@@ -10,6 +10,7 @@
 
 use crate::objects::{self, ObjectSource};
 use crate::snapshot::{Content, Extent, NodeKind};
+use crate::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use crate::store::{Store, StoreError, open_record, pack};
 use omesh_proto::{ObjectId, ObjectKind};
 use serde::Serialize;
@@ -170,36 +171,43 @@ fn keyless_structure(store: &Store, bad: &HashMap<ObjectId, String>, rep: &mut V
             }
         };
         let roots = omesh_proto::record::links_of(&raw).map(|x| x.1).unwrap_or_default();
-        let mut stack = roots;
-        let mut seen = HashSet::new();
+        let mut walk = GraphWalk::from_roots(&roots);
         let mut problems = Vec::new();
-        while let Some(id) = stack.pop() {
-            if !seen.insert(id) || complete.contains(&id) {
-                continue;
+        loop {
+            let batch = walk.next(4096);
+            if batch.is_empty() {
+                break;
             }
-            if let Some(r) = bad.get(&id) {
-                problems.push(format!("object {} is damaged: {r}", id.short()));
-                continue;
-            }
-            match store.locate(&id)? {
-                None => {
-                    rep.damaged_objects.push(DamagedObject {
-                        id: id.to_hex(),
-                        location: "missing".into(),
-                        reason: "referenced but not in the store".into(),
-                    });
-                    problems.push(format!("object {} is missing", id.short()));
+            for id in batch {
+                if complete.contains(&id) {
+                    continue;
                 }
-                Some((_, loc)) if loc.kind != ObjectKind::Blob => match store.read_record(&id) {
-                    Ok(r) => {
-                        rep.trees += 1;
-                        stack.extend(omesh_proto::record::links_of(&r).map(|x| x.1).unwrap_or_default());
+                if let Some(r) = bad.get(&id) {
+                    problems.push(format!("object {} is damaged: {r}", id.short()));
+                    continue;
+                }
+                match resolve_local(store, &id) {
+                    Ok(Visit::Missing) => {
+                        rep.damaged_objects.push(DamagedObject {
+                            id: id.to_hex(),
+                            location: "missing".into(),
+                            reason: "referenced but not in the store".into(),
+                        });
+                        problems.push(format!("object {} is missing", id.short()));
                     }
+                    Ok(v @ Visit::Object { kind, .. }) => {
+                        if kind != ObjectKind::Blob {
+                            rep.trees += 1;
+                        }
+                        walk.visit(&v).map_err(infallible)?;
+                    }
+                    Ok(Visit::Skip) => {}
+                    Err(e @ StoreError::Index { .. }) => return Err(e),
                     Err(e) => problems.push(format!("object {} is unreadable: {e}", id.short())),
-                },
-                Some(_) => {}
+                }
             }
         }
+        let seen: Vec<ObjectId> = walk.frontier().seen().iter().copied().collect();
         if problems.is_empty() {
             complete.extend(seen);
         } else {

@@ -24,6 +24,7 @@ pub mod index;
 use aws_sdk_s3::primitives::ByteStream;
 use index::{IndexEntry, PackIndex};
 use omesh_core::store::pack::{PackBuilder, parse_pack_name, scan_slice};
+use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_core::store::{Store, StoreError};
 use omesh_proto::{ObjectId, ObjectKind};
 use std::collections::{HashMap, HashSet};
@@ -588,23 +589,26 @@ impl S3Target {
                 });
                 continue;
             };
-            let mut stack = roots;
-            let mut seen = HashSet::new();
-            while let Some(o) = stack.pop() {
-                if !seen.insert(o) {
-                    continue;
+            let mut walk = GraphWalk::from_roots(&roots);
+            loop {
+                let batch = walk.next(4096);
+                if batch.is_empty() {
+                    break;
                 }
-                match held.get(&o) {
-                    None => missing.push(format!("object {} missing", o.short())),
-                    Some(_) if bad.contains(&o) => missing.push(format!("object {} damaged", o.short())),
-                    Some(loc) if loc.kind != ObjectKind::Blob => {
-                        rep.trees += 1;
-                        let raw = self.get_record(source, &o, loc).await?;
-                        if let Ok((_, links)) = omesh_proto::record::links_of(&raw) {
-                            stack.extend(links);
+                for o in batch {
+                    match held.get(&o) {
+                        None => missing.push(format!("object {} missing", o.short())),
+                        Some(_) if bad.contains(&o) => missing.push(format!("object {} damaged", o.short())),
+                        Some(loc) if loc.kind != ObjectKind::Blob => {
+                            rep.trees += 1;
+                            let raw = self.get_record(source, &o, loc).await?;
+                            if let Ok((_, links)) = omesh_proto::record::links_of(&raw) {
+                                let v = Visit::Object { kind: loc.kind, links };
+                                walk.visit(&v).map_err(|e| S3Error::Local(infallible(e).to_string()))?;
+                            }
                         }
+                        Some(_) => {}
                     }
-                    Some(_) => {}
                 }
             }
             if !missing.is_empty() {
@@ -629,28 +633,23 @@ impl S3Target {
 pub fn all_objects(store: &Store, roots: &[ObjectId]) -> Result<Vec<ObjectId>, StoreError> {
     let mut blobs = Vec::new();
     let mut levels: Vec<Vec<ObjectId>> = Vec::new();
-    let mut seen: HashSet<ObjectId> = HashSet::new();
-    let mut frontier: Vec<ObjectId> = roots.to_vec();
-    while !frontier.is_empty() {
-        let mut next = Vec::new();
+    let mut walk = GraphWalk::from_roots(roots);
+    loop {
+        let batch = walk.next(usize::MAX);
+        if batch.is_empty() {
+            break;
+        }
         let mut level = Vec::new();
-        for id in frontier {
-            if !seen.insert(id) {
-                continue;
+        for id in batch {
+            let v = resolve_local(store, &id)?;
+            match &v {
+                Visit::Missing => return Err(StoreError::Missing(id, "needed for an upload")),
+                Visit::Object { kind: ObjectKind::Blob, .. } => blobs.push(id),
+                _ => level.push(id),
             }
-            let (_, loc) = store.locate(&id)?.ok_or(StoreError::Missing(id, "needed for an upload"))?;
-            if loc.kind == ObjectKind::Blob {
-                blobs.push(id);
-            } else {
-                let raw = store.read_record(&id)?;
-                let (_, links) =
-                    omesh_proto::record::links_of(&raw).map_err(|e| StoreError::Object(e.to_string(), true))?;
-                next.extend(links);
-                level.push(id);
-            }
+            walk.visit(&v).map_err(infallible)?;
         }
         levels.push(level);
-        frontier = next;
     }
     for l in levels.into_iter().rev() {
         blobs.extend(l);

@@ -4,10 +4,12 @@
 //! There is no exclusive lock. A run has three steps, with progress kept in
 //! `DIR/gc.redb` so a killed run resumes where it stopped:
 //!
-//! 1. **Mark** everything reachable from the snapshots present. The walk is
-//!    post-order and committed in batches: an object is marked only after
-//!    everything below it is, so a resumed walk can skip any marked object.
-//!    Marks live on disk; memory is one path of trees, not the store.
+//! 1. **Mark** everything reachable from the snapshots present, with the
+//!    store's graph walker (`walk`) over a frontier kept in `gc.redb` beside
+//!    the marks and committed in batches: an object is marked when it is
+//!    discovered and leaves the frontier once its links are marked, so a
+//!    resumed walk continues exactly where it stopped, cycles end, and
+//!    memory is one batch, not the store.
 //! 2. **Sweep** the set condemned by an earlier step 3, once (a) the grace
 //!    period has passed, (b) every backup in flight when it was condemned
 //!    has ended, and then, holding the store's sweep lock (which excludes
@@ -39,11 +41,12 @@
 //! (run `omesh scrub` or `omesh verify` first).
 
 pub use super::gcdb::GcDbError;
-use super::gcdb::{Batch, CONDEMNED, GcDb, MARKED_SNAPSHOTS, MARKS, pending_condemned};
+use super::gcdb::{Batch, CONDEMNED, FRONTIER, GcDb, MARKED_SNAPSHOTS, MARKS, pending_condemned};
+use super::walk::{DEFAULT_LIMIT, Frontier, GraphWalk, Visit, WalkError, resolve_local};
 use crate::store::index::Location;
 use crate::store::{RepackStats, Store, StoreError};
 use crate::units::ByteSize;
-use omesh_proto::{ObjectId, ObjectKind};
+use omesh_proto::ObjectId;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
@@ -171,15 +174,46 @@ pub enum GcError {
     },
 }
 
-/// One directory level of the post-order walk.
-struct Frame {
-    id: Option<ObjectId>,
-    links: Vec<ObjectId>,
-    next: usize,
+/// The mark's frontier, in `gc.redb` beside the marks (one write
+/// transaction per batch), so a killed mark resumes exactly: an object is
+/// marked when it is discovered and stays in `FRONTIER` until its links are
+/// marked too. So once the frontier is empty, everything reachable from
+/// the snapshots walked is marked.
+struct GcFrontier<'t> {
+    marks: redb::Table<'t, [u8; 32], ()>,
+    frontier: redb::Table<'t, [u8; 32], ()>,
 }
 
-/// Mark everything reachable from `snaps` not marked yet. Returns
-/// (snapshots newly marked, objects newly marked).
+impl Frontier for GcFrontier<'_> {
+    type Error = redb::StorageError;
+
+    fn discover(&mut self, id: ObjectId) -> Result<bool, Self::Error> {
+        if self.marks.get(id.0)?.is_some() {
+            return Ok(false);
+        }
+        self.marks.insert(id.0, ())?;
+        self.frontier.insert(id.0, ())?;
+        Ok(true)
+    }
+
+    fn take(&mut self, max: usize) -> Result<Vec<ObjectId>, Self::Error> {
+        let mut out = Vec::new();
+        for r in self.frontier.iter()? {
+            out.push(ObjectId(r?.0.value()));
+            if out.len() >= max {
+                break;
+            }
+        }
+        for id in &out {
+            self.frontier.remove(id.0)?;
+        }
+        Ok(out)
+    }
+}
+
+/// Mark everything reachable from `snaps` not marked yet (continuing an
+/// interrupted walk first). Returns (snapshots newly marked, objects newly
+/// marked).
 fn mark(store: &Store, db: &GcDb, snaps: &[ObjectId]) -> Result<(u64, u64), GcError> {
     let mut done_snaps = 0;
     let mut marked = 0;
@@ -203,57 +237,58 @@ fn mark(store: &Store, db: &GcDb, snaps: &[ObjectId]) -> Result<(u64, u64), GcEr
             object: snap.short(),
             why: format!("unreadable ({e})"),
         })?;
-        let mut stack = vec![Frame { id: None, links: roots, next: 0 }];
-        while !stack.is_empty() {
+        let damaged = |object: &ObjectId, why: String| GcError::Damaged {
+            store: store_name.clone(),
+            snapshot: snap.short(),
+            object: object.short(),
+            why,
+        };
+        let mut roots = Some(roots);
+        loop {
             let tx = db.db.begin_write().map_err(|e| db.err(e))?;
-            {
-                let mut marks = tx.open_table(MARKS).map_err(|e| db.err(e))?;
-                let mut steps = 0;
-                while steps < MARK_BATCH {
-                    let Some(top) = stack.last_mut() else { break };
-                    if top.next < top.links.len() {
-                        let child = top.links[top.next];
-                        top.next += 1;
-                        if marks.get(child.0).map_err(|e| db.err(e))?.is_some() {
-                            continue;
-                        }
-                        let damaged = |why: String| GcError::Damaged {
-                            store: store_name.clone(),
-                            snapshot: snap.short(),
-                            object: child.short(),
-                            why,
-                        };
-                        match store.locate(&child)? {
-                            None => return Err(damaged("missing".into())),
-                            Some((_, loc)) if loc.kind == ObjectKind::Blob => {
-                                marks.insert(child.0, ()).map_err(|e| db.err(e))?;
-                                steps += 1;
-                                marked += 1;
-                            }
-                            Some(_) => {
-                                let rec =
-                                    store.read_record(&child).map_err(|e| damaged(format!("unreadable ({e})")))?;
-                                let (_, links) = omesh_proto::record::links_of(&rec)
-                                    .map_err(|e| damaged(format!("unreadable ({e})")))?;
-                                stack.push(Frame { id: Some(child), links, next: 0 });
-                            }
-                        }
-                    } else {
-                        let f = stack.pop().expect("non-empty");
-                        if let Some(id) = f.id {
-                            marks.insert(id.0, ()).map_err(|e| db.err(e))?;
-                            steps += 1;
-                            marked += 1;
-                        }
+            let done = {
+                let marks = tx.open_table(MARKS).map_err(|e| db.err(e))?;
+                let frontier = tx.open_table(FRONTIER).map_err(|e| db.err(e))?;
+                let mut walk = GraphWalk::new(GcFrontier { marks, frontier }, DEFAULT_LIMIT);
+                let werr = |e: WalkError<redb::StorageError>| -> GcError {
+                    match e {
+                        WalkError::Frontier(e) => db.err(e).into(),
+                        WalkError::TooLarge(t) => damaged(snap, t.to_string()),
                     }
+                };
+                if let Some(r) = roots.take() {
+                    walk.discover_all(&r).map_err(werr)?;
                 }
+                let mut steps = 0;
+                let done = loop {
+                    let batch = walk.next_batch((MARK_BATCH - steps).min(4096)).map_err(werr)?;
+                    if batch.is_empty() {
+                        break true;
+                    }
+                    steps += batch.len();
+                    for id in batch {
+                        let v = resolve_local(store, &id).map_err(|e| damaged(&id, format!("unreadable ({e})")))?;
+                        if v == Visit::Missing {
+                            return Err(damaged(&id, "missing".into()));
+                        }
+                        walk.visit(&v).map_err(werr)?;
+                    }
+                    if steps >= MARK_BATCH {
+                        break false;
+                    }
+                };
+                marked += walk.discovered();
                 crate::failpoint::hit("gc.mark_batch");
-            }
-            if stack.is_empty() {
+                done
+            };
+            if done {
                 tx.open_table(MARKED_SNAPSHOTS).map_err(|e| db.err(e))?.insert(snap.0, ()).map_err(|e| db.err(e))?;
                 done_snaps += 1;
             }
             tx.commit().map_err(|e| db.err(e))?;
+            if done {
+                break;
+            }
         }
     }
     Ok((done_snaps, marked))
@@ -491,6 +526,7 @@ pub fn run(store: &Store, opts: &GcOptions, now: SystemTime) -> Result<GcReport,
 mod tests {
     use super::*;
     use crate::store::{InitOptions, Store};
+    use omesh_proto::{ObjectKind, Record};
     use std::path::Path;
 
     fn store(dir: &Path) -> Store {
@@ -677,5 +713,25 @@ mod tests {
         let e = run(&s, &opts(0), SystemTime::now()).unwrap_err();
         assert!(matches!(e, GcError::Damaged { .. }), "{e}");
         assert!(s.locate(&a).unwrap().is_some(), "nothing removed");
+    }
+
+    /// A forged record that links to itself (a peer can store one: ids are
+    /// opaque without the key) does not make the mark walk forever.
+    #[test]
+    fn a_self_linked_record_terminates() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let x = ObjectId([0x5a; 32]);
+        let rec = Record { kind: ObjectKind::Tree, id: x, links: vec![x, x], body: vec![1; 40] }.encode();
+        assert!(s.claim(&x).unwrap());
+        let mut sink = s.sink().unwrap();
+        sink.add(x, ObjectKind::Tree, &rec).unwrap();
+        sink.finish().unwrap();
+        let sid = ObjectId([0x5b; 32]);
+        let srec = Record { kind: ObjectKind::Snapshot, id: sid, links: vec![x], body: vec![2; 40] }.encode();
+        s.put_snapshot_record(&sid, &srec).unwrap();
+        let r = run(&s, &opts(0), SystemTime::now()).unwrap();
+        assert_eq!((r.snapshots, r.marked, r.swept), (1, 1, 0), "{r:?}");
+        s.read_record(&x).unwrap();
     }
 }

@@ -11,6 +11,8 @@ use std::sync::Arc;
 
 pub(super) const MARKS: TableDefinition<[u8; 32], ()> = TableDefinition::new("marks");
 pub(super) const MARKED_SNAPSHOTS: TableDefinition<[u8; 32], ()> = TableDefinition::new("marked_snapshots");
+/// Marked objects whose links are not marked yet (the mark's frontier).
+pub(super) const FRONTIER: TableDefinition<[u8; 32], ()> = TableDefinition::new("frontier");
 pub(super) const CONDEMNED: TableDefinition<[u8; 32], ()> = TableDefinition::new("condemned");
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
@@ -92,6 +94,7 @@ impl GcDb {
         let tx = g.db.begin_write().map_err(|e| g.err(e))?;
         {
             tx.open_table(MARKS).map_err(|e| g.err(e))?;
+            tx.open_table(FRONTIER).map_err(|e| g.err(e))?;
             tx.open_table(MARKED_SNAPSHOTS).map_err(|e| g.err(e))?;
             tx.open_table(CONDEMNED).map_err(|e| g.err(e))?;
             tx.open_table(META).map_err(|e| g.err(e))?;
@@ -134,8 +137,10 @@ impl GcDb {
     pub(super) fn reset_marks(&self) -> Result<(), GcDbError> {
         let tx = self.db.begin_write().map_err(|e| self.err(e))?;
         tx.delete_table(MARKS).map_err(|e| self.err(e))?;
+        tx.delete_table(FRONTIER).map_err(|e| self.err(e))?;
         tx.delete_table(MARKED_SNAPSHOTS).map_err(|e| self.err(e))?;
         tx.open_table(MARKS).map_err(|e| self.err(e))?;
+        tx.open_table(FRONTIER).map_err(|e| self.err(e))?;
         tx.open_table(MARKED_SNAPSHOTS).map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
     }

@@ -31,6 +31,7 @@ pub mod gc;
 pub mod index;
 pub mod pack;
 pub mod scrub;
+pub mod walk;
 
 mod atomic;
 mod error;

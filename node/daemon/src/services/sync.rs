@@ -13,11 +13,12 @@
 use crate::runtime::NodeRuntime;
 pub use omesh_core::policy::repairers::{Member, repairers};
 use omesh_core::policy::retention;
+use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_net::mesh::SourceStore;
 use omesh_net::mesh::client::PeerConn;
 use omesh_proto::{ObjectId, ObjectKind, Record};
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -311,38 +312,40 @@ async fn repair_one(
     };
     let quota = rt.cfg.quota_for(source);
     let mut got = Fetched::default();
-    // breadth-first over the snapshot's graph: present trees are walked
-    // from local records, missing objects fetched and walked from theirs
-    let mut queue: VecDeque<ObjectId> = rec.links.iter().copied().collect();
-    let mut seen: HashSet<ObjectId> = queue.iter().copied().collect();
-    while !queue.is_empty() {
-        let batch: Vec<ObjectId> = queue.drain(..queue.len().min(1024)).collect();
+    // the store's graph walker over the snapshot's graph: present trees
+    // are walked from local records, missing objects fetched and walked
+    // from theirs
+    let mut walk = GraphWalk::from_roots(&rec.links);
+    loop {
+        let batch = walk.next(1024);
+        if batch.is_empty() {
+            break;
+        }
         let st = store.clone();
-        let b = batch.clone();
-        let (present_links, missing) = blocking(move || {
-            let present = st.store.contains_many(&b).map_err(err)?;
-            let mut links = Vec::new();
-            let mut missing = Vec::new();
-            for (id, p) in b.into_iter().zip(present) {
-                if !p {
-                    missing.push(id);
-                    continue;
-                }
-                if let Some((_, loc)) = st.store.locate(&id).map_err(err)? {
-                    if loc.kind != ObjectKind::Blob {
-                        let raw = st.store.read_record(&id).map_err(err)?;
-                        let (_, l) = omesh_proto::record::links_of(&raw).map_err(err)?;
-                        links.extend(l);
+        let visits = blocking(move || {
+            let present = st.store.contains_many(&batch).map_err(err)?;
+            let mut out = Vec::with_capacity(batch.len());
+            for (id, p) in batch.into_iter().zip(present) {
+                let v = if !p {
+                    Visit::Missing
+                } else {
+                    match resolve_local(&st.store, &id).map_err(err)? {
+                        // being written by another stream: it is there
+                        Visit::Missing => Visit::Skip,
+                        v => v,
                     }
-                }
+                };
+                out.push((id, v));
             }
-            Ok((links, missing))
+            Ok(out)
         })
         .await?;
-        for l in present_links {
-            if seen.insert(l) {
-                queue.push_back(l);
+        let mut missing = Vec::new();
+        for (id, v) in visits {
+            if v == Visit::Missing {
+                missing.push(id);
             }
+            walk.visit(&v).map_err(|e| infallible(e).to_string())?;
         }
         if quota > 0 {
             let st = store.clone();
@@ -352,11 +355,7 @@ async fn repair_one(
             }
         }
         let links = fetch_into(rt, &store, source, &missing, from, None, &mut got).await?;
-        for l in links {
-            if seen.insert(l) {
-                queue.push_back(l);
-            }
-        }
+        walk.discover_all(&links).map_err(|e| infallible(e).to_string())?;
     }
     let st = store.clone();
     let record = record.to_vec();

@@ -14,6 +14,7 @@
 
 use super::PeerCounters;
 use super::client::{ClientError, PeerConn};
+use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_core::store::{Store, StoreError};
 use omesh_proto::msg::ErrorCode;
 use omesh_proto::{ObjectId, ObjectKind};
@@ -80,30 +81,13 @@ async fn blocking<T: Send + 'static>(
         .map_err(ReplicateError::Store)
 }
 
-/// Kind and links of local objects.
-fn expand(store: &Store, ids: &[ObjectId]) -> Result<Vec<(ObjectId, ObjectKind, Vec<ObjectId>)>, StoreError> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let (_, loc) = store.locate(id)?.ok_or(StoreError::Missing(*id, "needed for replication"))?;
-        if loc.kind == ObjectKind::Blob {
-            out.push((*id, loc.kind, vec![]));
-        } else {
-            let raw = store.read_record(id)?;
-            let (_, links) = omesh_proto::record::links_of(&raw).map_err(|e| StoreError::Corrupt {
-                id: *id,
-                pack: String::new(),
-                offset: loc.offset,
-                reason: e.to_string(),
-            })?;
-            out.push((*id, loc.kind, links));
-        }
-    }
-    Ok(out)
-}
-
 /// Objects to send: (blobs, non-blob levels from the root down).
 type Plan = (Vec<ObjectId>, Vec<Vec<ObjectId>>);
 
+/// What `conn` lacks of the graph below `roots`: the store's graph walker,
+/// one `Have` per level. With `trust_have`, a tree the peer holds is taken
+/// to hold its whole subtree (an unchanged subtree costs one id); in a
+/// full pass every held tree is descended into too.
 async fn discover(
     conn: &PeerConn,
     store: &Arc<Store>,
@@ -113,35 +97,37 @@ async fn discover(
 ) -> Result<Plan, ReplicateError> {
     let mut blobs = Vec::new();
     let mut levels: Vec<Vec<ObjectId>> = Vec::new();
-    let mut seen: HashSet<ObjectId> = roots.iter().copied().collect();
-    let mut frontier = roots;
-    while !frontier.is_empty() {
+    let mut walk = GraphWalk::from_roots(&roots);
+    loop {
+        let frontier = walk.next(usize::MAX);
+        if frontier.is_empty() {
+            break;
+        }
         let held = conn.have(source, &frontier).await?;
-        let lacking: Vec<ObjectId> = frontier.iter().zip(&held).filter(|(_, h)| !**h).map(|(id, _)| *id).collect();
-        // held objects are skipped entirely when we trust the peer's
-        // subtrees; in a full pass we still descend into held trees
-        let descend: Vec<ObjectId> = if trust_have { lacking.clone() } else { frontier.clone() };
+        let lacking: HashSet<ObjectId> = frontier.iter().zip(&held).filter(|(_, h)| !**h).map(|(id, _)| *id).collect();
+        let descend: Vec<ObjectId> = if trust_have { lacking.iter().copied().collect() } else { frontier.clone() };
         let s = store.clone();
-        let info = blocking(move || expand(&s, &descend)).await?;
-        let lacking: HashSet<ObjectId> = lacking.into_iter().collect();
+        let visits = blocking(move || {
+            descend
+                .into_iter()
+                .map(|id| match resolve_local(&s, &id)? {
+                    Visit::Missing => Err(StoreError::Missing(id, "needed for replication")),
+                    v => Ok((id, v)),
+                })
+                .collect::<Result<Vec<_>, StoreError>>()
+        })
+        .await?;
         let mut level = Vec::new();
-        let mut next = Vec::new();
-        for (id, kind, links) in info {
+        for (id, v) in visits {
             if lacking.contains(&id) {
-                if kind == ObjectKind::Blob {
-                    blobs.push(id);
-                } else {
-                    level.push(id);
+                match &v {
+                    Visit::Object { kind: ObjectKind::Blob, .. } => blobs.push(id),
+                    _ => level.push(id),
                 }
             }
-            for l in links {
-                if seen.insert(l) {
-                    next.push(l);
-                }
-            }
+            walk.visit(&v).map_err(|e| ReplicateError::Internal(infallible(e).to_string()))?;
         }
         levels.push(level);
-        frontier = next;
     }
     Ok((blobs, levels))
 }

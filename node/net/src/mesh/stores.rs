@@ -3,6 +3,7 @@
 //! incoming replicas.
 
 use omesh_core::keyfile::KeyFile;
+use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_core::store::{Access, InitOptions, KeySource, PackSink, Store, StoreError};
 use omesh_proto::ObjectId;
 use std::collections::{HashMap, HashSet};
@@ -51,8 +52,7 @@ impl SourceStore {
     /// Check that everything reachable from `roots` is durably held;
     /// returns the missing ids (at most `limit`).
     pub fn missing_below(&self, roots: &[ObjectId], limit: usize) -> Result<Vec<ObjectId>, StoreError> {
-        let mut stack: Vec<ObjectId> = roots.to_vec();
-        let mut seen: HashSet<ObjectId> = HashSet::new();
+        let mut walk = GraphWalk::from_roots(roots);
         let mut trees = Vec::new();
         let mut missing = Vec::new();
         let removals = self.store.removals();
@@ -64,29 +64,27 @@ impl SourceStore {
             }
             c.1.clone()
         };
-        while let Some(id) = stack.pop() {
-            if !seen.insert(id) || known.contains(&id) {
-                continue;
+        'walk: loop {
+            let batch = walk.next(4096);
+            if batch.is_empty() {
+                break;
             }
-            match self.store.locate(&id)? {
-                None => {
-                    missing.push(id);
-                    if missing.len() >= limit {
-                        break;
+            for id in batch {
+                if known.contains(&id) {
+                    continue;
+                }
+                let v = resolve_local(&self.store, &id)?;
+                match &v {
+                    Visit::Missing => {
+                        missing.push(id);
+                        if missing.len() >= limit {
+                            break 'walk;
+                        }
                     }
+                    Visit::Object { kind, .. } if *kind != omesh_proto::ObjectKind::Blob => trees.push(id),
+                    _ => {}
                 }
-                Some((_, loc)) if loc.kind != omesh_proto::ObjectKind::Blob => {
-                    let raw = self.store.read_record(&id)?;
-                    let (_, links) = omesh_proto::record::links_of(&raw).map_err(|e| StoreError::Corrupt {
-                        id,
-                        pack: String::new(),
-                        offset: loc.offset,
-                        reason: e.to_string(),
-                    })?;
-                    trees.push(id);
-                    stack.extend(links);
-                }
-                Some(_) => {}
+                walk.visit(&v).map_err(infallible)?;
             }
         }
         if missing.is_empty() {
