@@ -1,10 +1,12 @@
 //! Helpers for commands in mesh mode (`--config`): load the config, build
-//! a tokio runtime, and decide whether to go through the daemon.
+//! a tokio runtime, map errors to exit codes, and decide whether to go
+//! through the daemon.
 
 use crate::output::{CliError, ExitCode};
 use omesh_daemon::config::NodeConfig;
-use omesh_daemon::error::{self as node_error, NodeError};
+use omesh_daemon::error::{ErrorClass, NodeError};
 use omesh_daemon::runtime::NodeRuntime;
+use omesh_daemon::services::control::{self, ControlRequest, ControlResponse, Refused};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -21,27 +23,30 @@ pub fn tokio() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::failed(format!("starting the async runtime: {e}")))
 }
 
-/// Map a node error to a CLI error.
-pub fn node_err(e: NodeError) -> CliError {
-    let code = match node_error::exit_code(&e) {
-        2 => ExitCode::Usage,
-        4 => ExitCode::Damage,
-        5 => ExitCode::Busy,
-        _ => ExitCode::Failed,
-    };
-    CliError { code, err: e.into() }
+/// The exit code of an error class.
+pub fn exit_code(class: ErrorClass) -> ExitCode {
+    match class {
+        ErrorClass::Usage => ExitCode::Usage,
+        ErrorClass::Warnings => ExitCode::Warnings,
+        ErrorClass::Damage => ExitCode::Damage,
+        ErrorClass::Busy => ExitCode::Busy,
+        ErrorClass::Failed => ExitCode::Failed,
+    }
 }
 
-/// Map a daemon error reply.
-pub fn reply_err(code: u8, message: String) -> CliError {
-    let code = match code {
-        2 => ExitCode::Usage,
-        3 => ExitCode::Warnings,
-        4 => ExitCode::Damage,
-        5 => ExitCode::Busy,
-        _ => ExitCode::Failed,
-    };
-    CliError { code, err: anyhow::anyhow!(message) }
+/// Map a node error to a CLI error.
+pub fn node_err(e: NodeError) -> CliError {
+    CliError { code: exit_code(e.class()), err: e.into() }
+}
+
+/// Map a daemon's refusal.
+pub fn reply_err(r: Refused) -> CliError {
+    CliError { code: exit_code(r.class), err: anyhow::anyhow!(r.message) }
+}
+
+/// A reply of the wrong kind (a daemon of another version).
+pub fn unexpected(r: &ControlResponse) -> CliError {
+    CliError::failed(format!("the daemon answered with an unexpected reply ({r:?}); is it another omesh version?"))
 }
 
 /// An in-process runtime (no daemon running). `with_state` opens the node
@@ -51,30 +56,34 @@ pub async fn runtime(cfg: NodeConfig, with_state: bool) -> Result<Arc<NodeRuntim
     NodeRuntime::build(cfg, false, with_state).await.map_err(node_err)
 }
 
+/// Ask the daemon on `sock`, if one answers there (`None`: none does).
+pub async fn ask_daemon(
+    sock: &Path,
+    req: &ControlRequest,
+    progress: impl FnMut(&control::BackupProgress),
+) -> Option<Result<ControlResponse, CliError>> {
+    if !control::daemon_running(sock).await {
+        return None;
+    }
+    Some(match control::call(sock, req, progress).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(r)) => Err(reply_err(r)),
+        Err(e) => Err(CliError::failed(format!("daemon at {}: {e}", sock.display()))),
+    })
+}
+
 /// Run `req` through the daemon when one answers on the node's control
 /// socket (it holds the stores), otherwise run `local` in this process.
-pub fn via_daemon_or_local<F, Fut>(
-    cfg: NodeConfig,
-    req: omesh_daemon::services::control::ControlRequest,
-    local: F,
-) -> Result<serde_json::Value, CliError>
+pub fn via_daemon_or_local<F, Fut>(cfg: NodeConfig, req: ControlRequest, local: F) -> Result<ControlResponse, CliError>
 where
     F: FnOnce(Arc<NodeRuntime>) -> Fut,
-    Fut: std::future::Future<Output = Result<serde_json::Value, CliError>>,
+    Fut: std::future::Future<Output = Result<ControlResponse, CliError>>,
 {
-    use omesh_daemon::services::control;
     let rt = tokio()?;
     rt.block_on(async {
-        let sock = cfg.control_socket();
-        if control::daemon_running(&sock).await {
-            match control::call(&sock, &req, |_| {}).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err((c, m))) => Err(reply_err(c, m)),
-                Err(e) => Err(CliError::failed(format!("daemon at {}: {e}", sock.display()))),
-            }
-        } else {
-            let nrt = runtime(cfg, true).await?;
-            local(nrt).await
+        match ask_daemon(&cfg.control_socket(), &req, |_| {}).await {
+            Some(r) => r,
+            None => local(runtime(cfg, true).await?).await,
         }
     })
 }

@@ -124,43 +124,57 @@ impl Default for SyncConfig {
 
 /// `[maintenance]`: when retention and garbage collection run.
 #[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "MaintenanceToml")]
 pub struct MaintenanceConfig {
     /// Cron expression ("" disables; default 03:15 every day).
-    #[serde(default = "d_maint_cron")]
     pub cron: String,
     /// IANA time zone of `cron` (default UTC).
-    #[serde(default)]
     pub timezone: Option<String>,
+    /// The compiled schedule (`None`: disabled).
+    pub schedule: Option<schedule::Schedule>,
+}
+
+/// `[maintenance]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MaintenanceToml {
+    #[serde(default = "d_maint_cron")]
+    cron: String,
+    #[serde(default)]
+    timezone: Option<String>,
 }
 
 fn d_maint_cron() -> String {
     "15 3 * * *".into()
 }
 
-impl Default for MaintenanceConfig {
-    fn default() -> Self {
-        MaintenanceConfig { cron: d_maint_cron(), timezone: None }
+impl TryFrom<MaintenanceToml> for MaintenanceConfig {
+    type Error = String;
+    fn try_from(t: MaintenanceToml) -> Result<Self, String> {
+        let schedule = if t.cron.trim().is_empty() {
+            None
+        } else {
+            Some(
+                schedule::Schedule::new(schedule::ScheduleConfig {
+                    name: "maintenance".into(),
+                    cron: Some(t.cron.clone()),
+                    timezone: t.timezone.clone(),
+                    interval_secs: None,
+                    jitter_secs: 0,
+                    paths: vec![],
+                    rpo_secs: None,
+                })
+                .map_err(|e| e.replace("[[schedule]] \"maintenance\"", "[maintenance]"))?,
+            )
+        };
+        Ok(MaintenanceConfig { cron: t.cron, timezone: t.timezone, schedule })
     }
 }
 
-impl MaintenanceConfig {
-    /// The schedule, if enabled.
-    pub fn schedule(&self) -> Result<Option<schedule::Schedule>, String> {
-        if self.cron.trim().is_empty() {
-            return Ok(None);
-        }
-        schedule::Schedule::new(schedule::ScheduleConfig {
-            name: "maintenance".into(),
-            cron: Some(self.cron.clone()),
-            timezone: self.timezone.clone(),
-            interval_secs: None,
-            jitter_secs: 0,
-            paths: vec![],
-            rpo_secs: None,
-        })
-        .map(Some)
-        .map_err(|e| e.replace("[[schedule]] \"maintenance\"", "[maintenance]"))
+impl Default for MaintenanceConfig {
+    fn default() -> Self {
+        MaintenanceConfig::try_from(MaintenanceToml { cron: d_maint_cron(), timezone: None })
+            .expect("the default maintenance cron expression is valid")
     }
 }
 
@@ -212,7 +226,7 @@ pub struct NodeConfig {
     pub residency: omesh_net::residency::ResidencyConfig,
     /// Backup schedules run by the daemon.
     #[serde(default, rename = "schedule")]
-    pub schedules: Vec<schedule::ScheduleConfig>,
+    pub schedules: Vec<schedule::Schedule>,
     /// Retention policy and lock, applied to every store on this node.
     #[serde(default)]
     pub retention: retention::RetentionPolicy,
@@ -243,10 +257,10 @@ pub struct NodeConfig {
 fn validate_lifecycle(cfg: &NodeConfig) -> Result<(), String> {
     let mut names = std::collections::HashSet::new();
     for s in &cfg.schedules {
+        let s = &s.cfg;
         if !names.insert(s.name.as_str()) {
             return Err(format!("[[schedule]] {:?} is listed twice", s.name));
         }
-        schedule::Schedule::new(s.clone())?;
         if s.paths.is_empty() && cfg.backup.paths.is_empty() {
             return Err(format!(
                 "[[schedule]] {:?} has no paths and [backup] paths is empty: nothing to back up",
@@ -254,10 +268,7 @@ fn validate_lifecycle(cfg: &NodeConfig) -> Result<(), String> {
             ));
         }
     }
-    cfg.retention.validate().map_err(|e| format!("[retention] {e}"))?;
     bandwidth::Limiter::new(&cfg.bandwidth)?;
-    bandwidth::parse_rate(&cfg.scrub.rate).map_err(|e| format!("[scrub] rate: {e}"))?;
-    cfg.maintenance.schedule()?;
     if !(0.0..=1.0).contains(&cfg.gc.repack_unused) {
         return Err(format!("[gc] repack_unused = {} must be between 0 and 1", cfg.gc.repack_unused));
     }

@@ -4,9 +4,11 @@
 //! restore preparation). It composes `omesh-core`, `omesh-net` and
 //! `omesh-s3`; the `omesh` binary sits on top.
 
+pub mod census;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod replica;
 pub mod runtime;
 pub mod services;
 pub mod source;

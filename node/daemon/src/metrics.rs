@@ -169,8 +169,13 @@ impl Metrics {
     }
 }
 
-/// Serve `GET /metrics` on `addr` until cancelled. `inbound` is the
-/// residency policy's check on the client's address.
+/// Most scrapes served at once (a scraper opens one or two connections).
+const MAX_METRICS_CONNECTIONS: usize = 16;
+
+/// Serve `GET /metrics` on `listener` until cancelled. `inbound` is the
+/// residency policy's check on the client's address. Connections are
+/// tasks of this worker (at most [`MAX_METRICS_CONNECTIONS`] at once),
+/// aborted and joined when it stops.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
@@ -179,9 +184,10 @@ pub async fn serve(
 ) {
     use http_body_util::Full;
     use hyper::body::Bytes;
+    let mut conns = tokio::task::JoinSet::new();
     loop {
         let (stream, peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
-            _ = cancel.cancelled() => return,
+            _ = cancel.cancelled() => break,
             a = listener.accept() => match a {
                 Ok(x) => x,
                 Err(e) => {
@@ -190,6 +196,7 @@ pub async fn serve(
                 }
             },
         };
+        while conns.try_join_next().is_some() {}
         // a scraper on this host (loopback) never crosses a network
         if let Some(check) = inbound.as_ref().filter(|_| !peer.ip().to_canonical().is_loopback()) {
             if let Err(why) = check(peer) {
@@ -197,8 +204,12 @@ pub async fn serve(
                 continue;
             }
         }
+        if conns.len() >= MAX_METRICS_CONNECTIONS {
+            tracing::warn!(%peer, "too many metrics connections at once; refused");
+            continue;
+        }
         let m = metrics.clone();
-        tokio::spawn(async move {
+        conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let m = m.clone();
                 async move {
@@ -218,4 +229,6 @@ pub async fn serve(
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, svc).await;
         });
     }
+    conns.abort_all();
+    while conns.join_next().await.is_some() {}
 }

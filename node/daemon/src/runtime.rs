@@ -8,11 +8,12 @@
 
 use crate::config::{NodeConfig, PeerConfig};
 use crate::error::NodeError;
+use crate::replica::{BucketTarget, HolderKind, PeerTarget, ReplicaReport, ReplicaTarget};
 use crate::state::{PeerSeen, Placement, State};
 use omesh_core::backup::{self, BackupOptions, BackupSummary, ParentChoice, Progress};
 use omesh_core::policy::placement::{self, Candidate};
 use omesh_net::mesh::client::{self, PeerConn};
-use omesh_net::mesh::replicate::{self, PushOptions, ReplicaReport};
+use omesh_net::mesh::replicate::PushOptions;
 use omesh_net::mesh::{Counters, Stores};
 use omesh_net::transport::{self, TlsMaterial};
 use omesh_proto::ObjectId;
@@ -64,12 +65,33 @@ pub struct NodeRuntime {
     backup_lock: tokio::sync::Mutex<()>,
 }
 
-/// A peer probe result.
-pub struct Probe {
+/// A peer probe result (for requests only peers answer).
+pub struct PeerProbe {
     /// Configured peer.
     pub peer: PeerConfig,
     /// Connection and RTT, or why not.
     pub result: Result<(PeerConn, Duration), String>,
+}
+
+/// A replica target (peer or bucket) probed.
+pub struct Probe {
+    /// Configured name.
+    pub name: String,
+    /// Failure domain.
+    pub domain: String,
+    /// Peer or bucket.
+    pub kind: HolderKind,
+    /// Configured address (a peer's host:port, a bucket's description).
+    pub address: String,
+    /// The target and its round-trip time, or why it cannot be reached.
+    pub result: Result<(Arc<dyn ReplicaTarget>, Duration), String>,
+}
+
+impl Probe {
+    /// The target, when reachable.
+    pub fn reachable(&self) -> Option<(&Arc<dyn ReplicaTarget>, Duration)> {
+        self.result.as_ref().ok().map(|(t, d)| (t, *d))
+    }
 }
 
 /// Address to bind an outgoing-only endpoint to: `[residency] bind` when
@@ -108,25 +130,38 @@ impl NodeRuntime {
             (None, None)
         };
         let cfg = Arc::new(cfg);
-        std::fs::create_dir_all(&cfg.data_dir)
-            .map_err(|e| NodeError::Other(format!("cannot create data_dir {}: {e}", cfg.data_dir.display())))?;
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
-        }
-        let tls = Arc::new(TlsMaterial::load(&cfg.tls, &cfg.name).map_err(transport::TransportError::from)?);
+        // files and databases are opened off the async workers
+        let (tls, state) = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+                std::fs::create_dir_all(&cfg.data_dir)
+                    .map_err(|source| NodeError::DataDir { path: cfg.data_dir.clone(), source })?;
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
+                }
+                let tls = TlsMaterial::load(&cfg.tls, &cfg.name).map_err(transport::TransportError::from)?;
+                let state =
+                    if with_state { Some(Arc::new(State::open(&cfg.data_dir.join("state.redb"))?)) } else { None };
+                Ok((Arc::new(tls), state))
+            })
+            .await??
+        };
         let bind = if serve {
-            let addrs = client::resolve(&cfg.listen).await.map_err(|e| {
-                NodeError::Other(format!("{}: listen = {:?} cannot be resolved: {e}", cfg.path.display(), cfg.listen))
+            let addrs = client::resolve(&cfg.listen).await.map_err(|source| NodeError::Listen {
+                config: cfg.path.clone(),
+                setting: "listen",
+                value: cfg.listen.clone(),
+                resolve: true,
+                source,
             })?;
             addrs[0]
         } else {
             client_bind(&cfg)
         };
         let endpoint = transport::endpoint(bind, &tls, &cfg.transport, serve)?;
-        let state = if with_state { Some(Arc::new(State::open(&cfg.data_dir.join("state.redb"))?)) } else { None };
         let limiter = omesh_core::policy::bandwidth::Limiter::new(&cfg.bandwidth)
-            .map_err(|e| NodeError::Other(format!("{}: {e}", cfg.path.display())))?
+            .map_err(|message| crate::config::ConfigError { path: cfg.path.clone(), message })?
             .map(Arc::new);
         let mut s3 = Vec::new();
         for t in &cfg.s3 {
@@ -137,9 +172,7 @@ impl NodeRuntime {
                     check: Arc::new(move |_host: &str, ip: std::net::IpAddr| check(&name, SocketAddr::new(ip, 0))),
                 })
             });
-            let mut target = omesh_s3::S3Target::new(t.clone(), &cfg.data_dir, resolver)
-                .await
-                .map_err(|e| NodeError::Other(e.to_string()))?;
+            let mut target = omesh_s3::S3Target::new(t.clone(), &cfg.data_dir, resolver).await?;
             // an endpoint given as an IP address is never resolved: check it here
             if let (Some(check), Some(ip)) =
                 (&outbound_check, t.endpoint.as_deref().and_then(omesh_net::residency::literal_ip))
@@ -209,8 +242,46 @@ impl NodeRuntime {
         Ok(c)
     }
 
+    /// Every replica target, peers then buckets, probed in parallel: the
+    /// peers connected with their RTT (best of 3 pings), the buckets with
+    /// one bucket check.
+    pub async fn probe_targets(&self) -> Vec<Probe> {
+        let peers = async {
+            self.probe_all()
+                .await
+                .into_iter()
+                .map(|p| Probe {
+                    name: p.peer.name.clone(),
+                    domain: p.peer.domain.clone(),
+                    kind: HolderKind::Peer,
+                    address: p.peer.address.clone(),
+                    result: p.result.map(|(c, rtt)| {
+                        (Arc::new(PeerTarget::new(c, p.peer.domain.clone())) as Arc<dyn ReplicaTarget>, rtt)
+                    }),
+                })
+                .collect::<Vec<_>>()
+        };
+        let buckets = futures::future::join_all(self.s3.iter().map(|t| async move {
+            let target: Arc<dyn ReplicaTarget> = Arc::new(BucketTarget::new(t.clone()));
+            let result = match target.probe().await {
+                Ok(rtt) => Ok((target.clone(), rtt)),
+                Err(e) => Err(e.to_string()),
+            };
+            Probe {
+                name: t.cfg.name.clone(),
+                domain: t.cfg.domain(),
+                kind: HolderKind::S3,
+                address: t.describe(),
+                result,
+            }
+        }));
+        let (mut all, buckets) = tokio::join!(peers, buckets);
+        all.extend(buckets);
+        all
+    }
+
     /// Connect to every peer in parallel and measure RTT (best of 3 pings).
-    pub async fn probe_all(&self) -> Vec<Probe> {
+    pub async fn probe_all(&self) -> Vec<PeerProbe> {
         let futs = self.cfg.peers.iter().map(|p| async move {
             let r = async {
                 let c = self.connect(p).await?;
@@ -237,9 +308,9 @@ impl NodeRuntime {
                     },
                 );
             }
-            Probe { peer: p.clone(), result: r }
+            PeerProbe { peer: p.clone(), result: r }
         });
-        futures_join_all(futs).await
+        futures::future::join_all(futs).await
     }
 
     /// Back up into our own store, then replicate to `factor` peers.
@@ -322,14 +393,12 @@ impl NodeRuntime {
         let _one_at_a_time = self.backup_lock.lock().await;
         let own = {
             let stores = self.stores.clone();
-            tokio::task::spawn_blocking(move || stores.own()).await.map_err(|e| NodeError::Other(e.to_string()))??
+            tokio::task::spawn_blocking(move || stores.own()).await??
         };
         let store = own.store.clone();
         let p = progress.clone();
-        let summary: BackupSummary = tokio::task::spawn_blocking(move || backup::run(&store, &opts, p))
-            .await
-            .map_err(|e| NodeError::Other(e.to_string()))??;
-        let snap = ObjectId::from_hex(&summary.snapshot).map_err(|e| NodeError::Other(e.to_string()))?;
+        let summary: BackupSummary = tokio::task::spawn_blocking(move || backup::run(&store, &opts, p)).await??;
+        let snap = summary.snapshot;
         let replicas = self.replicate(snap).await;
         let factor = self.cfg.replication.factor;
         let ok: Vec<&ReplicaReport> = replicas.iter().filter(|r| r.ok).collect();
@@ -359,78 +428,30 @@ impl NodeRuntime {
         })
     }
 
-    /// Replicate one of our snapshots: choose peers by failure domain then
-    /// RTT, push in parallel, fall back to the next ranked peer on failure,
-    /// and record every acknowledged placement.
+    /// Replicate one of our snapshots: choose targets by failure domain
+    /// then RTT, push in parallel, fall back to the next ranked target on
+    /// failure, and record every acknowledged placement.
     pub async fn replicate(self: &Arc<Self>, snap: ObjectId) -> Vec<ReplicaReport> {
-        let probes = self.probe_all().await;
-        let mut reports: Vec<ReplicaReport> = Vec::new();
-        let mut conns: HashMap<String, (PeerConn, Duration, String)> = HashMap::new();
-        let mut cands = Vec::new();
+        let probes = self.probe_targets().await;
         let holders: std::collections::HashSet<String> = match &self.state {
             Some(st) => {
                 st.placements(&self.cfg.name).unwrap_or_default().into_values().flatten().map(|p| p.node).collect()
             }
             None => Default::default(),
         };
+        let mut reports: Vec<ReplicaReport> = Vec::new();
+        let mut cands = Vec::new();
         for p in &probes {
-            match &p.result {
-                Ok((c, rtt)) => {
-                    cands.push(Candidate {
-                        name: p.peer.name.clone(),
-                        domain: p.peer.domain.clone(),
-                        rtt: Some(*rtt),
-                        holds: holders.contains(&p.peer.name),
-                    });
-                    conns.insert(p.peer.name.clone(), (c.clone(), *rtt, p.peer.domain.clone()));
-                }
-                Err(e) => {
-                    tracing::warn!(peer = %p.peer.name, error = %e, "peer unreachable");
-                    cands.push(Candidate {
-                        name: p.peer.name.clone(),
-                        domain: p.peer.domain.clone(),
-                        rtt: None,
-                        holds: false,
-                    });
-                    reports.push(ReplicaReport {
-                        peer: p.peer.name.clone(),
-                        domain: p.peer.domain.clone(),
-                        address: p.peer.address.clone(),
-                        cert_sha256: String::new(),
-                        ok: false,
-                        objects_sent: 0,
-                        bytes_sent: 0,
-                        seconds: 0.0,
-                        rtt_us: 0,
-                        error: Some(e.clone()),
-                    });
-                }
-            }
-        }
-        for t in &self.s3 {
-            match t.probe().await {
-                Ok(d) => cands.push(Candidate {
-                    name: t.cfg.name.clone(),
-                    domain: t.cfg.domain(),
-                    rtt: Some(d),
-                    holds: holders.contains(&t.cfg.name),
-                }),
-                Err(e) => {
-                    tracing::warn!(target = %t.cfg.name, error = %e, "S3 target unavailable");
-                    cands.push(Candidate { name: t.cfg.name.clone(), domain: t.cfg.domain(), rtt: None, holds: false });
-                    reports.push(ReplicaReport {
-                        peer: t.cfg.name.clone(),
-                        domain: t.cfg.domain(),
-                        address: t.describe(),
-                        cert_sha256: String::new(),
-                        ok: false,
-                        objects_sent: 0,
-                        bytes_sent: 0,
-                        seconds: 0.0,
-                        rtt_us: 0,
-                        error: Some(e.to_string()),
-                    });
-                }
+            let reachable = p.reachable();
+            cands.push(Candidate {
+                name: p.name.clone(),
+                domain: p.domain.clone(),
+                rtt: reachable.map(|r| r.1),
+                holds: reachable.is_some() && holders.contains(&p.name),
+            });
+            if let Err(e) = &p.result {
+                tracing::warn!(target = %p.name, error = %e, "replica target unreachable");
+                reports.push(ReplicaReport::unreachable(&p.name, &p.domain, &p.address, e.clone()));
             }
         }
         let ranked = placement::rank(&self.cfg.domain, &cands);
@@ -451,56 +472,18 @@ impl NodeRuntime {
         while ok < factor && next < ranked.len() {
             let wave: Vec<Candidate> = ranked[next..(next + factor - ok).min(ranked.len())].to_vec();
             next += wave.len();
-            let futs = wave.into_iter().map(|cand| {
-                let s3 = self.s3.iter().find(|t| t.cfg.name == cand.name).cloned();
-                let peer = conns.get(&cand.name).cloned();
-                let store = own.store.clone();
+            let pushes = wave.into_iter().filter_map(|cand| {
+                let (target, rtt) = probes.iter().find(|p| p.name == cand.name)?.reachable()?;
+                let (target, store) = (target.clone(), own.store.clone());
                 let counters = self.counters.peer(&cand.name);
                 let source = self.cfg.name.clone();
-                async move {
+                Some(async move {
                     let t = Instant::now();
-                    if let Some(target) = s3 {
-                        let r = target.push_snapshot(store, &source, snap).await;
-                        let (objects_sent, bytes_sent, error) = match r {
-                            Ok(st) => (st.objects, st.bytes, None),
-                            Err(e) => (0, 0, Some(e.to_string())),
-                        };
-                        counters.bytes_sent.fetch_add(bytes_sent, std::sync::atomic::Ordering::Relaxed);
-                        counters.objects_sent.fetch_add(objects_sent, std::sync::atomic::Ordering::Relaxed);
-                        return ReplicaReport {
-                            peer: target.cfg.name.clone(),
-                            domain: target.cfg.domain(),
-                            address: target.describe(),
-                            cert_sha256: String::new(),
-                            ok: error.is_none(),
-                            objects_sent,
-                            bytes_sent,
-                            seconds: replicate::since(t),
-                            rtt_us: cand.rtt.map(|d| d.as_micros() as u64).unwrap_or(0),
-                            error,
-                        };
-                    }
-                    let (conn, rtt, domain) = peer.expect("ranked peers are reachable");
-                    let r = replicate::push_snapshot(&conn, store, &source, snap, opts, counters).await;
-                    let (objects_sent, bytes_sent, error) = match r {
-                        Ok((o, b)) => (o, b, None),
-                        Err(e) => (0, 0, Some(e.to_string())),
-                    };
-                    ReplicaReport {
-                        peer: conn.name.clone(),
-                        domain,
-                        address: conn.addr.to_string(),
-                        cert_sha256: conn.identity.fingerprint.clone(),
-                        ok: error.is_none(),
-                        objects_sent,
-                        bytes_sent,
-                        seconds: replicate::since(t),
-                        rtt_us: rtt.as_micros() as u64,
-                        error,
-                    }
-                }
+                    let r = target.push(store, &source, snap, opts, counters).await;
+                    ReplicaReport::of(target.as_ref(), rtt, r, t.elapsed().as_secs_f64())
+                })
             });
-            for r in futures_join_all(futs).await {
+            for r in futures::future::join_all(pushes).await {
                 self.metrics
                     .replications
                     .get_or_create(&crate::metrics::labels2(
@@ -520,12 +503,13 @@ impl NodeRuntime {
                 if r.ok {
                     ok += 1;
                     if let Some(state) = &self.state {
+                        let kind = probes.iter().find(|p| p.name == r.peer).map(|p| p.kind).unwrap_or(HolderKind::Peer);
                         let _ = state.add_placement(
                             &self.cfg.name,
                             &snap.to_hex(),
                             Placement {
                                 node: r.peer.clone(),
-                                kind: if self.s3.iter().any(|t| t.cfg.name == r.peer) { "s3" } else { "peer" }.into(),
+                                kind,
                                 address: r.address.clone(),
                                 cert_sha256: r.cert_sha256.clone(),
                                 time_ns: now_ns(),
@@ -536,7 +520,7 @@ impl NodeRuntime {
                     }
                     tracing::info!(peer = %r.peer, snapshot = %snap.short(), bytes = r.bytes_sent, "replica acknowledged");
                 } else {
-                    tracing::warn!(peer = %r.peer, error = ?r.error, "replication failed; trying the next peer");
+                    tracing::warn!(peer = %r.peer, error = ?r.error, "replication failed; trying the next target");
                 }
                 reports.push(r);
             }
@@ -546,7 +530,7 @@ impl NodeRuntime {
 }
 
 /// Result of `omesh backup --config`.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct MeshBackupReport {
     /// The local backup.
     #[serde(flatten)]
@@ -562,23 +546,4 @@ pub struct MeshBackupReport {
     /// Replication problems worth attention (file warnings are in
     /// `warnings`, from the backup).
     pub replication_warnings: Vec<String>,
-}
-
-/// Run futures concurrently and collect results in order.
-pub async fn futures_join_all<F: std::future::Future>(futs: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let futs: Vec<_> = futs.into_iter().map(Box::pin).collect();
-    let mut outs: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
-    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> = futs.into_iter().enumerate().collect();
-    std::future::poll_fn(|cx| {
-        pending.retain_mut(|(i, f)| match f.as_mut().poll(cx) {
-            std::task::Poll::Ready(v) => {
-                outs[*i] = Some(v);
-                false
-            }
-            std::task::Poll::Pending => true,
-        });
-        if pending.is_empty() { std::task::Poll::Ready(()) } else { std::task::Poll::Pending }
-    })
-    .await;
-    outs.into_iter().map(|o| o.expect("all completed")).collect()
 }

@@ -11,12 +11,12 @@
 //! that stalls stops getting new ones. Latency, not bytes per second, so
 //! that object sizes do not bias the choice.
 
+use crate::replica::ReplicaTarget;
 use omesh_core::chunker::ChunkerParams;
 use omesh_core::crypto::Keys;
 use omesh_core::objects::{ObjectSource, SourceError};
 use omesh_core::snapshot::SnapshotRecord;
 use omesh_core::store::{Store, open_record};
-use omesh_net::mesh::client::{ClientError, PeerConn};
 use omesh_proto::{ObjectId, ObjectKind};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -26,19 +26,6 @@ use std::time::{Duration, Instant};
 /// Corrupt objects from one peer before it is no longer asked.
 const MAX_BAD_OBJECTS: u32 = 3;
 
-/// Where a replica is.
-pub enum Remote {
-    /// A peer over QUIC.
-    Peer(PeerConn),
-    /// An S3 bucket, with its index of the source's objects.
-    S3 {
-        /// The target.
-        target: Arc<omesh_s3::S3Target>,
-        /// What it holds.
-        held: Arc<HashMap<ObjectId, omesh_s3::BucketLoc>>,
-    },
-}
-
 /// A fetch failure, classified.
 enum FetchError {
     /// The replica is unreachable: stop using it.
@@ -47,24 +34,12 @@ enum FetchError {
     Other(String),
 }
 
-impl Remote {
-    async fn fetch(&self, source: &str, id: &ObjectId) -> Result<Option<Vec<u8>>, FetchError> {
-        match self {
-            Remote::Peer(c) => match c.get_objects(source, std::slice::from_ref(id)).await {
-                Ok((mut recs, _)) if recs.len() == 1 => Ok(recs.pop()),
-                Ok(_) => Ok(None),
-                Err(e @ ClientError::Transport(_)) => Err(FetchError::Dead(e.to_string())),
-                Err(e) => Err(FetchError::Other(e.to_string())),
-            },
-            Remote::S3 { target, held } => match held.get(id) {
-                None => Ok(None),
-                Some(loc) => match target.get_record(source, id, loc).await {
-                    Ok(r) => Ok(Some(r)),
-                    Err(e @ omesh_s3::S3Error::Unreachable { .. }) => Err(FetchError::Dead(e.to_string())),
-                    Err(e) => Err(FetchError::Other(e.to_string())),
-                },
-            },
-        }
+async fn fetch_one(target: &dyn ReplicaTarget, source: &str, id: &ObjectId) -> Result<Option<Vec<u8>>, FetchError> {
+    match target.fetch(source, std::slice::from_ref(id), false).await {
+        Ok((mut recs, _)) if recs.len() == 1 => Ok(recs.pop()),
+        Ok(_) => Ok(None),
+        Err(e) if e.is_unreachable() => Err(FetchError::Dead(e.to_string())),
+        Err(e) => Err(FetchError::Other(e.to_string())),
     }
 }
 
@@ -72,8 +47,8 @@ impl Remote {
 pub struct Replica {
     /// Holder name (peer or S3 target).
     pub name: String,
-    /// Where it is.
-    pub remote: Remote,
+    /// The peer or bucket.
+    pub target: Arc<dyn ReplicaTarget>,
     /// RTT measured at start.
     pub rtt: Duration,
     inflight: AtomicUsize,
@@ -86,16 +61,11 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// A peer replica.
-    pub fn new(conn: PeerConn, rtt: Duration) -> Self {
-        Self::with(conn.name.clone(), Remote::Peer(conn), rtt)
-    }
-
-    /// Any replica.
-    pub fn with(name: String, remote: Remote, rtt: Duration) -> Self {
+    /// A replica on `target`, whose round-trip time was `rtt`.
+    pub fn new(target: Arc<dyn ReplicaTarget>, rtt: Duration) -> Self {
         Replica {
-            name,
-            remote,
+            name: target.name().to_string(),
+            target,
             rtt,
             inflight: AtomicUsize::new(0),
             bytes: AtomicU64::new(0),
@@ -220,7 +190,7 @@ impl ObjectSource for MeshSource {
             r.inflight.fetch_add(1, Ordering::Relaxed);
             let t = Instant::now();
             let res = self.rt.block_on(async {
-                match tokio::time::timeout(self.request_timeout, r.remote.fetch(&self.source, id)).await {
+                match tokio::time::timeout(self.request_timeout, fetch_one(r.target.as_ref(), &self.source, id)).await {
                     Ok(r) => r,
                     Err(_) => Err(FetchError::Dead(format!("no answer within {}s", self.request_timeout.as_secs()))),
                 }

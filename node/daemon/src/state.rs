@@ -37,8 +37,8 @@ pub struct RunRecord {
 pub struct Placement {
     /// Peer node name, or S3 target name.
     pub node: String,
-    /// "peer" or "s3".
-    pub kind: String,
+    /// Peer or bucket.
+    pub kind: crate::replica::HolderKind,
     /// Address data was sent to (peer socket address, or S3 endpoint/bucket).
     pub address: String,
     /// SHA-256 of the peer certificate (empty for S3).

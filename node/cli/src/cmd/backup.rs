@@ -3,8 +3,9 @@
 use crate::StoreArgs;
 use crate::meshmode as mesh;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
-use omesh_core::backup::{self, BackupError, BackupOptions, ParentChoice, Progress};
+use omesh_core::backup::{self, BackupError, BackupOptions, BackupSummary, ParentChoice, Progress};
 use omesh_core::store::{Access, Store};
+use omesh_daemon::runtime::MeshBackupReport;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -97,35 +98,32 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
     if a.json {
         print_json(&s)?;
     } else {
-        print_summary(&serde_json::to_value(&s).expect("serializes"));
+        print_summary(&s);
     }
     Ok(if s.warnings.is_empty() { ExitCode::Ok } else { ExitCode::Warnings })
 }
 
-fn print_summary(s: &serde_json::Value) {
-    let u = |k: &str| s[k].as_u64().unwrap_or(0);
-    let id = s["snapshot"].as_str().unwrap_or("");
-    println!("snapshot {} saved ({id})", &id[..8.min(id.len())]);
+fn print_summary(s: &BackupSummary) {
+    println!("snapshot {} saved ({})", s.snapshot.short(), s.snapshot);
     println!(
         "  {} files, {} dirs, {} total; read {}, added {} to the store in {:.1}s",
-        u("files"),
-        u("dirs"),
-        bytes(u("bytes")),
-        bytes(u("bytes_read")),
-        bytes(u("bytes_added")),
-        s["seconds"].as_f64().unwrap_or(0.0)
+        s.files,
+        s.dirs,
+        bytes(s.bytes),
+        bytes(s.bytes_read),
+        bytes(s.bytes_added),
+        s.seconds
     );
-    if u("files_unchanged") > 0 {
-        println!("  {} files unchanged since the parent snapshot were not read", u("files_unchanged"));
+    if s.files_unchanged > 0 {
+        println!("  {} files unchanged since the parent snapshot were not read", s.files_unchanged);
     }
-    let w = s["warnings"].as_array().map(|v| v.len()).unwrap_or(0);
-    if w > 0 {
-        println!("  {w} warnings: some content could not be read (see above)");
+    if !s.warnings.is_empty() {
+        println!("  {} warnings: some content could not be read (see above)", s.warnings.len());
     }
 }
 
 fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
-    use omesh_daemon::services::control::{self, ControlRequest};
+    use omesh_daemon::services::control::{ControlRequest, ControlResponse};
     let cfg = mesh::load(path)?;
     if a.host.is_some() || a.threads.is_some() || a.read_concurrency.is_some() {
         return Err(CliError::usage("--host, --threads and --read-concurrency apply to --store backups only"));
@@ -139,82 +137,78 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
         tags: a.tag.clone(),
         parent: a.parent.clone(),
     };
-    let v: serde_json::Value = rt.block_on(async {
-        let sock = cfg.control_socket();
-        if control::daemon_running(&sock).await {
-            let pb = progress_bar();
-            let r = control::call(&sock, &req, |p| {
-                if let Some(pb) = &pb {
-                    pb.set_message(format!(
-                        "{} files, {} read, {} added",
-                        p["files"].as_u64().unwrap_or(0),
-                        bytes(p["bytes_read"].as_u64().unwrap_or(0)),
-                        bytes(p["bytes_added"].as_u64().unwrap_or(0))
-                    ));
-                    pb.tick();
-                }
-            })
-            .await;
-            if let Some(pb) = pb {
-                pb.finish_and_clear();
+    let rep: MeshBackupReport = rt.block_on(async {
+        let pb = progress_bar();
+        let asked = mesh::ask_daemon(&cfg.control_socket(), &req, |p| {
+            if let Some(pb) = &pb {
+                pb.set_message(format!(
+                    "{} files, {} read, {} added",
+                    p.files,
+                    bytes(p.bytes_read),
+                    bytes(p.bytes_added)
+                ));
+                pb.tick();
             }
-            match r {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err((c, m))) => Err(mesh::reply_err(c, m)),
-                Err(e) => Err(CliError::failed(format!("daemon at {}: {e}", sock.display()))),
+        })
+        .await;
+        if let Some(pb) = pb {
+            pb.finish_and_clear();
+        }
+        match asked {
+            Some(Ok(ControlResponse::Backup(rep))) => Ok(*rep),
+            Some(Ok(other)) => Err(mesh::unexpected(&other)),
+            Some(Err(e)) => Err(e),
+            None => {
+                let ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } = req else {
+                    unreachable!("built above")
+                };
+                let nrt = mesh::runtime(cfg.clone(), true).await?;
+                let opts =
+                    nrt.backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())?;
+                nrt.backup_and_replicate(opts, Arc::new(Progress::default())).await.map_err(mesh::node_err)
             }
-        } else {
-            let ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } = req else {
-                unreachable!()
-            };
-            let nrt = mesh::runtime(cfg.clone(), true).await?;
-            let opts = nrt.backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())?;
-            let progress = Arc::new(Progress::default());
-            let rep = nrt.backup_and_replicate(opts, progress).await.map_err(mesh::node_err)?;
-            Ok(serde_json::to_value(rep).expect("serializes"))
         }
     })?;
-    for w in v["warnings"].as_array().into_iter().flatten() {
-        eprintln!("omesh: warning: {}: {}", w["path"].as_str().unwrap_or(""), w["message"].as_str().unwrap_or(""));
+    for w in &rep.backup.warnings {
+        eprintln!("omesh: warning: {}: {}", w.path, w.message);
     }
-    for w in v["replication_warnings"].as_array().into_iter().flatten() {
-        eprintln!("omesh: warning: {}", w.as_str().unwrap_or(""));
+    for w in &rep.replication_warnings {
+        eprintln!("omesh: warning: {w}");
     }
     if a.json {
-        print_json(&v)?;
+        print_json(&serde_json::to_value(&rep).expect("reports serialize"))?;
     } else {
-        print_summary(&v);
-        for r in v["replicas"].as_array().into_iter().flatten() {
-            if r["ok"].as_bool() == Some(true) {
+        print_summary(&rep.backup);
+        for r in &rep.replicas {
+            if r.ok {
                 println!(
                     "  replica on {} ({}, domain {:?}): sent {} in {} objects, {:.1}s",
-                    r["peer"].as_str().unwrap_or(""),
-                    r["address"].as_str().unwrap_or(""),
-                    r["domain"].as_str().unwrap_or(""),
-                    bytes(r["bytes_sent"].as_u64().unwrap_or(0)),
-                    r["objects_sent"].as_u64().unwrap_or(0),
-                    r["seconds"].as_f64().unwrap_or(0.0)
+                    r.peer,
+                    r.address,
+                    r.domain,
+                    bytes(r.bytes_sent),
+                    r.objects_sent,
+                    r.seconds
                 );
             } else {
-                println!("  NOT on {}: {}", r["peer"].as_str().unwrap_or(""), r["error"].as_str().unwrap_or("failed"));
+                println!("  NOT on {}: {}", r.peer, r.error.as_deref().unwrap_or("failed"));
             }
         }
         println!(
             "  {}",
-            if v["protected"].as_bool() == Some(true) {
-                format!("protected: on {} peers in {} failure domains", v["factor"], v["distinct_domains"])
+            if rep.protected {
+                format!("protected: on {} peers in {} failure domains", rep.factor, rep.distinct_domains)
             } else {
                 format!(
                     "NOT PROTECTED: fewer than {} peers hold this snapshot; it stays local until they do",
-                    v["factor"]
+                    rep.factor
                 )
             }
         );
     }
-    let file_warnings = v["warnings"].as_array().map(|w| !w.is_empty()).unwrap_or(false);
-    Ok(if v["protected"].as_bool() != Some(true) {
+    Ok(if !rep.protected {
         ExitCode::Unprotected
-    } else if file_warnings {
+    } else if !rep.backup.warnings.is_empty() {
         ExitCode::Warnings
     } else {
         ExitCode::Ok

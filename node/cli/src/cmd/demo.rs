@@ -103,7 +103,7 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
     println!(
         "2. node-1 backed up {} of sample data as snapshot {}: read {}, stored {} ({:.1}x smaller after dedup and compression), sent {} to {} in {:.2}s",
         bytes(total),
-        &r1.backup.snapshot[..8],
+        r1.backup.snapshot.short(),
         bytes(r1.backup.bytes_read),
         bytes(r1.backup.bytes_added),
         r1.backup.bytes_read as f64 / r1.backup.bytes_added.max(1) as f64,
@@ -126,7 +126,7 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
     let sent2: u64 = r2.replicas.iter().filter(|r| r.ok).map(|r| r.bytes_sent).sum();
     println!(
         "3. after small edits: snapshot {} read {} ({} unchanged files skipped), added {}, sent only {} to the replicas",
-        &r2.backup.snapshot[..8],
+        r2.backup.snapshot.short(),
         bytes(r2.backup.bytes_read),
         r2.backup.files_unchanged,
         bytes(r2.backup.bytes_added),

@@ -4,11 +4,13 @@
 use crate::StoreArgs;
 use crate::meshmode as mesh;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
-use omesh_core::policy::{bandwidth, retention::RetentionPolicy};
+use omesh_core::policy::bandwidth::{self, Rate};
+use omesh_core::policy::retention::{RetentionDuration, RetentionPolicy};
+use omesh_core::store::scrub::DamageKind;
 use omesh_core::store::{Access, Store};
 use omesh_core::store::{gc, scrub};
-use omesh_daemon::services::control::ControlRequest;
-use omesh_daemon::services::maintenance::{self as lifecycle, ForgetReport};
+use omesh_daemon::services::control::{ControlRequest, ControlResponse};
+use omesh_daemon::services::maintenance::{self as lifecycle, ForgetReport, ScrubReport};
 
 #[derive(clap::Args, Debug)]
 pub struct ForgetArgs {
@@ -92,19 +94,25 @@ fn open_write(a: &StoreArgs) -> Result<Store, CliError> {
     Ok(Store::open(a.dir(), Access::Write, key_source(&a.key_file))?)
 }
 
+fn duration(flag: &str, s: &Option<String>) -> Result<Option<RetentionDuration>, CliError> {
+    s.as_deref().map(RetentionDuration::parse).transpose().map_err(|e| CliError::usage(format!("{flag}: {e}")))
+}
+
 pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
     let rep: ForgetReport = match &a.store.config {
         Some(path) => {
             let cfg = mesh::load(path)?;
             let req = ControlRequest::Forget { source: a.source.clone(), ids: a.snapshots.clone(), dry_run: a.dry_run };
-            let v = mesh::via_daemon_or_local(cfg, req, |rt| async move {
-                let _one = rt.maintenance_lock.lock().await;
+            let r = mesh::via_daemon_or_local(cfg, req, |rt| async move {
                 lifecycle::forget(&rt, a.source.clone(), a.snapshots.clone(), a.dry_run)
                     .await
-                    .map(|r| serde_json::to_value(r).expect("serializes"))
+                    .map(ControlResponse::Forget)
                     .map_err(mesh::node_err)
             })?;
-            serde_json::from_value(v).map_err(|e| CliError::failed(e.to_string()))?
+            match r {
+                ControlResponse::Forget(r) => r,
+                other => return Err(mesh::unexpected(&other)),
+            }
         }
         None => {
             let policy = RetentionPolicy {
@@ -114,11 +122,10 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
                 keep_weekly: a.keep_weekly,
                 keep_monthly: a.keep_monthly,
                 keep_yearly: a.keep_yearly,
-                keep_within: a.keep_within.clone(),
-                lock: a.lock.clone(),
+                keep_within: duration("--keep-within", &a.keep_within)?,
+                lock: duration("--lock", &a.lock)?,
                 honor_source_deletes: false,
             };
-            policy.validate().map_err(CliError::usage)?;
             if !policy.has_rules() {
                 return Err(CliError::usage(
                     "give at least one --keep-* rule (e.g. --keep-daily 7 --keep-weekly 4); without rules nothing is forgotten",
@@ -184,10 +191,13 @@ pub fn gc(a: GcArgs) -> Result<ExitCode, CliError> {
     let rep: lifecycle::GcAllReport = match &a.store.config {
         Some(path) => {
             let cfg = mesh::load(path)?;
-            let v = mesh::via_daemon_or_local(cfg, ControlRequest::Gc, |rt| async move {
-                Ok(serde_json::to_value(lifecycle::gc_all(&rt).await).expect("serializes"))
+            let r = mesh::via_daemon_or_local(cfg, ControlRequest::Gc, |rt| async move {
+                Ok(ControlResponse::Gc(lifecycle::gc_all(&rt).await))
             })?;
-            serde_json::from_value(v).map_err(|e| CliError::failed(e.to_string()))?
+            match r {
+                ControlResponse::Gc(r) => r,
+                other => return Err(mesh::unexpected(&other)),
+            }
         }
         None => {
             let store = open_write(&a.store)?;
@@ -239,66 +249,68 @@ pub fn gc(a: GcArgs) -> Result<ExitCode, CliError> {
 }
 
 pub fn scrub(a: ScrubArgs) -> Result<ExitCode, CliError> {
-    let v: serde_json::Value = match &a.store.config {
+    let rate = |default: Rate| match &a.rate {
+        Some(r) => Rate::parse(r).map_err(|e| CliError::usage(format!("--rate: {e}"))),
+        None => Ok(default),
+    };
+    let rep: ScrubReport = match &a.store.config {
         Some(path) => {
             let cfg = mesh::load(path)?;
-            let rate = a.rate.clone();
-            let rate_s = rate.clone().unwrap_or_else(|| cfg.scrub.rate.clone());
-            let r = bandwidth::parse_rate(&rate_s).map_err(|e| CliError::usage(format!("--rate: {e}")))?;
-            mesh::via_daemon_or_local(cfg, ControlRequest::Scrub { rate }, |rt| async move {
-                let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-                Ok(serde_json::to_value(lifecycle::scrub_all(&rt, r, stop).await).expect("serializes"))
-            })?
+            let r = rate(cfg.scrub.rate)?;
+            let resp =
+                mesh::via_daemon_or_local(cfg, ControlRequest::Scrub { rate: r.bytes_per_sec() }, |rt| async move {
+                    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    Ok(ControlResponse::Scrub(lifecycle::scrub_all(&rt, r, stop).await))
+                })?;
+            match resp {
+                ControlResponse::Scrub(r) => r,
+                other => return Err(mesh::unexpected(&other)),
+            }
         }
         None => {
-            let r = bandwidth::parse_rate(a.rate.as_deref().unwrap_or("unlimited"))
-                .map_err(|e| CliError::usage(format!("--rate: {e}")))?;
+            let r = rate(Rate::UNLIMITED)?;
             let store = open_write(&a.store)?;
             let pass = with_progress(
                 || "scrubbing".to_string(),
                 || scrub::scrub_store(&store, &bandwidth::Pacer::new(r), None, u64::MAX, &|| false),
             )?;
-            let unrepaired: Vec<String> = pass.damaged.iter().map(|d| d.id.clone()).collect();
-            serde_json::json!({"stores": [pass], "repaired": [], "unrepaired": unrepaired, "errors": []})
+            let unrepaired = pass.damaged.iter().map(|d| d.id).collect();
+            ScrubReport { seconds: pass.seconds, stores: vec![pass], unrepaired, ..Default::default() }
         }
     };
     if a.json {
-        print_json(&v)?;
+        print_json(&serde_json::to_value(&rep).expect("reports serialize"))?;
     } else {
-        for s in v["stores"].as_array().into_iter().flatten() {
+        for s in &rep.stores {
             println!(
                 "{}: {} objects ({}) and {} snapshot records checked, {} damaged",
-                s["store"].as_str().unwrap_or(""),
-                s["objects"].as_u64().unwrap_or(0),
-                bytes(s["bytes"].as_u64().unwrap_or(0)),
-                s["snapshots"].as_u64().unwrap_or(0),
-                s["damaged"].as_array().map(|d| d.len()).unwrap_or(0)
+                s.store,
+                s.objects,
+                bytes(s.bytes),
+                s.snapshots,
+                s.damaged.len()
             );
-            for d in s["damaged"].as_array().into_iter().flatten() {
-                println!(
-                    "  DAMAGED {} {}: {} (bytes kept in {})",
-                    d["what"].as_str().unwrap_or(""),
-                    &d["id"].as_str().unwrap_or("")[..8.min(d["id"].as_str().unwrap_or("").len())],
-                    d["reason"].as_str().unwrap_or(""),
-                    d["quarantined"].as_str().unwrap_or("")
-                );
+            for d in &s.damaged {
+                let what = match d.what {
+                    DamageKind::Object => "object",
+                    DamageKind::Snapshot => "snapshot",
+                };
+                println!("  DAMAGED {what} {}: {} (bytes kept in {})", d.id.short(), d.reason, d.quarantined);
             }
         }
-        for id in v["repaired"].as_array().into_iter().flatten() {
-            println!("  repaired {} from a replica", &id.as_str().unwrap_or("")[..8]);
+        for id in &rep.repaired {
+            println!("  repaired {} from a replica", id.short());
         }
-        for id in v["unrepaired"].as_array().into_iter().flatten() {
-            println!("  NOT REPAIRED {}: no reachable replica has a good copy", &id.as_str().unwrap_or("")[..8]);
+        for id in &rep.unrepaired {
+            println!("  NOT REPAIRED {}: no reachable replica has a good copy", id.short());
         }
-        for e in v["errors"].as_array().into_iter().flatten() {
-            eprintln!("omesh: {}", e.as_str().unwrap_or(""));
+        for e in &rep.errors {
+            eprintln!("omesh: {e}");
         }
     }
-    let unrepaired = v["unrepaired"].as_array().map(|a| !a.is_empty()).unwrap_or(false);
-    let errors = v["errors"].as_array().map(|a| !a.is_empty()).unwrap_or(false);
-    Ok(if unrepaired {
+    Ok(if !rep.unrepaired.is_empty() {
         ExitCode::Damage
-    } else if errors {
+    } else if !rep.errors.is_empty() {
         ExitCode::Failed
     } else {
         ExitCode::Ok
@@ -307,44 +319,36 @@ pub fn scrub(a: ScrubArgs) -> Result<ExitCode, CliError> {
 
 pub fn sync(a: SyncArgs) -> Result<ExitCode, CliError> {
     let cfg = mesh::load(&a.config)?;
-    let v = mesh::via_daemon_or_local(cfg, ControlRequest::Sync, |rt| async move {
-        Ok(serde_json::to_value(lifecycle::sync_now(&rt).await).expect("serializes"))
+    let resp = mesh::via_daemon_or_local(cfg, ControlRequest::Sync, |rt| async move {
+        Ok(ControlResponse::Sync(lifecycle::sync_now(&rt).await))
     })?;
+    let ControlResponse::Sync(r) = resp else { return Err(mesh::unexpected(&resp)) };
     if a.json {
-        print_json(&v)?;
+        print_json(&serde_json::to_value(&r).expect("reports serialize"))?;
     } else {
-        let n = |k: &str| v[k].as_u64().unwrap_or(0);
         println!(
             "{} snapshots in the mesh, {} under-replicated; repaired {} here, {} left to other nodes",
-            n("snapshots"),
-            n("under_replicated"),
-            v["repaired"].as_array().map(|a| a.len()).unwrap_or(0),
-            n("left_to_others")
+            r.snapshots,
+            r.under_replicated,
+            r.repaired.len(),
+            r.left_to_others
         );
-        for r in v["repaired"].as_array().into_iter().flatten() {
+        for x in &r.repaired {
             println!(
                 "  repaired {} of {}: {} objects, {} from {}",
-                &r["snapshot"].as_str().unwrap_or("")[..8],
-                r["source"].as_str().unwrap_or(""),
-                r["objects"].as_u64().unwrap_or(0),
-                bytes(r["bytes"].as_u64().unwrap_or(0)),
-                r["from"]
-                    .as_array()
-                    .map(|f| f.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
-                    .unwrap_or_default()
+                &x.snapshot[..8],
+                x.source,
+                x.objects,
+                bytes(x.bytes),
+                x.from.join(", ")
             );
         }
-        for f in v["failed"].as_array().into_iter().flatten() {
-            println!(
-                "  FAILED {} of {}: {}",
-                &f["snapshot"].as_str().unwrap_or("")[..8],
-                f["source"].as_str().unwrap_or(""),
-                f["error"].as_str().unwrap_or("")
-            );
+        for f in &r.failed {
+            println!("  FAILED {} of {}: {}", &f.snapshot[..8], f.source, f.error);
         }
-        for u in v["unreachable"].as_array().into_iter().flatten() {
-            println!("  unreachable: {}", u.as_str().unwrap_or(""));
+        for u in &r.unreachable {
+            println!("  unreachable: {u}");
         }
     }
-    Ok(if v["failed"].as_array().map(|a| !a.is_empty()).unwrap_or(false) { ExitCode::Warnings } else { ExitCode::Ok })
+    Ok(if r.failed.is_empty() { ExitCode::Ok } else { ExitCode::Warnings })
 }

@@ -86,42 +86,47 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
             Ok(if ok { ExitCode::Ok } else { ExitCode::Usage })
         }
         ResidencyCommand::Report { config, since, json } => {
-            use omesh_daemon::services::control::{self, ControlRequest};
+            use omesh_daemon::services::control::{ControlRequest, ControlResponse};
             let cfg = mesh::load(&config)?;
             let since_ns = since.as_deref().map(parse_since).transpose()?.unwrap_or(i64::MIN);
             let rt = mesh::tokio()?;
-            let rows: Vec<serde_json::Value> = rt.block_on(async {
-                let sock = cfg.control_socket();
-                if control::daemon_running(&sock).await {
-                    match control::call(&sock, &ControlRequest::ResidencyReport { since_ns }, |_| {}).await {
-                        Ok(Ok(v)) => Ok(serde_json::from_value(v).unwrap_or_default()),
-                        Ok(Err((c, m))) => Err(mesh::reply_err(c, m)),
-                        Err(e) => Err(CliError::failed(format!("daemon: {e}"))),
+            let rows = rt.block_on(async {
+                let req = ControlRequest::ResidencyReport { since_ns };
+                match mesh::ask_daemon(&cfg.control_socket(), &req, |_| {}).await {
+                    Some(Ok(ControlResponse::ResidencyReport(rows))) => Ok(rows),
+                    Some(Ok(other)) => Err(mesh::unexpected(&other)),
+                    Some(Err(e)) => Err(e),
+                    None => {
+                        let (path, name) = (cfg.data_dir.join("state.redb"), cfg.name.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let state =
+                                omesh_daemon::state::State::open(&path).map_err(|e| CliError::failed(e.to_string()))?;
+                            omesh_daemon::views::residency_report(&state, &name, since_ns).map_err(mesh::node_err)
+                        })
+                        .await
+                        .map_err(|e| CliError::failed(e.to_string()))?
                     }
-                } else {
-                    let state = omesh_daemon::state::State::open(&cfg.data_dir.join("state.redb"))
-                        .map_err(|e| CliError::failed(e.to_string()))?;
-                    omesh_daemon::views::residency_report(&state, &cfg.name, since_ns).map_err(mesh::node_err)
                 }
             })?;
             if json {
-                print_json(&rows)?;
+                print_json(&serde_json::to_value(&rows).expect("reports serialize"))?;
             } else {
                 println!("replicas of {}'s snapshots, from its own records:", cfg.name);
                 for r in &rows {
-                    println!("snapshot {}", &r["snapshot"].as_str().unwrap_or("")[..8]);
-                    for d in r["destinations"].as_array().into_iter().flatten() {
+                    println!("snapshot {}", &r.snapshot[..8.min(r.snapshot.len())]);
+                    for d in &r.destinations {
+                        let kind = serde_json::to_value(d.kind)
+                            .ok()
+                            .and_then(|v| v.as_str().map(String::from))
+                            .unwrap_or_default();
                         println!(
                             "  {} {:<5} {:<14} {:<40}   sent {}  cert {}",
-                            d["time"].as_str().unwrap_or(""),
-                            d["kind"].as_str().unwrap_or(""),
-                            d["node"].as_str().unwrap_or(""),
-                            d["address"].as_str().unwrap_or(""),
-                            bytes(d["bytes_sent"].as_u64().unwrap_or(0)),
-                            d["cert_sha256"]
-                                .as_str()
-                                .map(|c| if c.is_empty() { "-" } else { &c[..16.min(c.len())] })
-                                .unwrap_or("-"),
+                            d.time,
+                            kind,
+                            d.node,
+                            d.address,
+                            bytes(d.bytes_sent),
+                            if d.cert_sha256.is_empty() { "-" } else { &d.cert_sha256[..16.min(d.cert_sha256.len())] },
                         );
                     }
                 }

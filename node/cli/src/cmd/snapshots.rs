@@ -78,23 +78,17 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
 
 fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
     use crate::meshmode as mesh;
-    use omesh_daemon::services::control::{self, ControlRequest};
+    use omesh_daemon::services::control::{ControlRequest, ControlResponse};
     let cfg = mesh::load(path)?;
-    let rt = mesh::tokio()?;
-    let v: serde_json::Value = rt.block_on(async {
-        let sock = cfg.control_socket();
-        if control::daemon_running(&sock).await {
-            match control::call(&sock, &ControlRequest::Snapshots { source: a.source.clone() }, |_| {}).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err((c, m))) => Err(mesh::reply_err(c, m)),
-                Err(e) => Err(CliError::failed(format!("daemon: {e}"))),
-            }
-        } else {
-            let nrt = mesh::runtime(cfg, true).await?;
-            let v = omesh_daemon::views::snapshots(&nrt, a.source.as_deref()).await.map_err(mesh::node_err)?;
-            Ok(serde_json::to_value(v).expect("serializes"))
-        }
+    let source = a.source.clone();
+    let resp = mesh::via_daemon_or_local(cfg, ControlRequest::Snapshots { source: source.clone() }, |rt| async move {
+        omesh_daemon::views::snapshots(&rt, source.as_deref())
+            .await
+            .map(ControlResponse::Snapshots)
+            .map_err(mesh::node_err)
     })?;
+    let ControlResponse::Snapshots(list) = resp else { return Err(mesh::unexpected(&resp)) };
+    let v = serde_json::to_value(&list).expect("views serialize");
     if a.json {
         print_json(&v)?;
         return Ok(ExitCode::Ok);

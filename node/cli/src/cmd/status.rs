@@ -2,8 +2,7 @@
 
 use crate::meshmode as mesh;
 use crate::output::{CliError, ExitCode, bytes, print_json};
-use omesh_daemon::services::control::{self, ControlRequest};
-use omesh_daemon::views::StatusView;
+use omesh_daemon::services::control::{ControlRequest, ControlResponse};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -18,26 +17,15 @@ pub struct StatusArgs {
 
 pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
     let cfg = mesh::load(&a.config)?;
-    let rt = mesh::tokio()?;
-    let v: serde_json::Value = rt.block_on(async {
-        let sock = cfg.control_socket();
-        if control::daemon_running(&sock).await {
-            match control::call(&sock, &ControlRequest::Status, |_| {}).await {
-                Ok(Ok(v)) => Ok(v),
-                Ok(Err((c, m))) => Err(mesh::reply_err(c, m)),
-                Err(e) => Err(CliError::failed(format!("daemon: {e}"))),
-            }
-        } else {
-            let nrt = mesh::runtime(cfg, true).await?;
-            let s = omesh_daemon::views::status(&nrt).await.map_err(mesh::node_err)?;
-            Ok(serde_json::to_value(s).expect("serializes"))
-        }
+    let resp = mesh::via_daemon_or_local(cfg, ControlRequest::Status, |rt| async move {
+        omesh_daemon::views::status(&rt).await.map(|s| ControlResponse::Status(Box::new(s))).map_err(mesh::node_err)
     })?;
+    let ControlResponse::Status(s) = resp else { return Err(mesh::unexpected(&resp)) };
     if a.json {
-        print_json(&v)?;
+        print_json(&serde_json::to_value(&s).expect("views serialize"))?;
         return Ok(ExitCode::Ok);
     }
-    let s: StatusView = serde_json::from_value(v).map_err(|e| CliError::failed(e.to_string()))?;
+
     println!(
         "node {} (domain {:?}) {}",
         s.node,

@@ -97,7 +97,7 @@ pub struct Progress {
 }
 
 /// One warning: a path and what went wrong.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct Warning {
     /// Affected path.
     pub path: String,
@@ -106,12 +106,14 @@ pub struct Warning {
 }
 
 /// Result of a backup.
-#[derive(Clone, Debug, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct BackupSummary {
     /// New snapshot id.
-    pub snapshot: String,
+    #[serde(with = "omesh_proto::id::hex")]
+    pub snapshot: ObjectId,
     /// Parent used for the fast path.
-    pub parent: Option<String>,
+    #[serde(with = "omesh_proto::id::hex::option")]
+    pub parent: Option<ObjectId>,
     /// Regular files.
     pub files: u64,
     /// Directories.
@@ -439,8 +441,8 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
     crate::failpoint::hit("backup.before_commit");
     let id = store.write_snapshot(&rec)?;
     Ok(BackupSummary {
-        snapshot: id.to_hex(),
-        parent: parent.map(|p| p.to_hex()),
+        snapshot: id,
+        parent,
         files: counts.files,
         dirs: counts.dirs,
         others: counts.others,

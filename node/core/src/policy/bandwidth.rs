@@ -14,12 +14,44 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// A rate in bytes per second; `None` = unlimited.
-pub type Rate = Option<u64>;
+/// A rate in bytes per second; `Rate(None)` is unlimited. Parsed from the
+/// configuration once ([`Rate::parse`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rate(pub Option<u64>);
 
-/// Parse "unlimited", "200 Mbit/s", "25 MB/s", "10 MiB/s", "1 Gbit/s" or a
-/// plain number of bytes per second.
-pub fn parse_rate(s: &str) -> Result<Rate, String> {
+impl Rate {
+    /// No limit.
+    pub const UNLIMITED: Rate = Rate(None);
+
+    /// Parse "unlimited", "200 Mbit/s", "25 MB/s", "10 MiB/s", "1 Gbit/s"
+    /// or a plain number of bytes per second.
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        parse_rate(s).map(Rate)
+    }
+
+    /// Bytes per second, `None` when unlimited.
+    pub fn bytes_per_sec(self) -> Option<u64> {
+        self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Rate::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A time of day, minutes after midnight (0..=1440), from "HH:MM".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeOfDay(pub u32);
+
+impl<'de> Deserialize<'de> for TimeOfDay {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_hhmm(&String::deserialize(d)?).map(TimeOfDay).map_err(serde::de::Error::custom)
+    }
+}
+
+fn parse_rate(s: &str) -> Result<Option<u64>, String> {
     let o = s.trim();
     let t = o.to_ascii_lowercase();
     if t == "unlimited" || t == "none" {
@@ -73,11 +105,11 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
 #[serde(deny_unknown_fields)]
 pub struct WindowConfig {
     /// Start "HH:MM" (local time in `[bandwidth] timezone`).
-    pub from: String,
+    pub from: TimeOfDay,
     /// End "HH:MM" (may be earlier than `from`: the window spans midnight).
-    pub to: String,
+    pub to: TimeOfDay,
     /// Limit inside the window.
-    pub limit: String,
+    pub limit: Rate,
 }
 
 /// `[[bandwidth.peer]]`: a limit for one peer (or S3 target).
@@ -88,7 +120,7 @@ pub struct PeerLimitConfig {
     pub name: String,
     /// Limit outside its windows.
     #[serde(default)]
-    pub limit: Option<String>,
+    pub limit: Option<Rate>,
     /// Windows.
     #[serde(default)]
     pub window: Vec<WindowConfig>,
@@ -103,7 +135,7 @@ pub struct BandwidthConfig {
     pub timezone: Option<String>,
     /// Global limit outside its windows (default unlimited).
     #[serde(default)]
-    pub limit: Option<String>,
+    pub limit: Option<Rate>,
     /// Global windows.
     #[serde(default)]
     pub window: Vec<WindowConfig>,
@@ -121,6 +153,10 @@ pub struct RatePlan {
     pub windows: Vec<(u32, u32, Rate)>,
 }
 
+fn hhmm(t: TimeOfDay) -> String {
+    format!("{:02}:{:02}", t.0 / 60, t.0 % 60)
+}
+
 fn parse_hhmm(s: &str) -> Result<u32, String> {
     let (h, m) = s.trim().split_once(':').ok_or_else(|| format!("{s:?} is not a time of day (HH:MM)"))?;
     let (h, m): (u32, u32) = (
@@ -135,21 +171,15 @@ fn parse_hhmm(s: &str) -> Result<u32, String> {
 
 impl RatePlan {
     /// Compile a limit and its windows; errors name the setting.
-    pub fn new(what: &str, limit: Option<&str>, windows: &[WindowConfig]) -> Result<RatePlan, String> {
-        let default = match limit {
-            Some(l) => parse_rate(l).map_err(|e| format!("{what} limit: {e}"))?,
-            None => None,
-        };
+    pub fn new(what: &str, limit: Option<Rate>, windows: &[WindowConfig]) -> Result<RatePlan, String> {
         let mut w = Vec::new();
         for x in windows {
-            let from = parse_hhmm(&x.from).map_err(|e| format!("{what} window from: {e}"))?;
-            let to = parse_hhmm(&x.to).map_err(|e| format!("{what} window to: {e}"))?;
-            if from == to {
-                return Err(format!("{what} window {}-{} is empty", x.from, x.to));
+            if x.from == x.to {
+                return Err(format!("{what} window {}-{} is empty", hhmm(x.from), hhmm(x.to)));
             }
-            w.push((from, to, parse_rate(&x.limit).map_err(|e| format!("{what} window limit: {e}"))?));
+            w.push((x.from.0, x.to.0, x.limit));
         }
-        Ok(RatePlan { default, windows: w })
+        Ok(RatePlan { default: limit.unwrap_or_default(), windows: w })
     }
 
     /// The rate at a minute of the day (0..1440).
@@ -165,7 +195,7 @@ impl RatePlan {
 
     /// Whether it never limits.
     pub fn is_unlimited(&self) -> bool {
-        self.default.is_none() && self.windows.iter().all(|w| w.2.is_none())
+        self.default.0.is_none() && self.windows.iter().all(|w| w.2.0.is_none())
     }
 }
 
@@ -182,7 +212,7 @@ impl Bucket {
 
     /// Reserve `n` bytes at `rate`; returns when they may be considered sent.
     fn reserve(&self, n: u64, rate: Rate, now: Instant) -> Option<Instant> {
-        let r = rate?;
+        let r = rate.0?;
         let mut g = self.next_free.lock().unwrap_or_else(|e| e.into_inner());
         let start = (*g).max(now);
         let done = start + Duration::from_secs_f64(n as f64 / r as f64);
@@ -209,10 +239,10 @@ impl Limiter {
     pub fn new(cfg: &BandwidthConfig) -> Result<Option<Limiter>, String> {
         let tz =
             super::schedule::time_zone(cfg.timezone.as_deref()).map_err(|e| format!("[bandwidth] timezone: {e}"))?;
-        let global = RatePlan::new("[bandwidth]", cfg.limit.as_deref(), &cfg.window)?;
+        let global = RatePlan::new("[bandwidth]", cfg.limit, &cfg.window)?;
         let mut peers = HashMap::new();
         for p in &cfg.peer {
-            let plan = RatePlan::new(&format!("[[bandwidth.peer]] {:?}", p.name), p.limit.as_deref(), &p.window)?;
+            let plan = RatePlan::new(&format!("[[bandwidth.peer]] {:?}", p.name), p.limit, &p.window)?;
             if peers.insert(p.name.clone(), Bucket::new(plan)).is_some() {
                 return Err(format!("[[bandwidth.peer]] {:?} is listed twice", p.name));
             }
@@ -232,7 +262,7 @@ impl Limiter {
     /// The limits in force at `t` for `peer`: (global, peer).
     pub fn rates_at(&self, peer: &str, t: DateTime<Utc>) -> (Rate, Rate) {
         let m = self.minute(t);
-        (self.global.plan.rate_at(m), self.peers.get(peer).and_then(|b| b.plan.rate_at(m)))
+        (self.global.plan.rate_at(m), self.peers.get(peer).map(|b| b.plan.rate_at(m)).unwrap_or_default())
     }
 
     /// Reserve `n` more bytes to or from `peer` within the limits; returns
@@ -279,8 +309,16 @@ impl Pacer {
 mod tests {
     use super::*;
 
+    fn r(s: &str) -> Rate {
+        Rate::parse(s).unwrap()
+    }
+
     fn w(from: &str, to: &str, limit: &str) -> WindowConfig {
-        WindowConfig { from: from.into(), to: to.into(), limit: limit.into() }
+        WindowConfig {
+            from: TimeOfDay(parse_hhmm(from).unwrap()),
+            to: TimeOfDay(parse_hhmm(to).unwrap()),
+            limit: r(limit),
+        }
     }
 
     #[test]
@@ -310,17 +348,17 @@ mod tests {
     fn windows_span_midnight_and_fall_back_to_the_default() {
         let p = RatePlan::new(
             "t",
-            Some("200 Mbit/s"),
+            Some(r("200 Mbit/s")),
             &[w("22:00", "06:00", "unlimited"), w("12:00", "13:00", "1 Gbit/s")],
         )
         .unwrap();
-        assert_eq!(p.rate_at(23 * 60), None);
-        assert_eq!(p.rate_at(0), None);
-        assert_eq!(p.rate_at(5 * 60 + 59), None);
-        assert_eq!(p.rate_at(6 * 60), Some(25_000_000));
-        assert_eq!(p.rate_at(12 * 60 + 30), Some(125_000_000));
-        assert_eq!(p.rate_at(21 * 60 + 59), Some(25_000_000));
-        assert!(RatePlan::new("t", None, &[w("25:00", "01:00", "1")]).is_err());
+        assert_eq!(p.rate_at(23 * 60), Rate(None));
+        assert_eq!(p.rate_at(0), Rate(None));
+        assert_eq!(p.rate_at(5 * 60 + 59), Rate(None));
+        assert_eq!(p.rate_at(6 * 60), Rate(Some(25_000_000)));
+        assert_eq!(p.rate_at(12 * 60 + 30), Rate(Some(125_000_000)));
+        assert_eq!(p.rate_at(21 * 60 + 59), Rate(Some(25_000_000)));
+        assert!(parse_hhmm("25:00").is_err());
         assert!(RatePlan::new("t", None, &[w("01:00", "01:00", "1")]).is_err());
     }
 
@@ -328,31 +366,31 @@ mod tests {
     fn limiter_uses_local_time_and_per_peer_limits() {
         let cfg = BandwidthConfig {
             timezone: Some("Europe/Berlin".into()),
-            limit: Some("100 Mbit/s".into()),
+            limit: Some(r("100 Mbit/s")),
             window: vec![w("22:00", "06:00", "unlimited")],
-            peer: vec![PeerLimitConfig { name: "srv-c".into(), limit: Some("10 Mbit/s".into()), window: vec![] }],
+            peer: vec![PeerLimitConfig { name: "srv-c".into(), limit: Some(r("10 Mbit/s")), window: vec![] }],
         };
         let l = Limiter::new(&cfg).unwrap().unwrap();
         // 21:30 UTC in November is 22:30 in Berlin: inside the window
         let night = DateTime::parse_from_rfc3339("2026-11-25T21:30:00Z").unwrap().with_timezone(&Utc);
         let day = DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc);
-        assert_eq!(l.rates_at("srv-b", night), (None, None));
-        assert_eq!(l.rates_at("srv-b", day), (Some(12_500_000), None));
-        assert_eq!(l.rates_at("srv-c", night), (None, Some(1_250_000)));
+        assert_eq!(l.rates_at("srv-b", night), (Rate(None), Rate(None)));
+        assert_eq!(l.rates_at("srv-b", day), (Rate(Some(12_500_000)), Rate(None)));
+        assert_eq!(l.rates_at("srv-c", night), (Rate(None), Rate(Some(1_250_000))));
         assert!(Limiter::new(&BandwidthConfig::default()).unwrap().is_none());
     }
 
     #[test]
     fn virtual_scheduling_spaces_reservations() {
-        let b = Bucket::new(RatePlan { default: Some(1000), windows: vec![] });
+        let b = Bucket::new(RatePlan { default: Rate(Some(1000)), windows: vec![] });
         let t0 = Instant::now();
-        let a = b.reserve(500, Some(1000), t0).unwrap();
-        let c = b.reserve(500, Some(1000), t0).unwrap();
+        let a = b.reserve(500, Rate(Some(1000)), t0).unwrap();
+        let c = b.reserve(500, Rate(Some(1000)), t0).unwrap();
         assert_eq!(a - t0, Duration::from_millis(500));
         assert_eq!(c - t0, Duration::from_millis(1000));
         // after an idle period no credit is carried over
         let later = t0 + Duration::from_secs(10);
-        assert_eq!(b.reserve(1000, Some(1000), later).unwrap() - later, Duration::from_secs(1));
-        assert!(b.reserve(1000, None, later).is_none());
+        assert_eq!(b.reserve(1000, Rate(Some(1000)), later).unwrap() - later, Duration::from_secs(1));
+        assert!(b.reserve(1000, Rate(None), later).is_none());
     }
 }

@@ -44,15 +44,54 @@ pub struct RetentionPolicy {
     pub keep_yearly: Option<u32>,
     /// Keep everything within this duration of the newest ("7d", "36h").
     #[serde(default)]
-    pub keep_within: Option<String>,
+    pub keep_within: Option<RetentionDuration>,
     /// Retention lock: never forget anything younger than this ("30d").
     #[serde(default)]
-    pub lock: Option<String>,
+    pub lock: Option<RetentionDuration>,
     /// Honour a source's request to forget one of its snapshots here (only
     /// outside the lock). Off by default: a compromised source then cannot
     /// shorten its history on this node at all.
     #[serde(default)]
     pub honor_source_deletes: bool,
+}
+
+/// A duration in the retention settings: parsed once, when the
+/// configuration (or the command line) is read, and shown as written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionDuration {
+    text: String,
+    value: chrono::Duration,
+}
+
+impl RetentionDuration {
+    /// Parse (see [`parse_duration`]).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(RetentionDuration { text: s.trim().to_string(), value: parse_duration(s)? })
+    }
+
+    /// The duration.
+    pub fn value(&self) -> chrono::Duration {
+        self.value
+    }
+}
+
+impl std::fmt::Display for RetentionDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl<'de> Deserialize<'de> for RetentionDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        RetentionDuration::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for RetentionDuration {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
 }
 
 /// Parse "90d", "36h", "2w", "15m", "1y" (y = 365 d).
@@ -79,22 +118,11 @@ impl RetentionPolicy {
         [self.keep_last, self.keep_hourly, self.keep_daily, self.keep_weekly, self.keep_monthly, self.keep_yearly]
             .into_iter()
             .any(|n| rule(n).is_some())
-            || self.within().ok().flatten().is_some()
+            || self.within().is_some()
     }
 
-    fn within(&self) -> Result<Option<chrono::Duration>, String> {
-        Ok(self.keep_within.as_deref().map(parse_duration).transpose()?.filter(|d| *d > chrono::Duration::zero()))
-    }
-
-    /// Check the durations parse.
-    pub fn validate(&self) -> Result<(), String> {
-        if let Some(w) = &self.keep_within {
-            parse_duration(w).map_err(|e| format!("keep_within: {e}"))?;
-        }
-        if let Some(l) = &self.lock {
-            parse_duration(l).map_err(|e| format!("lock: {e}"))?;
-        }
-        Ok(())
+    fn within(&self) -> Option<chrono::Duration> {
+        self.keep_within.as_ref().map(RetentionDuration::value).filter(|d| *d > chrono::Duration::zero())
     }
 }
 
@@ -118,17 +146,12 @@ pub struct Decision {
 
 /// Decide for every snapshot of one group. `now` is the reference for the
 /// lock; rules are relative to the newest snapshot, as in restic.
-pub fn decide(
-    snaps: &[(ObjectId, DateTime<Utc>)],
-    policy: &RetentionPolicy,
-    now: DateTime<Utc>,
-) -> Result<Vec<Decision>, String> {
-    policy.validate()?;
+pub fn decide(snaps: &[(ObjectId, DateTime<Utc>)], policy: &RetentionPolicy, now: DateTime<Utc>) -> Vec<Decision> {
     let mut sorted: Vec<(ObjectId, DateTime<Utc>)> = snaps.to_vec();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
     let newest = sorted.first().map(|s| s.1);
-    let within = policy.within()?;
-    let lock = policy.lock.as_deref().map(parse_duration).transpose()?;
+    let within = policy.within();
+    let lock = policy.lock.as_ref().map(RetentionDuration::value);
     type Key = fn(&DateTime<Utc>) -> i64;
     let buckets: [(&str, Option<u32>, Key); 5] = [
         ("hourly", rule(policy.keep_hourly), |t| {
@@ -164,7 +187,10 @@ pub fn decide(
         }
         if let (Some(w), Some(n)) = (within, newest) {
             if *time > n - w {
-                reasons.push(format!("within {} of the newest", policy.keep_within.as_deref().unwrap_or("")));
+                reasons.push(format!(
+                    "within {} of the newest",
+                    policy.keep_within.as_ref().map(|d| d.to_string()).unwrap_or_default()
+                ));
             }
         }
         let mut keep = !reasons.is_empty() || !policy.has_rules();
@@ -174,7 +200,10 @@ pub fn decide(
         if let Some(l) = lock {
             if now - *time < l && !keep {
                 keep = true;
-                reasons.push(format!("retention lock: younger than {}", policy.lock.as_deref().unwrap_or("")));
+                reasons.push(format!(
+                    "retention lock: younger than {}",
+                    policy.lock.as_ref().map(|d| d.to_string()).unwrap_or_default()
+                ));
             }
         }
         if !keep {
@@ -182,7 +211,7 @@ pub fn decide(
         }
         out.push(Decision { id: *id, time: *time, keep, reasons });
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -210,15 +239,15 @@ mod tests {
         let p = RetentionPolicy {
             keep_last: Some(0),
             keep_daily: Some(0),
-            keep_within: Some("0d".into()),
+            keep_within: Some(RetentionDuration::parse("0d").unwrap()),
             ..Default::default()
         };
         assert!(!p.has_rules());
-        let d = decide(&s, &p, t("2026-02-01T00:00:00Z")).unwrap();
+        let d = decide(&s, &p, t("2026-02-01T00:00:00Z"));
         assert!(d.iter().all(|x| x.keep), "{d:?}");
         // a zero next to a real rule: only the real rule counts
         let p = RetentionPolicy { keep_last: Some(0), keep_daily: Some(1), ..Default::default() };
-        assert_eq!(kept(&decide(&s, &p, t("2026-02-01T00:00:00Z")).unwrap()), ["01-03 00:00"]);
+        assert_eq!(kept(&decide(&s, &p, t("2026-02-01T00:00:00Z"))), ["01-03 00:00"]);
     }
 
     #[test]
@@ -236,9 +265,9 @@ mod tests {
         ]);
         let now = t("2026-12-30T00:00:00Z");
         let p = RetentionPolicy { keep_daily: Some(3), ..Default::default() };
-        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-21 13:00", "11-22 13:00", "11-23 13:00"]);
+        assert_eq!(kept(&decide(&s, &p, now)), vec!["11-21 13:00", "11-22 13:00", "11-23 13:00"]);
         let p = RetentionPolicy { keep_daily: Some(2), keep_last: Some(3), ..Default::default() };
-        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-22 13:00", "11-23 01:00", "11-23 13:00"]);
+        assert_eq!(kept(&decide(&s, &p, now)), vec!["11-22 13:00", "11-23 01:00", "11-23 13:00"]);
     }
 
     #[test]
@@ -253,21 +282,25 @@ mod tests {
         ]);
         let now = t("2027-06-01T00:00:00Z");
         let p = RetentionPolicy { keep_yearly: Some(2), ..Default::default() };
-        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-23 00:00", "12-01 00:00"]);
+        assert_eq!(kept(&decide(&s, &p, now)), vec!["11-23 00:00", "12-01 00:00"]);
         let p = RetentionPolicy { keep_monthly: Some(2), ..Default::default() };
-        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-23 00:00", "12-01 00:00"]);
+        assert_eq!(kept(&decide(&s, &p, now)), vec!["11-23 00:00", "12-01 00:00"]);
         let p = RetentionPolicy { keep_weekly: Some(2), ..Default::default() };
-        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-16 00:00", "11-23 00:00"]);
-        let p = RetentionPolicy { keep_within: Some("10d".into()), ..Default::default() };
-        assert_eq!(kept(&decide(&s, &p, now).unwrap()), vec!["11-16 00:00", "11-23 00:00"]);
+        assert_eq!(kept(&decide(&s, &p, now)), vec!["11-16 00:00", "11-23 00:00"]);
+        let p = RetentionPolicy { keep_within: Some(RetentionDuration::parse("10d").unwrap()), ..Default::default() };
+        assert_eq!(kept(&decide(&s, &p, now)), vec!["11-16 00:00", "11-23 00:00"]);
     }
 
     #[test]
     fn the_lock_keeps_young_snapshots_whatever_the_policy() {
         let s = snaps(&["2026-11-01T00:00:00Z", "2026-11-20T00:00:00Z", "2026-11-24T00:00:00Z"]);
         let now = t("2026-11-25T00:00:00Z");
-        let p = RetentionPolicy { keep_last: Some(1), lock: Some("7d".into()), ..Default::default() };
-        let d = decide(&s, &p, now).unwrap();
+        let p = RetentionPolicy {
+            keep_last: Some(1),
+            lock: Some(RetentionDuration::parse("7d").unwrap()),
+            ..Default::default()
+        };
+        let d = decide(&s, &p, now);
         assert_eq!(kept(&d), vec!["11-20 00:00", "11-24 00:00"]);
         let locked = d.iter().find(|x| x.time == t("2026-11-20T00:00:00Z")).unwrap();
         assert!(locked.reasons.iter().any(|r| r.contains("retention lock")), "{locked:?}");
@@ -278,7 +311,7 @@ mod tests {
     #[test]
     fn no_rules_keeps_everything() {
         let s = snaps(&["2020-01-01T00:00:00Z"]);
-        assert!(decide(&s, &RetentionPolicy::default(), t("2026-01-01T00:00:00Z")).unwrap()[0].keep);
+        assert!(decide(&s, &RetentionPolicy::default(), t("2026-01-01T00:00:00Z"))[0].keep);
         assert!(parse_duration("3x").is_err());
         assert_eq!(parse_duration("2w").unwrap(), chrono::Duration::days(14));
     }

@@ -32,8 +32,9 @@ pub struct ScheduleConfig {
     pub rpo_secs: Option<u64>,
 }
 
-/// A compiled schedule.
-#[derive(Clone, Debug)]
+/// A compiled schedule (compiled when the configuration is read).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(try_from = "ScheduleConfig")]
 pub struct Schedule {
     /// Settings.
     pub cfg: ScheduleConfig,
@@ -59,6 +60,13 @@ fn to_zoned(t: DateTime<Utc>, tz: &jiff::tz::TimeZone) -> Option<jiff::Zoned> {
 fn from_zoned(z: &jiff::Zoned) -> Option<DateTime<Utc>> {
     let ns = i64::try_from(z.timestamp().as_nanosecond()).ok()?;
     Some(DateTime::from_timestamp_nanos(ns))
+}
+
+impl TryFrom<ScheduleConfig> for Schedule {
+    type Error = String;
+    fn try_from(c: ScheduleConfig) -> Result<Self, String> {
+        Schedule::new(c)
+    }
 }
 
 impl Schedule {

@@ -2,7 +2,7 @@
 //! verdicts of a policy, the retention lock, and the decision on a
 //! source's request to forget one of its snapshots stored here.
 
-use super::Store;
+use super::{Store, StoreError};
 use crate::policy::retention;
 use chrono::{DateTime, Utc};
 use omesh_proto::ObjectId;
@@ -59,10 +59,10 @@ pub struct PeerAnswer {
 /// own start time when this node has the key (its own store), otherwise
 /// the time the snapshot was stored here (for a repaired replica, the time
 /// the mesh first held it).
-pub fn snapshot_times(store: &Store) -> Result<Vec<(ObjectId, DateTime<Utc>)>, String> {
+pub fn snapshot_times(store: &Store) -> Result<Vec<(ObjectId, DateTime<Utc>)>, StoreError> {
     let mut out = Vec::new();
     let keyed = store.keys().is_ok();
-    for id in store.snapshot_ids().map_err(|e| e.to_string())? {
+    for id in store.snapshot_ids()? {
         let ns = if keyed {
             match store.load_snapshot(&id) {
                 Ok(r) => r.start_ns,
@@ -94,13 +94,7 @@ pub fn forget_store(
             return;
         }
     };
-    let decisions = match retention::decide(&times, policy, now) {
-        Ok(d) => d,
-        Err(e) => {
-            rep.errors.push(format!("[retention]: {e}"));
-            return;
-        }
-    };
+    let decisions = retention::decide(&times, policy, now);
     for d in decisions {
         let mut removed = false;
         if !d.keep {
@@ -135,12 +129,22 @@ pub fn locked_until(
     id: &ObjectId,
     policy: &retention::RetentionPolicy,
     now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, String> {
-    let Some(lock) = policy.lock.as_deref() else { return Ok(None) };
-    let lock = retention::parse_duration(lock)?;
+) -> Result<Option<DateTime<Utc>>, RetentionError> {
+    let Some(lock) = policy.lock.as_ref().map(|l| l.value()) else { return Ok(None) };
     let times = snapshot_times(store)?;
-    let t = times.iter().find(|(i, _)| i == id).map(|x| x.1).ok_or_else(|| format!("no snapshot {}", id.short()))?;
+    let t = times.iter().find(|(i, _)| i == id).map(|x| x.1).ok_or(RetentionError::NoSnapshot(*id))?;
     Ok(if now - t < lock { Some(t + lock) } else { None })
+}
+
+/// Retention could not be decided for a store.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// It holds no such snapshot.
+    #[error("no snapshot {}", .0.short())]
+    NoSnapshot(ObjectId),
 }
 
 /// Why a `DeleteSnapshot` request is refused.
@@ -183,7 +187,7 @@ pub fn handle_delete_request(
         return Err(DeleteRefusal::NotFound(format!("{node} holds no snapshot {} of {source}", id.short())));
     }
     match locked_until(store, id, policy, now) {
-        Err(e) => Err(DeleteRefusal::Internal(e)),
+        Err(e) => Err(DeleteRefusal::Internal(e.to_string())),
         Ok(Some(until)) => Err(DeleteRefusal::Forbidden(format!(
             "snapshot {} of {source} is inside {node}'s retention lock until {}; it is kept",
             id.short(),

@@ -11,7 +11,7 @@
 //! order by pages, so memory stays flat and a pass can continue where the
 //! previous one stopped.
 
-use crate::policy::bandwidth::Pacer;
+use crate::policy::bandwidth::{Pacer, Rate};
 use crate::store::{Store, StoreError};
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -26,14 +26,14 @@ pub struct ScrubConfig {
     pub enabled: bool,
     /// Read rate ("16 MiB/s"; "unlimited").
     #[serde(default = "d_scrub_rate")]
-    pub rate: String,
+    pub rate: Rate,
     /// Start a full pass at most this often (seconds; default a week).
     #[serde(default = "d_scrub_every")]
     pub every_secs: u64,
 }
 
-fn d_scrub_rate() -> String {
-    "16 MiB/s".into()
+fn d_scrub_rate() -> Rate {
+    Rate(Some(16 << 20))
 }
 fn d_scrub_every() -> u64 {
     7 * 86400
@@ -52,13 +52,24 @@ fn d_true() -> bool {
 /// Objects per index page.
 const PAGE: usize = 1024;
 
+/// What a damaged item is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DamageKind {
+    /// An object record in a pack.
+    Object,
+    /// A snapshot record.
+    Snapshot,
+}
+
 /// One damaged item.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Damage {
     /// Object or snapshot id.
-    pub id: String,
-    /// "object" or "snapshot".
-    pub what: &'static str,
+    #[serde(with = "omesh_proto::id::hex")]
+    pub id: ObjectId,
+    /// Object or snapshot record.
+    pub what: DamageKind,
     /// What is wrong.
     pub reason: String,
     /// Where the bad bytes were moved.
@@ -66,7 +77,7 @@ pub struct Damage {
 }
 
 /// Result of scrubbing one store.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ScrubPass {
     /// Store directory.
     pub store: String,
@@ -110,8 +121,8 @@ pub fn scrub_store(
                 if e.is_damage() {
                     let q = quarantine_snapshot(store, &sid);
                     pass.damaged.push(Damage {
-                        id: sid.to_hex(),
-                        what: "snapshot",
+                        id: sid,
+                        what: DamageKind::Snapshot,
                         reason: e.to_string(),
                         quarantined: q,
                     });
@@ -149,12 +160,7 @@ pub fn scrub_store(
                 Err(e) if e.is_damage() => {
                     damaged_packs.insert(loc.pack);
                     let q = store.quarantine(&id, &e.to_string()).map(|p| p.display().to_string()).unwrap_or_default();
-                    pass.damaged.push(Damage {
-                        id: id.to_hex(),
-                        what: "object",
-                        reason: e.to_string(),
-                        quarantined: q,
-                    });
+                    pass.damaged.push(Damage { id, what: DamageKind::Object, reason: e.to_string(), quarantined: q });
                 }
                 Err(e) => return Err(e),
             }
@@ -224,11 +230,11 @@ mod tests {
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[(loc.offset + loc.len as u64 / 2) as usize] ^= 0x40;
         std::fs::write(&p, &bytes).unwrap();
-        let pass = scrub_store(&s, &Pacer::new(None), None, u64::MAX, &|| false).unwrap();
+        let pass = scrub_store(&s, &Pacer::new(Rate::UNLIMITED), None, u64::MAX, &|| false).unwrap();
         assert!(pass.complete);
         assert_eq!(pass.objects, 10);
         assert_eq!(pass.damaged.len(), 1, "{pass:?}");
-        assert_eq!(pass.damaged[0].id, ids[3].to_hex());
+        assert_eq!(pass.damaged[0].id, ids[3]);
         assert!(s.locate(&ids[3]).unwrap().is_none(), "quarantined objects leave the index");
         assert!(std::path::Path::new(&pass.damaged[0].quarantined).exists());
         assert_eq!(pass.packs_rewritten, 1);
@@ -239,7 +245,7 @@ mod tests {
             }
         }
         // the next pass is clean
-        let pass = scrub_store(&s, &Pacer::new(None), None, u64::MAX, &|| false).unwrap();
+        let pass = scrub_store(&s, &Pacer::new(Rate::UNLIMITED), None, u64::MAX, &|| false).unwrap();
         assert!(pass.damaged.is_empty());
         assert_eq!(pass.objects, 9);
     }
@@ -255,10 +261,10 @@ mod tests {
             sink.add(id, ObjectKind::Blob, &rec).unwrap();
         }
         sink.finish().unwrap();
-        let a = scrub_store(&s, &Pacer::new(None), None, 1, &|| false).unwrap();
+        let a = scrub_store(&s, &Pacer::new(Rate::UNLIMITED), None, 1, &|| false).unwrap();
         assert!(!a.complete);
         assert_eq!(a.objects, PAGE as u64);
-        let b = scrub_store(&s, &Pacer::new(None), a.cursor, u64::MAX, &|| false).unwrap();
+        let b = scrub_store(&s, &Pacer::new(Rate::UNLIMITED), a.cursor, u64::MAX, &|| false).unwrap();
         assert!(b.complete);
         assert_eq!(a.objects + b.objects, 3000);
     }

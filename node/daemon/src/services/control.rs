@@ -2,14 +2,21 @@
 //! directory). While the daemon runs, CLI commands that write to the store
 //! or read the node state go through it, so there is never a second writer.
 //!
-//! Protocol: one JSON request line; the daemon answers with zero or more
-//! `{"progress": ...}` lines and then one `{"result": ...}` or
-//! `{"error": {"code": N, "message": "..."}}` line. Only root or the
-//! daemon's own user may connect (checked with SO_PEERCRED).
+//! Protocol: one JSON request line ([`ControlRequest`]); the daemon answers
+//! with zero or more progress lines and then one typed result or one error
+//! ([`ControlReply`]), each one line of JSON. Only root or the daemon's own
+//! user may connect (checked with SO_PEERCRED). Both ends are the same
+//! `omesh` binary, so the JSON is an internal format, not an API.
 
-use crate::error::NodeError;
-use crate::runtime::NodeRuntime;
+use super::maintenance::{self, GcAllReport, ScrubReport};
+use super::sync::SyncReport;
+use crate::error::{ErrorClass, NodeError};
+use crate::runtime::{MeshBackupReport, NodeRuntime};
+use crate::views::residency::ResidencyRow;
+use crate::views::{self, SnapshotView, StatusView};
 use omesh_core::backup::Progress;
+use omesh_core::policy::bandwidth::Rate;
+use omesh_core::store::forget::ForgetReport;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,7 +24,11 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+/// How long the CLI waits for the daemon to answer a liveness check.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A request to the daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,8 +76,9 @@ pub enum ControlRequest {
     Gc,
     /// Scrub every store and repair from replicas.
     Scrub {
-        /// read rate ("unlimited", "50 MiB/s"); default `[scrub] rate`
-        rate: Option<String>,
+        /// read rate in bytes per second (`None`: unlimited), already
+        /// parsed by the CLI
+        rate: Option<u64>,
     },
     /// Mesh sync now.
     Sync,
@@ -81,21 +93,77 @@ pub enum ControlRequest {
     },
 }
 
+/// Backup progress counters.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct BackupProgress {
+    /// Files done.
+    pub files: u64,
+    /// Bytes read.
+    pub bytes_read: u64,
+    /// Bytes added to the store.
+    pub bytes_added: u64,
+}
+
+/// The result of a request, one variant per request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", content = "result", rename_all = "snake_case")]
+pub enum ControlResponse {
+    /// `Ping`.
+    Pong {
+        /// node name
+        node: String,
+    },
+    /// `Backup`.
+    Backup(Box<MeshBackupReport>),
+    /// `Snapshots`.
+    Snapshots(Vec<SnapshotView>),
+    /// `Status`.
+    Status(Box<StatusView>),
+    /// `ResidencyReport`.
+    ResidencyReport(Vec<ResidencyRow>),
+    /// `Forget`.
+    Forget(ForgetReport),
+    /// `Gc`.
+    Gc(GcAllReport),
+    /// `Scrub`.
+    Scrub(ScrubReport),
+    /// `Sync`.
+    Sync(SyncReport),
+    /// `RestoreDone`.
+    RestoreDone,
+}
+
 /// A line from the daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ControlReply {
-    /// Progress counters.
-    Progress(serde_json::Value),
+    /// Progress counters of a backup.
+    Progress(BackupProgress),
     /// Final result.
-    Result(serde_json::Value),
-    /// Failure with the CLI exit code it maps to.
+    Done(ControlResponse),
+    /// Failure, with its class (the CLI's exit code).
     Error {
-        /// exit code
-        code: u8,
+        /// class
+        class: ErrorClass,
         /// message
         message: String,
     },
+}
+
+/// A failed request, as the CLI receives it.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct Refused {
+    /// Class (the exit code).
+    pub class: ErrorClass,
+    /// The daemon's message.
+    pub message: String,
+}
+
+impl From<NodeError> for Refused {
+    fn from(e: NodeError) -> Self {
+        Refused { class: e.class(), message: e.to_string() }
+    }
 }
 
 /// Bind the socket (removing a stale one) with owner-only permissions.
@@ -112,9 +180,10 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Serve control connections until cancelled.
+/// Serve control connections until cancelled; every connection's task is
+/// joined (after cancellation, aborted) before this returns.
 pub async fn serve(listener: UnixListener, rt: Arc<NodeRuntime>, cancel: CancellationToken) {
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks = JoinSet::new();
     let me = rustix::process::geteuid().as_raw();
     loop {
         tokio::select! {
@@ -126,7 +195,7 @@ pub async fn serve(listener: UnixListener, rt: Arc<NodeRuntime>, cancel: Cancell
                         tracing::warn!("refused a control connection from another user");
                         continue;
                     }
-                    tasks.spawn(handle(s, rt.clone()));
+                    tasks.spawn(handle(s, rt.clone(), cancel.clone()));
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "control socket accept failed");
@@ -142,145 +211,134 @@ pub async fn serve(listener: UnixListener, rt: Arc<NodeRuntime>, cancel: Cancell
 }
 
 async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, r: &ControlReply) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(r).expect("serializes");
+    let mut line = serde_json::to_vec(r).expect("control replies serialize");
     line.push(b'\n');
     w.write_all(&line).await
 }
 
-async fn handle(s: UnixStream, rt: Arc<NodeRuntime>) {
+async fn handle(s: UnixStream, rt: Arc<NodeRuntime>, cancel: CancellationToken) {
     let (r, mut w) = s.into_split();
     let mut lines = BufReader::new(r).lines();
     let req: ControlRequest = match lines.next_line().await {
         Ok(Some(l)) => match serde_json::from_str(&l) {
             Ok(r) => r,
             Err(e) => {
-                let _ =
-                    send(&mut w, &ControlReply::Error { code: 2, message: format!("bad control request: {e}") }).await;
+                let m = format!("bad control request: {e}");
+                let _ = send(&mut w, &ControlReply::Error { class: ErrorClass::Usage, message: m }).await;
                 return;
             }
         },
         _ => return,
     };
-    let reply = match req {
-        ControlRequest::Ping => ControlReply::Result(serde_json::json!({"node": rt.cfg.name})),
+    let reply = match answer(req, &rt, &mut w, &cancel).await {
+        Ok(r) => ControlReply::Done(r),
+        Err(e) => ControlReply::Error { class: e.class, message: e.message },
+    };
+    let _ = send(&mut w, &reply).await;
+}
+
+async fn answer(
+    req: ControlRequest,
+    rt: &Arc<NodeRuntime>,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    cancel: &CancellationToken,
+) -> Result<ControlResponse, Refused> {
+    Ok(match req {
+        ControlRequest::Ping => ControlResponse::Pong { node: rt.cfg.name.clone() },
         ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } => {
-            let opts = match rt.backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())
-            {
-                Ok(o) => o,
-                Err(e) => {
-                    let _ = send(&mut w, &ControlReply::Error { code: 2, message: e.to_string() }).await;
-                    return;
-                }
-            };
+            let opts = rt
+                .backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())
+                .map_err(|e| Refused { class: ErrorClass::Usage, message: e.to_string() })?;
             let progress = Arc::new(Progress::default());
-            let job = {
-                let rt = rt.clone();
-                let p = progress.clone();
-                tokio::spawn(async move { rt.backup_and_replicate(opts, p).await })
-            };
-            tokio::pin!(job);
+            // the backup runs as a task of its own: a CLI that goes away
+            // does not stop it (it is joined here either way)
+            let mut job = JoinSet::new();
+            {
+                let (rt, p) = (rt.clone(), progress.clone());
+                job.spawn(async move { rt.backup_and_replicate(opts, p).await });
+            }
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tokio::select! {
-                    res = &mut job => {
-                        break match res {
-                            Ok(Ok(rep)) => ControlReply::Result(serde_json::to_value(&rep).expect("serializes")),
-                            Ok(Err(e)) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
-                            Err(e) => ControlReply::Error { code: 1, message: format!("backup task failed: {e}") },
-                        };
+                    res = job.join_next() => {
+                        let res = res.expect("one job");
+                        break ControlResponse::Backup(Box::new(res.map_err(NodeError::from)??));
                     }
                     _ = tick.tick() => {
-                        let v = serde_json::json!({
-                            "files": progress.files.load(Ordering::Relaxed),
-                            "bytes_read": progress.bytes_read.load(Ordering::Relaxed),
-                            "bytes_added": progress.bytes_added.load(Ordering::Relaxed),
-                        });
-                        if send(&mut w, &ControlReply::Progress(v)).await.is_err() {
-                            // the CLI went away; the backup continues
-                        }
+                        let p = BackupProgress {
+                            files: progress.files.load(Ordering::Relaxed),
+                            bytes_read: progress.bytes_read.load(Ordering::Relaxed),
+                            bytes_added: progress.bytes_added.load(Ordering::Relaxed),
+                        };
+                        // the CLI may have gone away; the backup continues
+                        let _ = send(w, &ControlReply::Progress(p)).await;
+                    }
+                    _ = cancel.cancelled() => {
+                        return Err(Refused { class: ErrorClass::Failed, message: "the daemon is shutting down".into() });
                     }
                 }
             }
         }
-        ControlRequest::Snapshots { source } => match crate::views::snapshots(&rt, source.as_deref()).await {
-            Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
-            Err(e) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
-        },
-        ControlRequest::ResidencyReport { since_ns } => match rt
-            .state
-            .as_ref()
-            .ok_or_else(|| NodeError::Other("no state database".into()))
-            .and_then(|st| crate::views::residency_report(st, &rt.cfg.name, since_ns))
-        {
-            Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
-            Err(e) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
-        },
+        ControlRequest::Snapshots { source } => {
+            ControlResponse::Snapshots(views::snapshots(rt, source.as_deref()).await?)
+        }
+        ControlRequest::ResidencyReport { since_ns } => {
+            let st = rt.state.clone().ok_or(NodeError::NoState)?;
+            let me = rt.cfg.name.clone();
+            let rows = tokio::task::spawn_blocking(move || views::residency_report(&st, &me, since_ns))
+                .await
+                .map_err(NodeError::from)??;
+            ControlResponse::ResidencyReport(rows)
+        }
         ControlRequest::Forget { source, ids, dry_run } => {
-            let _one = rt.maintenance_lock.lock().await;
-            match crate::services::maintenance::forget(&rt, source, ids, dry_run).await {
-                Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
-                Err(e) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
-            }
+            ControlResponse::Forget(maintenance::forget(rt, source, ids, dry_run).await?)
         }
-        ControlRequest::Gc => ControlReply::Result(
-            serde_json::to_value(crate::services::maintenance::gc_all(&rt).await).expect("serializes"),
-        ),
+        ControlRequest::Gc => ControlResponse::Gc(maintenance::gc_all(rt).await),
         ControlRequest::Scrub { rate } => {
-            let rate = match omesh_core::policy::bandwidth::parse_rate(rate.as_deref().unwrap_or(&rt.cfg.scrub.rate)) {
-                Ok(r) => r,
-                Err(e) => {
-                    let _ = send(&mut w, &ControlReply::Error { code: 2, message: format!("--rate: {e}") }).await;
-                    return;
-                }
-            };
             let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let r = crate::services::maintenance::scrub_all(&rt, rate, stop).await;
-            ControlReply::Result(serde_json::to_value(r).expect("serializes"))
+            ControlResponse::Scrub(maintenance::scrub_all(rt, Rate(rate), stop).await)
         }
-        ControlRequest::Sync => ControlReply::Result(
-            serde_json::to_value(crate::services::maintenance::sync_now(&rt).await).expect("serializes"),
-        ),
+        ControlRequest::Sync => ControlResponse::Sync(maintenance::sync_now(rt).await),
         ControlRequest::RestoreDone { ok, bytes, seconds } => {
             let m = &rt.metrics;
             m.restores.get_or_create(&crate::metrics::label("result", if ok { "ok" } else { "failed" })).inc();
             m.restore_seconds.observe(seconds);
             m.restore_bytes.inc_by(bytes);
-            ControlReply::Result(serde_json::json!({}))
+            ControlResponse::RestoreDone
         }
-        ControlRequest::Status => match crate::views::status(&rt).await {
-            Ok(v) => ControlReply::Result(serde_json::to_value(v).expect("serializes")),
-            Err(e) => ControlReply::Error { code: crate::error::exit_code(&e), message: e.to_string() },
-        },
-    };
-    let _ = send(&mut w, &reply).await;
+        ControlRequest::Status => ControlResponse::Status(Box::new(views::status(rt).await?)),
+    })
 }
 
-/// Whether a daemon answers on `path`.
+/// Whether a daemon answers on `path` (within [`PING_TIMEOUT`]).
 pub async fn daemon_running(path: &Path) -> bool {
     if !path.exists() {
         return false;
     }
-    matches!(call(path, &ControlRequest::Ping, |_| {}).await, Ok(Ok(_)))
+    matches!(
+        tokio::time::timeout(PING_TIMEOUT, call(path, &ControlRequest::Ping, |_| {})).await,
+        Ok(Ok(Ok(ControlResponse::Pong { .. })))
+    )
 }
 
-/// Send a request and wait for the result; `progress` sees progress lines.
-/// Outer error: cannot talk to the daemon; inner error: (exit code, message).
+/// Send a request and wait for its result; `progress` sees progress lines.
+/// Outer error: cannot talk to the daemon; inner error: it refused.
 pub async fn call(
     path: &Path,
     req: &ControlRequest,
-    mut progress: impl FnMut(&serde_json::Value),
-) -> std::io::Result<Result<serde_json::Value, (u8, String)>> {
+    mut progress: impl FnMut(&BackupProgress),
+) -> std::io::Result<Result<ControlResponse, Refused>> {
     let s = UnixStream::connect(path).await?;
     let (r, mut w) = s.into_split();
-    let mut line = serde_json::to_vec(req).expect("serializes");
+    let mut line = serde_json::to_vec(req).expect("control requests serialize");
     line.push(b'\n');
     w.write_all(&line).await?;
     let mut lines = BufReader::new(r).lines();
     while let Some(l) = lines.next_line().await? {
         match serde_json::from_str::<ControlReply>(&l) {
-            Ok(ControlReply::Progress(v)) => progress(&v),
-            Ok(ControlReply::Result(v)) => return Ok(Ok(v)),
-            Ok(ControlReply::Error { code, message }) => return Ok(Err((code, message))),
+            Ok(ControlReply::Progress(p)) => progress(&p),
+            Ok(ControlReply::Done(v)) => return Ok(Ok(v)),
+            Ok(ControlReply::Error { class, message }) => return Ok(Err(Refused { class, message })),
             Err(e) => return Err(std::io::Error::other(format!("bad reply from daemon: {e}"))),
         }
     }

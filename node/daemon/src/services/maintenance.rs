@@ -10,8 +10,11 @@
 //!   keeps) that both the daemon's timers ([`daemon`]) and the CLI run.
 
 use super::sync;
+use crate::census::{Census, CensusOptions, CensusScope, Local, Targets};
 use crate::metrics;
+use crate::replica::{HolderKind, ReplicaTarget};
 use omesh_core::policy::bandwidth;
+use omesh_core::store::scrub::DamageKind;
 use omesh_core::store::{gc, scrub};
 
 use crate::{error::NodeError, runtime::NodeRuntime};
@@ -34,6 +37,8 @@ pub async fn forget(
     ids: Vec<String>,
     dry_run: bool,
 ) -> Result<ForgetReport, NodeError> {
+    // one retention or garbage collection at a time on this node
+    let _one = rt.maintenance_lock.lock().await;
     let mut rep = ForgetReport { dry_run, ..Default::default() };
     let policy = rt.cfg.retention.clone();
     let now = Utc::now();
@@ -61,8 +66,7 @@ pub async fn forget(
         }
         rep
     })
-    .await
-    .map_err(|e| NodeError::Other(e.to_string()))?;
+    .await?;
     if !dry_run {
         rt.metrics.forgotten.inc_by(rep.items.iter().filter(|i| i.removed).count() as u64);
     }
@@ -75,35 +79,42 @@ async fn forget_ids(
     dry_run: bool,
     now: DateTime<Utc>,
 ) -> Result<ForgetReport, NodeError> {
-    let mut rep = ForgetReport { dry_run, ..Default::default() };
     let own = {
         let stores = rt.stores.clone();
-        tokio::task::spawn_blocking(move || stores.own()).await.map_err(|e| NodeError::Other(e.to_string()))??
+        tokio::task::spawn_blocking(move || stores.own()).await??
     };
-    let mut ids = Vec::new();
-    for s in &specs {
-        ids.push(own.store.resolve_snapshot(s)?);
-    }
-    let times = snapshot_times(&own.store).map_err(NodeError::Other)?;
-    for id in &ids {
-        let locked = locked_until(&own.store, id, &rt.cfg.retention, now).map_err(NodeError::Other)?;
-        let (keep, reasons) = match locked {
-            Some(until) => (true, vec![format!("retention lock until {}", until.to_rfc3339())]),
-            None => (false, vec!["requested".to_string()]),
-        };
-        let mut removed = false;
-        if !keep && !dry_run {
-            own.store.forget_snapshot(id)?;
-            removed = true;
+    let (name, policy) = (rt.cfg.name.clone(), rt.cfg.retention.clone());
+    let store = own.store.clone();
+    // the store's own decisions, off the async workers
+    let (mut rep, ids) = tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+        let mut rep = ForgetReport { dry_run, ..Default::default() };
+        let mut ids = Vec::new();
+        for s in &specs {
+            ids.push(store.resolve_snapshot(s)?);
         }
-        if keep {
-            rep.kept += 1;
-        } else {
-            rep.forgotten += 1;
+        let times = snapshot_times(&store)?;
+        for id in &ids {
+            let locked = locked_until(&store, id, &policy, now)?;
+            let (keep, reasons) = match locked {
+                Some(until) => (true, vec![format!("retention lock until {}", until.to_rfc3339())]),
+                None => (false, vec!["requested".to_string()]),
+            };
+            let mut removed = false;
+            if !keep && !dry_run {
+                store.forget_snapshot(id)?;
+                removed = true;
+            }
+            if keep {
+                rep.kept += 1;
+            } else {
+                rep.forgotten += 1;
+            }
+            let time = times.iter().find(|x| x.0 == *id).map(|x| x.1.to_rfc3339()).unwrap_or_default();
+            rep.items.push(ForgetItem { source: name.clone(), id: id.to_hex(), time, keep, reasons, removed });
         }
-        let time = times.iter().find(|x| x.0 == *id).map(|x| x.1.to_rfc3339()).unwrap_or_default();
-        rep.items.push(ForgetItem { source: rt.cfg.name.clone(), id: id.to_hex(), time, keep, reasons, removed });
-    }
+        Ok((rep, ids))
+    })
+    .await??;
     if dry_run {
         return Ok(rep);
     }
@@ -196,14 +207,16 @@ pub async fn gc_all(rt: &Arc<NodeRuntime>) -> GcAllReport {
 // ----------------------------------------------------------------- scrub
 
 /// Result of a scrub over the node's stores.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ScrubReport {
     /// Per store.
     pub stores: Vec<scrub::ScrubPass>,
     /// Damaged objects replaced with good copies from replicas.
-    pub repaired: Vec<String>,
+    #[serde(with = "omesh_proto::id::hex::vec")]
+    pub repaired: Vec<ObjectId>,
     /// Damaged objects no replica could supply.
-    pub unrepaired: Vec<String>,
+    #[serde(with = "omesh_proto::id::hex::vec")]
+    pub unrepaired: Vec<ObjectId>,
     /// Store-level failures.
     pub errors: Vec<String>,
     /// Seconds.
@@ -275,26 +288,30 @@ pub async fn scrub_all(
     rep
 }
 
-/// Fetch good copies of damaged items of `source` from the peers.
+/// Fetch good copies of damaged items of `source` from the peers that
+/// hold the same source (one census of who holds what).
 async fn heal(
     rt: &Arc<NodeRuntime>,
     source: &str,
     store: &Arc<omesh_net::mesh::SourceStore>,
     damaged: &[scrub::Damage],
-) -> (Vec<String>, Vec<String>) {
-    let probes = rt.probe_all().await;
-    let mut conns: Vec<(omesh_net::mesh::client::PeerConn, Duration)> =
-        probes.iter().filter_map(|p| p.result.as_ref().ok().cloned()).collect();
-    conns.sort_by_key(|c| c.1);
-    let conns: Vec<omesh_net::mesh::client::PeerConn> = conns.into_iter().map(|c| c.0).collect();
+) -> (Vec<ObjectId>, Vec<ObjectId>) {
+    let opts = CensusOptions {
+        scope: CensusScope::Source(source.to_string()),
+        targets: Targets::All,
+        local: Local::Skip,
+        records: false,
+    };
+    let census = Census::gather(rt, &opts).await;
+    let peers: Vec<Arc<dyn ReplicaTarget>> =
+        census.reachable().into_iter().filter(|(t, _)| t.kind() == HolderKind::Peer).map(|(t, _)| t).collect();
     let keys = if source == rt.cfg.name { store.store.keys().ok().cloned() } else { None };
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    let objects: Vec<ObjectId> =
-        damaged.iter().filter(|d| d.what == "object").filter_map(|d| ObjectId::from_hex(&d.id).ok()).collect();
+    let objects: Vec<ObjectId> = damaged.iter().filter(|d| d.what == DamageKind::Object).map(|d| d.id).collect();
     if !objects.is_empty() {
         let mut got = sync::Fetched::default();
-        if let Err(e) = sync::fetch_into(rt, store, source, &objects, &conns, keys.clone(), &mut got).await {
+        if let Err(e) = sync::fetch_into(rt, store, source, &objects, &peers, keys.clone(), &mut got).await {
             tracing::warn!(%source, error = %e, "repair fetch failed");
         }
         let st = store.clone();
@@ -302,52 +319,43 @@ async fn heal(
         for id in objects {
             if got.ids.contains(&id) {
                 tracing::info!(%source, object = %id.short(), from = ?got.from, "damaged object replaced from a replica");
-                ok.push(id.to_hex());
+                ok.push(id);
             } else {
                 tracing::error!(%source, object = %id.short(), "no reachable replica holds a good copy of a damaged object");
-                bad.push(id.to_hex());
+                bad.push(id);
             }
         }
     }
-    let records: Vec<&scrub::Damage> = damaged.iter().filter(|d| d.what == "snapshot").collect();
-    // each peer's listing once, for all damaged records
-    let mut listings = Vec::new();
-    if !records.is_empty() {
-        for c in &conns {
-            if let Ok(list) = c.list_snapshots(Some(source)).await {
-                listings.push((c, list));
-            }
-        }
-    }
-    for d in records {
-        let Ok(id) = ObjectId::from_hex(&d.id) else { continue };
+    for d in damaged.iter().filter(|d| d.what == DamageKind::Snapshot) {
+        let id = d.id;
+        let holders = census.snapshots.get(&(source.to_string(), id)).map(|h| h.holders.clone()).unwrap_or_default();
         let mut done = false;
-        for (c, list) in &listings {
-            if let Some(e) = list.iter().find(|e| e.id == id).cloned() {
-                let st = store.clone();
-                let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(e.stored_ns.max(0) as u64);
-                // with the key (this node's own store), the record must
-                // decrypt and hash to its id: a peer cannot plant a forged
-                // one; a keyless replica can only check the frame
-                let ok_rec = match &keys {
-                    Some(k) => crate::source::open_snapshot(k, &id, &e.record).is_ok(),
-                    None => omesh_proto::Record::decode(&e.record).map(|(r, _)| r.id == id).unwrap_or(false),
-                };
-                if !ok_rec {
-                    tracing::warn!(%source, snapshot = %id.short(), peer = %c.name, "a peer's copy of a damaged snapshot record does not verify; not used");
-                }
-                if ok_rec
-                    && tokio::task::spawn_blocking(move || st.store.put_snapshot_record_at(&id, &e.record, time))
-                        .await
-                        .map(|r| r.is_ok())
-                        .unwrap_or(false)
-                {
-                    done = true;
-                    break;
-                }
+        for t in peers.iter().filter(|t| holders.contains_key(t.name())) {
+            let Ok(record) = t.record(source, &id).await else { continue };
+            // with the key (this node's own store), the record must decrypt
+            // and hash to its id: a peer cannot plant a forged one; a
+            // keyless replica can only check the frame
+            let ok_rec = match &keys {
+                Some(k) => crate::source::open_snapshot(k, &id, &record).is_ok(),
+                None => omesh_proto::Record::decode(&record).map(|(r, _)| r.id == id).unwrap_or(false),
+            };
+            if !ok_rec {
+                tracing::warn!(%source, snapshot = %id.short(), peer = %t.name(), "a peer's copy of a damaged snapshot record does not verify; not used");
+                continue;
+            }
+            let stored_ns = holders.get(t.name()).map(|h| h.stored_ns).unwrap_or(0);
+            let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(stored_ns.max(0) as u64);
+            let st = store.clone();
+            if tokio::task::spawn_blocking(move || st.store.put_snapshot_record_at(&id, &record, time))
+                .await
+                .map(|r| r.is_ok())
+                .unwrap_or(false)
+            {
+                done = true;
+                break;
             }
         }
-        if done { ok.push(d.id.clone()) } else { bad.push(d.id.clone()) }
+        if done { ok.push(id) } else { bad.push(id) }
     }
     (ok, bad)
 }

@@ -61,7 +61,7 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
     // take the store lock now: a second writer fails at start, not later
     {
         let stores = rt.stores.clone();
-        tokio::task::spawn_blocking(move || stores.own()).await.map_err(|e| NodeError::Other(e.to_string()))??;
+        tokio::task::spawn_blocking(move || stores.own()).await??;
     }
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -77,7 +77,7 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
     });
     tasks.spawn(server::serve(rt.endpoint.clone(), ctx));
     let listener = control::bind(&rt.cfg.control_socket())
-        .map_err(|e| NodeError::Other(format!("control socket {}: {e}", rt.cfg.control_socket().display())))?;
+        .map_err(|source| NodeError::ControlSocket { path: rt.cfg.control_socket(), source })?;
     tasks.spawn(control::serve(listener, rt.clone(), cancel.clone()));
     crate::services::timers::spawn(&rt, &mut tasks, &cancel).await?;
     tracing::info!(node = %rt.cfg.name, addr = %rt.local_addr(), "node running");

@@ -10,15 +10,16 @@
 //! it never deletes one. Pulling is always the puller's own decision: the
 //! mesh protocol still lets no node write into another's store.
 
+use crate::census::{Census, CensusOptions, CensusScope, Local, Targets};
+use crate::replica::{HolderKind, ReplicaTarget};
 use crate::runtime::NodeRuntime;
 pub use omesh_core::policy::repairers::{Member, repairers};
 use omesh_core::policy::retention;
 use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_net::mesh::SourceStore;
-use omesh_net::mesh::client::PeerConn;
 use omesh_proto::{ObjectId, ObjectKind, Record};
-use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -35,7 +36,7 @@ struct Seen {
 }
 
 /// A repaired replica.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Repaired {
     /// Source.
     pub source: String,
@@ -52,7 +53,7 @@ pub struct Repaired {
 }
 
 /// A failed repair.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RepairFailure {
     /// Source.
     pub source: String,
@@ -63,7 +64,7 @@ pub struct RepairFailure {
 }
 
 /// Result of one sync.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SyncReport {
     /// Snapshots seen in the mesh (all sources).
     pub snapshots: usize,
@@ -96,103 +97,34 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     let t = Instant::now();
     let mut rep = SyncReport::default();
     let me = rt.cfg.name.clone();
-    let probes = rt.probe_all().await;
-    let mut members = vec![Member { name: me.clone(), domain: rt.cfg.domain.clone(), reachable: true }];
-    let mut conns: Vec<(PeerConn, Duration)> = Vec::new();
-    for p in &probes {
-        let ok = p.result.is_ok();
-        members.push(Member { name: p.peer.name.clone(), domain: p.peer.domain.clone(), reachable: ok });
-        match &p.result {
-            Ok((c, rtt)) => conns.push((c.clone(), *rtt)),
-            Err(_) => rep.unreachable.push(p.peer.name.clone()),
-        }
-    }
-    conns.sort_by_key(|c| c.1);
-    // what everyone holds
-    let mut seen: HashMap<(String, ObjectId), Seen> = HashMap::new();
-    let lists = crate::runtime::futures_join_all(
-        conns.iter().map(|(c, _)| async move { (c.name.clone(), c.list_snapshots(None).await) }),
-    )
-    .await;
-    for (peer, l) in lists {
-        match l {
-            Ok(items) => {
-                for e in items {
-                    let s = seen
-                        .entry((e.source.clone(), e.id))
-                        .or_insert_with(|| Seen { record: e.record.clone(), holders: BTreeMap::new() });
-                    s.holders.insert(peer.clone(), e.stored_ns);
-                }
-            }
-            Err(e) => tracing::warn!(peer = %peer, error = %e, "sync: cannot list snapshots"),
-        }
-    }
-    {
-        let stores = rt.stores.clone();
-        let known: HashSet<(String, ObjectId)> = seen.keys().cloned().collect();
-        // (store I/O off the async workers; a record is read only when no
-        // peer listed the snapshot)
-        let local = tokio::task::spawn_blocking(move || {
-            let mut v = Vec::new();
-            for n in stores.source_names() {
-                if let Ok(Some(s)) = stores.get(&n, false) {
-                    for id in s.store.snapshot_ids().unwrap_or_default() {
-                        let record = if known.contains(&(n.clone(), id)) {
-                            None
-                        } else {
-                            match s.store.read_snapshot_record(&id) {
-                                Ok(r) => Some(r),
-                                Err(_) => continue,
-                            }
-                        };
-                        v.push((n.clone(), id, s.store.snapshot_stored_ns(&id), record));
-                    }
-                }
-            }
-            v
-        })
-        .await
-        .unwrap_or_default();
-        for (source, id, ns, record) in local {
-            match (seen.get_mut(&(source.clone(), id)), record) {
-                (Some(s), _) => {
-                    s.holders.insert(me.clone(), ns);
-                }
-                (None, Some(record)) => {
-                    seen.insert((source, id), Seen { record, holders: BTreeMap::from([(me.clone(), ns)]) });
-                }
-                (None, None) => {}
-            }
-        }
-    }
+    let opts = CensusOptions { scope: CensusScope::All, targets: Targets::All, local: Local::Registry, records: false };
+    let census = Census::gather(rt, &opts).await;
     // S3 targets hold replicas too: they count towards the factor (in
     // their own failure domain) but never repair anything themselves
-    let sources: BTreeSet<String> =
-        seen.keys().map(|(src, _)| src.clone()).chain(std::iter::once(me.clone())).collect();
-    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
-    for t in rt.s3.iter().filter(|t| t.blocked.is_none()) {
-        members.push(Member { name: t.cfg.name.clone(), domain: t.cfg.domain(), reachable: false });
-        for source in &sources {
-            match t.snapshot_times(source).await {
-                Ok(items) => {
-                    for (id, ns) in items {
-                        if let Some(s) = seen.get_mut(&(source.clone(), id)) {
-                            // a bucket that does not date its objects does not
-                            // make a snapshot look older than it is
-                            s.holders.insert(t.cfg.name.clone(), if ns > 0 { ns } else { now_ns });
-                        }
-                    }
-                }
-                Err(e) => {
-                    // one failure is enough: do not wait for its timeout
-                    // once per source
-                    tracing::warn!(target = %t.cfg.name, %source, error = %e, "sync: cannot list the bucket's snapshots; its replicas are not counted");
-                    rep.unreachable.push(t.cfg.name.clone());
-                    break;
-                }
-            }
-        }
+    let mut members = vec![Member { name: me.clone(), domain: rt.cfg.domain.clone(), reachable: true }];
+    for p in &census.probes {
+        members.push(Member {
+            name: p.name.clone(),
+            domain: p.domain.clone(),
+            reachable: p.kind == HolderKind::Peer && p.result.is_ok(),
+        });
     }
+    rep.unreachable = census.unreachable.clone();
+    // a bucket that does not date its objects does not make a snapshot
+    // look older than it is
+    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let mut seen: HashMap<(String, ObjectId), Seen> = HashMap::new();
+    for (key, h) in &census.snapshots {
+        let Some(record) = &h.record else { continue };
+        let holders = h
+            .holders
+            .iter()
+            .map(|(n, x)| (n.clone(), if x.kind == HolderKind::S3 && x.stored_ns <= 0 { now_ns } else { x.stored_ns }))
+            .collect();
+        seen.insert(key.clone(), Seen { record: record.clone(), holders });
+    }
+    let peers: Vec<Arc<dyn ReplicaTarget>> =
+        census.reachable().into_iter().filter(|(t, _)| t.kind() == HolderKind::Peer).map(|(t, _)| t).collect();
     rep.snapshots = seen.len();
     let factor = rt.cfg.replication.factor;
     // repair in a stable order: per source, oldest first (later snapshots
@@ -231,20 +163,18 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
                 .flatten()
                 .map(|(i, ns)| (*i, chrono::DateTime::from_timestamp_nanos(*ns)))
                 .collect();
-            if let Ok(d) = retention::decide(&group, &rt.cfg.retention, now) {
-                if d.iter().any(|x| x.id == *id && !x.keep) {
-                    rep.skipped_by_retention += 1;
-                    continue;
-                }
+            if retention::decide(&group, &rt.cfg.retention, now).iter().any(|x| x.id == *id && !x.keep) {
+                rep.skipped_by_retention += 1;
+                continue;
             }
         }
         // replicas first, nearest first; the source only as a last resort:
         // repair must not depend on it
-        let holding = conns.iter().filter(|(c, _)| s.holders.contains_key(&c.name)).map(|(c, _)| c);
-        let from: Vec<PeerConn> = holding
+        let holding = peers.iter().filter(|t| s.holders.contains_key(t.name()));
+        let from: Vec<Arc<dyn ReplicaTarget>> = holding
             .clone()
-            .filter(|c| &c.name != source)
-            .chain(holding.filter(|c| &c.name == source))
+            .filter(|t| t.name() != source)
+            .chain(holding.filter(|t| t.name() == source))
             .cloned()
             .collect();
         let origin = origin_ns(source, s);
@@ -297,7 +227,7 @@ async fn repair_one(
     source: &str,
     id: ObjectId,
     record: &[u8],
-    from: &[PeerConn],
+    from: &[Arc<dyn ReplicaTarget>],
     origin_ns: i64,
 ) -> Result<Repaired, String> {
     let t = Instant::now();
@@ -408,7 +338,7 @@ pub async fn fetch_into(
     store: &Arc<SourceStore>,
     source: &str,
     ids: &[ObjectId],
-    from: &[PeerConn],
+    from: &[Arc<dyn ReplicaTarget>],
     keys: Option<Arc<omesh_core::crypto::Keys>>,
     got: &mut Fetched,
 ) -> Result<Vec<ObjectId>, String> {
@@ -418,13 +348,13 @@ pub async fn fetch_into(
         if left.is_empty() {
             break;
         }
-        let counters = rt.counters.peer(&conn.name);
+        let counters = rt.counters.peer(conn.name());
         let mut still = Vec::new();
         for chunk in left.chunks(FETCH_IDS) {
-            let (recs, missing) = match conn.fetch_objects(source, chunk).await {
+            let (recs, missing) = match conn.fetch(source, chunk, true).await {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!(peer = %conn.name, error = %e, "fetch failed; trying the next holder");
+                    tracing::warn!(peer = %conn.name(), error = %e, "fetch failed; trying the next holder");
                     still.extend_from_slice(chunk);
                     continue;
                 }
@@ -466,7 +396,7 @@ pub async fn fetch_into(
                 }
             }
             if !ok_here.is_empty() {
-                got.from.insert(conn.name.clone());
+                got.from.insert(conn.name().to_string());
             }
             still.extend(chunk.iter().filter(|i| !ok_here.contains(i)).copied());
         }

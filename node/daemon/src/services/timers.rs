@@ -1,14 +1,19 @@
 //! The daemon's timers: scheduled backups, mesh sync, maintenance
 //! (retention, then garbage collection), scrub passes, and the metrics
 //! endpoint. Every decision about *when* is made by the plain functions in
-//! `omesh_core::policy::schedule`; this module only sleeps until then, runs the job
-//! and records it in the node state (so a run missed while the node was
-//! down is made up at start, and `omesh status` can report it).
+//! `omesh_core::policy::schedule`; this module only sleeps until then, runs
+//! the job and records it in the node state (so a run missed while the node
+//! was down is made up at start, and `omesh status` can report it). Every
+//! loop is a task in the daemon's `JoinSet` and ends on its cancellation
+//! token.
 
-use crate::{error::NodeError, runtime::NodeRuntime};
+use super::maintenance;
+use crate::error::NodeError;
+use crate::runtime::NodeRuntime;
 use chrono::Utc;
 use omesh_core::backup::{BackupOptions, ParentChoice, Progress};
 use omesh_core::policy::schedule::Schedule;
+use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -23,8 +28,12 @@ fn now_ns() -> i64 {
     Utc::now().timestamp_nanos_opt().unwrap_or(0)
 }
 
-fn last_start(rt: &NodeRuntime, key: &str) -> Option<chrono::DateTime<Utc>> {
-    let r = rt.state.as_ref()?.runs().ok()?.remove(key)?;
+/// The last start of job `key` (from the state database, off the async
+/// workers).
+async fn last_start(rt: &NodeRuntime, key: &str) -> Option<chrono::DateTime<Utc>> {
+    let st = rt.state.clone()?;
+    let key = key.to_string();
+    let r = tokio::task::spawn_blocking(move || st.runs().ok()?.remove(&key)).await.ok()??;
     (r.last_start_ns > 0).then(|| chrono::DateTime::from_timestamp_nanos(r.last_start_ns))
 }
 
@@ -33,7 +42,7 @@ fn last_start(rt: &NodeRuntime, key: &str) -> Option<chrono::DateTime<Utc>> {
 async fn wait_for(rt: &NodeRuntime, sched: &Schedule, key: &str, cancel: &CancellationToken) -> bool {
     loop {
         let now = Utc::now();
-        let next = sched.next_run(&rt.cfg.name, last_start(rt, key), now);
+        let next = sched.next_run(&rt.cfg.name, last_start(rt, key).await, now);
         let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
         if wait.is_zero() {
             return true;
@@ -46,24 +55,47 @@ async fn wait_for(rt: &NodeRuntime, sched: &Schedule, key: &str, cancel: &Cancel
     }
 }
 
-fn record_start(rt: &NodeRuntime, key: &str) {
-    if let Some(st) = &rt.state {
-        if let Err(e) = st.run_started(key, now_ns()) {
-            tracing::warn!(error = %e, "cannot record a run");
-        }
+async fn record_start(rt: &NodeRuntime, key: &str) {
+    let Some(st) = rt.state.clone() else { return };
+    let key = key.to_string();
+    let r = tokio::task::spawn_blocking(move || st.run_started(&key, now_ns())).await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!(error = %e, "cannot record a run");
     }
 }
 
-fn record_end(rt: &NodeRuntime, key: &str, r: Result<serde_json::Value, String>) {
-    if let Some(st) = &rt.state {
-        if let Err(e) = st.run_finished(key, now_ns(), r) {
-            tracing::warn!(error = %e, "cannot record a run");
-        }
+/// Record the end of a run: its summary (stored as JSON in the state
+/// database, shown by `omesh status`) or why it failed.
+async fn record_end<T: Serialize>(rt: &NodeRuntime, key: &str, r: Result<T, String>) {
+    let Some(st) = rt.state.clone() else { return };
+    let key = key.to_string();
+    let r = r.map(|v| serde_json::to_value(v).expect("job summaries serialize"));
+    let r = tokio::task::spawn_blocking(move || st.run_finished(&key, now_ns(), r)).await;
+    if let Ok(Err(e)) = r {
+        tracing::warn!(error = %e, "cannot record a run");
     }
+}
+
+/// What a scheduled backup did.
+#[derive(Clone, Debug, Serialize)]
+pub struct ScheduledBackup {
+    /// The snapshot.
+    #[serde(with = "omesh_proto::id::hex")]
+    pub snapshot: omesh_proto::ObjectId,
+    /// On `factor` replicas.
+    pub protected: bool,
+    /// Bytes added locally.
+    pub bytes_added: u64,
+    /// Seconds.
+    pub seconds: f64,
+    /// Targets that acknowledged it.
+    pub replicas: Vec<String>,
+    /// Replication problems.
+    pub warnings: Vec<String>,
 }
 
 /// Run one scheduled backup (and its replication) now.
-pub async fn run_scheduled_backup(rt: &Arc<NodeRuntime>, sched: &Schedule) -> Result<serde_json::Value, NodeError> {
+pub async fn run_scheduled_backup(rt: &Arc<NodeRuntime>, sched: &Schedule) -> Result<ScheduledBackup, NodeError> {
     let cfg = &rt.cfg;
     let paths = if sched.cfg.paths.is_empty() { cfg.backup.paths.clone() } else { sched.cfg.paths.clone() };
     let opts = BackupOptions {
@@ -75,14 +107,14 @@ pub async fn run_scheduled_backup(rt: &Arc<NodeRuntime>, sched: &Schedule) -> Re
         ..Default::default()
     };
     let rep = rt.backup_and_replicate_as(opts, Arc::new(Progress::default()), &sched.cfg.name).await?;
-    Ok(serde_json::json!({
-        "snapshot": rep.backup.snapshot,
-        "protected": rep.protected,
-        "bytes_added": rep.backup.bytes_added,
-        "seconds": rep.backup.seconds,
-        "replicas": rep.replicas.iter().filter(|r| r.ok).map(|r| r.peer.clone()).collect::<Vec<_>>(),
-        "warnings": rep.replication_warnings,
-    }))
+    Ok(ScheduledBackup {
+        snapshot: rep.backup.snapshot,
+        protected: rep.protected,
+        bytes_added: rep.backup.bytes_added,
+        seconds: rep.backup.seconds,
+        replicas: rep.replicas.iter().filter(|r| r.ok).map(|r| r.peer.clone()).collect(),
+        warnings: rep.replication_warnings,
+    })
 }
 
 async fn schedule_loop(rt: Arc<NodeRuntime>, sched: Schedule, cancel: CancellationToken) {
@@ -92,29 +124,27 @@ async fn schedule_loop(rt: Arc<NodeRuntime>, sched: Schedule, cancel: Cancellati
     }
     while wait_for(&rt, &sched, &key, &cancel).await {
         tracing::info!(schedule = %sched.cfg.name, "scheduled backup starting");
-        record_start(&rt, &key);
+        record_start(&rt, &key).await;
         let r = run_scheduled_backup(&rt, &sched).await;
         match &r {
-            Ok(v) if v["protected"] == serde_json::Value::Bool(true) => {
-                tracing::info!(schedule = %sched.cfg.name, snapshot = %v["snapshot"], "scheduled backup done")
+            Ok(v) if v.protected => {
+                tracing::info!(schedule = %sched.cfg.name, snapshot = %v.snapshot, "scheduled backup done")
             }
             Ok(v) => {
-                tracing::warn!(schedule = %sched.cfg.name, snapshot = %v["snapshot"], "scheduled backup saved but not fully replicated")
+                tracing::warn!(schedule = %sched.cfg.name, snapshot = %v.snapshot, "scheduled backup saved but not fully replicated")
             }
             Err(e) => tracing::error!(schedule = %sched.cfg.name, error = %e, "scheduled backup failed"),
         }
         // an unprotected snapshot is a failed run for the RPO: it would be
         // lost with this server
         let r = match r {
-            Ok(v) if v["protected"] != serde_json::Value::Bool(true) => Err(format!(
-                "snapshot {} saved on this server only partly replicated (replicas: {}; {}): not protected, so not counted towards the RPO",
-                v["snapshot"].as_str().unwrap_or("?"),
-                v["replicas"],
-                v["warnings"]
+            Ok(v) if !v.protected => Err(format!(
+                "snapshot {} saved on this server only partly replicated (replicas: {:?}; {:?}): not protected, so not counted towards the RPO",
+                v.snapshot, v.replicas, v.warnings
             )),
             r => r.map_err(|e| e.to_string()),
         };
-        record_end(&rt, &key, r);
+        record_end(&rt, &key, r).await;
     }
 }
 
@@ -130,8 +160,8 @@ async fn sync_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
         }
     }
     loop {
-        record_start(&rt, "sync");
-        let r = super::maintenance::sync_now(&rt).await;
+        record_start(&rt, "sync").await;
+        let r = maintenance::sync_now(&rt).await;
         if !r.repaired.is_empty() || !r.failed.is_empty() {
             tracing::info!(
                 repaired = r.repaired.len(),
@@ -140,12 +170,8 @@ async fn sync_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
                 "mesh sync done"
             );
         }
-        let v = serde_json::to_value(&r).expect("serializes");
-        record_end(
-            &rt,
-            "sync",
-            if r.failed.is_empty() { Ok(v) } else { Err(format!("{} repairs failed", r.failed.len())) },
-        );
+        let failed = r.failed.len();
+        record_end(&rt, "sync", if failed == 0 { Ok(r) } else { Err(format!("{failed} repairs failed")) }).await;
         if every == 0 {
             return;
         }
@@ -156,60 +182,64 @@ async fn sync_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
     }
 }
 
+/// What a maintenance run did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MaintenanceRun {
+    /// Snapshots forgotten by retention.
+    pub forgotten: usize,
+    /// Objects swept.
+    pub swept: u64,
+    /// Bytes freed.
+    pub freed_bytes: u64,
+    /// Problems.
+    pub errors: Vec<String>,
+}
+
 /// Retention on every store, then garbage collection.
-pub async fn maintenance(rt: &Arc<NodeRuntime>) -> Result<serde_json::Value, String> {
+pub async fn maintenance(rt: &Arc<NodeRuntime>) -> Result<MaintenanceRun, String> {
     let forget = if rt.cfg.retention.has_rules() {
-        // (not while `omesh forget` or another maintenance runs; gc_all
-        // takes the lock itself)
-        let _one = rt.maintenance_lock.lock().await;
-        Some(super::maintenance::forget(rt, None, vec![], false).await.map_err(|e| e.to_string())?)
+        Some(maintenance::forget(rt, None, vec![], false).await.map_err(|e| e.to_string())?)
     } else {
         None
     };
-    let gc = super::maintenance::gc_all(rt).await;
+    let gc = maintenance::gc_all(rt).await;
     let forget_errors: Vec<String> =
         forget.as_ref().map(|f| f.errors.iter().map(|e| format!("retention: {e}")).collect()).unwrap_or_default();
     for e in &forget_errors {
         tracing::error!(error = %e, "retention could not forget a snapshot");
     }
     let errors: Vec<String> = forget_errors.into_iter().chain(gc.errors.iter().cloned()).collect();
-    let v = serde_json::json!({
-        "forgotten": forget.as_ref().map(|f| f.items.iter().filter(|i| i.removed).count()).unwrap_or(0),
-        "swept": gc.stores.iter().map(|s| s.swept).sum::<u64>(),
-        "freed_bytes": gc.stores.iter().map(|s| s.bytes_before.saturating_sub(s.bytes_after)).sum::<u64>(),
-        "errors": errors,
-    });
-    if errors.is_empty() { Ok(v) } else { Err(errors.join("; ")) }
+    let run = MaintenanceRun {
+        forgotten: forget.as_ref().map(|f| f.items.iter().filter(|i| i.removed).count()).unwrap_or(0),
+        swept: gc.stores.iter().map(|s| s.swept).sum(),
+        freed_bytes: gc.stores.iter().map(|s| s.bytes_before.saturating_sub(s.bytes_after)).sum(),
+        errors,
+    };
+    if run.errors.is_empty() { Ok(run) } else { Err(run.errors.join("; ")) }
 }
 
 async fn maintenance_loop(rt: Arc<NodeRuntime>, sched: Schedule, cancel: CancellationToken) {
     while wait_for(&rt, &sched, "maintenance", &cancel).await {
-        record_start(&rt, "maintenance");
+        record_start(&rt, "maintenance").await;
         let r = maintenance(&rt).await;
         if let Err(e) = &r {
             tracing::error!(error = %e, "maintenance failed");
         }
-        record_end(&rt, "maintenance", r);
+        record_end(&rt, "maintenance", r).await;
     }
 }
 
 async fn scrub_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
-    let rate = omesh_core::policy::bandwidth::parse_rate(&rt.cfg.scrub.rate).unwrap_or(Some(16 << 20));
+    let rate = rt.cfg.scrub.rate;
     let every = Duration::from_secs(rt.cfg.scrub.every_secs.max(60));
+    // the scrub's worker threads poll this flag between pages
     let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        let cancel = cancel.clone();
-        tokio::spawn(async move {
-            cancel.cancelled().await;
-            stop.store(true, Ordering::Relaxed);
-        });
-    }
     // the first pass of a new node starts once it has settled
     let first = Utc::now() + chrono::Duration::from_std(every.min(Duration::from_secs(3600))).expect("small");
     loop {
         // at most one full pass per `every`
         let due = last_start(&rt, "scrub")
+            .await
             .map(|t| t + chrono::Duration::from_std(every).unwrap_or(chrono::Duration::days(7)))
             .unwrap_or(first);
         let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
@@ -219,50 +249,53 @@ async fn scrub_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
                 _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => continue,
             }
         }
-        record_start(&rt, "scrub");
-        let r = super::maintenance::scrub_all(&rt, rate, stop.clone()).await;
-        if stop.load(Ordering::Relaxed) {
-            return;
-        }
-        let v = serde_json::to_value(&r).expect("serializes");
+        record_start(&rt, "scrub").await;
+        let r = tokio::select! {
+            r = maintenance::scrub_all(&rt, rate, stop.clone()) => r,
+            _ = cancel.cancelled() => {
+                // tell the pass to stop at its next page, and let it
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+        };
+        let (unrepaired, errors) = (r.unrepaired.len(), r.errors.len());
         record_end(
             &rt,
             "scrub",
-            if r.unrepaired.is_empty() && r.errors.is_empty() {
-                Ok(v)
+            if unrepaired == 0 && errors == 0 {
+                Ok(r)
             } else {
-                Err(format!("{} damaged objects could not be repaired; {} errors", r.unrepaired.len(), r.errors.len()))
+                Err(format!("{unrepaired} damaged objects could not be repaired; {errors} errors"))
             },
-        );
+        )
+        .await;
     }
 }
 
-/// Start every timer of the daemon (and the metrics endpoint).
+/// Start every timer of the daemon (and the metrics endpoint) in `tasks`.
 pub async fn spawn(
     rt: &Arc<NodeRuntime>,
     tasks: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) -> Result<(), NodeError> {
-    for sc in &rt.cfg.schedules {
-        let sched = Schedule::new(sc.clone()).map_err(NodeError::Other)?;
-        tracing::info!(schedule = %sc.name, when = %sched.describe(), "backup schedule active");
-        tasks.spawn(schedule_loop(rt.clone(), sched, cancel.clone()));
+    for sched in &rt.cfg.schedules {
+        tracing::info!(schedule = %sched.cfg.name, when = %sched.describe(), "backup schedule active");
+        tasks.spawn(schedule_loop(rt.clone(), sched.clone(), cancel.clone()));
     }
     tasks.spawn(sync_loop(rt.clone(), cancel.clone()));
-    if let Some(m) = rt.cfg.maintenance.schedule().map_err(NodeError::Other)? {
-        tasks.spawn(maintenance_loop(rt.clone(), m, cancel.clone()));
+    if let Some(m) = &rt.cfg.maintenance.schedule {
+        tasks.spawn(maintenance_loop(rt.clone(), m.clone(), cancel.clone()));
     }
     if rt.cfg.scrub.enabled {
         tasks.spawn(scrub_loop(rt.clone(), cancel.clone()));
     }
     if let Some(listen) = &rt.cfg.metrics.listen {
-        let addr = omesh_net::mesh::client::resolve(listen)
-            .await
-            .map_err(|e| NodeError::Other(format!("{}: [metrics] listen = {listen:?}: {e}", rt.cfg.path.display())))?
-            [0];
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| NodeError::Other(format!("{}: [metrics] listen = {listen:?}: {e}", rt.cfg.path.display())))?;
+        let err = |resolve: bool| {
+            let (config, value) = (rt.cfg.path.clone(), listen.clone());
+            move |source| NodeError::Listen { config, setting: "[metrics] listen", value, resolve, source }
+        };
+        let addr = omesh_net::mesh::client::resolve(listen).await.map_err(err(true))?[0];
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(err(false))?;
         tracing::info!(%addr, "metrics endpoint listening");
         tasks.spawn(crate::metrics::serve(l, rt.metrics.clone(), rt.inbound_check.clone(), cancel.clone()));
     }

@@ -21,33 +21,7 @@ use omesh_proto::{ObjectId, ObjectKind};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 use tokio::task::JoinSet;
-
-/// What happened with one peer.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct ReplicaReport {
-    /// Peer name.
-    pub peer: String,
-    /// Its failure domain.
-    pub domain: String,
-    /// Address used.
-    pub address: String,
-    /// SHA-256 of its certificate.
-    pub cert_sha256: String,
-    /// Whether the peer committed the snapshot.
-    pub ok: bool,
-    /// Objects sent.
-    pub objects_sent: u64,
-    /// Record bytes sent.
-    pub bytes_sent: u64,
-    /// Seconds spent.
-    pub seconds: f64,
-    /// Round-trip time measured before choosing (µs).
-    pub rtt_us: u64,
-    /// Failure reason.
-    pub error: Option<String>,
-}
 
 /// Replication failures.
 #[derive(Debug, thiserror::Error)]
@@ -235,9 +209,4 @@ pub async fn push_snapshot(
         }
         Err(e) => Err(e.into()),
     }
-}
-
-/// Time helper for reports.
-pub fn since(t: Instant) -> f64 {
-    t.elapsed().as_secs_f64()
 }

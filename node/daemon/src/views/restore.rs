@@ -1,0 +1,114 @@
+//! Preparing a restore through the mesh: find the snapshot in one census
+//! and build a source that reads it from the local store and/or every
+//! replica holding it.
+
+use crate::census::{Census, CensusOptions, CensusScope, Local, Targets};
+use crate::error::NodeError;
+use crate::replica::HolderKind;
+use crate::runtime::NodeRuntime;
+use crate::source::{MeshSource, Replica, open_snapshot};
+use omesh_core::snapshot::SnapshotRecord;
+use omesh_proto::ObjectId;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where a mesh restore reads from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum From {
+    /// The local store if it holds the snapshot, plus every replica.
+    Auto,
+    /// Only this node's local stores.
+    Local,
+    /// Only the S3 targets.
+    S3,
+    /// Only this peer or S3 target.
+    Peer(String),
+}
+
+/// Find snapshot `spec` of `source` and build a source that reads it from
+/// the local store and/or the replicas holding it.
+pub async fn prepare_restore(
+    rt: &Arc<NodeRuntime>,
+    source: &str,
+    spec: &str,
+    from: &From,
+) -> Result<(ObjectId, MeshSource), NodeError> {
+    let keys = {
+        let (rt2, s) = (rt.clone(), source.to_string());
+        tokio::task::spawn_blocking(move || super::snapshots::source_keys(&rt2, &s)).await?
+    };
+    let keys = keys.ok_or_else(|| NodeError::NoKey {
+        source_name: source.to_string(),
+        key_path: rt.cfg.key_path(source),
+        config: rt.cfg.path.clone(),
+    })?;
+    if let From::Peer(p) = from {
+        if rt.cfg.peer(p).is_none() && rt.cfg.s3_target(p).is_none() {
+            return Err(NodeError::UnknownTarget { name: p.clone(), config: rt.cfg.path.clone() });
+        }
+    }
+    let opts = CensusOptions {
+        scope: CensusScope::Source(source.to_string()),
+        targets: match from {
+            From::Auto => Targets::All,
+            From::Local => Targets::None,
+            From::S3 => Targets::Buckets,
+            From::Peer(p) => Targets::Only(p.clone()),
+        },
+        local: match from {
+            From::Auto | From::Local => Local::ReadOnly,
+            From::S3 | From::Peer(_) => Local::Skip,
+        },
+        records: true,
+    };
+    let census = Census::gather(rt, &opts).await;
+    let me = rt.cfg.name.as_str();
+    let mut records: HashMap<ObjectId, SnapshotRecord> = HashMap::new();
+    for ((_, id), h) in &census.snapshots {
+        let Some(rec) = &h.record else { continue };
+        match open_snapshot(&keys, id, rec) {
+            Ok(d) => {
+                records.insert(*id, d);
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %id.short(), error = %e, "a listed snapshot record does not decrypt with this key; ignored")
+            }
+        }
+    }
+    let id = resolve(&records, spec)?;
+    let holders = census.snapshots.get(&(source.to_string(), id)).map(|h| &h.holders);
+    let mut replicas = Vec::new();
+    let mut local_holds = false;
+    for (name, h) in holders.into_iter().flatten() {
+        if name == me && h.kind == HolderKind::Local {
+            local_holds = true;
+        } else if let Some((t, rtt)) = census.target(name) {
+            replicas.push(Arc::new(Replica::new(t, rtt)));
+        }
+    }
+    let local = census.local_store.clone().filter(|_| local_holds);
+    if replicas.is_empty() && local.is_none() {
+        return Err(NodeError::NotReachable { snapshot: id, source_name: source.to_string() });
+    }
+    let chunker = local.as_ref().map(|l| l.config().chunker).unwrap_or_default();
+    let mut src = MeshSource::new(tokio::runtime::Handle::current(), source, keys, chunker, local, replicas, records);
+    src.request_timeout = Duration::from_secs(rt.cfg.transport.request_timeout_secs.max(1));
+    Ok((id, src))
+}
+
+fn resolve(records: &HashMap<ObjectId, SnapshotRecord>, spec: &str) -> Result<ObjectId, NodeError> {
+    if records.is_empty() {
+        return Err(NodeError::NoSnapshots);
+    }
+    if spec == "latest" {
+        return Ok(*records.iter().max_by_key(|(id, r)| (r.start_ns, **id)).expect("non-empty").0);
+    }
+    let s = spec.to_ascii_lowercase();
+    let m: Vec<&ObjectId> = records.keys().filter(|id| id.to_hex().starts_with(&s)).collect();
+    match m.len() {
+        0 => Err(NodeError::NoMatch(spec.to_string())),
+        1 => Ok(*m[0]),
+        _ => Err(NodeError::Ambiguous(spec.to_string())),
+    }
+}

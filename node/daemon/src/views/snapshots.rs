@@ -1,0 +1,169 @@
+//! `omesh snapshots --config`: every snapshot of a source, where it is,
+//! and whether it has `factor` replicas, from one census.
+
+use crate::census::{Census, CensusOptions, CensusScope, Local, Targets};
+use crate::error::NodeError;
+use crate::replica::HolderKind;
+use crate::runtime::NodeRuntime;
+use crate::source::open_snapshot;
+use omesh_core::crypto::Keys;
+use omesh_core::keyfile::KeyFile;
+use omesh_core::snapshot::{SnapshotKind, SnapshotRecord};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+/// One replica of a snapshot.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReplicaView {
+    /// Node (or S3 target) name.
+    pub node: String,
+    /// Peer, this node (a replica it keeps) or bucket.
+    pub kind: HolderKind,
+    /// Failure domain.
+    pub domain: String,
+    /// Listed by the node just now.
+    pub confirmed: bool,
+    /// When we recorded its acknowledgement (RFC 3339), if we did.
+    pub acknowledged: Option<String>,
+}
+
+/// One snapshot and where it is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// Id.
+    pub id: String,
+    /// Short id.
+    pub short_id: String,
+    /// Source node.
+    pub source: String,
+    /// Start time (RFC 3339), when the key is here.
+    pub time: Option<String>,
+    /// Host name.
+    pub hostname: Option<String>,
+    /// Paths.
+    pub paths: Vec<String>,
+    /// "files" or "image".
+    pub kind: Option<String>,
+    /// Files.
+    pub files: Option<u64>,
+    /// Logical bytes.
+    pub bytes: Option<u64>,
+    /// Replicas (not counting the source's own copy).
+    pub replicas: Vec<ReplicaView>,
+    /// Whether the source itself still holds it.
+    pub on_source: bool,
+    /// Replicas on peers.
+    pub replica_count: usize,
+    /// Replication factor configured here.
+    pub factor: usize,
+    /// replica_count >= factor.
+    pub fully_replicated: bool,
+}
+
+/// An RFC 3339 time from nanoseconds since the epoch.
+pub fn rfc3339(ns: i64) -> String {
+    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339()
+}
+
+/// Keys of `source` held on this node, if any (reads the key file:
+/// blocking).
+pub fn source_keys(rt: &NodeRuntime, source: &str) -> Option<Arc<Keys>> {
+    let p = rt.cfg.key_path(source);
+    KeyFile::load(&p).ok().map(|k| Arc::new(Keys::derive(&k.secret)))
+}
+
+/// `omesh snapshots --config`.
+pub async fn snapshots(rt: &Arc<NodeRuntime>, source: Option<&str>) -> Result<Vec<SnapshotView>, NodeError> {
+    let source = source.unwrap_or(&rt.cfg.name).to_string();
+    let opts = CensusOptions {
+        scope: CensusScope::Source(source.clone()),
+        targets: Targets::All,
+        local: Local::Registry,
+        records: true,
+    };
+    let census = Census::gather(rt, &opts).await;
+    snapshot_views(rt, &source, &census).await
+}
+
+/// The snapshots of `source` in `census`, with what this node recorded
+/// of their placements.
+pub async fn snapshot_views(
+    rt: &Arc<NodeRuntime>,
+    source: &str,
+    census: &Census,
+) -> Result<Vec<SnapshotView>, NodeError> {
+    // the key file and the state database are read off the async workers
+    let (keys, placements) = {
+        let rt2 = rt.clone();
+        let s = source.to_string();
+        tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
+            let placements = match &rt2.state {
+                Some(st) => st.placements(&s)?,
+                None => HashMap::new(),
+            };
+            Ok((source_keys(&rt2, &s), placements))
+        })
+        .await??
+    };
+    let me = rt.cfg.name.as_str();
+    let mut out = Vec::new();
+    for ((src, id), holding) in &census.snapshots {
+        if src != source {
+            continue;
+        }
+        let details: Option<SnapshotRecord> =
+            keys.as_ref().zip(holding.record.as_ref()).and_then(|(k, rec)| open_snapshot(k, id, rec).ok());
+        let mut on_source = false;
+        let mut replicas: BTreeMap<String, ReplicaView> = BTreeMap::new();
+        for (name, h) in &holding.holders {
+            if name == source {
+                on_source = true;
+                continue;
+            }
+            let kind = if name == me { HolderKind::Local } else { h.kind };
+            replicas.insert(
+                name.clone(),
+                ReplicaView { node: name.clone(), kind, domain: h.domain.clone(), confirmed: true, acknowledged: None },
+            );
+        }
+        for p in placements.get(&id.to_hex()).into_iter().flatten() {
+            let domain = rt.cfg.peer(&p.node).map(|c| c.domain.clone()).unwrap_or_default();
+            let e = replicas.entry(p.node.clone()).or_insert_with(|| ReplicaView {
+                node: p.node.clone(),
+                kind: p.kind,
+                domain,
+                confirmed: false,
+                acknowledged: None,
+            });
+            e.acknowledged = Some(rfc3339(p.time_ns));
+        }
+        // a replica counts when the node confirms it now, or (if that node
+        // is unreachable) when it acknowledged it earlier
+        let count = replicas
+            .values()
+            .filter(|r| r.confirmed || (r.acknowledged.is_some() && !census.listed.contains(&r.node)))
+            .count();
+        out.push(SnapshotView {
+            id: id.to_hex(),
+            short_id: id.short(),
+            source: source.to_string(),
+            time: details.as_ref().map(|d| rfc3339(d.start_ns)),
+            hostname: details.as_ref().map(|d| d.hostname.clone()),
+            paths: details.as_ref().map(|d| d.paths.clone()).unwrap_or_default(),
+            kind: details.as_ref().map(|d| match d.kind {
+                SnapshotKind::Files => "files".to_string(),
+                SnapshotKind::Image => "image".to_string(),
+            }),
+            files: details.as_ref().map(|d| d.files),
+            bytes: details.as_ref().map(|d| d.bytes),
+            on_source,
+            replica_count: count,
+            factor: rt.cfg.replication.factor,
+            fully_replicated: count >= rt.cfg.replication.factor,
+            replicas: replicas.into_values().collect(),
+        });
+    }
+    out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
