@@ -34,6 +34,8 @@ fn material(dir: &Path, crl: Option<&Path>) -> TlsMaterial {
 
 async fn try_connect(tls: &TlsMaterial, me: &str, name: &str, addr: SocketAddr) -> Result<client::PeerConn, String> {
     let ep = endpoint(tls);
+    // as a node does before every connection: pick up a changed CRL
+    tls.refresh();
     let config = transport::client_config(tls, &TransportConfig::default()).unwrap();
     let r = client::connect(&ep, &config, me, name, &[addr], Duration::from_secs(5)).await.map_err(|e| e.to_string());
     match r {

@@ -233,6 +233,7 @@ impl NodeRuntime {
             }
         }
         let timeout = Duration::from_secs(self.cfg.transport.connect_timeout_secs.max(1));
+        self.tls.refresh_async().await;
         let config = transport::client_config(&self.tls, &self.cfg.transport).map_err(|e| e.to_string())?;
         let mut c = client::connect(&self.endpoint, &config, &self.cfg.name, &peer.name, &addrs, timeout)
             .await

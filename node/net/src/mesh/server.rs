@@ -99,15 +99,36 @@ pub fn hello(name: &str) -> Hello {
     }
 }
 
+/// Most connections served at once (all peers together): a node beyond it
+/// is refused until one closes.
+pub const MAX_CONNECTIONS: usize = 256;
+
 /// Accept connections until cancelled, then close the endpoint and wait
-/// for every connection task.
+/// for every connection task. At most [`MAX_CONNECTIONS`] are served at
+/// once; each connection's task holds one permit.
 pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<ServerCtx>) {
     let mut tasks = JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         tokio::select! {
             _ = ctx.cancel.cancelled() => break,
             inc = endpoint.accept() => match inc {
-                Some(i) => { tasks.spawn(handle_incoming(i, ctx.clone())); }
+                // nothing at all goes to an address outside the boundary,
+                // not even a refusal
+                Some(i) if refused_address(&ctx, &i) => i.ignore(),
+                Some(i) => match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let ctx = ctx.clone();
+                        tasks.spawn(async move {
+                            handle_incoming(i, ctx).await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::warn!(remote = %i.remote_address(), max = MAX_CONNECTIONS, "too many connections; refused");
+                        i.refuse();
+                    }
+                },
                 None => break,
             },
         }
@@ -118,17 +139,23 @@ pub async fn serve(endpoint: quinn::Endpoint, ctx: Arc<ServerCtx>) {
     while tasks.join_next().await.is_some() {}
 }
 
+fn refused_address(ctx: &ServerCtx, inc: &quinn::Incoming) -> bool {
+    let remote = inc.remote_address();
+    match &ctx.inbound_check {
+        Some(check) => match check(remote) {
+            Ok(()) => false,
+            Err(why) => {
+                tracing::warn!(%remote, reason = %why, "refused inbound connection");
+                true
+            }
+        },
+        None => false,
+    }
+}
+
 async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
     let remote = inc.remote_address();
-    if let Some(check) = &ctx.inbound_check {
-        if let Err(why) = check(remote) {
-            tracing::warn!(%remote, reason = %why, "refused inbound connection");
-            // no answer at all: not even a refusal packet goes to an
-            // address outside the boundary
-            inc.ignore();
-            return;
-        }
-    }
+    ctx.tls.refresh_async().await;
     let config = match transport::server_config(&ctx.tls, &ctx.transport) {
         Ok(c) => Arc::new(c),
         Err(e) => {
@@ -589,4 +616,55 @@ async fn get_objects(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(accept_from: AcceptFrom) -> ServePolicy {
+        ServePolicy {
+            node: "srv-b".into(),
+            accept_from,
+            peers: HashMap::from([("srv-a".to_string(), None), ("srv-c".to_string(), Some(1000))]),
+            default_quota: 5000,
+            retention: RetentionPolicy::default(),
+        }
+    }
+
+    fn id(name: &str) -> PeerIdentity {
+        PeerIdentity { name: name.into(), fingerprint: String::new() }
+    }
+
+    fn forbidden(r: Result<(), Fail>) -> bool {
+        matches!(r, Err(Fail::Respond(ErrorCode::Forbidden, _, _)))
+    }
+
+    #[test]
+    fn a_peer_writes_only_into_its_own_namespace() {
+        let p = policy(AcceptFrom::Peers);
+        assert!(may_write(&p, &id("srv-a"), "srv-a").is_ok());
+        // another source's namespace, whoever asks
+        assert!(forbidden(may_write(&p, &id("srv-a"), "srv-c")));
+        // the serving node's own namespace
+        assert!(forbidden(may_write(&p, &id("srv-b"), "srv-b")));
+    }
+
+    #[test]
+    fn only_listed_peers_store_unless_the_site_is_accepted() {
+        let p = policy(AcceptFrom::Peers);
+        assert!(forbidden(may_write(&p, &id("srv-x"), "srv-x")));
+        let p = policy(AcceptFrom::Site);
+        assert!(may_write(&p, &id("srv-x"), "srv-x").is_ok());
+        // accepting the site still never opens another's namespace
+        assert!(forbidden(may_write(&p, &id("srv-x"), "srv-a")));
+    }
+
+    #[test]
+    fn a_peer_quota_overrides_the_default() {
+        let p = policy(AcceptFrom::Site);
+        assert_eq!(p.quota_for("srv-c"), 1000);
+        assert_eq!(p.quota_for("srv-a"), 5000);
+        assert_eq!(p.quota_for("srv-x"), 5000);
+    }
 }

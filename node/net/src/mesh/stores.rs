@@ -131,8 +131,14 @@ impl StoreLayout {
 /// All stores of this node.
 pub struct Stores {
     cfg: StoreLayout,
-    map: Mutex<HashMap<String, Arc<SourceStore>>>,
+    /// One slot per source: the registry lock is held only to find a
+    /// slot; opening a store (which re-indexes packs and can take a while)
+    /// holds only that source's slot, so one slow open does not stall
+    /// requests for every other source.
+    map: Mutex<HashMap<String, Slot>>,
 }
+
+type Slot = Arc<Mutex<Option<Arc<SourceStore>>>>;
 
 impl Stores {
     /// Registry for a node's data directory.
@@ -140,27 +146,32 @@ impl Stores {
         Stores { cfg, map: Mutex::new(HashMap::new()) }
     }
 
+    fn slot(&self, source: &str) -> Slot {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).entry(source.to_string()).or_default().clone()
+    }
+
     /// This node's own store, created (with a new key) on first use.
     pub fn own(&self) -> Result<Arc<SourceStore>, StoreError> {
-        let mut map = self.map.lock().expect("stores lock");
-        if let Some(s) = map.get(&self.cfg.node) {
+        let slot = self.slot(&self.cfg.node);
+        let mut g = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = g.as_ref() {
             return Ok(s.clone());
         }
-        let store = open_own_store(&self.cfg)?;
-        let s = Arc::new(SourceStore::new(store));
-        map.insert(self.cfg.node.clone(), s.clone());
+        let s = Arc::new(SourceStore::new(open_own_store(&self.cfg)?));
+        *g = Some(s.clone());
         Ok(s)
     }
 
     /// A source's store; `create` makes a keyless replica store when absent.
-    /// Opening happens under the registry lock, so concurrent requests for
-    /// a new source never race to open (and lock) the same store twice.
+    /// Concurrent requests for a new source wait on its slot, so they never
+    /// race to open (and lock) the same store twice.
     pub fn get(&self, source: &str, create: bool) -> Result<Option<Arc<SourceStore>>, StoreError> {
         if source == self.cfg.node {
             return self.own().map(Some);
         }
-        let mut map = self.map.lock().expect("stores lock");
-        if let Some(s) = map.get(source) {
+        let slot = self.slot(source);
+        let mut g = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = g.as_ref() {
             return Ok(Some(s.clone()));
         }
         let dir = self.cfg.source_dir(source);
@@ -172,7 +183,7 @@ impl Stores {
             return Ok(None);
         };
         let s = Arc::new(SourceStore::new(store));
-        map.insert(source.to_string(), s.clone());
+        *g = Some(s.clone());
         Ok(Some(s))
     }
 

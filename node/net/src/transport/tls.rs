@@ -6,9 +6,10 @@
 //!   server side, `WebPkiServerVerifier` (`with_webpki_verifier`) on the
 //!   client side; omesh implements no verifier of its own.
 //! - The CRL file is re-read whenever its modification time or size
-//!   changes, checked for every connection (the configs are rebuilt then and
-//!   handed to quinn per connection), so `omesh ca revoke` takes effect
-//!   without restarting a daemon.
+//!   changes, checked (on a blocking thread) before every connection is
+//!   accepted or made; the configs are rebuilt then and handed to quinn per
+//!   connection, so `omesh ca revoke` takes effect without restarting a
+//!   daemon.
 //! - A peer's identity is the DNS name in its verified certificate, never a
 //!   name it sends in a message. A client verifies that the server's
 //!   certificate carries the configured peer name.
@@ -191,38 +192,45 @@ impl TlsMaterial {
     }
 
     /// Server side: client certificates required, verified against the CA
-    /// and the current CRL.
+    /// and the CRL as of the last [`TlsMaterial::refresh`].
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        self.current().server.clone()
+        self.built.lock().unwrap_or_else(|e| e.into_inner()).server.clone()
     }
 
     /// Client side: presents our certificate, verifies the server's against
-    /// the CA and the current CRL.
+    /// the CA and the CRL as of the last [`TlsMaterial::refresh`].
     pub fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        self.current().client.clone()
+        self.built.lock().unwrap_or_else(|e| e.into_inner()).client.clone()
     }
 
-    /// The configs, rebuilt first if the CRL file changed.
-    fn current(&self) -> std::sync::MutexGuard<'_, Built> {
-        let mut b = self.built.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = &self.crl {
-            let now = stamp(p);
-            if now != b.stamp {
-                match load_crls(p).and_then(|c| {
-                    let n = c.len();
-                    build_configs(&self.roots, &self.chain, &self.key, c).map(|v| (v, n))
-                }) {
-                    Ok(((server, client), n)) => {
-                        tracing::info!(crl = %p.display(), lists = n, "certificate revocation list reloaded");
-                        *b = Built { stamp: now, server, client };
-                    }
-                    // keep enforcing the last good CRL; a half-copied file
-                    // is retried on the next connection
-                    Err(e) => tracing::error!(error = %e, "cannot reload the CRL; still using the previous one"),
-                }
-            }
+    /// Re-read the CRL file if its modification time or size changed, and
+    /// rebuild the configs from it (blocking file I/O: async callers use
+    /// [`TlsMaterial::refresh_async`]). The lock is not held while the file
+    /// is read.
+    pub fn refresh(&self) {
+        let Some(p) = &self.crl else { return };
+        let now = stamp(p);
+        if now == self.built.lock().unwrap_or_else(|e| e.into_inner()).stamp {
+            return;
         }
-        b
+        match load_crls(p).and_then(|c| {
+            let n = c.len();
+            build_configs(&self.roots, &self.chain, &self.key, c).map(|v| (v, n))
+        }) {
+            Ok(((server, client), n)) => {
+                tracing::info!(crl = %p.display(), lists = n, "certificate revocation list reloaded");
+                *self.built.lock().unwrap_or_else(|e| e.into_inner()) = Built { stamp: now, server, client };
+            }
+            // keep enforcing the last good CRL; a half-copied file is
+            // retried on the next connection
+            Err(e) => tracing::error!(error = %e, "cannot reload the CRL; still using the previous one"),
+        }
+    }
+
+    /// [`TlsMaterial::refresh`] on a blocking thread.
+    pub async fn refresh_async(self: &Arc<Self>) {
+        let t = self.clone();
+        let _ = tokio::task::spawn_blocking(move || t.refresh()).await;
     }
 }
 
