@@ -7,26 +7,27 @@ use serde::{Deserialize, Deserializer};
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
-    /// Parse "123", "10 MiB", "1.5 GB", "200M".
+    /// Parse "123", "10 MiB", "1.5 GB", "200M" with the `bytesize` crate.
+    /// A bare one-letter unit (K, M, G, T) is binary, as omesh always read
+    /// it (bytesize alone would read it as decimal).
     pub fn parse(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
-        let (num, unit) = s.split_at(split);
-        let n: f64 =
-            num.parse().map_err(|_| format!("{s:?} is not a size (examples: 1048576, \"512 MiB\", \"2 TiB\")"))?;
-        let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-            "" | "b" => 1,
-            "k" | "kib" => 1 << 10,
-            "kb" => 1000,
-            "m" | "mib" => 1 << 20,
-            "mb" => 1_000_000,
-            "g" | "gib" => 1 << 30,
-            "gb" => 1_000_000_000,
-            "t" | "tib" => 1 << 40,
-            "tb" => 1_000_000_000_000,
-            u => return Err(format!("unknown size unit {u:?} in {s:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB, TB)")),
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let unit = unit.trim();
+        let unit = match unit.to_ascii_lowercase().as_str() {
+            "k" | "m" | "g" | "t" => format!("{}iB", unit.to_ascii_uppercase()),
+            _ => unit.to_string(),
         };
-        Ok(ByteSize((n * mult as f64) as u64))
+        let examples = "examples: 1048576, \"512 MiB\", \"2 TiB\"; units B, KiB, MiB, GiB, TiB, KB, MB, GB, TB";
+        if num.is_empty() {
+            return Err(format!("{t:?} is not a size ({examples})"));
+        }
+        format!("{num} {unit}")
+            .trim()
+            .parse::<bytesize::ByteSize>()
+            .map(|b| ByteSize(b.as_u64()))
+            .map_err(|e| format!("{t:?} is not a size: {e} ({examples})"))
     }
 }
 
@@ -54,5 +55,11 @@ mod tests {
         assert_eq!(ByteSize::parse("512 MiB").unwrap().0, 512 << 20);
         assert_eq!(ByteSize::parse("1.5GB").unwrap().0, 1_500_000_000);
         assert!(ByteSize::parse("12 parsecs").is_err());
+        assert_eq!(ByteSize::parse("2 TiB").unwrap().0, 2 << 40);
+        assert_eq!(ByteSize::parse("200M").unwrap().0, 200 << 20);
+        assert_eq!(ByteSize::parse("16k").unwrap().0, 16 << 10);
+        assert_eq!(ByteSize::parse("123").unwrap().0, 123);
+        assert_eq!(ByteSize::parse("8 KB").unwrap().0, 8000);
+        assert!(ByteSize::parse("MiB").is_err());
     }
 }

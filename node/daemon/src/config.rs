@@ -372,7 +372,6 @@ impl NodeConfig {
         if !self.listen.contains(':') {
             return Err(format!("listen = {:?} needs a port (address:port)", self.listen));
         }
-        omesh_net::residency::Policy::new(&self.residency)?;
         validate_lifecycle(self)?;
         Ok(())
     }

@@ -118,7 +118,7 @@ impl NodeRuntime {
     /// at a time). The residency policy of the config is enforced on every
     /// outbound and inbound connection.
     pub async fn build(cfg: NodeConfig, serve: bool, with_state: bool) -> Result<Arc<Self>, NodeError> {
-        let policy = Arc::new(omesh_net::residency::Policy::new(&cfg.residency).map_err(NodeError::Residency)?);
+        let policy = Arc::new(omesh_net::residency::Policy::new(&cfg.residency));
         let (outbound_check, inbound_check): (Option<OutboundCheck>, Option<InboundCheck>) = if policy.is_active() {
             let p1 = policy.clone();
             let p2 = policy.clone();

@@ -42,61 +42,52 @@ pub struct Destination {
     pub endpoint: Option<String>,
 }
 
-/// An IP network (CIDR).
+/// An IP network (CIDR), matched with the `ipnet` crate. An IPv4 network
+/// also matches the IPv4-mapped IPv6 form of its addresses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Net {
-    addr: IpAddr,
-    prefix: u8,
-}
+pub struct Net(ipnet::IpNet);
 
 impl Net {
     /// Parse "10.0.0.0/8", "fd00::/8" or a single address.
     pub fn parse(s: &str) -> Result<Net, String> {
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr =
-            a.trim().parse().map_err(|_| format!("{s:?} is not an IP network (examples: 10.20.0.0/16, fd00::/8)"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match p {
-            Some(p) => p
-                .trim()
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| format!("{s:?}: prefix length must be 0-{max}"))?,
-            None => max,
-        };
-        Ok(Net { addr, prefix })
+        let t = s.trim();
+        if let Ok(n) = t.parse::<ipnet::IpNet>() {
+            return Ok(Net(n));
+        }
+        if let Ok(a) = t.parse::<IpAddr>() {
+            return Ok(Net(ipnet::IpNet::from(a)));
+        }
+        Err(match t.split_once('/') {
+            Some((a, _)) if a.trim().parse::<IpAddr>().is_ok() => {
+                let max = if a.contains(':') { 128 } else { 32 };
+                format!("{s:?}: prefix length must be 0-{max}")
+            }
+            _ => format!("{s:?} is not an IP network (examples: 10.20.0.0/16, fd00::/8)"),
+        })
     }
 
     /// Whether `ip` is in this network.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match (self.addr, ip) {
-            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+        let ip = match (self.0, ip) {
+            (ipnet::IpNet::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
                 Some(v4) => IpAddr::V4(v4),
                 None => return false,
             },
             _ => ip,
         };
-        match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        }
+        self.0.contains(&ip)
+    }
+}
+
+impl<'de> Deserialize<'de> for Net {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Net::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
     }
 }
 
 impl std::fmt::Display for Net {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
+        write!(f, "{}/{}", self.0.addr(), self.0.prefix_len())
     }
 }
 
@@ -106,10 +97,10 @@ impl std::fmt::Display for Net {
 pub struct ResidencyConfig {
     /// Networks peers and S3 endpoints may be in (empty: any).
     #[serde(default)]
-    pub allowed_networks: Vec<String>,
+    pub allowed_networks: Vec<Net>,
     /// Networks that are never allowed (win over allowed).
     #[serde(default)]
-    pub forbidden_networks: Vec<String>,
+    pub forbidden_networks: Vec<Net>,
     /// Source address for all omesh traffic.
     #[serde(default)]
     pub bind: Option<IpAddr>,
@@ -142,17 +133,15 @@ impl std::fmt::Display for Refusal {
 }
 
 impl Policy {
-    /// Compile; errors name the setting.
-    pub fn new(c: &ResidencyConfig) -> Result<Policy, String> {
-        let parse = |v: &[String], key: &str| -> Result<Vec<Net>, String> {
-            v.iter().map(|s| Net::parse(s).map_err(|e| format!("[residency] {key}: {e}"))).collect()
-        };
-        Ok(Policy {
-            allowed: parse(&c.allowed_networks, "allowed_networks")?,
-            forbidden: parse(&c.forbidden_networks, "forbidden_networks")?,
+    /// The policy of a `[residency]` section (its networks were parsed
+    /// when the configuration was read).
+    pub fn new(c: &ResidencyConfig) -> Policy {
+        Policy {
+            allowed: c.allowed_networks.clone(),
+            forbidden: c.forbidden_networks.clone(),
             bind: c.bind,
             refusals: AtomicU64::new(0),
-        })
+        }
     }
 
     /// Whether a policy is configured at all.
@@ -382,11 +371,10 @@ mod tests {
 
     fn pol(a: &[&str], f: &[&str]) -> Policy {
         Policy::new(&ResidencyConfig {
-            allowed_networks: a.iter().map(|s| s.to_string()).collect(),
-            forbidden_networks: f.iter().map(|s| s.to_string()).collect(),
+            allowed_networks: a.iter().map(|s| Net::parse(s).unwrap()).collect(),
+            forbidden_networks: f.iter().map(|s| Net::parse(s).unwrap()).collect(),
             bind: None,
         })
-        .unwrap()
     }
 
     #[test]

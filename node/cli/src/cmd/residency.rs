@@ -54,7 +54,7 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
     match c {
         ResidencyCommand::Check { config, json } => {
             let cfg = mesh::load(&config)?;
-            let policy = omesh_net::residency::Policy::new(&cfg.residency).map_err(CliError::usage)?;
+            let policy = omesh_net::residency::Policy::new(&cfg.residency);
             let rt = mesh::tokio()?;
             let lines = rt.block_on(omesh_net::residency::check_destinations(
                 &cfg.destinations(),

@@ -41,7 +41,7 @@ impl DaemonHandle {
 /// Start the daemon: QUIC server and control socket.
 pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
     // the same check as `omesh residency check`: refuse to start outside the boundary
-    let policy = omesh_net::residency::Policy::new(&cfg.residency).map_err(NodeError::Residency)?;
+    let policy = omesh_net::residency::Policy::new(&cfg.residency);
     if policy.is_active() {
         let bad: Vec<String> =
             omesh_net::residency::check_destinations(&cfg.destinations(), &cfg.name, &cfg.listen, &policy)
