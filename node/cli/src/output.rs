@@ -130,7 +130,7 @@ pub fn bytes(n: u64) -> String {
 
 /// Local time of a nanosecond timestamp.
 pub fn time(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string()
+    omesh_core::time::local(ns)
 }
 
 /// A spinner/bar on stderr that shows `msg()` every 100 ms while `f` runs;

@@ -79,7 +79,11 @@ pub struct KeyFile {
 impl KeyFile {
     /// A new random key for `source`.
     pub fn generate(source: &str) -> Self {
-        KeyFile { source: source.to_string(), secret: Secret::generate(), created: chrono::Utc::now().to_rfc3339() }
+        KeyFile {
+            source: source.to_string(),
+            secret: Secret::generate(),
+            created: crate::time::rfc3339(crate::time::now()),
+        }
     }
 
     /// Public fingerprint.

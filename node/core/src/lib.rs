@@ -26,6 +26,7 @@ pub mod restore;
 pub mod sample;
 pub mod snapshot;
 pub mod store;
+pub mod time;
 pub mod units;
 pub mod verify;
 

@@ -104,7 +104,7 @@ fn client_bind(cfg: &NodeConfig) -> SocketAddr {
 }
 
 fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    omesh_core::time::now_ns()
 }
 
 impl NodeRuntime {
@@ -381,7 +381,7 @@ impl NodeRuntime {
         if r.as_ref().is_ok_and(|rep| rep.protected) {
             m.backup_last_success
                 .get_or_create(&crate::metrics::label("schedule", schedule))
-                .set(chrono::Utc::now().timestamp() as f64);
+                .set(omesh_core::time::now().as_second() as f64);
         }
         r
     }

@@ -134,7 +134,7 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
             let store = open_write(&a.store)?;
             let mut rep = ForgetReport { dry_run: a.dry_run, ..Default::default() };
             let source = store.config().source.clone();
-            lifecycle::forget_store(&source, &store, &policy, chrono::Utc::now(), a.dry_run, &mut rep);
+            lifecycle::forget_store(&source, &store, &policy, omesh_core::time::now(), a.dry_run, &mut rep);
             rep
         }
     };

@@ -56,7 +56,7 @@ fn node_json(path: &str, n: &Node) -> serde_json::Value {
     serde_json::json!({
         "path": path, "type": kind, "size": size, "mode": format!("{:o}", n.mode),
         "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group,
-        "mtime": chrono::DateTime::from_timestamp_nanos(n.mtime_ns).to_rfc3339(),
+        "mtime": omesh_core::time::rfc3339_ns(n.mtime_ns),
         "link_target": target, "xattrs": n.xattrs.len(), "warning": n.warning,
     })
 }

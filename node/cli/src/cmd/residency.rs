@@ -42,12 +42,15 @@ pub enum ResidencyCommand {
 
 fn parse_since(s: &str) -> Result<i64, CliError> {
     let range = || CliError::usage(format!("--since {s:?}: date out of range (1678-2261)"));
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return t.timestamp_nanos_opt().ok_or_else(range);
-    }
-    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
-        .map_err(|_| CliError::usage(format!("--since {s:?}: use YYYY-MM-DD or an RFC 3339 time")))?;
-    d.and_hms_opt(0, 0, 0).expect("midnight").and_utc().timestamp_nanos_opt().ok_or_else(range)
+    let t = match omesh_core::time::parse_rfc3339(s) {
+        Some(t) => t,
+        None => {
+            let d: jiff::civil::Date =
+                s.parse().map_err(|_| CliError::usage(format!("--since {s:?}: use YYYY-MM-DD or an RFC 3339 time")))?;
+            d.to_zoned(jiff::tz::TimeZone::UTC).map_err(|_| range())?.timestamp()
+        }
+    };
+    i64::try_from(t.as_nanosecond()).map_err(|_| range())
 }
 
 pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {

@@ -23,8 +23,8 @@ pub fn snapshot_json(id: &ObjectId, r: &SnapshotRecord) -> serde_json::Value {
     serde_json::json!({
         "id": id.to_hex(),
         "short_id": id.short(),
-        "time": chrono::DateTime::from_timestamp_nanos(r.start_ns).to_rfc3339(),
-        "end_time": chrono::DateTime::from_timestamp_nanos(r.end_ns).to_rfc3339(),
+        "time": omesh_core::time::rfc3339_ns(r.start_ns),
+        "end_time": omesh_core::time::rfc3339_ns(r.end_ns),
         "source": r.source,
         "hostname": r.hostname,
         "paths": r.paths,

@@ -280,7 +280,7 @@ fn hostname() -> String {
 }
 
 fn now_ns() -> i64 {
-    chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    crate::time::now_ns()
 }
 
 /// Run a backup into `store`.

@@ -9,7 +9,7 @@
 //! interval the bytes sent stay within the rate (no burst beyond one
 //! piece), and windows take effect at the next piece.
 
-use chrono::{DateTime, Utc};
+use crate::time::Timestamp;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -253,14 +253,13 @@ impl Limiter {
         Ok(Some(Limiter { tz, global: Bucket::new(global), peers }))
     }
 
-    fn minute(&self, t: DateTime<Utc>) -> u32 {
-        let ts = jiff::Timestamp::from_second(t.timestamp()).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        let l = ts.to_zoned(self.tz.clone());
+    fn minute(&self, t: Timestamp) -> u32 {
+        let l = t.to_zoned(self.tz.clone());
         l.hour() as u32 * 60 + l.minute() as u32
     }
 
     /// The limits in force at `t` for `peer`: (global, peer).
-    pub fn rates_at(&self, peer: &str, t: DateTime<Utc>) -> (Rate, Rate) {
+    pub fn rates_at(&self, peer: &str, t: Timestamp) -> (Rate, Rate) {
         let m = self.minute(t);
         (self.global.plan.rate_at(m), self.peers.get(peer).map(|b| b.plan.rate_at(m)).unwrap_or_default())
     }
@@ -270,7 +269,7 @@ impl Limiter {
     /// (`None`: no limit applies now). Async callers sleep until then,
     /// worker threads use [`Limiter::pace_blocking`].
     pub fn reserve(&self, peer: &str, n: u64) -> Option<Instant> {
-        let (g, p) = self.rates_at(peer, Utc::now());
+        let (g, p) = self.rates_at(peer, crate::time::now());
         let now = Instant::now();
         let a = self.global.reserve(n, g, now);
         let b = self.peers.get(peer).and_then(|bk| bk.reserve(n, p, now));
@@ -372,8 +371,8 @@ mod tests {
         };
         let l = Limiter::new(&cfg).unwrap().unwrap();
         // 21:30 UTC in November is 22:30 in Berlin: inside the window
-        let night = DateTime::parse_from_rfc3339("2026-11-25T21:30:00Z").unwrap().with_timezone(&Utc);
-        let day = DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z").unwrap().with_timezone(&Utc);
+        let night: Timestamp = "2026-11-25T21:30:00Z".parse().unwrap();
+        let day: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
         assert_eq!(l.rates_at("srv-b", night), (Rate(None), Rate(None)));
         assert_eq!(l.rates_at("srv-b", day), (Rate(Some(12_500_000)), Rate(None)));
         assert_eq!(l.rates_at("srv-c", night), (Rate(None), Rate(Some(1_250_000))));

@@ -16,7 +16,7 @@
 //! A storing peer cannot read another source's snapshot records, so it
 //! applies the policy to the times it committed them.
 
-use chrono::{DateTime, Datelike, Timelike, Utc};
+use crate::time::{self, SignedDuration, Timestamp};
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
 
@@ -60,7 +60,7 @@ pub struct RetentionPolicy {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetentionDuration {
     text: String,
-    value: chrono::Duration,
+    value: SignedDuration,
 }
 
 impl RetentionDuration {
@@ -70,7 +70,7 @@ impl RetentionDuration {
     }
 
     /// The duration.
-    pub fn value(&self) -> chrono::Duration {
+    pub fn value(&self) -> SignedDuration {
         self.value
     }
 }
@@ -94,20 +94,31 @@ impl Serialize for RetentionDuration {
     }
 }
 
-/// Parse "90d", "36h", "2w", "15m", "1y" (y = 365 d).
-pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: i64 = num.parse().map_err(|_| format!("{s:?} is not a duration (examples: 30d, 36h, 2w)"))?;
-    Ok(match unit {
-        "s" => chrono::Duration::seconds(n),
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" | "" => chrono::Duration::days(n),
-        "w" => chrono::Duration::weeks(n),
-        "y" => chrono::Duration::days(365 * n),
-        u => return Err(format!("{s:?}: unknown unit {u:?} (s, m, h, d, w, y)")),
-    })
+/// Parse a duration with jiff's friendly format: a number and a unit,
+/// several allowed ("30d", "36h", "2w", "1y", "1w 3d", "90 days"); `y` is
+/// 365 days (retention must mean the same on every node, whatever the
+/// calendar); a bare number is days; months are refused (not a fixed
+/// length).
+pub fn parse_duration(s: &str) -> Result<SignedDuration, String> {
+    let t = s.trim();
+    let examples = "examples: 30d, 36h, 2w, 1y";
+    let span: jiff::Span = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i64 = t.parse().map_err(|_| format!("{s:?} is too large a duration"))?;
+        jiff::Span::new().try_days(n).map_err(|e| format!("{s:?}: {e}"))?
+    } else {
+        t.parse().map_err(|_| format!("{s:?} is not a duration ({examples})"))?
+    };
+    if span.get_months() != 0 {
+        return Err(format!("{s:?}: months are not a fixed length; give days instead (e.g. 30d)"));
+    }
+    if span.is_negative() {
+        return Err(format!("{s:?}: a duration must not be negative"));
+    }
+    let years = span.get_years() as i64;
+    let rest =
+        span.years(0).to_duration(jiff::SpanRelativeTo::days_are_24_hours()).map_err(|e| format!("{s:?}: {e}"))?;
+    rest.checked_add(SignedDuration::from_hours(24 * 365 * years))
+        .ok_or_else(|| format!("{s:?} is too large a duration"))
 }
 
 impl RetentionPolicy {
@@ -121,8 +132,8 @@ impl RetentionPolicy {
             || self.within().is_some()
     }
 
-    fn within(&self) -> Option<chrono::Duration> {
-        self.keep_within.as_ref().map(RetentionDuration::value).filter(|d| *d > chrono::Duration::zero())
+    fn within(&self) -> Option<SignedDuration> {
+        self.keep_within.as_ref().map(RetentionDuration::value).filter(|d| d.is_positive())
     }
 }
 
@@ -137,29 +148,35 @@ pub struct Decision {
     /// Snapshot.
     pub id: ObjectId,
     /// Its time.
-    pub time: DateTime<Utc>,
+    #[serde(serialize_with = "ser_time")]
+    pub time: Timestamp,
     /// Keep it?
     pub keep: bool,
     /// Why (the rules that keep it, or why it goes).
     pub reasons: Vec<String>,
 }
 
+fn ser_time<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&time::rfc3339(*t))
+}
+
 /// Decide for every snapshot of one group. `now` is the reference for the
 /// lock; rules are relative to the newest snapshot, as in restic.
-pub fn decide(snaps: &[(ObjectId, DateTime<Utc>)], policy: &RetentionPolicy, now: DateTime<Utc>) -> Vec<Decision> {
-    let mut sorted: Vec<(ObjectId, DateTime<Utc>)> = snaps.to_vec();
+pub fn decide(snaps: &[(ObjectId, Timestamp)], policy: &RetentionPolicy, now: Timestamp) -> Vec<Decision> {
+    let mut sorted: Vec<(ObjectId, Timestamp)> = snaps.to_vec();
     sorted.sort_by(|a, b| b.1.cmp(&a.1).then(b.0.cmp(&a.0)));
     let newest = sorted.first().map(|s| s.1);
     let within = policy.within();
     let lock = policy.lock.as_ref().map(RetentionDuration::value);
-    type Key = fn(&DateTime<Utc>) -> i64;
+    // periods in UTC, so every node groups alike
+    type Key = fn(&jiff::civil::DateTime) -> i64;
     let buckets: [(&str, Option<u32>, Key); 5] = [
         ("hourly", rule(policy.keep_hourly), |t| {
-            (t.year() as i64 * 10000 + t.ordinal() as i64) * 100 + t.hour() as i64
+            (t.year() as i64 * 10000 + t.day_of_year() as i64) * 100 + t.hour() as i64
         }),
-        ("daily", rule(policy.keep_daily), |t| t.year() as i64 * 1000 + t.ordinal() as i64),
+        ("daily", rule(policy.keep_daily), |t| t.year() as i64 * 1000 + t.day_of_year() as i64),
         ("weekly", rule(policy.keep_weekly), |t| {
-            let w = t.iso_week();
+            let w = t.date().iso_week_date();
             w.year() as i64 * 100 + w.week() as i64
         }),
         ("monthly", rule(policy.keep_monthly), |t| t.year() as i64 * 100 + t.month() as i64),
@@ -177,7 +194,7 @@ pub fn decide(snaps: &[(ObjectId, DateTime<Utc>)], policy: &RetentionPolicy, now
         }
         for (b, (name, _, key)) in buckets.iter().enumerate() {
             if let Some(left) = remaining[b] {
-                let k = key(time);
+                let k = key(&time.to_zoned(jiff::tz::TimeZone::UTC).datetime());
                 if left > 0 && last_key[b] != Some(k) {
                     reasons.push(format!("{name} {}", buckets[b].1.unwrap_or(0) - left + 1));
                     remaining[b] = Some(left - 1);
@@ -186,7 +203,7 @@ pub fn decide(snaps: &[(ObjectId, DateTime<Utc>)], policy: &RetentionPolicy, now
             }
         }
         if let (Some(w), Some(n)) = (within, newest) {
-            if *time > n - w {
+            if *time > time::minus(n, w) {
                 reasons.push(format!(
                     "within {} of the newest",
                     policy.keep_within.as_ref().map(|d| d.to_string()).unwrap_or_default()
@@ -198,7 +215,7 @@ pub fn decide(snaps: &[(ObjectId, DateTime<Utc>)], policy: &RetentionPolicy, now
             reasons.push("no retention rules".into());
         }
         if let Some(l) = lock {
-            if now - *time < l && !keep {
+            if now.duration_since(*time) < l && !keep {
                 keep = true;
                 reasons.push(format!(
                     "retention lock: younger than {}",
@@ -218,17 +235,17 @@ pub fn decide(snaps: &[(ObjectId, DateTime<Utc>)], policy: &RetentionPolicy, now
 mod tests {
     use super::*;
 
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
     }
 
-    fn snaps(times: &[&str]) -> Vec<(ObjectId, DateTime<Utc>)> {
+    fn snaps(times: &[&str]) -> Vec<(ObjectId, Timestamp)> {
         times.iter().enumerate().map(|(i, s)| (ObjectId([i as u8 + 1; 32]), t(s))).collect()
     }
 
     fn kept(d: &[Decision]) -> Vec<String> {
         let mut v: Vec<String> =
-            d.iter().filter(|x| x.keep).map(|x| x.time.format("%m-%d %H:%M").to_string()).collect();
+            d.iter().filter(|x| x.keep).map(|x| x.time.strftime("%m-%d %H:%M").to_string()).collect();
         v.sort();
         v
     }
@@ -313,6 +330,13 @@ mod tests {
         let s = snaps(&["2020-01-01T00:00:00Z"]);
         assert!(decide(&s, &RetentionPolicy::default(), t("2026-01-01T00:00:00Z"))[0].keep);
         assert!(parse_duration("3x").is_err());
-        assert_eq!(parse_duration("2w").unwrap(), chrono::Duration::days(14));
+        assert_eq!(parse_duration("2w").unwrap(), SignedDuration::from_hours(14 * 24));
+        assert_eq!(parse_duration("30").unwrap(), SignedDuration::from_hours(30 * 24));
+        assert_eq!(parse_duration("1y").unwrap(), SignedDuration::from_hours(365 * 24));
+        assert_eq!(parse_duration("36h").unwrap(), SignedDuration::from_hours(36));
+        assert_eq!(parse_duration("15m").unwrap(), SignedDuration::from_mins(15));
+        assert_eq!(parse_duration("1w 3d").unwrap(), SignedDuration::from_hours(10 * 24));
+        assert!(parse_duration("2mo").unwrap_err().contains("months"));
+        assert!(parse_duration("-3d").is_err());
     }
 }

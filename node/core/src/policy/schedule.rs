@@ -1,7 +1,7 @@
 //! Backup schedules: cron expressions in a time zone with random jitter,
 //! or a plain interval. Plain functions with `now` passed in.
 
-use chrono::{DateTime, TimeZone, Utc};
+use crate::time::{self, SignedDuration, Timestamp};
 use serde::Deserialize;
 use std::str::FromStr;
 
@@ -52,14 +52,12 @@ pub fn time_zone(name: Option<&str>) -> Result<jiff::tz::TimeZone, String> {
     }
 }
 
-fn to_zoned(t: DateTime<Utc>, tz: &jiff::tz::TimeZone) -> Option<jiff::Zoned> {
-    let ts = jiff::Timestamp::from_nanosecond(t.timestamp_nanos_opt()? as i128).ok()?;
-    Some(ts.to_zoned(tz.clone()))
+fn to_zoned(t: Timestamp, tz: &jiff::tz::TimeZone) -> Option<jiff::Zoned> {
+    Some(t.to_zoned(tz.clone()))
 }
 
-fn from_zoned(z: &jiff::Zoned) -> Option<DateTime<Utc>> {
-    let ns = i64::try_from(z.timestamp().as_nanosecond()).ok()?;
-    Some(DateTime::from_timestamp_nanos(ns))
+fn from_zoned(z: &jiff::Zoned) -> Option<Timestamp> {
+    Some(z.timestamp())
 }
 
 impl TryFrom<ScheduleConfig> for Schedule {
@@ -92,17 +90,17 @@ impl Schedule {
     /// Jitter for the occurrence at `at`: deterministic per node, schedule
     /// and occurrence (so it is the same after a restart), spread over
     /// `jitter_secs`.
-    fn jitter(&self, node: &str, at: DateTime<Utc>) -> chrono::Duration {
+    fn jitter(&self, node: &str, at: Timestamp) -> SignedDuration {
         if self.cfg.jitter_secs == 0 {
-            return chrono::Duration::zero();
+            return SignedDuration::ZERO;
         }
-        let h = blake3::hash(format!("{node}\0{}\0{}", self.cfg.name, at.timestamp()).as_bytes());
+        let h = blake3::hash(format!("{node}\0{}\0{}", self.cfg.name, at.as_second()).as_bytes());
         let v = u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"));
-        chrono::Duration::seconds((v % self.cfg.jitter_secs) as i64)
+        SignedDuration::from_secs((v % self.cfg.jitter_secs) as i64)
     }
 
     /// The scheduled occurrence (before jitter) strictly after `t`.
-    fn next_occurrence(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    fn next_occurrence(&self, t: Timestamp) -> Option<Timestamp> {
         match &self.cron {
             Some(c) => {
                 let local = to_zoned(t, &self.tz)?;
@@ -110,14 +108,14 @@ impl Schedule {
             }
             None => {
                 let every = self.cfg.interval_secs.expect("interval") as i64;
-                let k = t.timestamp().div_euclid(every) + 1;
-                Utc.timestamp_opt(k * every, 0).single()
+                let k = t.as_second().div_euclid(every) + 1;
+                Timestamp::from_second(k * every).ok()
             }
         }
     }
 
     /// The latest scheduled occurrence (before jitter) at or before `t`.
-    fn previous_occurrence(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    fn previous_occurrence(&self, t: Timestamp) -> Option<Timestamp> {
         match &self.cron {
             Some(c) => {
                 let local = to_zoned(t, &self.tz)?;
@@ -125,7 +123,7 @@ impl Schedule {
             }
             None => {
                 let every = self.cfg.interval_secs.expect("interval") as i64;
-                Utc.timestamp_opt(t.timestamp().div_euclid(every) * every, 0).single()
+                Timestamp::from_second(t.as_second().div_euclid(every) * every).ok()
             }
         }
     }
@@ -133,9 +131,9 @@ impl Schedule {
     /// When to run next, given the last run's start (if any) and `now`:
     /// a run missed while the node was down (its time passed after the last
     /// run) is due immediately; otherwise the next occurrence plus jitter.
-    pub fn next_run(&self, node: &str, last_run: Option<DateTime<Utc>>, now: DateTime<Utc>) -> DateTime<Utc> {
+    pub fn next_run(&self, node: &str, last_run: Option<Timestamp>, now: Timestamp) -> Timestamp {
         if let Some(prev) = self.previous_occurrence(now) {
-            let due = prev + self.jitter(node, prev);
+            let due = time::plus(prev, self.jitter(node, prev));
             let missed = match last_run {
                 Some(l) => l < prev,
                 // never ran: only an interval schedule starts at once
@@ -148,8 +146,8 @@ impl Schedule {
                 return due;
             }
         }
-        let next = self.next_occurrence(now).unwrap_or(now + chrono::Duration::days(365));
-        next + self.jitter(node, next)
+        let next = self.next_occurrence(now).unwrap_or(time::plus(now, SignedDuration::from_hours(365 * 24)));
+        time::plus(next, self.jitter(node, next))
     }
 
     /// Human description.
@@ -181,8 +179,8 @@ impl FromStr for Schedule {
 mod tests {
     use super::*;
 
-    fn t(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    fn t(s: &str) -> Timestamp {
+        s.parse().unwrap()
     }
 
     fn sched(cron: Option<&str>, interval: Option<u64>, tz: Option<&str>, jitter: u64) -> Schedule {

@@ -424,8 +424,8 @@ impl SnapshotRecord {
         decode_versioned(b)
     }
     /// Start time as a date.
-    pub fn start_time(&self) -> chrono::DateTime<chrono::Utc> {
-        chrono::DateTime::from_timestamp_nanos(self.start_ns)
+    pub fn start_time(&self) -> crate::time::Timestamp {
+        crate::time::from_ns(self.start_ns)
     }
 }
 

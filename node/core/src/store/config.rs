@@ -60,7 +60,7 @@ impl StoreConfig {
             store_id: hex::encode(id),
             source: source.into(),
             key_id: key_id.into(),
-            created: chrono::Utc::now().to_rfc3339(),
+            created: crate::time::rfc3339(crate::time::now()),
             chunker,
             packs: PackSettings { target_bytes, compression_level },
         }

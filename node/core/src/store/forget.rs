@@ -4,7 +4,7 @@
 
 use super::{Store, StoreError};
 use crate::policy::retention;
-use chrono::{DateTime, Utc};
+use crate::time::{self, Timestamp};
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,7 @@ pub struct PeerAnswer {
 /// own start time when this node has the key (its own store), otherwise
 /// the time the snapshot was stored here (for a repaired replica, the time
 /// the mesh first held it).
-pub fn snapshot_times(store: &Store) -> Result<Vec<(ObjectId, DateTime<Utc>)>, StoreError> {
+pub fn snapshot_times(store: &Store) -> Result<Vec<(ObjectId, Timestamp)>, StoreError> {
     let mut out = Vec::new();
     let keyed = store.keys().is_ok();
     for id in store.snapshot_ids()? {
@@ -71,7 +71,7 @@ pub fn snapshot_times(store: &Store) -> Result<Vec<(ObjectId, DateTime<Utc>)>, S
         } else {
             store.snapshot_stored_ns(&id)
         };
-        out.push((id, DateTime::from_timestamp_nanos(ns)));
+        out.push((id, time::from_ns(ns)));
     }
     Ok(out)
 }
@@ -83,7 +83,7 @@ pub fn forget_store(
     source: &str,
     store: &Store,
     policy: &retention::RetentionPolicy,
-    now: DateTime<Utc>,
+    now: Timestamp,
     dry_run: bool,
     rep: &mut ForgetReport,
 ) {
@@ -114,7 +114,7 @@ pub fn forget_store(
         rep.items.push(ForgetItem {
             source: source.to_string(),
             id: d.id.to_hex(),
-            time: d.time.to_rfc3339(),
+            time: time::rfc3339(d.time),
             keep: d.keep,
             reasons: d.reasons,
             removed,
@@ -128,12 +128,12 @@ pub fn locked_until(
     store: &Store,
     id: &ObjectId,
     policy: &retention::RetentionPolicy,
-    now: DateTime<Utc>,
-) -> Result<Option<DateTime<Utc>>, RetentionError> {
+    now: Timestamp,
+) -> Result<Option<Timestamp>, RetentionError> {
     let Some(lock) = policy.lock.as_ref().map(|l| l.value()) else { return Ok(None) };
     let times = snapshot_times(store)?;
     let t = times.iter().find(|(i, _)| i == id).map(|x| x.1).ok_or(RetentionError::NoSnapshot(*id))?;
-    Ok(if now - t < lock { Some(t + lock) } else { None })
+    Ok(if now.duration_since(t) < lock { Some(time::plus(t, lock)) } else { None })
 }
 
 /// Retention could not be decided for a store.
@@ -172,7 +172,7 @@ pub fn handle_delete_request(
     requester: &str,
     source: &str,
     id: &ObjectId,
-    now: DateTime<Utc>,
+    now: Timestamp,
 ) -> Result<(), DeleteRefusal> {
     if requester != source {
         return Err(DeleteRefusal::Forbidden(format!("{requester} may not ask to forget snapshots of {source}")));
@@ -191,7 +191,7 @@ pub fn handle_delete_request(
         Ok(Some(until)) => Err(DeleteRefusal::Forbidden(format!(
             "snapshot {} of {source} is inside {node}'s retention lock until {}; it is kept",
             id.short(),
-            until.to_rfc3339()
+            time::rfc3339(until)
         ))),
         Ok(None) => store.forget_snapshot(id).map_err(|e| DeleteRefusal::Internal(e.to_string())),
     }

@@ -217,7 +217,8 @@ impl Store {
             let index = match Index::open_rw(&index_path) {
                 Ok(i) => i,
                 Err(e) => {
-                    let aside = dir.join(format!("index.redb.damaged-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S")));
+                    let aside =
+                        dir.join(format!("index.redb.damaged-{}", crate::time::now().strftime("%Y%m%dT%H%M%S")));
                     tracing::warn!(index = %index_path.display(), error = %e.0, moved_to = %aside.display(), "index cannot be opened; rebuilding it from the packs");
                     fs::rename(&index_path, &aside).map_err(StoreError::io("moving aside", &index_path))?;
                     Index::open_rw(&index_path)

@@ -18,7 +18,7 @@ use omesh_core::store::scrub::DamageKind;
 use omesh_core::store::{gc, scrub};
 
 use crate::{error::NodeError, runtime::NodeRuntime};
-use chrono::{DateTime, Utc};
+use omesh_core::time::{self, Timestamp};
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -41,7 +41,7 @@ pub async fn forget(
     let _one = rt.maintenance_lock.lock().await;
     let mut rep = ForgetReport { dry_run, ..Default::default() };
     let policy = rt.cfg.retention.clone();
-    let now = Utc::now();
+    let now = time::now();
     if !ids.is_empty() {
         return forget_ids(rt, ids, dry_run, now).await;
     }
@@ -77,7 +77,7 @@ async fn forget_ids(
     rt: &Arc<NodeRuntime>,
     specs: Vec<String>,
     dry_run: bool,
-    now: DateTime<Utc>,
+    now: Timestamp,
 ) -> Result<ForgetReport, NodeError> {
     let own = {
         let stores = rt.stores.clone();
@@ -96,7 +96,7 @@ async fn forget_ids(
         for id in &ids {
             let locked = locked_until(&store, id, &policy, now)?;
             let (keep, reasons) = match locked {
-                Some(until) => (true, vec![format!("retention lock until {}", until.to_rfc3339())]),
+                Some(until) => (true, vec![format!("retention lock until {}", time::rfc3339(until))]),
                 None => (false, vec!["requested".to_string()]),
             };
             let mut removed = false;
@@ -109,7 +109,7 @@ async fn forget_ids(
             } else {
                 rep.forgotten += 1;
             }
-            let time = times.iter().find(|x| x.0 == *id).map(|x| x.1.to_rfc3339()).unwrap_or_default();
+            let time = times.iter().find(|x| x.0 == *id).map(|x| time::rfc3339(x.1)).unwrap_or_default();
             rep.items.push(ForgetItem { source: name.clone(), id: id.to_hex(), time, keep, reasons, removed });
         }
         Ok((rep, ids))

@@ -16,6 +16,7 @@ use crate::runtime::NodeRuntime;
 pub use omesh_core::policy::repairers::{Member, repairers};
 use omesh_core::policy::retention;
 use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
+use omesh_core::time;
 use omesh_net::mesh::SourceStore;
 use omesh_proto::{ObjectId, ObjectKind, Record};
 use serde::{Deserialize, Serialize};
@@ -112,7 +113,7 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     rep.unreachable = census.unreachable.clone();
     // a bucket that does not date its objects does not make a snapshot
     // look older than it is
-    let now_ns = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let now_ns = time::now_ns();
     let mut seen: HashMap<(String, ObjectId), Seen> = HashMap::new();
     for (key, h) in &census.snapshots {
         let Some(record) = &h.record else { continue };
@@ -138,7 +139,7 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
         }
         m
     };
-    let now = chrono::Utc::now();
+    let now = time::now();
     for ((source, id), s) in todo {
         let holders: Vec<String> = s.holders.keys().cloned().collect();
         let picks = repairers(source, &holders, &members, factor);
@@ -157,12 +158,8 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
         }
         // do not pull what this node's retention would forget right away
         if rt.cfg.retention.has_rules() {
-            let group: Vec<(ObjectId, chrono::DateTime<chrono::Utc>)> = by_source
-                .get(source)
-                .into_iter()
-                .flatten()
-                .map(|(i, ns)| (*i, chrono::DateTime::from_timestamp_nanos(*ns)))
-                .collect();
+            let group: Vec<(ObjectId, time::Timestamp)> =
+                by_source.get(source).into_iter().flatten().map(|(i, ns)| (*i, time::from_ns(*ns))).collect();
             if retention::decide(&group, &rt.cfg.retention, now).iter().any(|x| x.id == *id && !x.keep) {
                 rep.skipped_by_retention += 1;
                 continue;
@@ -197,7 +194,7 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
 /// (not the source) reports; a peer can make its copies look older, never
 /// younger, and the source's own claim is not used.
 fn origin_ns(source: &str, s: &Seen) -> i64 {
-    let now = chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX);
+    let now = time::now_ns();
     s.holders
         .iter()
         .filter(|(h, _)| h.as_str() != source)

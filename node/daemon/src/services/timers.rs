@@ -10,9 +10,9 @@
 use super::maintenance;
 use crate::error::NodeError;
 use crate::runtime::NodeRuntime;
-use chrono::Utc;
 use omesh_core::backup::{BackupOptions, ParentChoice, Progress};
 use omesh_core::policy::schedule::Schedule;
+use omesh_core::time::{self, Timestamp};
 use serde::Serialize;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,29 +25,33 @@ use tokio_util::sync::CancellationToken;
 const MAX_SLEEP: Duration = Duration::from_secs(60);
 
 fn now_ns() -> i64 {
-    Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    time::now_ns()
+}
+
+/// How long from now until `t` (zero when it has passed).
+fn until(t: Timestamp) -> Duration {
+    Duration::try_from(t.duration_since(time::now())).unwrap_or(Duration::ZERO)
 }
 
 /// The last start of job `key` (from the state database, off the async
 /// workers).
-async fn last_start(rt: &NodeRuntime, key: &str) -> Option<chrono::DateTime<Utc>> {
+async fn last_start(rt: &NodeRuntime, key: &str) -> Option<Timestamp> {
     let st = rt.state.clone()?;
     let key = key.to_string();
     let r = tokio::task::spawn_blocking(move || st.runs().ok()?.remove(&key)).await.ok()??;
-    (r.last_start_ns > 0).then(|| chrono::DateTime::from_timestamp_nanos(r.last_start_ns))
+    (r.last_start_ns > 0).then(|| time::from_ns(r.last_start_ns))
 }
 
 /// Sleep until `sched`'s next run (re-evaluated at least every minute).
 /// Returns false when cancelled.
 async fn wait_for(rt: &NodeRuntime, sched: &Schedule, key: &str, cancel: &CancellationToken) -> bool {
     loop {
-        let now = Utc::now();
-        let next = sched.next_run(&rt.cfg.name, last_start(rt, key).await, now);
-        let wait = (next - now).to_std().unwrap_or(Duration::ZERO);
+        let next = sched.next_run(&rt.cfg.name, last_start(rt, key).await, time::now());
+        let wait = until(next);
         if wait.is_zero() {
             return true;
         }
-        tracing::debug!(job = %key, next = %next.to_rfc3339(), "waiting for the next run");
+        tracing::debug!(job = %key, next = %time::rfc3339(next), "waiting for the next run");
         tokio::select! {
             _ = cancel.cancelled() => return false,
             _ = tokio::time::sleep(wait.min(MAX_SLEEP)) => {}
@@ -235,14 +239,15 @@ async fn scrub_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
     // the scrub's worker threads poll this flag between pages
     let stop = Arc::new(AtomicBool::new(false));
     // the first pass of a new node starts once it has settled
-    let first = Utc::now() + chrono::Duration::from_std(every.min(Duration::from_secs(3600))).expect("small");
+    let settle = time::SignedDuration::try_from(every.min(Duration::from_secs(3600))).unwrap_or_default();
+    let first = time::plus(time::now(), settle);
     loop {
         // at most one full pass per `every`
         let due = last_start(&rt, "scrub")
             .await
-            .map(|t| t + chrono::Duration::from_std(every).unwrap_or(chrono::Duration::days(7)))
+            .map(|t| time::plus(t, time::SignedDuration::try_from(every).unwrap_or(time::SignedDuration::MAX)))
             .unwrap_or(first);
-        let wait = (due - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        let wait = until(due);
         if !wait.is_zero() {
             tokio::select! {
                 _ = cancel.cancelled() => return,

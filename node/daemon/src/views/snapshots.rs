@@ -63,7 +63,7 @@ pub struct SnapshotView {
 
 /// An RFC 3339 time from nanoseconds since the epoch.
 pub fn rfc3339(ns: i64) -> String {
-    chrono::DateTime::from_timestamp_nanos(ns).to_rfc3339()
+    omesh_core::time::rfc3339_ns(ns)
 }
 
 /// Keys of `source` held on this node, if any (reads the key file:

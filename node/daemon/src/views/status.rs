@@ -250,14 +250,15 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
     })
     .await?;
     let snaps = snapshot_views(rt, me, &census).await?;
-    let now = chrono::Utc::now();
+    let now = omesh_core::time::now();
     let ts = |ns: i64| (ns > 0).then(|| rfc3339(ns));
-    let age = |ns: i64| (ns > 0).then(|| ((now.timestamp_nanos_opt().unwrap_or(0) - ns).max(0) / 1_000_000_000) as u64);
+    let now_ns = omesh_core::time::ns(now);
+    let age = |ns: i64| (ns > 0).then(|| ((now_ns - ns).max(0) / 1_000_000_000) as u64);
     let mut schedules = Vec::new();
     for sched in &rt.cfg.schedules {
         let sc = &sched.cfg;
         let r = runs.get(&format!("backup/{}", sc.name)).cloned().unwrap_or_default();
-        let last = (r.last_start_ns > 0).then(|| chrono::DateTime::from_timestamp_nanos(r.last_start_ns));
+        let last = (r.last_start_ns > 0).then(|| omesh_core::time::from_ns(r.last_start_ns));
         let achieved = age(r.last_ok_ns);
         schedules.push(ScheduleView {
             name: sc.name.clone(),
@@ -268,7 +269,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
             achieved_rpo_secs: achieved,
             rpo_met: sc.rpo_secs.map(|t| achieved.is_some_and(|a| a <= t)),
             last_error: r.last_error.clone(),
-            next_run: rt.daemon.then(|| sched.next_run(&rt.cfg.name, last, now).to_rfc3339()),
+            next_run: rt.daemon.then(|| omesh_core::time::rfc3339(sched.next_run(&rt.cfg.name, last, now))),
         });
     }
     let maintenance = ["sync", "maintenance", "scrub"]
@@ -284,11 +285,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         })
         .collect();
     let start_ns = |s: &SnapshotView| {
-        s.time
-            .as_deref()
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-            .and_then(|t| t.timestamp_nanos_opt())
-            .unwrap_or(0)
+        s.time.as_deref().and_then(omesh_core::time::parse_rfc3339).map(omesh_core::time::ns).unwrap_or(0)
     };
     // what survives losing this server: the newest snapshot with `factor`
     // replicas

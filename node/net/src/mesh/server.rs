@@ -375,7 +375,15 @@ async fn dispatch(
             let requester = peer.name.clone();
             let src = source.clone();
             let r = blocking(move || {
-                Ok(handle_delete_request(&node, &retention, &store.store, &requester, &src, &id, chrono::Utc::now()))
+                Ok(handle_delete_request(
+                    &node,
+                    &retention,
+                    &store.store,
+                    &requester,
+                    &src,
+                    &id,
+                    omesh_core::time::now(),
+                ))
             })
             .await?;
             match r {
