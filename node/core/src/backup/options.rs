@@ -1,0 +1,157 @@
+//! What to back up and how, what a backup reports, and how it fails.
+
+use crate::store::StoreError;
+use omesh_proto::ObjectId;
+use std::fs::{self};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+
+/// Which snapshot to use as parent for the fast path.
+#[derive(Clone, Debug, Default)]
+pub enum ParentChoice {
+    /// Latest snapshot of the same source, host, paths and kind.
+    #[default]
+    Auto,
+    /// No parent: read everything.
+    None,
+    /// This snapshot.
+    Id(ObjectId),
+}
+
+/// What to back up and how.
+#[derive(Clone, Debug, Default)]
+pub struct BackupOptions {
+    /// Paths to back up (files or directories).
+    pub paths: Vec<PathBuf>,
+    /// Back up this block device or disk image as one file instead.
+    pub image: Option<PathBuf>,
+    /// Exclude patterns (see [`exclude`]).
+    pub excludes: Vec<String>,
+    /// Do not descend into other file systems.
+    pub one_file_system: bool,
+    /// Parent for the fast path.
+    pub parent: ParentChoice,
+    /// Tags stored in the snapshot.
+    pub tags: Vec<String>,
+    /// Host name to record (default: this host's).
+    pub hostname: Option<String>,
+    /// Worker threads (default: available cores).
+    pub threads: Option<usize>,
+    /// Files read at once (default: 4 per core, 4 to 16).
+    pub read_concurrency: Option<usize>,
+}
+
+/// Live counters for progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Files finished.
+    pub files: AtomicU64,
+    /// Logical bytes of finished files.
+    pub bytes: AtomicU64,
+    /// Bytes read from disk.
+    pub bytes_read: AtomicU64,
+    /// Record bytes added to the store.
+    pub bytes_added: AtomicU64,
+    /// Entries found by the walker.
+    pub entries_seen: AtomicU64,
+}
+
+/// One warning: a path and what went wrong.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Warning {
+    /// Affected path.
+    pub path: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// Result of a backup.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct BackupSummary {
+    /// New snapshot id.
+    #[serde(with = "omesh_proto::id::hex")]
+    pub snapshot: ObjectId,
+    /// Parent used for the fast path.
+    #[serde(with = "omesh_proto::id::hex::option")]
+    pub parent: Option<ObjectId>,
+    /// Regular files.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Other entries.
+    pub others: u64,
+    /// Logical bytes of all files.
+    pub bytes: u64,
+    /// Bytes read from disk.
+    pub bytes_read: u64,
+    /// Bytes the store grew by.
+    pub bytes_added: u64,
+    /// Objects added.
+    pub objects_added: u64,
+    /// Files reused from the parent without reading.
+    pub files_unchanged: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Warnings (unreadable or changed files).
+    pub warnings: Vec<Warning>,
+}
+
+/// Backup failures (per-file problems are warnings, not errors).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackupError {
+    /// Store failure.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A path given on the command line cannot be backed up.
+    #[error("cannot back up {path}: {reason}")]
+    Path {
+        /// path
+        path: PathBuf,
+        /// why
+        reason: String,
+    },
+    /// Invalid options.
+    #[error("{0}")]
+    Options(String),
+    /// A pipeline thread panicked (a bug).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub(super) type Res<T> = Result<T, BackupError>;
+
+pub(super) fn absolute(p: &Path) -> Res<PathBuf> {
+    let abs = std::path::absolute(p).map_err(|e| BackupError::Path { path: p.into(), reason: e.to_string() })?;
+    // normalise "." and ".." lexically without following the final symlink
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    Ok(out)
+}
+
+/// Absolute, deduplicated roots; a root inside another is dropped.
+pub(super) fn normalise_roots(paths: &[PathBuf]) -> Res<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = Vec::new();
+    for p in paths {
+        let a = absolute(p)?;
+        fs::symlink_metadata(&a).map_err(|e| BackupError::Path { path: a.clone(), reason: e.to_string() })?;
+        v.push(a);
+    }
+    v.sort();
+    v.dedup();
+    let mut out: Vec<PathBuf> = Vec::new();
+    for p in v {
+        if !out.iter().any(|o| p.starts_with(o)) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}

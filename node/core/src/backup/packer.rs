@@ -1,0 +1,37 @@
+//! The packer: appends sealed records to packs (durable before indexed).
+
+use super::pipeline::*;
+use crate::store::{PackSink, Store, WriteStats};
+use crossbeam_channel::Receiver;
+use std::sync::atomic::Ordering;
+
+pub(super) fn packer(ctx: &Ctx<'_>, rx: Receiver<PackItem>) -> Option<WriteStats> {
+    let mut sink: PackSink<&Store> = match ctx.store.sink() {
+        Ok(s) => s,
+        Err(e) => {
+            ctx.fail(e.into());
+            for _ in rx {}
+            return None;
+        }
+    };
+    for item in rx {
+        if ctx.failed() {
+            continue; // drain so senders never block
+        }
+        if let Err(e) = sink.add(item.id, item.kind, &item.bytes) {
+            ctx.fail(e.into());
+            continue;
+        }
+        ctx.progress.bytes_added.store(sink.stats().bytes, Ordering::Relaxed);
+    }
+    if ctx.failed() {
+        return None;
+    }
+    match sink.finish() {
+        Ok(st) => Some(st),
+        Err(e) => {
+            ctx.fail(e.into());
+            None
+        }
+    }
+}

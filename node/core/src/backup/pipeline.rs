@@ -1,0 +1,149 @@
+//! The state one backup run shares between its stages, and the items that
+//! flow between them over bounded channels.
+
+use super::exclude::Excludes;
+use super::meta::NameCache;
+use super::options::{BackupError, Progress, Warning};
+use crate::chunker::Chunker;
+use crate::snapshot::{Content, Extent, Node};
+use crate::store::{Store, StoreError};
+use crossbeam_channel::{Receiver, Sender};
+use omesh_proto::{ObjectId, ObjectKind};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+/// A value produced by one thread and awaited by another.
+pub(super) struct Slot<T> {
+    pub(super) v: Mutex<Option<T>>,
+    pub(super) cv: Condvar,
+}
+
+impl<T: Clone> Slot<T> {
+    pub(super) fn new() -> Arc<Self> {
+        Arc::new(Slot { v: Mutex::new(None), cv: Condvar::new() })
+    }
+    pub(super) fn set(&self, v: T) {
+        *self.v.lock().expect("slot lock") = Some(v);
+        self.cv.notify_all();
+    }
+    pub(super) fn wait(&self) -> T {
+        let mut g = self.v.lock().expect("slot lock");
+        while g.is_none() {
+            g = self.cv.wait(g).expect("slot lock");
+        }
+        g.clone().expect("checked")
+    }
+}
+
+/// What a reader produced for one file.
+#[derive(Clone, Debug)]
+pub(super) struct FileOut {
+    pub(super) size: u64,
+    pub(super) content: Content,
+    pub(super) warning: Option<String>,
+    pub(super) unreadable: bool,
+}
+
+pub(super) type FileSlot = Arc<Slot<FileOut>>;
+
+pub(super) type DirSlot = Arc<Slot<ObjectId>>;
+
+pub(super) struct FileJob {
+    pub(super) path: PathBuf,
+    pub(super) image: bool,
+    pub(super) slot: FileSlot,
+}
+
+pub(super) struct ChunkJob {
+    pub(super) data: Vec<u8>,
+    pub(super) zero_is_hole: bool,
+    pub(super) seq: usize,
+    pub(super) reply: Sender<(usize, Result<Extent, String>)>,
+}
+
+pub(super) struct PackItem {
+    pub(super) id: ObjectId,
+    pub(super) kind: ObjectKind,
+    pub(super) bytes: Vec<u8>,
+}
+
+pub(super) enum Wait {
+    Ready,
+    File(FileSlot),
+    Dir(DirSlot),
+}
+
+pub(super) struct PendingNode {
+    pub(super) node: Node,
+    pub(super) wait: Wait,
+}
+
+pub(super) struct PendingDir {
+    pub(super) nodes: Vec<PendingNode>,
+    pub(super) slot: DirSlot,
+}
+
+/// Shared state of one run.
+pub(super) struct Ctx<'s> {
+    pub(super) store: &'s Store,
+    pub(super) chunker: Chunker,
+    pub(super) excludes: Excludes,
+    pub(super) one_fs: bool,
+    pub(super) names: NameCache,
+    pub(super) progress: Arc<Progress>,
+    pub(super) warnings: Mutex<Vec<Warning>>,
+    pub(super) failed: AtomicBool,
+    pub(super) error: Mutex<Option<BackupError>>,
+    pub(super) counts: Mutex<Counts>,
+    pub(super) skip_dir: Option<(u64, u64)>,
+    /// Tokens: how many large files may be chunked at once.
+    pub(super) large_files: (Sender<()>, Receiver<()>),
+}
+
+#[derive(Default, Clone, Copy)]
+pub(super) struct Counts {
+    pub(super) files: u64,
+    pub(super) dirs: u64,
+    pub(super) others: u64,
+    pub(super) bytes: u64,
+    pub(super) unchanged: u64,
+}
+
+impl Ctx<'_> {
+    pub(super) fn warn(&self, path: &Path, message: impl Into<String>) {
+        let message = message.into();
+        tracing::warn!(path = %path.display(), "{message}");
+        self.warnings.lock().expect("warnings lock").push(Warning { path: path.display().to_string(), message });
+    }
+    pub(super) fn fail(&self, e: BackupError) {
+        let mut g = self.error.lock().expect("error lock");
+        if g.is_none() {
+            *g = Some(e);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+    }
+    pub(super) fn failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+}
+
+pub(super) fn put_object(
+    ctx: &Ctx<'_>,
+    kind: ObjectKind,
+    plain: &[u8],
+    links: Vec<ObjectId>,
+    pack_tx: &Sender<PackItem>,
+) -> Result<ObjectId, StoreError> {
+    let id = ctx.store.keys()?.id_for(kind, &links, plain);
+    if ctx.store.claim(&id)? {
+        let (id2, bytes) = ctx.store.seal(kind, plain, links)?;
+        debug_assert_eq!(id, id2);
+        pack_tx.send(PackItem { id, kind, bytes }).map_err(|_| StoreError::Io {
+            op: "queueing object for",
+            path: ctx.store.dir().into(),
+            source: std::io::Error::other("packer stopped"),
+        })?;
+    }
+    Ok(id)
+}

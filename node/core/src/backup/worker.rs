@@ -1,0 +1,48 @@
+//! Chunk workers: hash, deduplicate, compress and seal each chunk.
+
+use super::pipeline::*;
+use crate::snapshot::Extent;
+use crate::store::StoreError;
+use crossbeam_channel::{Receiver, Sender};
+use omesh_proto::ObjectKind;
+
+pub(super) fn chunk_worker(ctx: &Ctx<'_>, rx: Receiver<ChunkJob>, pack_tx: Sender<PackItem>) {
+    let keys = match ctx.store.keys() {
+        Ok(k) => k.clone(),
+        Err(e) => {
+            ctx.fail(e.into());
+            for j in rx {
+                let _ = j.reply.send((j.seq, Err("no key".into())));
+            }
+            return;
+        }
+    };
+    for job in rx {
+        let len = job.data.len() as u32;
+        if job.zero_is_hole && job.data.iter().all(|&b| b == 0) {
+            let _ = job.reply.send((job.seq, Ok(Extent::Hole { len: len as u64 })));
+            continue;
+        }
+        let id = keys.object_id(&job.data);
+        let r = (|| -> Result<(), StoreError> {
+            if ctx.store.claim(&id)? {
+                let (_, bytes) = ctx.store.seal(ObjectKind::Blob, &job.data, Vec::new())?;
+                pack_tx.send(PackItem { id, kind: ObjectKind::Blob, bytes }).map_err(|_| StoreError::Io {
+                    op: "queueing object for",
+                    path: ctx.store.dir().into(),
+                    source: std::io::Error::other("packer stopped"),
+                })?;
+            }
+            Ok(())
+        })();
+        let reply = match r {
+            Ok(()) => Ok(Extent::Data { id, len }),
+            Err(e) => {
+                let m = e.to_string();
+                ctx.fail(e.into());
+                Err(m)
+            }
+        };
+        let _ = job.reply.send((job.seq, reply));
+    }
+}
