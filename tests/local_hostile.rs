@@ -48,10 +48,10 @@ fn put_tree(store_dir: &Path, entries: Vec<Node>, blob: ObjectId) -> ObjectId {
         .map(|mut n| {
             if let NodeKind::File { content: Content::Inline(e), .. } = &mut n.kind {
                 for x in e.iter_mut() {
-                    if let Extent::Data { id, .. } = x {
-                        if *id == ObjectId::ZERO {
-                            *id = blob;
-                        }
+                    if let Extent::Data { id, .. } = x
+                        && *id == ObjectId::ZERO
+                    {
+                        *id = blob;
                     }
                 }
             }

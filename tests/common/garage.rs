@@ -121,10 +121,10 @@ impl Garage {
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.contains("S3 API server listening") {
-                    if let Some(t) = tx.take() {
-                        let _ = t.send(());
-                    }
+                if line.contains("S3 API server listening")
+                    && let Some(t) = tx.take()
+                {
+                    let _ = t.send(());
                 }
             }
         });

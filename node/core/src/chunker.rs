@@ -51,9 +51,9 @@ impl ChunkerParams {
             && self.max_bytes <= MAX_CHUNK_BYTES
             && self.min_bytes < self.avg_bytes
             && self.avg_bytes < self.max_bytes
-            && self.min_bytes % 2 == 0
-            && self.avg_bytes % 2 == 0
-            && self.max_bytes % 2 == 0;
+            && self.min_bytes.is_multiple_of(2)
+            && self.avg_bytes.is_multiple_of(2)
+            && self.max_bytes.is_multiple_of(2);
         if ok {
             Ok(())
         } else {

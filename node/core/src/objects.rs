@@ -57,10 +57,10 @@ pub fn load_dir(src: &dyn ObjectSource, id: &ObjectId) -> Result<Vec<Node>, Sour
         if !t.more.is_empty() {
             return Err(fmt_err(*part, FormatError::Limit("nested tree parts")));
         }
-        if let (Some(last), Some(first)) = (entries.last(), t.entries.first()) {
-            if last.name >= first.name {
-                return Err(fmt_err(*part, FormatError::Unsorted(first.name_lossy())));
-            }
+        if let (Some(last), Some(first)) = (entries.last(), t.entries.first())
+            && last.name >= first.name
+        {
+            return Err(fmt_err(*part, FormatError::Unsorted(first.name_lossy())));
         }
         entries.extend(t.entries);
     }

@@ -60,7 +60,7 @@ impl Rng {
         while v.len() < n {
             let w = WORDS[(self.next_u64() % 16) as usize];
             v.extend_from_slice(w.as_bytes());
-            v.push(if self.next_u64() % 12 == 0 { b'\n' } else { b' ' });
+            v.push(if self.next_u64().is_multiple_of(12) { b'\n' } else { b' ' });
         }
         v.truncate(n);
         v
@@ -81,7 +81,7 @@ pub fn generate(dir: &Path, total_bytes: u64, seed: u64) -> std::io::Result<u64>
     let mut left = db;
     while left > 0 {
         let n = left.min(64 * 1024);
-        let page = if rng.next_u64() % 2 == 0 { rng.bytes(n) } else { rng.text(n) };
+        let page = if rng.next_u64().is_multiple_of(2) { rng.bytes(n) } else { rng.text(n) };
         f.write_all(&page)?;
         left -= n;
     }

@@ -80,15 +80,15 @@ pub fn run(store: &Store, read_data: bool, mut progress: impl FnMut(u64)) -> Res
             let mut objs = 0u64;
             let res = pack::scan(&path, Some(hash), |e, raw| {
                 objs += 1;
-                if let Some(k) = &keys {
-                    if let Err(reason) = open_record(k, raw, &e.id, e.kind) {
-                        bad.insert(e.id, reason.clone());
-                        rep.damaged_objects.push(DamagedObject {
-                            id: e.id.to_hex(),
-                            location: format!("{} at offset {}", path.display(), e.offset),
-                            reason,
-                        });
-                    }
+                if let Some(k) = &keys
+                    && let Err(reason) = open_record(k, raw, &e.id, e.kind)
+                {
+                    bad.insert(e.id, reason.clone());
+                    rep.damaged_objects.push(DamagedObject {
+                        id: e.id.to_hex(),
+                        location: format!("{} at offset {}", path.display(), e.offset),
+                        reason,
+                    });
                 }
             })
             .map_err(|source| StoreError::Io { op: "reading pack", path: path.clone(), source })?;

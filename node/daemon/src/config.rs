@@ -272,10 +272,10 @@ fn validate_lifecycle(cfg: &NodeConfig) -> Result<(), String> {
     if !(0.0..=1.0).contains(&cfg.gc.repack_unused) {
         return Err(format!("[gc] repack_unused = {} must be between 0 and 1", cfg.gc.repack_unused));
     }
-    if let Some(l) = &cfg.metrics.listen {
-        if !l.contains(':') {
-            return Err(format!("[metrics] listen = {l:?} needs a port (address:port)"));
-        }
+    if let Some(l) = &cfg.metrics.listen
+        && !l.contains(':')
+    {
+        return Err(format!("[metrics] listen = {l:?} needs a port (address:port)"));
     }
     Ok(())
 }
@@ -304,10 +304,10 @@ impl NodeConfig {
                 *p = base.join(&*p);
             }
         }
-        if let Some(crl) = &mut c.tls.crl {
-            if crl.is_relative() {
-                *crl = base.join(&*crl);
-            }
+        if let Some(crl) = &mut c.tls.crl
+            && crl.is_relative()
+        {
+            *crl = base.join(&*crl);
         }
         c.validate().map_err(err)?;
         Ok(c)

@@ -198,11 +198,11 @@ pub async fn serve(
         };
         while conns.try_join_next().is_some() {}
         // a scraper on this host (loopback) never crosses a network
-        if let Some(check) = inbound.as_ref().filter(|_| !peer.ip().to_canonical().is_loopback()) {
-            if let Err(why) = check(peer) {
-                tracing::warn!(%peer, reason = %why, "refused a metrics connection");
-                continue;
-            }
+        if let Some(check) = inbound.as_ref().filter(|_| !peer.ip().to_canonical().is_loopback())
+            && let Err(why) = check(peer)
+        {
+            tracing::warn!(%peer, reason = %why, "refused a metrics connection");
+            continue;
         }
         if conns.len() >= MAX_METRICS_CONNECTIONS {
             tracing::warn!(%peer, "too many metrics connections at once; refused");

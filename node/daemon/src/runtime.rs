@@ -176,10 +176,9 @@ impl NodeRuntime {
             // an endpoint given as an IP address is never resolved: check it here
             if let (Some(check), Some(ip)) =
                 (&outbound_check, t.endpoint.as_deref().and_then(omesh_net::residency::literal_ip))
+                && let Err(m) = check(&format!("S3 target {:?}", t.name), SocketAddr::new(ip, 0))
             {
-                if let Err(m) = check(&format!("S3 target {:?}", t.name), SocketAddr::new(ip, 0)) {
-                    target.blocked = Some(m);
-                }
+                target.blocked = Some(m);
             }
             target.limiter = limiter.clone();
             s3.push(Arc::new(target));
@@ -219,10 +218,10 @@ impl NodeRuntime {
     pub async fn connect(&self, peer: &PeerConfig) -> Result<PeerConn, String> {
         {
             let g = self.conns.lock().await;
-            if let Some(c) = g.get(&peer.name) {
-                if c.conn.close_reason().is_none() {
-                    return Ok(c.clone());
-                }
+            if let Some(c) = g.get(&peer.name)
+                && c.conn.close_reason().is_none()
+            {
+                return Ok(c.clone());
             }
         }
         let addrs =
@@ -496,10 +495,12 @@ impl NodeRuntime {
                     .inc();
                 self.metrics.replication_seconds.observe(r.seconds);
                 // a transfer long enough to say something about the link
-                if r.ok && r.bytes_sent >= 8 << 20 && r.seconds > 0.0 {
-                    if let Some(state) = &self.state {
-                        let _ = state.peer_throughput(&r.peer, (r.bytes_sent as f64 / r.seconds) as u64);
-                    }
+                if r.ok
+                    && r.bytes_sent >= 8 << 20
+                    && r.seconds > 0.0
+                    && let Some(state) = &self.state
+                {
+                    let _ = state.peer_throughput(&r.peer, (r.bytes_sent as f64 / r.seconds) as u64);
                 }
                 if r.ok {
                     ok += 1;

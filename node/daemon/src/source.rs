@@ -176,11 +176,11 @@ impl MeshSource {
 
 impl ObjectSource for MeshSource {
     fn get_linked(&self, id: &ObjectId, kind: ObjectKind) -> Result<(Vec<u8>, Vec<ObjectId>), SourceError> {
-        if let Some(l) = &self.local {
-            if let Ok(p) = l.get_linked(id, kind) {
-                self.local_objects.fetch_add(1, Ordering::Relaxed);
-                return Ok(p);
-            }
+        if let Some(l) = &self.local
+            && let Ok(p) = l.get_linked(id, kind)
+        {
+            self.local_objects.fetch_add(1, Ordering::Relaxed);
+            return Ok(p);
         }
         let mut tried = Vec::new();
         let mut reasons = Vec::new();

@@ -297,16 +297,16 @@ pub async fn check_destinations(
                     // route must leave from that address's interface too
                     let route = route_to(a, None);
                     let mut verdict = policy.verdict(a.ip());
-                    if let (Ok(_), Some(b), Some((src, iface))) = (&verdict, policy.bind, &route) {
-                        if *src != b {
-                            verdict = Err(Refusal {
-                                address: a.ip(),
-                                rule: format!(
-                                    "the route to it leaves from {src}{}, not from bind = {b}; fix the routing table",
-                                    iface.as_deref().map(|i| format!(" ({i})")).unwrap_or_default()
-                                ),
-                            });
-                        }
+                    if let (Ok(_), Some(b), Some((src, iface))) = (&verdict, policy.bind, &route)
+                        && *src != b
+                    {
+                        verdict = Err(Refusal {
+                            address: a.ip(),
+                            rule: format!(
+                                "the route to it leaves from {src}{}, not from bind = {b}; fix the routing table",
+                                iface.as_deref().map(|i| format!(" ({i})")).unwrap_or_default()
+                            ),
+                        });
                     }
                     out.push(CheckLine {
                         kind: kind.clone(),

@@ -234,10 +234,10 @@ impl S3Target {
 
     /// Wait until `n` more upload bytes fit within `[bandwidth]`.
     async fn pace(&self, n: usize) {
-        if let Some(l) = &self.limiter {
-            if let Some(until) = l.reserve(&self.cfg.name, n as u64) {
-                tokio::time::sleep_until(until.into()).await;
-            }
+        if let Some(l) = &self.limiter
+            && let Some(until) = l.reserve(&self.cfg.name, n as u64)
+        {
+            tokio::time::sleep_until(until.into()).await;
         }
     }
 
@@ -657,13 +657,12 @@ pub fn all_objects(store: &Store, roots: &[ObjectId]) -> Result<Vec<ObjectId>, S
     Ok(blobs)
 }
 
-/// A pack of records for `ids` (from the front, up to `target` bytes):
-/// its bytes, digest, index entries and how many ids it took.
-fn build_pack(
-    store: &Store,
-    ids: &[ObjectId],
-    target: u64,
-) -> Result<(Vec<u8>, [u8; 32], Vec<IndexEntry>, usize), StoreError> {
+/// A pack object ready to upload: its bytes, digest, index entries, and
+/// how many of the ids asked for it holds.
+type BuiltPack = (Vec<u8>, [u8; 32], Vec<IndexEntry>, usize);
+
+/// A pack of records for `ids` (from the front, up to `target` bytes).
+fn build_pack(store: &Store, ids: &[ObjectId], target: u64) -> Result<BuiltPack, StoreError> {
     let mut pack = PackBuilder::new();
     let mut used = 0;
     for id in ids {

@@ -98,17 +98,17 @@ fn import_for_node(k: &KeyFile, config: &std::path::Path) -> Result<ExitCode, Cl
     let cfg = crate::meshmode::load(config)?;
     let dest = cfg.key_path(&k.source);
     let dir = cfg.source_dir(&k.source);
-    if let Ok(t) = std::fs::read_to_string(dir.join(CONFIG_FILE)) {
-        if let Ok(c) = toml::from_str::<omesh_core::store::config::StoreConfig>(&t) {
-            if !c.key_id.is_empty() && c.key_id != k.key_id() {
-                return Err(CliError::usage(format!(
-                    "key {} does not match the store of {} on this node (key {}); nothing written",
-                    k.key_id(),
-                    k.source,
-                    c.key_id
-                )));
-            }
-        }
+    if let Ok(t) = std::fs::read_to_string(dir.join(CONFIG_FILE))
+        && let Ok(c) = toml::from_str::<omesh_core::store::config::StoreConfig>(&t)
+        && !c.key_id.is_empty()
+        && c.key_id != k.key_id()
+    {
+        return Err(CliError::usage(format!(
+            "key {} does not match the store of {} on this node (key {}); nothing written",
+            k.key_id(),
+            k.source,
+            c.key_id
+        )));
     }
     install(k, &dest)
 }

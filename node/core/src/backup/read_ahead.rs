@@ -50,7 +50,7 @@ pub(super) fn read_ahead(ctx: &Ctx<'_>, roots: &[PathBuf], done: &AtomicBool) {
                 }
                 let Ok(m) = fs::symlink_metadata(&path) else { continue };
                 looked += 1;
-                if looked % WINDOW == 0 {
+                if looked.is_multiple_of(WINDOW) {
                     if window.elapsed() < WARM {
                         tracing::debug!(looked, "metadata is cached; read-ahead stops");
                         return;

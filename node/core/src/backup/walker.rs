@@ -193,28 +193,26 @@ impl Walker<'_, '_> {
                 c.bytes += m.size();
             }
             // parent fast path
-            if let Some(p) = pnode {
-                if let NodeKind::File { size, content } = &p.kind {
-                    if !p.unreadable
-                        && p.warning.is_none()
-                        && *size == m.size()
-                        && p.mtime_ns == node.mtime_ns
-                        && p.ctime_ns == node.ctime_ns
-                        && p.inode == node.inode
-                        && self.content_present(content)
-                    {
-                        node.kind = NodeKind::File { size: *size, content: content.clone() };
-                        self.ctx.counts.lock().expect("counts").unchanged += 1;
-                        self.ctx.progress.files.fetch_add(1, Ordering::Relaxed);
-                        self.ctx.progress.bytes.fetch_add(*size, Ordering::Relaxed);
-                        return Ok(Some(PendingNode { node, wait: Wait::Ready }));
-                    }
-                }
+            if let Some(p) = pnode
+                && let NodeKind::File { size, content } = &p.kind
+                && !p.unreadable
+                && p.warning.is_none()
+                && *size == m.size()
+                && p.mtime_ns == node.mtime_ns
+                && p.ctime_ns == node.ctime_ns
+                && p.inode == node.inode
+                && self.content_present(content)
+            {
+                node.kind = NodeKind::File { size: *size, content: content.clone() };
+                self.ctx.counts.lock().expect("counts").unchanged += 1;
+                self.ctx.progress.files.fetch_add(1, Ordering::Relaxed);
+                self.ctx.progress.bytes.fetch_add(*size, Ordering::Relaxed);
+                return Ok(Some(PendingNode { node, wait: Wait::Ready }));
             }
-            if m.nlink() > 1 {
-                if let Some(slot) = self.hardlinks.get(&(m.dev(), m.ino())) {
-                    return Ok(Some(PendingNode { node, wait: Wait::File(slot.clone()) }));
-                }
+            if m.nlink() > 1
+                && let Some(slot) = self.hardlinks.get(&(m.dev(), m.ino()))
+            {
+                return Ok(Some(PendingNode { node, wait: Wait::File(slot.clone()) }));
             }
             let slot = Slot::new();
             if m.nlink() > 1 {

@@ -187,10 +187,10 @@ pub fn decide(snaps: &[(ObjectId, Timestamp)], policy: &RetentionPolicy, now: Ti
     let mut out = Vec::with_capacity(sorted.len());
     for (i, (id, time)) in sorted.iter().enumerate() {
         let mut reasons = Vec::new();
-        if let Some(n) = rule(policy.keep_last) {
-            if (i as u32) < n {
-                reasons.push(format!("last {n}"));
-            }
+        if let Some(n) = rule(policy.keep_last)
+            && (i as u32) < n
+        {
+            reasons.push(format!("last {n}"));
         }
         for (b, (name, _, key)) in buckets.iter().enumerate() {
             if let Some(left) = remaining[b] {
@@ -202,26 +202,27 @@ pub fn decide(snaps: &[(ObjectId, Timestamp)], policy: &RetentionPolicy, now: Ti
                 }
             }
         }
-        if let (Some(w), Some(n)) = (within, newest) {
-            if *time > time::minus(n, w) {
-                reasons.push(format!(
-                    "within {} of the newest",
-                    policy.keep_within.as_ref().map(|d| d.to_string()).unwrap_or_default()
-                ));
-            }
+        if let (Some(w), Some(n)) = (within, newest)
+            && *time > time::minus(n, w)
+        {
+            reasons.push(format!(
+                "within {} of the newest",
+                policy.keep_within.as_ref().map(|d| d.to_string()).unwrap_or_default()
+            ));
         }
         let mut keep = !reasons.is_empty() || !policy.has_rules();
         if !policy.has_rules() {
             reasons.push("no retention rules".into());
         }
-        if let Some(l) = lock {
-            if now.duration_since(*time) < l && !keep {
-                keep = true;
-                reasons.push(format!(
-                    "retention lock: younger than {}",
-                    policy.lock.as_ref().map(|d| d.to_string()).unwrap_or_default()
-                ));
-            }
+        if let Some(l) = lock
+            && now.duration_since(*time) < l
+            && !keep
+        {
+            keep = true;
+            reasons.push(format!(
+                "retention lock: younger than {}",
+                policy.lock.as_ref().map(|d| d.to_string()).unwrap_or_default()
+            ));
         }
         if !keep {
             reasons.push("no rule keeps it".into());

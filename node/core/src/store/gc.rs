@@ -389,10 +389,10 @@ fn condemn(store: &Store, db: &GcDb, now: SystemTime) -> Result<u64, GcError> {
             Ok(Some(_)) => {}
             Ok(None) => {
                 unmarked.push(id);
-                if unmarked.len() >= MARK_BATCH {
-                    if let Err(e) = flush(&mut unmarked) {
-                        err = Some(e);
-                    }
+                if unmarked.len() >= MARK_BATCH
+                    && let Err(e) = flush(&mut unmarked)
+                {
+                    err = Some(e);
                 }
             }
             Err(e) => err = Some(db.err(e).into()),

@@ -111,10 +111,10 @@ impl Index {
     /// The current shared tables (re-opened after a commit of ours).
     fn tables(&self) -> Result<(Arc<ObjectsTable>, Arc<PacksTable>), IndexError> {
         let g = self.generation.load(Ordering::Acquire);
-        if let Some(s) = self.cached.read().expect("index cache lock").as_ref() {
-            if s.generation == g {
-                return Ok((s.objects.clone(), s.packs.clone()));
-            }
+        if let Some(s) = self.cached.read().expect("index cache lock").as_ref()
+            && s.generation == g
+        {
+            return Ok((s.objects.clone(), s.packs.clone()));
         }
         let tx = self.read()?;
         let objects = Arc::new(tx.open_table(OBJECTS).map_err(e)?);

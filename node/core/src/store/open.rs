@@ -291,11 +291,11 @@ impl Store {
                 tracing::error!(pack = %hex::encode(hash), objects = n, store = %self.dir.display(), "pack file is missing: its objects are gone from this store; run `omesh verify` to see which snapshots are affected");
             }
         }
-        if self.writable {
-            if let Ok(rd) = fs::read_dir(self.dir.join("tmp")) {
-                for e in rd.flatten() {
-                    let _ = fs::remove_file(e.path());
-                }
+        if self.writable
+            && let Ok(rd) = fs::read_dir(self.dir.join("tmp"))
+        {
+            for e in rd.flatten() {
+                let _ = fs::remove_file(e.path());
             }
         }
         Ok(())
@@ -454,5 +454,73 @@ impl Store {
     /// is complete is only valid while this stays the same.
     pub fn removals(&self) -> u64 {
         self.gc.removals()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::pack::PackWriter;
+    use omesh_proto::ObjectKind;
+
+    fn init(d: &Path) -> Store {
+        Store::init(&d.join("s"), InitOptions::new("t")).unwrap()
+    }
+
+    #[test]
+    fn one_writer_and_readers_beside_it() {
+        let d = tempfile::tempdir().unwrap();
+        let s = init(d.path());
+        let dir = d.path().join("s");
+        let e = Store::open(&dir, Access::Write, KeySource::Default).unwrap_err();
+        assert!(matches!(e, StoreError::Locked { .. }), "{e}");
+        assert!(e.to_string().contains("pid"), "the lock names its holder: {e}");
+        let r = Store::open(&dir, Access::Read, KeySource::Default).unwrap();
+        assert!(!r.is_writable());
+        drop(s);
+        Store::open(&dir, Access::Write, KeySource::Default).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_key_is_refused_naming_both() {
+        let d = tempfile::tempdir().unwrap();
+        let s = init(d.path());
+        let expected = s.config().key_id.clone();
+        drop(s);
+        let other = crate::keyfile::KeyFile::generate("t");
+        let e = Store::open(&d.path().join("s"), Access::Read, KeySource::Secret(other.secret.clone())).unwrap_err();
+        assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
+        assert!(e.to_string().contains(&expected) && e.to_string().contains(&other.key_id()), "{e}");
+        let e = Store::open(&d.path().join("nothing"), Access::Read, KeySource::Default).unwrap_err();
+        assert!(matches!(e, StoreError::NotAStore(_)), "{e}");
+    }
+
+    /// A crash between a pack's rename and its index commit leaves a pack
+    /// the index does not know: a reader still finds its objects, a writer
+    /// indexes it; stray temporary files are removed.
+    #[test]
+    fn packs_the_index_missed_are_found_and_indexed() {
+        let d = tempfile::tempdir().unwrap();
+        let s = init(d.path());
+        let (id, rec) = s.seal(ObjectKind::Blob, b"orphan", vec![]).unwrap();
+        let dir = d.path().join("s");
+        drop(s);
+        let mut w = PackWriter::create(&dir.join("tmp")).unwrap();
+        w.append(id, ObjectKind::Blob, &rec).unwrap();
+        w.finish(&dir).unwrap();
+        std::fs::write(dir.join("tmp/stray.pack-tmp"), b"half a pack").unwrap();
+        let r = Store::open(&dir, Access::Read, KeySource::Default).unwrap();
+        assert_eq!(r.get(&id, ObjectKind::Blob).unwrap(), b"orphan");
+        drop(r);
+        let s = Store::open(&dir, Access::Write, KeySource::Default).unwrap();
+        assert_eq!(s.object_count().unwrap(), 1);
+        assert!(!dir.join("tmp/stray.pack-tmp").exists());
+    }
+
+    #[test]
+    fn init_refuses_a_directory_in_use() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("x"), b"").unwrap();
+        assert!(matches!(Store::init(d.path(), InitOptions::new("t")), Err(StoreError::NotEmpty(_))));
     }
 }

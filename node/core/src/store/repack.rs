@@ -158,10 +158,10 @@ impl Store {
         fs::create_dir_all(&q).map_err(StoreError::io("creating", &q))?;
         let dest = q.join(format!("{}.{}.{}", id.to_hex(), hex::encode(&hash[..8]), loc.offset));
         let mut buf = vec![0u8; loc.len as usize];
-        if let Ok(f) = self.pack_file(&hash) {
-            if f.read_exact_at(&mut buf, loc.offset).is_ok() {
-                let _ = fs::write(&dest, &buf);
-            }
+        if let Ok(f) = self.pack_file(&hash)
+            && f.read_exact_at(&mut buf, loc.offset).is_ok()
+        {
+            let _ = fs::write(&dest, &buf);
         }
         self.gc.note_removal();
         self.index.remove_object(id).map_err(|e| self.index_err(e))?;

@@ -117,16 +117,16 @@ pub fn scrub_store(
     if cursor.is_none() {
         for sid in store.snapshot_ids()? {
             pass.snapshots += 1;
-            if let Err(e) = store.read_snapshot_record(&sid) {
-                if e.is_damage() {
-                    let q = quarantine_snapshot(store, &sid);
-                    pass.damaged.push(Damage {
-                        id: sid,
-                        what: DamageKind::Snapshot,
-                        reason: e.to_string(),
-                        quarantined: q,
-                    });
-                }
+            if let Err(e) = store.read_snapshot_record(&sid)
+                && e.is_damage()
+            {
+                let q = quarantine_snapshot(store, &sid);
+                pass.damaged.push(Damage {
+                    id: sid,
+                    what: DamageKind::Snapshot,
+                    reason: e.to_string(),
+                    quarantined: q,
+                });
             }
         }
     }

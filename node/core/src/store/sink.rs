@@ -157,3 +157,62 @@ impl<S: std::ops::Deref<Target = Store>> Drop for PackSink<S> {
 fn w_ids(w: &PackWriter) -> Vec<ObjectId> {
     w.entry_ids()
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{InitOptions, Store, StoreError};
+    use omesh_proto::{ObjectKind, Record};
+
+    fn init(d: &std::path::Path) -> Store {
+        Store::init(&d.join("s"), InitOptions::new("t")).unwrap()
+    }
+
+    #[test]
+    fn an_object_is_claimed_once_and_pending_until_durable() {
+        let d = tempfile::tempdir().unwrap();
+        let s = init(d.path());
+        let (id, rec) = s.seal(ObjectKind::Blob, b"x", vec![]).unwrap();
+        assert!(s.claim(&id).unwrap());
+        assert!(!s.claim(&id).unwrap(), "a second writer must not store it again");
+        assert!(s.contains(&id).unwrap(), "a writer is told a pending object is there");
+        assert_eq!(s.durable_many(&[id]).unwrap(), vec![false], "but a peer is not promised it yet");
+        let mut sink = s.sink().unwrap();
+        sink.add(id, ObjectKind::Blob, &rec).unwrap();
+        let st = sink.finish().unwrap();
+        assert_eq!((st.objects, st.packs), (1, 1));
+        assert_eq!(s.durable_many(&[id]).unwrap(), vec![true]);
+        assert_eq!(s.get(&id, ObjectKind::Blob).unwrap(), b"x");
+    }
+
+    #[test]
+    fn a_sink_dropped_unfinished_leaves_nothing_and_releases_its_claims() {
+        let d = tempfile::tempdir().unwrap();
+        let s = init(d.path());
+        let (id, rec) = s.seal(ObjectKind::Blob, b"y", vec![]).unwrap();
+        assert!(s.claim(&id).unwrap());
+        let mut sink = s.sink().unwrap();
+        sink.add(id, ObjectKind::Blob, &rec).unwrap();
+        drop(sink);
+        assert!(!s.contains(&id).unwrap());
+        assert!(s.claim(&id).unwrap(), "the next writer stores it");
+        assert_eq!(std::fs::read_dir(s.dir().join("tmp")).unwrap().count(), 0, "the partial pack is gone");
+    }
+
+    #[test]
+    fn imported_records_are_checked_before_they_are_written() {
+        let d = tempfile::tempdir().unwrap();
+        let s = init(d.path());
+        let (id, rec) = s.seal(ObjectKind::Blob, b"z", vec![]).unwrap();
+        let mut sink = s.sink().unwrap();
+        let mut trailing = rec.clone();
+        trailing.push(0);
+        assert!(matches!(s.import_record(&mut sink, &trailing), Err(StoreError::Corrupt { .. })));
+        // right frame and check hash, but not sealed with this store's key
+        let forged = Record { kind: ObjectKind::Blob, id, links: vec![], body: vec![7; 64] }.encode();
+        assert!(matches!(s.import_record(&mut sink, &forged), Err(StoreError::Corrupt { .. })));
+        assert!(s.import_record(&mut sink, &rec).unwrap());
+        assert!(!s.import_record(&mut sink, &rec).unwrap(), "already claimed");
+        sink.finish().unwrap();
+        assert_eq!(s.object_count().unwrap(), 1);
+    }
+}

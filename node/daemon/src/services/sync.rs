@@ -369,11 +369,11 @@ pub async fn fetch_into(
                     if used != raw.len() || !want.contains(&rec.id) {
                         return Err("a peer sent a record that was not asked for".into());
                     }
-                    if let Some(k) = &k {
-                        if k.open(rec.kind, &rec.id, &rec.links, &rec.body).is_err() {
-                            // a bad copy: leave the id missing, try elsewhere
-                            continue;
-                        }
+                    if let Some(k) = &k
+                        && k.open(rec.kind, &rec.id, &rec.links, &rec.body).is_err()
+                    {
+                        // a bad copy: leave the id missing, try elsewhere
+                        continue;
                     }
                     st.write_record(rec.id, rec.kind, &raw).map_err(err)?;
                     out.push((rec.id, rec.kind, rec.links, raw.len() as u64));

@@ -43,10 +43,11 @@ pub async fn prepare_restore(
         key_path: rt.cfg.key_path(source),
         config: rt.cfg.path.clone(),
     })?;
-    if let From::Peer(p) = from {
-        if rt.cfg.peer(p).is_none() && rt.cfg.s3_target(p).is_none() {
-            return Err(NodeError::UnknownTarget { name: p.clone(), config: rt.cfg.path.clone() });
-        }
+    if let From::Peer(p) = from
+        && rt.cfg.peer(p).is_none()
+        && rt.cfg.s3_target(p).is_none()
+    {
+        return Err(NodeError::UnknownTarget { name: p.clone(), config: rt.cfg.path.clone() });
     }
     let opts = CensusOptions {
         scope: CensusScope::Source(source.to_string()),

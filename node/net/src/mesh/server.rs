@@ -575,10 +575,10 @@ async fn list_snapshots(
         all.truncate(MAX_LIST_SNAPSHOTS);
         let mut items = Vec::new();
         for (n, id) in all {
-            if let Ok(Some(s)) = stores.get(&n, false) {
-                if let Ok(record) = s.store.read_snapshot_record(&id) {
-                    items.push(SnapshotEntry { stored_ns: s.store.snapshot_stored_ns(&id), source: n, id, record });
-                }
+            if let Ok(Some(s)) = stores.get(&n, false)
+                && let Ok(record) = s.store.read_snapshot_record(&id)
+            {
+                items.push(SnapshotEntry { stored_ns: s.store.snapshot_stored_ns(&id), source: n, id, record });
             }
         }
         Ok((items, more))

@@ -1,0 +1,80 @@
+//! What to restore where, what a restore reports, and how it fails before
+//! writing anything.
+
+use crate::backup::Warning;
+use crate::objects::SourceError;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+/// What to restore where.
+#[derive(Clone, Debug, Default)]
+pub struct RestoreOptions {
+    /// Target directory (files snapshots) or file/device (image snapshots).
+    pub target: PathBuf,
+    /// Restore only these snapshot paths (and what is below them).
+    pub includes: Vec<String>,
+    /// Worker threads (default: available cores, at least 4 for I/O overlap).
+    pub threads: Option<usize>,
+}
+
+/// Live counters.
+#[derive(Debug, Default)]
+pub struct RestoreProgress {
+    /// Files completed.
+    pub files: AtomicU64,
+    /// Bytes written from fetched objects.
+    pub bytes_written: AtomicU64,
+    /// Bytes kept or copied from data already in the target.
+    pub bytes_reused: AtomicU64,
+    /// Total logical bytes planned (grows while planning).
+    pub bytes_planned: AtomicU64,
+}
+
+/// Outcome of a restore.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct RestoreSummary {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Target.
+    pub target: String,
+    /// Files restored or kept.
+    pub files: u64,
+    /// Files already identical in the target (only metadata applied).
+    pub files_unchanged: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symlinks, fifos, devices, hardlinks.
+    pub others: u64,
+    /// Bytes written from fetched objects.
+    pub bytes_written: u64,
+    /// Bytes reused from the target.
+    pub bytes_reused: u64,
+    /// Seconds.
+    pub seconds: f64,
+    /// Entries that could not be restored. Non-empty means failure.
+    pub errors: Vec<Warning>,
+    /// Non-fatal problems (metadata that could not be applied).
+    pub warnings: Vec<Warning>,
+}
+
+/// Errors that stop a restore before it writes anything.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RestoreError {
+    /// Target problem.
+    #[error("restore target {path}: {reason}")]
+    Target {
+        /// target
+        path: PathBuf,
+        /// what is wrong
+        reason: String,
+    },
+    /// An include path is not valid.
+    #[error("--include {0:?}: {1}")]
+    Include(String, String),
+    /// The snapshot or its trees cannot be read.
+    #[error("{0}")]
+    Source(#[from] SourceError),
+    /// Internal failure.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
