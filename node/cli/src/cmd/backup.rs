@@ -1,6 +1,6 @@
 //! `omesh backup`
 
-use crate::StoreArgs;
+use crate::args::StoreArgs;
 use crate::meshmode as mesh;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
 use omesh_core::backup::{self, BackupError, BackupOptions, BackupSummary, ParentChoice, Progress};

@@ -1,6 +1,6 @@
 //! `omesh key export|import`
 
-use crate::StoreArgs;
+use crate::args::StoreArgs;
 use crate::output::{CliError, ExitCode};
 use omesh_core::keyfile::{KeyFile, write_private_atomic};
 use omesh_core::store::config::CONFIG_FILE;

@@ -1,7 +1,7 @@
 //! `omesh forget`, `omesh gc`, `omesh scrub`, `omesh sync`: the
 //! maintenance the daemon runs on its own timers, on demand.
 
-use crate::StoreArgs;
+use crate::args::StoreArgs;
 use crate::meshmode as mesh;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
 use omesh_core::policy::bandwidth::{self, Rate};

@@ -1,6 +1,6 @@
 //! `omesh ls`
 
-use crate::StoreArgs;
+use crate::args::StoreArgs;
 use crate::output::{CliError, ExitCode, key_source, print_json, time};
 use omesh_core::objects::{self, ObjectSource};
 use omesh_core::snapshot::{Node, NodeKind};

@@ -1,6 +1,6 @@
 //! `omesh repair index`
 
-use crate::StoreArgs;
+use crate::args::StoreArgs;
 use crate::output::{CliError, ExitCode, print_json};
 use omesh_core::store::{Access, Store};
 

@@ -1,6 +1,6 @@
 //! `omesh restore`
 
-use crate::StoreArgs;
+use crate::args::StoreArgs;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
 use omesh_core::restore::{self, RestoreError, RestoreOptions, RestoreProgress};
 use omesh_core::store::{Access, Store};

@@ -1,6 +1,6 @@
 //! `omesh snapshots`
 
-use crate::StoreArgs;
+use crate::args::StoreArgs;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, time};
 use omesh_core::snapshot::{SnapshotKind, SnapshotRecord};
 use omesh_core::store::{Access, Store};

@@ -1,6 +1,6 @@
 //! `omesh verify`
 
-use crate::StoreArgs;
+use crate::args::StoreArgs;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
 use omesh_core::store::{Access, Store};
 use std::sync::Arc;
