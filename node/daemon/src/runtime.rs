@@ -292,21 +292,18 @@ impl NodeRuntime {
                 Ok((c, best))
             }
             .await;
-            if let (Ok((c, rtt)), Some(state)) = (&r, &self.state) {
-                let _ = state.peer_seen(
-                    &p.name,
-                    &PeerSeen {
-                        last_contact_ns: now_ns(),
-                        rtt_us: rtt.as_micros() as u64,
-                        address: c.addr.to_string(),
-                        cert_sha256: c.identity.fingerprint.clone(),
-                        throughput_bps: state
-                            .peers()
-                            .ok()
-                            .and_then(|m| m.get(&p.name).map(|s| s.throughput_bps))
-                            .unwrap_or(0),
-                    },
-                );
+            if let (Ok((c, rtt)), Some(state)) = (&r, self.state.clone()) {
+                let (name, rtt_us, address, cert) =
+                    (p.name.clone(), rtt.as_micros() as u64, c.addr.to_string(), c.identity.fingerprint.clone());
+                // the state database is written off the async workers
+                let _ = tokio::task::spawn_blocking(move || {
+                    let throughput_bps =
+                        state.peers().ok().and_then(|m| m.get(&name).map(|s| s.throughput_bps)).unwrap_or(0);
+                    let seen =
+                        PeerSeen { last_contact_ns: now_ns(), rtt_us, address, cert_sha256: cert, throughput_bps };
+                    state.peer_seen(&name, &seen)
+                })
+                .await;
             }
             PeerProbe { peer: p.clone(), result: r }
         });
@@ -324,9 +321,10 @@ impl NodeRuntime {
 
     /// The options of a `backup --config` request: its paths (or
     /// `[backup] paths`), `[backup] exclude` plus its own, and its parent
-    /// ("none", a snapshot, or the latest matching one).
+    /// ("none", a snapshot, or the latest matching one; resolved in the
+    /// store on a blocking thread).
     #[allow(clippy::too_many_arguments)]
-    pub fn backup_request_options(
+    pub async fn backup_request_options(
         &self,
         paths: Vec<std::path::PathBuf>,
         exclude: Vec<String>,
@@ -334,12 +332,18 @@ impl NodeRuntime {
         image: Option<std::path::PathBuf>,
         tags: Vec<String>,
         parent: Option<&str>,
-    ) -> Result<BackupOptions, omesh_core::store::StoreError> {
+    ) -> Result<BackupOptions, NodeError> {
         let cfg = &self.cfg;
         let parent = match parent {
             None => ParentChoice::Auto,
             Some("none") => ParentChoice::None,
-            Some(p) => ParentChoice::Id(self.stores.own().and_then(|s| s.store.resolve_snapshot(p))?),
+            Some(p) => {
+                let (stores, p) = (self.stores.clone(), p.to_string());
+                let id = tokio::task::spawn_blocking(move || stores.own().and_then(|s| s.store.resolve_snapshot(&p)))
+                    .await
+                    .map_err(NodeError::from)??;
+                ParentChoice::Id(id)
+            }
         };
         let mut excludes = cfg.backup.exclude.clone();
         excludes.extend(exclude);
@@ -433,11 +437,27 @@ impl NodeRuntime {
     /// failure, and record every acknowledged placement.
     pub async fn replicate(self: &Arc<Self>, snap: ObjectId) -> Vec<ReplicaReport> {
         let probes = self.probe_targets().await;
-        let holders: std::collections::HashSet<String> = match &self.state {
-            Some(st) => {
-                st.placements(&self.cfg.name).unwrap_or_default().into_values().flatten().map(|p| p.node).collect()
+        // who held earlier snapshots (placement is sticky), and our own
+        // store, read off the async workers
+        let (holders, own) = {
+            let (st, stores, me) = (self.state.clone(), self.stores.clone(), self.cfg.name.clone());
+            let r = tokio::task::spawn_blocking(move || {
+                let holders: std::collections::HashSet<String> = match &st {
+                    Some(st) => {
+                        st.placements(&me).unwrap_or_default().into_values().flatten().map(|p| p.node).collect()
+                    }
+                    None => Default::default(),
+                };
+                (holders, stores.own())
+            })
+            .await;
+            match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::error!(error = %e, "worker failed");
+                    return Vec::new();
+                }
             }
-            None => Default::default(),
         };
         let mut reports: Vec<ReplicaReport> = Vec::new();
         let mut cands = Vec::new();
@@ -456,7 +476,7 @@ impl NodeRuntime {
         }
         let ranked = placement::rank(&self.cfg.domain, &cands);
         let factor = self.cfg.replication.factor;
-        let own = match self.stores.own() {
+        let own = match own {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "own store unavailable");

@@ -163,8 +163,14 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
                     unreachable!("built above")
                 };
                 let nrt = mesh::runtime(cfg.clone(), true).await?;
-                let opts =
-                    nrt.backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())?;
+                let opts = nrt
+                    .backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())
+                    .await
+                    // a bad --parent is a usage error, as in local mode
+                    .map_err(|e| match e {
+                        omesh_daemon::error::NodeError::Store(e) => CliError::from(e),
+                        e => mesh::node_err(e),
+                    })?;
                 nrt.backup_and_replicate(opts, Arc::new(Progress::default())).await.map_err(mesh::node_err)
             }
         }

@@ -248,6 +248,7 @@ async fn answer(
         ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } => {
             let opts = rt
                 .backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())
+                .await
                 .map_err(|e| Refused { class: ErrorClass::Usage, message: e.to_string() })?;
             let progress = Arc::new(Progress::default());
             // the backup runs as a task of its own: a CLI that goes away

@@ -243,7 +243,11 @@ pub async fn scrub_all(
         tokio::task::spawn_blocking(move || stores.source_names()).await.unwrap_or_default()
     };
     for n in names {
-        let s = match rt.stores.get(&n, false) {
+        let opened = {
+            let (stores, n) = (rt.stores.clone(), n.clone());
+            tokio::task::spawn_blocking(move || stores.get(&n, false)).await
+        };
+        let s = match opened.unwrap_or_else(|e| Err(omesh_core::store::StoreError::Object(e.to_string(), false))) {
             Ok(Some(s)) => s,
             Ok(None) => continue,
             Err(e) => {
