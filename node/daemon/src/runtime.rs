@@ -65,6 +65,25 @@ pub struct NodeRuntime {
     backup_lock: tokio::sync::Mutex<()>,
 }
 
+/// Connecting to a peer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Its address does not resolve.
+    #[error("cannot resolve {address}: {source}")]
+    Resolve {
+        /// host:port as configured
+        address: String,
+        /// cause
+        source: std::io::Error,
+    },
+    /// The residency policy refuses one of its addresses.
+    #[error("{0}")]
+    Residency(String),
+    /// TLS or QUIC.
+    #[error(transparent)]
+    Transport(#[from] transport::TransportError),
+}
+
 /// A peer probe result (for requests only peers answer).
 pub struct PeerProbe {
     /// Configured peer.
@@ -215,7 +234,7 @@ impl NodeRuntime {
     }
 
     /// Connect (or reuse a live connection) to a configured peer.
-    pub async fn connect(&self, peer: &PeerConfig) -> Result<PeerConn, String> {
+    pub async fn connect(&self, peer: &PeerConfig) -> Result<PeerConn, ConnectError> {
         {
             let g = self.conns.lock().await;
             if let Some(c) = g.get(&peer.name)
@@ -224,19 +243,18 @@ impl NodeRuntime {
                 return Ok(c.clone());
             }
         }
-        let addrs =
-            client::resolve(&peer.address).await.map_err(|e| format!("cannot resolve {}: {e}", peer.address))?;
+        let addrs = client::resolve(&peer.address)
+            .await
+            .map_err(|source| ConnectError::Resolve { address: peer.address.clone(), source })?;
         if let Some(check) = &self.outbound_check {
             for a in &addrs {
-                check(&peer.name, *a)?;
+                check(&peer.name, *a).map_err(ConnectError::Residency)?;
             }
         }
         let timeout = Duration::from_secs(self.cfg.transport.connect_timeout_secs.max(1));
         self.tls.refresh_async().await;
-        let config = transport::client_config(&self.tls, &self.cfg.transport).map_err(|e| e.to_string())?;
-        let mut c = client::connect(&self.endpoint, &config, &self.cfg.name, &peer.name, &addrs, timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let config = transport::client_config(&self.tls, &self.cfg.transport)?;
+        let mut c = client::connect(&self.endpoint, &config, &self.cfg.name, &peer.name, &addrs, timeout).await?;
         c.limiter = self.limiter.clone();
         self.conns.lock().await.insert(peer.name.clone(), c.clone());
         Ok(c)
@@ -284,7 +302,7 @@ impl NodeRuntime {
     pub async fn probe_all(&self) -> Vec<PeerProbe> {
         let futs = self.cfg.peers.iter().map(|p| async move {
             let r = async {
-                let c = self.connect(p).await?;
+                let c = self.connect(p).await.map_err(|e| e.to_string())?;
                 let mut best = Duration::MAX;
                 for _ in 0..3 {
                     best = best.min(c.ping().await.map_err(|e| e.to_string())?);

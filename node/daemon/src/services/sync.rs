@@ -85,12 +85,48 @@ pub struct SyncReport {
     pub seconds: f64,
 }
 
-fn err(e: impl std::fmt::Display) -> String {
-    e.to_string()
+/// A repair failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RepairError {
+    /// This node's replica store failed.
+    #[error(transparent)]
+    Store(#[from] omesh_core::store::StoreError),
+    /// A worker thread failed.
+    #[error("worker task failed: {0}")]
+    Worker(#[from] tokio::task::JoinError),
+    /// The graph is larger than any real snapshot.
+    #[error(transparent)]
+    TooLarge(#[from] omesh_core::store::walk::TooLarge),
+    /// The listed record is not a snapshot record with that id.
+    #[error("snapshot record: {0}")]
+    BadRecord(String),
+    /// A peer answered with records it was not asked for.
+    #[error("a peer sent a record that was not asked for")]
+    Unasked,
+    /// The source's quota on this node is used up.
+    #[error("{source_name} is over its quota of {quota} bytes on {node}")]
+    Quota {
+        /// source
+        source_name: String,
+        /// bytes
+        quota: u64,
+        /// this node
+        node: String,
+    },
+    /// Objects no holder could supply.
+    #[error("{count} objects could not be fetched from any holder (first: {})", first.short())]
+    Incomplete {
+        /// how many
+        count: usize,
+        /// the first of them
+        first: ObjectId,
+    },
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
-    tokio::task::spawn_blocking(f).await.map_err(err)?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RepairError> + Send + 'static,
+) -> Result<T, RepairError> {
+    tokio::task::spawn_blocking(f).await?
 }
 
 /// Run one mesh sync from this node.
@@ -182,7 +218,7 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
             }
             Err(e) => {
                 tracing::warn!(%source, snapshot = %id.short(), error = %e, "sync: repair failed");
-                rep.failed.push(RepairFailure { source: source.clone(), snapshot: id.to_hex(), error: e });
+                rep.failed.push(RepairFailure { source: source.clone(), snapshot: id.to_hex(), error: e.to_string() });
             }
         }
     }
@@ -226,16 +262,16 @@ async fn repair_one(
     record: &[u8],
     from: &[Arc<dyn ReplicaTarget>],
     origin_ns: i64,
-) -> Result<Repaired, String> {
+) -> Result<Repaired, RepairError> {
     let t = Instant::now();
-    let (rec, used) = Record::decode(record).map_err(|e| format!("snapshot record: {e}"))?;
+    let (rec, used) = Record::decode(record).map_err(|e| RepairError::BadRecord(e.to_string()))?;
     if used != record.len() || rec.kind != ObjectKind::Snapshot || rec.id != id {
-        return Err("the listed snapshot record is not a snapshot with that id".into());
+        return Err(RepairError::BadRecord("the listed snapshot record is not a snapshot with that id".into()));
     }
     let store = {
         let stores = rt.stores.clone();
         let s = source.to_string();
-        blocking(move || stores.get(&s, true).map_err(err).map(|x| x.expect("created"))).await?
+        blocking(move || Ok(stores.get(&s, true)?.expect("created when absent"))).await?
     };
     let quota = rt.cfg.quota_for(source);
     let mut got = Fetched::default();
@@ -250,13 +286,13 @@ async fn repair_one(
         }
         let st = store.clone();
         let visits = blocking(move || {
-            let present = st.store.contains_many(&batch).map_err(err)?;
+            let present = st.store.contains_many(&batch)?;
             let mut out = Vec::with_capacity(batch.len());
             for (id, p) in batch.into_iter().zip(present) {
                 let v = if !p {
                     Visit::Missing
                 } else {
-                    match resolve_local(&st.store, &id).map_err(err)? {
+                    match resolve_local(&st.store, &id)? {
                         // being written by another stream: it is there
                         Visit::Missing => Visit::Skip,
                         v => v,
@@ -272,34 +308,30 @@ async fn repair_one(
             if v == Visit::Missing {
                 missing.push(id);
             }
-            walk.visit(&v).map_err(|e| infallible(e).to_string())?;
+            walk.visit(&v).map_err(infallible)?;
         }
         if quota > 0 {
             let st = store.clone();
-            let used = blocking(move || st.store.bytes_stored().map_err(err)).await?;
+            let used = blocking(move || Ok(st.store.bytes_stored()?)).await?;
             if used > quota {
-                return Err(format!("{source} is over its quota of {quota} bytes on {}", rt.cfg.name));
+                return Err(RepairError::Quota { source_name: source.into(), quota, node: rt.cfg.name.clone() });
             }
         }
         let links = fetch_into(rt, &store, source, &missing, from, None, &mut got).await?;
-        walk.discover_all(&links).map_err(|e| infallible(e).to_string())?;
+        walk.discover_all(&links).map_err(infallible)?;
     }
     let st = store.clone();
     let record = record.to_vec();
     let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(origin_ns.max(0) as u64);
     let roots = rec.links.clone();
     blocking(move || {
-        st.flush().map_err(err)?;
+        st.flush()?;
         let _commit = st.store.commit_guard();
-        let missing = st.missing_below(&roots, 16).map_err(err)?;
+        let missing = st.missing_below(&roots, 16)?;
         if !missing.is_empty() {
-            return Err(format!(
-                "{} objects could not be fetched from any holder (first: {})",
-                missing.len(),
-                missing[0].short()
-            ));
+            return Err(RepairError::Incomplete { count: missing.len(), first: missing[0] });
         }
-        st.store.put_snapshot_record_at(&id, &record, time).map_err(err)
+        Ok(st.store.put_snapshot_record_at(&id, &record, time)?)
     })
     .await?;
     Ok(Repaired {
@@ -338,7 +370,7 @@ pub async fn fetch_into(
     from: &[Arc<dyn ReplicaTarget>],
     keys: Option<Arc<omesh_core::crypto::Keys>>,
     got: &mut Fetched,
-) -> Result<Vec<ObjectId>, String> {
+) -> Result<Vec<ObjectId>, RepairError> {
     let mut links = Vec::new();
     let mut left: Vec<ObjectId> = ids.to_vec();
     for conn in from {
@@ -365,9 +397,9 @@ pub async fn fetch_into(
             let written = blocking(move || {
                 let mut out = Vec::new();
                 for raw in recs {
-                    let (rec, used) = Record::decode(&raw).map_err(err)?;
+                    let (rec, used) = Record::decode(&raw).map_err(|e| RepairError::BadRecord(e.to_string()))?;
                     if used != raw.len() || !want.contains(&rec.id) {
-                        return Err("a peer sent a record that was not asked for".into());
+                        return Err(RepairError::Unasked);
                     }
                     if let Some(k) = &k
                         && k.open(rec.kind, &rec.id, &rec.links, &rec.body).is_err()
@@ -375,7 +407,7 @@ pub async fn fetch_into(
                         // a bad copy: leave the id missing, try elsewhere
                         continue;
                     }
-                    st.write_record(rec.id, rec.kind, &raw).map_err(err)?;
+                    st.write_record(rec.id, rec.kind, &raw)?;
                     out.push((rec.id, rec.kind, rec.links, raw.len() as u64));
                 }
                 Ok(out)
