@@ -339,5 +339,7 @@ mod tests {
         assert_eq!(parse_duration("1w 3d").unwrap(), SignedDuration::from_hours(10 * 24));
         assert!(parse_duration("2mo").unwrap_err().contains("months"));
         assert!(parse_duration("-3d").is_err());
+        assert_eq!(parse_duration("90 days").unwrap(), SignedDuration::from_hours(90 * 24));
+        assert_eq!(parse_duration("1.5h").unwrap(), SignedDuration::from_mins(90));
     }
 }

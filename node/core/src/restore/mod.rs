@@ -139,9 +139,7 @@ pub fn run(
     });
     drop(root);
     plan_result?;
-    if std::env::var_os("NOSYNC").is_none()
-        && let Err(e) = rustix::fs::syncfs(&sync_fd)
-    {
+    if let Err(e) = rustix::fs::syncfs(&sync_fd) {
         ctx.error(&target_display, format!("flushing the restored data to disk failed: {e}"));
     }
     let (files, unchanged, dirs, others) = *ctx.counts.lock().expect("counts lock");
