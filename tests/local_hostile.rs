@@ -213,3 +213,90 @@ fn wrong_key_gives_a_clear_error() {
     let r = omesh(["snapshots", "--store", s(&a)]).code(2);
     assert!(r.stderr.contains("chmod 600"), "{}", r.stderr);
 }
+
+/// Wait (bounded) until a failpoint's `PATH.reached` marker exists.
+fn wait_reached(marker: &Path) {
+    let t = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(t.elapsed() < std::time::Duration::from_secs(60), "failpoint never reached: {}", marker.display());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_fifo_swapped_for_a_symlink_during_restore_changes_nothing_outside() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init_small(&store);
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    rustix::fs::mknodat(rustix::fs::CWD, src.join("pipe"), rustix::fs::FileType::Fifo, 0o666.into(), 0).unwrap();
+    rustix::fs::chmod(src.join("pipe"), 0o666.into()).unwrap();
+    let r = omesh(["backup", "--store", s(&store), s(&src), "--json"]).ok().json();
+    let snap = r["snapshot"].as_str().unwrap().to_string();
+    // a file outside the target that must keep its mode
+    let secret = t.path().join("secret");
+    fs::write(&secret, b"s").unwrap();
+    rustix::fs::chmod(&secret, 0o600.into()).unwrap();
+    let target = t.path().join("target");
+    let release = t.path().join("go");
+    let child = crate::common::cmd()
+        .args(["restore", "--store", s(&store), &snap, "--target", s(&target)])
+        .env("OMESH_FAILPOINT", format!("restore.special_created:1:wait={}", release.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_reached(&t.path().join("go.reached"));
+    // the attacker, who owns the directory, swaps the new fifo for a
+    // symlink to the secret file
+    let dir = crate::common::restored(&target, &src);
+    let tmp = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with(".omesh-restore-"))
+        .expect("the fifo under its temporary name");
+    fs::remove_file(&tmp).unwrap();
+    std::os::unix::fs::symlink(&secret, &tmp).unwrap();
+    fs::write(&release, b"").unwrap();
+    let out: crate::common::Run = child.wait_with_output().unwrap().into();
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&secret).unwrap().permissions().mode() & 0o7777, 0o600, "the outside file's mode changed");
+    assert_eq!(out.code, 4, "the swapped node must be reported as not restored: {out:?}");
+    assert!(out.stderr.contains("replaced"), "{}", out.stderr);
+    assert!(!tmp.exists(), "the swapped-in temporary entry is left behind");
+}
+
+#[test]
+fn a_file_replaced_between_listing_and_reading_is_not_stored_under_its_name() {
+    let t = tempfile::tempdir().unwrap();
+    let store = t.path().join("store");
+    init_small(&store);
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), b"original content").unwrap();
+    let release = t.path().join("go");
+    let child = crate::common::cmd()
+        .args(["backup", "--store", s(&store), s(&src), "--json"])
+        .env("OMESH_FAILPOINT", format!("backup.before_open:1:wait={}", release.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_reached(&t.path().join("go.reached"));
+    // listed, not opened yet: another file takes the name
+    fs::write(src.join("other"), b"someone else's data").unwrap();
+    fs::rename(src.join("other"), src.join("a")).unwrap();
+    fs::write(&release, b"").unwrap();
+    let out: crate::common::Run = child.wait_with_output().unwrap().into();
+    let r = out.json();
+    let warned = r["warnings"].as_array().unwrap().iter().any(|w| w["message"].as_str().unwrap().contains("replaced"));
+    assert!(warned, "{r}");
+    let snap = r["snapshot"].as_str().unwrap().to_string();
+    let target = t.path().join("target");
+    omesh(["restore", "--store", s(&store), &snap, "--target", s(&target)]);
+    let restored = crate::common::restored(&target, &src).join("a");
+    let got = fs::read(&restored).unwrap_or_default();
+    assert!(got.is_empty(), "the replacing file's content was stored under the listed name: {got:?}");
+}

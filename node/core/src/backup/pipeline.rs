@@ -52,6 +52,9 @@ pub(super) type DirSlot = Arc<Slot<ObjectId>>;
 pub(super) struct FileJob {
     pub(super) path: PathBuf,
     pub(super) image: bool,
+    /// (device, inode) the walk's lstat saw: the opened file must be that
+    /// one, or the path was replaced in between.
+    pub(super) ident: Option<(u64, u64)>,
     pub(super) slot: FileSlot,
 }
 

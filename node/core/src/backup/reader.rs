@@ -52,6 +52,7 @@ pub(super) fn read_file(
     scratch: &mut Vec<u8>,
 ) -> FileOut {
     let mut last_err = None;
+    crate::failpoint::hit("backup.before_open");
     for attempt in 0..2 {
         let mut f =
             match fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NOATIME).open(&job.path) {
@@ -69,6 +70,17 @@ pub(super) fn read_file(
             Ok(m) => m,
             Err(e) => return unreadable(ctx, &job.path, e),
         };
+        if let Some((dev, ino)) = job.ident
+            && (before.dev(), before.ino()) != (dev, ino)
+        {
+            // another file now has this name: its content must not be
+            // stored under the metadata the walk recorded
+            return unreadable(
+                ctx,
+                &job.path,
+                "the path was replaced by another file while the backup ran (device and inode changed); the next backup takes it",
+            );
+        }
         let size = if job.image && before.file_type().is_block_device() {
             match f.seek(SeekFrom::End(0)).and_then(|n| f.seek(SeekFrom::Start(0)).map(|_| n)) {
                 Ok(n) => n,

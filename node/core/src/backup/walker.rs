@@ -119,7 +119,7 @@ impl Walker<'_, '_> {
         }
         let fslot = Slot::new();
         self.file_tx
-            .send(FileJob { path: img.into(), image: true, slot: fslot.clone() })
+            .send(FileJob { path: img.into(), image: true, ident: None, slot: fslot.clone() })
             .map_err(|_| BackupError::Internal("readers stopped".into()))?;
         let mut node = meta::node_from_meta(
             b"image",
@@ -219,7 +219,7 @@ impl Walker<'_, '_> {
                 self.hardlinks.insert((m.dev(), m.ino()), slot.clone());
             }
             self.file_tx
-                .send(FileJob { path: path.into(), image: false, slot: slot.clone() })
+                .send(FileJob { path: path.into(), image: false, ident: Some((m.dev(), m.ino())), slot: slot.clone() })
                 .map_err(|_| BackupError::Internal("readers stopped".into()))?;
             return Ok(Some(PendingNode { node, wait: Wait::File(slot) }));
         }

@@ -175,14 +175,11 @@ pub fn apply_meta_known(
     Ok(warn)
 }
 
-/// Apply metadata to a symlink or special file by name, without following.
-pub fn apply_meta_at(
-    dir: impl AsFd + Copy,
-    name: &OsStr,
-    n: &Node,
-    chown: bool,
-    is_symlink: bool,
-) -> io::Result<MetaWarnings> {
+/// Apply metadata to a symlink by name: every call is a no-follow call
+/// (`lchown`, `lsetxattr`, `utimensat` with `AT_SYMLINK_NOFOLLOW`), so
+/// whatever has the name by then is changed itself, nothing it points to.
+/// (Fifos and device nodes go through [`put_node`].)
+pub fn apply_meta_at(dir: impl AsFd + Copy, name: &OsStr, n: &Node, chown: bool) -> io::Result<MetaWarnings> {
     let mut warn = Vec::new();
     if chown {
         let (u, g) = ids(n);
@@ -201,9 +198,6 @@ pub fn apply_meta_at(
             }
         }
     }
-    if !is_symlink {
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(n.mode & 0o7777), AtFlags::empty())?;
-    }
     rustix::fs::utimensat(dir, name, &times(n), AtFlags::SYMLINK_NOFOLLOW)?;
     Ok(warn)
 }
@@ -216,9 +210,65 @@ pub fn put_symlink(dir: impl AsFd + Copy, name: &OsStr, target: &[u8]) -> io::Re
     replace_at(dir, &tmp, name)
 }
 
-/// Create a fifo or device node atomically.
-pub fn put_node(dir: impl AsFd + Copy, name: &OsStr, ft: rustix::fs::FileType, rdev: u64) -> io::Result<()> {
+/// Create a fifo or device node with its metadata, atomically: it is made
+/// under a temporary name, its metadata is applied through a descriptor of
+/// that very inode (never by name, so nothing swapped in is touched), and it
+/// is renamed into place.
+pub fn put_node(
+    dir: impl AsFd + Copy,
+    name: &OsStr,
+    ft: rustix::fs::FileType,
+    rdev: u64,
+    n: &Node,
+    chown: bool,
+) -> io::Result<MetaWarnings> {
     let tmp = tmp_name();
     rustix::fs::mknodat(dir, &tmp, ft, Mode::from_raw_mode(0o600), rdev)?;
-    replace_at(dir, &tmp, name)
+    crate::failpoint::hit("restore.special_created");
+    let r = apply_meta_special(dir, &tmp, ft, n, chown);
+    match r {
+        Ok(w) => replace_at(dir, &tmp, name).map(|()| w),
+        Err(e) => {
+            let _ = rustix::fs::unlinkat(dir, &tmp, AtFlags::empty());
+            Err(e)
+        }
+    }
+}
+
+/// Metadata of a fifo or device node we just created at `name`: opened
+/// with `O_PATH | O_NOFOLLOW` (which opens no device and follows nothing),
+/// checked to be the node we made (its type, one link, owned by us), then
+/// changed through `/proc/self/fd`, which names that inode and nothing else.
+fn apply_meta_special(
+    dir: impl AsFd + Copy,
+    name: &OsStr,
+    ft: rustix::fs::FileType,
+    n: &Node,
+    chown: bool,
+) -> io::Result<MetaWarnings> {
+    let fd = rustix::fs::openat(dir, name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let st = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(st.st_mode) != ft
+        || st.st_nlink != 1
+        || st.st_uid != rustix::process::geteuid().as_raw()
+    {
+        return Err(io::Error::other(
+            "the new node was replaced by something else before its metadata was applied; nothing of it was changed",
+        ));
+    }
+    let path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let mut warn = Vec::new();
+    if chown {
+        let (u, g) = ids(n);
+        rustix::fs::chownat(&fd, "", u, g, AtFlags::EMPTY_PATH)?;
+    }
+    for (k, v) in &n.xattrs {
+        if let Err(e) = rustix::fs::setxattr(path.as_str(), OsStr::from_bytes(k), v, XattrFlags::empty()) {
+            warn.push(format!("extended attribute {} not restored: {e}", String::from_utf8_lossy(k)));
+        }
+    }
+    // after chown, which clears set-id bits
+    rustix::fs::chmod(path.as_str(), Mode::from_raw_mode(n.mode & 0o7777))?;
+    rustix::fs::utimensat(rustix::fs::CWD, path.as_str(), &times(n), AtFlags::empty())?;
+    Ok(warn)
 }

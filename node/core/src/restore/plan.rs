@@ -208,7 +208,7 @@ impl Planner<'_, '_> {
             }
             NodeKind::Symlink { target } => {
                 let r = fsops::put_symlink(&dir.fd, &name, target)
-                    .and_then(|_| fsops::apply_meta_at(&dir.fd, &name, &node, ctx.chown, true));
+                    .and_then(|_| fsops::apply_meta_at(&dir.fd, &name, &node, ctx.chown));
                 self.special_done(&p, r);
                 Ok(())
             }
@@ -219,8 +219,7 @@ impl Planner<'_, '_> {
                     NodeKind::BlockDev { rdev } => (rustix::fs::FileType::BlockDevice, rdev),
                     _ => unreachable!(),
                 };
-                let r = fsops::put_node(&dir.fd, &name, ft, rdev)
-                    .and_then(|_| fsops::apply_meta_at(&dir.fd, &name, &node, ctx.chown, false));
+                let r = fsops::put_node(&dir.fd, &name, ft, rdev, &node, ctx.chown);
                 self.special_done(&p, r);
                 Ok(())
             }
