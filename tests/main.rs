@@ -15,6 +15,7 @@ mod local_hostile;
 mod local_image;
 mod local_lifecycle;
 mod local_roundtrip;
+mod mesh_hostile;
 mod mesh_replication;
 mod mesh_security;
 mod residency;

@@ -142,3 +142,67 @@ fn audit_report_lists_exactly_the_destinations_that_received_data() {
     let rep = site.omesh("srv-a", &["residency", "report", "--since", "2200-01-01", "--json"]).ok().json();
     assert!(rep.as_array().unwrap().is_empty());
 }
+
+/// A QUIC long-header packet of an unknown version, padded to the 1200
+/// bytes a server needs before it answers with Version Negotiation.
+fn version_probe() -> Vec<u8> {
+    let mut p = vec![0xc0];
+    p.extend_from_slice(&0x0a1a_2a3au32.to_be_bytes());
+    p.push(8);
+    p.extend_from_slice(&[0x11; 8]);
+    p.push(8);
+    p.extend_from_slice(&[0x22; 8]);
+    p.resize(1200, 0);
+    p
+}
+
+/// Whether `to` answers the probe sent from `from` (within 3 s).
+fn answers_probe(from: &str, to: &str) -> bool {
+    let s = std::net::UdpSocket::bind(format!("{from}:0")).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(3))).unwrap();
+    s.send_to(&version_probe(), to).unwrap();
+    let mut buf = [0u8; 2048];
+    match s.recv_from(&mut buf) {
+        // a Version Negotiation packet: long header, version 0
+        Ok((n, _)) => n > 5 && buf[0] & 0x80 != 0 && buf[1..5] == [0, 0, 0, 0],
+        Err(_) => false,
+    }
+}
+
+#[test]
+fn nothing_at_all_is_sent_to_a_refused_address_not_even_version_negotiation() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1")]);
+    let (a, b) = (site.node("srv-a").ip.clone(), site.node("srv-b").ip.clone());
+    site.write_config(
+        "srv-b",
+        &["srv-a".into()],
+        1,
+        &format!("[residency]\nallowed_networks = [\"{a}/32\", \"{b}/32\"]\n"),
+    );
+    let _b = site.start("srv-b");
+    let b_addr = site.node("srv-b").addr();
+    // from an allowed address the same probe is answered: it is a valid probe
+    assert!(answers_probe(&a, &b_addr), "srv-b did not answer a version probe from an allowed address");
+    // from 127.0.0.1, outside the boundary: no answer at all
+    assert!(!answers_probe("127.0.0.1", &b_addr), "srv-b answered a refused address");
+    let st = site.omesh("srv-b", &["status", "--json"]).ok().json();
+    assert!(st["residency_refusals"].as_u64().unwrap() >= 1, "{st}");
+}
+
+#[test]
+fn residency_check_covers_the_metrics_listener() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1")]);
+    let (a, b) = (site.node("srv-a").ip.clone(), site.node("srv-b").ip.clone());
+    let policy = format!("[residency]\nallowed_networks = [\"{a}/32\", \"{b}/32\"]\n");
+    for (listen, allowed) in [("0.0.0.0:9464", false), ("127.0.0.1:9464", true), (&*format!("{a}:9464"), true)] {
+        site.write_config("srv-a", &["srv-b".into()], 1, &format!("{policy}[metrics]\nlisten = \"{listen}\"\n"));
+        let r = site.omesh("srv-a", &["residency", "check", "--json"]);
+        let j = r.json();
+        let line = j["destinations"].as_array().unwrap().iter().find(|l| l["kind"] == "metrics").cloned();
+        let line = line.unwrap_or_else(|| panic!("no metrics line for {listen}: {j}"));
+        assert_eq!(line["allowed"], allowed, "{listen}: {line}");
+        assert_eq!(r.code, if allowed { 0 } else { 2 }, "{listen}: {j}");
+    }
+}

@@ -32,14 +32,19 @@ pub enum FrameError {
     Malformed(String),
 }
 
-/// Encode `msg` as a frame (length prefix + postcard).
-pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    let body = postcard::to_stdvec(msg).expect("postcard serialization of owned data cannot fail");
-    assert!(body.len() as u64 <= MAX_FRAME_BYTES as u64, "frame too large to send");
+/// Encode `msg` as a frame (length prefix + postcard). A message whose
+/// encoding exceeds [`MAX_FRAME_BYTES`] is refused (`TooLarge`): senders
+/// size their answers to fit, and a bug that does not
+/// is an error, never a panic.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
+    let body = postcard::to_stdvec(msg).map_err(|e| FrameError::Malformed(e.to_string()))?;
+    if body.len() as u64 > MAX_FRAME_BYTES as u64 {
+        return Err(FrameError::TooLarge { len: u32::try_from(body.len()).unwrap_or(u32::MAX), max: MAX_FRAME_BYTES });
+    }
     let mut out = Vec::with_capacity(LEN_PREFIX_BYTES + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
-    out
+    Ok(out)
 }
 
 /// Check a length prefix against `max` and return the body length.
@@ -89,20 +94,26 @@ mod tests {
 
     #[test]
     fn golden() {
-        let f = encode(&Msg { a: 1, b: vec![2, 3], c: "x".into() });
+        let f = encode(&Msg { a: 1, b: vec![2, 3], c: "x".into() }).unwrap();
         assert_eq!(f, vec![6, 0, 0, 0, 1, 2, 2, 3, 1, b'x']);
     }
 
     #[test]
+    fn an_oversized_message_is_an_error_not_a_panic() {
+        let m = Msg { a: 1, b: vec![0; MAX_FRAME_BYTES as usize], c: String::new() };
+        assert!(matches!(encode(&m), Err(FrameError::TooLarge { max: MAX_FRAME_BYTES, .. })));
+    }
+
+    #[test]
     fn refuses_large_prefix() {
-        let mut f = encode(&Msg { a: 1, b: vec![], c: String::new() });
+        let mut f = encode(&Msg { a: 1, b: vec![], c: String::new() }).unwrap();
         f[..4].copy_from_slice(&(MAX_FRAME_BYTES + 1).to_le_bytes());
         assert!(matches!(decode::<Msg>(&f, MAX_FRAME_BYTES), Err(FrameError::TooLarge { .. })));
     }
 
     #[test]
     fn refuses_trailing_bytes() {
-        let mut f = encode(&Msg { a: 1, b: vec![], c: String::new() });
+        let mut f = encode(&Msg { a: 1, b: vec![], c: String::new() }).unwrap();
         f.push(0);
         let n = (f.len() - 4) as u32;
         f[..4].copy_from_slice(&n.to_le_bytes());
@@ -113,7 +124,7 @@ mod tests {
         #[test]
         fn round_trip(a: u32, b in proptest::collection::vec(any::<u8>(), 0..300), c in ".{0,40}") {
             let m = Msg { a, b, c };
-            let f = encode(&m);
+            let f = encode(&m).unwrap();
             prop_assert_eq!(decode::<Msg>(&f, MAX_FRAME_BYTES).unwrap(), m);
         }
 

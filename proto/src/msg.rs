@@ -31,6 +31,22 @@ pub const MAX_SNAPSHOT_RECORD_BYTES: usize = 1024 * 1024;
 pub const MAX_LIST_SNAPSHOTS: usize = 4096;
 /// Longest error message carried.
 pub const MAX_MESSAGE_BYTES: usize = 4096;
+/// Most bytes of entries in one `Snapshots` page: a page always fits a
+/// frame, whatever the records' sizes (each at most
+/// [`MAX_SNAPSHOT_RECORD_BYTES`]).
+pub const MAX_LIST_PAGE_BYTES: usize = 3 * 1024 * 1024;
+/// Most sources in one `Status` answer.
+pub const MAX_STATUS_SOURCES: usize = 16_384;
+/// Largest `Hello` frame.
+pub const MAX_HELLO_FRAME_BYTES: u32 = 16 * 1024;
+
+impl SnapshotEntry {
+    /// An upper bound of this entry's encoded size (postcard: varint
+    /// lengths of at most 10 bytes, a 32-byte id, a varint time).
+    pub fn encoded_len_bound(&self) -> usize {
+        10 + self.source.len() + 32 + 10 + self.record.len() + 10
+    }
+}
 
 /// QUIC application close codes (connection level).
 pub mod close {
@@ -46,6 +62,8 @@ pub mod close {
     pub const SHUTDOWN: u32 = 4;
     /// Handshake missing or incompatible.
     pub const HANDSHAKE: u32 = 5;
+    /// The peer already has as many connections open here as it may.
+    pub const TOO_MANY: u32 = 6;
 }
 
 /// Optional features a node offers. Unknown values are ignored, so new
@@ -107,11 +125,14 @@ pub enum Request {
         /// the sealed snapshot record (an encoded object record)
         record: Vec<u8>,
     },
-    /// (5) List snapshots held, for one source or all.
+    /// (5) List snapshots held, for one source or all. Pages are sized by
+    /// bytes ([`MAX_LIST_PAGE_BYTES`]) and count ([`MAX_LIST_SNAPSHOTS`]).
+    /// Paging (`after`) needs a `source`: an all-sources listing is one
+    /// page only, and a client lists every source from `Status` one by one.
     ListSnapshots {
         /// namespace filter
         source: Option<String>,
-        /// continue after this id (pagination)
+        /// continue after this id (pagination within `source`)
         after: Option<ObjectId>,
     },
     /// (6) Send these objects of `source`.
@@ -312,11 +333,7 @@ impl Request {
     pub fn validate(&self) -> Result<(), String> {
         let name = |n: &str| if valid_name(n) { Ok(()) } else { Err(format!("invalid source name {n:?}")) };
         match self {
-            Request::Hello(h) => {
-                if h.node.len() > MAX_NAME_BYTES || h.software.len() > 256 || h.capabilities.len() > 64 {
-                    return Err("hello fields too long".into());
-                }
-            }
+            Request::Hello(h) => h.validate()?,
             Request::Have { source, ids } => {
                 name(source)?;
                 if ids.len() > MAX_HAVE_IDS {
@@ -335,11 +352,13 @@ impl Request {
                     return Err("snapshot record too large".into());
                 }
             }
-            Request::ListSnapshots { source, .. } => {
-                if let Some(s) = source {
-                    name(s)?;
+            Request::ListSnapshots { source, after } => match source {
+                Some(s) => name(s)?,
+                None if after.is_some() => {
+                    return Err("paging (after) needs a source: list each source of Status one by one".into());
                 }
-            }
+                None => {}
+            },
             Request::GetObjects { source, ids } => {
                 name(source)?;
                 if ids.len() > MAX_GET_IDS {
@@ -348,6 +367,74 @@ impl Request {
             }
             Request::GetSnapshot { source, .. } | Request::DeleteSnapshot { source, .. } => name(source)?,
             Request::Ping { .. } | Request::Status => {}
+        }
+        Ok(())
+    }
+}
+
+impl Hello {
+    /// Check field lengths.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.node.len() > MAX_NAME_BYTES || self.software.len() > 256 || self.capabilities.len() > 64 {
+            return Err("hello fields too long".into());
+        }
+        Ok(())
+    }
+}
+
+impl Response {
+    /// Check list sizes, record sizes and names against the protocol
+    /// limits (a client checks every answer before it uses it).
+    pub fn validate(&self) -> Result<(), String> {
+        let name = |n: &str| if valid_name(n) { Ok(()) } else { Err(format!("invalid source name {n:?}")) };
+        match self {
+            Response::Hello(h) => h.validate()?,
+            Response::Have { held } => {
+                if held.len() > MAX_HAVE_IDS.div_ceil(8) {
+                    return Err("Have bitmap longer than any request".into());
+                }
+            }
+            Response::Snapshots { items, .. } => {
+                if items.len() > MAX_LIST_SNAPSHOTS {
+                    return Err(format!("{} snapshots in one page (max {MAX_LIST_SNAPSHOTS})", items.len()));
+                }
+                for e in items {
+                    name(&e.source)?;
+                    if e.record.len() > MAX_SNAPSHOT_RECORD_BYTES {
+                        return Err(format!(
+                            "snapshot record of {} bytes (max {MAX_SNAPSHOT_RECORD_BYTES})",
+                            e.record.len()
+                        ));
+                    }
+                }
+            }
+            Response::Objects { missing, .. } => {
+                if missing.len() > MAX_GET_IDS {
+                    return Err("more missing ids than any request holds".into());
+                }
+            }
+            Response::Snapshot { record } => {
+                if record.len() > MAX_SNAPSHOT_RECORD_BYTES {
+                    return Err(format!("snapshot record of {} bytes (max {MAX_SNAPSHOT_RECORD_BYTES})", record.len()));
+                }
+            }
+            Response::Status(st) => {
+                if st.node.len() > MAX_NAME_BYTES || st.software.len() > 256 || st.sources.len() > MAX_STATUS_SOURCES {
+                    return Err("status fields too long".into());
+                }
+                for u in &st.sources {
+                    name(&u.source)?;
+                }
+            }
+            Response::Error { message, missing, .. } => {
+                if message.len() > MAX_MESSAGE_BYTES || missing.len() > MAX_HAVE_IDS {
+                    return Err("error answer too long".into());
+                }
+            }
+            Response::Pong { .. }
+            | Response::Stored { .. }
+            | Response::SnapshotCommitted { .. }
+            | Response::Forgotten { .. } => {}
         }
         Ok(())
     }
@@ -421,7 +508,7 @@ mod tests {
             assert_eq!(disc(c) as usize, i);
         }
         // a whole frame, byte for byte
-        assert_eq!(frame::encode(&Request::Ping { nonce: 5 }), vec![2, 0, 0, 0, 1, 5]);
+        assert_eq!(frame::encode(&Request::Ping { nonce: 5 }).unwrap(), vec![2, 0, 0, 0, 1, 5]);
     }
 
     #[test]
@@ -441,6 +528,37 @@ mod tests {
         let big = Request::Have { source: "a".into(), ids: vec![ObjectId::ZERO; MAX_HAVE_IDS + 1] };
         assert!(big.validate().is_err());
         assert!(Request::PutObjects { source: "../etc".into(), count: 1 }.validate().is_err());
+        // paging needs a source
+        let id = Some(ObjectId::ZERO);
+        assert!(Request::ListSnapshots { source: None, after: id }.validate().is_err());
+        assert!(Request::ListSnapshots { source: Some("a".into()), after: id }.validate().is_ok());
+        // answers are checked too
+        let entry = |source: &str, n: usize| SnapshotEntry {
+            source: source.into(),
+            id: ObjectId::ZERO,
+            record: vec![0; n],
+            stored_ns: 0,
+        };
+        let page = |e| Response::Snapshots { items: vec![e], more: false };
+        assert!(page(entry("a", 10)).validate().is_ok());
+        assert!(page(entry("../a", 10)).validate().is_err());
+        assert!(page(entry("a", MAX_SNAPSHOT_RECORD_BYTES + 1)).validate().is_err());
+    }
+
+    #[test]
+    fn a_full_page_of_the_largest_records_fits_a_frame() {
+        let e = SnapshotEntry {
+            source: "x".repeat(MAX_NAME_BYTES),
+            id: ObjectId::ZERO,
+            record: vec![0xff; MAX_SNAPSHOT_RECORD_BYTES],
+            stored_ns: i64::MIN,
+        };
+        let bound = e.encoded_len_bound();
+        let n = MAX_LIST_PAGE_BYTES / bound;
+        assert!(n >= 2);
+        let r = Response::Snapshots { items: vec![e; n], more: true };
+        let f = frame::encode(&r).unwrap();
+        assert!(f.len() - frame::LEN_PREFIX_BYTES <= n * bound + 8);
     }
 
     proptest::proptest! {

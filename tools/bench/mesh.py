@@ -54,7 +54,7 @@ class Node:
 
     def config(self, peers, factor=1, extra=""):
         t = f'name = "{self.name}"\ndata_dir = "{self.dir}/data"\nlisten = "{self.ip}:{self.port}"\ndomain = "d-{self.name}"\n'
-        t += f'[tls]\nca = "{self.dir}/tls/ca.pem"\ncert = "{self.dir}/tls/node.pem"\nkey = "{self.dir}/tls/node.key"\n'
+        t += f'[tls]\nca = "{self.dir}/tls/ca.pem"\ncert = "{self.dir}/tls/node.pem"\nkey = "{self.dir}/tls/node.key"\ncrl = "{self.dir}/tls/crl.pem"\n'
         t += f"[replication]\nfactor = {factor}\n{extra}\n"
         for p in peers:
             t += f'[[peer]]\nname = "{p.name}"\naddress = "{p.ip}:{p.port}"\ndomain = "d-{p.name}"\n'

@@ -126,7 +126,7 @@ def main():
             sh([OMESH, "ca", "issue", "--dir", work / "ca", "--node", n, "--out", work / n / "tls"], stdout=subprocess.DEVNULL)
             (work / n / "omesh.toml").write_text(
                 f'name = "{n}"\ndata_dir = "{work / n}/data"\nlisten = "127.0.0.1:{port()}"\n'
-                f'[tls]\nca = "{work / n}/tls/ca.pem"\ncert = "{work / n}/tls/node.pem"\nkey = "{work / n}/tls/node.key"\n'
+                f'[tls]\nca = "{work / n}/tls/ca.pem"\ncert = "{work / n}/tls/node.pem"\nkey = "{work / n}/tls/node.key"\ncrl = "{work / n}/tls/crl.pem"\n'
                 f'[replication]\nfactor = 1\n[[s3]]\nname = "garage"\nendpoint = "{g.endpoint}"\nbucket = "omesh"\nregion = "garage"\npath_style = true\n'
             )
         cfg = work / "src" / "omesh.toml"

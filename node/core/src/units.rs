@@ -31,6 +31,62 @@ impl ByteSize {
     }
 }
 
+/// Free space to keep on a disk: a size ("20 GiB") or a share of the file
+/// system ("5%").
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum FreeFloor {
+    /// At least this many bytes.
+    Bytes(u64),
+    /// At least this percentage of the file system's size.
+    Percent(f64),
+}
+
+impl Default for FreeFloor {
+    /// 5% of the file system: a node's own backups and the file system
+    /// itself keep room whoever stores here.
+    fn default() -> Self {
+        FreeFloor::Percent(5.0)
+    }
+}
+
+impl FreeFloor {
+    /// Parse "5%", "0", "20 GiB".
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if let Some(p) = t.strip_suffix('%') {
+            let v: f64 = p.trim().parse().map_err(|_| format!("{t:?} is not a percentage (example: \"5%\")"))?;
+            if !(0.0..=100.0).contains(&v) {
+                return Err(format!("{t:?} must be between 0% and 100%"));
+            }
+            return Ok(FreeFloor::Percent(v));
+        }
+        ByteSize::parse(t).map(|b| FreeFloor::Bytes(b.0)).map_err(|e| format!("{e}; or a percentage such as \"5%\""))
+    }
+
+    /// The floor in bytes on a file system of `total` bytes.
+    pub fn bytes(&self, total: u64) -> u64 {
+        match *self {
+            FreeFloor::Bytes(b) => b,
+            FreeFloor::Percent(p) => (total as f64 * p / 100.0) as u64,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for FreeFloor {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(FreeFloor::Bytes(n)),
+            Raw::S(s) => FreeFloor::parse(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -48,6 +104,17 @@ impl<'de> Deserialize<'de> for ByteSize {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn free_floor() {
+        assert_eq!(super::FreeFloor::parse("5%").unwrap().bytes(1000), 50);
+        assert_eq!(super::FreeFloor::parse("0").unwrap().bytes(1000), 0);
+        assert_eq!(super::FreeFloor::parse("1 KiB").unwrap(), super::FreeFloor::Bytes(1024));
+        assert!(super::FreeFloor::parse("150%").unwrap_err().contains("between"));
+        assert!(super::FreeFloor::parse("lots").is_err());
+        assert_eq!(super::FreeFloor::default().bytes(200), 10);
+    }
+
     use super::*;
 
     #[test]

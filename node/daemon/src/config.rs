@@ -5,7 +5,7 @@
 use omesh_core::policy::{bandwidth, retention, schedule};
 pub use omesh_core::store::gc::GcConfig;
 pub use omesh_core::store::scrub::ScrubConfig;
-pub use omesh_core::units::ByteSize;
+pub use omesh_core::units::{ByteSize, FreeFloor};
 pub use omesh_net::transport::{TlsConfig, TransportConfig};
 use omesh_proto::msg::valid_name;
 use serde::Deserialize;
@@ -59,6 +59,10 @@ pub struct StorageConfig {
     /// Who may store replicas here.
     #[serde(default)]
     pub accept_from: AcceptFrom,
+    /// Free space that writes from peers (and mesh repairs) always leave
+    /// on this node's disk: a size or a percentage (default "5%").
+    #[serde(default)]
+    pub min_free: FreeFloor,
 }
 
 /// `[backup]`: what `omesh backup --config` backs up without arguments.
@@ -93,6 +97,10 @@ pub struct PeerConfig {
     /// Quota for this peer's data on this node (overrides `[storage] quota`).
     #[serde(default)]
     pub quota: Option<ByteSize>,
+    /// Free-space floor for this peer's writes (overrides `[storage]
+    /// min_free`).
+    #[serde(default)]
+    pub min_free: Option<FreeFloor>,
 }
 
 pub use omesh_s3::S3Config;
@@ -372,6 +380,18 @@ impl NodeConfig {
         if !self.listen.contains(':') {
             return Err(format!("listen = {:?} needs a port (address:port)", self.listen));
         }
+        match (&self.tls.crl, self.tls.no_crl) {
+            (None, false) => {
+                return Err("[tls] crl is not set: a revoked node's certificate would stay valid until it expires; \
+                     copy the site CA's crl.pem (written by `omesh ca init` and every `omesh ca revoke`) to this node \
+                     and set crl = \"PATH\", or set no_crl = true to run without revocation"
+                    .into());
+            }
+            (Some(p), true) => {
+                return Err(format!("[tls] sets both crl = {:?} and no_crl = true; keep one", p.display().to_string()));
+            }
+            _ => {}
+        }
         validate_lifecycle(self)?;
         Ok(())
     }
@@ -384,6 +404,19 @@ impl NodeConfig {
     /// Quota for `source` on this node (0 = unlimited).
     pub fn quota_for(&self, source: &str) -> u64 {
         self.peer(source).and_then(|p| p.quota).unwrap_or(self.storage.quota).0
+    }
+
+    /// What writes of `source` may use on this node: its quota and the
+    /// free-space floor (this node's own data is never refused by them,
+    /// as its backups are not).
+    pub fn allowance_for(&self, source: &str) -> omesh_net::mesh::Allowance {
+        if source == self.name {
+            return omesh_net::mesh::Allowance { quota: 0, min_free: FreeFloor::Bytes(0) };
+        }
+        omesh_net::mesh::Allowance {
+            quota: self.quota_for(source),
+            min_free: self.peer(source).and_then(|p| p.min_free).unwrap_or(self.storage.min_free),
+        }
     }
 
     /// Directory of a source's store on this node.
@@ -410,8 +443,17 @@ impl NodeConfig {
         omesh_net::mesh::server::ServePolicy {
             node: self.name.clone(),
             accept_from: self.storage.accept_from,
-            peers: self.peers.iter().map(|p| (p.name.clone(), p.quota.map(|q| q.0))).collect(),
+            peers: self
+                .peers
+                .iter()
+                .map(|p| {
+                    let terms =
+                        omesh_net::mesh::server::PeerTerms { quota: p.quota.map(|q| q.0), min_free: p.min_free };
+                    (p.name.clone(), terms)
+                })
+                .collect(),
             default_quota: self.storage.quota.0,
+            min_free: self.storage.min_free,
             retention: self.retention.clone(),
         }
     }
@@ -451,6 +493,7 @@ listen = "10.0.0.11:7443"
 ca = "/etc/omesh/ca.pem"
 cert = "/etc/omesh/node.pem"
 key = "/etc/omesh/node.key"
+crl = "/etc/omesh/crl.pem"
 [replication]
 factor = 2
 [[peer]]

@@ -89,6 +89,10 @@ pub struct Metrics {
     pub sync_seconds: Histogram,
     /// Snapshots forgotten by retention.
     pub forgotten: Counter,
+    /// 1 when the CRL in force is past its next update.
+    pub crl_stale: Gauge,
+    /// The CRL's next update (seconds since the epoch; 0 without a CRL).
+    pub crl_next_update: Gauge,
 }
 
 impl Metrics {
@@ -122,6 +126,8 @@ impl Metrics {
             sync_under_replicated: Gauge::default(),
             sync_seconds: seconds(),
             forgotten: Counter::default(),
+            crl_stale: Gauge::default(),
+            crl_next_update: Gauge::default(),
             registry: Registry::default(),
         };
         r.register("backups", "Backup runs by schedule and result", m.backups.clone());
@@ -157,6 +163,12 @@ impl Metrics {
         );
         r.register("sync_duration_seconds", "Mesh sync duration", m.sync_seconds.clone());
         r.register("forgotten_snapshots", "Snapshots forgotten by retention", m.forgotten.clone());
+        r.register("crl_stale", "1 when the certificate revocation list is past its next update", m.crl_stale.clone());
+        r.register(
+            "crl_next_update_timestamp_seconds",
+            "Next update of the certificate revocation list in force",
+            m.crl_next_update.clone(),
+        );
         counters.register(&mut r);
         Metrics { registry: r, ..m }
     }

@@ -52,6 +52,8 @@ pub struct NodeRuntime {
     pub inbound_check: Option<InboundCheck>,
     /// Prometheus metrics.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Set when the daemon stops: long blocking jobs end early.
+    pub stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Bandwidth limits (`[bandwidth]`), if any.
     pub limiter: Option<Arc<omesh_core::policy::bandwidth::Limiter>>,
     /// One retention + garbage collection at a time.
@@ -178,7 +180,20 @@ impl NodeRuntime {
         } else {
             client_bind(&cfg)
         };
-        let endpoint = transport::endpoint(bind, &tls, &cfg.transport, serve)?;
+        // below QUIC: datagrams from or to a refused address are dropped
+        let filter: Option<transport::filter::DatagramFilter> = if policy.is_active() {
+            let p = policy.clone();
+            Some(Arc::new(move |a: SocketAddr| {
+                let ok = p.verdict(a.ip()).is_ok();
+                if !ok {
+                    p.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                ok
+            }))
+        } else {
+            None
+        };
+        let endpoint = transport::endpoint_filtered(bind, &tls, &cfg.transport, serve, filter)?;
         let limiter = omesh_core::policy::bandwidth::Limiter::new(&cfg.bandwidth)
             .map_err(|message| crate::config::ConfigError { path: cfg.path.clone(), message })?
             .map(Arc::new);
@@ -213,6 +228,7 @@ impl NodeRuntime {
             state,
             counters,
             metrics,
+            stopping: Default::default(),
             limiter,
             maintenance_lock: tokio::sync::Mutex::new(()),
             sync_lock: tokio::sync::Mutex::new(()),
@@ -233,12 +249,32 @@ impl NodeRuntime {
         self.endpoint.local_addr().expect("bound endpoint")
     }
 
+    /// Re-read the CRL when it changed and close every cached connection
+    /// to a peer whose certificate it now revokes.
+    pub async fn refresh_crl(&self) {
+        self.tls.refresh_async().await;
+        let st = self.tls.crl_status();
+        let now = omesh_core::time::now_ns();
+        self.metrics.crl_stale.set(i64::from(st.is_stale(now)));
+        self.metrics.crl_next_update.set(st.next_update_ns.map_or(0, |t| t / 1_000_000_000));
+        let mut g = self.conns.lock().await;
+        g.retain(|name, c| {
+            if self.tls.is_revoked(&c.identity.serial) {
+                tracing::warn!(peer = %name, "peer certificate revoked; closing the connection to it");
+                c.conn.close(omesh_proto::msg::close::UNAUTHORIZED.into(), b"certificate revoked");
+                return false;
+            }
+            true
+        });
+    }
+
     /// Connect (or reuse a live connection) to a configured peer.
     pub async fn connect(&self, peer: &PeerConfig) -> Result<PeerConn, ConnectError> {
         {
             let g = self.conns.lock().await;
             if let Some(c) = g.get(&peer.name)
                 && c.conn.close_reason().is_none()
+                && !self.tls.is_revoked(&c.identity.serial)
             {
                 return Ok(c.clone());
             }
@@ -256,6 +292,7 @@ impl NodeRuntime {
         let config = transport::client_config(&self.tls, &self.cfg.transport)?;
         let mut c = client::connect(&self.endpoint, &config, &self.cfg.name, &peer.name, &addrs, timeout).await?;
         c.limiter = self.limiter.clone();
+        c.request_timeout = Duration::from_secs(self.cfg.transport.request_timeout_secs.max(1));
         self.conns.lock().await.insert(peer.name.clone(), c.clone());
         Ok(c)
     }

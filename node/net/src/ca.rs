@@ -19,6 +19,7 @@ use rcgen::{
 };
 use serde::{Deserialize, Serialize};
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use time::{Duration, OffsetDateTime};
 
@@ -129,6 +130,15 @@ fn load_ca(dir: &Path) -> Result<(String, KeyPair)> {
     let key = dir.join("ca.key");
     if !cert.exists() || !key.exists() {
         return Err(CaError::NotACa(dir.into()));
+    }
+    let mode = fs::metadata(&key).map_err(io(&key))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(CaError::Invalid(format!(
+            "{} is readable by group or others (mode {:o}); the CA key signs every node of the site: run `chmod 600 {}`",
+            key.display(),
+            mode & 0o777,
+            key.display()
+        )));
     }
     let pem = fs::read_to_string(&cert).map_err(io(&cert))?;
     let kp = KeyPair::from_pem(&fs::read_to_string(&key).map_err(io(&key))?)?;
@@ -250,7 +260,38 @@ pub fn revoke(dir: &Path, node: &str) -> Result<Vec<String>> {
     Ok(revoked)
 }
 
+/// Days a CRL is valid: nodes warn when its next update has passed, so the
+/// CA re-signs it (`omesh ca crl`) at least this often, and a stale copy is
+/// noticed.
+pub const CRL_VALID_DAYS: i64 = 30;
+
+/// Re-sign the CRL (same revocations, a higher CRL number, a new next
+/// update `CRL_VALID_DAYS` from now). Returns the new CRL number.
+pub fn renew_crl(dir: &Path) -> Result<u64> {
+    renew_crl_until(dir, OffsetDateTime::now_utc() + Duration::days(CRL_VALID_DAYS))
+}
+
+/// [`renew_crl`] with an explicit next update (tests: a stale list).
+pub fn renew_crl_until(dir: &Path, next_update: OffsetDateTime) -> Result<u64> {
+    let (ca_pem, ca_key) = load_ca(dir)?;
+    let mut state = load_state(dir)?;
+    state.crl_number += 1;
+    save_state(dir, &state)?;
+    write_crl_until(dir, &ca_pem, &ca_key, &state, next_update)?;
+    Ok(state.crl_number)
+}
+
 fn write_crl(dir: &Path, ca_pem: &str, ca_key: &KeyPair, state: &CaState) -> Result<()> {
+    write_crl_until(dir, ca_pem, ca_key, state, OffsetDateTime::now_utc() + Duration::days(CRL_VALID_DAYS))
+}
+
+fn write_crl_until(
+    dir: &Path,
+    ca_pem: &str,
+    ca_key: &KeyPair,
+    state: &CaState,
+    next_update: OffsetDateTime,
+) -> Result<()> {
     let issuer = Issuer::from_ca_cert_pem(ca_pem, ca_key)?;
     let now = OffsetDateTime::now_utc();
     let revoked_certs = state
@@ -268,8 +309,9 @@ fn write_crl(dir: &Path, ca_pem: &str, ca_key: &KeyPair, state: &CaState) -> Res
         })
         .collect();
     let params = CertificateRevocationListParams {
-        this_update: now - Duration::minutes(5),
-        next_update: now + Duration::days(3650),
+        // (a list that is stale already, for tests, starts before it ends)
+        this_update: (now - Duration::minutes(5)).min(next_update - Duration::minutes(1)),
+        next_update,
         crl_number: SerialNumber::from_slice(&state.crl_number.to_be_bytes()),
         issuing_distribution_point: None,
         revoked_certs,

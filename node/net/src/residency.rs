@@ -149,8 +149,32 @@ impl Policy {
         !self.allowed.is_empty() || !self.forbidden.is_empty() || self.bind.is_some()
     }
 
-    /// Verdict for one address (no side effects).
+    /// Verdict for one address (no side effects). An IPv4-mapped IPv6
+    /// address is judged as its IPv4 address; an IPv6 address that embeds an
+    /// IPv4 address for a translator or tunnel (NAT64 `64:ff9b::/96`, 6to4
+    /// `2002::/16`, Teredo `2001::/32`, IPv4-compatible `::a.b.c.d`) passes
+    /// only when both it and the IPv4 address it reaches pass.
     pub fn verdict(&self, ip: IpAddr) -> Result<String, Refusal> {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let own = self.verdict_one(ip)?;
+        if let IpAddr::V6(v6) = ip
+            && let Some((v4, how)) = embedded_ipv4(v6)
+        {
+            return match self.verdict_one(IpAddr::V4(v4)) {
+                Ok(why) => Ok(format!("{own}; the IPv4 address it embeds ({how}) {v4}: {why}")),
+                Err(r) => Err(Refusal {
+                    address: ip,
+                    rule: format!("embeds ({how}) the IPv4 address {v4}, which {}", r.rule),
+                }),
+            };
+        }
+        Ok(own)
+    }
+
+    fn verdict_one(&self, ip: IpAddr) -> Result<String, Refusal> {
         if let Some(n) = self.forbidden.iter().find(|n| n.contains(ip)) {
             return Err(Refusal {
                 address: ip,
@@ -184,6 +208,31 @@ impl Policy {
             }
         }
     }
+}
+
+/// The IPv4 address an IPv6 address carries for a translator or tunnel,
+/// and which form it is: NAT64 (`64:ff9b::/96`, RFC 6052), 6to4
+/// (`2002::/16`, RFC 3056), Teredo (`2001::/32`, RFC 4380: the client's
+/// address, obfuscated) and IPv4-compatible (`::a.b.c.d`, RFC 4291; not
+/// `::` and `::1`). IPv4-mapped addresses are handled by the caller.
+pub fn embedded_ipv4(ip: std::net::Ipv6Addr) -> Option<(std::net::Ipv4Addr, &'static str)> {
+    let o = ip.octets();
+    let seg = ip.segments();
+    let v4 = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    if seg[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some((v4(&o[12..16]), "NAT64"));
+    }
+    if seg[0] == 0x2002 {
+        return Some((v4(&o[2..6]), "6to4"));
+    }
+    if seg[0] == 0x2001 && seg[1] == 0 {
+        let c: Vec<u8> = o[12..16].iter().map(|b| b ^ 0xff).collect();
+        return Some((v4(&c), "Teredo"));
+    }
+    if seg[..6] == [0; 6] && u32::from_be_bytes([o[12], o[13], o[14], o[15]]) > 1 {
+        return Some((v4(&o[12..16]), "IPv4-compatible"));
+    }
+    None
 }
 
 /// One line of `omesh residency check`.
@@ -262,6 +311,7 @@ pub async fn check_destinations(
     destinations: &[Destination],
     node: &str,
     listen: &str,
+    metrics_listen: Option<&str>,
     policy: &Policy,
 ) -> Vec<CheckLine> {
     let mut out = Vec::new();
@@ -335,20 +385,40 @@ pub async fn check_destinations(
             }),
         }
     }
-    // the listen address itself must be inside the boundary
-    if let Ok(addrs) = tokio::net::lookup_host(listen).await {
+    // the listen addresses (mesh, metrics) must be inside the boundary;
+    // a metrics endpoint on loopback never crosses a network
+    let listens = std::iter::once(("listen", listen)).chain(metrics_listen.map(|m| ("metrics", m)));
+    for (kind, listen) in listens {
+        let Ok(addrs) = tokio::net::lookup_host(listen).await else {
+            out.push(CheckLine {
+                kind: kind.into(),
+                name: node.to_string(),
+                host: listen.to_string(),
+                address: String::new(),
+                source_address: None,
+                interface: None,
+                allowed: false,
+                reason: format!("cannot resolve {listen}"),
+            });
+            continue;
+        };
         for a in addrs {
             let v = if a.ip().is_unspecified() && policy.is_active() {
                 Err(Refusal {
                     address: a.ip(),
-                    rule: "listens on every interface, including the service link; set listen to the LNI address"
-                        .into(),
+                    rule: format!(
+                        "listens on every interface, including the service link; set {} to the LNI address{}",
+                        if kind == "metrics" { "[metrics] listen" } else { "listen" },
+                        if kind == "metrics" { " or to 127.0.0.1" } else { "" }
+                    ),
                 })
+            } else if kind == "metrics" && a.ip().to_canonical().is_loopback() {
+                Ok("loopback only: scrapers on this host, never across a network".into())
             } else {
                 policy.verdict(a.ip())
             };
             out.push(CheckLine {
-                kind: "listen".into(),
+                kind: kind.into(),
                 name: node.to_string(),
                 host: listen.to_string(),
                 address: a.to_string(),
@@ -367,6 +437,40 @@ pub async fn check_destinations(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv6Addr;
+
+    #[test]
+    fn ipv6_forms_of_ipv4_addresses_do_not_escape_ipv4_rules() {
+        let nets = |v: &[&str]| v.iter().map(|n| Net::parse(n).unwrap()).collect::<Vec<_>>();
+        // the site: 10.0.0.0/8 and every global IPv6 address allowed, one
+        // IPv4 subnet forbidden
+        let p = Policy::new(&ResidencyConfig {
+            allowed_networks: nets(&["10.0.0.0/8", "2000::/3", "64:ff9b::/96", "::/96"]),
+            forbidden_networks: nets(&["10.9.0.0/16"]),
+            bind: None,
+        });
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(p.verdict(ip("10.1.2.3")).is_ok());
+        assert!(p.verdict(ip("2001:db8::1")).is_ok(), "plain IPv6 in an allowed network");
+        for outside in [
+            "64:ff9b::808:808",                     // NAT64 of 8.8.8.8
+            "2002:808:808::1",                      // 6to4 of 8.8.8.8
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7", // Teredo client 8.8.8.8
+            "::808:808",                            // IPv4-compatible 8.8.8.8
+            "::ffff:8.8.8.8",                       // IPv4-mapped
+        ] {
+            let r = p.verdict(ip(outside));
+            assert!(r.is_err(), "{outside} reaches 8.8.8.8 but was allowed: {r:?}");
+        }
+        let r = p.verdict(ip("64:ff9b::a09:1")).unwrap_err();
+        assert!(r.rule.contains("NAT64") && r.rule.contains("10.9.0.1") && r.rule.contains("forbidden"), "{}", r.rule);
+        assert!(p.verdict(ip("64:ff9b::a01:203")).is_ok(), "NAT64 of an allowed IPv4 address");
+        assert!(p.verdict(ip("2002:a01:203::5")).is_ok(), "6to4 of an allowed IPv4 address");
+        assert_eq!(embedded_ipv4(Ipv6Addr::LOCALHOST), None);
+        assert_eq!(embedded_ipv4(Ipv6Addr::UNSPECIFIED), None);
+        assert_eq!(embedded_ipv4("fd00::808:808".parse().unwrap()), None);
+    }
+
     use super::*;
 
     fn pol(a: &[&str], f: &[&str]) -> Policy {

@@ -44,7 +44,7 @@ pub enum CaCommand {
     /// Revoke every certificate of a node and re-sign CA/crl.pem.
     #[command(long_about = "Revoke a node's certificates.\n\n\
         Re-signs CA/crl.pem. Copy it to the path set as [tls] crl on every node: running \
-        daemons reload it on the next connection, no restart needed.")]
+        daemons reload it within seconds and close the revoked node's open connections, no restart needed.")]
     Revoke {
         /// CA directory.
         #[arg(long, value_name = "CA")]
@@ -52,6 +52,18 @@ pub enum CaCommand {
         /// Node name.
         #[arg(long)]
         node: String,
+    },
+    /// Re-sign CA/crl.pem with a new next-update time (monthly).
+    #[command(long_about = "Re-sign the certificate revocation list.\n\n\
+        A CRL is valid for 30 days: nodes warn (status, metrics) once its next-update time has passed, \
+        so a copy that was never refreshed is noticed. Run this at least monthly (and `omesh ca revoke` \
+        re-signs it too), then copy CA/crl.pem to every node's [tls] crl path; daemons pick it up within \
+        seconds.\n\n\
+        Example:\n  omesh ca crl --dir /root/omesh-ca")]
+    Crl {
+        /// CA directory.
+        #[arg(long, value_name = "CA")]
+        dir: PathBuf,
     },
     /// List issued certificates.
     List {
@@ -98,6 +110,14 @@ pub fn run(c: CaCommand) -> Result<ExitCode, CliError> {
                 "revoked {} certificate(s) of {node}; copy {} to every node's [tls] crl path",
                 s.len(),
                 dir.join("crl.pem").display()
+            );
+        }
+        CaCommand::Crl { dir } => {
+            let n = ca::renew_crl(&dir).map_err(err)?;
+            println!(
+                "re-signed {} (CRL number {n}, valid {} days); copy it to every node's [tls] crl path",
+                dir.join("crl.pem").display(),
+                ca::CRL_VALID_DAYS
             );
         }
         CaCommand::List { dir, json } => {

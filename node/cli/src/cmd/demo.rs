@@ -44,11 +44,12 @@ fn config(
 ) -> Result<NodeConfig, CliError> {
     let dir = root.join(name);
     let mut t = format!(
-        "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\ndomain = \"{domain}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n[replication]\nfactor = 2\n",
+        "name = \"{name}\"\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:{port}\"\ndomain = \"{domain}\"\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\ncrl = \"{}\"\n[replication]\nfactor = 2\n",
         dir.join("data").display(),
         dir.join("tls/ca.pem").display(),
         dir.join("tls/node.pem").display(),
-        dir.join("tls/node.key").display()
+        dir.join("tls/node.key").display(),
+        dir.join("tls/crl.pem").display()
     );
     for (p, port, d) in peers {
         t.push_str(&format!("[[peer]]\nname = \"{p}\"\naddress = \"127.0.0.1:{port}\"\ndomain = \"{d}\"\n"));

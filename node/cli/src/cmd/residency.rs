@@ -63,6 +63,7 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
                 &cfg.destinations(),
                 &cfg.name,
                 &cfg.listen,
+                cfg.metrics.listen.as_deref(),
                 &policy,
             ));
             let ok = lines.iter().all(|l| l.allowed);

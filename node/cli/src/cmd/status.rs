@@ -120,6 +120,21 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
             r.last_error.as_ref().map(|e| format!(", last run FAILED: {e}")).unwrap_or_default()
         );
     }
+    match &s.crl {
+        Some(c) if c.stale => println!(
+            "CRL {} is STALE (next update was {}): re-sign it with `omesh ca crl` and copy it here",
+            c.path,
+            c.next_update.clone().unwrap_or_default()
+        ),
+        Some(c) => println!(
+            "CRL {} (number {}, {} revoked), next update {}",
+            c.path,
+            c.number.map(|n| n.to_string()).unwrap_or_else(|| "?".into()),
+            c.revoked,
+            c.next_update.clone().unwrap_or_else(|| "not given".into())
+        ),
+        None => println!("no CRL ([tls] no_crl = true): revoked certificates stay valid until they expire"),
+    }
     if s.not_fully_replicated.is_empty() {
         println!("all {} snapshots of {} have at least {} replicas", s.snapshots, s.node, s.factor);
     } else {

@@ -50,6 +50,8 @@ use omesh_proto::ObjectId;
 use redb::{ReadableDatabase, ReadableTable};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Bytes of a pack before its first record.
@@ -68,11 +70,14 @@ pub struct GcOptions {
     pub repack_unused: f64,
     /// Most live bytes rewritten per run (bounds one run's I/O).
     pub max_repack_bytes: u64,
+    /// Set (by a stopping daemon) to end the run after the mark batch in
+    /// progress; the marks so far are kept and the next run resumes.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for GcOptions {
     fn default() -> Self {
-        GcOptions { grace: Duration::from_secs(3600), repack_unused: 0.2, max_repack_bytes: 4 << 30 }
+        GcOptions { grace: Duration::from_secs(3600), repack_unused: 0.2, max_repack_bytes: 4 << 30, stop: None }
     }
 }
 
@@ -114,6 +119,7 @@ impl GcConfig {
             grace: Duration::from_secs(self.grace_secs),
             repack_unused: self.repack_unused,
             max_repack_bytes: self.max_repack.0,
+            stop: None,
         }
     }
 }
@@ -172,6 +178,11 @@ pub enum GcError {
         /// missing or why unreadable
         why: String,
     },
+    /// The run was told to stop.
+    #[error(
+        "garbage collection stopped because the node is shutting down; its progress is kept and the next run resumes"
+    )]
+    Stopped,
 }
 
 /// The mark's frontier, in `gc.redb` beside the marks (one write
@@ -214,7 +225,8 @@ impl Frontier for GcFrontier<'_> {
 /// Mark everything reachable from `snaps` not marked yet (continuing an
 /// interrupted walk first). Returns (snapshots newly marked, objects newly
 /// marked).
-fn mark(store: &Store, db: &GcDb, snaps: &[ObjectId]) -> Result<(u64, u64), GcError> {
+fn mark(store: &Store, db: &GcDb, snaps: &[ObjectId], stop: Option<&AtomicBool>) -> Result<(u64, u64), GcError> {
+    let stopped = || stop.is_some_and(|s| s.load(Ordering::Relaxed));
     let mut done_snaps = 0;
     let mut marked = 0;
     let store_name = store.dir().display().to_string();
@@ -245,6 +257,10 @@ fn mark(store: &Store, db: &GcDb, snaps: &[ObjectId]) -> Result<(u64, u64), GcEr
         };
         let mut roots = Some(roots);
         loop {
+            // between batches: everything marked so far is committed
+            if stopped() {
+                return Err(GcError::Stopped);
+            }
             let tx = db.db.begin_write().map_err(|e| db.err(e))?;
             let done = {
                 let marks = tx.open_table(MARKS).map_err(|e| db.err(e))?;
@@ -317,10 +333,10 @@ fn sweep_blocker(store: &Store, batch: &Batch, grace: Duration, now: SystemTime)
 /// Sweep `batch` (its conditions hold). Returns (swept, rescued).
 fn sweep(store: &Store, db: &GcDb) -> Result<(u64, u64), GcError> {
     // snapshots committed since the mark (outside the lock: usually all of them)
-    mark(store, db, &store.snapshot_ids()?)?;
+    mark(store, db, &store.snapshot_ids()?, None)?;
     let _excl = store.sweep_guard();
     // and any committed in between
-    mark(store, db, &store.snapshot_ids()?)?;
+    mark(store, db, &store.snapshot_ids()?, None)?;
     let rescued = store.rescued();
     let tx = db.db.begin_read().map_err(|e| db.err(e))?;
     let marks = tx.open_table(MARKS).map_err(|e| db.err(e))?;
@@ -473,7 +489,7 @@ pub fn run(store: &Store, opts: &GcOptions, now: SystemTime) -> Result<GcReport,
         rep.resumed = db.meta("mark_started")?.is_some();
     }
     db.set_meta("mark_started", Some(b"1"))?;
-    let (snaps, marked) = mark(store, &db, &store.snapshot_ids()?)?;
+    let (snaps, marked) = mark(store, &db, &store.snapshot_ids()?, opts.stop.as_deref())?;
     rep.snapshots = snaps;
     rep.marked = marked;
     // 2. sweep an earlier batch
@@ -560,7 +576,7 @@ mod tests {
     }
 
     fn opts(grace: u64) -> GcOptions {
-        GcOptions { grace: Duration::from_secs(grace), repack_unused: 0.01, max_repack_bytes: u64::MAX }
+        GcOptions { grace: Duration::from_secs(grace), repack_unused: 0.01, max_repack_bytes: u64::MAX, stop: None }
     }
 
     #[test]
@@ -580,6 +596,24 @@ mod tests {
         // every kept object still reads back
         s.read_record(&keep).unwrap();
         let _ = snap_keep;
+    }
+
+    #[test]
+    fn a_stopped_run_removes_nothing_and_the_next_one_finishes() {
+        let d = tempfile::tempdir().unwrap();
+        let s = store(d.path());
+        let keep = put_blob(&s, &[1u8; 3000]);
+        let drop1 = put_blob(&s, &[2u8; 3000]);
+        put_snapshot(&s, &[keep]);
+        let gone = put_snapshot(&s, &[drop1]);
+        s.forget_snapshot(&gone).unwrap();
+        let mut o = opts(0);
+        o.stop = Some(Arc::new(AtomicBool::new(true)));
+        assert!(matches!(run(&s, &o, SystemTime::now()), Err(GcError::Stopped)));
+        assert!(s.locate(&drop1).unwrap().is_some(), "a stopped run swept");
+        let r = run(&s, &opts(0), SystemTime::now()).unwrap();
+        assert_eq!(r.swept, 2, "{r:?}");
+        assert!(s.locate(&keep).unwrap().is_some());
     }
 
     #[test]

@@ -64,6 +64,22 @@ impl Store {
         Ok(self.pending.lock().expect("pending lock").insert(*id))
     }
 
+    /// Give back a claim that will not be written (the write was refused).
+    pub fn release_claim(&self, id: &ObjectId) {
+        self.pending.lock().expect("pending lock").remove(id);
+    }
+
+    /// Bytes available to unprivileged writers on the file system that
+    /// holds this store, and the file system's size.
+    pub fn free_bytes(&self) -> Result<(u64, u64)> {
+        let st = rustix::fs::statvfs(&self.dir).map_err(|e| StoreError::Io {
+            op: "checking free space of",
+            path: self.dir.clone(),
+            source: e.into(),
+        })?;
+        Ok((st.f_bavail.saturating_mul(st.f_frsize), st.f_blocks.saturating_mul(st.f_frsize)))
+    }
+
     fn note_present(&self, ids: &[ObjectId]) {
         self.gc.note_present(ids.iter().copied(), &self.dir);
     }

@@ -134,6 +134,11 @@ impl<S: std::ops::Deref<Target = Store>> PackSink<S> {
         Ok(self.stats)
     }
 
+    /// Bytes in the pack being written (not indexed yet).
+    pub fn unflushed_bytes(&self) -> u64 {
+        self.current.as_ref().map_or(0, |w| w.len())
+    }
+
     /// What was added so far.
     pub fn stats(&self) -> WriteStats {
         self.stats

@@ -9,6 +9,7 @@ use super::read::open_record;
 use crate::snapshot::SnapshotRecord;
 use omesh_proto::{ObjectId, ObjectKind, Record};
 use std::fs::{self};
+use std::io::Read as _;
 
 /// Readable snapshots (oldest first) and the errors of unreadable ones.
 pub type SnapshotList = (Vec<(ObjectId, SnapshotRecord)>, Vec<StoreError>);
@@ -37,10 +38,36 @@ impl Store {
         Ok(out)
     }
 
-    /// Raw record bytes of a snapshot (check hash verified).
+    /// Bytes of all snapshot records (they count toward a source's quota).
+    pub fn snapshot_bytes(&self) -> Result<u64> {
+        let d = self.dir.join("snapshots");
+        let mut n = 0u64;
+        for e in fs::read_dir(&d).map_err(StoreError::io("listing", &d))? {
+            let e = e.map_err(StoreError::io("listing", &d))?;
+            n += e.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+        Ok(n)
+    }
+
+    /// Raw record bytes of a snapshot (check hash verified). A file larger
+    /// than any valid snapshot record is refused before it is read.
     pub fn read_snapshot_record(&self, id: &ObjectId) -> Result<Vec<u8>> {
         let p = self.dir.join("snapshots").join(id.to_hex());
-        let b = fs::read(&p).map_err(StoreError::io("reading snapshot", &p))?;
+        let mut f = fs::File::open(&p).map_err(StoreError::io("reading snapshot", &p))?;
+        let len = f.metadata().map_err(StoreError::io("reading snapshot", &p))?.len();
+        if len > omesh_proto::msg::MAX_SNAPSHOT_RECORD_BYTES as u64 {
+            return Err(StoreError::Corrupt {
+                id: *id,
+                pack: p.display().to_string(),
+                offset: 0,
+                reason: format!(
+                    "{len} bytes, more than any snapshot record ({})",
+                    omesh_proto::msg::MAX_SNAPSHOT_RECORD_BYTES
+                ),
+            });
+        }
+        let mut b = Vec::with_capacity(len as usize);
+        (&mut f).take(len).read_to_end(&mut b).map_err(StoreError::io("reading snapshot", &p))?;
         let (rec, _) = Record::decode(&b).map_err(|e| StoreError::Corrupt {
             id: *id,
             pack: p.display().to_string(),

@@ -170,7 +170,8 @@ pub struct GcAllReport {
 pub async fn gc_all(rt: &Arc<NodeRuntime>) -> GcAllReport {
     let _one = rt.maintenance_lock.lock().await;
     let stores = rt.stores.clone();
-    let opts = rt.cfg.gc.options();
+    let mut opts = rt.cfg.gc.options();
+    opts.stop = Some(rt.stopping.clone());
     let metrics = rt.metrics.clone();
     tokio::task::spawn_blocking(move || {
         let mut rep = GcAllReport::default();

@@ -31,10 +31,30 @@ pub struct DaemonHandle {
 impl DaemonHandle {
     /// Stop serving and wait for every task.
     pub async fn shutdown(mut self) {
+        // long blocking jobs (a garbage collection's mark) end at their next step
+        self.rt.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
         self.cancel.cancel();
         while self.tasks.join_next().await.is_some() {}
         self.rt.endpoint.close(omesh_proto::msg::close::SHUTDOWN.into(), b"node shutting down");
         self.rt.endpoint.wait_idle().await;
+    }
+}
+
+/// How often the daemon looks at its CRL file: a revocation closes live
+/// connections of the revoked node within this time.
+pub const CRL_WATCH: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Re-read the CRL every [`CRL_WATCH`] (connections the server holds
+/// re-check their peer when it changes; cached client connections are
+/// closed here).
+async fn watch_crl(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(CRL_WATCH);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => rt.refresh_crl().await,
+        }
     }
 }
 
@@ -43,13 +63,18 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
     // the same check as `omesh residency check`: refuse to start outside the boundary
     let policy = omesh_net::residency::Policy::new(&cfg.residency);
     if policy.is_active() {
-        let bad: Vec<String> =
-            omesh_net::residency::check_destinations(&cfg.destinations(), &cfg.name, &cfg.listen, &policy)
-                .await
-                .into_iter()
-                .filter(|l| !l.allowed)
-                .map(|l| format!("{} {} ({} -> {}): {}", l.kind, l.name, l.host, l.address, l.reason))
-                .collect();
+        let bad: Vec<String> = omesh_net::residency::check_destinations(
+            &cfg.destinations(),
+            &cfg.name,
+            &cfg.listen,
+            cfg.metrics.listen.as_deref(),
+            &policy,
+        )
+        .await
+        .into_iter()
+        .filter(|l| !l.allowed)
+        .map(|l| format!("{} {} ({} -> {}): {}", l.kind, l.name, l.host, l.address, l.reason))
+        .collect();
         if !bad.is_empty() {
             return Err(NodeError::Residency(format!(
                 "not starting, the configuration violates the residency boundary:\n  {}",
@@ -74,12 +99,14 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
         cancel: cancel.clone(),
         inbound_check: rt.inbound_check.clone(),
         tls: rt.tls.clone(),
+        peers: Default::default(),
     });
     tasks.spawn(server::serve(rt.endpoint.clone(), ctx));
     let listener = control::bind(&rt.cfg.control_socket())
         .map_err(|source| NodeError::ControlSocket { path: rt.cfg.control_socket(), source })?;
     tasks.spawn(control::serve(listener, rt.clone(), cancel.clone()));
     crate::services::timers::spawn(&rt, &mut tasks, &cancel).await?;
+    tasks.spawn(watch_crl(rt.clone(), cancel.clone()));
     tracing::info!(node = %rt.cfg.name, addr = %rt.local_addr(), "node running");
     Ok(DaemonHandle { rt, cancel, tasks })
 }

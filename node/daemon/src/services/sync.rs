@@ -17,7 +17,7 @@ pub use omesh_core::policy::repairers::{Member, repairers};
 use omesh_core::policy::retention;
 use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_core::time;
-use omesh_net::mesh::SourceStore;
+use omesh_net::mesh::{SourceStore, WriteRefused};
 use omesh_proto::{ObjectId, ObjectKind, Record};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -113,6 +113,9 @@ pub enum RepairError {
         /// this node
         node: String,
     },
+    /// This node's disk would fall below its free-space floor.
+    #[error("{0}")]
+    DiskFull(String),
     /// Objects no holder could supply.
     #[error("{count} objects could not be fetched from any holder (first: {})", first.short())]
     Incomplete {
@@ -373,6 +376,8 @@ pub async fn fetch_into(
 ) -> Result<Vec<ObjectId>, RepairError> {
     let mut links = Vec::new();
     let mut left: Vec<ObjectId> = ids.to_vec();
+    let allow = rt.cfg.allowance_for(source);
+    let (src, node) = (source.to_string(), rt.cfg.name.clone());
     for conn in from {
         if left.is_empty() {
             break;
@@ -394,6 +399,7 @@ pub async fn fetch_into(
             let st = store.clone();
             let k = keys.clone();
             let n_bytes: u64 = recs.iter().map(|r| r.len() as u64).sum();
+            let (src, node) = (src.clone(), node.clone());
             let written = blocking(move || {
                 let mut out = Vec::new();
                 for raw in recs {
@@ -407,7 +413,13 @@ pub async fn fetch_into(
                         // a bad copy: leave the id missing, try elsewhere
                         continue;
                     }
-                    st.write_record(rec.id, rec.kind, &raw)?;
+                    st.write_record(rec.id, rec.kind, &raw, allow).map_err(|e| match e {
+                        WriteRefused::Store(e) => RepairError::from(e),
+                        WriteRefused::Quota { quota, .. } => {
+                            RepairError::Quota { source_name: src.clone(), quota, node: node.clone() }
+                        }
+                        e @ WriteRefused::DiskFull { .. } => RepairError::DiskFull(e.to_string()),
+                    })?;
                     out.push((rec.id, rec.kind, rec.links, raw.len() as u64));
                 }
                 Ok(out)

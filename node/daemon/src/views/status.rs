@@ -105,6 +105,24 @@ pub struct StatusView {
     /// Sync, maintenance and scrub runs.
     #[serde(default)]
     pub maintenance: Vec<RunView>,
+    /// The certificate revocation list in force.
+    #[serde(default)]
+    pub crl: Option<CrlView>,
+}
+
+/// The CRL a node enforces.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CrlView {
+    /// Its file.
+    pub path: String,
+    /// Its CRL number.
+    pub number: Option<u64>,
+    /// When its issuer promised the next one (RFC 3339).
+    pub next_update: Option<String>,
+    /// Past that time: re-sign it (`omesh ca crl`) and copy it here.
+    pub stale: bool,
+    /// Certificates it revokes.
+    pub revoked: usize,
 }
 
 /// This node's own data.
@@ -358,5 +376,22 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         protection,
         schedules,
         maintenance,
+        crl: crl_view(rt),
+    })
+}
+
+fn crl_view(rt: &NodeRuntime) -> Option<CrlView> {
+    let st = rt.tls.crl_status();
+    let path = st.path.as_ref()?.display().to_string();
+    let stale = st.is_stale(omesh_core::time::now_ns());
+    if stale {
+        tracing::warn!(crl = %path, "the certificate revocation list is past its next update; re-sign it with `omesh ca crl` and copy it here");
+    }
+    Some(CrlView {
+        path,
+        number: st.number,
+        next_update: st.next_update_ns.map(omesh_core::time::rfc3339_ns),
+        stale,
+        revoked: st.revoked,
     })
 }

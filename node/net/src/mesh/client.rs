@@ -59,7 +59,22 @@ pub struct PeerConn {
     /// Bandwidth limits for replication and repair traffic (restores are
     /// never paced).
     pub limiter: Option<std::sync::Arc<omesh_core::policy::bandwidth::Limiter>>,
+    /// Longest wait for an answer, and for each piece of a record being
+    /// received (`[transport] request_timeout_secs`).
+    pub request_timeout: Duration,
 }
+
+/// Default of [`PeerConn::request_timeout`].
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Longest a whole snapshot listing of one peer may take (all its pages).
+pub const LIST_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Most snapshot entries accepted from one peer's listing (all sources).
+pub const MAX_LISTED_ENTRIES: usize = 1 << 20;
+
+/// Most record bytes accepted from one peer's listing (all sources).
+pub const MAX_LISTED_BYTES: usize = 512 << 20;
 
 /// Wait until `n` more bytes to or from `peer` fit within the limits.
 pub async fn pace(l: &omesh_core::policy::bandwidth::Limiter, peer: &str, n: u64) {
@@ -94,11 +109,21 @@ pub async fn connect(
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
             write_frame(&mut send, &Request::Hello(super::server::hello(me))).await.map_err(|e| e.to_string())?;
             let _ = send.finish();
-            let hello = match read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| e.to_string())? {
-                Response::Hello(h) => h,
-                other => return Err(format!("unexpected handshake answer {other:?}")),
-            };
-            Ok::<_, String>(PeerConn { name: name.into(), addr: *addr, conn, identity, hello, limiter: None })
+            let hello =
+                match read_frame::<Response>(&mut recv, msg::MAX_HELLO_FRAME_BYTES).await.map_err(|e| e.to_string())? {
+                    Response::Hello(h) if h.validate().is_err() => return Err("malformed handshake answer".into()),
+                    Response::Hello(h) => h,
+                    other => return Err(format!("unexpected handshake answer {other:?}")),
+                };
+            Ok::<_, String>(PeerConn {
+                name: name.into(),
+                addr: *addr,
+                conn,
+                identity,
+                hello,
+                limiter: None,
+                request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            })
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(Ok(c)) => return Ok(c),
@@ -130,6 +155,9 @@ impl PeerConn {
     }
 
     fn check(&self, r: Response) -> Result<Response, ClientError> {
+        if let Err(m) = r.validate() {
+            return Err(proto_err(&self.name, m));
+        }
         match r {
             Response::Error { code, message, missing } => {
                 Err(ClientError::Remote { peer: self.name.clone(), code, message, missing })
@@ -144,11 +172,26 @@ impl PeerConn {
         Ok((send, recv))
     }
 
+    /// Wait at most `limit` for `f`.
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        f: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        match tokio::time::timeout(limit, f).await {
+            Ok(r) => r,
+            Err(_) => Err(stream_err(&self.name, format!("no answer within {}s", limit.as_secs()))),
+        }
+    }
+
     async fn simple(&self, req: &Request) -> Result<Response, ClientError> {
-        let (mut send, mut recv) = self.open(req).await?;
-        let _ = send.finish();
-        let r = read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))?;
-        self.check(r)
+        self.within(self.request_timeout, async {
+            let (mut send, mut recv) = self.open(req).await?;
+            let _ = send.finish();
+            let r = read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))?;
+            self.check(r)
+        })
+        .await
     }
 
     /// Round-trip time of one Ping.
@@ -189,7 +232,13 @@ impl PeerConn {
             }
         }
         let _ = send.finish();
-        match self.check(read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))?)? {
+        // the peer verifies and syncs everything before it answers
+        let answer = self
+            .within(self.request_timeout * 4, async {
+                read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))
+            })
+            .await?;
+        match self.check(answer)? {
             Response::Stored { new_objects, bytes, .. } => Ok((new_objects, bytes)),
             other => Err(proto_err(&self.name, format!("unexpected answer to PutObjects: {other:?}"))),
         }
@@ -203,20 +252,68 @@ impl PeerConn {
         }
     }
 
-    /// All snapshots the peer holds (for one source or all).
+    /// All snapshots the peer holds, for one source or (source by source,
+    /// from the peer's status) for all. Bounded: every page within the
+    /// request timeout, the whole listing within [`LIST_DEADLINE`], at most
+    /// [`MAX_LISTED_ENTRIES`] entries and [`MAX_LISTED_BYTES`] of records,
+    /// and every page must move forward; a peer that breaks a bound gets an
+    /// error naming it, never a hang.
     pub async fn list_snapshots(&self, source: Option<&str>) -> Result<Vec<SnapshotEntry>, ClientError> {
-        let mut out: Vec<SnapshotEntry> = Vec::new();
-        let mut after = None;
-        loop {
-            match self.simple(&Request::ListSnapshots { source: source.map(String::from), after }).await? {
-                Response::Snapshots { items, more } => {
-                    after = items.last().map(|e| e.id);
-                    out.extend(items);
-                    if !more || after.is_none() {
-                        return Ok(out);
-                    }
+        self.within(LIST_DEADLINE, async {
+            let names = match source {
+                Some(s) => vec![s.to_string()],
+                None => self.status().await?.sources.into_iter().map(|u| u.source).collect(),
+            };
+            let mut out: Vec<SnapshotEntry> = Vec::new();
+            let mut bytes = 0usize;
+            for name in names {
+                if !msg::valid_name(&name) {
+                    return Err(proto_err(&self.name, format!("listed an invalid source name {name:?}")));
                 }
+                self.list_source(&name, &mut out, &mut bytes).await?;
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn list_source(
+        &self,
+        source: &str,
+        out: &mut Vec<SnapshotEntry>,
+        bytes: &mut usize,
+    ) -> Result<(), ClientError> {
+        let mut after: Option<ObjectId> = None;
+        loop {
+            let req = Request::ListSnapshots { source: Some(source.to_string()), after };
+            let (items, more) = match self.simple(&req).await? {
+                Response::Snapshots { items, more } => (items, more),
                 other => return Err(proto_err(&self.name, format!("unexpected answer to ListSnapshots: {other:?}"))),
+            };
+            for e in items {
+                if e.source != source || after.is_some_and(|a| e.id <= a) {
+                    return Err(proto_err(
+                        &self.name,
+                        format!("listing of {source} is out of order or names another source ({})", e.source),
+                    ));
+                }
+                after = Some(e.id);
+                *bytes += e.record.len();
+                out.push(e);
+                if out.len() > MAX_LISTED_ENTRIES || *bytes > MAX_LISTED_BYTES {
+                    return Err(proto_err(
+                        &self.name,
+                        format!(
+                            "listed more than {MAX_LISTED_ENTRIES} snapshots or {MAX_LISTED_BYTES} bytes of records; refusing the rest"
+                        ),
+                    ));
+                }
+            }
+            if !more {
+                return Ok(());
+            }
+            if after.is_none() {
+                return Err(proto_err(&self.name, "an empty listing page said more pages follow"));
             }
         }
     }
@@ -249,9 +346,12 @@ impl PeerConn {
     ) -> Result<(Vec<Vec<u8>>, Vec<ObjectId>), ClientError> {
         let (mut send, mut recv) = self.open(&Request::GetObjects { source: source.into(), ids: ids.to_vec() }).await?;
         let _ = send.finish();
-        let (count, mut missing) = match self
-            .check(read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))?)?
-        {
+        let answer = self
+            .within(self.request_timeout, async {
+                read_frame::<Response>(&mut recv, MAX_FRAME_BYTES).await.map_err(|e| self.read_err(e))
+            })
+            .await?;
+        let (count, mut missing) = match self.check(answer)? {
             Response::Objects { count, missing } => (count, missing),
             other => return Err(proto_err(&self.name, format!("unexpected answer to GetObjects: {other:?}"))),
         };
@@ -262,14 +362,17 @@ impl PeerConn {
         let held: Vec<&ObjectId> = ids.iter().filter(|i| !missing.contains(i)).collect();
         for i in 0..count as usize {
             let mut status = [0u8; 1];
-            recv.read_exact(&mut status).await.map_err(|e| stream_err(&self.name, e))?;
+            self.within(self.request_timeout, async {
+                recv.read_exact(&mut status).await.map_err(|e| stream_err(&self.name, e))
+            })
+            .await?;
             if status[0] == 0 {
                 if let Some(id) = held.get(i) {
                     missing.push(**id);
                 }
                 continue;
             }
-            let (_, rec) = read_record(&mut recv).await.map_err(|e| self.read_err(e))?;
+            let (_, rec) = read_record(&mut recv, Some(self.request_timeout)).await.map_err(|e| self.read_err(e))?;
             if let (true, Some(l)) = (paced, &self.limiter) {
                 pace(l, &self.name, rec.len() as u64).await;
             }

@@ -10,21 +10,25 @@
 //! retention lock. A malformed or oversized frame or record closes that
 //! connection with a QUIC error code; other connections are unaffected.
 
-use super::{Counters, SourceStore, Stores};
+use super::{Allowance, Counters, SourceStore, Stores, WriteRefused};
 use crate::residency::InboundCheck;
-use crate::transport::{self, PeerIdentity, ReadError, TransportConfig, read_frame, read_record, write_frame};
+use crate::transport::{
+    self, Budget, Held, PEER_BUFFER_BYTES, PeerIdentity, ReadError, ReadLimits, TransportConfig, read_frame,
+    read_frame_limited, read_record_limited, write_frame,
+};
 use omesh_core::policy::retention::RetentionPolicy;
 use omesh_core::store::forget::{DeleteRefusal, handle_delete_request};
+use omesh_core::units::FreeFloor;
 use omesh_proto::msg::{
-    self, Capability, ErrorCode, Hello, MAX_LIST_SNAPSHOTS, PeerStatus, Request, Response, SnapshotEntry, SourceUsage,
-    close,
+    self, Capability, ErrorCode, Hello, MAX_LIST_PAGE_BYTES, MAX_LIST_SNAPSHOTS, MAX_STATUS_SOURCES, PeerStatus,
+    Request, Response, SnapshotEntry, SourceUsage, close,
 };
 use omesh_proto::{MAX_FRAME_BYTES, ObjectId, ObjectKind, Record};
 use quinn::{RecvStream, SendStream};
 use serde::Deserialize;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -48,18 +52,37 @@ pub struct ServePolicy {
     pub node: String,
     /// Who may store here.
     pub accept_from: AcceptFrom,
-    /// Configured peers, each with its quota override (bytes).
-    pub peers: HashMap<String, Option<u64>>,
+    /// Configured peers, each with its overrides.
+    pub peers: HashMap<String, PeerTerms>,
     /// Most bytes one source may store here (0 = unlimited).
     pub default_quota: u64,
+    /// Free space every write leaves on the disk (`[storage] min_free`).
+    pub min_free: FreeFloor,
     /// Retention: whether and when a source may ask to forget a snapshot.
     pub retention: RetentionPolicy,
+}
+
+/// What a `[[peer]]` overrides of the `[storage]` defaults.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PeerTerms {
+    /// Quota (bytes).
+    pub quota: Option<u64>,
+    /// Free-space floor.
+    pub min_free: Option<FreeFloor>,
 }
 
 impl ServePolicy {
     /// Quota for `source` here (0 = unlimited).
     pub fn quota_for(&self, source: &str) -> u64 {
-        self.peers.get(source).copied().flatten().unwrap_or(self.default_quota)
+        self.peers.get(source).and_then(|t| t.quota).unwrap_or(self.default_quota)
+    }
+
+    /// What writes for `source` may use here.
+    pub fn allowance(&self, source: &str) -> Allowance {
+        Allowance {
+            quota: self.quota_for(source),
+            min_free: self.peers.get(source).and_then(|t| t.min_free).unwrap_or(self.min_free),
+        }
     }
 
     /// Whether `name` is a configured peer.
@@ -87,6 +110,58 @@ pub struct ServerCtx {
     /// Certificates and the CRL: each connection is accepted with the
     /// current server config.
     pub tls: Arc<transport::TlsMaterial>,
+    /// Open connections and buffer budget of each peer.
+    pub peers: PeerLimits,
+}
+
+/// Most connections one peer (certificate name) may have open here at
+/// once; a further one is closed with [`close::TOO_MANY`].
+pub const MAX_CONNECTIONS_PER_PEER: usize = 4;
+
+/// What each connected peer holds here: its open connections and its
+/// receive-buffer budget ([`PEER_BUFFER_BYTES`] for all of them together).
+#[derive(Default)]
+pub struct PeerLimits {
+    map: Mutex<HashMap<String, (usize, Budget)>>,
+}
+
+/// One registered connection of a peer; unregisters when dropped.
+pub struct PeerSlot<'a> {
+    limits: &'a PeerLimits,
+    name: String,
+    /// The peer's budget.
+    pub budget: Budget,
+}
+
+impl PeerLimits {
+    /// Register a connection of `name`; `None` when it has
+    /// [`MAX_CONNECTIONS_PER_PEER`] open already.
+    pub fn enter(&self, name: &str) -> Option<PeerSlot<'_>> {
+        let mut m = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        let e = m.entry(name.to_string()).or_insert_with(|| (0, Budget::new(PEER_BUFFER_BYTES)));
+        if e.0 >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        e.0 += 1;
+        Some(PeerSlot { limits: self, name: name.to_string(), budget: e.1.clone() })
+    }
+
+    /// Open connections of `name`.
+    pub fn connections(&self, name: &str) -> usize {
+        self.map.lock().unwrap_or_else(|e| e.into_inner()).get(name).map_or(0, |e| e.0)
+    }
+}
+
+impl Drop for PeerSlot<'_> {
+    fn drop(&mut self) {
+        let mut m = self.limits.map.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = m.get_mut(&self.name) {
+            e.0 -= 1;
+            if e.0 == 0 {
+                m.remove(&self.name);
+            }
+        }
+    }
 }
 
 /// Our handshake.
@@ -182,11 +257,17 @@ async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
         conn.close(close::UNAUTHORIZED.into(), b"certificate has no single node name");
         return;
     };
+    let Some(slot) = ctx.peers.enter(&peer.name) else {
+        tracing::warn!(peer = %peer.name, %remote, max = MAX_CONNECTIONS_PER_PEER, "too many connections from this peer; closed");
+        conn.close(close::TOO_MANY.into(), b"too many connections from this node");
+        return;
+    };
     tracing::debug!(%remote, peer = %peer.name, "connection accepted");
     // handshake stream
     let hs = tokio::time::timeout(Duration::from_secs(10), async {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(|e| e.to_string())?;
-        match read_frame::<Request>(&mut recv, MAX_FRAME_BYTES).await {
+        match read_frame::<Request>(&mut recv, msg::MAX_HELLO_FRAME_BYTES).await {
+            Ok(Request::Hello(h)) if h.validate().is_err() => Err("malformed Hello".to_string()),
             Ok(Request::Hello(h)) if h.protocol == omesh_proto::PROTOCOL_VERSION => {
                 write_frame(&mut send, &Response::Hello(hello(&ctx.policy.node))).await.map_err(|e| e.to_string())?;
                 let _ = send.finish();
@@ -209,15 +290,35 @@ async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
             return;
         }
     }
+    let limits = ReadLimits {
+        budget: slot.budget.clone(),
+        stall: Duration::from_secs(ctx.transport.request_timeout_secs.max(1)),
+    };
     let mut streams = JoinSet::new();
+    let mut crl = ctx.tls.subscribe();
+    // a CRL that came into force during the handshake
+    if ctx.tls.is_revoked(&peer.serial) {
+        conn.close(close::UNAUTHORIZED.into(), b"certificate revoked");
+        return;
+    }
     loop {
         tokio::select! {
             _ = ctx.cancel.cancelled() => {
                 conn.close(close::SHUTDOWN.into(), b"node shutting down");
                 break;
             }
+            // a new CRL applies to this live connection too
+            Ok(()) = crl.changed() => {
+                if ctx.tls.is_revoked(&peer.serial) {
+                    tracing::warn!(peer = %peer.name, %remote, "certificate revoked; closing its open connection");
+                    conn.close(close::UNAUTHORIZED.into(), b"certificate revoked");
+                    break;
+                }
+            }
             s = conn.accept_bi() => match s {
-                Ok((send, recv)) => { streams.spawn(handle_stream(send, recv, peer.clone(), conn.clone(), ctx.clone())); }
+                Ok((send, recv)) => {
+                    streams.spawn(handle_stream(send, recv, peer.clone(), conn.clone(), ctx.clone(), limits.clone()));
+                }
                 Err(_) => break,
             },
         }
@@ -225,6 +326,7 @@ async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
     }
     streams.abort_all();
     while streams.join_next().await.is_some() {}
+    drop(slot);
 }
 
 /// How a request ended badly.
@@ -241,6 +343,7 @@ impl From<ReadError> for Fail {
     fn from(e: ReadError) -> Self {
         match e {
             ReadError::Stream(_) => Fail::Gone,
+            ReadError::Busy(m) => Fail::Respond(ErrorCode::Busy, m, vec![]),
             other => Fail::Close(other.close_code(), other.to_string()),
         }
     }
@@ -260,10 +363,20 @@ async fn handle_stream(
     peer: PeerIdentity,
     conn: quinn::Connection,
     ctx: Arc<ServerCtx>,
+    limits: ReadLimits,
 ) {
-    let req = match read_frame::<Request>(&mut recv, MAX_FRAME_BYTES).await {
+    // the request's bytes stay counted against the peer until it is answered
+    let (req, _held) = match read_frame_limited::<Request>(&mut recv, MAX_FRAME_BYTES, &limits).await {
         Ok(r) => r,
         Err(ReadError::Stream(_)) => return,
+        Err(ReadError::Busy(m)) => {
+            tracing::info!(peer = %peer.name, reason = %m, "request refused: buffers busy");
+            let _ = recv.stop(0u32.into());
+            let _ =
+                write_frame(&mut send, &Response::Error { code: ErrorCode::Busy, message: m, missing: vec![] }).await;
+            let _ = send.finish();
+            return;
+        }
         Err(e) => {
             tracing::warn!(peer = %peer.name, error = %e, "closing connection: bad request frame");
             conn.close(e.close_code().into(), e.to_string().as_bytes());
@@ -272,7 +385,7 @@ async fn handle_stream(
     };
     let result = match req.validate() {
         Err(m) => Err(Fail::Respond(ErrorCode::BadRequest, m, vec![])),
-        Ok(()) => dispatch(req, &mut send, &mut recv, &peer, &ctx).await,
+        Ok(()) => dispatch(req, &mut send, &mut recv, &peer, &ctx, &limits).await,
     };
     match result {
         Ok(()) => {}
@@ -332,6 +445,7 @@ async fn dispatch(
     recv: &mut RecvStream,
     peer: &PeerIdentity,
     ctx: &Arc<ServerCtx>,
+    limits: &ReadLimits,
 ) -> Result<(), Fail> {
     match req {
         Request::Hello(_) => Err(Fail::Close(close::PROTOCOL_VIOLATION, "Hello sent twice".into())),
@@ -352,7 +466,7 @@ async fn dispatch(
             };
             respond(send, &Response::Have { held }).await
         }
-        Request::PutObjects { source, count } => put_objects(ctx, peer, &source, count, send, recv).await,
+        Request::PutObjects { source, count } => put_objects(ctx, peer, &source, count, send, recv, limits).await,
         Request::PutSnapshot { source, record } => put_snapshot(ctx, peer, &source, record, send).await,
         Request::ListSnapshots { source, after } => list_snapshots(ctx, source, after, send).await,
         Request::GetObjects { source, ids } => get_objects(ctx, peer, &source, ids, send).await,
@@ -407,7 +521,7 @@ async fn dispatch(
             let policy = ctx.policy.clone();
             let sources = blocking(move || {
                 let mut v = Vec::new();
-                for name in stores.source_names() {
+                for name in stores.source_names().into_iter().take(MAX_STATUS_SOURCES) {
                     if let Ok(Some(s)) = stores.get(&name, false) {
                         v.push(SourceUsage {
                             bytes: s.store.bytes_stored().unwrap_or(0),
@@ -443,31 +557,32 @@ async fn put_objects(
     count: u32,
     send: &mut SendStream,
     recv: &mut RecvStream,
+    limits: &ReadLimits,
 ) -> Result<(), Fail> {
     may_write(&ctx.policy, peer, source)?;
     let store = source_store(ctx, source, true).await?.expect("created");
-    let quota = ctx.policy.quota_for(source);
-    let used = {
-        let s = store.clone();
-        blocking(move || s.store.bytes_stored().map_err(internal)).await?
-    };
+    let allow = ctx.policy.allowance(source);
     let counters = ctx.counters.peer(&peer.name);
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, ObjectKind, Vec<u8>)>(8);
+    // each record keeps its bytes counted against the peer's budget until
+    // it is written; the writer admits each record against the quota and
+    // the free-space floor at the moment it writes it, from one account
+    // that parallel streams share
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, ObjectKind, Vec<u8>, Held)>(8);
     let writer_store = store.clone();
-    let writer = tokio::task::spawn_blocking(move || -> Result<u32, omesh_core::store::StoreError> {
+    let writer = tokio::task::spawn_blocking(move || -> Result<u32, WriteRefused> {
         let mut new = 0;
-        while let Some((id, kind, bytes)) = rx.blocking_recv() {
-            if writer_store.write_record(id, kind, &bytes)? {
+        while let Some((id, kind, bytes, held)) = rx.blocking_recv() {
+            if writer_store.write_record(id, kind, &bytes, allow)? {
                 new += 1;
             }
+            drop((bytes, held));
         }
         writer_store.flush()?;
         Ok(new)
     });
     let mut bytes = 0u64;
-    let mut refused = None;
     for _ in 0..count {
-        let (header, rec) = match read_record(recv).await {
+        let (header, rec, held) = match read_record_limited(recv, limits).await {
             Ok(r) => r,
             Err(e) => {
                 drop(tx);
@@ -476,25 +591,30 @@ async fn put_objects(
             }
         };
         bytes += rec.len() as u64;
-        if quota > 0 && used + bytes > quota {
-            refused = Some(format!(
-                "{source} would exceed its quota of {} bytes on {} ({} bytes stored); raise `quota` for this peer or free space",
-                quota, ctx.policy.node, used
-            ));
-            break;
-        }
         counters.bytes_received.fetch_add(rec.len() as u64, Ordering::Relaxed);
         counters.objects_received.fetch_add(1, Ordering::Relaxed);
-        if tx.send((header.id, header.kind, rec)).await.is_err() {
+        if tx.send((header.id, header.kind, rec, held)).await.is_err() {
+            // the writer stopped (refused or failed): its answer follows
             break;
         }
     }
     drop(tx);
-    let new = writer.await.map_err(internal)?.map_err(internal)?;
-    if let Some(m) = refused {
-        let _ = recv.stop(0u32.into());
-        return Err(Fail::Respond(ErrorCode::QuotaExceeded, m, vec![]));
-    }
+    let new = match writer.await.map_err(internal)? {
+        Ok(n) => n,
+        Err(e @ (WriteRefused::Quota { .. } | WriteRefused::DiskFull { .. })) => {
+            let _ = recv.stop(0u32.into());
+            let fix = match e {
+                WriteRefused::Quota { .. } => "raise `quota` for this peer there, or forget snapshots",
+                _ => "free space there, or lower its [storage] min_free",
+            };
+            return Err(Fail::Respond(
+                ErrorCode::QuotaExceeded,
+                format!("{source} cannot store more on {}: {e}; {fix}", ctx.policy.node),
+                vec![],
+            ));
+        }
+        Err(e) => return Err(internal(e)),
+    };
     respond(send, &Response::Stored { objects: count, new_objects: new, bytes }).await
 }
 
@@ -515,6 +635,8 @@ async fn put_snapshot(
     let id = rec.id;
     let links = rec.links.clone();
     let src = source.to_string();
+    let allow = ctx.policy.allowance(source);
+    let node = ctx.policy.node.clone();
     let new = blocking(move || {
         let existing = store.store.snapshot_ids().map_err(internal)?;
         if existing.contains(&id) {
@@ -538,6 +660,11 @@ async fn put_snapshot(
                 missing,
             ));
         }
+        // snapshot records count toward the quota like any stored byte
+        store.admit_snapshot(record.len() as u64, allow).map_err(|e| match e {
+            WriteRefused::Store(e) => internal(e),
+            e => Fail::Respond(ErrorCode::QuotaExceeded, format!("{src} cannot store more on {node}: {e}"), vec![]),
+        })?;
         store.store.put_snapshot_record(&id, &record).map_err(internal)
     })
     .await?;
@@ -569,17 +696,34 @@ async fn list_snapshots(
         }
         all.sort();
         if let Some(a) = after {
+            // `after` comes with a source (Request::validate)
             all.retain(|(_, id)| *id > a);
         }
-        let more = all.len() > MAX_LIST_SNAPSHOTS;
-        all.truncate(MAX_LIST_SNAPSHOTS);
+        // a page is bounded by count and by bytes, so it always fits a frame
         let mut items = Vec::new();
+        let mut page_bytes = 0usize;
+        let mut more = false;
         for (n, id) in all {
-            if let Ok(Some(s)) = stores.get(&n, false)
-                && let Ok(record) = s.store.read_snapshot_record(&id)
-            {
-                items.push(SnapshotEntry { stored_ns: s.store.snapshot_stored_ns(&id), source: n, id, record });
+            if items.len() == MAX_LIST_SNAPSHOTS {
+                more = true;
+                break;
             }
+            let Ok(Some(s)) = stores.get(&n, false) else { continue };
+            let record = match s.store.read_snapshot_record(&id) {
+                Ok(r) if r.len() <= msg::MAX_SNAPSHOT_RECORD_BYTES => r,
+                Ok(r) => {
+                    tracing::error!(source = %n, snapshot = %id.short(), bytes = r.len(), "stored snapshot record is larger than any valid one; not listed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let e = SnapshotEntry { stored_ns: s.store.snapshot_stored_ns(&id), source: n, id, record };
+            if page_bytes + e.encoded_len_bound() > MAX_LIST_PAGE_BYTES && !items.is_empty() {
+                more = true;
+                break;
+            }
+            page_bytes += e.encoded_len_bound();
+            items.push(e);
         }
         Ok((items, more))
     })
@@ -634,14 +778,18 @@ mod tests {
         ServePolicy {
             node: "srv-b".into(),
             accept_from,
-            peers: HashMap::from([("srv-a".to_string(), None), ("srv-c".to_string(), Some(1000))]),
+            peers: HashMap::from([
+                ("srv-a".to_string(), PeerTerms::default()),
+                ("srv-c".to_string(), PeerTerms { quota: Some(1000), min_free: Some(FreeFloor::Bytes(0)) }),
+            ]),
             default_quota: 5000,
+            min_free: FreeFloor::default(),
             retention: RetentionPolicy::default(),
         }
     }
 
     fn id(name: &str) -> PeerIdentity {
-        PeerIdentity { name: name.into(), fingerprint: String::new() }
+        PeerIdentity { name: name.into(), fingerprint: String::new(), serial: vec![] }
     }
 
     fn forbidden(r: Result<(), Fail>) -> bool {
@@ -674,5 +822,7 @@ mod tests {
         assert_eq!(p.quota_for("srv-c"), 1000);
         assert_eq!(p.quota_for("srv-a"), 5000);
         assert_eq!(p.quota_for("srv-x"), 5000);
+        assert_eq!(p.allowance("srv-c"), Allowance { quota: 1000, min_free: FreeFloor::Bytes(0) });
+        assert_eq!(p.allowance("srv-a"), Allowance { quota: 5000, min_free: FreeFloor::Percent(5.0) });
     }
 }

@@ -5,17 +5,65 @@
 use omesh_core::keyfile::KeyFile;
 use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_core::store::{Access, InitOptions, KeySource, PackSink, Store, StoreError};
+use omesh_core::units::FreeFloor;
 use omesh_proto::ObjectId;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+/// What writes for one source may use on this node.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Allowance {
+    /// Most bytes the source may store here, records of its snapshots
+    /// included (0 = no quota).
+    pub quota: u64,
+    /// Free space the file system must keep after the write.
+    pub min_free: FreeFloor,
+}
+
+/// A write that was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteRefused {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The source's quota here would be exceeded.
+    #[error("the quota of {quota} bytes would be exceeded ({used} bytes stored)")]
+    Quota {
+        /// the quota
+        quota: u64,
+        /// bytes stored and being stored
+        used: u64,
+    },
+    /// The disk would fall below its free-space floor.
+    #[error("only {free} bytes are free on the disk of {}; this node keeps at least {min_free} bytes free ([storage] min_free)", path.display())]
+    DiskFull {
+        /// bytes free
+        free: u64,
+        /// the floor
+        min_free: u64,
+        /// the store
+        path: PathBuf,
+    },
+}
+
+/// The shared writer of a store and what the source uses there.
+#[derive(Default)]
+struct Writer {
+    sink: Option<PackSink<Arc<Store>>>,
+    /// Bytes the source occupies (packs, pack being written, snapshot
+    /// records), as of the store's removal count it was computed at;
+    /// every admitted write adds to it, so parallel streams reserve from
+    /// one account.
+    used: Option<(u64, u64)>,
+}
 
 /// One source's store on this node, with a shared writer for incoming
 /// replicas.
 pub struct SourceStore {
     /// The store.
     pub store: Arc<Store>,
-    sink: Mutex<Option<PackSink<Arc<Store>>>>,
+    writer: Mutex<Writer>,
     /// Trees known to have their whole subtree present (speeds up
     /// completeness checks of later snapshots), valid for the store's
     /// removal count it was learned at.
@@ -24,26 +72,83 @@ pub struct SourceStore {
 
 impl SourceStore {
     fn new(store: Store) -> Self {
-        SourceStore { store: Arc::new(store), sink: Mutex::new(None), complete: Mutex::new((0, HashSet::new())) }
+        SourceStore {
+            store: Arc::new(store),
+            writer: Mutex::new(Writer::default()),
+            complete: Mutex::new((0, HashSet::new())),
+        }
     }
 
-    /// Append one verified record (blocking). Returns whether it was new.
-    pub fn write_record(&self, id: ObjectId, kind: omesh_proto::ObjectKind, bytes: &[u8]) -> Result<bool, StoreError> {
+    fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Admit `n` more bytes under `allow` and count them as used.
+    fn admit(&self, w: &mut Writer, n: u64, allow: Allowance) -> Result<(), WriteRefused> {
+        if allow.quota > 0 {
+            let removals = self.store.removals();
+            let used = match w.used {
+                Some((r, u)) if r == removals => u,
+                _ => {
+                    let pending = w.sink.as_ref().map_or(0, |s| s.unflushed_bytes());
+                    let u = self.store.bytes_stored()? + self.store.snapshot_bytes()? + pending;
+                    w.used = Some((removals, u));
+                    u
+                }
+            };
+            if used.saturating_add(n) > allow.quota {
+                return Err(WriteRefused::Quota { quota: allow.quota, used });
+            }
+        }
+        let (free, total) = self.store.free_bytes()?;
+        let floor = allow.min_free.bytes(total);
+        if free < n.saturating_add(floor) {
+            return Err(WriteRefused::DiskFull { free, min_free: floor, path: self.store.dir().to_path_buf() });
+        }
+        if let Some((_, u)) = w.used.as_mut() {
+            *u += n;
+        }
+        Ok(())
+    }
+
+    /// Append one verified record (blocking) if `allow` admits it. Returns
+    /// whether it was new (a record already held costs nothing).
+    pub fn write_record(
+        &self,
+        id: ObjectId,
+        kind: omesh_proto::ObjectKind,
+        bytes: &[u8],
+        allow: Allowance,
+    ) -> Result<bool, WriteRefused> {
         if !self.store.claim(&id)? {
             return Ok(false);
         }
-        let mut g = self.sink.lock().expect("sink lock");
-        if g.is_none() {
-            *g = Some(self.store.owned_sink()?);
+        let mut g = self.writer();
+        let r = (|| {
+            self.admit(&mut g, bytes.len() as u64, allow)?;
+            if g.sink.is_none() {
+                g.sink = Some(self.store.owned_sink()?);
+            }
+            g.sink.as_mut().expect("set").add(id, kind, bytes)?;
+            Ok(())
+        })();
+        if r.is_err() {
+            self.store.release_claim(&id);
         }
-        g.as_mut().expect("set").add(id, kind, bytes)?;
-        Ok(true)
+        r.map(|()| true)
+    }
+
+    /// Admit a snapshot record of `n` bytes under `allow` (blocking),
+    /// before it is committed.
+    pub fn admit_snapshot(&self, n: u64, allow: Allowance) -> Result<(), WriteRefused> {
+        let mut g = self.writer();
+        self.admit(&mut g, n, allow)
     }
 
     /// Make everything written so far durable (blocking).
     pub fn flush(&self) -> Result<(), StoreError> {
-        let mut g = self.sink.lock().expect("sink lock");
-        if let Some(s) = g.as_mut() {
+        let mut g = self.writer();
+        if let Some(s) = g.sink.as_mut() {
             s.flush()?;
         }
         Ok(())

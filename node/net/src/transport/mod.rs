@@ -10,6 +10,7 @@
 //! window keeps several parallel streams from ever stalling on credit,
 //! while bounding what one peer can make us buffer (see docs/config.md).
 
+pub mod filter;
 pub mod tls;
 
 use omesh_core::units::ByteSize;
@@ -127,6 +128,10 @@ pub enum TransportError {
     },
 }
 
+/// Most requests (bidirectional streams) one connection may have open at
+/// once; a client that opens more waits for stream credit.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
 /// QUIC transport parameters from the `[transport]` settings.
 pub fn transport_config(t: &TransportConfig) -> quinn::TransportConfig {
     let mut c = quinn::TransportConfig::default();
@@ -134,7 +139,7 @@ pub fn transport_config(t: &TransportConfig) -> quinn::TransportConfig {
     c.stream_receive_window(v(t.stream_receive_window.0));
     c.receive_window(v(t.receive_window.0));
     c.send_window(t.send_window.0);
-    c.max_concurrent_bidi_streams(VarInt::from_u32(256));
+    c.max_concurrent_bidi_streams(VarInt::from_u32(MAX_STREAMS_PER_CONNECTION));
     c.max_concurrent_uni_streams(VarInt::from_u32(0));
     c.keep_alive_interval(Some(Duration::from_secs(t.keep_alive_secs.max(1))));
     c.max_idle_timeout(Some(
@@ -180,6 +185,19 @@ pub fn endpoint(
     t: &TransportConfig,
     serve: bool,
 ) -> Result<quinn::Endpoint, TransportError> {
+    endpoint_filtered(bind, tls, t, serve, None)
+}
+
+/// [`endpoint`] whose socket passes only datagrams `filter` allows (the
+/// residency policy: nothing, not even a QUIC Version Negotiation or a
+/// stateless reset, goes to a refused address).
+pub fn endpoint_filtered(
+    bind: SocketAddr,
+    tls: &TlsMaterial,
+    t: &TransportConfig,
+    serve: bool,
+    filter: Option<filter::DatagramFilter>,
+) -> Result<quinn::Endpoint, TransportError> {
     let socket = std::net::UdpSocket::bind(bind)
         .map_err(|source| TransportError::Io { context: format!("binding UDP {bind}"), source })?;
     // large socket buffers: bulk transfers on fast LANs drop packets with
@@ -192,8 +210,13 @@ pub fn endpoint(
         context: "no async runtime".into(),
         source: std::io::Error::other("tokio runtime missing"),
     })?;
-    let mut ep = quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
-        .map_err(|source| TransportError::Io { context: format!("starting QUIC on {bind}"), source })?;
+    let starting = |source| TransportError::Io { context: format!("starting QUIC on {bind}"), source };
+    let mut socket = runtime.wrap_udp_socket(socket).map_err(starting)?;
+    if let Some(f) = filter {
+        socket = Arc::new(filter::FilteredSocket::new(socket, f));
+    }
+    let mut ep = quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(starting)?;
     ep.set_default_client_config(client_config(tls, t)?);
     Ok(ep)
 }
@@ -201,7 +224,7 @@ pub fn endpoint(
 /// A framed-read failure, with the close code it maps to.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
-    /// The stream ended or broke.
+    /// The stream ended or broke, or stalled past its time limit.
     #[error("stream: {0}")]
     Stream(String),
     /// Frame or record above its limit.
@@ -210,6 +233,10 @@ pub enum ReadError {
     /// Undecodable bytes.
     #[error("{0}")]
     Malformed(String),
+    /// The peer's buffer budget stayed exhausted (its other streams hold
+    /// it); the request may be retried.
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl ReadError {
@@ -222,33 +249,162 @@ impl ReadError {
     }
 }
 
+/// Bytes read from a stream at a time: a buffer grows with the bytes that
+/// actually arrived, never with the length a header declared.
+pub const READ_PIECE: usize = 64 << 10;
+
+/// Bytes one peer may make this node hold in receive buffers at once (all
+/// its connections and streams together): frames and records are counted
+/// from the moment their length is known until the request that read them
+/// is done with them.
+pub const PEER_BUFFER_BYTES: usize = 64 << 20;
+
+/// A peer's receive-buffer budget ([`PEER_BUFFER_BYTES`]), shared by all
+/// its connections. Reading a frame or record first takes its declared
+/// length from the budget (waiting at most the stall limit), so a peer that
+/// declares huge lengths on many streams blocks only itself.
+#[derive(Clone, Debug)]
+pub struct Budget {
+    sem: Arc<tokio::sync::Semaphore>,
+    capacity: usize,
+}
+
+/// Bytes taken from a [`Budget`]; given back when dropped.
+#[derive(Debug)]
+pub struct Held(#[allow(dead_code)] Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl Budget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Budget { sem: Arc::new(tokio::sync::Semaphore::new(bytes)), capacity: bytes }
+    }
+
+    /// Bytes currently available.
+    pub fn available(&self) -> usize {
+        self.sem.available_permits()
+    }
+
+    /// Take `n` bytes, waiting at most `wait` for other requests to give
+    /// theirs back.
+    pub async fn take(&self, n: usize, wait: Duration) -> Result<Held, ReadError> {
+        if n == 0 {
+            return Ok(Held(None));
+        }
+        if n > self.capacity {
+            return Err(ReadError::TooLarge(format!(
+                "{n} bytes exceed this peer's buffer budget of {} bytes",
+                self.capacity
+            )));
+        }
+        let n32 = u32::try_from(n).map_err(|_| ReadError::TooLarge(format!("{n} bytes")))?;
+        match tokio::time::timeout(wait, self.sem.clone().acquire_many_owned(n32)).await {
+            Ok(Ok(p)) => Ok(Held(Some(p))),
+            Ok(Err(_)) => Err(ReadError::Busy("buffer budget closed".into())),
+            Err(_) => Err(ReadError::Busy(format!(
+                "this peer's {} bytes of receive buffers stayed in use for {}s; retry later",
+                self.capacity,
+                wait.as_secs()
+            ))),
+        }
+    }
+}
+
+/// How a server-side read is limited: the peer's budget, and how long any
+/// one piece of a frame or record may take to arrive.
+#[derive(Clone, Debug)]
+pub struct ReadLimits {
+    /// The peer's buffer budget.
+    pub budget: Budget,
+    /// Longest wait for the next piece of bytes (and for budget).
+    pub stall: Duration,
+}
+
 fn stream_err(e: quinn::ReadExactError) -> ReadError {
     ReadError::Stream(e.to_string())
 }
 
-/// Write one frame.
-pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(), quinn::WriteError> {
-    send.write_all(&frame::encode(msg)).await
+/// Append exactly `len` bytes from `recv` to `buf`, growing it piece by
+/// piece as they arrive; each piece must arrive within `stall` (when set).
+async fn read_growing(
+    recv: &mut RecvStream,
+    buf: &mut Vec<u8>,
+    len: usize,
+    stall: Option<Duration>,
+) -> Result<(), ReadError> {
+    let end = buf.len() + len;
+    while buf.len() < end {
+        let start = buf.len();
+        let n = READ_PIECE.min(end - start);
+        buf.resize(start + n, 0);
+        let read = recv.read_exact(&mut buf[start..]);
+        match stall {
+            None => read.await.map_err(stream_err)?,
+            Some(d) => tokio::time::timeout(d, read)
+                .await
+                .map_err(|_| ReadError::Stream(format!("no data for {}s", d.as_secs())))?
+                .map_err(stream_err)?,
+        }
+    }
+    Ok(())
 }
 
-/// Read one frame, refusing a length above `max` before reading its body.
+/// Write one frame. A message too large for a frame is refused here (the
+/// sender's bug, reported as an error rather than a panic).
+pub async fn write_frame<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(), quinn::WriteError> {
+    match frame::encode(msg) {
+        Ok(f) => send.write_all(&f).await,
+        Err(e) => {
+            tracing::error!(error = %e, "message does not fit a frame; not sent");
+            let _ = send.reset(VarInt::from_u32(omesh_proto::msg::close::TOO_LARGE));
+            Err(quinn::WriteError::ClosedStream)
+        }
+    }
+}
+
+fn check_len(prefix: [u8; LEN_PREFIX_BYTES], max: u32) -> Result<usize, ReadError> {
+    frame::body_len(prefix, max).map_err(|e| match e {
+        FrameError::TooLarge { .. } => ReadError::TooLarge(e.to_string()),
+        other => ReadError::Malformed(other.to_string()),
+    })
+}
+
+/// Read one frame, refusing a length above `max` before reading its body;
+/// the body buffer grows as bytes arrive.
 pub async fn read_frame<T: DeserializeOwned>(recv: &mut RecvStream, max: u32) -> Result<T, ReadError> {
     let mut prefix = [0u8; LEN_PREFIX_BYTES];
     recv.read_exact(&mut prefix).await.map_err(stream_err)?;
-    let len = frame::body_len(prefix, max).map_err(|e| match e {
-        FrameError::TooLarge { .. } => ReadError::TooLarge(e.to_string()),
-        other => ReadError::Malformed(other.to_string()),
-    })?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(stream_err)?;
+    let len = check_len(prefix, max)?;
+    let mut body = Vec::new();
+    read_growing(recv, &mut body, len, None).await?;
     frame::decode_body(&body).map_err(|e| ReadError::Malformed(e.to_string()))
 }
 
-/// Read one object record (header first, limits checked, then the rest)
-/// and verify its check hash.
-pub async fn read_record(recv: &mut RecvStream) -> Result<(RecordHeader, Vec<u8>), ReadError> {
-    let mut buf = vec![0u8; HEADER_BYTES];
-    recv.read_exact(&mut buf).await.map_err(stream_err)?;
+/// [`read_frame`] for a server: the frame's length is taken from the
+/// peer's budget until the returned [`Held`] is dropped, and every piece
+/// must arrive within the stall limit.
+pub async fn read_frame_limited<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    max: u32,
+    limits: &ReadLimits,
+) -> Result<(T, Held), ReadError> {
+    let mut prefix = Vec::with_capacity(LEN_PREFIX_BYTES);
+    read_growing(recv, &mut prefix, LEN_PREFIX_BYTES, Some(limits.stall)).await?;
+    let len = check_len(prefix[..].try_into().expect("4 bytes"), max)?;
+    let held = limits.budget.take(len, limits.stall).await?;
+    let mut body = Vec::new();
+    read_growing(recv, &mut body, len, Some(limits.stall)).await?;
+    let msg = frame::decode_body(&body).map_err(|e| ReadError::Malformed(e.to_string()))?;
+    Ok((msg, held))
+}
+
+async fn read_record_inner(
+    recv: &mut RecvStream,
+    limits: Option<&ReadLimits>,
+    stall: Option<Duration>,
+) -> Result<(RecordHeader, Vec<u8>, Held), ReadError> {
+    let stall = limits.map(|l| l.stall).or(stall);
+    let mut buf = Vec::with_capacity(HEADER_BYTES);
+    read_growing(recv, &mut buf, HEADER_BYTES, stall).await?;
     let header = RecordHeader::parse(&buf).map_err(|e| match e {
         record::RecordError::TooManyLinks(_) | record::RecordError::BodyTooLarge(_) => {
             ReadError::TooLarge(e.to_string())
@@ -256,8 +412,28 @@ pub async fn read_record(recv: &mut RecvStream) -> Result<(RecordHeader, Vec<u8>
         other => ReadError::Malformed(other.to_string()),
     })?;
     let total = header.record_len() as usize;
-    buf.resize(total, 0);
-    recv.read_exact(&mut buf[HEADER_BYTES..]).await.map_err(stream_err)?;
+    let held = match limits {
+        Some(l) => l.budget.take(total, l.stall).await?,
+        None => Held(None),
+    };
+    read_growing(recv, &mut buf, total - HEADER_BYTES, stall).await?;
     record::verify_check(&buf).map_err(|e| ReadError::Malformed(format!("record {}: {e}", header.id.short())))?;
-    Ok((header, buf))
+    Ok((header, buf, held))
+}
+
+/// Read one object record (header first, limits checked, then the rest as
+/// it arrives, each piece within `stall` when set) and verify its check
+/// hash.
+pub async fn read_record(recv: &mut RecvStream, stall: Option<Duration>) -> Result<(RecordHeader, Vec<u8>), ReadError> {
+    read_record_inner(recv, None, stall).await.map(|(h, b, _)| (h, b))
+}
+
+/// [`read_record`] for a server: the record's length is taken from the
+/// peer's budget until the returned [`Held`] is dropped (after the record
+/// is written), and every piece must arrive within the stall limit.
+pub async fn read_record_limited(
+    recv: &mut RecvStream,
+    limits: &ReadLimits,
+) -> Result<(RecordHeader, Vec<u8>, Held), ReadError> {
+    read_record_inner(recv, Some(limits), None).await
 }

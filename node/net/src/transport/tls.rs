@@ -22,6 +22,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::Deserialize;
+use std::collections::HashSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -38,9 +39,60 @@ pub struct TlsConfig {
     /// This node's private key (PEM, mode 0600).
     pub key: PathBuf,
     /// Certificate revocation list (PEM) from `omesh ca revoke`; reloaded
-    /// when it changes.
+    /// when it changes. Required in mesh mode unless `no_crl` says there is
+    /// none.
     #[serde(default)]
     pub crl: Option<PathBuf>,
+    /// Run without a revocation list (a revoked certificate then stays
+    /// valid until it expires). Must be said explicitly.
+    #[serde(default)]
+    pub no_crl: bool,
+}
+
+/// What the CRL in use says about itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CrlStatus {
+    /// The file.
+    pub path: Option<PathBuf>,
+    /// Its CRL number.
+    pub number: Option<u64>,
+    /// When its issuer promised the next one (ns since epoch).
+    pub next_update_ns: Option<i64>,
+    /// Certificates it revokes.
+    pub revoked: usize,
+}
+
+impl CrlStatus {
+    /// Whether its next update is past (`now_ns`).
+    pub fn is_stale(&self, now_ns: i64) -> bool {
+        self.next_update_ns.is_some_and(|t| t < now_ns)
+    }
+}
+
+/// Revoked serials and the facts of a set of CRLs.
+fn crl_facts(crls: &[CertificateRevocationListDer<'static>]) -> (HashSet<Vec<u8>>, Option<u64>, Option<i64>) {
+    let mut revoked = HashSet::new();
+    let mut number = None;
+    let mut next = None;
+    for c in crls {
+        let Ok((_, crl)) = x509_parser::parse_x509_crl(c.as_ref()) else { continue };
+        for r in crl.iter_revoked_certificates() {
+            revoked.insert(r.raw_serial().to_vec());
+        }
+        if let Some(n) = crl.crl_number() {
+            let bytes = n.to_bytes_be();
+            if bytes.len() <= 8 {
+                let mut b = [0u8; 8];
+                b[8 - bytes.len()..].copy_from_slice(&bytes);
+                number = Some(number.unwrap_or(0).max(u64::from_be_bytes(b)));
+            }
+        }
+        if let Some(t) = crl.next_update() {
+            let ns = t.timestamp().saturating_mul(1_000_000_000);
+            next = Some(next.map_or(ns, |x: i64| x.min(ns)));
+        }
+    }
+    (revoked, number, next)
 }
 
 /// TLS setup errors (name the file and what to do).
@@ -121,6 +173,9 @@ pub struct TlsMaterial {
     key: PrivateKeyDer<'static>,
     crl: Option<PathBuf>,
     built: Mutex<Built>,
+    /// Bumped whenever a new CRL is in force (live connections re-check
+    /// their peer's certificate then).
+    changes: tokio::sync::watch::Sender<u64>,
     /// SHA-256 of this node's certificate.
     pub fingerprint: String,
 }
@@ -130,6 +185,8 @@ struct Built {
     stamp: Option<(SystemTime, u64)>,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
+    revoked: Arc<HashSet<Vec<u8>>>,
+    status: CrlStatus,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -171,6 +228,8 @@ impl TlsMaterial {
             Some(p) => (stamp(p), load_crls(p)?),
             None => (None, vec![]),
         };
+        let (revoked, number, next_update_ns) = crl_facts(&crls);
+        let status = CrlStatus { path: cfg.crl.clone(), number, next_update_ns, revoked: revoked.len() };
         let roots = Arc::new(roots);
         let (server, client) = build_configs(&roots, &chain, &key, crls)?;
         Ok(TlsMaterial {
@@ -178,14 +237,15 @@ impl TlsMaterial {
             chain,
             key,
             crl: cfg.crl.clone(),
-            built: Mutex::new(Built { stamp, server, client }),
+            built: Mutex::new(Built { stamp, server, client, revoked: Arc::new(revoked), status }),
+            changes: tokio::sync::watch::channel(0).0,
             fingerprint,
         })
     }
 
     /// Build from explicit parts (tests: alternative certificates).
     pub fn from_files(ca: &Path, cert: &Path, key: &Path, crl: Option<PathBuf>) -> Result<Self, TlsError> {
-        let cfg = TlsConfig { ca: ca.into(), cert: cert.into(), key: key.into(), crl };
+        let cfg = TlsConfig { ca: ca.into(), cert: cert.into(), key: key.into(), no_crl: crl.is_none(), crl };
         let chain = load_certs(cert)?;
         let name = cert_names(&chain[0]).into_iter().next().unwrap_or_default();
         Self::load(&cfg, &name)
@@ -214,17 +274,44 @@ impl TlsMaterial {
             return;
         }
         match load_crls(p).and_then(|c| {
-            let n = c.len();
-            build_configs(&self.roots, &self.chain, &self.key, c).map(|v| (v, n))
+            let facts = crl_facts(&c);
+            build_configs(&self.roots, &self.chain, &self.key, c).map(|v| (v, facts))
         }) {
-            Ok(((server, client), n)) => {
-                tracing::info!(crl = %p.display(), lists = n, "certificate revocation list reloaded");
-                *self.built.lock().unwrap_or_else(|e| e.into_inner()) = Built { stamp: now, server, client };
+            Ok(((server, client), (revoked, number, next_update_ns))) => {
+                let mut b = self.built.lock().unwrap_or_else(|e| e.into_inner());
+                if let (Some(old), Some(new)) = (b.status.number, number)
+                    && new < old
+                {
+                    // an older list would un-revoke what a newer one revoked
+                    tracing::error!(crl = %p.display(), number = new, in_use = old, "the CRL file holds an older revocation list than the one in use; keeping the newer one (copy the CA's current crl.pem)");
+                    b.stamp = now;
+                    return;
+                }
+                tracing::info!(crl = %p.display(), number = ?number, revoked = revoked.len(), "certificate revocation list reloaded");
+                let status = CrlStatus { path: Some(p.clone()), number, next_update_ns, revoked: revoked.len() };
+                *b = Built { stamp: now, server, client, revoked: Arc::new(revoked), status };
+                drop(b);
+                self.changes.send_modify(|g| *g += 1);
             }
             // keep enforcing the last good CRL; a half-copied file is
             // retried on the next connection
             Err(e) => tracing::error!(error = %e, "cannot reload the CRL; still using the previous one"),
         }
+    }
+
+    /// Whether the CRL in force revokes the certificate with this serial.
+    pub fn is_revoked(&self, serial: &[u8]) -> bool {
+        self.built.lock().unwrap_or_else(|e| e.into_inner()).revoked.contains(serial)
+    }
+
+    /// The CRL in force.
+    pub fn crl_status(&self) -> CrlStatus {
+        self.built.lock().unwrap_or_else(|e| e.into_inner()).status.clone()
+    }
+
+    /// Changes whenever a new CRL comes into force.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// [`TlsMaterial::refresh`] on a blocking thread.
@@ -278,6 +365,8 @@ pub struct PeerIdentity {
     pub name: String,
     /// SHA-256 of its certificate.
     pub fingerprint: String,
+    /// Its certificate's serial number (what a CRL names).
+    pub serial: Vec<u8>,
 }
 
 /// Identity from a connection whose handshake rustls completed (so the
@@ -291,5 +380,6 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<PeerIdentity> {
     if names.len() != 1 {
         return None;
     }
-    Some(PeerIdentity { name: names.into_iter().next()?, fingerprint: crate::ca::sha256_hex(leaf) })
+    let serial = x509_parser::parse_x509_certificate(leaf).ok()?.1.raw_serial().to_vec();
+    Some(PeerIdentity { name: names.into_iter().next()?, fingerprint: crate::ca::sha256_hex(leaf), serial })
 }

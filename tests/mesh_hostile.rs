@@ -1,0 +1,463 @@
+//! A peer with a valid site certificate attacks a real daemon, or answers
+//! another node as a hostile server would. Each test ends with the victim
+//! still serving and its data intact.
+//!
+//! The attacker is a client of the mesh protocol built here (with the
+//! node's own transport and a certificate issued by the site CA), or a
+//! QUIC server that holds a node's certificate and answers badly.
+
+use crate::common::mesh::{Site, stored_snapshots};
+use crate::common::{restored, s, tree};
+use omesh_net::mesh::client::{self, ClientError, PeerConn};
+use omesh_net::transport::{self, TlsMaterial, TransportConfig};
+use omesh_proto::msg::{ErrorCode, Hello, Request, Response, SnapshotEntry, close};
+use omesh_proto::{ObjectId, ObjectKind, Record};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap()
+}
+
+fn material(dir: &Path) -> TlsMaterial {
+    TlsMaterial::from_files(&dir.join("ca.pem"), &dir.join("node.pem"), &dir.join("node.key"), None).unwrap()
+}
+
+async fn connect(tls: &TlsMaterial, me: &str, name: &str, addr: SocketAddr) -> Result<PeerConn, String> {
+    let ep = transport::endpoint("127.0.0.1:0".parse().unwrap(), tls, &TransportConfig::default(), false).unwrap();
+    let config = transport::client_config(tls, &TransportConfig::default()).unwrap();
+    let c =
+        client::connect(&ep, &config, me, name, &[addr], Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+    c.ping().await.map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+/// A blob record with `n` bytes of body, distinct per `seed`.
+fn blob(seed: u64, n: usize) -> Record {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&seed.to_le_bytes());
+    id[31] = 0xb1;
+    Record { kind: ObjectKind::Blob, id: ObjectId(id), links: vec![], body: tree::data(n, seed) }
+}
+
+/// A snapshot record without links (every object it needs is "present").
+fn bare_snapshot(seed: u64, n: usize) -> Vec<u8> {
+    let mut id = [0u8; 32];
+    id[..8].copy_from_slice(&seed.to_le_bytes());
+    id[31] = 0x5a;
+    Record { kind: ObjectKind::Snapshot, id: ObjectId(id), links: vec![], body: tree::data(n, seed) }.encode()
+}
+
+/// Peak resident memory of a process (kB), from /proc.
+fn peak_rss_kb(pid: u32) -> u64 {
+    let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    st.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Bytes in a source's packs on a node (what it really stores there).
+fn pack_bytes(node_data: &Path, source: &str) -> u64 {
+    let mut n = 0;
+    for e in walk(&node_data.join("sources").join(source).join("packs")) {
+        n += e.metadata().unwrap().len();
+    }
+    n
+}
+
+fn walk(d: &Path) -> Vec<std::fs::DirEntry> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(d) {
+        for e in rd.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e);
+            }
+        }
+    }
+    out
+}
+
+/// A victim source backs up through the attacked node and restores from
+/// it byte for byte.
+fn victim_round_trip(site: &Site, victim: &str, holder: &str, dir: &Path) {
+    let src = dir.join("victim-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), tree::data(300_000, 42)).unwrap();
+    let r = site.omesh(victim, &["backup", s(&src), "--json"]).ok().json();
+    assert_eq!(r["protected"], true, "{r}");
+    let snap = r["snapshot"].as_str().unwrap().to_string();
+    assert!(stored_snapshots(site.node(holder), victim).contains(&snap));
+    let target = dir.join("victim-restore");
+    site.omesh(victim, &["restore", &snap, "--from", holder, "--target", s(&target), "--json"]).ok();
+    tree::assert_same(&src, &restored(&target, &src));
+}
+
+#[test]
+fn giant_headers_on_many_streams_keep_memory_bounded() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-b", "r1"), ("srv-a", "r0"), ("srv-c", "r2")]);
+    // a short stall limit keeps the test quick: a stream that stops
+    // sending is dropped after 3 s
+    site.write_config("srv-b", &["srv-a".into(), "srv-c".into()], 1, "[transport]\nrequest_timeout_secs = 3\n");
+    site.write_config("srv-c", &["srv-b".into()], 1, "");
+    let b = site.start("srv-b");
+    let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
+    let tls = material(&site.node("srv-a").dir.join("tls"));
+    let before = peak_rss_kb(b.pid());
+    rt().block_on(async {
+        let c = connect(&tls, "srv-a", "srv-b", b_addr).await.unwrap();
+        // 48 streams, each announcing a record of the largest size and
+        // sending its header and 256 KiB of it
+        let mut streams = Vec::new();
+        for i in 0..48u64 {
+            let (mut send, recv) = c.conn.open_bi().await.unwrap();
+            transport::write_frame(&mut send, &Request::PutObjects { source: "srv-a".into(), count: 1 }).await.unwrap();
+            let mut rec = blob(i, 16).encode();
+            rec.truncate(omesh_proto::record::HEADER_BYTES);
+            // body length: the largest allowed
+            rec[44..48].copy_from_slice(&omesh_proto::record::MAX_BODY_BYTES.to_le_bytes());
+            send.write_all(&rec).await.unwrap();
+            send.write_all(&vec![7u8; 256 << 10]).await.unwrap();
+            streams.push((send, recv));
+        }
+        // every stream ends: refused as busy or dropped for stalling
+        for (send, mut recv) in streams {
+            let end = tokio::time::timeout(Duration::from_secs(60), recv.read_to_end(1 << 20)).await;
+            let end = end.expect("the server answered or dropped every stream");
+            if let Ok(bytes) = end
+                && !bytes.is_empty()
+            {
+                let r: Response = omesh_proto::frame::decode(&bytes, 1 << 20).unwrap();
+                assert!(matches!(r, Response::Error { code: ErrorCode::Busy, .. }), "{r:?}");
+            }
+            drop(send);
+        }
+        // the node still serves this connection
+        c.ping().await.unwrap();
+
+        // connections per peer are capped
+        let mut held = Vec::new();
+        let mut refused = None;
+        for _ in 0..6 {
+            match connect(&tls, "srv-a", "srv-b", b_addr).await {
+                Ok(c) => held.push(c),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        // the first connection is still open: 4 in all, the 5th refused
+        assert_eq!(held.len(), omesh_net::mesh::server::MAX_CONNECTIONS_PER_PEER - 1);
+        assert!(refused.is_some());
+        drop(held);
+    });
+    let after = peak_rss_kb(b.pid());
+    // 48 × 40 MiB were announced (1.9 GiB); the node holds at most its
+    // 64 MiB budget per peer plus QUIC's windows
+    assert!(after < before + 160 * 1024, "peak RSS went from {before} kB to {after} kB");
+    victim_round_trip(&site, "srv-c", "srv-b", t.path());
+}
+
+#[test]
+fn parallel_streams_and_snapshot_records_stay_within_the_quota() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-b", "r1"), ("srv-a", "r0"), ("srv-c", "r2")]);
+    let quota = 1u64 << 20;
+    site.write_config("srv-b", &["srv-a".into(), "srv-c".into()], 1, "");
+    // srv-a's quota on srv-b: 1 MiB
+    let cfg = std::fs::read_to_string(site.node("srv-b").config()).unwrap();
+    let cfg = cfg.replace("name = \"srv-a\"\n", &format!("name = \"srv-a\"\nquota = {quota}\n"));
+    std::fs::write(site.node("srv-b").config(), cfg).unwrap();
+    site.write_config("srv-c", &["srv-b".into()], 1, "");
+    let _b = site.start("srv-b");
+    let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
+    let b_data = site.node("srv-b").data();
+    let tls = material(&site.node("srv-a").dir.join("tls"));
+    rt().block_on(async {
+        let c = connect(&tls, "srv-a", "srv-b", b_addr).await.unwrap();
+        // snapshot records count: 300 KiB records until the quota is full
+        let mut committed = 0;
+        let mut refused_snapshot = false;
+        for i in 0..8u64 {
+            match c.put_snapshot("srv-a", &bare_snapshot(i, 300 << 10)).await {
+                Ok(_) => committed += 1,
+                Err(ClientError::Remote { code: ErrorCode::QuotaExceeded, .. }) => {
+                    refused_snapshot = true;
+                    break;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(refused_snapshot, "{committed} snapshot records of 300 KiB accepted under a 1 MiB quota");
+        assert_eq!(committed, 3);
+        // 8 parallel streams of 512 KiB each, against the ~120 KiB left
+        let jobs: Vec<_> = (0..8u64)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let recs: Vec<Vec<u8>> = (0..8).map(|j| blob(i * 100 + j, 64 << 10).encode()).collect();
+                    c.put_objects("srv-a", &recs).await
+                })
+            })
+            .collect();
+        let mut refused = 0;
+        for j in jobs {
+            match j.await.unwrap() {
+                Ok(_) => {}
+                Err(ClientError::Remote { code: ErrorCode::QuotaExceeded, message, .. }) => {
+                    assert!(message.contains("quota"), "{message}");
+                    refused += 1;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(refused, 8, "streams that stored 512 KiB under a quota with 120 KiB left");
+        let snaps: u64 =
+            walk(&b_data.join("sources/srv-a/snapshots")).iter().map(|e| e.metadata().unwrap().len()).sum();
+        let stored = pack_bytes(&b_data, "srv-a") + snaps;
+        assert!(stored <= quota, "{stored} bytes stored against a quota of {quota}");
+    });
+    // another source is unaffected
+    victim_round_trip(&site, "srv-c", "srv-b", t.path());
+}
+
+#[test]
+fn listings_of_large_records_fit_and_page() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-b", "r1"), ("srv-a", "r0"), ("srv-c", "r2")]);
+    site.write_config("srv-b", &["srv-a".into(), "srv-c".into()], 1, "");
+    site.write_config("srv-c", &["srv-b".into()], 1, "");
+    let _b = site.start("srv-b");
+    let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
+    let tls = material(&site.node("srv-a").dir.join("tls"));
+    let largest = omesh_proto::msg::MAX_SNAPSHOT_RECORD_BYTES - omesh_proto::record::HEADER_BYTES - 64;
+    rt().block_on(async {
+        let c = connect(&tls, "srv-a", "srv-b", b_addr).await.unwrap();
+        // six snapshot records of 1 MiB: more than one frame holds
+        for i in 0..6u64 {
+            assert!(c.put_snapshot("srv-a", &bare_snapshot(i, largest)).await.unwrap());
+        }
+        let mine = c.list_snapshots(Some("srv-a")).await.unwrap();
+        assert_eq!(mine.len(), 6);
+        // pages really are sized by bytes: the first holds fewer than six
+        let (mut send, mut recv) = c.conn.open_bi().await.unwrap();
+        transport::write_frame(&mut send, &Request::ListSnapshots { source: Some("srv-a".into()), after: None })
+            .await
+            .unwrap();
+        let _ = send.finish();
+        match transport::read_frame::<Response>(&mut recv, omesh_proto::MAX_FRAME_BYTES).await.unwrap() {
+            Response::Snapshots { items, more } => assert!(items.len() < 6 && more, "{} items", items.len()),
+            other => panic!("{other:?}"),
+        }
+    });
+    // the node still lists and serves for everyone
+    victim_round_trip(&site, "srv-c", "srv-b", t.path());
+    let r = site.omesh("srv-c", &["sync", "--json"]).ok().json();
+    assert!(r["snapshots"].as_u64().unwrap() >= 7, "{r}");
+    rt().block_on(async {
+        let c = connect(&tls, "srv-a", "srv-b", b_addr).await.unwrap();
+        let all = c.list_snapshots(None).await.unwrap();
+        assert_eq!(all.iter().filter(|e| e.source == "srv-a").count(), 6);
+        assert_eq!(all.iter().filter(|e| e.source == "srv-c").count(), 1);
+    });
+}
+
+/// How the fake peer misbehaves.
+#[derive(Clone, Copy)]
+enum Fake {
+    /// Reads every request, never answers.
+    Silent,
+    /// Lists an endless series of snapshots, always saying more follow.
+    EndlessPages,
+}
+
+/// A QUIC server holding `name`'s certificate that answers the handshake
+/// and then misbehaves.
+async fn fake_peer(tls: TlsMaterial, name: &'static str, addr: SocketAddr, how: Fake) {
+    let ep = transport::endpoint(addr, &tls, &TransportConfig::default(), true).unwrap();
+    while let Some(inc) = ep.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = inc.await else { return };
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+            let _ = transport::read_frame::<Request>(&mut recv, 1 << 16).await;
+            let hello = Hello {
+                node: name.into(),
+                software: "fake".into(),
+                protocol: omesh_proto::PROTOCOL_VERSION,
+                capabilities: vec![],
+            };
+            let _ = transport::write_frame(&mut send, &Response::Hello(hello)).await;
+            let _ = send.finish();
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let Ok(req) = transport::read_frame::<Request>(&mut recv, 1 << 22).await else { return };
+                    match (how, req) {
+                        (Fake::Silent, _) => {
+                            // hold the stream open, answer nothing
+                            std::future::pending::<()>().await;
+                        }
+                        (_, Request::Ping { nonce }) => {
+                            let _ = transport::write_frame(&mut send, &Response::Pong { nonce }).await;
+                        }
+                        (Fake::EndlessPages, Request::Status) => {
+                            let st = omesh_proto::msg::PeerStatus {
+                                node: name.into(),
+                                software: "fake".into(),
+                                uptime_secs: 1,
+                                sources: vec![omesh_proto::msg::SourceUsage {
+                                    source: "srv-z".into(),
+                                    bytes: 0,
+                                    objects: 0,
+                                    snapshots: 0,
+                                    quota_bytes: 0,
+                                }],
+                            };
+                            let _ = transport::write_frame(&mut send, &Response::Status(st)).await;
+                        }
+                        (Fake::EndlessPages, Request::ListSnapshots { after, .. }) => {
+                            let start = after.map_or(0, |a| u64::from_be_bytes(a.0[..8].try_into().unwrap()) + 1);
+                            let items = (start..start + 4096)
+                                .map(|i| {
+                                    let mut id = [0u8; 32];
+                                    id[..8].copy_from_slice(&i.to_be_bytes());
+                                    SnapshotEntry {
+                                        source: "srv-z".into(),
+                                        id: ObjectId(id),
+                                        record: vec![1; 8],
+                                        stored_ns: 0,
+                                    }
+                                })
+                                .collect();
+                            let _ = transport::write_frame(&mut send, &Response::Snapshots { items, more: true }).await;
+                        }
+                        (_, _) => {
+                            let e =
+                                Response::Error { code: ErrorCode::NotFound, message: "no".into(), missing: vec![] };
+                            let _ = transport::write_frame(&mut send, &e).await;
+                        }
+                    }
+                    let _ = send.finish();
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn a_peer_that_never_answers_or_pages_forever_cannot_hang_anyone() {
+    for how in [Fake::Silent, Fake::EndlessPages] {
+        let t = tempfile::tempdir().unwrap();
+        let site = Site::new(t.path(), &[("srv-c", "r2"), ("srv-b", "r1"), ("srv-d", "r3")]);
+        // srv-c's peers: the hostile srv-b and an honest srv-d
+        site.write_config("srv-c", &["srv-b".into(), "srv-d".into()], 1, "[transport]\nrequest_timeout_secs = 2\n");
+        site.write_config("srv-d", &["srv-c".into()], 1, "");
+        let _d = site.start("srv-d");
+        let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
+        let fake_tls = material(&site.node("srv-b").dir.join("tls"));
+        let rt = rt();
+        rt.spawn(fake_peer(fake_tls, "srv-b", b_addr, how));
+        let src = t.path().join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(src.join("f"), tree::data(100_000, 3)).unwrap();
+        // the backup lands on the honest peer; the hostile one is reported
+        let r = site.omesh("srv-c", &["backup", s(&src), "--json"]).json();
+        assert_eq!(r["protected"], true, "{r}");
+        let snap = r["snapshot"].as_str().unwrap().to_string();
+        assert!(stored_snapshots(site.node("srv-d"), "srv-c").contains(&snap));
+        // listings and status finish, naming the peer that failed
+        let sync = site.omesh("srv-c", &["sync", "--json"]).ok().json();
+        assert_eq!(sync["unreachable"], serde_json::json!(["srv-b"]), "{sync}");
+        let list = site.omesh("srv-c", &["snapshots", "--json"]).ok().json();
+        assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+        site.omesh("srv-c", &["status", "--json"]).ok();
+        // and a restore goes to the honest holder
+        let target = t.path().join("restore");
+        site.omesh("srv-c", &["restore", &snap, "--target", s(&target), "--json"]).ok();
+        tree::assert_same(&src, &restored(&target, &src));
+        drop(rt);
+        let _ = close::NORMAL;
+    }
+}
+
+/// Copy the CA's current CRL to a node, as an administrator does.
+fn install_crl(from: &Path, node_tls: &Path) {
+    let tmp = node_tls.join(".crl.pem.new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, node_tls.join("crl.pem")).unwrap();
+}
+
+#[test]
+fn revocation_closes_live_connections_and_an_old_crl_cannot_undo_it() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-b", "r1"), ("srv-a", "r0"), ("srv-c", "r2")]);
+    site.write_config("srv-b", &["srv-a".into(), "srv-c".into()], 1, "");
+    let _b = site.start("srv-b");
+    let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
+    let b_tls = site.node("srv-b").dir.join("tls");
+    let old_crl = t.path().join("crl-before.pem");
+    std::fs::copy(site.ca.join("crl.pem"), &old_crl).unwrap();
+    let a_tls = material(&site.node("srv-a").dir.join("tls"));
+    let c_tls = material(&site.node("srv-c").dir.join("tls"));
+    rt().block_on(async {
+        let a = connect(&a_tls, "srv-a", "srv-b", b_addr).await.unwrap();
+        // the administrator revokes srv-a while its connection is open
+        omesh_net::ca::revoke(&site.ca, "srv-a").unwrap();
+        install_crl(&site.ca.join("crl.pem"), &b_tls);
+        let reason = tokio::time::timeout(Duration::from_secs(30), a.conn.closed())
+            .await
+            .expect("the revoked node's open connection was not closed");
+        match reason {
+            quinn::ConnectionError::ApplicationClosed(c) => assert_eq!(c.error_code, close::UNAUTHORIZED.into()),
+            other => panic!("closed for another reason: {other:?}"),
+        }
+        assert!(connect(&a_tls, "srv-a", "srv-b", b_addr).await.is_err(), "a revoked node connected again");
+        // an older CRL copied over the new one does not un-revoke (a node
+        // re-reads a changed file before it accepts a connection)
+        install_crl(&old_crl, &b_tls);
+        assert!(connect(&a_tls, "srv-a", "srv-b", b_addr).await.is_err(), "an old CRL un-revoked srv-a");
+        // everyone else is still served
+        let c = connect(&c_tls, "srv-c", "srv-b", b_addr).await.unwrap();
+        c.ping().await.unwrap();
+    });
+    // the status shows the list in force, and warns when it is stale
+    let st = site.omesh("srv-b", &["status", "--json"]).ok().json();
+    assert_eq!(st["crl"]["stale"], false, "{st}");
+    assert!(st["crl"]["revoked"].as_u64().unwrap() >= 1, "{st}");
+    omesh_net::ca::renew_crl_until(&site.ca, time::OffsetDateTime::now_utc() - time::Duration::days(1)).unwrap();
+    let number = st["crl"]["number"].as_u64().unwrap();
+    install_crl(&site.ca.join("crl.pem"), &b_tls);
+    let t0 = std::time::Instant::now();
+    loop {
+        let st = site.omesh("srv-b", &["status", "--json"]).ok().json();
+        if st["crl"]["number"].as_u64().unwrap() > number {
+            assert_eq!(st["crl"]["stale"], true, "{st}");
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "the renewed CRL was never loaded: {st}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_mesh_node_needs_a_crl_or_says_it_has_none() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-b", "r1"), ("srv-a", "r0")]);
+    site.write_config("srv-b", &["srv-a".into()], 1, "");
+    let cfg = site.node("srv-b").config();
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let without: String = text.lines().filter(|l| !l.starts_with("crl =")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&cfg, &without).unwrap();
+    let r = site.omesh("srv-b", &["status", "--json"]);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("[tls] crl") && r.stderr.contains("no_crl"), "{}", r.stderr);
+    std::fs::write(&cfg, without.replace("[tls]\n", "[tls]\nno_crl = true\n")).unwrap();
+    let st = site.omesh("srv-b", &["status", "--json"]).ok().json();
+    assert!(st["crl"].is_null(), "{st}");
+    let _ = stored_snapshots;
+}
