@@ -461,3 +461,146 @@ fn a_mesh_node_needs_a_crl_or_says_it_has_none() {
     assert!(st["crl"].is_null(), "{st}");
     let _ = stored_snapshots;
 }
+
+#[test]
+fn a_lying_stored_time_cannot_expose_a_replica_to_retention() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1"), ("srv-c", "r2")]);
+    site.write_config("srv-a", &["srv-b".into(), "srv-c".into()], 2, "");
+    site.write_config("srv-b", &["srv-a".into(), "srv-c".into()], 1, "");
+    site.write_config("srv-c", &["srv-a".into(), "srv-b".into()], 2, "[retention]\nlock = \"30d\"\nkeep_last = 1\n");
+    let _b = site.start("srv-b");
+    // two backups while srv-c is down: only srv-b holds them
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let mut snaps = Vec::new();
+    for i in 0..2 {
+        std::fs::write(src.join(format!("f{i}")), tree::data(50_000, i)).unwrap();
+        let r = site.omesh("srv-a", &["backup", s(&src), "--json"]).json();
+        snaps.push(r["snapshot"].as_str().unwrap().to_string());
+    }
+    // srv-b (compromised: its data directory edited) reports the newest as
+    // stored in 1970
+    let newest = site.node("srv-b").data().join("sources/srv-a/snapshots").join(&snaps[1]);
+    let f = std::fs::File::options().write(true).open(&newest).unwrap();
+    f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1)).unwrap();
+    drop(f);
+    // srv-c repairs both from srv-b
+    let _c = site.start("srv-c");
+    let r = site.omesh("srv-c", &["sync", "--json"]).ok().json();
+    assert_eq!(r["repaired"].as_array().unwrap().len(), 2, "{r}");
+    assert_eq!(stored_snapshots(site.node("srv-c"), "srv-a").len(), 2);
+    // inside srv-c's own 30-day lock, nothing of srv-a's is forgettable
+    let dry = site.omesh("srv-c", &["forget", "--source", "srv-a", "--dry-run", "--json"]).ok().json();
+    assert_eq!(dry["forgotten"], 0, "a peer's lie made a locked replica forgettable: {dry}");
+}
+
+#[test]
+fn self_linked_and_very_deep_trees_cannot_stall_a_holder() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-b", "r1"), ("srv-a", "r0"), ("srv-c", "r2")]);
+    site.write_config("srv-b", &["srv-a".into(), "srv-c".into()], 1, "");
+    site.write_config("srv-c", &["srv-b".into()], 1, "");
+    let _b = site.start("srv-b");
+    let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
+    let tls = material(&site.node("srv-a").dir.join("tls"));
+    let tree_id = |i: u64| {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&i.to_le_bytes());
+        id[31] = 0x7e;
+        ObjectId(id)
+    };
+    let tree = |i: u64, links: Vec<ObjectId>| {
+        Record { kind: ObjectKind::Tree, id: tree_id(i), links, body: tree::data(64, i) }.encode()
+    };
+    let snapshot = |seed: u64, root: ObjectId| {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&seed.to_le_bytes());
+        id[31] = 0x5b;
+        Record { kind: ObjectKind::Snapshot, id: ObjectId(id), links: vec![root], body: tree::data(64, seed) }.encode()
+    };
+    rt().block_on(async {
+        let c = connect(&tls, "srv-a", "srv-b", b_addr).await.unwrap();
+        // a tree that links to itself and to a tree linking back
+        c.put_objects("srv-a", &[tree(0, vec![tree_id(0), tree_id(1)]), tree(1, vec![tree_id(0)])]).await.unwrap();
+        assert!(c.put_snapshot("srv-a", &snapshot(1, tree_id(0))).await.unwrap());
+        // a chain 50,000 trees deep
+        let deep: Vec<Vec<u8>> =
+            (10..50_010u64).map(|i| tree(i, if i < 50_009 { vec![tree_id(i + 1)] } else { vec![] })).collect();
+        for part in deep.chunks(10_000) {
+            c.put_objects("srv-a", part).await.unwrap();
+        }
+        assert!(c.put_snapshot("srv-a", &snapshot(2, tree_id(10))).await.unwrap());
+    });
+    // the holder's walks end: garbage collection and scrub over those stores
+    let gc = site.omesh("srv-b", &["gc", "--json"]).ok().json();
+    let marked: u64 = gc["stores"].as_array().unwrap().iter().map(|s| s["marked"].as_u64().unwrap_or(0)).sum();
+    assert!(marked >= 50_002, "{gc}");
+    site.omesh("srv-b", &["scrub", "--json"]).ok();
+    // and it still serves everyone
+    victim_round_trip(&site, "srv-c", "srv-b", t.path());
+}
+
+#[test]
+fn a_peer_serving_a_rewritten_chunk_fails_its_holding_check_and_stops_counting() {
+    use omesh_core::store::{Access, KeySource, Store};
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1")]);
+    site.write_config("srv-a", &["srv-b".into()], 1, "");
+    site.write_config("srv-b", &["srv-a".into()], 1, "");
+    let mut b = site.start("srv-b");
+    // one small file: every path from the snapshot down ends at its chunk
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), tree::data(20_000, 9)).unwrap();
+    let r = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();
+    assert_eq!(r["protected"], true, "{r}");
+    let sync = site.omesh("srv-a", &["sync", "--json"]).ok().json();
+    let check = &sync["holding_checks"][0];
+    assert_eq!((check["peer"].as_str(), check["ok"].as_bool()), (Some("srv-b"), Some(true)), "{sync}");
+
+    // srv-b's data directory is edited: the chunk's body changed and its
+    // check hash recomputed, so srv-b's own reads find nothing wrong
+    b.stop();
+    let a_data = site.node("srv-a").data();
+    let own = Store::open(&a_data.join("sources/srv-a"), Access::Read, KeySource::File(a_data.join("keys/srv-a.key")))
+        .unwrap();
+    let mut blob = None;
+    own.for_each_object(|id, loc| {
+        if loc.kind == ObjectKind::Blob {
+            blob = Some(id);
+        }
+    })
+    .unwrap();
+    let blob = blob.expect("a chunk");
+    drop(own);
+    let b_store = site.node("srv-b").data().join("sources/srv-a");
+    let (pack, loc) = Store::open(&b_store, Access::Read, KeySource::None).unwrap().locate(&blob).unwrap().unwrap();
+    let path = omesh_core::store::pack::pack_path(&b_store, &pack);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let (start, len) = (loc.offset as usize, loc.len as usize);
+    let cb = omesh_proto::record::CHECK_BYTES;
+    bytes[start + len - cb - 1] ^= 0x55;
+    let check = blake3::hash(&bytes[start..start + len - cb]);
+    bytes[start + len - cb..start + len].copy_from_slice(&check.as_bytes()[..cb]);
+    std::fs::write(&path, &bytes).unwrap();
+    let _b = site.start("srv-b");
+
+    // srv-a's check finds it
+    let sync = site.omesh("srv-a", &["sync", "--json"]).ok().json();
+    let check = &sync["holding_checks"][0];
+    assert_eq!(check["ok"], false, "{sync}");
+    assert!(check["detail"].as_str().unwrap().contains("do not verify"), "{sync}");
+    // srv-b no longer counts: listing, status and the next backup say so
+    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
+    let first = &snaps[0];
+    assert_eq!(first["replica_count"], 0, "{snaps}");
+    assert!(first["replicas"][0]["failed_check"].is_string(), "{snaps}");
+    let st = site.omesh("srv-a", &["status", "--json"]).ok().json();
+    let peer = st["peers"].as_array().unwrap().iter().find(|p| p["name"] == "srv-b").unwrap().clone();
+    assert_eq!(peer["holding_check"]["ok"], false, "{st}");
+    std::fs::write(src.join("g"), b"more").unwrap();
+    let r = site.omesh("srv-a", &["backup", s(&src), "--json"]).code(6).json();
+    assert_eq!(r["protected"], false, "{r}");
+    assert!(r["replicas"][0]["error"].as_str().unwrap().contains("holding check"), "{r}");
+}

@@ -94,6 +94,9 @@ pub struct Census {
     pub probes: Vec<Probe>,
     /// The source's store opened read-only ([`Local::ReadOnly`]).
     pub local_store: Option<Arc<Store>>,
+    /// Peers whose latest proof-of-holding check failed: what they list
+    /// does not count as a replica until a check passes.
+    pub failed_checks: std::collections::HashMap<String, crate::state::HoldingCheck>,
 }
 
 impl Census {
@@ -117,7 +120,15 @@ impl Census {
             unreachable: probes.iter().filter(|p| p.result.is_err()).map(|p| p.name.clone()).collect(),
             probes,
             local_store: None,
+            failed_checks: Default::default(),
         };
+        if let Some(st) = rt.state.clone() {
+            census.failed_checks = tokio::task::spawn_blocking(move || {
+                st.checks().unwrap_or_default().into_iter().filter(|(_, c)| !c.ok).collect()
+            })
+            .await
+            .unwrap_or_default();
+        }
         let source = match &opts.scope {
             CensusScope::Source(s) => Some(s.clone()),
             CensusScope::All => None,

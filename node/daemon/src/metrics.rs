@@ -91,6 +91,8 @@ pub struct Metrics {
     pub forgotten: Counter,
     /// 1 when the CRL in force is past its next update.
     pub crl_stale: Gauge,
+    /// 1 for a peer whose latest holding check failed.
+    pub holding_check_failed: Family<Labels, Gauge>,
     /// The CRL's next update (seconds since the epoch; 0 without a CRL).
     pub crl_next_update: Gauge,
 }
@@ -127,6 +129,7 @@ impl Metrics {
             sync_seconds: seconds(),
             forgotten: Counter::default(),
             crl_stale: Gauge::default(),
+            holding_check_failed: Family::default(),
             crl_next_update: Gauge::default(),
             registry: Registry::default(),
         };
@@ -163,6 +166,11 @@ impl Metrics {
         );
         r.register("sync_duration_seconds", "Mesh sync duration", m.sync_seconds.clone());
         r.register("forgotten_snapshots", "Snapshots forgotten by retention", m.forgotten.clone());
+        r.register(
+            "peer_holding_check_failed",
+            "1 while a peer's latest proof-of-holding check failed (it does not count as a replica)",
+            m.holding_check_failed.clone(),
+        );
         r.register("crl_stale", "1 when the certificate revocation list is past its next update", m.crl_stale.clone());
         r.register(
             "crl_next_update_timestamp_seconds",

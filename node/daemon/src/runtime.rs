@@ -494,7 +494,7 @@ impl NodeRuntime {
         let probes = self.probe_targets().await;
         // who held earlier snapshots (placement is sticky), and our own
         // store, read off the async workers
-        let (holders, own) = {
+        let (holders, failed, own) = {
             let (st, stores, me) = (self.state.clone(), self.stores.clone(), self.cfg.name.clone());
             let r = tokio::task::spawn_blocking(move || {
                 let holders: std::collections::HashSet<String> = match &st {
@@ -503,7 +503,11 @@ impl NodeRuntime {
                     }
                     None => Default::default(),
                 };
-                (holders, stores.own())
+                let failed: HashMap<String, crate::state::HoldingCheck> = match &st {
+                    Some(st) => st.checks().unwrap_or_default().into_iter().filter(|(_, c)| !c.ok).collect(),
+                    None => Default::default(),
+                };
+                (holders, failed, stores.own())
             })
             .await;
             match r {
@@ -517,6 +521,18 @@ impl NodeRuntime {
         let mut reports: Vec<ReplicaReport> = Vec::new();
         let mut cands = Vec::new();
         for p in &probes {
+            // a peer that failed its last holding check is not trusted with
+            // a replica until a check passes
+            if let Some(c) = failed.get(&p.name) {
+                let why = format!(
+                    "not used: its last holding check ({}) failed: {}; it counts again once a check passes (omesh sync)",
+                    omesh_core::time::rfc3339_ns(c.time_ns),
+                    c.detail
+                );
+                tracing::warn!(target = %p.name, reason = %why, "replica target skipped");
+                reports.push(ReplicaReport::unreachable(&p.name, &p.domain, &p.address, why));
+                continue;
+            }
             let reachable = p.reachable();
             cands.push(Candidate {
                 name: p.name.clone(),

@@ -10,6 +10,23 @@ use std::path::Path;
 const PLACEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("placements");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
+const CHECKS: TableDefinition<&str, &[u8]> = TableDefinition::new("holding_checks");
+
+/// The latest proof-of-holding check of one peer: records of one of our
+/// snapshots it lists, fetched from it and verified with our key.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HoldingCheck {
+    /// When (ns since epoch).
+    pub time_ns: i64,
+    /// The snapshot checked (hex id).
+    pub snapshot: String,
+    /// Records fetched and verified.
+    pub records: u64,
+    /// Whether every record came back and verified.
+    pub ok: bool,
+    /// What was wrong (empty when ok).
+    pub detail: String,
+}
 
 /// History of one kind of run ("backup/NAME", "sync", "maintenance",
 /// "scrub").
@@ -101,6 +118,7 @@ impl State {
             tx.open_table(PLACEMENTS).map_err(|e| err(&e))?;
             tx.open_table(PEERS).map_err(|e| err(&e))?;
             tx.open_table(RUNS).map_err(|e| err(&e))?;
+            tx.open_table(CHECKS).map_err(|e| err(&e))?;
         }
         tx.commit().map_err(|e| err(&e))?;
         Ok(State { db, path: p })
@@ -218,6 +236,31 @@ impl State {
         for r in t.iter().map_err(|x| self.e(x))? {
             let (k, v) = r.map_err(|x| self.e(x))?;
             out.insert(k.value().to_string(), serde_json::from_slice(v.value()).unwrap_or_default());
+        }
+        Ok(out)
+    }
+
+    /// Record the latest holding check of a peer.
+    pub fn set_check(&self, peer: &str, c: &HoldingCheck) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|x| self.e(x))?;
+        {
+            let mut t = tx.open_table(CHECKS).map_err(|x| self.e(x))?;
+            let b = serde_json::to_vec(c).expect("serializes");
+            t.insert(peer, b.as_slice()).map_err(|x| self.e(x))?;
+        }
+        tx.commit().map_err(|x| self.e(x))
+    }
+
+    /// The latest holding check of each peer.
+    pub fn checks(&self) -> Result<std::collections::HashMap<String, HoldingCheck>, StateError> {
+        let tx = self.db.begin_read().map_err(|x| self.e(x))?;
+        let t = tx.open_table(CHECKS).map_err(|x| self.e(x))?;
+        let mut out = std::collections::HashMap::new();
+        for r in t.iter().map_err(|x| self.e(x))? {
+            let (k, v) = r.map_err(|x| self.e(x))?;
+            if let Ok(c) = serde_json::from_slice(v.value()) {
+                out.insert(k.value().to_string(), c);
+            }
         }
         Ok(out)
     }

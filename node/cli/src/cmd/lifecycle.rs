@@ -349,6 +349,13 @@ pub fn sync(a: SyncArgs) -> Result<ExitCode, CliError> {
         for u in &r.unreachable {
             println!("  unreachable: {u}");
         }
+        for c in &r.holding_checks {
+            if c.ok {
+                println!("  holding check of {}: {} records of {} verified", c.peer, c.records, &c.snapshot[..8]);
+            } else {
+                println!("  holding check of {} FAILED: {} (it no longer counts as a replica)", c.peer, c.detail);
+            }
+        }
     }
     Ok(if r.failed.is_empty() { ExitCode::Ok } else { ExitCode::Warnings })
 }

@@ -44,6 +44,9 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
             p.last_contact.clone().unwrap_or_else(|| "never".into()),
             p.error.as_ref().map(|e| format!("  ({e})")).unwrap_or_default()
         );
+        if let Some(c) = p.holding_check.as_ref().filter(|c| !c.ok) {
+            println!("  holding check FAILED {}: {} (its replicas do not count)", c.time, c.detail);
+        }
     }
     for t in &s.s3 {
         println!(

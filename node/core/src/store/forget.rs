@@ -58,7 +58,7 @@ pub struct PeerAnswer {
 /// The time retention uses for each snapshot of a store: the snapshot's
 /// own start time when this node has the key (its own store), otherwise
 /// the time the snapshot was stored here (for a repaired replica, the time
-/// the mesh first held it).
+/// it was committed here).
 pub fn snapshot_times(store: &Store) -> Result<Vec<(ObjectId, Timestamp)>, StoreError> {
     let mut out = Vec::new();
     let keyed = store.keys().is_ok();

@@ -159,7 +159,8 @@ impl Store {
     }
 
     /// [`Store::put_snapshot_record`] with the time to record as the
-    /// snapshot's (a repaired replica keeps the time the mesh first held it).
+    /// snapshot's (a snapshot record healed by scrub keeps the time of the
+    /// damaged file it replaces).
     pub fn put_snapshot_record_at(&self, id: &ObjectId, bytes: &[u8], time: std::time::SystemTime) -> Result<bool> {
         let d = self.dir.join("snapshots");
         if d.join(id.to_hex()).exists() {

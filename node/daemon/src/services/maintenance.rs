@@ -22,7 +22,7 @@ use omesh_core::time::{self, Timestamp};
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 // ---------------------------------------------------------------- forget
 
@@ -348,13 +348,21 @@ async fn heal(
                 tracing::warn!(%source, snapshot = %id.short(), peer = %t.name(), "a peer's copy of a damaged snapshot record does not verify; not used");
                 continue;
             }
-            let stored_ns = holders.get(t.name()).map(|h| h.stored_ns).unwrap_or(0);
-            let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(stored_ns.max(0) as u64);
+            // the damaged file's own time stays (this node's receipt);
+            // another peer's report is never taken as a time
             let st = store.clone();
-            if tokio::task::spawn_blocking(move || st.store.put_snapshot_record_at(&id, &record, time))
-                .await
-                .map(|r| r.is_ok())
-                .unwrap_or(false)
+            if tokio::task::spawn_blocking(move || {
+                // scrub moved the damaged file to quarantine/, keeping its time
+                let quarantined = st.store.dir().join("quarantine").join(format!("snapshot.{}", id.to_hex()));
+                let time = std::fs::metadata(&quarantined)
+                    .and_then(|m| m.modified())
+                    .unwrap_or_else(|_| SystemTime::now())
+                    .min(SystemTime::now());
+                st.store.put_snapshot_record_at(&id, &record, time)
+            })
+            .await
+            .map(|r| r.is_ok())
+            .unwrap_or(false)
             {
                 done = true;
                 break;

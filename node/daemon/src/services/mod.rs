@@ -7,6 +7,7 @@
 //! - [`maintenance`]: forget, garbage collection and scrub over every store;
 //! - [`control`]: the local control socket the CLI talks to.
 
+pub mod audit;
 pub mod control;
 pub mod maintenance;
 pub mod sync;

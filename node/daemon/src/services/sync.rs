@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Instant;
 
 /// Ids per fetch request (bounds memory: records of up to 4 MiB each).
 const FETCH_IDS: usize = 32;
@@ -81,8 +81,27 @@ pub struct SyncReport {
     pub skipped_by_retention: usize,
     /// Peers not reachable.
     pub unreachable: Vec<String>,
+    /// Proof-of-holding checks of the peers that list this node's
+    /// snapshots (`services::audit`).
+    #[serde(default)]
+    pub holding_checks: Vec<HoldingCheckView>,
     /// Seconds.
     pub seconds: f64,
+}
+
+/// One peer's holding check in a sync report.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct HoldingCheckView {
+    /// Peer.
+    pub peer: String,
+    /// Snapshot checked.
+    pub snapshot: String,
+    /// Records fetched and verified.
+    pub records: u64,
+    /// Every record came back and verified.
+    pub ok: bool,
+    /// What was wrong.
+    pub detail: String,
 }
 
 /// A repair failed.
@@ -150,6 +169,17 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
         });
     }
     rep.unreachable = census.unreachable.clone();
+    rep.holding_checks = crate::services::audit::check_peers(rt, &census)
+        .await
+        .into_iter()
+        .map(|(peer, c)| HoldingCheckView {
+            peer,
+            snapshot: c.snapshot,
+            records: c.records,
+            ok: c.ok,
+            detail: c.detail,
+        })
+        .collect();
     // a bucket that does not date its objects does not make a snapshot
     // look older than it is
     let now_ns = time::now_ns();
@@ -170,11 +200,15 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     // repair in a stable order: per source, oldest first (later snapshots
     // then find most of their data present)
     let mut todo: Vec<(&(String, ObjectId), &Seen)> = seen.iter().collect();
-    todo.sort_by_key(|((src, id), s)| (src.clone(), origin_ns(src, s), *id));
+    todo.sort_by_key(|((src, id), s)| (src.clone(), youngest_claim_ns(src, s), *id));
+    // the times this node's retention would judge by: its own stored time
+    // for what it holds, its receipt (now) for what it would pull; never a
+    // time another node reports
     let by_source: HashMap<String, Vec<(ObjectId, i64)>> = {
         let mut m: HashMap<String, Vec<(ObjectId, i64)>> = HashMap::new();
         for ((src, id), s) in &seen {
-            m.entry(src.clone()).or_default().push((*id, origin_ns(src, s)));
+            let t = s.holders.get(&me).copied().unwrap_or(now_ns);
+            m.entry(src.clone()).or_default().push((*id, t));
         }
         m
     };
@@ -213,8 +247,7 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
             .chain(holding.filter(|t| t.name() == source))
             .cloned()
             .collect();
-        let origin = origin_ns(source, s);
-        match repair_one(rt, source, *id, &s.record, &from, origin).await {
+        match repair_one(rt, source, *id, &s.record, &from).await {
             Ok(r) => {
                 tracing::info!(%source, snapshot = %id.short(), objects = r.objects, bytes = r.bytes, from = ?r.from, "sync: replica repaired");
                 rep.repaired.push(r);
@@ -229,19 +262,30 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     rep
 }
 
-/// The time the mesh first held a snapshot: the earliest time any replica
-/// (not the source) reports; a peer can make its copies look older, never
-/// younger, and the source's own claim is not used.
-fn origin_ns(source: &str, s: &Seen) -> i64 {
+/// The youngest time any replica (not the source) reports for a snapshot,
+/// used only to order repairs (oldest first). Other nodes' reports are
+/// never stored as a time and never decide what retention does.
+fn youngest_claim_ns(source: &str, s: &Seen) -> i64 {
     let now = time::now_ns();
     s.holders
         .iter()
         .filter(|(h, _)| h.as_str() != source)
         .map(|(_, t)| *t)
-        .min()
-        .or_else(|| s.holders.values().copied().min())
+        .max()
+        .or_else(|| s.holders.values().copied().max())
         .unwrap_or(now)
         .min(now)
+}
+
+/// A write the quota or the free-space floor refused, as a repair error.
+fn refused(e: WriteRefused, source: &str, node: &str) -> RepairError {
+    match e {
+        WriteRefused::Store(e) => RepairError::from(e),
+        WriteRefused::Quota { quota, .. } => {
+            RepairError::Quota { source_name: source.into(), quota, node: node.into() }
+        }
+        e @ WriteRefused::DiskFull { .. } => RepairError::DiskFull(e.to_string()),
+    }
 }
 
 /// Whether this node keeps replicas of `source` (the same rule as for
@@ -257,14 +301,14 @@ fn may_store(rt: &NodeRuntime, source: &str) -> Result<(), String> {
 }
 
 /// Copy snapshot `id` of `source` from the peers in `from` into this
-/// node's replica store, then commit it with the mesh's time for it.
+/// node's replica store, then commit it. Its stored time is this node's
+/// receipt: retention here never takes a time from another peer.
 async fn repair_one(
     rt: &Arc<NodeRuntime>,
     source: &str,
     id: ObjectId,
     record: &[u8],
     from: &[Arc<dyn ReplicaTarget>],
-    origin_ns: i64,
 ) -> Result<Repaired, RepairError> {
     let t = Instant::now();
     let (rec, used) = Record::decode(record).map_err(|e| RepairError::BadRecord(e.to_string()))?;
@@ -325,8 +369,9 @@ async fn repair_one(
     }
     let st = store.clone();
     let record = record.to_vec();
-    let time = SystemTime::UNIX_EPOCH + Duration::from_nanos(origin_ns.max(0) as u64);
     let roots = rec.links.clone();
+    let allow = rt.cfg.allowance_for(source);
+    let (src, node) = (source.to_string(), rt.cfg.name.clone());
     blocking(move || {
         st.flush()?;
         let _commit = st.store.commit_guard();
@@ -334,7 +379,8 @@ async fn repair_one(
         if !missing.is_empty() {
             return Err(RepairError::Incomplete { count: missing.len(), first: missing[0] });
         }
-        Ok(st.store.put_snapshot_record_at(&id, &record, time)?)
+        st.admit_snapshot(record.len() as u64, allow).map_err(|e| refused(e, &src, &node))?;
+        Ok(st.store.put_snapshot_record(&id, &record)?)
     })
     .await?;
     Ok(Repaired {
@@ -413,13 +459,7 @@ pub async fn fetch_into(
                         // a bad copy: leave the id missing, try elsewhere
                         continue;
                     }
-                    st.write_record(rec.id, rec.kind, &raw, allow).map_err(|e| match e {
-                        WriteRefused::Store(e) => RepairError::from(e),
-                        WriteRefused::Quota { quota, .. } => {
-                            RepairError::Quota { source_name: src.clone(), quota, node: node.clone() }
-                        }
-                        e @ WriteRefused::DiskFull { .. } => RepairError::DiskFull(e.to_string()),
-                    })?;
+                    st.write_record(rec.id, rec.kind, &raw, allow).map_err(|e| refused(e, &src, &node))?;
                     out.push((rec.id, rec.kind, rec.links, raw.len() as u64));
                 }
                 Ok(out)

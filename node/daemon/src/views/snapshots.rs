@@ -26,6 +26,9 @@ pub struct ReplicaView {
     pub confirmed: bool,
     /// When we recorded its acknowledgement (RFC 3339), if we did.
     pub acknowledged: Option<String>,
+    /// Why it does not count: its latest proof-of-holding check failed.
+    #[serde(default)]
+    pub failed_check: Option<String>,
 }
 
 /// One snapshot and where it is.
@@ -124,7 +127,14 @@ pub async fn snapshot_views(
             let kind = if name == me { HolderKind::Local } else { h.kind };
             replicas.insert(
                 name.clone(),
-                ReplicaView { node: name.clone(), kind, domain: h.domain.clone(), confirmed: true, acknowledged: None },
+                ReplicaView {
+                    node: name.clone(),
+                    kind,
+                    domain: h.domain.clone(),
+                    confirmed: true,
+                    acknowledged: None,
+                    failed_check: None,
+                },
             );
         }
         for p in placements.get(&id.to_hex()).into_iter().flatten() {
@@ -135,13 +145,20 @@ pub async fn snapshot_views(
                 domain,
                 confirmed: false,
                 acknowledged: None,
+                failed_check: None,
             });
             e.acknowledged = Some(rfc3339(p.time_ns));
+        }
+        for r in replicas.values_mut() {
+            if let Some(c) = census.failed_checks.get(&r.node) {
+                r.failed_check = Some(format!("holding check of {} failed: {}", rfc3339(c.time_ns), c.detail));
+            }
         }
         // a replica counts when the node confirms it now, or (if that node
         // is unreachable) when it acknowledged it earlier
         let count = replicas
             .values()
+            .filter(|r| r.failed_check.is_none())
             .filter(|r| r.confirmed || (r.acknowledged.is_some() && !census.listed.contains(&r.node)))
             .count();
         out.push(SnapshotView {

@@ -33,6 +33,25 @@ pub struct PeerView {
     pub holds_our_snapshots: Option<u64>,
     /// Byte counters since the daemon started.
     pub counters: serde_json::Value,
+    /// Its latest proof-of-holding check, if one was made: while it has
+    /// failed, the peer does not count as a replica.
+    #[serde(default)]
+    pub holding_check: Option<HoldingCheckView>,
+}
+
+/// A peer's latest proof-of-holding check.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HoldingCheckView {
+    /// When (RFC 3339).
+    pub time: String,
+    /// Snapshot checked.
+    pub snapshot: String,
+    /// Records fetched and verified.
+    pub records: u64,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was wrong.
+    pub detail: String,
 }
 
 /// An S3 target in `omesh status`.
@@ -201,12 +220,12 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         records: true,
     };
     let census = Census::gather(rt, &opts).await;
-    let (seen, runs) = {
+    let (seen, runs, checks) = {
         let st = rt.state.clone();
         tokio::task::spawn_blocking(move || -> Result<_, NodeError> {
             Ok(match &st {
-                Some(st) => (st.peers()?, st.runs()?),
-                None => (HashMap::new(), Default::default()),
+                Some(st) => (st.peers()?, st.runs()?, st.checks()?),
+                None => (HashMap::new(), Default::default(), HashMap::new()),
             })
         })
         .await??
@@ -246,6 +265,13 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
                 holds_our_bytes: usage.map(|u| u.bytes),
                 holds_our_snapshots: usage.map(|u| u.snapshots),
                 counters: counters.get(&p.name).cloned().unwrap_or(serde_json::json!({})),
+                holding_check: checks.get(&p.name).map(|c| HoldingCheckView {
+                    time: rfc3339(c.time_ns),
+                    snapshot: c.snapshot.clone(),
+                    records: c.records,
+                    ok: c.ok,
+                    detail: c.detail.clone(),
+                }),
             }),
         }
     }
@@ -312,7 +338,8 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
     let protection = snaps.iter().rfind(|s| s.on_source).map(|latest| {
         let achieved = protected_ns.and_then(age);
         let target = rt.cfg.schedules.iter().filter_map(|s| s.cfg.rpo_secs).min();
-        let confirmed: Vec<&ReplicaView> = latest.replicas.iter().filter(|r| r.confirmed).collect();
+        let confirmed: Vec<&ReplicaView> =
+            latest.replicas.iter().filter(|r| r.confirmed && r.failed_check.is_none()).collect();
         // an empty label is a failure domain of its own for each node
         let domains: std::collections::HashSet<String> = confirmed
             .iter()
