@@ -244,7 +244,11 @@ pub fn scan_slice(data: &[u8], expected_hash: Option<&[u8; 32]>, mut f: impl FnM
     let mut digest = blake3::Hasher::new();
     digest.update(&PACK_MAGIC);
     let mut pos = PACK_MAGIC.len();
-    while pos < data.len() {
+    // resynchronising hashes candidate records; a hostile file full of
+    // record magics claiming long records would make that quadratic, so
+    // candidates may hash at most a few times the file's size in all
+    let mut budget = (data.len() as u64).saturating_mul(4).saturating_add(1 << 20);
+    'scan: while pos < data.len() {
         match try_record(&data[pos..]) {
             Ok((header, len)) => {
                 let e = PackEntry { id: header.id, kind: header.kind, offset: pos as u64, len: len as u32 };
@@ -262,6 +266,20 @@ pub fn scan_slice(data: &[u8], expected_hash: Option<&[u8; 32]>, mut f: impl FnM
                     match find(&data[next..], &record::RECORD_MAGIC) {
                         Some(i) => {
                             next += i;
+                            // a candidate that fits is hashed; one that does not is refused cheaply
+                            let cost = RecordHeader::parse(&data[next..])
+                                .map_or(0, |h| h.record_len())
+                                .min((data.len() - next) as u64);
+                            budget = budget.saturating_sub(cost);
+                            if budget == 0 {
+                                res.problems.push(ScanProblem {
+                                    offset: next as u64,
+                                    id: None,
+                                    reason: "too damaged to resynchronise further; the rest of the pack is skipped"
+                                        .into(),
+                                });
+                                break 'scan;
+                            }
                             if try_record(&data[next..]).is_ok() {
                                 break;
                             }
@@ -325,6 +343,22 @@ impl PackWriter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_file_of_fake_record_headers_is_scanned_in_bounded_work() {
+        // 20,000 record headers, each claiming a 900 KiB record that fits in
+        // what follows it (so each would be hashed: 18 GB in all)
+        let mut data = PACK_MAGIC.to_vec();
+        let fake = Record { kind: ObjectKind::Blob, id: ObjectId([3; 32]), links: vec![], body: vec![] }.encode();
+        let mut h = fake[..HEADER_BYTES].to_vec();
+        h[44..48].copy_from_slice(&(900u32 << 10).to_le_bytes());
+        for _ in 0..20_000 {
+            data.extend_from_slice(&h);
+        }
+        data.resize(data.len() + (1 << 20), 0);
+        let r = scan_slice(&data, None, |_, _| {});
+        assert!(r.entries.is_empty());
+        assert!(r.problems.iter().any(|p| p.reason.contains("too damaged")), "{:?}", r.problems.last());
+    }
     use super::*;
     use omesh_proto::Record;
 
