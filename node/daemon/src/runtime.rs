@@ -184,7 +184,7 @@ impl NodeRuntime {
         let filter: Option<transport::filter::DatagramFilter> = if policy.is_active() {
             let p = policy.clone();
             Some(Arc::new(move |a: SocketAddr| {
-                let ok = p.verdict(a.ip()).is_ok();
+                let ok = p.allows(a.ip());
                 if !ok {
                     p.refusals.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }

@@ -155,15 +155,12 @@ impl Policy {
     /// `2002::/16`, Teredo `2001::/32`, IPv4-compatible `::a.b.c.d`) passes
     /// only when both it and the IPv4 address it reaches pass.
     pub fn verdict(&self, ip: IpAddr) -> Result<String, Refusal> {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        let own = self.verdict_one(ip)?;
+        let ip = canonical(ip);
+        let own = self.word(ip, self.judge(ip))?;
         if let IpAddr::V6(v6) = ip
             && let Some((v4, how)) = embedded_ipv4(v6)
         {
-            return match self.verdict_one(IpAddr::V4(v4)) {
+            return match self.word(IpAddr::V4(v4), self.judge(IpAddr::V4(v4))) {
                 Ok(why) => Ok(format!("{own}; the IPv4 address it embeds ({how}) {v4}: {why}")),
                 Err(r) => Err(Refusal {
                     address: ip,
@@ -174,19 +171,41 @@ impl Policy {
         Ok(own)
     }
 
-    fn verdict_one(&self, ip: IpAddr) -> Result<String, Refusal> {
+    /// [`Policy::verdict`] without its wording: what the datagram filter
+    /// asks for every packet, so it allocates nothing.
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        let ok = |a| !matches!(self.judge(a), Judged::Forbidden(_) | Judged::Outside);
+        ok(ip)
+            && match ip {
+                IpAddr::V6(v6) => embedded_ipv4(v6).is_none_or(|(v4, _)| ok(IpAddr::V4(v4))),
+                IpAddr::V4(_) => true,
+            }
+    }
+
+    /// The rule that decides one address (its own form only).
+    fn judge(&self, ip: IpAddr) -> Judged<'_> {
         if let Some(n) = self.forbidden.iter().find(|n| n.contains(ip)) {
-            return Err(Refusal {
-                address: ip,
-                rule: format!("is in forbidden network {n} ([residency] forbidden_networks)"),
-            });
+            return Judged::Forbidden(n);
         }
         if self.allowed.is_empty() {
-            return Ok("no allowed_networks configured".into());
+            return Judged::NoList;
         }
         match self.allowed.iter().find(|n| n.contains(ip)) {
-            Some(n) => Ok(format!("in allowed network {n}")),
-            None => Err(Refusal {
+            Some(n) => Judged::Allowed(n),
+            None => Judged::Outside,
+        }
+    }
+
+    fn word(&self, ip: IpAddr, j: Judged<'_>) -> Result<String, Refusal> {
+        match j {
+            Judged::Forbidden(n) => Err(Refusal {
+                address: ip,
+                rule: format!("is in forbidden network {n} ([residency] forbidden_networks)"),
+            }),
+            Judged::NoList => Ok("no allowed_networks configured".into()),
+            Judged::Allowed(n) => Ok(format!("in allowed network {n}")),
+            Judged::Outside => Err(Refusal {
                 address: ip,
                 rule: format!(
                     "is outside the allowed networks [{}] ([residency] allowed_networks)",
@@ -207,6 +226,22 @@ impl Policy {
                 Err(msg)
             }
         }
+    }
+}
+
+/// Which rule decides an address.
+enum Judged<'a> {
+    Forbidden(&'a Net),
+    NoList,
+    Allowed(&'a Net),
+    Outside,
+}
+
+/// An IPv4-mapped IPv6 address as its IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -466,6 +501,11 @@ mod tests {
         assert!(r.rule.contains("NAT64") && r.rule.contains("10.9.0.1") && r.rule.contains("forbidden"), "{}", r.rule);
         assert!(p.verdict(ip("64:ff9b::a01:203")).is_ok(), "NAT64 of an allowed IPv4 address");
         assert!(p.verdict(ip("2002:a01:203::5")).is_ok(), "6to4 of an allowed IPv4 address");
+        for a in
+            ["10.1.2.3", "10.9.0.1", "8.8.8.8", "64:ff9b::808:808", "64:ff9b::a01:203", "2001:db8::1", "::ffff:8.8.8.8"]
+        {
+            assert_eq!(p.allows(ip(a)), p.verdict(ip(a)).is_ok(), "{a}");
+        }
         assert_eq!(embedded_ipv4(Ipv6Addr::LOCALHOST), None);
         assert_eq!(embedded_ipv4(Ipv6Addr::UNSPECIFIED), None);
         assert_eq!(embedded_ipv4("fd00::808:808".parse().unwrap()), None);
