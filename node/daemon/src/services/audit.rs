@@ -135,10 +135,16 @@ async fn check_one(
 /// snapshots; record and return the outcomes.
 pub async fn check_peers(rt: &Arc<NodeRuntime>, census: &Census) -> Vec<(String, HoldingCheck)> {
     let me = rt.cfg.name.clone();
-    let own = {
+    // the own store and its snapshot ids, read once, off the async workers
+    let (own, mine) = {
         let stores = rt.stores.clone();
-        match tokio::task::spawn_blocking(move || stores.own()).await {
-            Ok(Ok(s)) => s.store.clone(),
+        let r = tokio::task::spawn_blocking(move || {
+            let s = stores.own().ok()?.store.clone();
+            let ids: std::collections::HashSet<ObjectId> = s.snapshot_ids().ok()?.into_iter().collect();
+            Some((s, ids))
+        });
+        match r.await {
+            Ok(Some(x)) => x,
             _ => return Vec::new(),
         }
     };
@@ -150,15 +156,13 @@ pub async fn check_peers(rt: &Arc<NodeRuntime>, census: &Census) -> Vec<(String,
         if t.kind() != HolderKind::Peer {
             continue;
         }
+        // snapshots the peer lists that this node still has (it walks its own copy)
         let listed: Vec<ObjectId> = census
             .snapshots
             .iter()
-            .filter(|((src, _), h)| src == &me && h.holders.contains_key(t.name()))
+            .filter(|((src, id), h)| src == &me && h.holders.contains_key(t.name()) && mine.contains(id))
             .map(|((_, id), _)| *id)
             .collect();
-        // only snapshots this node still has (it walks its own copy)
-        let listed: Vec<ObjectId> =
-            listed.into_iter().filter(|id| own.snapshot_ids().is_ok_and(|v| v.contains(id))).collect();
         if listed.is_empty() {
             continue;
         }
