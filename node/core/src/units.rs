@@ -74,31 +74,31 @@ impl FreeFloor {
 
 impl<'de> Deserialize<'de> for FreeFloor {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(FreeFloor::Bytes(n)),
-            Raw::S(s) => FreeFloor::parse(&s).map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, FreeFloor::Bytes, FreeFloor::parse)
+    }
+}
+
+/// A setting written as a bare number of bytes or as text to parse.
+fn number_or_text<'de, D: Deserializer<'de>, T>(
+    d: D,
+    number: impl FnOnce(u64) -> T,
+    text: impl FnOnce(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(number(n)),
+        Raw::S(s) => text(&s).map_err(serde::de::Error::custom),
     }
 }
 
 impl<'de> Deserialize<'de> for ByteSize {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => ByteSize::parse(&s).map_err(serde::de::Error::custom),
-        }
+        number_or_text(d, ByteSize, ByteSize::parse)
     }
 }
 

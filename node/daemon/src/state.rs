@@ -7,6 +7,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+type Table = TableDefinition<'static, &'static str, &'static [u8]>;
 const PLACEMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("placements");
 const PEERS: TableDefinition<&str, &[u8]> = TableDefinition::new("peers");
 const RUNS: TableDefinition<&str, &[u8]> = TableDefinition::new("runs");
@@ -164,13 +165,7 @@ impl State {
 
     /// Remember a successful contact.
     pub fn peer_seen(&self, name: &str, seen: &PeerSeen) -> Result<(), StateError> {
-        let tx = self.db.begin_write().map_err(|x| self.e(x))?;
-        {
-            let mut t = tx.open_table(PEERS).map_err(|x| self.e(x))?;
-            let b = serde_json::to_vec(seen).expect("serializes");
-            t.insert(name, b.as_slice()).map_err(|x| self.e(x))?;
-        }
-        tx.commit().map_err(|x| self.e(x))
+        self.put_json(PEERS, name, seen)
     }
 
     /// Record a measured transfer rate to or from a peer.
@@ -242,19 +237,32 @@ impl State {
 
     /// Record the latest holding check of a peer.
     pub fn set_check(&self, peer: &str, c: &HoldingCheck) -> Result<(), StateError> {
-        let tx = self.db.begin_write().map_err(|x| self.e(x))?;
-        {
-            let mut t = tx.open_table(CHECKS).map_err(|x| self.e(x))?;
-            let b = serde_json::to_vec(c).expect("serializes");
-            t.insert(peer, b.as_slice()).map_err(|x| self.e(x))?;
-        }
-        tx.commit().map_err(|x| self.e(x))
+        self.put_json(CHECKS, peer, c)
     }
 
     /// The latest holding check of each peer.
     pub fn checks(&self) -> Result<std::collections::HashMap<String, HoldingCheck>, StateError> {
+        self.all_json(CHECKS)
+    }
+
+    /// Store `v` as JSON under `key`.
+    fn put_json<T: Serialize>(&self, table: Table, key: &str, v: &T) -> Result<(), StateError> {
+        let tx = self.db.begin_write().map_err(|x| self.e(x))?;
+        {
+            let mut t = tx.open_table(table).map_err(|x| self.e(x))?;
+            let b = serde_json::to_vec(v).expect("serializes");
+            t.insert(key, b.as_slice()).map_err(|x| self.e(x))?;
+        }
+        tx.commit().map_err(|x| self.e(x))
+    }
+
+    /// Every value of a JSON table (entries that no longer parse are skipped).
+    fn all_json<T: serde::de::DeserializeOwned>(
+        &self,
+        table: Table,
+    ) -> Result<std::collections::HashMap<String, T>, StateError> {
         let tx = self.db.begin_read().map_err(|x| self.e(x))?;
-        let t = tx.open_table(CHECKS).map_err(|x| self.e(x))?;
+        let t = tx.open_table(table).map_err(|x| self.e(x))?;
         let mut out = std::collections::HashMap::new();
         for r in t.iter().map_err(|x| self.e(x))? {
             let (k, v) = r.map_err(|x| self.e(x))?;
