@@ -33,20 +33,22 @@ async fn connect(tls: &TlsMaterial, me: &str, name: &str, addr: SocketAddr) -> R
     Ok(c)
 }
 
-/// A blob record with `n` bytes of body, distinct per `seed`.
-fn blob(seed: u64, n: usize) -> Record {
+/// An attacker's object id: `seed`, tagged by kind so kinds never collide.
+fn test_id(seed: u64, tag: u8) -> ObjectId {
     let mut id = [0u8; 32];
     id[..8].copy_from_slice(&seed.to_le_bytes());
-    id[31] = 0xb1;
-    Record { kind: ObjectKind::Blob, id: ObjectId(id), links: vec![], body: tree::data(n, seed) }
+    id[31] = tag;
+    ObjectId(id)
+}
+
+/// A blob record with `n` bytes of body, distinct per `seed`.
+fn blob(seed: u64, n: usize) -> Record {
+    Record { kind: ObjectKind::Blob, id: test_id(seed, 0xb1), links: vec![], body: tree::data(n, seed) }
 }
 
 /// A snapshot record without links (every object it needs is "present").
 fn bare_snapshot(seed: u64, n: usize) -> Vec<u8> {
-    let mut id = [0u8; 32];
-    id[..8].copy_from_slice(&seed.to_le_bytes());
-    id[31] = 0x5a;
-    Record { kind: ObjectKind::Snapshot, id: ObjectId(id), links: vec![], body: tree::data(n, seed) }.encode()
+    Record { kind: ObjectKind::Snapshot, id: test_id(seed, 0x5a), links: vec![], body: tree::data(n, seed) }.encode()
 }
 
 /// Peak resident memory of a process (kB), from /proc.
@@ -381,7 +383,6 @@ fn a_peer_that_never_answers_or_pages_forever_cannot_hang_anyone() {
         site.omesh("srv-c", &["restore", &snap, "--target", s(&target), "--json"]).ok();
         tree::assert_same(&src, &restored(&target, &src));
         drop(rt);
-        let _ = close::NORMAL;
     }
 }
 
@@ -459,7 +460,6 @@ fn a_mesh_node_needs_a_crl_or_says_it_has_none() {
     std::fs::write(&cfg, without.replace("[tls]\n", "[tls]\nno_crl = true\n")).unwrap();
     let st = site.omesh("srv-b", &["status", "--json"]).ok().json();
     assert!(st["crl"].is_null(), "{st}");
-    let _ = stored_snapshots;
 }
 
 #[test]
@@ -504,20 +504,13 @@ fn self_linked_and_very_deep_trees_cannot_stall_a_holder() {
     let _b = site.start("srv-b");
     let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
     let tls = material(&site.node("srv-a").dir.join("tls"));
-    let tree_id = |i: u64| {
-        let mut id = [0u8; 32];
-        id[..8].copy_from_slice(&i.to_le_bytes());
-        id[31] = 0x7e;
-        ObjectId(id)
-    };
+    let tree_id = |i: u64| test_id(i, 0x7e);
     let tree = |i: u64, links: Vec<ObjectId>| {
         Record { kind: ObjectKind::Tree, id: tree_id(i), links, body: tree::data(64, i) }.encode()
     };
     let snapshot = |seed: u64, root: ObjectId| {
-        let mut id = [0u8; 32];
-        id[..8].copy_from_slice(&seed.to_le_bytes());
-        id[31] = 0x5b;
-        Record { kind: ObjectKind::Snapshot, id: ObjectId(id), links: vec![root], body: tree::data(64, seed) }.encode()
+        Record { kind: ObjectKind::Snapshot, id: test_id(seed, 0x5b), links: vec![root], body: tree::data(64, seed) }
+            .encode()
     };
     rt().block_on(async {
         let c = connect(&tls, "srv-a", "srv-b", b_addr).await.unwrap();
