@@ -365,27 +365,24 @@ async fn handle_stream(
     ctx: Arc<ServerCtx>,
     limits: ReadLimits,
 ) {
-    // the request's bytes stay counted against the peer until it is answered
-    let (req, _held) = match read_frame_limited::<Request>(&mut recv, MAX_FRAME_BYTES, &limits).await {
-        Ok(r) => r,
-        Err(ReadError::Stream(_)) => return,
-        Err(ReadError::Busy(m)) => {
-            tracing::info!(peer = %peer.name, reason = %m, "request refused: buffers busy");
-            let _ = recv.stop(0u32.into());
-            let _ =
-                write_frame(&mut send, &Response::Error { code: ErrorCode::Busy, message: m, missing: vec![] }).await;
-            let _ = send.finish();
-            return;
+    // the request's bytes stay counted against the peer until it is
+    // answered; a failed read ends like any failed request (busy: answered,
+    // broken frame: the connection closed, broken stream: nothing)
+    let _held;
+    let result = match read_frame_limited::<Request>(&mut recv, MAX_FRAME_BYTES, &limits).await.map_err(Fail::from) {
+        Err(f) => {
+            if matches!(f, Fail::Respond(..)) {
+                let _ = recv.stop(0u32.into());
+            }
+            Err(f)
         }
-        Err(e) => {
-            tracing::warn!(peer = %peer.name, error = %e, "closing connection: bad request frame");
-            conn.close(e.close_code().into(), e.to_string().as_bytes());
-            return;
+        Ok((req, held)) => {
+            _held = held;
+            match req.validate() {
+                Err(m) => Err(Fail::Respond(ErrorCode::BadRequest, m, vec![])),
+                Ok(()) => dispatch(req, &mut send, &mut recv, &peer, &ctx, &limits).await,
+            }
         }
-    };
-    let result = match req.validate() {
-        Err(m) => Err(Fail::Respond(ErrorCode::BadRequest, m, vec![])),
-        Ok(()) => dispatch(req, &mut send, &mut recv, &peer, &ctx, &limits).await,
     };
     match result {
         Ok(()) => {}
