@@ -2,7 +2,7 @@
 
 use crate::common::{init_small, omesh, s};
 use omesh_core::snapshot::{Content, Extent, Node, NodeKind, SnapshotKind, SnapshotRecord, Tree};
-use omesh_core::store::{Access, KeySource, Store};
+use omesh_core::store::{Access, KeySource, Sealed, Store};
 use omesh_proto::{ObjectId, ObjectKind};
 use std::fs;
 use std::path::Path;
@@ -32,9 +32,9 @@ fn node(name: &[u8], kind: NodeKind) -> Node {
 fn put_blob(store_dir: &Path, data: &[u8]) -> ObjectId {
     let store = Store::open(store_dir, Access::Write, KeySource::Default).unwrap();
     let mut sink = store.sink().unwrap();
-    let (id, rec) = store.seal(ObjectKind::Blob, data, vec![]).unwrap();
-    if store.claim(&id).unwrap() {
-        sink.add(id, ObjectKind::Blob, &rec).unwrap();
+    let Sealed { id, seal: id_seal, bytes: rec } = store.seal(ObjectKind::Blob, data, vec![]).unwrap();
+    if store.claim(&id, id_seal).unwrap() {
+        sink.add(id, ObjectKind::Blob, id_seal, &rec).unwrap();
     }
     sink.finish().unwrap();
     id
@@ -63,9 +63,9 @@ fn put_tree(store_dir: &Path, entries: Vec<Node>, blob: ObjectId) -> ObjectId {
     let t = Tree { entries, more: vec![] };
     // encoded without validation
     let (links, plain) = t.encode();
-    let (id, rec) = store.seal(ObjectKind::Tree, &plain, links).unwrap();
-    if store.claim(&id).unwrap() {
-        sink.add(id, ObjectKind::Tree, &rec).unwrap();
+    let Sealed { id, seal: id_seal, bytes: rec } = store.seal(ObjectKind::Tree, &plain, links).unwrap();
+    if store.claim(&id, id_seal).unwrap() {
+        sink.add(id, ObjectKind::Tree, id_seal, &rec).unwrap();
     }
     sink.finish().unwrap();
     id
@@ -184,9 +184,7 @@ fn oversized_and_inconsistent_lengths_are_refused() {
 
     // a pack record declaring a gigantic body: the index rebuild refuses it
     // without allocating, and reports the damage
-    let mut rec =
-        omesh_proto::Record { kind: ObjectKind::Blob, id: ObjectId([3; 32]), links: vec![], body: vec![1, 2, 3] }
-            .encode();
+    let mut rec = omesh_proto::Record::new(ObjectKind::Blob, ObjectId([3; 32]), vec![], vec![], vec![1, 2, 3]).encode();
     rec[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
     let mut pack = omesh_core::store::pack::PACK_MAGIC.to_vec();
     pack.extend_from_slice(&rec);

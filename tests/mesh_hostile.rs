@@ -11,7 +11,7 @@ use crate::common::{restored, s, tree};
 use omesh_net::mesh::client::{self, ClientError, PeerConn};
 use omesh_net::transport::{self, TlsMaterial, TransportConfig};
 use omesh_proto::msg::{ErrorCode, Hello, Request, Response, SnapshotEntry, close};
-use omesh_proto::{ObjectId, ObjectKind, Record};
+use omesh_proto::{ObjectId, ObjectKind, Record, Seal};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -43,12 +43,32 @@ fn test_id(seed: u64, tag: u8) -> ObjectId {
 
 /// A blob record with `n` bytes of body, distinct per `seed`.
 fn blob(seed: u64, n: usize) -> Record {
-    Record { kind: ObjectKind::Blob, id: test_id(seed, 0xb1), links: vec![], body: tree::data(n, seed) }
+    Record::new(ObjectKind::Blob, test_id(seed, 0xb1), vec![], vec![], tree::data(n, seed))
 }
 
-/// A snapshot record without links (every object it needs is "present").
-fn bare_snapshot(seed: u64, n: usize) -> Vec<u8> {
-    Record { kind: ObjectKind::Snapshot, id: test_id(seed, 0x5a), links: vec![], body: tree::data(n, seed) }.encode()
+/// `rec` as a snapshot record of `source`, signed with the certificate and
+/// key in `tls` (a node can sign its own snapshots; it holds no one
+/// else's key).
+fn signed(tls: &TlsMaterial, source: &str, mut rec: Record) -> Vec<u8> {
+    use omesh_core::crypto::SnapshotSigner;
+    let signer = tls.snapshot_signer(source).unwrap();
+    let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut a = omesh_proto::Attestation {
+        source: source.into(),
+        created,
+        scheme: signer.scheme(),
+        chain: signer.chain(),
+        signature: vec![],
+    };
+    a.signature = signer.sign(&rec.attestation_message(&a)).unwrap();
+    rec.attestation = a.encode();
+    rec.encode()
+}
+
+/// A signed snapshot record of srv-a without links (every object it
+/// needs is "present").
+fn bare_snapshot(tls: &TlsMaterial, seed: u64, n: usize) -> Vec<u8> {
+    signed(tls, "srv-a", Record::new(ObjectKind::Snapshot, test_id(seed, 0x5a), vec![], vec![], tree::data(n, seed)))
 }
 
 /// Peak resident memory of a process (kB), from /proc.
@@ -187,7 +207,7 @@ fn parallel_streams_and_snapshot_records_stay_within_the_quota() {
         let mut committed = 0;
         let mut refused_snapshot = false;
         for i in 0..8u64 {
-            match c.put_snapshot("srv-a", &bare_snapshot(i, 300 << 10)).await {
+            match c.put_snapshot("srv-a", &bare_snapshot(&tls, i, 300 << 10)).await {
                 Ok(_) => committed += 1,
                 Err(ClientError::Remote { code: ErrorCode::QuotaExceeded, .. }) => {
                     refused_snapshot = true;
@@ -238,12 +258,13 @@ fn listings_of_large_records_fit_and_page() {
     let _b = site.start("srv-b");
     let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
     let tls = material(&site.node("srv-a").dir.join("tls"));
-    let largest = omesh_proto::msg::MAX_SNAPSHOT_RECORD_BYTES - omesh_proto::record::HEADER_BYTES - 64;
+    // room for the header, the check and the attestation (chain and signature)
+    let largest = omesh_proto::msg::MAX_SNAPSHOT_RECORD_BYTES - omesh_proto::record::HEADER_BYTES - 4096;
     rt().block_on(async {
         let c = connect(&tls, "srv-a", "srv-b", b_addr).await.unwrap();
         // six snapshot records of 1 MiB: more than one frame holds
         for i in 0..6u64 {
-            assert!(c.put_snapshot("srv-a", &bare_snapshot(i, largest)).await.unwrap());
+            assert!(c.put_snapshot("srv-a", &bare_snapshot(&tls, i, largest)).await.unwrap());
         }
         let mine = c.list_snapshots(Some("srv-a")).await.unwrap();
         assert_eq!(mine.len(), 6);
@@ -496,7 +517,7 @@ fn a_lying_stored_time_cannot_expose_a_replica_to_retention() {
 }
 
 #[test]
-fn self_linked_and_very_deep_trees_cannot_stall_a_holder() {
+fn self_linked_trees_are_refused_and_very_deep_trees_cannot_stall_a_holder() {
     let t = tempfile::tempdir().unwrap();
     let site = Site::new(t.path(), &[("srv-b", "r1"), ("srv-a", "r0"), ("srv-c", "r2")]);
     site.write_config("srv-b", &["srv-a".into(), "srv-c".into()], 1, "");
@@ -505,30 +526,50 @@ fn self_linked_and_very_deep_trees_cannot_stall_a_holder() {
     let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
     let tls = material(&site.node("srv-a").dir.join("tls"));
     let tree_id = |i: u64| test_id(i, 0x7e);
-    let tree = |i: u64, links: Vec<ObjectId>| {
-        Record { kind: ObjectKind::Tree, id: tree_id(i), links, body: tree::data(64, i) }.encode()
+    let tree = |i: u64, links: Vec<ObjectId>, seals: Vec<Seal>| {
+        Record::new(ObjectKind::Tree, tree_id(i), links, seals, tree::data(64, i)).encode_sealed()
     };
-    let snapshot = |seed: u64, root: ObjectId| {
-        Record { kind: ObjectKind::Snapshot, id: test_id(seed, 0x5b), links: vec![root], body: tree::data(64, seed) }
-            .encode()
+    let snapshot = |seed: u64, root: ObjectId, seal: Seal| {
+        signed(
+            &tls,
+            "srv-a",
+            Record::new(ObjectKind::Snapshot, test_id(seed, 0x5b), vec![root], vec![seal], tree::data(64, seed)),
+        )
     };
     rt().block_on(async {
         let c = connect(&tls, "srv-a", "srv-b", b_addr).await.unwrap();
-        // a tree that links to itself and to a tree linking back
-        c.put_objects("srv-a", &[tree(0, vec![tree_id(0), tree_id(1)]), tree(1, vec![tree_id(0)])]).await.unwrap();
-        assert!(c.put_snapshot("srv-a", &snapshot(1, tree_id(0))).await.unwrap());
-        // a chain 50,000 trees deep
-        let deep: Vec<Vec<u8>> =
-            (10..50_010u64).map(|i| tree(i, if i < 50_009 { vec![tree_id(i + 1)] } else { vec![] })).collect();
+        // a tree that links to itself and to a tree linking back: no seal
+        // can name a record that contains it, so whatever seals it claims,
+        // the holder refuses to commit a snapshot of it
+        let (t1, s1) = tree(1, vec![tree_id(0)], vec![Seal([7; 32])]);
+        let (t0, s0) = tree(0, vec![tree_id(0), tree_id(1)], vec![Seal([8; 32]), s1]);
+        c.put_objects("srv-a", &[t0, t1]).await.unwrap();
+        match c.put_snapshot("srv-a", &snapshot(1, tree_id(0), s0)).await {
+            Err(ClientError::Remote { code: ErrorCode::Corrupt, message, .. }) => {
+                assert!(message.contains("seal"), "{message}")
+            }
+            other => panic!("a cyclic graph was committed: {other:?}"),
+        }
+        // a chain 50,000 trees deep, sealed bottom-up
+        let mut deep = Vec::new();
+        let mut below: Option<(ObjectId, Seal)> = None;
+        for i in (10..50_010u64).rev() {
+            let (links, seals) = below.map_or((vec![], vec![]), |(id, s)| (vec![id], vec![s]));
+            let (rec, seal) = tree(i, links, seals);
+            deep.push(rec);
+            below = Some((tree_id(i), seal));
+        }
         for part in deep.chunks(10_000) {
             c.put_objects("srv-a", part).await.unwrap();
         }
-        assert!(c.put_snapshot("srv-a", &snapshot(2, tree_id(10))).await.unwrap());
+        let (root, seal) = below.unwrap();
+        assert!(c.put_snapshot("srv-a", &snapshot(2, root, seal)).await.unwrap());
     });
+    assert_eq!(stored_snapshots(site.node("srv-b"), "srv-a").len(), 1, "only the deep chain is committed");
     // the holder's walks end: garbage collection and scrub over those stores
     let gc = site.omesh("srv-b", &["gc", "--json"]).ok().json();
     let marked: u64 = gc["stores"].as_array().unwrap().iter().map(|s| s["marked"].as_u64().unwrap_or(0)).sum();
-    assert!(marked >= 50_002, "{gc}");
+    assert!(marked >= 50_000, "{gc}");
     site.omesh("srv-b", &["scrub", "--json"]).ok();
     // and it still serves everyone
     victim_round_trip(&site, "srv-c", "srv-b", t.path());
@@ -553,7 +594,8 @@ fn a_peer_serving_a_rewritten_chunk_fails_its_holding_check_and_stops_counting()
     assert_eq!((check["peer"].as_str(), check["ok"].as_bool()), (Some("srv-b"), Some(true)), "{sync}");
 
     // srv-b's data directory is edited: the chunk's body changed and its
-    // check hash recomputed, so srv-b's own reads find nothing wrong
+    // check hash recomputed (srv-b's own reads still notice: the seal it
+    // recorded for the record no longer matches, so it stops serving it)
     b.stop();
     let a_data = site.node("srv-a").data();
     let own = Store::open(&a_data.join("sources/srv-a"), Access::Read, KeySource::File(a_data.join("keys/srv-a.key")))
@@ -583,7 +625,7 @@ fn a_peer_serving_a_rewritten_chunk_fails_its_holding_check_and_stops_counting()
     let sync = site.omesh("srv-a", &["sync", "--json"]).ok().json();
     let check = &sync["holding_checks"][0];
     assert_eq!(check["ok"], false, "{sync}");
-    assert!(check["detail"].as_str().unwrap().contains("do not verify"), "{sync}");
+    assert!(check["detail"].as_str().unwrap().contains("does not return"), "{sync}");
     // srv-b no longer counts: listing, status and the next backup say so
     let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
     let first = &snaps[0];
@@ -596,4 +638,251 @@ fn a_peer_serving_a_rewritten_chunk_fails_its_holding_check_and_stops_counting()
     let r = site.omesh("srv-a", &["backup", s(&src), "--json"]).code(6).json();
     assert_eq!(r["protected"], false, "{r}");
     assert!(r["replicas"][0]["error"].as_str().unwrap().contains("holding check"), "{r}");
+}
+
+/// What a forging peer serves: snapshot listings and object records of
+/// srv-a, made up or altered by the attacker.
+#[derive(Default)]
+struct Forgery {
+    snapshots: Vec<SnapshotEntry>,
+    objects: std::collections::HashMap<ObjectId, Vec<u8>>,
+}
+
+/// A QUIC server holding `name`'s certificate that answers the mesh
+/// protocol honestly in form, from `data`: whatever the attacker chose.
+async fn forging_peer(tls: TlsMaterial, name: &'static str, addr: SocketAddr, data: std::sync::Arc<Forgery>) {
+    let ep = transport::endpoint(addr, &tls, &TransportConfig::default(), true).unwrap();
+    while let Some(inc) = ep.accept().await {
+        let data = data.clone();
+        tokio::spawn(async move {
+            let Ok(conn) = inc.await else { return };
+            let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+            let _ = transport::read_frame::<Request>(&mut recv, 1 << 16).await;
+            let hello = Hello {
+                node: name.into(),
+                software: "forger".into(),
+                protocol: omesh_proto::PROTOCOL_VERSION,
+                capabilities: vec![],
+            };
+            let _ = transport::write_frame(&mut send, &Response::Hello(hello)).await;
+            let _ = send.finish();
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                let data = data.clone();
+                tokio::spawn(async move {
+                    let Ok(req) = transport::read_frame::<Request>(&mut recv, 1 << 22).await else { return };
+                    let answer = match req {
+                        Request::Ping { nonce } => Response::Pong { nonce },
+                        Request::Status => Response::Status(omesh_proto::msg::PeerStatus {
+                            node: name.into(),
+                            software: "forger".into(),
+                            uptime_secs: 1,
+                            sources: vec![omesh_proto::msg::SourceUsage {
+                                source: "srv-a".into(),
+                                bytes: 0,
+                                objects: data.objects.len() as u64,
+                                snapshots: data.snapshots.len() as u64,
+                                quota_bytes: 0,
+                            }],
+                        }),
+                        Request::ListSnapshots { source, .. } => Response::Snapshots {
+                            items: data
+                                .snapshots
+                                .iter()
+                                .filter(|e| source.as_ref().is_none_or(|s| *s == e.source))
+                                .cloned()
+                                .collect(),
+                            more: false,
+                        },
+                        Request::GetSnapshot { id, .. } => match data.snapshots.iter().find(|e| e.id == id) {
+                            Some(e) => Response::Snapshot { record: e.record.clone() },
+                            None => {
+                                Response::Error { code: ErrorCode::NotFound, message: "no".into(), missing: vec![] }
+                            }
+                        },
+                        Request::Have { ids, .. } => {
+                            let mut held = vec![0u8; ids.len().div_ceil(8)];
+                            for (i, id) in ids.iter().enumerate() {
+                                if data.objects.contains_key(id) {
+                                    omesh_proto::msg::bitmap_set(&mut held, i);
+                                }
+                            }
+                            Response::Have { held }
+                        }
+                        Request::GetObjects { ids, .. } => {
+                            let (have, missing): (Vec<ObjectId>, Vec<ObjectId>) =
+                                ids.iter().partition(|i| data.objects.contains_key(i));
+                            let _ = transport::write_frame(
+                                &mut send,
+                                &Response::Objects { count: have.len() as u32, missing },
+                            )
+                            .await;
+                            for id in have {
+                                let _ = send.write_all(&[1]).await;
+                                let _ = send.write_all(&data.objects[&id]).await;
+                            }
+                            let _ = send.finish();
+                            return;
+                        }
+                        _ => Response::Error { code: ErrorCode::NotFound, message: "no".into(), missing: vec![] },
+                    };
+                    let _ = transport::write_frame(&mut send, &answer).await;
+                    let _ = send.finish();
+                });
+            }
+        });
+    }
+}
+
+/// What srv-b really holds of srv-a: its snapshot records and objects.
+fn real_holdings(b_store: &Path) -> Forgery {
+    use omesh_core::store::{Access, KeySource, Store};
+    let st = Store::open(b_store, Access::Read, KeySource::None).unwrap();
+    let mut f = Forgery::default();
+    for id in st.snapshot_ids().unwrap() {
+        let record = st.read_snapshot_record(&id).unwrap();
+        f.snapshots.push(SnapshotEntry { source: "srv-a".into(), id, record, stored_ns: 1 });
+    }
+    let mut ids = Vec::new();
+    st.for_each_object(|id, loc| ids.push((id, loc.kind))).unwrap();
+    for (id, _) in ids {
+        f.objects.insert(id, st.read_record(&id).unwrap());
+    }
+    f
+}
+
+/// The ids of a store's records, as its index has them.
+fn held_ids(store: &Path) -> std::collections::HashSet<ObjectId> {
+    use omesh_core::store::{Access, KeySource, Store};
+    let mut out = std::collections::HashSet::new();
+    if store.join("omesh-store.toml").exists() {
+        Store::open(store, Access::Read, KeySource::None)
+            .unwrap()
+            .for_each_object(|id, _| {
+                out.insert(id);
+            })
+            .unwrap();
+    }
+    out
+}
+
+/// srv-b, compromised, lists snapshots under srv-a's name that srv-a never
+/// made: one signed with srv-b's own certificate, one unsigned, one that
+/// says it is srv-b's. srv-c's sync refuses every one, stores nothing of
+/// them, names srv-b, and counts it.
+#[test]
+fn a_forged_snapshot_under_another_source_is_never_stored() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1"), ("srv-c", "r2")]);
+    site.write_config("srv-a", &["srv-c".into()], 1, "");
+    site.write_config("srv-c", &["srv-a".into(), "srv-b".into()], 2, "");
+    let b_tls = material(&site.node("srv-b").dir.join("tls"));
+    // the forged graph: a blob and a tree that links it, properly sealed
+    let (blob_rec, blob_seal) = blob(1, 4096).encode_sealed();
+    let blob_id = test_id(1, 0xb1);
+    let (tree_rec, tree_seal) =
+        Record::new(ObjectKind::Tree, test_id(2, 0x7e), vec![blob_id], vec![blob_seal], tree::data(64, 2))
+            .encode_sealed();
+    let snap = |seed: u64| {
+        Record::new(
+            ObjectKind::Snapshot,
+            test_id(seed, 0x5a),
+            vec![test_id(2, 0x7e)],
+            vec![tree_seal],
+            tree::data(64, seed),
+        )
+    };
+    let mut f = Forgery::default();
+    f.objects.insert(blob_id, blob_rec);
+    f.objects.insert(test_id(2, 0x7e), tree_rec);
+    let forged = [
+        // signed by srv-b's key and certificate, claiming to be srv-a's
+        (test_id(10, 0x5a), signed(&b_tls, "srv-a", snap(10)), "not a site certificate of \"srv-a\""),
+        // not signed at all
+        (test_id(11, 0x5a), snap(11).encode(), "not signed"),
+        // srv-b's own, filed under srv-a
+        (test_id(12, 0x5a), signed(&b_tls, "srv-b", snap(12)), "signed as a snapshot of \"srv-b\""),
+    ];
+    for (id, record, _) in &forged {
+        f.snapshots.push(SnapshotEntry { source: "srv-a".into(), id: *id, record: record.clone(), stored_ns: 1 });
+    }
+    let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
+    let rt = rt();
+    rt.spawn(forging_peer(b_tls, "srv-b", b_addr, std::sync::Arc::new(f)));
+    let _c = site.start("srv-c");
+    let r = site.omesh("srv-c", &["sync", "--json"]).code(3).json();
+    let failed = r["failed"].as_array().unwrap();
+    assert_eq!(failed.len(), 3, "{r}");
+    for (id, _, why) in &forged {
+        let f = failed.iter().find(|x| x["snapshot"] == id.to_hex()).unwrap_or_else(|| panic!("{r}"));
+        let e = f["error"].as_str().unwrap();
+        assert!(e.contains("srv-b") && e.contains(why), "{e}");
+    }
+    assert!(r["repaired"].as_array().unwrap().is_empty(), "{r}");
+    // nothing of it is stored on srv-c
+    let c_store = site.node("srv-c").data().join("sources/srv-a");
+    assert!(stored_snapshots(site.node("srv-c"), "srv-a").is_empty());
+    assert!(held_ids(&c_store).is_empty(), "objects of a forged snapshot were stored");
+    // the peer is named in metrics and status
+    let st = site.omesh("srv-c", &["status", "--json"]).ok().json();
+    let peer = st["peers"].as_array().unwrap().iter().find(|p| p["name"] == "srv-b").unwrap().clone();
+    assert!(peer["forged_records"].as_u64().unwrap() >= 3, "{st}");
+    // srv-a's own data is untouched: a backup lands on srv-c and restores
+    victim_round_trip(&site, "srv-a", "srv-c", t.path());
+    drop(rt);
+}
+
+/// srv-b, compromised, serves srv-a's genuine snapshot but with one chunk
+/// rewritten (its check hash recomputed, as anyone can). srv-c's sync
+/// refuses that chunk, commits nothing, and the snapshot comes to srv-c
+/// intact from srv-a once srv-a is reachable.
+#[test]
+fn an_altered_chunk_pulled_by_sync_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1"), ("srv-c", "r2")]);
+    site.write_config("srv-a", &["srv-b".into(), "srv-c".into()], 2, "");
+    site.write_config("srv-b", &["srv-a".into(), "srv-c".into()], 2, "");
+    site.write_config("srv-c", &["srv-a".into(), "srv-b".into()], 2, "");
+    // srv-c is down: srv-a's backup lands on srv-b only
+    let mut b = site.start("srv-b");
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), tree::data(300_000, 5)).unwrap();
+    let r = site.omesh("srv-a", &["backup", s(&src), "--json"]).json();
+    let snap = r["snapshot"].as_str().unwrap().to_string();
+    b.stop();
+    // srv-b is taken over: it serves what it held, one chunk altered
+    let mut f = real_holdings(&site.node("srv-b").data().join("sources/srv-a"));
+    let victim = *f.objects.iter().find(|(_, r)| r[4] == ObjectKind::Blob as u8).unwrap().0;
+    let rec = f.objects.get_mut(&victim).unwrap();
+    let n = rec.len() - omesh_proto::record::CHECK_BYTES;
+    rec[n - 1] ^= 0x55;
+    let check = blake3::hash(&rec[..n]);
+    rec[n..].copy_from_slice(&check.as_bytes()[..omesh_proto::record::CHECK_BYTES]);
+    assert!(Record::decode(rec).is_ok(), "the altered record passes its check hash");
+    let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
+    let rt = rt();
+    rt.spawn(forging_peer(material(&site.node("srv-b").dir.join("tls")), "srv-b", b_addr, std::sync::Arc::new(f)));
+    // srv-a runs no daemon: srv-c can only ask srv-b
+    let _c = site.start("srv-c");
+    let r = site.omesh("srv-c", &["sync", "--json"]).code(3).json();
+    assert!(r["repaired"].as_array().unwrap().is_empty(), "{r}");
+    let e = r["failed"][0]["error"].as_str().unwrap_or_else(|| panic!("{r}"));
+    assert!(e.contains("could not be fetched"), "{e}");
+    let c_store = site.node("srv-c").data().join("sources/srv-a");
+    assert!(stored_snapshots(site.node("srv-c"), "srv-a").is_empty());
+    assert!(!held_ids(&c_store).contains(&victim), "the altered chunk was stored");
+    let st = site.omesh("srv-c", &["status", "--json"]).ok().json();
+    let peer = st["peers"].as_array().unwrap().iter().find(|p| p["name"] == "srv-b").unwrap().clone();
+    assert!(peer["forged_records"].as_u64().unwrap() >= 1, "{st}");
+    // with srv-a reachable, srv-c gets the genuine chunk from it
+    let _a = site.start("srv-a");
+    let r = site.omesh("srv-c", &["sync", "--json"]).ok().json();
+    assert_eq!(r["repaired"].as_array().unwrap().len(), 1, "{r}");
+    assert!(held_ids(&c_store).contains(&victim));
+    site.omesh("srv-c", &["verify", "--json"]).ok();
+    // and srv-a restores it byte-identical from srv-c
+    let out = t.path().join("out");
+    site.omesh("srv-a", &["restore", &snap, "--from", "srv-c", "--target", s(&out)]).ok();
+    tree::assert_same(&src, &restored(&out, &src));
+    drop(rt);
 }

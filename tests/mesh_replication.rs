@@ -165,7 +165,7 @@ fn a_peer_serving_corrupted_objects_is_detected_and_failed_over() {
     let t = tempfile::tempdir().unwrap();
     let (site, src) = replicated_to_two(t.path(), 60, 100_000, 3);
     // n2 turns malicious: every blob it stores is altered, with a valid
-    // check hash, so only the key holder can tell
+    // check hash (and, below, a re-made index), so only the key holder can tell
     let mut altered = 0;
     for p in crate::common::packs(&site.node("n2").data().join("sources/n1")) {
         let mut bytes = fs::read(&p).unwrap();
@@ -181,6 +181,10 @@ fn a_peer_serving_corrupted_objects_is_detected_and_failed_over() {
         fs::write(&p, bytes).unwrap();
     }
     assert!(altered >= 60);
+    // n2 recorded each record's seal when it stored it, and would refuse to
+    // serve what no longer matches; the attacker throws that index away,
+    // so n2 re-indexes the altered records as they are now
+    fs::remove_file(site.node("n2").data().join("sources/n1/index.redb")).unwrap();
     let _n2 = site.start("n2");
     let _n3 = site.start("n3");
     // only the malicious peer: fails loudly, writes no wrong byte

@@ -130,12 +130,13 @@ fn authentication_matrix() {
         // and a valid site node that is not a configured peer cannot store
         let x = try_connect(&material(&x_dir, None), "srv-x", "srv-b", b).await.expect("site member may connect");
         let rec = vec![
-            omesh_proto::Record {
-                kind: omesh_proto::ObjectKind::Blob,
-                id: omesh_proto::ObjectId([5; 32]),
-                links: vec![],
-                body: vec![1; 64],
-            }
+            omesh_proto::Record::new(
+                omesh_proto::ObjectKind::Blob,
+                omesh_proto::ObjectId([5; 32]),
+                vec![],
+                vec![],
+                vec![1; 64],
+            )
             .encode(),
         ];
         match x.put_objects("srv-x", &rec).await {
@@ -199,12 +200,13 @@ fn oversized_and_malformed_frames_close_only_that_connection() {
         let bad = try_connect(&tls, "srv-a", "srv-b", b).await.unwrap();
         let (mut s, _r) = bad.conn.open_bi().await.unwrap();
         transport::write_frame(&mut s, &Request::PutObjects { source: "srv-a".into(), count: 1 }).await.unwrap();
-        let mut rec = omesh_proto::Record {
-            kind: omesh_proto::ObjectKind::Blob,
-            id: omesh_proto::ObjectId([1; 32]),
-            links: vec![],
-            body: vec![0; 10],
-        }
+        let mut rec = omesh_proto::Record::new(
+            omesh_proto::ObjectKind::Blob,
+            omesh_proto::ObjectId([1; 32]),
+            vec![],
+            vec![],
+            vec![0; 10],
+        )
         .encode();
         rec[44..48].copy_from_slice(&u32::MAX.to_le_bytes());
         s.write_all(&rec).await.unwrap();

@@ -23,12 +23,12 @@ pub mod record;
 
 pub use frame::{FrameError, MAX_FRAME_BYTES};
 pub use id::{IdParseError, ObjectId};
-pub use record::{ObjectKind, Record, RecordError, RecordHeader};
+pub use record::{Attestation, ObjectKind, Record, RecordError, RecordFormat, RecordHeader, Seal};
 
 /// ALPN protocol identifier; the trailing number is the wire protocol
 /// version. A peer that speaks another version fails the TLS handshake
 /// cleanly instead of misparsing frames.
-pub const ALPN: &[u8] = b"omesh/1";
+pub const ALPN: &[u8] = b"omesh/2";
 
 /// Wire protocol version carried in the handshake (mirrors [`ALPN`]).
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;

@@ -16,6 +16,7 @@
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{Key, Tag, XChaCha20Poly1305, XNonce};
+use omesh_proto::record::{RecordFormat, Seal, link_bytes};
 use omesh_proto::{ObjectId, ObjectKind, Record};
 use std::fmt;
 use zeroize::Zeroize;
@@ -81,6 +82,35 @@ pub enum OpenError {
     /// The plaintext does not hash to the id in the header.
     #[error("content does not match its id")]
     IdMismatch,
+}
+
+/// The links of a record as the AEAD and the id see them: the ids and,
+/// in format 2, the seal of each.
+#[derive(Clone, Copy, Debug)]
+pub struct Links<'a> {
+    /// Record format.
+    pub format: RecordFormat,
+    /// Linked ids.
+    pub ids: &'a [ObjectId],
+    /// Their seals (format 2; empty in format 1).
+    pub seals: &'a [Seal],
+}
+
+impl<'a> Links<'a> {
+    /// Links of a decoded record.
+    pub fn of(rec: &'a Record) -> Self {
+        Links { format: rec.format, ids: &rec.links, seals: &rec.seals }
+    }
+
+    /// Format-2 links.
+    pub fn v2(ids: &'a [ObjectId], seals: &'a [Seal]) -> Self {
+        Links { format: RecordFormat::V2, ids, seals }
+    }
+
+    /// No links, format 2 (blobs).
+    pub fn none() -> Self {
+        Links { format: RecordFormat::V2, ids: &[], seals: &[] }
+    }
 }
 
 /// The master secret of one source. Never printed; zeroed on drop.
@@ -176,19 +206,18 @@ impl Keys {
     }
 
     /// Object id of a tree or extent list, whose plaintext refers to its
-    /// links by index: the id covers the links too.
-    pub fn object_id_linked(&self, links: &[ObjectId], plaintext: &[u8]) -> ObjectId {
+    /// links by index: the id covers the links (with their seals, in
+    /// version 2) too.
+    pub fn object_id_linked(&self, links: &Links<'_>, plaintext: &[u8]) -> ObjectId {
         let mut h = blake3::Hasher::new_keyed(&self.id_key);
-        h.update(&(links.len() as u64).to_le_bytes());
-        for l in links {
-            h.update(&l.0);
-        }
+        h.update(&(links.ids.len() as u64).to_le_bytes());
+        h.update(&link_bytes(links.format, links.ids, links.seals));
         h.update(plaintext);
         ObjectId(*h.finalize().as_bytes())
     }
 
     /// The id of an object of `kind`.
-    pub fn id_for(&self, kind: ObjectKind, links: &[ObjectId], plaintext: &[u8]) -> ObjectId {
+    pub fn id_for(&self, kind: ObjectKind, links: &Links<'_>, plaintext: &[u8]) -> ObjectId {
         match kind {
             ObjectKind::Tree | ObjectKind::List => self.object_id_linked(links, plaintext),
             ObjectKind::Blob | ObjectKind::Snapshot => self.object_id(plaintext),
@@ -199,7 +228,7 @@ impl Keys {
     /// record body bound to `kind`, `id` and `links`.
     ///
     /// `level` is the zstd level; 0 disables compression.
-    pub fn seal(&self, kind: ObjectKind, id: &ObjectId, links: &[ObjectId], plaintext: &[u8], level: i32) -> Vec<u8> {
+    pub fn seal(&self, kind: ObjectKind, id: &ObjectId, links: &Links<'_>, plaintext: &[u8], level: i32) -> Vec<u8> {
         assert!(plaintext.len() <= MAX_PLAINTEXT_BYTES, "object larger than MAX_PLAINTEXT_BYTES");
         let compressed = if level > 0 && plaintext.len() >= 64 && compressible(plaintext, level) {
             compress(plaintext, level).filter(|c| c.len() + plaintext.len() / 64 < plaintext.len())
@@ -222,7 +251,7 @@ impl Keys {
         buf.extend_from_slice(&header);
         buf.extend_from_slice(payload);
         buf.resize(NONCE_BYTES + padded, 0);
-        let ad = Record::associated_data(kind, id, links);
+        let ad = Record::associated_data(links.format, kind, id, links.ids, links.seals);
         let tag = self
             .cipher
             .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut buf[NONCE_BYTES..])
@@ -233,14 +262,14 @@ impl Keys {
 
     /// Decrypt, unpad and decompress a record body, then check that the
     /// plaintext hashes to `id`.
-    pub fn open(&self, kind: ObjectKind, id: &ObjectId, links: &[ObjectId], body: &[u8]) -> Result<Vec<u8>, OpenError> {
+    pub fn open(&self, kind: ObjectKind, id: &ObjectId, links: &Links<'_>, body: &[u8]) -> Result<Vec<u8>, OpenError> {
         if body.len() < NONCE_BYTES + TAG_BYTES + FRAME_HEADER_MIN {
             return Err(OpenError::TooShort);
         }
         let (nonce, rest) = body.split_at(NONCE_BYTES);
         let (ct, tag) = rest.split_at(rest.len() - TAG_BYTES);
         let mut buf = ct.to_vec();
-        let ad = Record::associated_data(kind, id, links);
+        let ad = Record::associated_data(links.format, kind, id, links.ids, links.seals);
         self.cipher
             .decrypt_in_place_detached(XNonce::from_slice(nonce), &ad, &mut buf, Tag::from_slice(tag))
             .map_err(|_| OpenError::Auth)?;
@@ -330,6 +359,21 @@ pub fn padded_len(len: usize) -> usize {
     len.div_ceil(bucket) * bucket
 }
 
+/// Signs snapshot records with the node's identity (the key behind its
+/// site certificate). Implemented by the network layer, which holds the
+/// certificate; a store without one writes unsigned snapshot records,
+/// which no mesh peer accepts.
+pub trait SnapshotSigner: Send + Sync {
+    /// The node name the certificate carries.
+    fn name(&self) -> &str;
+    /// TLS signature scheme code of the signatures.
+    fn scheme(&self) -> u16;
+    /// The certificate chain (DER), end-entity first.
+    fn chain(&self) -> Vec<Vec<u8>>;
+    /// Sign `message`.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,12 +390,12 @@ mod tests {
         getrandom::fill(&mut random).unwrap();
         for data in [&text[..], &random[..], b"", b"x"] {
             let id = k.object_id(data);
-            let body = k.seal(ObjectKind::Blob, &id, &[], data, 3);
-            assert_eq!(k.open(ObjectKind::Blob, &id, &[], &body).unwrap(), data);
+            let body = k.seal(ObjectKind::Blob, &id, &Links::none(), data, 3);
+            assert_eq!(k.open(ObjectKind::Blob, &id, &Links::none(), &body).unwrap(), data);
         }
         // compressible data actually shrinks
         let id = k.object_id(&text);
-        assert!(k.seal(ObjectKind::Blob, &id, &[], &text, 3).len() < text.len() / 4);
+        assert!(k.seal(ObjectKind::Blob, &id, &Links::none(), &text, 3).len() < text.len() / 4);
         // large random data is recognised by sampling and stored as is;
         // random data with a compressible part still gets compressed
         let mut big = vec![0u8; 1 << 20];
@@ -360,21 +404,23 @@ mod tests {
         big[(1 << 20) - 65536..].fill(b'a');
         assert!(compressible(&big, 3));
         let id = k.object_id(&big);
-        let sealed = k.seal(ObjectKind::Blob, &id, &[], &big, 3);
+        let sealed = k.seal(ObjectKind::Blob, &id, &Links::none(), &big, 3);
         assert!(sealed.len() < big.len());
-        assert_eq!(k.open(ObjectKind::Blob, &id, &[], &sealed).unwrap(), big);
+        assert_eq!(k.open(ObjectKind::Blob, &id, &Links::none(), &sealed).unwrap(), big);
     }
 
     #[test]
     fn binds_kind_id_links_and_key() {
         let k = keys();
         let data = b"some tree bytes";
-        let id = k.object_id_linked(&[ObjectId([1; 32])], data);
-        assert_ne!(id, k.object_id_linked(&[ObjectId([2; 32])], data), "links are part of a tree's id");
-        let links = [ObjectId([1; 32])];
+        let (one, two, s1, s2) = ([ObjectId([1; 32])], [ObjectId([2; 32])], [Seal([1; 32])], [Seal([2; 32])]);
+        let id = k.object_id_linked(&Links::v2(&one, &s1), data);
+        assert_ne!(id, k.object_id_linked(&Links::v2(&two, &s1), data), "links are part of a tree's id");
+        assert_ne!(id, k.object_id_linked(&Links::v2(&one, &s2), data), "and so are their seals");
+        let links = Links::v2(&one, &s1);
         let body = k.seal(ObjectKind::Tree, &id, &links, data, 3);
         assert_eq!(k.open(ObjectKind::Blob, &id, &links, &body), Err(OpenError::Auth));
-        assert_eq!(k.open(ObjectKind::Tree, &id, &[], &body), Err(OpenError::Auth));
+        assert_eq!(k.open(ObjectKind::Tree, &id, &Links::none(), &body), Err(OpenError::Auth));
         assert_eq!(k.open(ObjectKind::Tree, &ObjectId([2; 32]), &links, &body), Err(OpenError::Auth));
         let other = Keys::derive(&Secret::from_bytes([8; 32]));
         assert_eq!(other.open(ObjectKind::Tree, &id, &links, &body), Err(OpenError::Auth));

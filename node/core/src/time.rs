@@ -27,6 +27,18 @@ pub fn from_ns(ns: i64) -> Timestamp {
     Timestamp::from_nanosecond(ns as i128).unwrap_or(if ns < 0 { Timestamp::MIN } else { Timestamp::MAX })
 }
 
+/// The time a holder records for a snapshot: its signed creation time
+/// (seconds since the epoch), never later than now.
+pub fn signed_time_capped(created_secs: i64) -> std::time::SystemTime {
+    let now = std::time::SystemTime::now();
+    let t = if created_secs <= 0 {
+        std::time::UNIX_EPOCH
+    } else {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(created_secs as u64)
+    };
+    t.min(now)
+}
+
 /// `t + d`, saturating at the ends of time.
 pub fn plus(t: Timestamp, d: SignedDuration) -> Timestamp {
     t.saturating_add(d).unwrap_or(if d.is_negative() { Timestamp::MIN } else { Timestamp::MAX })

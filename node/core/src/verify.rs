@@ -170,8 +170,11 @@ fn keyless_structure(store: &Store, bad: &HashMap<ObjectId, String>, rep: &mut V
                 continue;
             }
         };
-        let roots = omesh_proto::record::links_of(&raw).map(|x| x.1).unwrap_or_default();
-        let mut walk = GraphWalk::from_roots(&roots);
+        // a verifying walk: every record must be the one its parent's link
+        // names (format 2), down from the snapshot record's own links
+        let (roots, seals) = omesh_proto::record::sealed_links_of(&raw).map(|x| (x.1, x.2)).unwrap_or_default();
+        let mut walk = GraphWalk::from_roots(&roots).verifying();
+        walk.expect_seals(&roots, &seals);
         let mut problems = Vec::new();
         loop {
             let batch = walk.next(4096);
@@ -179,14 +182,16 @@ fn keyless_structure(store: &Store, bad: &HashMap<ObjectId, String>, rep: &mut V
                 break;
             }
             for id in batch {
-                if complete.contains(&id) {
+                let expected = walk.expected_seal(&id);
+                if complete.contains(&id) && (expected.is_none() || store.locate(&id)?.map(|(_, l)| l.seal) == expected)
+                {
                     continue;
                 }
                 if let Some(r) = bad.get(&id) {
                     problems.push(format!("object {} is damaged: {r}", id.short()));
                     continue;
                 }
-                match resolve_local(store, &id) {
+                match resolve_local(store, &id, expected) {
                     Ok(Visit::Missing) => {
                         rep.damaged_objects.push(DamagedObject {
                             id: id.to_hex(),
@@ -206,6 +211,9 @@ fn keyless_structure(store: &Store, bad: &HashMap<ObjectId, String>, rep: &mut V
                     Err(e) => problems.push(format!("object {} is unreadable: {e}", id.short())),
                 }
             }
+        }
+        if let Some(c) = walk.seal_conflict() {
+            problems.push(format!("object {} is named with two different seals", c.short()));
         }
         let seen: Vec<ObjectId> = walk.frontier().seen().iter().copied().collect();
         if problems.is_empty() {

@@ -217,7 +217,8 @@ impl NodeRuntime {
             target.limiter = limiter.clone();
             s3.push(Arc::new(target));
         }
-        let stores = Arc::new(Stores::new(cfg.layout()));
+        let signer = tls.snapshot_signer(&cfg.name).map_err(transport::TransportError::from)?;
+        let stores = Arc::new(Stores::with_signer(cfg.layout(), Arc::new(signer)));
         let counters = Arc::new(Counters::default());
         let metrics = Arc::new(crate::metrics::Metrics::new(&counters));
         Ok(Arc::new(NodeRuntime {

@@ -7,6 +7,7 @@
 //! composes the node. Nothing here reads the node's configuration file:
 //! each piece takes the settings it needs.
 
+pub mod attest;
 pub mod ca;
 pub mod mesh;
 pub mod residency;

@@ -602,8 +602,8 @@ impl S3Target {
                         Some(loc) if loc.kind != ObjectKind::Blob => {
                             rep.trees += 1;
                             let raw = self.get_record(source, &o, loc).await?;
-                            if let Ok((_, links)) = omesh_proto::record::links_of(&raw) {
-                                let v = Visit::Object { kind: loc.kind, links };
+                            if let Ok((_, links, seals)) = omesh_proto::record::sealed_links_of(&raw) {
+                                let v = Visit::Object { kind: loc.kind, links, seals };
                                 walk.visit(&v).map_err(|e| S3Error::Local(infallible(e).to_string()))?;
                             }
                         }
@@ -641,7 +641,7 @@ pub fn all_objects(store: &Store, roots: &[ObjectId]) -> Result<Vec<ObjectId>, S
         }
         let mut level = Vec::new();
         for id in batch {
-            let v = resolve_local(store, &id)?;
+            let v = resolve_local(store, &id, None)?;
             match &v {
                 Visit::Missing => return Err(StoreError::Missing(id, "needed for an upload")),
                 Visit::Object { kind: ObjectKind::Blob, .. } => blobs.push(id),
@@ -668,7 +668,9 @@ fn build_pack(store: &Store, ids: &[ObjectId], target: u64) -> Result<BuiltPack,
     for id in ids {
         let raw = store.read_record(id)?;
         let h = omesh_proto::RecordHeader::parse(&raw).map_err(|e| StoreError::Object(e.to_string(), true))?;
-        pack.append(*id, h.kind, &raw);
+        // read_record checked the bytes against this seal
+        let seal = store.locate(id)?.map(|(_, l)| l.seal).ok_or(StoreError::Missing(*id, "not in the index"))?;
+        pack.append(*id, h.kind, seal, &raw);
         used += 1;
         if pack.len() >= target {
             break;

@@ -8,6 +8,7 @@ fuzz_target!(|data: &[u8]| {
     let r = omesh_core::store::pack::scan_slice(data, None, |e, rec| {
         assert_eq!(rec.len(), e.len as usize);
         assert!(omesh_proto::Record::decode(rec).is_ok());
+        assert_eq!(e.seal, omesh_proto::Seal::of_record(rec));
     });
     for e in &r.entries {
         assert!(e.offset + e.len as u64 <= data.len() as u64);

@@ -47,6 +47,12 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
         if let Some(c) = p.holding_check.as_ref().filter(|c| !c.ok) {
             println!("  holding check FAILED {}: {} (its replicas do not count)", c.time, c.detail);
         }
+        if p.forged_records > 0 {
+            println!(
+                "  sent {} forged or altered records since the daemon started (refused; see the daemon log for which)",
+                p.forged_records
+            );
+        }
     }
     for t in &s.s3 {
         println!(

@@ -18,7 +18,7 @@ pub(super) fn packer(ctx: &Ctx<'_>, rx: Receiver<PackItem>) -> Option<WriteStats
         if ctx.failed() {
             continue; // drain so senders never block
         }
-        if let Err(e) = sink.add(item.id, item.kind, &item.bytes) {
+        if let Err(e) = sink.add(item.sealed.id, item.kind, item.sealed.seal, &item.sealed.bytes) {
             ctx.fail(e.into());
             continue;
         }

@@ -66,9 +66,8 @@ pub(super) struct ChunkJob {
 }
 
 pub(super) struct PackItem {
-    pub(super) id: ObjectId,
     pub(super) kind: ObjectKind,
-    pub(super) bytes: Vec<u8>,
+    pub(super) sealed: crate::store::Sealed,
 }
 
 pub(super) enum Wait {
@@ -138,15 +137,32 @@ pub(super) fn put_object(
     links: Vec<ObjectId>,
     pack_tx: &Sender<PackItem>,
 ) -> Result<ObjectId, StoreError> {
-    let id = ctx.store.keys()?.id_for(kind, &links, plain);
-    if ctx.store.claim(&id)? {
-        let (id2, bytes) = ctx.store.seal(kind, plain, links)?;
-        debug_assert_eq!(id, id2);
-        pack_tx.send(PackItem { id, kind, bytes }).map_err(|_| StoreError::Io {
+    // the id covers the links' seals, so they are looked up first; an
+    // identical subtree then has the identical id and is not sealed again
+    let seals = ctx.store.link_seals(&links)?;
+    let id = ctx.store.keys()?.id_for(kind, &crate::crypto::Links::v2(&links, &seals), plain);
+    if !ctx.store.contains(&id)? {
+        let sealed = ctx.store.seal_linked(kind, plain, links, seals)?;
+        debug_assert_eq!(id, sealed.id);
+        queue(ctx, pack_tx, kind, sealed)?;
+    }
+    Ok(id)
+}
+
+/// Claim a sealed object and hand it to the packer (unless another writer
+/// claimed it first).
+pub(super) fn queue(
+    ctx: &Ctx<'_>,
+    pack_tx: &Sender<PackItem>,
+    kind: ObjectKind,
+    sealed: crate::store::Sealed,
+) -> Result<(), StoreError> {
+    if ctx.store.claim(&sealed.id, sealed.seal)? {
+        pack_tx.send(PackItem { kind, sealed }).map_err(|_| StoreError::Io {
             op: "queueing object for",
             path: ctx.store.dir().into(),
             source: std::io::Error::other("packer stopped"),
         })?;
     }
-    Ok(id)
+    Ok(())
 }

@@ -25,13 +25,9 @@ pub(super) fn chunk_worker(ctx: &Ctx<'_>, rx: Receiver<ChunkJob>, pack_tx: Sende
         }
         let id = keys.object_id(&job.data);
         let r = (|| -> Result<(), StoreError> {
-            if ctx.store.claim(&id)? {
-                let (_, bytes) = ctx.store.seal(ObjectKind::Blob, &job.data, Vec::new())?;
-                pack_tx.send(PackItem { id, kind: ObjectKind::Blob, bytes }).map_err(|_| StoreError::Io {
-                    op: "queueing object for",
-                    path: ctx.store.dir().into(),
-                    source: std::io::Error::other("packer stopped"),
-                })?;
+            if !ctx.store.contains(&id)? {
+                let sealed = ctx.store.seal_linked(ObjectKind::Blob, &job.data, Vec::new(), Vec::new())?;
+                queue(ctx, &pack_tx, ObjectKind::Blob, sealed)?;
             }
             Ok(())
         })();

@@ -10,8 +10,9 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_FILE: &str = "omesh-store.toml";
 /// Format tag.
 pub const FORMAT: &str = "omesh-store";
-/// On-disk format version this build reads and writes.
-pub const STORE_VERSION: u32 = 1;
+/// On-disk format version this build writes (it also reads, and upgrades
+/// on the first writing open, version 1).
+pub const STORE_VERSION: u32 = 2;
 /// Default pack size target.
 pub const DEFAULT_PACK_BYTES: u64 = 16 * 1024 * 1024;
 /// Default zstd level.

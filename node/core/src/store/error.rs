@@ -28,7 +28,7 @@ pub enum StoreError {
     #[error("{0} already exists and is not empty; `omesh init` needs a new or empty directory")]
     NotEmpty(PathBuf),
     /// Unsupported format.
-    #[error("store {path} has format version {found}; this omesh reads version {STORE_VERSION}")]
+    #[error("store {path} has format version {found}; this omesh reads versions 1 to {STORE_VERSION}")]
     Version {
         /// store
         path: PathBuf,
@@ -105,6 +105,21 @@ pub enum StoreError {
     /// An object could not be read or decoded (message from the reader).
     #[error("{0}")]
     Object(String, bool),
+    /// The record held under an id is not the one a verified parent names.
+    #[error(
+        "object {id} held here is not the record its parent names (seal {found}, the link names {expected}): it was forged or altered"
+    )]
+    NotNamed {
+        /// object
+        id: ObjectId,
+        /// seal the parent names (short)
+        expected: String,
+        /// seal of the record held (short)
+        found: String,
+    },
+    /// The snapshot record could not be signed.
+    #[error("cannot sign the snapshot record: {0}")]
+    Sign(String),
     /// Snapshot spec not found.
     #[error("no snapshot matches {0:?} in store {1}; list them with `omesh snapshots`")]
     SnapshotNotFound(String, PathBuf),

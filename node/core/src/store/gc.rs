@@ -283,7 +283,8 @@ fn mark(store: &Store, db: &GcDb, snaps: &[ObjectId], stop: Option<&AtomicBool>)
                     }
                     steps += batch.len();
                     for id in batch {
-                        let v = resolve_local(store, &id).map_err(|e| damaged(&id, format!("unreadable ({e})")))?;
+                        let v =
+                            resolve_local(store, &id, None).map_err(|e| damaged(&id, format!("unreadable ({e})")))?;
                         if v == Visit::Missing {
                             return Err(damaged(&id, "missing".into()));
                         }
@@ -541,7 +542,7 @@ pub fn run(store: &Store, opts: &GcOptions, now: SystemTime) -> Result<GcReport,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{InitOptions, Store};
+    use crate::store::{InitOptions, Sealed, Store};
     use omesh_proto::{ObjectKind, Record};
     use std::path::Path;
 
@@ -553,24 +554,26 @@ mod tests {
 
     /// Write a blob and a snapshot referencing `blobs` through a tree.
     fn put_blob(s: &Store, data: &[u8]) -> ObjectId {
-        let (id, rec) = s.seal(ObjectKind::Blob, data, vec![]).unwrap();
-        if s.claim(&id).unwrap() {
+        let Sealed { id, seal: id_seal, bytes: rec } = s.seal(ObjectKind::Blob, data, vec![]).unwrap();
+        if s.claim(&id, id_seal).unwrap() {
             let mut sink = s.sink().unwrap();
-            sink.add(id, ObjectKind::Blob, &rec).unwrap();
+            sink.add(id, ObjectKind::Blob, id_seal, &rec).unwrap();
             sink.finish().unwrap();
         }
         id
     }
 
     fn put_snapshot(s: &Store, blobs: &[ObjectId]) -> ObjectId {
-        let (tid, trec) = s.seal(ObjectKind::Tree, b"tree", blobs.to_vec()).unwrap();
-        if s.claim(&tid).unwrap() {
+        let Sealed { id: tid, seal: tid_seal, bytes: trec } =
+            s.seal(ObjectKind::Tree, b"tree", blobs.to_vec()).unwrap();
+        if s.claim(&tid, tid_seal).unwrap() {
             let mut sink = s.sink().unwrap();
-            sink.add(tid, ObjectKind::Tree, &trec).unwrap();
+            sink.add(tid, ObjectKind::Tree, tid_seal, &trec).unwrap();
             sink.finish().unwrap();
         }
         // (snapshot ids cover the plaintext only: make it unique)
-        let (sid, srec) = s.seal(ObjectKind::Snapshot, tid.to_hex().as_bytes(), vec![tid]).unwrap();
+        let Sealed { id: sid, bytes: srec, .. } =
+            s.seal(ObjectKind::Snapshot, tid.to_hex().as_bytes(), vec![tid]).unwrap();
         s.put_snapshot_record(&sid, &srec).unwrap();
         sid
     }
@@ -628,7 +631,7 @@ mod tests {
         assert_eq!((r.swept, r.condemned), (0, 2), "{r:?}");
         assert!(r.waiting.is_some());
         // a backup deduplicates against the condemned blob: it is rescued
-        assert!(!s.claim(&a).unwrap());
+        assert!(!s.claim(&a, omesh_proto::Seal::default()).unwrap());
         let r = run(&s, &opts(3600), t0 + Duration::from_secs(7200)).unwrap();
         assert_eq!(r.rescued, 1, "{r:?}");
         assert!(s.locate(&a).unwrap().is_some(), "a rescued object survives the sweep");
@@ -646,9 +649,10 @@ mod tests {
         {
             let mut sink = s.sink().unwrap();
             for i in 0..3000u32 {
-                let (id, rec) = s.seal(ObjectKind::Blob, format!("garbage {i}").as_bytes(), vec![]).unwrap();
-                if s.claim(&id).unwrap() {
-                    sink.add(id, ObjectKind::Blob, &rec).unwrap();
+                let Sealed { id, seal: id_seal, bytes: rec } =
+                    s.seal(ObjectKind::Blob, format!("garbage {i}").as_bytes(), vec![]).unwrap();
+                if s.claim(&id, id_seal).unwrap() {
+                    sink.add(id, ObjectKind::Blob, id_seal, &rec).unwrap();
                 }
                 garbage.push(id);
             }
@@ -667,8 +671,8 @@ mod tests {
         // blob and a live one, and has not committed when the grace
         // period ends
         let _backup = s.session();
-        assert!(!s.claim(&a).unwrap());
-        assert!(!s.claim(&live).unwrap());
+        assert!(!s.claim(&a, omesh_proto::Seal::default()).unwrap());
+        assert!(!s.claim(&live, omesh_proto::Seal::default()).unwrap());
         // the view answers from the batch (one that could not read it
         // would count the live blob as rescued too)
         assert_eq!(s.rescued().len(), 1);
@@ -704,9 +708,9 @@ mod tests {
         let mut ids = Vec::new();
         let mut sink = s.sink().unwrap();
         for i in 0..40u32 {
-            let (id, rec) = s.seal(ObjectKind::Blob, &[i as u8; 150], vec![]).unwrap();
-            assert!(s.claim(&id).unwrap());
-            sink.add(id, ObjectKind::Blob, &rec).unwrap();
+            let Sealed { id, seal: id_seal, bytes: rec } = s.seal(ObjectKind::Blob, &[i as u8; 150], vec![]).unwrap();
+            assert!(s.claim(&id, id_seal).unwrap());
+            sink.add(id, ObjectKind::Blob, id_seal, &rec).unwrap();
             ids.push(id);
         }
         sink.finish().unwrap();
@@ -756,13 +760,14 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let s = store(d.path());
         let x = ObjectId([0x5a; 32]);
-        let rec = Record { kind: ObjectKind::Tree, id: x, links: vec![x, x], body: vec![1; 40] }.encode();
-        assert!(s.claim(&x).unwrap());
+        let (rec, seal) =
+            Record::new(ObjectKind::Tree, x, vec![x, x], vec![Default::default(); 2], vec![1; 40]).encode_sealed();
+        assert!(s.claim(&x, seal).unwrap());
         let mut sink = s.sink().unwrap();
-        sink.add(x, ObjectKind::Tree, &rec).unwrap();
+        sink.add(x, ObjectKind::Tree, seal, &rec).unwrap();
         sink.finish().unwrap();
         let sid = ObjectId([0x5b; 32]);
-        let srec = Record { kind: ObjectKind::Snapshot, id: sid, links: vec![x], body: vec![2; 40] }.encode();
+        let srec = Record::new(ObjectKind::Snapshot, sid, vec![x], vec![seal], vec![2; 40]).encode();
         s.put_snapshot_record(&sid, &srec).unwrap();
         let r = run(&s, &opts(0), SystemTime::now()).unwrap();
         assert_eq!((r.snapshots, r.marked, r.swept), (1, 1, 0), "{r:?}");

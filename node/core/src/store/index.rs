@@ -1,4 +1,4 @@
-//! The object index: object id → (pack, offset, length, kind), in redb.
+//! The object index: object id → (pack, offset, length, kind, seal), in redb.
 //!
 //! The index is a cache of what the packs say: it can always be rebuilt by
 //! scanning them (`omesh repair index`), and a store opened for writing
@@ -8,7 +8,7 @@
 //! [`CACHE_BYTES`].
 
 use super::pack::{PackEntry, PackInfo};
-use omesh_proto::{ObjectId, ObjectKind};
+use omesh_proto::{ObjectId, ObjectKind, Seal};
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::path::Path;
 use std::sync::Arc;
@@ -17,9 +17,14 @@ use std::sync::atomic::Ordering;
 /// redb page cache limit.
 pub const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
-/// id → (pack seq, offset, len, kind). 32-bit pack numbers and offsets
-/// keep an entry at 45 bytes (packs are at most 1 GiB).
-const OBJECTS: TableDefinition<[u8; 32], (u32, u32, u32, u8)> = TableDefinition::new("objects");
+/// id → (pack seq, offset, len, kind, seal). 32-bit pack numbers and
+/// offsets keep an entry at 77 bytes (packs are at most 1 GiB). The seal is
+/// computed by this store from the bytes it wrote or received.
+const OBJECTS: TableDefinition<[u8; 32], Entry> = TableDefinition::new("objects.v2");
+/// The table of format-1 indexes (no seals): its presence makes a writing
+/// open rebuild the index from the packs.
+const OBJECTS_V1: &str = "objects";
+type Entry = (u32, u32, u32, u8, [u8; 32]);
 /// pack seq → (pack hash, size)
 const PACKS: TableDefinition<u64, ([u8; 32], u64)> = TableDefinition::new("packs");
 /// pack hash → pack seq
@@ -38,6 +43,8 @@ pub struct Location {
     pub len: u32,
     /// Object kind.
     pub kind: ObjectKind,
+    /// Seal of the record (BLAKE3 of its bytes before the check).
+    pub seal: Seal,
 }
 
 /// Index errors carry redb's message; the store adds the path.
@@ -49,13 +56,18 @@ fn e<E: std::fmt::Display>(x: E) -> IndexError {
     IndexError(x.to_string())
 }
 
-fn loc((pack, offset, len, kind): (u32, u32, u32, u8)) -> Location {
+fn loc((pack, offset, len, kind, seal): Entry) -> Location {
     Location {
         pack: pack as u64,
         offset: offset as u64,
         len,
         kind: ObjectKind::from_u8(kind).unwrap_or(ObjectKind::Blob),
+        seal: Seal(seal),
     }
+}
+
+fn entry(seq: u64, en: &PackEntry) -> Result<Entry, IndexError> {
+    Ok((u32::try_from(seq).map_err(e)?, u32::try_from(en.offset).map_err(e)?, en.len, en.kind as u8, en.seal.0))
 }
 
 enum Db {
@@ -63,7 +75,7 @@ enum Db {
     Ro(redb::ReadOnlyDatabase),
 }
 
-type ObjectsTable = redb::ReadOnlyTable<[u8; 32], (u32, u32, u32, u8)>;
+type ObjectsTable = redb::ReadOnlyTable<[u8; 32], Entry>;
 type PacksTable = redb::ReadOnlyTable<u64, ([u8; 32], u64)>;
 
 /// Read-only tables of one read transaction, shared by all lookups until
@@ -89,15 +101,34 @@ impl Index {
         let mut b = redb::Builder::new();
         b.set_cache_size(CACHE_BYTES).set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
         let db = b.create(path).map_err(e)?;
-        let tx = db.begin_write().map_err(e)?;
+        {
+            use redb::TableHandle;
+            let tx = db.begin_write().map_err(e)?;
+            let tables: Vec<_> = tx.list_tables().map_err(e)?.collect();
+            if tables.iter().any(|t| t.name() == OBJECTS_V1) {
+                // a format-1 index has no seals: start empty, and the
+                // store's reconcile indexes every pack again, seals included
+                tracing::info!(index = %path.display(), "index from format 1: rebuilding it from the packs, with seals");
+                for t in tables {
+                    tx.delete_table(t).map_err(e)?;
+                }
+            }
+            tx.commit().map_err(e)?;
+        }
+        let i = Index { db: Db::Rw(db), generation: Default::default(), cached: Default::default() };
+        i.create_tables()?;
+        Ok(i)
+    }
+
+    fn create_tables(&self) -> Result<(), IndexError> {
+        let tx = self.rw()?.begin_write().map_err(e)?;
         {
             tx.open_table(OBJECTS).map_err(e)?;
             tx.open_table(PACKS).map_err(e)?;
             tx.open_table(PACK_BY_HASH).map_err(e)?;
             tx.open_table(META).map_err(e)?;
         }
-        tx.commit().map_err(e)?;
-        Ok(Index { db: Db::Rw(db), generation: Default::default(), cached: Default::default() })
+        tx.commit().map_err(e)
     }
 
     /// Open read-only alongside a writer in another process.
@@ -105,6 +136,19 @@ impl Index {
         let mut b = redb::Builder::new();
         b.set_cache_size(CACHE_BYTES).set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
         let db = b.open_read_only(path).map_err(e)?;
+        let current = {
+            use redb::TableHandle;
+            db.begin_read().map_err(e)?.list_tables().map_err(e)?.any(|t| t.name() == OBJECTS.name())
+        };
+        if !current {
+            // a format-1 index, never opened for writing by this version:
+            // read through an empty index in memory, so that the store
+            // indexes its packs in memory (as for packs left unindexed)
+            let db = redb::Builder::new().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(e)?;
+            let i = Index { db: Db::Rw(db), generation: Default::default(), cached: Default::default() };
+            i.create_tables()?;
+            return Ok(i);
+        }
         Ok(Index { db: Db::Ro(db), generation: Default::default(), cached: Default::default() })
     }
 
@@ -238,8 +282,7 @@ impl Index {
             let mut objs = tx.open_table(OBJECTS).map_err(e)?;
             for en in entries {
                 if objs.get(en.id.0).map_err(e)?.is_none() {
-                    let (p, o) = (u32::try_from(seq).map_err(e)?, u32::try_from(en.offset).map_err(e)?);
-                    objs.insert(en.id.0, (p, o, en.len, en.kind as u8)).map_err(e)?;
+                    objs.insert(en.id.0, entry(seq, en)?).map_err(e)?;
                 }
             }
         }
@@ -337,8 +380,7 @@ impl Index {
                 for en in &info.entries {
                     let cur = objs.get(en.id.0).map_err(e)?.map(|v| v.value());
                     if cur.is_some_and(|v| old_set.contains(&(v.0 as u64))) {
-                        let (p, o) = (u32::try_from(seq).map_err(e)?, u32::try_from(en.offset).map_err(e)?);
-                        objs.insert(en.id.0, (p, o, en.len, en.kind as u8)).map_err(e)?;
+                        objs.insert(en.id.0, entry(seq, en)?).map_err(e)?;
                     }
                 }
             }

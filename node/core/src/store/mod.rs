@@ -49,5 +49,5 @@ pub use hooks::{CondemnedSet, Session};
 pub use open::{Access, InitOptions, KeySource, Store};
 pub use read::open_record;
 pub use repack::RepackStats;
-pub use sink::{PackSink, WriteStats};
+pub use sink::{PackSink, Sealed, WriteStats};
 pub use snapshots::SnapshotList;

@@ -79,7 +79,9 @@ pub struct Store {
     pub(super) index: Index,
     pub(super) writable: bool,
     pub(super) _lock: Option<File>,
-    pub(super) pending: Mutex<HashSet<ObjectId>>,
+    pub(super) pending: Mutex<HashMap<ObjectId, omesh_proto::Seal>>,
+    /// Signs the snapshot records written here (the node's identity).
+    pub(super) signer: std::sync::RwLock<Option<Arc<dyn crate::crypto::SnapshotSigner>>>,
     /// Objects of packs the index does not know yet (read-only opens after a
     /// crash); keyed by id → (pack hash, entry).
     pub(super) extra: HashMap<ObjectId, ([u8; 32], PackEntry)>,
@@ -112,7 +114,7 @@ fn read_config(dir: &Path) -> Result<StoreConfig> {
             reason: format!("format is {:?}, expected {:?}", cfg.format, config::FORMAT),
         });
     }
-    if cfg.version != STORE_VERSION {
+    if !(1..=STORE_VERSION).contains(&cfg.version) {
         return Err(StoreError::Version { path: dir.into(), found: cfg.version });
     }
     cfg.chunker.validate().map_err(|reason| StoreError::Config { path: p.clone(), reason })?;
@@ -233,6 +235,7 @@ impl Store {
                 writable: true,
                 _lock: Some(f),
                 pending: Default::default(),
+                signer: Default::default(),
                 extra: HashMap::new(),
                 files: Default::default(),
                 gc: GcHooks::default(),
@@ -248,12 +251,23 @@ impl Store {
                 writable: false,
                 _lock: None,
                 pending: Default::default(),
+                signer: Default::default(),
                 extra: HashMap::new(),
                 files: Default::default(),
                 gc: GcHooks::default(),
             }
         };
         store.reconcile()?;
+        if store.writable && store.config.version < STORE_VERSION {
+            // format 1 → 2: the index now has every record's seal (reconcile
+            // re-indexed the packs), new records are format 2; old records
+            // stay as they are and are still read
+            let mut cfg = store.config.clone();
+            cfg.version = STORE_VERSION;
+            write_atomic(dir, &dir.join("tmp"), CONFIG_FILE, cfg.to_text().as_bytes())?;
+            tracing::info!(store = %dir.display(), "store upgraded from format 1 to format 2");
+            store.config = cfg;
+        }
         if store.writable {
             // a garbage collection batch condemned before a restart must be
             // visible to writers from the start, or a backup reusing one of
@@ -353,6 +367,7 @@ impl Store {
             writable: true,
             _lock: lock,
             pending: Default::default(),
+            signer: Default::default(),
             extra: HashMap::new(),
             files: Default::default(),
             gc: GcHooks::default(),
@@ -460,6 +475,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Sealed;
     use crate::store::pack::PackWriter;
     use omesh_proto::ObjectKind;
 
@@ -502,11 +518,11 @@ mod tests {
     fn packs_the_index_missed_are_found_and_indexed() {
         let d = tempfile::tempdir().unwrap();
         let s = init(d.path());
-        let (id, rec) = s.seal(ObjectKind::Blob, b"orphan", vec![]).unwrap();
+        let Sealed { id, seal: id_seal, bytes: rec } = s.seal(ObjectKind::Blob, b"orphan", vec![]).unwrap();
         let dir = d.path().join("s");
         drop(s);
         let mut w = PackWriter::create(&dir.join("tmp")).unwrap();
-        w.append(id, ObjectKind::Blob, &rec).unwrap();
+        w.append(id, ObjectKind::Blob, id_seal, &rec).unwrap();
         w.finish(&dir).unwrap();
         std::fs::write(dir.join("tmp/stray.pack-tmp"), b"half a pack").unwrap();
         let r = Store::open(&dir, Access::Read, KeySource::Default).unwrap();

@@ -16,7 +16,7 @@
 
 use crate::failpoint;
 use omesh_proto::record::{self, HEADER_BYTES, RecordHeader};
-use omesh_proto::{ObjectId, ObjectKind};
+use omesh_proto::{ObjectId, ObjectKind, Seal};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
@@ -35,6 +35,8 @@ pub struct PackEntry {
     pub offset: u64,
     /// Record length.
     pub len: u32,
+    /// Seal of the record (BLAKE3 of its bytes before the check).
+    pub seal: Seal,
 }
 
 /// A finished, durable pack.
@@ -104,12 +106,12 @@ impl PackWriter {
         Ok(())
     }
 
-    /// Append an encoded record.
-    pub fn append(&mut self, id: ObjectId, kind: ObjectKind, record: &[u8]) -> io::Result<()> {
+    /// Append an encoded record whose seal is `seal`.
+    pub fn append(&mut self, id: ObjectId, kind: ObjectKind, seal: Seal, record: &[u8]) -> io::Result<()> {
         let offset = self.len;
         digest_record(&mut self.hasher, record);
         self.write_raw(record)?;
-        self.entries.push(PackEntry { id, kind, offset, len: record.len() as u32 });
+        self.entries.push(PackEntry { id, kind, offset, len: record.len() as u32, seal });
         failpoint::hit("pack.append");
         Ok(())
     }
@@ -172,12 +174,12 @@ impl PackBuilder {
         PackBuilder { bytes: PACK_MAGIC.to_vec(), hasher, entries: Vec::new() }
     }
 
-    /// Append an encoded record.
-    pub fn append(&mut self, id: ObjectId, kind: ObjectKind, record: &[u8]) {
+    /// Append an encoded record whose seal is `seal`.
+    pub fn append(&mut self, id: ObjectId, kind: ObjectKind, seal: Seal, record: &[u8]) {
         let offset = self.bytes.len() as u64;
         digest_record(&mut self.hasher, record);
         self.bytes.extend_from_slice(record);
-        self.entries.push(PackEntry { id, kind, offset, len: record.len() as u32 });
+        self.entries.push(PackEntry { id, kind, offset, len: record.len() as u32, seal });
     }
 
     /// Bytes so far.
@@ -250,8 +252,8 @@ pub fn scan_slice(data: &[u8], expected_hash: Option<&[u8; 32]>, mut f: impl FnM
     let mut budget = (data.len() as u64).saturating_mul(4).saturating_add(1 << 20);
     'scan: while pos < data.len() {
         match try_record(&data[pos..]) {
-            Ok((header, len)) => {
-                let e = PackEntry { id: header.id, kind: header.kind, offset: pos as u64, len: len as u32 };
+            Ok((header, len, seal)) => {
+                let e = PackEntry { id: header.id, kind: header.kind, offset: pos as u64, len: len as u32, seal };
                 digest_record(&mut digest, &data[pos..pos + len]);
                 f(&e, &data[pos..pos + len]);
                 res.entries.push(e);
@@ -263,7 +265,7 @@ pub fn scan_slice(data: &[u8], expected_hash: Option<&[u8; 32]>, mut f: impl FnM
                 // resync: next position holding a verifiable record
                 let mut next = pos + 1;
                 loop {
-                    match find(&data[next..], &record::RECORD_MAGIC) {
+                    match find(&data[next..], &record::MAGIC_PREFIX) {
                         Some(i) => {
                             next += i;
                             // a candidate that fits is hashed; one that does not is refused cheaply
@@ -299,24 +301,24 @@ pub fn scan_slice(data: &[u8], expected_hash: Option<&[u8; 32]>, mut f: impl FnM
     res
 }
 
-fn try_record(buf: &[u8]) -> Result<(RecordHeader, usize), String> {
+fn try_record(buf: &[u8]) -> Result<(RecordHeader, usize, Seal), String> {
     let header = RecordHeader::parse(buf).map_err(|e| e.to_string())?;
     let len = header.record_len();
     if (buf.len() as u64) < len {
         return Err(format!("record truncated: needs {len} bytes, {} left in pack", buf.len()));
     }
-    record::verify_check(&buf[..len as usize]).map_err(|e| e.to_string())?;
-    Ok((header, len as usize))
+    let seal = record::verify_check(&buf[..len as usize]).map_err(|e| e.to_string())?;
+    Ok((header, len as usize, seal))
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// Read one record's bytes at a known location and verify its check hash
-/// and id; `HEADER_BYTES` is read first so a corrupted length cannot make us
-/// read past the record.
-pub fn read_record_at(file: &File, offset: u64, len: u32, id: &ObjectId) -> Result<Vec<u8>, String> {
+/// Read one record's bytes at a known location and verify its check hash,
+/// its id and its seal (the one this store computed when it stored the
+/// record: a record altered on disk, check recomputed, is refused).
+pub fn read_record_at(file: &File, offset: u64, len: u32, id: &ObjectId, seal: &Seal) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::FileExt;
     if (len as usize) < HEADER_BYTES {
         return Err(format!("index entry length {len} is shorter than a record header"));
@@ -330,7 +332,12 @@ pub fn read_record_at(file: &File, offset: u64, len: u32, id: &ObjectId) -> Resu
     if header.id != *id {
         return Err(format!("record holds object {} instead of {}", header.id.short(), id.short()));
     }
-    record::verify_check(&buf).map_err(|e| e.to_string())?;
+    if record::verify_check(&buf).map_err(|e| e.to_string())? != *seal {
+        return Err(format!(
+            "record does not match the seal this store recorded for it ({}): it was altered after it was stored",
+            seal.short()
+        ));
+    }
     Ok(buf)
 }
 
@@ -348,7 +355,7 @@ mod tests {
         // 20,000 record headers, each claiming a 900 KiB record that fits in
         // what follows it (so each would be hashed: 18 GB in all)
         let mut data = PACK_MAGIC.to_vec();
-        let fake = Record { kind: ObjectKind::Blob, id: ObjectId([3; 32]), links: vec![], body: vec![] }.encode();
+        let fake = Record::new(ObjectKind::Blob, ObjectId([3; 32]), vec![], vec![], vec![]).encode();
         let mut h = fake[..HEADER_BYTES].to_vec();
         h[44..48].copy_from_slice(&(900u32 << 10).to_le_bytes());
         for _ in 0..20_000 {
@@ -362,9 +369,10 @@ mod tests {
     use super::*;
     use omesh_proto::Record;
 
-    fn record(i: u8) -> (ObjectId, Vec<u8>) {
+    fn record(i: u8) -> (ObjectId, Seal, Vec<u8>) {
         let id = ObjectId([i; 32]);
-        (id, Record { kind: ObjectKind::Blob, id, links: vec![], body: vec![i; 100 + i as usize] }.encode())
+        let (r, seal) = Record::new(ObjectKind::Blob, id, vec![], vec![], vec![i; 100 + i as usize]).encode_sealed();
+        (id, seal, r)
     }
 
     /// A pack built in memory and one written to disk are the same bytes
@@ -376,9 +384,9 @@ mod tests {
         let mut w = PackWriter::create(&d.path().join("tmp")).unwrap();
         let mut b = PackBuilder::new();
         for i in 1..5 {
-            let (id, r) = record(i);
-            w.append(id, ObjectKind::Blob, &r).unwrap();
-            b.append(id, ObjectKind::Blob, &r);
+            let (id, seal, r) = record(i);
+            w.append(id, ObjectKind::Blob, seal, &r).unwrap();
+            b.append(id, ObjectKind::Blob, seal, &r);
         }
         let info = w.finish(d.path()).unwrap();
         let (bytes, digest, entries) = b.finish();
@@ -396,8 +404,8 @@ mod tests {
     fn scan_resynchronises_after_damage() {
         let mut b = PackBuilder::new();
         for i in 1..6 {
-            let (id, r) = record(i);
-            b.append(id, ObjectKind::Blob, &r);
+            let (id, seal, r) = record(i);
+            b.append(id, ObjectKind::Blob, seal, &r);
         }
         let (mut bytes, digest, entries) = b.finish();
         let victim = &entries[2];
@@ -414,14 +422,15 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(d.path().join("tmp")).unwrap();
         let mut w = PackWriter::create(&d.path().join("tmp")).unwrap();
-        let (id, r) = record(7);
-        w.append(id, ObjectKind::Blob, &r).unwrap();
+        let (id, seal, r) = record(7);
+        w.append(id, ObjectKind::Blob, seal, &r).unwrap();
         let info = w.finish(d.path()).unwrap();
         let f = File::open(pack_path(d.path(), &info.hash)).unwrap();
         let e = info.entries[0];
-        assert_eq!(read_record_at(&f, e.offset, e.len, &id).unwrap(), r);
-        assert!(read_record_at(&f, e.offset, e.len, &ObjectId([8; 32])).unwrap_err().contains("instead of"));
-        assert!(read_record_at(&f, e.offset, e.len - 1, &id).unwrap_err().contains("does not match the index"));
-        assert!(read_record_at(&f, e.offset, 10, &id).is_err());
+        assert_eq!(read_record_at(&f, e.offset, e.len, &id, &seal).unwrap(), r);
+        assert!(read_record_at(&f, e.offset, e.len, &ObjectId([8; 32]), &seal).unwrap_err().contains("instead of"));
+        assert!(read_record_at(&f, e.offset, e.len - 1, &id, &seal).unwrap_err().contains("does not match the index"));
+        assert!(read_record_at(&f, e.offset, 10, &id, &seal).is_err());
+        assert!(read_record_at(&f, e.offset, e.len, &id, &Seal([1; 32])).unwrap_err().contains("altered"));
     }
 }

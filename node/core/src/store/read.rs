@@ -6,10 +6,10 @@ use super::error::{Result, StoreError};
 use super::index::Location;
 use super::open::Store;
 use super::pack::{self};
-use crate::crypto::{Keys, OpenError};
+use crate::crypto::{Keys, Links, OpenError};
 use crate::objects::{ObjectSource, SourceError};
 use crate::snapshot::Node;
-use omesh_proto::{ObjectId, ObjectKind, Record};
+use omesh_proto::{ObjectId, ObjectKind, Record, Seal};
 use std::fs::File;
 use std::sync::Arc;
 
@@ -24,12 +24,15 @@ impl Store {
                 })?;
             return Ok(Some((hash, loc)));
         }
-        Ok(self.extra.get(id).map(|(h, e)| (*h, Location { pack: 0, offset: e.offset, len: e.len, kind: e.kind })))
+        Ok(self
+            .extra
+            .get(id)
+            .map(|(h, e)| (*h, Location { pack: 0, offset: e.offset, len: e.len, kind: e.kind, seal: e.seal })))
     }
 
     /// Whether the store holds `id` (durably, or queued in this process).
     pub fn contains(&self, id: &ObjectId) -> Result<bool> {
-        if self.pending.lock().expect("pending lock").contains(id) {
+        if self.pending.lock().expect("pending lock").contains_key(id) {
             return Ok(true);
         }
         let _g = self.gc.read_guard();
@@ -49,19 +52,26 @@ impl Store {
         Ok(ids
             .iter()
             .zip(locs)
-            .map(|(id, l)| l.is_some() || pending.contains(id) || self.extra.contains_key(id))
+            .map(|(id, l)| l.is_some() || pending.contains_key(id) || self.extra.contains_key(id))
             .collect())
     }
 
-    /// Claim `id` for writing: true if the caller must store it, false when
-    /// it is already stored or another worker is storing it.
-    pub fn claim(&self, id: &ObjectId) -> Result<bool> {
+    /// Claim `id`, sealed as `seal`, for writing: true if the caller must
+    /// store it, false when it is already stored or another worker is
+    /// storing it. Until it is durable, parents sealed in this process name
+    /// this seal ([`Store::link_seals`]).
+    pub fn claim(&self, id: &ObjectId, seal: Seal) -> Result<bool> {
         let _g = self.gc.read_guard();
         if self.locate(id)?.is_some() {
             self.note_present(std::slice::from_ref(id));
             return Ok(false);
         }
-        Ok(self.pending.lock().expect("pending lock").insert(*id))
+        let mut pending = self.pending.lock().expect("pending lock");
+        if pending.contains_key(id) {
+            return Ok(false);
+        }
+        pending.insert(*id, seal);
+        Ok(true)
     }
 
     /// Give back a claim that will not be written (the write was refused).
@@ -116,11 +126,12 @@ impl Store {
         Ok(f)
     }
 
-    /// Raw record bytes of an object, check hash verified.
+    /// Raw record bytes of an object, check hash and seal verified (the
+    /// seal this store computed when it stored the record).
     pub fn read_record(&self, id: &ObjectId) -> Result<Vec<u8>> {
         let (hash, loc) = self.locate(id)?.ok_or(StoreError::Missing(*id, "not in the index"))?;
         let f = self.pack_file(&hash)?;
-        pack::read_record_at(&f, loc.offset, loc.len, id).map_err(|reason| StoreError::Corrupt {
+        pack::read_record_at(&f, loc.offset, loc.len, id, &loc.seal).map_err(|reason| StoreError::Corrupt {
             id: *id,
             pack: pack::pack_path(&self.dir, &hash).display().to_string(),
             offset: loc.offset,
@@ -198,7 +209,7 @@ pub fn open_record(
     if rec.kind != kind {
         return Err(format!("expected a {} object, found a {}", kind.name(), rec.kind.name()));
     }
-    let plain = keys.open(rec.kind, &rec.id, &rec.links, &rec.body).map_err(|e: OpenError| e.to_string())?;
+    let plain = keys.open(rec.kind, &rec.id, &Links::of(&rec), &rec.body).map_err(|e: OpenError| e.to_string())?;
     Ok((plain, rec.links))
 }
 

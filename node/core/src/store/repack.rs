@@ -56,17 +56,19 @@ impl Store {
                     reason: format!("object {} points at unknown pack {}", id.short(), loc.pack),
                 })?;
                 let f = self.pack_file(hash)?;
-                let rec = pack::read_record_at(&f, loc.offset, loc.len, id).map_err(|reason| StoreError::Corrupt {
-                    id: *id,
-                    pack: pack::pack_path(&self.dir, hash).display().to_string(),
-                    offset: loc.offset,
-                    reason,
+                let rec = pack::read_record_at(&f, loc.offset, loc.len, id, &loc.seal).map_err(|reason| {
+                    StoreError::Corrupt {
+                        id: *id,
+                        pack: pack::pack_path(&self.dir, hash).display().to_string(),
+                        offset: loc.offset,
+                        reason,
+                    }
                 })?;
                 if cur.is_none() {
                     cur = Some(PackWriter::create(&tmp).map_err(StoreError::io("creating pack in", &tmp))?);
                 }
                 let w = cur.as_mut().expect("just set");
-                w.append(*id, loc.kind, &rec).map_err(StoreError::io("writing pack in", &tmp))?;
+                w.append(*id, loc.kind, loc.seal, &rec).map_err(StoreError::io("writing pack in", &tmp))?;
                 stats.objects += 1;
                 if w.len() >= self.config.packs.target_bytes {
                     let info = cur

@@ -74,6 +74,30 @@ pub struct Damage {
     pub reason: String,
     /// Where the bad bytes were moved.
     pub quarantined: String,
+    /// The seal this store recorded for the object when it stored it: a
+    /// replacement from a peer must have exactly this seal (a holder
+    /// without the key cannot check it any other way).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_seal")]
+    pub seal: Option<omesh_proto::Seal>,
+}
+
+mod opt_seal {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &Option<omesh_proto::Seal>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(x) => s.serialize_str(&hex::encode(x.0)),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<omesh_proto::Seal>, D::Error> {
+        let t: Option<String> = Option::deserialize(d)?;
+        t.map(|t| {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(&t, &mut b).map_err(serde::de::Error::custom)?;
+            Ok(omesh_proto::Seal(b))
+        })
+        .transpose()
+    }
 }
 
 /// Result of scrubbing one store.
@@ -126,6 +150,7 @@ pub fn scrub_store(
                     what: DamageKind::Snapshot,
                     reason: e.to_string(),
                     quarantined: q,
+                    seal: None,
                 });
             }
         }
@@ -160,7 +185,13 @@ pub fn scrub_store(
                 Err(e) if e.is_damage() => {
                     damaged_packs.insert(loc.pack);
                     let q = store.quarantine(&id, &e.to_string()).map(|p| p.display().to_string()).unwrap_or_default();
-                    pass.damaged.push(Damage { id, what: DamageKind::Object, reason: e.to_string(), quarantined: q });
+                    pass.damaged.push(Damage {
+                        id,
+                        what: DamageKind::Object,
+                        reason: e.to_string(),
+                        quarantined: q,
+                        seal: Some(loc.seal),
+                    });
                 }
                 Err(e) => return Err(e),
             }
@@ -209,7 +240,7 @@ fn quarantine_snapshot(store: &Store, id: &ObjectId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::InitOptions;
+    use crate::store::{InitOptions, Sealed};
     use omesh_proto::ObjectKind;
 
     #[test]
@@ -219,9 +250,9 @@ mod tests {
         let mut ids = Vec::new();
         let mut sink = s.sink().unwrap();
         for i in 0..10u8 {
-            let (id, rec) = s.seal(ObjectKind::Blob, &[i; 5000], vec![]).unwrap();
-            assert!(s.claim(&id).unwrap());
-            sink.add(id, ObjectKind::Blob, &rec).unwrap();
+            let Sealed { id, seal: id_seal, bytes: rec } = s.seal(ObjectKind::Blob, &[i; 5000], vec![]).unwrap();
+            assert!(s.claim(&id, id_seal).unwrap());
+            sink.add(id, ObjectKind::Blob, id_seal, &rec).unwrap();
             ids.push(id);
         }
         sink.finish().unwrap();
@@ -256,9 +287,9 @@ mod tests {
         let s = Store::init(&d.path().join("s"), InitOptions::new("t")).unwrap();
         let mut sink = s.sink().unwrap();
         for i in 0..3000u32 {
-            let (id, rec) = s.seal(ObjectKind::Blob, &i.to_le_bytes(), vec![]).unwrap();
-            assert!(s.claim(&id).unwrap());
-            sink.add(id, ObjectKind::Blob, &rec).unwrap();
+            let Sealed { id, seal: id_seal, bytes: rec } = s.seal(ObjectKind::Blob, &i.to_le_bytes(), vec![]).unwrap();
+            assert!(s.claim(&id, id_seal).unwrap());
+            sink.add(id, ObjectKind::Blob, id_seal, &rec).unwrap();
         }
         sink.finish().unwrap();
         let a = scrub_store(&s, &Pacer::new(Rate::UNLIMITED), None, 1, &|| false).unwrap();

@@ -5,8 +5,20 @@
 use super::error::{Result, StoreError};
 use super::open::Store;
 use super::pack::PackWriter;
-use omesh_proto::{ObjectId, ObjectKind, Record};
+use crate::crypto::Links;
+use omesh_proto::{ObjectId, ObjectKind, Record, Seal};
 use std::sync::Arc;
+
+/// A sealed record ready to be written: its id, its seal and its bytes.
+#[derive(Clone, Debug)]
+pub struct Sealed {
+    /// Object id.
+    pub id: ObjectId,
+    /// Seal (BLAKE3 of the record before its check).
+    pub seal: Seal,
+    /// The encoded record.
+    pub bytes: Vec<u8>,
+}
 
 /// Counters of what a writer added.
 #[derive(Clone, Copy, Debug, Default)]
@@ -20,12 +32,54 @@ pub struct WriteStats {
 }
 
 impl Store {
-    /// Seal a plaintext into a record: (id, encoded record).
-    pub fn seal(&self, kind: ObjectKind, plaintext: &[u8], links: Vec<ObjectId>) -> Result<(ObjectId, Vec<u8>)> {
+    /// The seals of `links`, as a parent's format-2 record names them: of
+    /// objects this process is writing, or as indexed. A link to an object
+    /// that is not stored is an error (a record must not name a seal that
+    /// no record has).
+    pub fn link_seals(&self, links: &[ObjectId]) -> Result<Vec<Seal>> {
+        let mut out: Vec<Option<Seal>> = {
+            let pending = self.pending.lock().expect("pending lock");
+            links.iter().map(|l| pending.get(l).copied()).collect()
+        };
+        let unknown: Vec<ObjectId> = links.iter().zip(&out).filter(|(_, s)| s.is_none()).map(|(l, _)| *l).collect();
+        if !unknown.is_empty() {
+            let locs = self.index.get_many(&unknown).map_err(|e| self.index_err(e))?;
+            let mut found = unknown
+                .iter()
+                .zip(locs)
+                .map(|(id, l)| l.map(|l| l.seal).or_else(|| self.extra.get(id).map(|(_, e)| e.seal)));
+            for s in out.iter_mut().filter(|s| s.is_none()) {
+                *s = found.next().flatten();
+            }
+        }
+        links
+            .iter()
+            .zip(out)
+            .map(|(l, s)| s.ok_or(StoreError::Missing(*l, "linked object is not stored here, so its seal is unknown")))
+            .collect()
+    }
+
+    /// Seal a plaintext into a format-2 record, looking up the seals of its
+    /// links ([`Store::link_seals`]).
+    pub fn seal(&self, kind: ObjectKind, plaintext: &[u8], links: Vec<ObjectId>) -> Result<Sealed> {
+        let seals = self.link_seals(&links)?;
+        self.seal_linked(kind, plaintext, links, seals)
+    }
+
+    /// Seal a plaintext into a format-2 record with these links and seals.
+    pub fn seal_linked(
+        &self,
+        kind: ObjectKind,
+        plaintext: &[u8],
+        links: Vec<ObjectId>,
+        seals: Vec<Seal>,
+    ) -> Result<Sealed> {
         let keys = self.keys()?;
-        let id = keys.id_for(kind, &links, plaintext);
-        let body = keys.seal(kind, &id, &links, plaintext, self.config.packs.compression_level);
-        Ok((id, Record { kind, id, links, body }.encode()))
+        let l = Links::v2(&links, &seals);
+        let id = keys.id_for(kind, &l, plaintext);
+        let body = keys.seal(kind, &id, &l, plaintext, self.config.packs.compression_level);
+        let (bytes, seal) = Record::new(kind, id, links, seals, body).encode_sealed();
+        Ok(Sealed { id, seal, bytes })
     }
 
     /// A writer that appends records to packs. Only one per store at a
@@ -52,7 +106,7 @@ impl Store {
         sink: &mut PackSink<S>,
         bytes: &[u8],
     ) -> Result<bool> {
-        let (rec, used) = Record::decode(bytes).map_err(|e| StoreError::Corrupt {
+        let (rec, used, seal) = Record::decode_sealed(bytes).map_err(|e| StoreError::Corrupt {
             id: ObjectId::ZERO,
             pack: "incoming record".into(),
             offset: 0,
@@ -67,17 +121,17 @@ impl Store {
             });
         }
         if let Some(keys) = &self.keys {
-            keys.open(rec.kind, &rec.id, &rec.links, &rec.body).map_err(|e| StoreError::Corrupt {
+            keys.open(rec.kind, &rec.id, &Links::of(&rec), &rec.body).map_err(|e| StoreError::Corrupt {
                 id: rec.id,
                 pack: "incoming record".into(),
                 offset: 0,
                 reason: e.to_string(),
             })?;
         }
-        if !self.claim(&rec.id)? {
+        if !self.claim(&rec.id, seal)? {
             return Ok(false);
         }
-        sink.add(rec.id, rec.kind, bytes)?;
+        sink.add(rec.id, rec.kind, seal, bytes)?;
         Ok(true)
     }
 }
@@ -92,14 +146,14 @@ pub struct PackSink<S: std::ops::Deref<Target = Store>> {
 }
 
 impl<S: std::ops::Deref<Target = Store>> PackSink<S> {
-    /// Append a claimed object's record.
-    pub fn add(&mut self, id: ObjectId, kind: ObjectKind, record: &[u8]) -> Result<()> {
+    /// Append a claimed object's record, whose seal is `seal`.
+    pub fn add(&mut self, id: ObjectId, kind: ObjectKind, seal: Seal, record: &[u8]) -> Result<()> {
         let tmp = self.store.dir.join("tmp");
         if self.current.is_none() {
             self.current = Some(PackWriter::create(&tmp).map_err(StoreError::io("creating pack in", &tmp))?);
         }
         let w = self.current.as_mut().expect("just set");
-        w.append(id, kind, record).map_err(StoreError::io("writing pack in", &tmp))?;
+        w.append(id, kind, seal, record).map_err(StoreError::io("writing pack in", &tmp))?;
         self.stats.objects += 1;
         self.stats.bytes += record.len() as u64;
         if w.len() >= self.store.config.packs.target_bytes {
@@ -165,7 +219,7 @@ fn w_ids(w: &PackWriter) -> Vec<ObjectId> {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::{InitOptions, Store, StoreError};
+    use crate::store::{InitOptions, Sealed, Store, StoreError};
     use omesh_proto::{ObjectKind, Record};
 
     fn init(d: &std::path::Path) -> Store {
@@ -176,30 +230,36 @@ mod tests {
     fn an_object_is_claimed_once_and_pending_until_durable() {
         let d = tempfile::tempdir().unwrap();
         let s = init(d.path());
-        let (id, rec) = s.seal(ObjectKind::Blob, b"x", vec![]).unwrap();
-        assert!(s.claim(&id).unwrap());
-        assert!(!s.claim(&id).unwrap(), "a second writer must not store it again");
+        let Sealed { id, seal, bytes: rec } = s.seal(ObjectKind::Blob, b"x", vec![]).unwrap();
+        assert!(s.claim(&id, seal).unwrap());
+        assert!(!s.claim(&id, seal).unwrap(), "a second writer must not store it again");
+        assert_eq!(s.link_seals(&[id]).unwrap(), vec![seal], "a parent sealed now names it");
         assert!(s.contains(&id).unwrap(), "a writer is told a pending object is there");
         assert_eq!(s.durable_many(&[id]).unwrap(), vec![false], "but a peer is not promised it yet");
         let mut sink = s.sink().unwrap();
-        sink.add(id, ObjectKind::Blob, &rec).unwrap();
+        sink.add(id, ObjectKind::Blob, seal, &rec).unwrap();
         let st = sink.finish().unwrap();
         assert_eq!((st.objects, st.packs), (1, 1));
         assert_eq!(s.durable_many(&[id]).unwrap(), vec![true]);
         assert_eq!(s.get(&id, ObjectKind::Blob).unwrap(), b"x");
+        assert_eq!(s.link_seals(&[id]).unwrap(), vec![seal], "and so does one sealed after it is indexed");
+        let tree = s.seal(ObjectKind::Tree, b"t", vec![id]).unwrap();
+        let (rec, _) = Record::decode(&tree.bytes).unwrap();
+        assert_eq!(rec.seals, vec![seal]);
+        assert!(s.link_seals(&[omesh_proto::ObjectId([5; 32])]).is_err(), "an unknown link has no seal");
     }
 
     #[test]
     fn a_sink_dropped_unfinished_leaves_nothing_and_releases_its_claims() {
         let d = tempfile::tempdir().unwrap();
         let s = init(d.path());
-        let (id, rec) = s.seal(ObjectKind::Blob, b"y", vec![]).unwrap();
-        assert!(s.claim(&id).unwrap());
+        let Sealed { id, seal, bytes: rec } = s.seal(ObjectKind::Blob, b"y", vec![]).unwrap();
+        assert!(s.claim(&id, seal).unwrap());
         let mut sink = s.sink().unwrap();
-        sink.add(id, ObjectKind::Blob, &rec).unwrap();
+        sink.add(id, ObjectKind::Blob, seal, &rec).unwrap();
         drop(sink);
         assert!(!s.contains(&id).unwrap());
-        assert!(s.claim(&id).unwrap(), "the next writer stores it");
+        assert!(s.claim(&id, seal).unwrap(), "the next writer stores it");
         assert_eq!(std::fs::read_dir(s.dir().join("tmp")).unwrap().count(), 0, "the partial pack is gone");
     }
 
@@ -207,13 +267,13 @@ mod tests {
     fn imported_records_are_checked_before_they_are_written() {
         let d = tempfile::tempdir().unwrap();
         let s = init(d.path());
-        let (id, rec) = s.seal(ObjectKind::Blob, b"z", vec![]).unwrap();
+        let Sealed { id, bytes: rec, .. } = s.seal(ObjectKind::Blob, b"z", vec![]).unwrap();
         let mut sink = s.sink().unwrap();
         let mut trailing = rec.clone();
         trailing.push(0);
         assert!(matches!(s.import_record(&mut sink, &trailing), Err(StoreError::Corrupt { .. })));
         // right frame and check hash, but not sealed with this store's key
-        let forged = Record { kind: ObjectKind::Blob, id, links: vec![], body: vec![7; 64] }.encode();
+        let forged = Record::new(ObjectKind::Blob, id, vec![], vec![], vec![7; 64]).encode();
         assert!(matches!(s.import_record(&mut sink, &forged), Err(StoreError::Corrupt { .. })));
         assert!(s.import_record(&mut sink, &rec).unwrap());
         assert!(!s.import_record(&mut sink, &rec).unwrap(), "already claimed");

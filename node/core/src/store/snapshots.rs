@@ -6,10 +6,12 @@ use super::error::{Result, StoreError};
 use super::open::Store;
 use super::pack::sync_dir;
 use super::read::open_record;
+use crate::crypto::{Links, SnapshotSigner};
 use crate::snapshot::SnapshotRecord;
-use omesh_proto::{ObjectId, ObjectKind, Record};
+use omesh_proto::{Attestation, ObjectId, ObjectKind, Record};
 use std::fs::{self};
 use std::io::Read as _;
+use std::sync::Arc;
 
 /// Readable snapshots (oldest first) and the errors of unreadable ones.
 pub type SnapshotList = (Vec<(ObjectId, SnapshotRecord)>, Vec<StoreError>);
@@ -137,12 +139,49 @@ impl Store {
         }
     }
 
-    /// Seal and durably write a snapshot record. Call only after every
-    /// object it references is durable (after [`PackSink::finish`]).
+    /// Seal and durably write a snapshot record, signed when the store has
+    /// a signer ([`Store::set_signer`]). Call only after every object it
+    /// references is durable (after [`PackSink::finish`]).
     pub fn write_snapshot(&self, rec: &SnapshotRecord) -> Result<ObjectId> {
-        let (id, bytes) = self.seal(ObjectKind::Snapshot, &rec.encode(), vec![rec.tree])?;
-        self.put_snapshot_record(&id, &bytes)?;
+        let links = vec![rec.tree];
+        let seals = self.link_seals(&links)?;
+        let keys = self.keys()?;
+        let plain = rec.encode();
+        let l = Links::v2(&links, &seals);
+        let id = keys.id_for(ObjectKind::Snapshot, &l, &plain);
+        let body = keys.seal(ObjectKind::Snapshot, &id, &l, &plain, self.config.packs.compression_level);
+        let mut record = Record::new(ObjectKind::Snapshot, id, links, seals, body);
+        if let Some(signer) = self.signer() {
+            let source = &self.config.source;
+            if signer.name() != source {
+                return Err(StoreError::Sign(format!(
+                    "this node's certificate names {:?}, but store {} holds the snapshots of {source:?}",
+                    signer.name(),
+                    self.dir.display()
+                )));
+            }
+            let created = rec.start_ns.div_euclid(1_000_000_000);
+            let mut a = Attestation {
+                source: source.clone(),
+                created,
+                scheme: signer.scheme(),
+                chain: signer.chain(),
+                signature: Vec::new(),
+            };
+            a.signature = signer.sign(&record.attestation_message(&a)).map_err(StoreError::Sign)?;
+            record.attestation = a.encode();
+        }
+        self.put_snapshot_record(&id, &record.encode())?;
         Ok(id)
+    }
+
+    /// Sign the snapshot records this store writes from now on.
+    pub fn set_signer(&self, signer: Arc<dyn SnapshotSigner>) {
+        *self.signer.write().expect("signer lock") = Some(signer);
+    }
+
+    fn signer(&self) -> Option<Arc<dyn SnapshotSigner>> {
+        self.signer.read().expect("signer lock").clone()
     }
 
     /// Durably store an already-sealed snapshot record (replication).

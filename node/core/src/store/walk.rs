@@ -19,8 +19,8 @@
 
 use super::error::{Result, StoreError};
 use super::open::Store;
-use omesh_proto::{ObjectId, ObjectKind};
-use std::collections::{HashSet, VecDeque};
+use omesh_proto::{ObjectId, ObjectKind, Seal};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 /// What the driver found out about one discovered object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub enum Visit {
         kind: ObjectKind,
         /// Its links.
         links: Vec<ObjectId>,
+        /// Their seals (format-2 records; empty for format 1).
+        seals: Vec<Seal>,
     },
     /// Present, but its subtree is not walked (held by the peer, known
     /// complete, already marked).
@@ -129,13 +131,53 @@ pub struct GraphWalk<F: Frontier> {
     frontier: F,
     discovered: u64,
     limit: u64,
+    /// A verifying walk: the seal each discovered object must have, as
+    /// named by the (verified) parent that linked it first.
+    seals: Option<HashMap<ObjectId, Seal>>,
+    /// An object two parents name with different seals.
+    conflict: Option<ObjectId>,
 }
 
 impl<F: Frontier> GraphWalk<F> {
     /// A walk over `frontier` (which may hold ids from an earlier,
     /// interrupted walk) that discovers at most `limit` objects.
     pub fn new(frontier: F, limit: u64) -> Self {
-        GraphWalk { frontier, discovered: 0, limit }
+        GraphWalk { frontier, discovered: 0, limit, seals: None, conflict: None }
+    }
+
+    /// Make this a verifying walk: it remembers the seal each link names,
+    /// so the driver can check every object against its parent's link
+    /// ([`GraphWalk::expected_seal`]) before it trusts the object's links.
+    pub fn verifying(mut self) -> Self {
+        self.seals = Some(HashMap::new());
+        self
+    }
+
+    /// Remember the seals `links` name (roots: the snapshot record's links).
+    pub fn expect_seals(&mut self, links: &[ObjectId], seals: &[Seal]) {
+        let Some(map) = self.seals.as_mut() else { return };
+        for (l, s) in links.iter().zip(seals) {
+            match map.get(l) {
+                Some(prev) if prev != s => {
+                    self.conflict.get_or_insert(*l);
+                }
+                Some(_) => {}
+                None => {
+                    map.insert(*l, *s);
+                }
+            }
+        }
+    }
+
+    /// The seal `id` must have (verifying walks, format-2 parents).
+    pub fn expected_seal(&self, id: &ObjectId) -> Option<Seal> {
+        self.seals.as_ref().and_then(|m| m.get(id).copied())
+    }
+
+    /// An object that two verified parents name with different seals (no
+    /// single record can satisfy both: the walk must fail).
+    pub fn seal_conflict(&self) -> Option<ObjectId> {
+        self.conflict
     }
 
     /// Discover `ids` (roots, or the links of an object).
@@ -159,7 +201,10 @@ impl<F: Frontier> GraphWalk<F> {
     /// Tell the walker what one id of the last batch is.
     pub fn visit(&mut self, visit: &Visit) -> std::result::Result<(), WalkError<F::Error>> {
         match visit {
-            Visit::Object { links, .. } => self.discover_all(links),
+            Visit::Object { links, seals, .. } => {
+                self.expect_seals(links, seals);
+                self.discover_all(links)
+            }
             Visit::Skip | Visit::Missing => Ok(()),
         }
     }
@@ -203,20 +248,41 @@ pub fn infallible(e: WalkError<std::convert::Infallible>) -> TooLarge {
 }
 
 /// What object `id` is in `store`: missing, a blob, or a non-blob with the
-/// links read from its record (check hash verified, no key needed).
-pub fn resolve_local(store: &Store, id: &ObjectId) -> Result<Visit> {
+/// links read from its record (check hash and seal verified, no key
+/// needed).
+///
+/// With `expected` (a verifying walk under a format-2 parent), the record
+/// held must be the one the parent names ([`StoreError::NotNamed`]), and
+/// a format-1 record with links is refused there: its links carry no
+/// seals, so what lies below it could not be verified.
+pub fn resolve_local(store: &Store, id: &ObjectId, expected: Option<Seal>) -> Result<Visit> {
     let Some((_, loc)) = store.locate(id)? else { return Ok(Visit::Missing) };
+    if let Some(exp) = expected
+        && exp != loc.seal
+    {
+        return Err(StoreError::NotNamed { id: *id, expected: exp.short(), found: loc.seal.short() });
+    }
     if loc.kind == ObjectKind::Blob {
-        return Ok(Visit::Object { kind: ObjectKind::Blob, links: Vec::new() });
+        return Ok(Visit::Object { kind: ObjectKind::Blob, links: Vec::new(), seals: Vec::new() });
     }
     let raw = store.read_record(id)?;
-    let (_, links) = omesh_proto::record::links_of(&raw).map_err(|e| StoreError::Corrupt {
+    let (header, links, seals) = omesh_proto::record::sealed_links_of(&raw).map_err(|e| StoreError::Corrupt {
         id: *id,
         pack: String::new(),
         offset: loc.offset,
         reason: e.to_string(),
     })?;
-    Ok(Visit::Object { kind: loc.kind, links })
+    if expected.is_some() && header.format == omesh_proto::RecordFormat::V1 && !links.is_empty() {
+        return Err(StoreError::Object(
+            format!(
+                "object {} is a format-1 {} below a format-2 snapshot: what it links cannot be verified",
+                id.short(),
+                loc.kind.name()
+            ),
+            true,
+        ));
+    }
+    Ok(Visit::Object { kind: loc.kind, links, seals })
 }
 
 impl From<TooLarge> for StoreError {
@@ -247,7 +313,7 @@ mod tests {
                 out.push((level, x));
                 let links = graph.iter().find(|(n, _)| id(*n) == x).map(|(_, l)| l.iter().map(|i| id(*i)).collect());
                 let v = match links {
-                    Some(links) => Visit::Object { kind: ObjectKind::Tree, links },
+                    Some(links) => Visit::Object { kind: ObjectKind::Tree, links, seals: vec![] },
                     None => Visit::Missing,
                 };
                 w.visit(&v).unwrap();
@@ -285,7 +351,7 @@ mod tests {
             if n < 200_000 {
                 let mut next = [0u8; 32];
                 next[..8].copy_from_slice(&n.to_le_bytes());
-                w.visit(&Visit::Object { kind: ObjectKind::Tree, links: vec![ObjectId(next)] }).unwrap();
+                w.visit(&Visit::Object { kind: ObjectKind::Tree, links: vec![ObjectId(next)], seals: vec![] }).unwrap();
             }
         }
         assert_eq!(n, 200_000);
@@ -297,6 +363,33 @@ mod tests {
         w.discover_all(&[id(0)]).unwrap();
         let _ = w.next_batch(1).unwrap();
         let links: Vec<ObjectId> = (1..=20).map(id).collect();
-        assert_eq!(infallible(w.visit(&Visit::Object { kind: ObjectKind::Tree, links }).unwrap_err()).limit, 10);
+        assert_eq!(
+            infallible(w.visit(&Visit::Object { kind: ObjectKind::Tree, links, seals: vec![] }).unwrap_err()).limit,
+            10
+        );
+    }
+
+    #[test]
+    fn a_verifying_walk_remembers_the_first_seal_and_flags_a_second() {
+        let mut w = GraphWalk::from_roots(&[id(1)]).verifying();
+        w.expect_seals(&[id(1)], &[Seal([1; 32])]);
+        assert_eq!(w.expected_seal(&id(1)), Some(Seal([1; 32])));
+        let _ = w.next(8);
+        let v = Visit::Object {
+            kind: ObjectKind::Tree,
+            links: vec![id(2), id(3)],
+            seals: vec![Seal([2; 32]), Seal([3; 32])],
+        };
+        w.visit(&v).unwrap();
+        assert_eq!(w.expected_seal(&id(3)), Some(Seal([3; 32])));
+        assert_eq!(w.seal_conflict(), None);
+        let other = Visit::Object { kind: ObjectKind::Tree, links: vec![id(3)], seals: vec![Seal([9; 32])] };
+        w.visit(&other).unwrap();
+        assert_eq!(w.expected_seal(&id(3)), Some(Seal([3; 32])), "the first verified parent's seal stays");
+        assert_eq!(w.seal_conflict(), Some(id(3)));
+        // a walk that does not verify keeps nothing
+        let mut plain = GraphWalk::from_roots(&[id(1)]);
+        plain.visit(&v).unwrap();
+        assert_eq!(plain.expected_seal(&id(2)), None);
     }
 }

@@ -316,7 +316,11 @@ async fn heal(
     let objects: Vec<ObjectId> = damaged.iter().filter(|d| d.what == DamageKind::Object).map(|d| d.id).collect();
     if !objects.is_empty() {
         let mut got = sync::Fetched::default();
-        if let Err(e) = sync::fetch_into(rt, store, source, &objects, &peers, keys.clone(), &mut got).await {
+        // a replacement must be exactly the record this store had (its
+        // recorded seal); with the key it must also decrypt to its id
+        let expect: std::collections::HashMap<ObjectId, omesh_proto::Seal> =
+            damaged.iter().filter(|d| d.what == DamageKind::Object).filter_map(|d| d.seal.map(|s| (d.id, s))).collect();
+        if let Err(e) = sync::fetch_into(rt, store, source, &objects, &expect, &peers, keys.clone(), &mut got).await {
             tracing::warn!(%source, error = %e, "repair fetch failed");
         }
         let st = store.clone();
@@ -338,11 +342,13 @@ async fn heal(
         for t in peers.iter().filter(|t| holders.contains_key(t.name())) {
             let Ok(record) = t.record(source, &id).await else { continue };
             // with the key (this node's own store), the record must decrypt
-            // and hash to its id: a peer cannot plant a forged one; a
-            // keyless replica can only check the frame
+            // and hash to its id; a keyless replica checks that the source
+            // signed it: either way a peer cannot plant a forged one
             let ok_rec = match &keys {
                 Some(k) => crate::source::open_snapshot(k, &id, &record).is_ok(),
-                None => omesh_proto::Record::decode(&record).map(|(r, _)| r.id == id).unwrap_or(false),
+                None => omesh_proto::Record::decode(&record).is_ok_and(|(r, _)| {
+                    r.id == id && rt.tls.attest_verifier().verify(&r, source, SystemTime::now()).is_ok()
+                }),
             };
             if !ok_rec {
                 tracing::warn!(%source, snapshot = %id.short(), peer = %t.name(), "a peer's copy of a damaged snapshot record does not verify; not used");

@@ -18,7 +18,7 @@ use omesh_core::policy::retention;
 use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_core::time;
 use omesh_net::mesh::{SourceStore, WriteRefused};
-use omesh_proto::{ObjectId, ObjectKind, Record};
+use omesh_proto::{ObjectId, ObjectKind, Record, RecordFormat, Seal};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -122,6 +122,15 @@ pub enum RepairError {
     /// A peer answered with records it was not asked for.
     #[error("a peer sent a record that was not asked for")]
     Unasked,
+    /// A record was refused as not made by its source (bad or missing
+    /// signature, another source's name, not the record a link names).
+    #[error("refused a forged or altered record offered by {peers}: {reason}")]
+    Forged {
+        /// the peers that offered it
+        peers: String,
+        /// what failed
+        reason: String,
+    },
     /// The source's quota on this node is used up.
     #[error("{source_name} is over its quota of {quota} bytes on {node}")]
     Quota {
@@ -247,7 +256,8 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
             .chain(holding.filter(|t| t.name() == source))
             .cloned()
             .collect();
-        match repair_one(rt, source, *id, &s.record, &from).await {
+        let listed_by: Vec<String> = s.holders.keys().filter(|h| **h != me).cloned().collect();
+        match repair_one(rt, source, *id, &s.record, &listed_by, &from).await {
             Ok(r) => {
                 tracing::info!(%source, snapshot = %id.short(), objects = r.objects, bytes = r.bytes, from = ?r.from, "sync: replica repaired");
                 rep.repaired.push(r);
@@ -300,14 +310,19 @@ fn may_store(rt: &NodeRuntime, source: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Copy snapshot `id` of `source` from the peers in `from` into this
-/// node's replica store, then commit it. Its stored time is this node's
-/// receipt: retention here never takes a time from another peer.
+/// Copy snapshot `id` of `source` (its record as `listed_by` listed it)
+/// from the peers in `from` into this node's replica store, then commit
+/// it. Nothing is stored unless the record is signed by `source` itself,
+/// and every record fetched must be the one its verified parent's link
+/// names. Its stored time is its signed creation time, never later than
+/// this node's receipt: retention here never takes a time another peer
+/// reports.
 async fn repair_one(
     rt: &Arc<NodeRuntime>,
     source: &str,
     id: ObjectId,
     record: &[u8],
+    listed_by: &[String],
     from: &[Arc<dyn ReplicaTarget>],
 ) -> Result<Repaired, RepairError> {
     let t = Instant::now();
@@ -315,6 +330,18 @@ async fn repair_one(
     if used != record.len() || rec.kind != ObjectKind::Snapshot || rec.id != id {
         return Err(RepairError::BadRecord("the listed snapshot record is not a snapshot with that id".into()));
     }
+    let attested = match rt.tls.attest_verifier().verify(&rec, source, std::time::SystemTime::now()) {
+        Ok(a) => a,
+        Err(e) => {
+            for p in listed_by {
+                rt.counters.peer(p).forged_records.fetch_add(1, Ordering::Relaxed);
+            }
+            return Err(RepairError::Forged {
+                peers: listed_by.join(", "),
+                reason: format!("snapshot {} listed under {source}: {e}", id.short()),
+            });
+        }
+    };
     let store = {
         let stores = rt.stores.clone();
         let s = source.to_string();
@@ -325,13 +352,17 @@ async fn repair_one(
     // the store's graph walker over the snapshot's graph: present trees
     // are walked from local records, missing objects fetched and walked
     // from theirs
-    let mut walk = GraphWalk::from_roots(&rec.links);
+    let mut walk = GraphWalk::from_roots(&rec.links).verifying();
+    walk.expect_seals(&rec.links, &rec.seals);
     loop {
         let batch = walk.next(1024);
         if batch.is_empty() {
             break;
         }
+        let expect: HashMap<ObjectId, Seal> =
+            batch.iter().filter_map(|i| walk.expected_seal(i).map(|s| (*i, s))).collect();
         let st = store.clone();
+        let ex = expect.clone();
         let visits = blocking(move || {
             let present = st.store.contains_many(&batch)?;
             let mut out = Vec::with_capacity(batch.len());
@@ -339,7 +370,7 @@ async fn repair_one(
                 let v = if !p {
                     Visit::Missing
                 } else {
-                    match resolve_local(&st.store, &id)? {
+                    match resolve_local(&st.store, &id, ex.get(&id).copied())? {
                         // being written by another stream: it is there
                         Visit::Missing => Visit::Skip,
                         v => v,
@@ -364,23 +395,32 @@ async fn repair_one(
                 return Err(RepairError::Quota { source_name: source.into(), quota, node: rt.cfg.name.clone() });
             }
         }
-        let links = fetch_into(rt, &store, source, &missing, from, None, &mut got).await?;
-        walk.discover_all(&links).map_err(infallible)?;
+        let fetched = fetch_into(rt, &store, source, &missing, &expect, from, None, &mut got).await?;
+        for v in fetched {
+            walk.visit(&v).map_err(infallible)?;
+        }
+        if let Some(c) = walk.seal_conflict() {
+            return Err(RepairError::Forged {
+                peers: listed_by.join(", "),
+                reason: format!("object {} is named with two different seals", c.short()),
+            });
+        }
     }
     let st = store.clone();
     let record = record.to_vec();
-    let roots = rec.links.clone();
+    let roots = (rec.links.clone(), rec.seals.clone());
+    let time = time::signed_time_capped(attested.created);
     let allow = rt.cfg.allowance_for(source);
     let (src, node) = (source.to_string(), rt.cfg.name.clone());
     blocking(move || {
         st.flush()?;
         let _commit = st.store.commit_guard();
-        let missing = st.missing_below(&roots, 16)?;
+        let missing = st.missing_below(&roots.0, &roots.1, 16)?;
         if !missing.is_empty() {
             return Err(RepairError::Incomplete { count: missing.len(), first: missing[0] });
         }
         st.admit_snapshot(record.len() as u64, allow).map_err(|e| refused(e, &src, &node))?;
-        Ok(st.store.put_snapshot_record(&id, &record)?)
+        Ok(st.store.put_snapshot_record_at(&id, &record, time)?)
     })
     .await?;
     Ok(Repaired {
@@ -408,18 +448,26 @@ pub struct Fetched {
 
 /// Fetch `ids` of `source` from the peers in `from` (in order, each asked
 /// only for what the earlier ones lacked), check each record, and write it
-/// into `store`. With `keys`, records are also decrypted before they are
-/// accepted. Returns the links of the fetched non-blob records. Ids nobody
-/// has stay missing (the caller's completeness check reports them).
+/// into `store`. A record whose id is in `expect` must have exactly that
+/// seal (the one its verified parent's link names, or the one this store
+/// recorded for a damaged copy); with `keys`, records are also decrypted
+/// before they are accepted; without either, a record cannot be verified
+/// and is refused. A record that fails is never written: the peer that
+/// sent it is named in the log and counted (`forged_records`), and the id
+/// is asked of the next holder. Returns what the fetched non-blob records
+/// link. Ids nobody has stay missing (the caller's completeness check
+/// reports them).
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch_into(
     rt: &Arc<NodeRuntime>,
     store: &Arc<SourceStore>,
     source: &str,
     ids: &[ObjectId],
+    expect: &HashMap<ObjectId, Seal>,
     from: &[Arc<dyn ReplicaTarget>],
     keys: Option<Arc<omesh_core::crypto::Keys>>,
     got: &mut Fetched,
-) -> Result<Vec<ObjectId>, RepairError> {
+) -> Result<Vec<Visit>, RepairError> {
     let mut links = Vec::new();
     let mut left: Vec<ObjectId> = ids.to_vec();
     let allow = rt.cfg.allowance_for(source);
@@ -440,40 +488,65 @@ pub async fn fetch_into(
                 }
             };
             drop(missing);
-            let want: HashSet<ObjectId> = chunk.iter().copied().collect();
+            let want: HashMap<ObjectId, Option<Seal>> = chunk.iter().map(|i| (*i, expect.get(i).copied())).collect();
             let mut ok_here = HashSet::new();
             let st = store.clone();
             let k = keys.clone();
             let n_bytes: u64 = recs.iter().map(|r| r.len() as u64).sum();
             let (src, node) = (src.clone(), node.clone());
-            let written = blocking(move || {
+            let peer = conn.name().to_string();
+            let (written, forged) = blocking(move || {
                 let mut out = Vec::new();
+                let mut forged = 0u64;
                 for raw in recs {
-                    let (rec, used) = Record::decode(&raw).map_err(|e| RepairError::BadRecord(e.to_string()))?;
-                    if used != raw.len() || !want.contains(&rec.id) {
+                    let (rec, used, seal) =
+                        Record::decode_sealed(&raw).map_err(|e| RepairError::BadRecord(e.to_string()))?;
+                    let Some(expected) = want.get(&rec.id).filter(|_| used == raw.len()) else {
                         return Err(RepairError::Unasked);
-                    }
-                    if let Some(k) = &k
-                        && k.open(rec.kind, &rec.id, &rec.links, &rec.body).is_err()
-                    {
-                        // a bad copy: leave the id missing, try elsewhere
+                    };
+                    let verdict = match (expected, &k) {
+                        (Some(e), _) if *e != seal => Err(format!(
+                            "object {} is not the record its parent names (seal {}, the link names {})",
+                            rec.id.short(),
+                            seal.short(),
+                            e.short()
+                        )),
+                        (Some(_), _) if rec.format == RecordFormat::V1 && !rec.links.is_empty() => Err(format!(
+                            "object {} is a format-1 {} below a format-2 snapshot: what it links cannot be verified",
+                            rec.id.short(),
+                            rec.kind.name()
+                        )),
+                        (_, Some(k)) => k
+                            .open(rec.kind, &rec.id, &omesh_core::crypto::Links::of(&rec), &rec.body)
+                            .map(|_| ())
+                            .map_err(|e| format!("object {}: {e}", rec.id.short())),
+                        (Some(_), None) => Ok(()),
+                        (None, None) => {
+                            Err(format!("object {} cannot be verified here (no seal, no key)", rec.id.short()))
+                        }
+                    };
+                    if let Err(why) = verdict {
+                        // a bad copy: never written; leave the id missing, try elsewhere
+                        tracing::warn!(%peer, source = %src, error = %why, "refused a record from a peer");
+                        forged += 1;
                         continue;
                     }
-                    st.write_record(rec.id, rec.kind, &raw, allow).map_err(|e| refused(e, &src, &node))?;
-                    out.push((rec.id, rec.kind, rec.links, raw.len() as u64));
+                    st.write_record(rec.id, rec.kind, seal, &raw, allow).map_err(|e| refused(e, &src, &node))?;
+                    out.push((rec.id, rec.kind, rec.links, rec.seals, raw.len() as u64));
                 }
-                Ok(out)
+                Ok((out, forged))
             })
             .await?;
             counters.bytes_received.fetch_add(n_bytes, Ordering::Relaxed);
-            for (id, kind, l, n) in written {
+            counters.forged_records.fetch_add(forged, Ordering::Relaxed);
+            for (id, kind, l, seals, n) in written {
                 ok_here.insert(id);
                 got.objects += 1;
                 got.bytes += n;
                 got.ids.insert(id);
                 counters.objects_received.fetch_add(1, Ordering::Relaxed);
                 if kind != ObjectKind::Blob {
-                    links.extend(l);
+                    links.push(Visit::Object { kind, links: l, seals });
                 }
             }
             if !ok_here.is_empty() {

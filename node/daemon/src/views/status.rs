@@ -33,6 +33,11 @@ pub struct PeerView {
     pub holds_our_snapshots: Option<u64>,
     /// Byte counters since the daemon started.
     pub counters: serde_json::Value,
+    /// Records it sent since the daemon started that were refused as
+    /// forged or altered (a bad or missing signature, another source's
+    /// name, a record that is not the one its parent's link names).
+    #[serde(default)]
+    pub forged_records: u64,
     /// Its latest proof-of-holding check, if one was made: while it has
     /// failed, the peer does not count as a replica.
     #[serde(default)]
@@ -265,6 +270,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
                 holds_our_bytes: usage.map(|u| u.bytes),
                 holds_our_snapshots: usage.map(|u| u.snapshots),
                 counters: counters.get(&p.name).cloned().unwrap_or(serde_json::json!({})),
+                forged_records: counters.get(&p.name).and_then(|c| c["forged_records"].as_u64()).unwrap_or(0),
                 holding_check: checks.get(&p.name).map(|c| HoldingCheckView {
                     time: rfc3339(c.time_ns),
                     snapshot: c.snapshot.clone(),

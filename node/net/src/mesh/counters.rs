@@ -29,8 +29,9 @@ type PeerFamily = prometheus_client::metrics::family::Family<Labels, prometheus_
 #[derive(Default)]
 pub struct Counters {
     map: Mutex<HashMap<String, Arc<PeerCounters>>>,
-    /// bytes sent, bytes received, objects sent, objects received, bytes served
-    families: [PeerFamily; 5],
+    /// bytes sent, bytes received, objects sent, objects received, bytes
+    /// served, forged records
+    families: [PeerFamily; 6],
 }
 
 /// Counters for one peer.
@@ -46,6 +47,10 @@ pub struct PeerCounters {
     pub objects_received: Count,
     /// Bytes we served it (restores and repairs).
     pub bytes_served: Count,
+    /// Records it sent that were refused as forged or altered (a bad
+    /// signature, a snapshot under another source, a record that is not
+    /// the one its parent's link names).
+    pub forged_records: Count,
 }
 
 impl Counters {
@@ -63,6 +68,7 @@ impl Counters {
             objects_sent: f(2),
             objects_received: f(3),
             bytes_served: f(4),
+            forged_records: f(5),
         });
         m.insert(peer.to_string(), c.clone());
         c
@@ -76,6 +82,10 @@ impl Counters {
             ("peer_sent_objects", "Objects sent to each peer"),
             ("peer_received_objects", "Objects received from each peer"),
             ("peer_served_bytes", "Bytes served to each peer (restores and repairs)"),
+            (
+                "peer_forged_records",
+                "Records from each peer refused as forged or altered (bad signature, wrong source, not the record its parent names)",
+            ),
         ];
         for (i, (n, h)) in names.iter().enumerate() {
             r.register(*n, *h, self.families[i].clone());
@@ -94,6 +104,7 @@ impl Counters {
                     "objects_sent": v.objects_sent.load(Ordering::Relaxed),
                     "objects_received": v.objects_received.load(Ordering::Relaxed),
                     "bytes_served": v.bytes_served.load(Ordering::Relaxed),
+                    "forged_records": v.forged_records.load(Ordering::Relaxed),
                 }),
             );
         }

@@ -84,7 +84,7 @@ async fn discover(
         let visits = blocking(move || {
             descend
                 .into_iter()
-                .map(|id| match resolve_local(&s, &id)? {
+                .map(|id| match resolve_local(&s, &id, None)? {
                     Visit::Missing => Err(StoreError::Missing(id, "needed for replication")),
                     v => Ok((id, v)),
                 })

@@ -564,12 +564,12 @@ async fn put_objects(
     // it is written; the writer admits each record against the quota and
     // the free-space floor at the moment it writes it, from one account
     // that parallel streams share
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, ObjectKind, Vec<u8>, Held)>(8);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, ObjectKind, omesh_proto::Seal, Vec<u8>, Held)>(8);
     let writer_store = store.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<u32, WriteRefused> {
         let mut new = 0;
-        while let Some((id, kind, bytes, held)) = rx.blocking_recv() {
-            if writer_store.write_record(id, kind, &bytes, allow)? {
+        while let Some((id, kind, seal, bytes, held)) = rx.blocking_recv() {
+            if writer_store.write_record(id, kind, seal, &bytes, allow)? {
                 new += 1;
             }
             drop((bytes, held));
@@ -579,7 +579,7 @@ async fn put_objects(
     });
     let mut bytes = 0u64;
     for _ in 0..count {
-        let (header, rec, held) = match read_record_limited(recv, limits).await {
+        let (header, rec, seal, held) = match read_record_limited(recv, limits).await {
             Ok(r) => r,
             Err(e) => {
                 drop(tx);
@@ -590,7 +590,7 @@ async fn put_objects(
         bytes += rec.len() as u64;
         counters.bytes_received.fetch_add(rec.len() as u64, Ordering::Relaxed);
         counters.objects_received.fetch_add(1, Ordering::Relaxed);
-        if tx.send((header.id, header.kind, rec, held)).await.is_err() {
+        if tx.send((header.id, header.kind, seal, rec, held)).await.is_err() {
             // the writer stopped (refused or failed): its answer follows
             break;
         }
@@ -628,9 +628,23 @@ async fn put_snapshot(
     if used != record.len() || rec.kind != ObjectKind::Snapshot {
         return Err(Fail::Respond(ErrorCode::BadRequest, "not a snapshot record".into(), vec![]));
     }
+    // authenticity before anything is stored: signed by the source whose
+    // namespace this is, with a site certificate
+    let attested = match ctx.tls.attest_verifier().verify(&rec, source, std::time::SystemTime::now()) {
+        Ok(a) => a,
+        Err(e) => {
+            ctx.counters.peer(&peer.name).forged_records.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(peer = %peer.name, %source, snapshot = %rec.id.short(), error = %e, "refused a snapshot record that its source did not sign");
+            return Err(Fail::Respond(
+                ErrorCode::Forbidden,
+                format!("snapshot {} of {source}: {e}", rec.id.short()),
+                vec![],
+            ));
+        }
+    };
     let store = source_store(ctx, source, true).await?.expect("created");
     let id = rec.id;
-    let links = rec.links.clone();
+    let links = (rec.links.clone(), rec.seals.clone());
     let src = source.to_string();
     let allow = ctx.policy.allowance(source);
     let node = ctx.policy.node.clone();
@@ -649,7 +663,17 @@ async fn put_snapshot(
         }
         // no garbage collection sweep between the check and the commit
         let _commit = store.store.commit_guard();
-        let missing = store.missing_below(&links, msg::MAX_HAVE_IDS).map_err(internal)?;
+        let missing = match store.missing_below(&links.0, &links.1, msg::MAX_HAVE_IDS) {
+            Ok(m) => m,
+            Err(e @ (omesh_core::store::StoreError::NotNamed { .. } | omesh_core::store::StoreError::Object(..))) => {
+                return Err(Fail::Respond(
+                    ErrorCode::Corrupt,
+                    format!("snapshot {} of {src}: {e}", id.short()),
+                    vec![],
+                ));
+            }
+            Err(e) => return Err(internal(e)),
+        };
         if !missing.is_empty() {
             return Err(Fail::Respond(
                 ErrorCode::Incomplete,
@@ -662,7 +686,9 @@ async fn put_snapshot(
             WriteRefused::Store(e) => internal(e),
             e => Fail::Respond(ErrorCode::QuotaExceeded, format!("{src} cannot store more on {node}: {e}"), vec![]),
         })?;
-        store.store.put_snapshot_record(&id, &record).map_err(internal)
+        // its time here: the signed creation time, never later than now
+        let t = omesh_core::time::signed_time_capped(attested.created);
+        store.store.put_snapshot_record_at(&id, &record, t).map_err(internal)
     })
     .await?;
     if new {

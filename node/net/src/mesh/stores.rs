@@ -2,12 +2,13 @@
 //! and keyless replicas of other sources, each with a shared writer for
 //! incoming replicas.
 
+use omesh_core::crypto::SnapshotSigner;
 use omesh_core::keyfile::KeyFile;
 use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_core::store::{Access, InitOptions, KeySource, PackSink, Store, StoreError};
 use omesh_core::units::FreeFloor;
-use omesh_proto::ObjectId;
-use std::collections::{HashMap, HashSet};
+use omesh_proto::{ObjectId, Seal};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -67,7 +68,7 @@ pub struct SourceStore {
     /// Trees known to have their whole subtree present (speeds up
     /// completeness checks of later snapshots), valid for the store's
     /// removal count it was learned at.
-    complete: Mutex<(u64, HashSet<ObjectId>)>,
+    complete: Mutex<(u64, HashMap<ObjectId, Seal>)>,
 }
 
 impl SourceStore {
@@ -75,7 +76,7 @@ impl SourceStore {
         SourceStore {
             store: Arc::new(store),
             writer: Mutex::new(Writer::default()),
-            complete: Mutex::new((0, HashSet::new())),
+            complete: Mutex::new((0, HashMap::new())),
         }
     }
 
@@ -117,10 +118,11 @@ impl SourceStore {
         &self,
         id: ObjectId,
         kind: omesh_proto::ObjectKind,
+        seal: Seal,
         bytes: &[u8],
         allow: Allowance,
     ) -> Result<bool, WriteRefused> {
-        if !self.store.claim(&id)? {
+        if !self.store.claim(&id, seal)? {
             return Ok(false);
         }
         let mut g = self.writer();
@@ -129,7 +131,7 @@ impl SourceStore {
             if g.sink.is_none() {
                 g.sink = Some(self.store.owned_sink()?);
             }
-            g.sink.as_mut().expect("set").add(id, kind, bytes)?;
+            g.sink.as_mut().expect("set").add(id, kind, seal, bytes)?;
             Ok(())
         })();
         if r.is_err() {
@@ -154,10 +156,14 @@ impl SourceStore {
         Ok(())
     }
 
-    /// Check that everything reachable from `roots` is durably held;
-    /// returns the missing ids (at most `limit`).
-    pub fn missing_below(&self, roots: &[ObjectId], limit: usize) -> Result<Vec<ObjectId>, StoreError> {
-        let mut walk = GraphWalk::from_roots(roots);
+    /// Check that everything reachable from `roots` (a snapshot record's
+    /// links, with their `seals`) is durably held, and is what the links
+    /// name: every record held must have the seal its verified parent's
+    /// link names ([`StoreError::NotNamed`] otherwise). Returns the missing
+    /// ids (at most `limit`).
+    pub fn missing_below(&self, roots: &[ObjectId], seals: &[Seal], limit: usize) -> Result<Vec<ObjectId>, StoreError> {
+        let mut walk = GraphWalk::from_roots(roots).verifying();
+        walk.expect_seals(roots, seals);
         let mut trees = Vec::new();
         let mut missing = Vec::new();
         let removals = self.store.removals();
@@ -165,7 +171,7 @@ impl SourceStore {
             let mut c = self.complete.lock().expect("complete lock");
             if c.0 != removals {
                 // objects left the store since: forget what we knew
-                *c = (removals, HashSet::new());
+                *c = (removals, HashMap::new());
             }
             c.1.clone()
         };
@@ -175,10 +181,13 @@ impl SourceStore {
                 break;
             }
             for id in batch {
-                if known.contains(&id) {
+                let expected = walk.expected_seal(&id);
+                if let Some(seal) = known.get(&id)
+                    && expected.is_none_or(|e| e == *seal)
+                {
                     continue;
                 }
-                let v = resolve_local(&self.store, &id)?;
+                let v = resolve_local(&self.store, &id, expected)?;
                 match &v {
                     Visit::Missing => {
                         missing.push(id);
@@ -186,10 +195,18 @@ impl SourceStore {
                             break 'walk;
                         }
                     }
-                    Visit::Object { kind, .. } if *kind != omesh_proto::ObjectKind::Blob => trees.push(id),
+                    Visit::Object { kind, .. } if *kind != omesh_proto::ObjectKind::Blob => {
+                        trees.push((id, self.store.locate(&id)?.map(|(_, l)| l.seal).unwrap_or_default()))
+                    }
                     _ => {}
                 }
                 walk.visit(&v).map_err(infallible)?;
+            }
+            if let Some(c) = walk.seal_conflict() {
+                return Err(StoreError::Object(
+                    format!("object {} is named with two different seals", c.short()),
+                    true,
+                ));
             }
         }
         if missing.is_empty() {
@@ -241,6 +258,8 @@ pub struct Stores {
     /// holds only that source's slot, so one slow open does not stall
     /// requests for every other source.
     map: Mutex<HashMap<String, Slot>>,
+    /// Signs the snapshot records of the own store (the node identity).
+    signer: Option<Arc<dyn SnapshotSigner>>,
 }
 
 type Slot = Arc<Mutex<Option<Arc<SourceStore>>>>;
@@ -248,7 +267,13 @@ type Slot = Arc<Mutex<Option<Arc<SourceStore>>>>;
 impl Stores {
     /// Registry for a node's data directory.
     pub fn new(cfg: StoreLayout) -> Self {
-        Stores { cfg, map: Mutex::new(HashMap::new()) }
+        Stores { cfg, map: Mutex::new(HashMap::new()), signer: None }
+    }
+
+    /// A registry whose own store signs its snapshot records with `signer`
+    /// (a mesh node: peers accept only signed records).
+    pub fn with_signer(cfg: StoreLayout, signer: Arc<dyn SnapshotSigner>) -> Self {
+        Stores { cfg, map: Mutex::new(HashMap::new()), signer: Some(signer) }
     }
 
     fn slot(&self, source: &str) -> Slot {
@@ -262,7 +287,11 @@ impl Stores {
         if let Some(s) = g.as_ref() {
             return Ok(s.clone());
         }
-        let s = Arc::new(SourceStore::new(open_own_store(&self.cfg)?));
+        let store = open_own_store(&self.cfg)?;
+        if let Some(signer) = &self.signer {
+            store.set_signer(signer.clone());
+        }
+        let s = Arc::new(SourceStore::new(store));
         *g = Some(s.clone());
         Ok(s)
     }

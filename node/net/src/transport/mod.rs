@@ -15,7 +15,7 @@ pub mod tls;
 
 use omesh_core::units::ByteSize;
 use omesh_proto::frame::{self, FrameError, LEN_PREFIX_BYTES};
-use omesh_proto::record::{self, HEADER_BYTES, RecordHeader};
+use omesh_proto::record::{self, HEADER_BYTES, RecordHeader, Seal};
 use quinn::{RecvStream, SendStream, VarInt};
 use serde::Deserialize;
 use serde::{Serialize, de::DeserializeOwned};
@@ -401,7 +401,7 @@ async fn read_record_inner(
     recv: &mut RecvStream,
     limits: Option<&ReadLimits>,
     stall: Option<Duration>,
-) -> Result<(RecordHeader, Vec<u8>, Held), ReadError> {
+) -> Result<(RecordHeader, Vec<u8>, Seal, Held), ReadError> {
     let stall = limits.map(|l| l.stall).or(stall);
     let mut buf = Vec::with_capacity(HEADER_BYTES);
     read_growing(recv, &mut buf, HEADER_BYTES, stall).await?;
@@ -417,15 +417,16 @@ async fn read_record_inner(
         None => Held(None),
     };
     read_growing(recv, &mut buf, total - HEADER_BYTES, stall).await?;
-    record::verify_check(&buf).map_err(|e| ReadError::Malformed(format!("record {}: {e}", header.id.short())))?;
-    Ok((header, buf, held))
+    let seal =
+        record::verify_check(&buf).map_err(|e| ReadError::Malformed(format!("record {}: {e}", header.id.short())))?;
+    Ok((header, buf, seal, held))
 }
 
 /// Read one object record (header first, limits checked, then the rest as
 /// it arrives, each piece within `stall` when set) and verify its check
 /// hash.
 pub async fn read_record(recv: &mut RecvStream, stall: Option<Duration>) -> Result<(RecordHeader, Vec<u8>), ReadError> {
-    read_record_inner(recv, None, stall).await.map(|(h, b, _)| (h, b))
+    read_record_inner(recv, None, stall).await.map(|(h, b, _, _)| (h, b))
 }
 
 /// [`read_record`] for a server: the record's length is taken from the
@@ -434,6 +435,6 @@ pub async fn read_record(recv: &mut RecvStream, stall: Option<Duration>) -> Resu
 pub async fn read_record_limited(
     recv: &mut RecvStream,
     limits: &ReadLimits,
-) -> Result<(RecordHeader, Vec<u8>, Held), ReadError> {
+) -> Result<(RecordHeader, Vec<u8>, Seal, Held), ReadError> {
     read_record_inner(recv, Some(limits), None).await
 }

@@ -251,6 +251,17 @@ impl TlsMaterial {
         Self::load(&cfg, &name)
     }
 
+    /// Signs this node's snapshot records with its certificate's key.
+    pub fn snapshot_signer(&self, name: &str) -> Result<crate::attest::NodeSigner, TlsError> {
+        crate::attest::NodeSigner::new(name, &self.chain, &self.key)
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e)))
+    }
+
+    /// Checks other nodes' snapshot records against the site CA.
+    pub fn attest_verifier(&self) -> crate::attest::AttestVerifier {
+        crate::attest::AttestVerifier::new(self.roots.roots.clone())
+    }
+
     /// Server side: client certificates required, verified against the CA
     /// and the CRL as of the last [`TlsMaterial::refresh`].
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
