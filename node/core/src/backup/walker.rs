@@ -256,7 +256,20 @@ impl Walker<'_, '_> {
                     }
                 }
             }
-            Content::Lists(l) => ids.extend_from_slice(l),
+            Content::Lists(l) => {
+                // a format-1 extent list carries no seals, and holders refuse
+                // one below a format-2 snapshot: such a file is read again
+                // (once), which rewrites its lists in format 2
+                let v2 = |id: &ObjectId| {
+                    self.ctx.store.read_record(id).is_ok_and(|raw| {
+                        omesh_proto::RecordHeader::parse(&raw).is_ok_and(|h| h.format == omesh_proto::RecordFormat::V2)
+                    })
+                };
+                if !l.iter().all(v2) {
+                    return false;
+                }
+                ids.extend_from_slice(l)
+            }
         }
         matches!(self.ctx.store.contains_many(&ids), Ok(v) if v.iter().all(|x| *x))
     }
