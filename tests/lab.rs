@@ -118,3 +118,56 @@ fn backup_replication_and_restore_never_touch_the_service_link() {
     assert!(r.to_string().contains("forbidden network 10.99.0.0/16"), "{r}");
     assert_eq!(lab.counters("s1", "svc"), svc, "bytes went over the service link");
 }
+
+/// Send a QUIC probe of an unknown version (padded to 1200 bytes) from
+/// namespace `ns` to `to`; whether anything came back within 3 s.
+fn probe_from_namespace(ns: &str, to: &str) -> bool {
+    let (host, port) = to.rsplit_once(':').unwrap();
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.settimeout(3)\n\
+         p = bytes([0xc0]) + bytes.fromhex('0a1a2a3a') + bytes([8]) + b'\\x11' * 8 + bytes([8]) + b'\\x22' * 8\n\
+         s.sendto(p + bytes(1200 - len(p)), ('{host}', {port}))\n\
+         try:\n    d = s.recv(2048)\n    print('answered' if len(d) > 5 and d[0] & 0x80 and d[1:5] == bytes(4) else 'other')\n\
+         except socket.timeout:\n    print('silent')\n"
+    );
+    let out = Command::new("ip").args(["netns", "exec", ns, "python3", "-c", &script]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(out.status.success() && (text == "answered" || text == "silent"), "{text} {:?}", out);
+    text == "answered"
+}
+
+/// Between real network namespaces: a server that an address outside
+/// `allowed_networks` sends a QUIC packet to answers nothing at all (no
+/// Version Negotiation, no handshake), while the same packet from an
+/// allowed address is answered.
+#[test]
+fn a_refused_address_in_another_namespace_gets_no_answer_not_even_version_negotiation() {
+    let t = tempfile::tempdir().unwrap();
+    let lab = Lab::up(3);
+    let mut site = Site::new(t.path(), &[("srv-1", "rack-1"), ("srv-2", "rack-2"), ("srv-3", "rack-3")]);
+    for (i, n) in site.nodes.iter_mut().enumerate() {
+        n.ip = format!("10.20.0.{}", 11 + i);
+        n.port = 7443;
+        n.netns = Some(lab.ns(&format!("s{}", i + 1)));
+    }
+    // srv-1 accepts srv-2's address only
+    site.write_config(
+        "srv-1",
+        &["srv-2".into()],
+        1,
+        "[residency]\nallowed_networks = [\"10.20.0.11/32\", \"10.20.0.12/32\"]\nbind = \"10.20.0.11\"\n",
+    );
+    let _d1 = site.start("srv-1");
+    let to = "10.20.0.11:7443";
+    assert!(probe_from_namespace(&lab.ns("s2"), to), "the probe is not answered from an allowed address");
+    assert!(!probe_from_namespace(&lab.ns("s3"), to), "srv-1 answered 10.20.0.13, outside its boundary");
+    // and its own interface sent nothing towards srv-3 meanwhile
+    let before = lab.counters("s3", "lni");
+    assert!(!probe_from_namespace(&lab.ns("s3"), to));
+    let after = lab.counters("s3", "lni");
+    assert!(after.0 - before.0 < 200, "srv-3 received {} bytes (a reply is at least 1200)", after.0 - before.0);
+    let st = site.omesh("srv-1", &["status", "--json"]).ok().json();
+    assert!(st["residency_refusals"].as_u64().unwrap() >= 2, "{st}");
+}
