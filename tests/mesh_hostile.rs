@@ -886,3 +886,45 @@ fn an_altered_chunk_pulled_by_sync_is_refused() {
     tree::assert_same(&src, &restored(&out, &src));
     drop(rt);
 }
+
+/// srv-b, compromised, lists srv-a's real snapshot with an altered record
+/// (its signature no longer verifies) next to an honest holder. srv-c's
+/// repair is not blocked by it: it takes the honest holder's copy, and the
+/// honest holder is never blamed.
+#[test]
+fn a_forged_copy_of_a_real_snapshot_neither_blocks_its_repair_nor_blames_honest_holders() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1"), ("srv-c", "r2"), ("srv-d", "r3")]);
+    site.write_config("srv-a", &["srv-d".into()], 1, "");
+    site.write_config("srv-d", &["srv-a".into(), "srv-c".into()], 1, "");
+    site.write_config("srv-c", &["srv-a".into(), "srv-b".into(), "srv-d".into()], 3, "");
+    let _d = site.start("srv-d");
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), tree::data(200_000, 8)).unwrap();
+    let r = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();
+    let snap = ObjectId::from_hex(r["snapshot"].as_str().unwrap()).unwrap();
+    // srv-b lists the same snapshot, its record altered
+    let mut record =
+        std::fs::read(site.node("srv-d").data().join("sources/srv-a/snapshots").join(snap.to_hex())).unwrap();
+    let n = record.len() - omesh_proto::record::CHECK_BYTES;
+    record[n - 1] ^= 1;
+    let check = blake3::hash(&record[..n]);
+    record[n..].copy_from_slice(&check.as_bytes()[..omesh_proto::record::CHECK_BYTES]);
+    let mut f = Forgery::default();
+    f.snapshots.push(SnapshotEntry { source: "srv-a".into(), id: snap, record, stored_ns: 1 });
+    let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
+    let rt = rt();
+    rt.spawn(forging_peer(material(&site.node("srv-b").dir.join("tls")), "srv-b", b_addr, std::sync::Arc::new(f)));
+    let _c = site.start("srv-c");
+    let r = site.omesh("srv-c", &["sync", "--json"]).ok().json();
+    assert_eq!(r["repaired"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(stored_snapshots(site.node("srv-c"), "srv-a"), vec![snap.to_hex()]);
+    site.omesh("srv-c", &["verify", "--source", "srv-a", "--json"]).ok();
+    let st = site.omesh("srv-c", &["status", "--json"]).ok().json();
+    let forged = |name: &str| {
+        st["peers"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["forged_records"].as_u64().unwrap()
+    };
+    assert_eq!(forged("srv-d"), 0, "the honest holder was blamed: {st}");
+    drop(rt);
+}

@@ -1,12 +1,12 @@
 //! Key material and the sealing of object bodies.
 //!
 //! One 32-byte master secret per source. From it, with BLAKE3's key
-//! derivation, come three independent keys:
+//! derivation, come four independent keys:
 //! - the **id key**: object id = keyed BLAKE3(id key, plaintext), so ids do
 //!   not reveal content hashes that an outsider could compare;
-//! - the **encryption key**: XChaCha20-Poly1305 with a random 192-bit nonce
-//!   per object (random nonces are safe at this size for any number of
-//!   objects a store will ever hold);
+//! - the **encryption key**: XChaCha20-Poly1305 with a 192-bit nonce per
+//!   object derived from its id and links by a fourth key (the **nonce
+//!   key**), so the same object always seals to the same bytes;
 //! - the **chunker key**: a secret 256-entry gear table for FastCDC, so chunk
 //!   boundaries (and therefore stored object sizes) depend on the key and
 //!   cannot be used to fingerprint known files.
@@ -35,6 +35,7 @@ const CTX_ID: &str = "omesh 2026-11 object id key v1";
 const CTX_ENC: &str = "omesh 2026-11 object encryption key v1";
 const CTX_GEAR: &str = "omesh 2026-11 chunker gear table v1";
 const CTX_KEY_ID: &str = "omesh 2026-11 key fingerprint v1";
+const CTX_NONCE: &str = "omesh 2026-12 object nonce key v2";
 
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
@@ -157,6 +158,7 @@ impl Drop for Secret {
 /// Derived keys of one source, ready to use.
 pub struct Keys {
     id_key: [u8; 32],
+    nonce_key: [u8; 32],
     cipher: XChaCha20Poly1305,
     gear: Box<[u64; 256]>,
     key_id: String,
@@ -171,6 +173,7 @@ impl fmt::Debug for Keys {
 impl Drop for Keys {
     fn drop(&mut self) {
         self.id_key.zeroize();
+        self.nonce_key.zeroize();
     }
 }
 
@@ -187,7 +190,14 @@ impl Keys {
         for (i, g) in gear.iter_mut().enumerate() {
             *g = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         }
-        Keys { id_key, cipher: XChaCha20Poly1305::new(Key::from_slice(&enc_key)), gear, key_id: secret.key_id() }
+        let nonce_key = blake3::derive_key(CTX_NONCE, &secret.0);
+        Keys {
+            id_key,
+            nonce_key,
+            cipher: XChaCha20Poly1305::new(Key::from_slice(&enc_key)),
+            gear,
+            key_id: secret.key_id(),
+        }
     }
 
     /// Key fingerprint.
@@ -245,8 +255,7 @@ impl Keys {
         put_varint(&mut header, payload.len() as u64);
         let padded = padded_len(header.len() + payload.len());
         let mut buf = Vec::with_capacity(NONCE_BYTES + padded + TAG_BYTES);
-        let mut nonce = [0u8; NONCE_BYTES];
-        getrandom::fill(&mut nonce).expect("the operating system's random source failed");
+        let nonce = self.nonce(kind, id, links);
         buf.extend_from_slice(&nonce);
         buf.extend_from_slice(&header);
         buf.extend_from_slice(payload);
@@ -258,6 +267,22 @@ impl Keys {
             .expect("encryption of a bounded buffer cannot fail");
         buf.extend_from_slice(&tag);
         buf
+    }
+
+    /// The nonce of an object: a keyed hash of what the AEAD binds (kind,
+    /// id, links with their seals). The id is itself a keyed hash of the
+    /// plaintext (and links), so two different objects never share a nonce,
+    /// and sealing the same object again gives the same bytes and therefore
+    /// the same seal: a holder that still keeps an object the source
+    /// dropped and wrote again, or that two writers stored at once, holds
+    /// exactly the record the new parents name. (It reveals only what ids
+    /// already do: which objects are equal.)
+    fn nonce(&self, kind: ObjectKind, id: &ObjectId, links: &Links<'_>) -> [u8; NONCE_BYTES] {
+        let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
+        h.update(&Record::associated_data(links.format, kind, id, links.ids, links.seals));
+        let mut n = [0u8; NONCE_BYTES];
+        n.copy_from_slice(&h.finalize().as_bytes()[..NONCE_BYTES]);
+        n
     }
 
     /// Decrypt, unpad and decompress a record body, then check that the
@@ -427,6 +452,24 @@ mod tests {
         let mut bad = body.clone();
         bad[30] ^= 1;
         assert_eq!(k.open(ObjectKind::Tree, &id, &links, &bad), Err(OpenError::Auth));
+    }
+
+    /// Sealing is deterministic per object (same bytes, same seal), and
+    /// distinct objects get distinct nonces.
+    #[test]
+    fn sealing_the_same_object_twice_gives_the_same_bytes() {
+        let k = keys();
+        let data = b"the same chunk".repeat(100);
+        let id = k.object_id(&data);
+        let a = k.seal(ObjectKind::Blob, &id, &Links::none(), &data, 3);
+        assert_eq!(a, k.seal(ObjectKind::Blob, &id, &Links::none(), &data, 3));
+        let other = k.object_id(b"another chunk");
+        let b = k.seal(ObjectKind::Blob, &other, &Links::none(), b"another chunk", 3);
+        assert_ne!(a[..NONCE_BYTES], b[..NONCE_BYTES]);
+        let c = k.seal(ObjectKind::Tree, &id, &Links::none(), &data, 3);
+        assert_ne!(a[..NONCE_BYTES], c[..NONCE_BYTES], "the kind is part of the nonce");
+        let other_key = Keys::derive(&Secret::from_bytes([8; 32]));
+        assert_ne!(a, other_key.seal(ObjectKind::Blob, &id, &Links::none(), &data, 3));
     }
 
     #[test]

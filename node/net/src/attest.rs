@@ -12,9 +12,10 @@
 //! snapshots outlive the certificate that signed them; a creation time in
 //! the future is refused.
 //!
-//! Revocation is not consulted here: a revoked node cannot connect, so it
-//! cannot deliver new records, and the snapshots it signed before it was
-//! revoked stay restorable.
+//! A record signed by a certificate the CRL in force revokes is refused
+//! (whenever it claims to have been made: a leaked key of a revoked node
+//! cannot back-date forgeries). Snapshots a holder committed before the
+//! revocation stay where they are, restorable with the key.
 
 use omesh_core::crypto::SnapshotSigner;
 use omesh_proto::{Attestation, ObjectKind, Record, RecordFormat};
@@ -78,12 +79,19 @@ pub struct Attested {
 #[derive(Clone, Debug)]
 pub struct AttestVerifier {
     anchors: Arc<Vec<TrustAnchor<'static>>>,
+    revoked: Arc<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl AttestVerifier {
     /// A verifier that trusts `anchors` (the site CA) only.
     pub fn new(anchors: Vec<TrustAnchor<'static>>) -> Self {
-        AttestVerifier { anchors: Arc::new(anchors) }
+        AttestVerifier { anchors: Arc::new(anchors), revoked: Default::default() }
+    }
+
+    /// Also refuse certificates with these serial numbers (the CRL's).
+    pub fn with_revoked(mut self, revoked: Arc<std::collections::HashSet<Vec<u8>>>) -> Self {
+        self.revoked = revoked;
+        self
     }
 
     /// Check that `rec`, offered as a snapshot of `namespace`, was made
@@ -107,6 +115,11 @@ impl AttestVerifier {
             return Err(AttestError::Future(a.created - now_s));
         }
         let cert_err = |why: String| AttestError::Certificate { source_name: namespace.into(), why };
+        // revoked is revoked, whatever time the record claims
+        let serial = x509_parser::parse_x509_certificate(&a.chain[0]).map(|(_, c)| c.raw_serial().to_vec());
+        if serial.is_ok_and(|s| self.revoked.contains(&s)) {
+            return Err(cert_err("the certificate is revoked".into()));
+        }
         let ee_der = CertificateDer::from(a.chain[0].as_slice());
         let ee = webpki::EndEntityCert::try_from(&ee_der).map_err(|e| cert_err(format!("unreadable: {e}")))?;
         let intermediates: Vec<CertificateDer<'_>> =
@@ -115,7 +128,8 @@ impl AttestVerifier {
         let at = UnixTime::since_unix_epoch(Duration::from_secs(a.created.max(0) as u64));
         ee.verify_for_usage(algs.all, &self.anchors, &intermediates, at, webpki::KeyUsage::client_auth(), None, None)
             .map_err(|e| cert_err(format!("does not verify against the site CA at the signed time: {e}")))?;
-        if !crate::transport::tls::cert_names(&a.chain[0]).iter().any(|n| n == namespace) {
+        // the same rule as a connection's identity: exactly one name, the source's
+        if crate::transport::tls::cert_names(&a.chain[0]) != [namespace] {
             return Err(cert_err("it does not carry the source's name".into()));
         }
         let scheme = SignatureScheme::from(a.scheme);
@@ -175,5 +189,102 @@ impl SnapshotSigner for NodeSigner {
     }
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String> {
         self.signer.sign(message).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::TlsMaterial;
+    use omesh_proto::{ObjectId, Seal};
+    use std::path::Path;
+
+    fn node(ca: &Path, name: &str, crl: bool) -> TlsMaterial {
+        let out = ca.parent().unwrap().join(name);
+        if !out.join("node.pem").exists() {
+            crate::ca::issue(ca, name, &out, 30).unwrap();
+        }
+        let crl = crl.then(|| ca.join("crl.pem"));
+        TlsMaterial::from_files(&ca.join("ca.pem"), &out.join("node.pem"), &out.join("node.key"), crl).unwrap()
+    }
+
+    fn signed(tls: &TlsMaterial, signer_name: &str, source: &str, created: i64) -> Record {
+        let signer = tls.snapshot_signer(signer_name).unwrap();
+        let mut rec = Record::new(
+            ObjectKind::Snapshot,
+            ObjectId([4; 32]),
+            vec![ObjectId([5; 32])],
+            vec![Seal([6; 32])],
+            vec![7; 90],
+        );
+        let mut a = Attestation {
+            source: source.into(),
+            created,
+            scheme: signer.scheme(),
+            chain: signer.chain(),
+            signature: vec![],
+        };
+        a.signature = signer.sign(&rec.attestation_message(&a)).unwrap();
+        rec.attestation = a.encode();
+        rec
+    }
+
+    fn now_s() -> i64 {
+        SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs() as i64
+    }
+
+    #[test]
+    fn a_record_verifies_only_for_its_source_unaltered_and_unrevoked() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca");
+        crate::ca::init(&ca, "test-site", 365).unwrap();
+        let a = node(&ca, "srv-a", false);
+        let b = node(&ca, "srv-b", false);
+        let now = SystemTime::now();
+        let v = a.attest_verifier();
+        let good = signed(&a, "srv-a", "srv-a", now_s() - 60);
+        assert_eq!(v.verify(&good, "srv-a", now).unwrap().created, now_s() - 60);
+        // round trip through the record bytes
+        let (dec, _) = Record::decode(&good.encode()).unwrap();
+        v.verify(&dec, "srv-a", now).unwrap();
+        // offered under another namespace
+        assert!(matches!(v.verify(&good, "srv-b", now), Err(AttestError::WrongSource { .. })));
+        // srv-b signs a record that says it is srv-a's
+        let forged = signed(&b, "srv-b", "srv-a", now_s());
+        assert!(
+            matches!(v.verify(&forged, "srv-a", now), Err(AttestError::Certificate { .. })),
+            "{:?}",
+            v.verify(&forged, "srv-a", now)
+        );
+        // any change to what is signed: a link's seal, the body
+        let mut t = good.clone();
+        t.seals[0].0[0] ^= 1;
+        assert_eq!(v.verify(&t, "srv-a", now), Err(AttestError::BadSignature));
+        let mut t = good.clone();
+        t.body[0] ^= 1;
+        assert_eq!(v.verify(&t, "srv-a", now), Err(AttestError::BadSignature));
+        // unsigned, format 1, in the future, from another site
+        let mut t = good.clone();
+        t.attestation.clear();
+        assert_eq!(v.verify(&t, "srv-a", now), Err(AttestError::Unsigned));
+        let v1 = Record::v1(ObjectKind::Snapshot, ObjectId([4; 32]), vec![], vec![1; 40]);
+        assert_eq!(v.verify(&v1, "srv-a", now), Err(AttestError::Format1));
+        let future = signed(&a, "srv-a", "srv-a", now_s() + 3600);
+        assert!(matches!(v.verify(&future, "srv-a", now), Err(AttestError::Future(_))));
+        std::fs::create_dir_all(d.path().join("other")).unwrap();
+        let other = d.path().join("other/ca");
+        crate::ca::init(&other, "other-site", 365).unwrap();
+        let stranger = node(&other, "srv-a", false);
+        let foreign = signed(&stranger, "srv-a", "srv-a", now_s());
+        assert!(matches!(v.verify(&foreign, "srv-a", now), Err(AttestError::Certificate { .. })));
+        // once srv-a's certificate is revoked, nothing it signs is accepted,
+        // whatever time it claims
+        crate::ca::revoke(&ca, "srv-a").unwrap();
+        let c = node(&ca, "srv-c", true);
+        let backdated = signed(&a, "srv-a", "srv-a", now_s() - 86_400);
+        match c.attest_verifier().verify(&backdated, "srv-a", now) {
+            Err(AttestError::Certificate { why, .. }) => assert!(why.contains("revoked"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

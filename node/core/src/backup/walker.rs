@@ -261,9 +261,7 @@ impl Walker<'_, '_> {
                 // one below a format-2 snapshot: such a file is read again
                 // (once), which rewrites its lists in format 2
                 let v2 = |id: &ObjectId| {
-                    self.ctx.store.read_record(id).is_ok_and(|raw| {
-                        omesh_proto::RecordHeader::parse(&raw).is_ok_and(|h| h.format == omesh_proto::RecordFormat::V2)
-                    })
+                    self.ctx.store.record_header(id).is_ok_and(|h| h.format == omesh_proto::RecordFormat::V2)
                 };
                 if !l.iter().all(v2) {
                     return false;

@@ -139,6 +139,23 @@ impl Store {
         })
     }
 
+    /// The header of an object's record (its first 48 bytes only: format,
+    /// kind, link count), unverified.
+    pub fn record_header(&self, id: &ObjectId) -> Result<omesh_proto::RecordHeader> {
+        use std::os::unix::fs::FileExt;
+        let (hash, loc) = self.locate(id)?.ok_or(StoreError::Missing(*id, "not in the index"))?;
+        let f = self.pack_file(&hash)?;
+        let mut b = [0u8; omesh_proto::record::HEADER_BYTES];
+        let corrupt = |reason: String| StoreError::Corrupt {
+            id: *id,
+            pack: pack::pack_path(&self.dir, &hash).display().to_string(),
+            offset: loc.offset,
+            reason,
+        };
+        f.read_exact_at(&mut b, loc.offset).map_err(|e| corrupt(format!("read failed: {e}")))?;
+        omesh_proto::RecordHeader::parse(&b).map_err(|e| corrupt(e.to_string()))
+    }
+
     /// Decrypt and verify an object of the expected kind.
     pub fn get(&self, id: &ObjectId, kind: ObjectKind) -> Result<Vec<u8>> {
         self.get_linked(id, kind).map(|x| x.0)

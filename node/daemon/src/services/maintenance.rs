@@ -346,8 +346,10 @@ async fn heal(
             // signed it: either way a peer cannot plant a forged one
             let ok_rec = match &keys {
                 Some(k) => crate::source::open_snapshot(k, &id, &record).is_ok(),
-                None => omesh_proto::Record::decode(&record).is_ok_and(|(r, _)| {
-                    r.id == id && rt.tls.attest_verifier().verify(&r, source, SystemTime::now()).is_ok()
+                None => omesh_proto::Record::decode(&record).is_ok_and(|(r, used)| {
+                    used == record.len()
+                        && r.id == id
+                        && rt.tls.attest_verifier().verify(&r, source, SystemTime::now()).is_ok()
                 }),
             };
             if !ok_rec {

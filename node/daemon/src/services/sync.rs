@@ -18,7 +18,7 @@ use omesh_core::policy::retention;
 use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_core::time;
 use omesh_net::mesh::{SourceStore, WriteRefused};
-use omesh_proto::{ObjectId, ObjectKind, Record, RecordFormat, Seal};
+use omesh_proto::{ObjectId, ObjectKind, Record, Seal};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -119,9 +119,6 @@ pub enum RepairError {
     /// The listed record is not a snapshot record with that id.
     #[error("snapshot record: {0}")]
     BadRecord(String),
-    /// A peer answered with records it was not asked for.
-    #[error("a peer sent a record that was not asked for")]
-    Unasked,
     /// A record was refused as not made by its source (bad or missing
     /// signature, another source's name, not the record a link names).
     #[error("refused a forged or altered record offered by {peers}: {reason}")]
@@ -210,13 +207,28 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     // then find most of their data present)
     let mut todo: Vec<(&(String, ObjectId), &Seen)> = seen.iter().collect();
     todo.sort_by_key(|((src, id), s)| (src.clone(), youngest_claim_ns(src, s), *id));
+    // only what its source signed is a snapshot of that source here: the
+    // listed records are checked once (a forged listing must not make
+    // retention think a source has newer snapshots than it has)
+    let verifier = rt.tls.attest_verifier();
+    let wall = std::time::SystemTime::now();
+    let signed: HashMap<(String, ObjectId), i64> = seen
+        .iter()
+        .filter_map(|((src, id), s)| {
+            attested(&verifier, src, id, &s.record, wall).ok().map(|c| ((src.clone(), *id), c))
+        })
+        .collect();
     // the times this node's retention would judge by: its own stored time
-    // for what it holds, its receipt (now) for what it would pull; never a
-    // time another node reports
+    // for what it holds, the signed creation time (never later than now)
+    // for what it would pull; never a time another node reports
     let by_source: HashMap<String, Vec<(ObjectId, i64)>> = {
         let mut m: HashMap<String, Vec<(ObjectId, i64)>> = HashMap::new();
         for ((src, id), s) in &seen {
-            let t = s.holders.get(&me).copied().unwrap_or(now_ns);
+            let t = match (s.holders.get(&me), signed.get(&(src.clone(), *id))) {
+                (Some(own), _) => *own,
+                (None, Some(created)) => created.saturating_mul(1_000_000_000).min(now_ns),
+                (None, None) => continue,
+            };
             m.entry(src.clone()).or_default().push((*id, t));
         }
         m
@@ -257,7 +269,19 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
             .cloned()
             .collect();
         let listed_by: Vec<String> = s.holders.keys().filter(|h| **h != me).cloned().collect();
-        match repair_one(rt, source, *id, &s.record, &listed_by, &from).await {
+        // the census kept one peer's copy of the record; when it is not the
+        // source's and others list the snapshot too, each one's own copy is
+        // asked for, so one peer's bad answer neither blocks the repair nor
+        // gets the honest holders blamed
+        let (record, listed_by) = if signed.contains_key(&(source.clone(), *id)) || listed_by.len() < 2 {
+            (s.record.clone(), listed_by)
+        } else {
+            match genuine_copy(rt, &verifier, source, *id, &from).await {
+                Some((record, by)) => (record, vec![by]),
+                None => (s.record.clone(), listed_by),
+            }
+        };
+        match repair_one(rt, source, *id, &record, &listed_by, &from).await {
             Ok(r) => {
                 tracing::info!(%source, snapshot = %id.short(), objects = r.objects, bytes = r.bytes, from = ?r.from, "sync: replica repaired");
                 rep.repaired.push(r);
@@ -270,6 +294,45 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     }
     rep.seconds = t.elapsed().as_secs_f64();
     rep
+}
+
+/// Check that `record` is a snapshot record `id` of `source`, signed by it;
+/// its signed creation time (seconds).
+fn attested(
+    verifier: &omesh_net::attest::AttestVerifier,
+    source: &str,
+    id: &ObjectId,
+    record: &[u8],
+    now: std::time::SystemTime,
+) -> Result<i64, String> {
+    let (rec, used) = Record::decode(record).map_err(|e| e.to_string())?;
+    if used != record.len() || rec.id != *id {
+        return Err("the record is not the snapshot it is listed as".into());
+    }
+    verifier.verify(&rec, source, now).map(|a| a.created).map_err(|e| e.to_string())
+}
+
+/// Ask each holder in `from` for its own copy of snapshot `id`'s record;
+/// the first one its source signed, and who sent it. Every holder whose
+/// copy is not is named and counted.
+async fn genuine_copy(
+    rt: &Arc<NodeRuntime>,
+    verifier: &omesh_net::attest::AttestVerifier,
+    source: &str,
+    id: ObjectId,
+    from: &[Arc<dyn ReplicaTarget>],
+) -> Option<(Vec<u8>, String)> {
+    for t in from {
+        let Ok(record) = t.record(source, &id).await else { continue };
+        match attested(verifier, source, &id, &record, std::time::SystemTime::now()) {
+            Ok(_) => return Some((record, t.name().to_string())),
+            Err(e) => {
+                rt.counters.peer(t.name()).forged_records.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(peer = %t.name(), %source, snapshot = %id.short(), error = %e, "a peer serves a snapshot record its source did not sign");
+            }
+        }
+    }
+    None
 }
 
 /// The youngest time any replica (not the source) reports for a snapshot,
@@ -499,10 +562,18 @@ pub async fn fetch_into(
                 let mut out = Vec::new();
                 let mut forged = 0u64;
                 for raw in recs {
-                    let (rec, used, seal) =
-                        Record::decode_sealed(&raw).map_err(|e| RepairError::BadRecord(e.to_string()))?;
+                    // a record that does not decode, or was not asked for, is
+                    // this peer's fault only: refused, and the ids it owes are
+                    // asked of the next holder
+                    let Ok((rec, used, seal)) = Record::decode_sealed(&raw) else {
+                        tracing::warn!(%peer, source = %src, "refused an undecodable record from a peer");
+                        forged += 1;
+                        continue;
+                    };
                     let Some(expected) = want.get(&rec.id).filter(|_| used == raw.len()) else {
-                        return Err(RepairError::Unasked);
+                        tracing::warn!(%peer, source = %src, object = %rec.id.short(), "refused a record that was not asked for");
+                        forged += 1;
+                        continue;
                     };
                     let verdict = match (expected, &k) {
                         (Some(e), _) if *e != seal => Err(format!(
@@ -510,11 +581,6 @@ pub async fn fetch_into(
                             rec.id.short(),
                             seal.short(),
                             e.short()
-                        )),
-                        (Some(_), _) if rec.format == RecordFormat::V1 && !rec.links.is_empty() => Err(format!(
-                            "object {} is a format-1 {} below a format-2 snapshot: what it links cannot be verified",
-                            rec.id.short(),
-                            rec.kind.name()
                         )),
                         (_, Some(k)) => k
                             .open(rec.kind, &rec.id, &omesh_core::crypto::Links::of(&rec), &rec.body)

@@ -211,7 +211,7 @@ impl SourceStore {
         }
         if missing.is_empty() {
             let mut c = self.complete.lock().expect("complete lock");
-            if c.0 == removals {
+            if c.0 == removals && self.store.removals() == removals {
                 if c.1.len() > 1_000_000 {
                     c.1.clear();
                 }
@@ -223,7 +223,9 @@ impl SourceStore {
 
     /// Forget completeness knowledge (after objects were removed).
     pub fn forget_complete(&self) {
-        self.complete.lock().expect("complete lock").1.clear();
+        // a walk running now must not add what it learned before this: it
+        // compares the removal count it started with, which this never is
+        *self.complete.lock().expect("complete lock") = (u64::MAX, HashMap::new());
     }
 }
 

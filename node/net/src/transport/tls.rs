@@ -257,9 +257,11 @@ impl TlsMaterial {
             .map_err(|e| TlsError::Rustls(rustls::Error::General(e)))
     }
 
-    /// Checks other nodes' snapshot records against the site CA.
+    /// Checks other nodes' snapshot records against the site CA and the
+    /// certificates the CRL now in force revokes.
     pub fn attest_verifier(&self) -> crate::attest::AttestVerifier {
-        crate::attest::AttestVerifier::new(self.roots.roots.clone())
+        let revoked = self.built.lock().unwrap_or_else(|e| e.into_inner()).revoked.clone();
+        crate::attest::AttestVerifier::new(self.roots.roots.clone()).with_revoked(revoked)
     }
 
     /// Server side: client certificates required, verified against the CA
