@@ -147,6 +147,20 @@ impl AttestVerifier {
     }
 }
 
+impl crate::transport::TlsMaterial {
+    /// Signs this node's snapshot records with its certificate's key.
+    pub fn snapshot_signer(&self, name: &str) -> Result<NodeSigner, crate::transport::tls::TlsError> {
+        NodeSigner::new(name, self.chain(), self.key())
+            .map_err(|e| crate::transport::tls::TlsError::Rustls(rustls::Error::General(e)))
+    }
+
+    /// Checks other nodes' snapshot records against the site CA and the
+    /// certificates the CRL now in force revokes.
+    pub fn attest_verifier(&self) -> AttestVerifier {
+        AttestVerifier::new(self.anchors()).with_revoked(self.revoked())
+    }
+}
+
 /// Signs snapshot records with a node's site certificate and key.
 pub struct NodeSigner {
     name: String,

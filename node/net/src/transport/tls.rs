@@ -251,17 +251,24 @@ impl TlsMaterial {
         Self::load(&cfg, &name)
     }
 
-    /// Signs this node's snapshot records with its certificate's key.
-    pub fn snapshot_signer(&self, name: &str) -> Result<crate::attest::NodeSigner, TlsError> {
-        crate::attest::NodeSigner::new(name, &self.chain, &self.key)
-            .map_err(|e| TlsError::Rustls(rustls::Error::General(e)))
+    /// This node's certificate chain.
+    pub(crate) fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
     }
 
-    /// Checks other nodes' snapshot records against the site CA and the
-    /// certificates the CRL now in force revokes.
-    pub fn attest_verifier(&self) -> crate::attest::AttestVerifier {
-        let revoked = self.built.lock().unwrap_or_else(|e| e.into_inner()).revoked.clone();
-        crate::attest::AttestVerifier::new(self.roots.roots.clone()).with_revoked(revoked)
+    /// This node's private key.
+    pub(crate) fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.key
+    }
+
+    /// The site CA as trust anchors.
+    pub(crate) fn anchors(&self) -> Vec<rustls::pki_types::TrustAnchor<'static>> {
+        self.roots.roots.clone()
+    }
+
+    /// Serial numbers the CRL now in force revokes.
+    pub(crate) fn revoked(&self) -> Arc<HashSet<Vec<u8>>> {
+        self.built.lock().unwrap_or_else(|e| e.into_inner()).revoked.clone()
     }
 
     /// Server side: client certificates required, verified against the CA
