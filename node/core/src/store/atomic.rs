@@ -10,17 +10,31 @@ use std::path::Path;
 
 /// Write a small file durably: temp, fsync, rename, fsync directory.
 pub fn write_atomic(dir: &Path, tmp_dir: &Path, name: &str, data: &[u8]) -> Result<()> {
-    write_atomic_at(dir, tmp_dir, name, data, None)
+    write_durable(dir, tmp_dir, name, data, None, true).map(|_| ())
 }
 
-/// [`write_atomic`] with a given modification time.
-pub(super) fn write_atomic_at(
+/// Write a new small file durably, with a given modification time, never
+/// replacing one of that name: the temporary file is hard-linked into place
+/// (which fails when the name exists) instead of renamed. Returns whether
+/// it was written (false: the name existed, nothing changed).
+pub(super) fn write_new_at(
     dir: &Path,
     tmp_dir: &Path,
     name: &str,
     data: &[u8],
     mtime: Option<std::time::SystemTime>,
-) -> Result<()> {
+) -> Result<bool> {
+    write_durable(dir, tmp_dir, name, data, mtime, false)
+}
+
+fn write_durable(
+    dir: &Path,
+    tmp_dir: &Path,
+    name: &str,
+    data: &[u8],
+    mtime: Option<std::time::SystemTime>,
+    replace: bool,
+) -> Result<bool> {
     let mut rnd = [0u8; 8];
     getrandom::fill(&mut rnd).expect("random source");
     let tmp = tmp_dir.join(format!("{name}.{}.tmp", hex::encode(rnd)));
@@ -38,7 +52,17 @@ pub(super) fn write_atomic_at(
         let _ = fs::remove_file(&tmp);
         return Err(StoreError::Io { op: "writing", path: tmp, source: e });
     }
-    fs::rename(&tmp, &dest).map_err(StoreError::io("renaming into", &dest))?;
+    if replace {
+        fs::rename(&tmp, &dest).map_err(StoreError::io("renaming into", &dest))?;
+    } else {
+        let linked = fs::hard_link(&tmp, &dest);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(StoreError::Io { op: "linking into", path: dest, source: e }),
+        }
+    }
     sync_dir(dir).map_err(StoreError::io("syncing", dir))?;
-    Ok(())
+    Ok(true)
 }

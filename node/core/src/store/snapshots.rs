@@ -1,7 +1,7 @@
 //! Snapshot records: one sealed record per file under `snapshots/`,
 //! written atomically and only after everything they reference is durable.
 
-use super::atomic::{write_atomic, write_atomic_at};
+use super::atomic::write_new_at;
 use super::error::{Result, StoreError};
 use super::open::Store;
 use super::pack::sync_dir;
@@ -192,9 +192,9 @@ impl Store {
             return Ok(false);
         }
         crate::failpoint::hit("snapshot.before_write");
-        write_atomic(&d, &self.dir.join("tmp"), &id.to_hex(), bytes)?;
+        let new = write_new_at(&d, &self.dir.join("tmp"), &id.to_hex(), bytes, None)?;
         crate::failpoint::hit("snapshot.after_write");
-        Ok(true)
+        Ok(new)
     }
 
     /// [`Store::put_snapshot_record`] with the time to record as the
@@ -205,8 +205,9 @@ impl Store {
         if d.join(id.to_hex()).exists() {
             return Ok(false);
         }
-        write_atomic_at(&d, &self.dir.join("tmp"), &id.to_hex(), bytes, Some(time))?;
-        Ok(true)
+        // a concurrent commit of the same id cannot replace this one (or its time)
+        write_new_at(&d, &self.dir.join("tmp"), &id.to_hex(), bytes, Some(time))
+        
     }
 
     /// Remove a snapshot record (retention decided it goes). Its objects
