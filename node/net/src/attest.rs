@@ -12,10 +12,11 @@
 //! snapshots outlive the certificate that signed them; a creation time in
 //! the future is refused.
 //!
-//! A record signed by a certificate the CRL in force revokes is refused
-//! (whenever it claims to have been made: a leaked key of a revoked node
-//! cannot back-date forgeries). Snapshots a holder committed before the
-//! revocation stay where they are, restorable with the key.
+//! A record signed by a certificate the CRL in force revokes is accepted only
+//! when its signed creation time is before the revocation (the node's
+//! history stays replicable after its certificate is replaced and revoked;
+//! what a leaked key could still back-date concerns only that node's own
+//! namespace, as anything that node signed did).
 
 use omesh_core::crypto::SnapshotSigner;
 use omesh_proto::{Attestation, ObjectKind, Record, RecordFormat};
@@ -79,7 +80,7 @@ pub struct Attested {
 #[derive(Clone, Debug)]
 pub struct AttestVerifier {
     anchors: Arc<Vec<TrustAnchor<'static>>>,
-    revoked: Arc<std::collections::HashSet<Vec<u8>>>,
+    revoked: Arc<crate::transport::tls::Revoked>,
 }
 
 impl AttestVerifier {
@@ -88,8 +89,9 @@ impl AttestVerifier {
         AttestVerifier { anchors: Arc::new(anchors), revoked: Default::default() }
     }
 
-    /// Also refuse certificates with these serial numbers (the CRL's).
-    pub fn with_revoked(mut self, revoked: Arc<std::collections::HashSet<Vec<u8>>>) -> Self {
+    /// Also refuse what certificates with these serial numbers (the CRL's)
+    /// signed as made at or after their revocation.
+    pub fn with_revoked(mut self, revoked: Arc<crate::transport::tls::Revoked>) -> Self {
         self.revoked = revoked;
         self
     }
@@ -115,10 +117,15 @@ impl AttestVerifier {
             return Err(AttestError::Future(a.created - now_s));
         }
         let cert_err = |why: String| AttestError::Certificate { source_name: namespace.into(), why };
-        // revoked is revoked, whatever time the record claims
+        // a revoked certificate vouches only for what it signed before it
+        // was revoked
         let serial = x509_parser::parse_x509_certificate(&a.chain[0]).map(|(_, c)| c.raw_serial().to_vec());
-        if serial.is_ok_and(|s| self.revoked.contains(&s)) {
-            return Err(cert_err("the certificate is revoked".into()));
+        if let Some(at) = serial.ok().and_then(|s| self.revoked.get(&s).copied())
+            && a.created >= at
+        {
+            return Err(cert_err(format!(
+                "the certificate was revoked at {at} (seconds since the epoch), before the signed time"
+            )));
         }
         let ee_der = CertificateDer::from(a.chain[0].as_slice());
         let ee = webpki::EndEntityCert::try_from(&ee_der).map_err(|e| cert_err(format!("unreadable: {e}")))?;
@@ -291,12 +298,14 @@ mod tests {
         let stranger = node(&other, "srv-a", false);
         let foreign = signed(&stranger, "srv-a", "srv-a", now_s());
         assert!(matches!(v.verify(&foreign, "srv-a", now), Err(AttestError::Certificate { .. })));
-        // once srv-a's certificate is revoked, nothing it signs is accepted,
-        // whatever time it claims
+        // once srv-a's certificate is revoked, what it signed before stays
+        // valid, what it signs as made since is refused
+        let before = signed(&a, "srv-a", "srv-a", now_s() - 30);
         crate::ca::revoke(&ca, "srv-a").unwrap();
         let c = node(&ca, "srv-c", true);
-        let backdated = signed(&a, "srv-a", "srv-a", now_s() - 86_400);
-        match c.attest_verifier().verify(&backdated, "srv-a", now) {
+        c.attest_verifier().verify(&before, "srv-a", now).unwrap();
+        let after = signed(&a, "srv-a", "srv-a", now_s() + 5);
+        match c.attest_verifier().verify(&after, "srv-a", now + std::time::Duration::from_secs(10)) {
             Err(AttestError::Certificate { why, .. }) => assert!(why.contains("revoked"), "{why}"),
             other => panic!("{other:?}"),
         }

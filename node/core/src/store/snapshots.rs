@@ -207,7 +207,6 @@ impl Store {
         }
         // a concurrent commit of the same id cannot replace this one (or its time)
         write_new_at(&d, &self.dir.join("tmp"), &id.to_hex(), bytes, Some(time))
-        
     }
 
     /// Remove a snapshot record (retention decided it goes). Its objects

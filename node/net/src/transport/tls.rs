@@ -22,7 +22,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 use serde::Deserialize;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -69,15 +69,16 @@ impl CrlStatus {
     }
 }
 
-/// Revoked serials and the facts of a set of CRLs.
-fn crl_facts(crls: &[CertificateRevocationListDer<'static>]) -> (HashSet<Vec<u8>>, Option<u64>, Option<i64>) {
-    let mut revoked = HashSet::new();
+/// Revoked serials (with when each was revoked, seconds since the epoch)
+/// and the facts of a set of CRLs.
+fn crl_facts(crls: &[CertificateRevocationListDer<'static>]) -> (Revoked, Option<u64>, Option<i64>) {
+    let mut revoked = HashMap::new();
     let mut number = None;
     let mut next = None;
     for c in crls {
         let Ok((_, crl)) = x509_parser::parse_x509_crl(c.as_ref()) else { continue };
         for r in crl.iter_revoked_certificates() {
-            revoked.insert(r.raw_serial().to_vec());
+            revoked.insert(r.raw_serial().to_vec(), r.revocation_date.timestamp());
         }
         if let Some(n) = crl.crl_number() {
             let bytes = n.to_bytes_be();
@@ -94,6 +95,10 @@ fn crl_facts(crls: &[CertificateRevocationListDer<'static>]) -> (HashSet<Vec<u8>
     }
     (revoked, number, next)
 }
+
+/// Revoked certificate serials → when they were revoked (seconds since
+/// the epoch).
+pub type Revoked = HashMap<Vec<u8>, i64>;
 
 /// TLS setup errors (name the file and what to do).
 #[derive(Debug, thiserror::Error)]
@@ -185,7 +190,7 @@ struct Built {
     stamp: Option<(SystemTime, u64)>,
     server: Arc<rustls::ServerConfig>,
     client: Arc<rustls::ClientConfig>,
-    revoked: Arc<HashSet<Vec<u8>>>,
+    revoked: Arc<Revoked>,
     status: CrlStatus,
 }
 
@@ -267,7 +272,7 @@ impl TlsMaterial {
     }
 
     /// Serial numbers the CRL now in force revokes.
-    pub(crate) fn revoked(&self) -> Arc<HashSet<Vec<u8>>> {
+    pub(crate) fn revoked(&self) -> Arc<Revoked> {
         self.built.lock().unwrap_or_else(|e| e.into_inner()).revoked.clone()
     }
 
@@ -321,7 +326,7 @@ impl TlsMaterial {
 
     /// Whether the CRL in force revokes the certificate with this serial.
     pub fn is_revoked(&self, serial: &[u8]) -> bool {
-        self.built.lock().unwrap_or_else(|e| e.into_inner()).revoked.contains(serial)
+        self.built.lock().unwrap_or_else(|e| e.into_inner()).revoked.contains_key(serial)
     }
 
     /// The CRL in force.
