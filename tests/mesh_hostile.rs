@@ -51,17 +51,8 @@ fn blob(seed: u64, n: usize) -> Record {
 /// else's key).
 fn signed(tls: &TlsMaterial, source: &str, mut rec: Record) -> Vec<u8> {
     use omesh_core::crypto::SnapshotSigner;
-    let signer = tls.snapshot_signer(source).unwrap();
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let mut a = omesh_proto::Attestation {
-        source: source.into(),
-        created,
-        scheme: signer.scheme(),
-        chain: signer.chain(),
-        signature: vec![],
-    };
-    a.signature = signer.sign(&rec.attestation_message(&a)).unwrap();
-    rec.attestation = a.encode();
+    tls.snapshot_signer(source).unwrap().attest(&mut rec, source, created).unwrap();
     rec.encode()
 }
 

@@ -397,6 +397,21 @@ pub trait SnapshotSigner: Send + Sync {
     fn chain(&self) -> Vec<Vec<u8>>;
     /// Sign `message`.
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
+
+    /// Attach a signed attestation to the snapshot record `rec`: made by
+    /// `source` at `created` (seconds since the epoch).
+    fn attest(&self, rec: &mut Record, source: &str, created: i64) -> Result<(), String> {
+        let mut a = omesh_proto::Attestation {
+            source: source.into(),
+            created,
+            scheme: self.scheme(),
+            chain: self.chain(),
+            signature: Vec::new(),
+        };
+        a.signature = self.sign(&rec.attestation_message(&a))?;
+        rec.attestation = a.encode();
+        Ok(())
+    }
 }
 
 #[cfg(test)]

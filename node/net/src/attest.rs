@@ -230,7 +230,6 @@ mod tests {
     }
 
     fn signed(tls: &TlsMaterial, signer_name: &str, source: &str, created: i64) -> Record {
-        let signer = tls.snapshot_signer(signer_name).unwrap();
         let mut rec = Record::new(
             ObjectKind::Snapshot,
             ObjectId([4; 32]),
@@ -238,15 +237,7 @@ mod tests {
             vec![Seal([6; 32])],
             vec![7; 90],
         );
-        let mut a = Attestation {
-            source: source.into(),
-            created,
-            scheme: signer.scheme(),
-            chain: signer.chain(),
-            signature: vec![],
-        };
-        a.signature = signer.sign(&rec.attestation_message(&a)).unwrap();
-        rec.attestation = a.encode();
+        tls.snapshot_signer(signer_name).unwrap().attest(&mut rec, source, created).unwrap();
         rec
     }
 

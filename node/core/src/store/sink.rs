@@ -74,12 +74,25 @@ impl Store {
         links: Vec<ObjectId>,
         seals: Vec<Seal>,
     ) -> Result<Sealed> {
+        let rec = self.sealed_record(kind, plaintext, links, seals)?;
+        let (bytes, seal) = rec.encode_sealed();
+        Ok(Sealed { id: rec.id, seal, bytes })
+    }
+
+    /// The format-2 record of a plaintext, not encoded yet (a snapshot
+    /// record gets its attestation first).
+    pub(super) fn sealed_record(
+        &self,
+        kind: ObjectKind,
+        plaintext: &[u8],
+        links: Vec<ObjectId>,
+        seals: Vec<Seal>,
+    ) -> Result<Record> {
         let keys = self.keys()?;
         let l = Links::v2(&links, &seals);
         let id = keys.id_for(kind, &l, plaintext);
         let body = keys.seal(kind, &id, &l, plaintext, self.config.packs.compression_level);
-        let (bytes, seal) = Record::new(kind, id, links, seals, body).encode_sealed();
-        Ok(Sealed { id, seal, bytes })
+        Ok(Record::new(kind, id, links, seals, body))
     }
 
     /// A writer that appends records to packs. Only one per store at a

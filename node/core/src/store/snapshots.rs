@@ -6,9 +6,9 @@ use super::error::{Result, StoreError};
 use super::open::Store;
 use super::pack::sync_dir;
 use super::read::open_record;
-use crate::crypto::{Links, SnapshotSigner};
+use crate::crypto::SnapshotSigner;
 use crate::snapshot::SnapshotRecord;
-use omesh_proto::{Attestation, ObjectId, ObjectKind, Record};
+use omesh_proto::{ObjectId, ObjectKind, Record};
 use std::fs::{self};
 use std::io::Read as _;
 use std::sync::Arc;
@@ -145,12 +145,8 @@ impl Store {
     pub fn write_snapshot(&self, rec: &SnapshotRecord) -> Result<ObjectId> {
         let links = vec![rec.tree];
         let seals = self.link_seals(&links)?;
-        let keys = self.keys()?;
-        let plain = rec.encode();
-        let l = Links::v2(&links, &seals);
-        let id = keys.id_for(ObjectKind::Snapshot, &l, &plain);
-        let body = keys.seal(ObjectKind::Snapshot, &id, &l, &plain, self.config.packs.compression_level);
-        let mut record = Record::new(ObjectKind::Snapshot, id, links, seals, body);
+        let mut record = self.sealed_record(ObjectKind::Snapshot, &rec.encode(), links, seals)?;
+        let id = record.id;
         if let Some(signer) = self.signer() {
             let source = &self.config.source;
             if signer.name() != source {
@@ -160,16 +156,7 @@ impl Store {
                     self.dir.display()
                 )));
             }
-            let created = rec.start_ns.div_euclid(1_000_000_000);
-            let mut a = Attestation {
-                source: source.clone(),
-                created,
-                scheme: signer.scheme(),
-                chain: signer.chain(),
-                signature: Vec::new(),
-            };
-            a.signature = signer.sign(&record.attestation_message(&a)).map_err(StoreError::Sign)?;
-            record.attestation = a.encode();
+            signer.attest(&mut record, source, rec.start_ns.div_euclid(1_000_000_000)).map_err(StoreError::Sign)?;
         }
         self.put_snapshot_record(&id, &record.encode())?;
         Ok(id)
