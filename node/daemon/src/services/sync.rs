@@ -212,22 +212,27 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     // retention think a source has newer snapshots than it has)
     let verifier = rt.tls.attest_verifier();
     let wall = std::time::SystemTime::now();
-    let signed: HashMap<(String, ObjectId), i64> = seen
-        .iter()
-        .filter_map(|((src, id), s)| {
-            attested(&verifier, src, id, &s.record, wall).ok().map(|c| ((src.clone(), *id), c))
+    // (signatures are checked off the async workers: one per snapshot)
+    let checked: HashMap<(String, ObjectId), Result<i64, String>> = {
+        let v = verifier.clone();
+        let items: Vec<((String, ObjectId), Vec<u8>)> =
+            seen.iter().map(|(k, s)| (k.clone(), s.record.clone())).collect();
+        tokio::task::spawn_blocking(move || {
+            items.into_iter().map(|((src, id), r)| ((src.clone(), id), attested(&v, &src, &id, &r, wall))).collect()
         })
-        .collect();
+        .await
+        .unwrap_or_default()
+    };
     // the times this node's retention would judge by: its own stored time
     // for what it holds, the signed creation time (never later than now)
     // for what it would pull; never a time another node reports
     let by_source: HashMap<String, Vec<(ObjectId, i64)>> = {
         let mut m: HashMap<String, Vec<(ObjectId, i64)>> = HashMap::new();
         for ((src, id), s) in &seen {
-            let t = match (s.holders.get(&me), signed.get(&(src.clone(), *id))) {
+            let t = match (s.holders.get(&me), checked.get(&(src.clone(), *id))) {
                 (Some(own), _) => *own,
-                (None, Some(created)) => created.saturating_mul(1_000_000_000).min(now_ns),
-                (None, None) => continue,
+                (None, Some(Ok(created))) => created.saturating_mul(1_000_000_000).min(now_ns),
+                (None, _) => continue,
             };
             m.entry(src.clone()).or_default().push((*id, t));
         }
@@ -269,19 +274,31 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
             .cloned()
             .collect();
         let listed_by: Vec<String> = s.holders.keys().filter(|h| **h != me).cloned().collect();
-        // the census kept one peer's copy of the record; when it is not the
-        // source's and others list the snapshot too, each one's own copy is
-        // asked for, so one peer's bad answer neither blocks the repair nor
-        // gets the honest holders blamed
-        let (record, listed_by) = if signed.contains_key(&(source.clone(), *id)) || listed_by.len() < 2 {
-            (s.record.clone(), listed_by)
-        } else {
-            match genuine_copy(rt, &verifier, source, *id, &from).await {
-                Some((record, by)) => (record, vec![by]),
-                None => (s.record.clone(), listed_by),
+        // nothing is repaired from a record its source did not sign. The
+        // census kept one peer's copy; when it is bad and others list the
+        // snapshot too, each one's own copy is asked for, so one peer's bad
+        // answer neither blocks the repair nor gets the honest holders blamed
+        let chosen = match checked.get(&(source.clone(), *id)) {
+            Some(Ok(created)) => Ok((s.record.clone(), *created)),
+            Some(Err(why)) if listed_by.len() >= 2 => {
+                genuine_copy(rt, &verifier, source, *id, &from).await.ok_or_else(|| why.clone())
             }
+            Some(Err(why)) => {
+                for p in &listed_by {
+                    rt.counters.peer(p).forged_records.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(why.clone())
+            }
+            None => Err("no record was listed".into()),
         };
-        match repair_one(rt, source, *id, &record, &listed_by, &from).await {
+        let result = match chosen {
+            Ok((record, created)) => repair_one(rt, source, *id, &record, created, &from).await,
+            Err(why) => Err(RepairError::Forged {
+                peers: listed_by.join(", "),
+                reason: format!("snapshot {} listed under {source}: {why}", id.short()),
+            }),
+        };
+        match result {
             Ok(r) => {
                 tracing::info!(%source, snapshot = %id.short(), objects = r.objects, bytes = r.bytes, from = ?r.from, "sync: replica repaired");
                 rep.repaired.push(r);
@@ -313,19 +330,19 @@ fn attested(
 }
 
 /// Ask each holder in `from` for its own copy of snapshot `id`'s record;
-/// the first one its source signed, and who sent it. Every holder whose
-/// copy is not is named and counted.
+/// the first one its source signed, with its signed creation time. Every
+/// holder whose copy is not is named and counted.
 async fn genuine_copy(
     rt: &Arc<NodeRuntime>,
     verifier: &omesh_net::attest::AttestVerifier,
     source: &str,
     id: ObjectId,
     from: &[Arc<dyn ReplicaTarget>],
-) -> Option<(Vec<u8>, String)> {
+) -> Option<(Vec<u8>, i64)> {
     for t in from {
         let Ok(record) = t.record(source, &id).await else { continue };
         match attested(verifier, source, &id, &record, std::time::SystemTime::now()) {
-            Ok(_) => return Some((record, t.name().to_string())),
+            Ok(created) => return Some((record, created)),
             Err(e) => {
                 rt.counters.peer(t.name()).forged_records.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(peer = %t.name(), %source, snapshot = %id.short(), error = %e, "a peer serves a snapshot record its source did not sign");
@@ -373,19 +390,19 @@ fn may_store(rt: &NodeRuntime, source: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Copy snapshot `id` of `source` (its record as `listed_by` listed it)
-/// from the peers in `from` into this node's replica store, then commit
-/// it. Nothing is stored unless the record is signed by `source` itself,
-/// and every record fetched must be the one its verified parent's link
-/// names. Its stored time is its signed creation time, never later than
-/// this node's receipt: retention here never takes a time another peer
-/// reports.
+/// Copy snapshot `id` of `source` from the peers in `from` into this
+/// node's replica store, then commit it. `record` is a snapshot record
+/// whose attestation the caller checked (signed by `source`, made at
+/// `created`); every record fetched below it must be the one its verified
+/// parent's link names. Its stored time is its signed creation time, never
+/// later than this node's receipt: retention here never takes a time
+/// another peer reports.
 async fn repair_one(
     rt: &Arc<NodeRuntime>,
     source: &str,
     id: ObjectId,
     record: &[u8],
-    listed_by: &[String],
+    created: i64,
     from: &[Arc<dyn ReplicaTarget>],
 ) -> Result<Repaired, RepairError> {
     let t = Instant::now();
@@ -393,18 +410,6 @@ async fn repair_one(
     if used != record.len() || rec.kind != ObjectKind::Snapshot || rec.id != id {
         return Err(RepairError::BadRecord("the listed snapshot record is not a snapshot with that id".into()));
     }
-    let attested = match rt.tls.attest_verifier().verify(&rec, source, std::time::SystemTime::now()) {
-        Ok(a) => a,
-        Err(e) => {
-            for p in listed_by {
-                rt.counters.peer(p).forged_records.fetch_add(1, Ordering::Relaxed);
-            }
-            return Err(RepairError::Forged {
-                peers: listed_by.join(", "),
-                reason: format!("snapshot {} listed under {source}: {e}", id.short()),
-            });
-        }
-    };
     let store = {
         let stores = rt.stores.clone();
         let s = source.to_string();
@@ -464,7 +469,7 @@ async fn repair_one(
         }
         if let Some(c) = walk.seal_conflict() {
             return Err(RepairError::Forged {
-                peers: listed_by.join(", "),
+                peers: from.iter().map(|t| t.name()).collect::<Vec<_>>().join(", "),
                 reason: format!("object {} is named with two different seals", c.short()),
             });
         }
@@ -472,7 +477,7 @@ async fn repair_one(
     let st = store.clone();
     let record = record.to_vec();
     let roots = (rec.links.clone(), rec.seals.clone());
-    let time = time::signed_time_capped(attested.created);
+    let time = time::signed_time_capped(created);
     let allow = rt.cfg.allowance_for(source);
     let (src, node) = (source.to_string(), rt.cfg.name.clone());
     blocking(move || {

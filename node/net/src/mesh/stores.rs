@@ -196,7 +196,10 @@ impl SourceStore {
                         }
                     }
                     Visit::Object { kind, .. } if *kind != omesh_proto::ObjectKind::Blob => {
-                        trees.push((id, self.store.locate(&id)?.map(|(_, l)| l.seal).unwrap_or_default()))
+                        // resolve_local checked the record against `expected`; a
+                        // tree below a format-1 parent is remembered without a
+                        // seal and so only ever skipped under such a parent
+                        trees.push((id, expected.unwrap_or_default()))
                     }
                     _ => {}
                 }
