@@ -29,6 +29,16 @@ impl Lab {
     fn ns(&self, n: &str) -> String {
         format!("{}{n}", self.prefix)
     }
+    /// srv-1..srv-3 on the lab's servers s1..s3 (10.20.0.11..13:7443).
+    fn site(&self, dir: &std::path::Path) -> Site {
+        let mut site = Site::new(dir, &[("srv-1", "rack-1"), ("srv-2", "rack-2"), ("srv-3", "rack-3")]);
+        for (i, n) in site.nodes.iter_mut().enumerate() {
+            n.ip = format!("10.20.0.{}", 11 + i);
+            n.port = 7443;
+            n.netns = Some(self.ns(&format!("s{}", i + 1)));
+        }
+        site
+    }
     /// (rx, tx) bytes of an interface in a namespace.
     fn counters(&self, n: &str, iface: &str) -> (u64, u64) {
         let out = Command::new(lab_script()).args(["counters", "--prefix", &self.prefix, n, iface]).output().unwrap();
@@ -49,12 +59,7 @@ impl Drop for Lab {
 fn backup_replication_and_restore_never_touch_the_service_link() {
     let t = tempfile::tempdir().unwrap();
     let lab = Lab::up(3);
-    let mut site = Site::new(t.path(), &[("srv-1", "rack-1"), ("srv-2", "rack-2"), ("srv-3", "rack-3")]);
-    for (i, n) in site.nodes.iter_mut().enumerate() {
-        n.ip = format!("10.20.0.{}", 11 + i);
-        n.port = 7443;
-        n.netns = Some(lab.ns(&format!("s{}", i + 1)));
-    }
+    let mut site = lab.site(t.path());
     let g = Garage::start_in(&t.path().join("garage"), Some(&lab.ns("obj")), "10.20.0.50");
     site.env = g.env();
     let boundary = |ip: &str| {
@@ -146,12 +151,7 @@ fn probe_from_namespace(ns: &str, to: &str) -> bool {
 fn a_refused_address_in_another_namespace_gets_no_answer_not_even_version_negotiation() {
     let t = tempfile::tempdir().unwrap();
     let lab = Lab::up(3);
-    let mut site = Site::new(t.path(), &[("srv-1", "rack-1"), ("srv-2", "rack-2"), ("srv-3", "rack-3")]);
-    for (i, n) in site.nodes.iter_mut().enumerate() {
-        n.ip = format!("10.20.0.{}", 11 + i);
-        n.port = 7443;
-        n.netns = Some(lab.ns(&format!("s{}", i + 1)));
-    }
+    let site = lab.site(t.path());
     // srv-1 accepts srv-2's address only
     site.write_config(
         "srv-1",

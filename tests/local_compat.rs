@@ -6,13 +6,19 @@ use crate::common::{omesh, s};
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-#[test]
-fn reads_a_format_v1_store() {
-    let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
+/// A copy of the format-1 fixture store in `dir` (key mode 0600).
+fn fixture_copy(dir: &std::path::Path) -> std::path::PathBuf {
+    let store = dir.join("store");
     let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/store-v1");
     assert!(std::process::Command::new("cp").args(["-a", fixture, s(&store)]).status().unwrap().success());
     fs::set_permissions(store.join("key"), fs::Permissions::from_mode(0o600)).unwrap();
+    store
+}
+
+#[test]
+fn reads_a_format_v1_store() {
+    let t = tempfile::tempdir().unwrap();
+    let store = fixture_copy(t.path());
     let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
     assert_eq!(snaps.as_array().unwrap().len(), 1);
     assert_eq!(snaps[0]["source"], "fixture-v1");
@@ -33,10 +39,7 @@ fn reads_a_format_v1_store() {
 #[test]
 fn a_format_v1_store_upgrades_on_its_next_backup() {
     let t = tempfile::tempdir().unwrap();
-    let store = t.path().join("store");
-    let fixture = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/store-v1");
-    assert!(std::process::Command::new("cp").args(["-a", fixture, s(&store)]).status().unwrap().success());
-    fs::set_permissions(store.join("key"), fs::Permissions::from_mode(0o600)).unwrap();
+    let store = fixture_copy(t.path());
     // the same content as the fixture's, and one new file
     let data = t.path().join("data");
     fs::create_dir_all(data.join("sub")).unwrap();

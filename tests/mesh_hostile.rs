@@ -291,14 +291,20 @@ enum Fake {
     EndlessPages,
 }
 
-/// A QUIC server holding `name`'s certificate that answers the handshake
-/// and then misbehaves.
-async fn fake_peer(tls: TlsMaterial, name: &'static str, addr: SocketAddr, how: Fake) {
+/// A QUIC server holding `name`'s certificate: it answers the handshake,
+/// then gives every request, read from its own stream, to `serve`, which
+/// writes whatever answer it likes.
+async fn fake_server<F, Fut>(tls: TlsMaterial, name: &'static str, addr: SocketAddr, serve: F)
+where
+    F: Fn(Request, quinn::SendStream) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let ep = transport::endpoint(addr, &tls, &TransportConfig::default(), true).unwrap();
     while let Some(inc) = ep.accept().await {
+        let serve = serve.clone();
         tokio::spawn(async move {
             let Ok(conn) = inc.await else { return };
-            let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
+            let Ok((send, mut recv)) = conn.accept_bi().await else { return };
             let _ = transport::read_frame::<Request>(&mut recv, 1 << 16).await;
             let hello = Hello {
                 node: name.into(),
@@ -306,61 +312,73 @@ async fn fake_peer(tls: TlsMaterial, name: &'static str, addr: SocketAddr, how: 
                 protocol: omesh_proto::PROTOCOL_VERSION,
                 capabilities: vec![],
             };
-            let _ = transport::write_frame(&mut send, &Response::Hello(hello)).await;
-            let _ = send.finish();
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            answer(send, &Response::Hello(hello)).await;
+            while let Ok((send, mut recv)) = conn.accept_bi().await {
+                let serve = serve.clone();
                 tokio::spawn(async move {
                     let Ok(req) = transport::read_frame::<Request>(&mut recv, 1 << 22).await else { return };
-                    match (how, req) {
-                        (Fake::Silent, _) => {
-                            // hold the stream open, answer nothing
-                            std::future::pending::<()>().await;
-                        }
-                        (_, Request::Ping { nonce }) => {
-                            let _ = transport::write_frame(&mut send, &Response::Pong { nonce }).await;
-                        }
-                        (Fake::EndlessPages, Request::Status) => {
-                            let st = omesh_proto::msg::PeerStatus {
-                                node: name.into(),
-                                software: "fake".into(),
-                                uptime_secs: 1,
-                                sources: vec![omesh_proto::msg::SourceUsage {
-                                    source: "srv-z".into(),
-                                    bytes: 0,
-                                    objects: 0,
-                                    snapshots: 0,
-                                    quota_bytes: 0,
-                                }],
-                            };
-                            let _ = transport::write_frame(&mut send, &Response::Status(st)).await;
-                        }
-                        (Fake::EndlessPages, Request::ListSnapshots { after, .. }) => {
-                            let start = after.map_or(0, |a| u64::from_be_bytes(a.0[..8].try_into().unwrap()) + 1);
-                            let items = (start..start + 4096)
-                                .map(|i| {
-                                    let mut id = [0u8; 32];
-                                    id[..8].copy_from_slice(&i.to_be_bytes());
-                                    SnapshotEntry {
-                                        source: "srv-z".into(),
-                                        id: ObjectId(id),
-                                        record: vec![1; 8],
-                                        stored_ns: 0,
-                                    }
-                                })
-                                .collect();
-                            let _ = transport::write_frame(&mut send, &Response::Snapshots { items, more: true }).await;
-                        }
-                        (_, _) => {
-                            let e =
-                                Response::Error { code: ErrorCode::NotFound, message: "no".into(), missing: vec![] };
-                            let _ = transport::write_frame(&mut send, &e).await;
-                        }
-                    }
-                    let _ = send.finish();
+                    serve(req, send).await;
                 });
             }
         });
     }
+}
+
+/// Write one answer and end the stream.
+async fn answer(mut send: quinn::SendStream, r: &Response) {
+    let _ = transport::write_frame(&mut send, r).await;
+    let _ = send.finish();
+}
+
+fn not_found() -> Response {
+    Response::Error { code: ErrorCode::NotFound, message: "no".into(), missing: vec![] }
+}
+
+/// A `Status` answer of a peer holding one source.
+fn status(name: &str, source: &str, objects: u64, snapshots: u64) -> Response {
+    Response::Status(omesh_proto::msg::PeerStatus {
+        node: name.into(),
+        software: "fake".into(),
+        uptime_secs: 1,
+        sources: vec![omesh_proto::msg::SourceUsage {
+            source: source.into(),
+            bytes: 0,
+            objects,
+            snapshots,
+            quota_bytes: 0,
+        }],
+    })
+}
+
+/// A peer with `name`'s certificate that answers the handshake and then
+/// misbehaves as `how` says.
+async fn fake_peer(tls: TlsMaterial, name: &'static str, addr: SocketAddr, how: Fake) {
+    fake_server(tls, name, addr, move |req, send| async move {
+        let r = match (how, req) {
+            (Fake::Silent, _) => {
+                // hold the stream open, answer nothing
+                let _open = send;
+                std::future::pending::<()>().await;
+                return;
+            }
+            (_, Request::Ping { nonce }) => Response::Pong { nonce },
+            (Fake::EndlessPages, Request::Status) => status(name, "srv-z", 0, 0),
+            (Fake::EndlessPages, Request::ListSnapshots { after, .. }) => {
+                let start = after.map_or(0, |a| u64::from_be_bytes(a.0[..8].try_into().unwrap()) + 1);
+                let items = (start..start + 4096)
+                    .map(|i| {
+                        let mut id = [0u8; 32];
+                        id[..8].copy_from_slice(&i.to_be_bytes());
+                        SnapshotEntry { source: "srv-z".into(), id: ObjectId(id), record: vec![1; 8], stored_ns: 0 }
+                    })
+                    .collect();
+                Response::Snapshots { items, more: true }
+            }
+            _ => not_found(),
+        };
+        answer(send, &r).await;
+    })
+    .await
 }
 
 #[test]
@@ -639,89 +657,56 @@ struct Forgery {
     objects: std::collections::HashMap<ObjectId, Vec<u8>>,
 }
 
-/// A QUIC server holding `name`'s certificate that answers the mesh
-/// protocol honestly in form, from `data`: whatever the attacker chose.
+/// A peer with `name`'s certificate that answers the mesh protocol
+/// honestly in form, from `data`: whatever the attacker chose.
 async fn forging_peer(tls: TlsMaterial, name: &'static str, addr: SocketAddr, data: std::sync::Arc<Forgery>) {
-    let ep = transport::endpoint(addr, &tls, &TransportConfig::default(), true).unwrap();
-    while let Some(inc) = ep.accept().await {
+    fake_server(tls, name, addr, move |req, mut send| {
         let data = data.clone();
-        tokio::spawn(async move {
-            let Ok(conn) = inc.await else { return };
-            let Ok((mut send, mut recv)) = conn.accept_bi().await else { return };
-            let _ = transport::read_frame::<Request>(&mut recv, 1 << 16).await;
-            let hello = Hello {
-                node: name.into(),
-                software: "forger".into(),
-                protocol: omesh_proto::PROTOCOL_VERSION,
-                capabilities: vec![],
-            };
-            let _ = transport::write_frame(&mut send, &Response::Hello(hello)).await;
-            let _ = send.finish();
-            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
-                let data = data.clone();
-                tokio::spawn(async move {
-                    let Ok(req) = transport::read_frame::<Request>(&mut recv, 1 << 22).await else { return };
-                    let answer = match req {
-                        Request::Ping { nonce } => Response::Pong { nonce },
-                        Request::Status => Response::Status(omesh_proto::msg::PeerStatus {
-                            node: name.into(),
-                            software: "forger".into(),
-                            uptime_secs: 1,
-                            sources: vec![omesh_proto::msg::SourceUsage {
-                                source: "srv-a".into(),
-                                bytes: 0,
-                                objects: data.objects.len() as u64,
-                                snapshots: data.snapshots.len() as u64,
-                                quota_bytes: 0,
-                            }],
-                        }),
-                        Request::ListSnapshots { source, .. } => Response::Snapshots {
-                            items: data
-                                .snapshots
-                                .iter()
-                                .filter(|e| source.as_ref().is_none_or(|s| *s == e.source))
-                                .cloned()
-                                .collect(),
-                            more: false,
-                        },
-                        Request::GetSnapshot { id, .. } => match data.snapshots.iter().find(|e| e.id == id) {
-                            Some(e) => Response::Snapshot { record: e.record.clone() },
-                            None => {
-                                Response::Error { code: ErrorCode::NotFound, message: "no".into(), missing: vec![] }
-                            }
-                        },
-                        Request::Have { ids, .. } => {
-                            let mut held = vec![0u8; ids.len().div_ceil(8)];
-                            for (i, id) in ids.iter().enumerate() {
-                                if data.objects.contains_key(id) {
-                                    omesh_proto::msg::bitmap_set(&mut held, i);
-                                }
-                            }
-                            Response::Have { held }
+        async move {
+            let r = match req {
+                Request::Ping { nonce } => Response::Pong { nonce },
+                Request::Status => status(name, "srv-a", data.objects.len() as u64, data.snapshots.len() as u64),
+                Request::ListSnapshots { source, .. } => Response::Snapshots {
+                    items: data
+                        .snapshots
+                        .iter()
+                        .filter(|e| source.as_ref().is_none_or(|s| *s == e.source))
+                        .cloned()
+                        .collect(),
+                    more: false,
+                },
+                Request::GetSnapshot { id, .. } => match data.snapshots.iter().find(|e| e.id == id) {
+                    Some(e) => Response::Snapshot { record: e.record.clone() },
+                    None => not_found(),
+                },
+                Request::Have { ids, .. } => {
+                    let mut held = vec![0u8; ids.len().div_ceil(8)];
+                    for (i, id) in ids.iter().enumerate() {
+                        if data.objects.contains_key(id) {
+                            omesh_proto::msg::bitmap_set(&mut held, i);
                         }
-                        Request::GetObjects { ids, .. } => {
-                            let (have, missing): (Vec<ObjectId>, Vec<ObjectId>) =
-                                ids.iter().partition(|i| data.objects.contains_key(i));
-                            let _ = transport::write_frame(
-                                &mut send,
-                                &Response::Objects { count: have.len() as u32, missing },
-                            )
-                            .await;
-                            for id in have {
-                                let _ = send.write_all(&[1]).await;
-                                let _ = send.write_all(&data.objects[&id]).await;
-                            }
-                            let _ = send.finish();
-                            return;
-                        }
-                        _ => Response::Error { code: ErrorCode::NotFound, message: "no".into(), missing: vec![] },
-                    };
-                    let _ = transport::write_frame(&mut send, &answer).await;
+                    }
+                    Response::Have { held }
+                }
+                Request::GetObjects { ids, .. } => {
+                    // the answer frame, then each record after a status byte
+                    let (have, missing): (Vec<ObjectId>, Vec<ObjectId>) =
+                        ids.iter().partition(|i| data.objects.contains_key(i));
+                    let _ = transport::write_frame(&mut send, &Response::Objects { count: have.len() as u32, missing })
+                        .await;
+                    for id in have {
+                        let _ = send.write_all(&[1]).await;
+                        let _ = send.write_all(&data.objects[&id]).await;
+                    }
                     let _ = send.finish();
-                });
-            }
-        });
-    }
+                    return;
+                }
+                _ => not_found(),
+            };
+            answer(send, &r).await;
+        }
+    })
+    .await
 }
 
 /// What srv-b really holds of srv-a: its snapshot records and objects.
@@ -917,5 +902,9 @@ fn a_forged_copy_of_a_real_snapshot_neither_blocks_its_repair_nor_blames_honest_
         st["peers"].as_array().unwrap().iter().find(|p| p["name"] == name).unwrap()["forged_records"].as_u64().unwrap()
     };
     assert_eq!(forged("srv-d"), 0, "the honest holder was blamed: {st}");
+    // the census keeps the first listing in srv-c's peer order (srv-a runs
+    // no daemon, so srv-b's bad copy): the repair above succeeded only
+    // because each holder's own copy was then asked for (nearest first;
+    // srv-b is blamed only when it is asked before srv-d)
     drop(rt);
 }
