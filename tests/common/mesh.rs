@@ -153,10 +153,16 @@ impl Site {
     /// Start with extra environment (e.g. OMESH_FAILPOINT).
     pub fn start_with_env(&self, name: &str, env: &[(&str, &str)]) -> Daemon {
         let mut c = self.command(name, &["node", "run"]);
-        c.stdout(Stdio::piped()).stderr(Stdio::inherit());
         for (k, v) in env {
             c.env(k, v);
         }
+        Self::start_command(name, c)
+    }
+
+    /// Start `c` (a `node run` command, perhaps wrapped, e.g. in `unshare`);
+    /// returns once the daemon listens.
+    pub fn start_command(name: &str, mut c: std::process::Command) -> Daemon {
+        c.stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = c.spawn().unwrap();
         // readiness: the daemon prints its listen line once serving
         let out = child.stdout.take().unwrap();

@@ -12,8 +12,12 @@ alike, measures:
      to a peer on loopback by the next `backup --config` (throughput from
      the replica report: record bytes sent / seconds)
 
-Page caches are dropped before every measured step (run as root). Prints a
-Markdown table of medians (and every run) and writes JSON next to it.
+Page caches are dropped before every measured step (run as root). Besides
+wall-clock throughput it records the CPU seconds (user + system, from
+getrusage of the waited-for children) that backup and restore spent: on a
+shared 2-core machine wall time drifts by up to 20% between runs of the
+same binary, CPU time far less, so a small cost shows there first. Prints
+Markdown tables of medians (and every run) and writes JSON next to them.
 
 Usage:
   sudo tools/bench/format2.py --before REV [--after REV] [--rounds N] [--work DIR]
@@ -24,6 +28,7 @@ Not run in CI.
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -50,6 +55,12 @@ def build(rev):
     return sha, target / "release"
 
 
+def cpu_s():
+    """User + system CPU seconds of every child waited for so far."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def tree_bytes(d):
     return sum(p.stat().st_size for p in Path(d).rglob("*") if p.is_file() and not p.is_symlink())
 
@@ -61,15 +72,17 @@ def one_round(binary, work, data, data_bytes, bulk):
     shutil.rmtree(store, ignore_errors=True)
     mesh.sh([binary, "init", "--store", store], stdout=subprocess.DEVNULL)
     mesh.drop_caches()
-    t = time.monotonic()
+    t, c = time.monotonic(), cpu_s()
     snap = json.loads(subprocess.run([binary, "backup", "--store", store, data, "--json"], check=True, capture_output=True, text=True).stdout)["snapshot"]
     out["backup_s"] = time.monotonic() - t
+    out["backup_cpu_s"] = cpu_s() - c
     out["backup_mbs"] = data_bytes / out["backup_s"] / 1e6
     target = work / "restore"
     shutil.rmtree(target, ignore_errors=True)
     mesh.drop_caches()
-    t = time.monotonic()
+    t, c = time.monotonic(), cpu_s()
     mesh.sh([binary, "restore", "--store", store, snap, "--target", target], stdout=subprocess.DEVNULL)
+    out["restore_cpu_s"] = cpu_s() - c
     subprocess.run(["sync"], check=True)
     out["restore_s"] = time.monotonic() - t
     out["restore_mbs"] = data_bytes / out["restore_s"] / 1e6
@@ -130,9 +143,19 @@ def main():
         ma = statistics.median(r[k] for r in runs[sha_a])
         med[k] = (mb, ma)
         print(f"| {name} | {mb:.0f} | {ma:.0f} | {100 * (ma - mb) / mb:+.1f}% |")
+    print(f"\n| CPU seconds (user + system) | before ({sha_b}) | after ({sha_a}) | change |")
+    print("|---|---:|---:|---:|")
+    for k, name in [("backup_cpu_s", "first backup"), ("restore_cpu_s", "restore")]:
+        mb = statistics.median(r[k] for r in runs[sha_b])
+        ma = statistics.median(r[k] for r in runs[sha_a])
+        med[k] = (mb, ma)
+        print(f"| {name} | {mb:.2f} | {ma:.2f} | {100 * (ma - mb) / mb:+.1f}% |")
     print("\nevery run (MB/s, backup / restore / replication):")
     for sha in (sha_b, sha_a):
         print(f"- {sha}: " + "; ".join(f"{r['backup_mbs']:.0f} / {r['restore_mbs']:.0f} / {r['replicate_mbs']:.0f}" for r in runs[sha]))
+    print("every run (CPU s, backup / restore):")
+    for sha in (sha_b, sha_a):
+        print(f"- {sha}: " + "; ".join(f"{r['backup_cpu_s']:.2f} / {r['restore_cpu_s']:.2f}" for r in runs[sha]))
     (work / "format2.json").write_text(json.dumps({"runs": runs, "medians": med}, indent=1))
 
 

@@ -123,17 +123,22 @@ fn print_summary(s: &BackupSummary) {
 }
 
 fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
-    use omesh_daemon::services::control::{ControlRequest, ControlResponse};
+    use omesh_daemon::services::control::{ControlRequest, ControlResponse, SeenPath};
     let cfg = mesh::load(path)?;
     if a.host.is_some() || a.threads.is_some() || a.read_concurrency.is_some() {
         return Err(CliError::usage("--host, --threads and --read-concurrency apply to --store backups only"));
     }
+    // the daemon has its own working directory (and maybe its own /tmp):
+    // it gets absolute paths and the file each names here
+    let seen = |p: &PathBuf| SeenPath::here(p).map_err(|e| CliError { code: ExitCode::Usage, err: e.into() });
+    let paths = a.paths.iter().map(seen).collect::<Result<Vec<_>, _>>()?;
+    let image = a.image.as_ref().map(seen).transpose()?;
     let rt = mesh::tokio()?;
     let req = ControlRequest::Backup {
-        paths: a.paths.clone(),
+        paths,
         exclude: a.exclude.clone(),
         one_file_system: a.one_file_system,
-        image: a.image.clone(),
+        image,
         tags: a.tag.clone(),
         parent: a.parent.clone(),
     };
@@ -163,8 +168,16 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
                     unreachable!("built above")
                 };
                 let nrt = mesh::runtime(cfg.clone(), true).await?;
+                let paths = paths.into_iter().map(|p| p.path).collect();
                 let opts = nrt
-                    .backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())
+                    .backup_request_options(
+                        paths,
+                        exclude,
+                        one_file_system,
+                        image.map(|p| p.path),
+                        tags,
+                        parent.as_deref(),
+                    )
                     .await
                     // a bad --parent is a usage error, as in local mode
                     .map_err(|e| match e {

@@ -34,7 +34,7 @@ mod reader;
 mod walker;
 mod worker;
 
-pub use options::{BackupError, BackupOptions, BackupSummary, ParentChoice, Progress, Warning};
+pub use options::{BackupError, BackupOptions, BackupSummary, ParentChoice, Progress, Warning, absolute};
 
 use crate::chunker::Chunker;
 use crate::snapshot::{Node, SnapshotKind, SnapshotRecord};
@@ -42,7 +42,7 @@ use crate::store::{Store, WriteStats};
 use crossbeam_channel::bounded;
 use exclude::Excludes;
 use meta::NameCache;
-use options::{Res, absolute, normalise_roots};
+use options::{Res, normalise_roots};
 use pipeline::{ChunkJob, Counts, Ctx, DirSlot, FileJob, PackItem, PendingDir, Slot};
 use std::collections::HashMap;
 use std::fs::{self};

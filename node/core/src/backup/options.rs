@@ -121,7 +121,13 @@ pub enum BackupError {
 
 pub(super) type Res<T> = Result<T, BackupError>;
 
-pub(super) fn absolute(p: &Path) -> Res<PathBuf> {
+/// `p` made absolute against this process's working directory, with "."
+/// and ".." removed lexically; the final component is not followed (a
+/// symlink given as a root is backed up as the link). The one way a root
+/// path becomes absolute, in a local backup and in the CLI before it asks
+/// the daemon (which must never resolve a caller's path against its own
+/// working directory).
+pub fn absolute(p: &Path) -> Res<PathBuf> {
     let abs = std::path::absolute(p).map_err(|e| BackupError::Path { path: p.into(), reason: e.to_string() })?;
     // normalise "." and ".." lexically without following the final symlink
     let mut out = PathBuf::new();

@@ -38,14 +38,15 @@ pub enum ControlRequest {
     Ping,
     /// Back up and replicate.
     Backup {
-        /// paths (empty: `[backup] paths` from the config)
-        paths: Vec<PathBuf>,
+        /// paths (empty: `[backup] paths` from the config), as the CLI
+        /// sees them
+        paths: Vec<SeenPath>,
         /// excludes (added to the config's)
         exclude: Vec<String>,
         /// one file system
         one_file_system: bool,
-        /// image device
-        image: Option<PathBuf>,
+        /// image device, as the CLI sees it
+        image: Option<SeenPath>,
         /// tags
         tags: Vec<String>,
         /// parent: none, id, or auto
@@ -91,6 +92,57 @@ pub enum ControlRequest {
         /// seconds
         seconds: f64,
     },
+}
+
+/// A path named on the CLI's command line, made absolute in the CLI's
+/// working directory, with the (device, inode) the CLI's lstat of it gave.
+/// The daemon backs up what the caller means or nothing: it resolves no
+/// path against its own working directory and refuses a path whose lstat
+/// differs there (a daemon in another mount namespace, e.g. systemd's
+/// `PrivateTmp=`, sees another /tmp).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeenPath {
+    /// absolute path
+    pub path: PathBuf,
+    /// st_dev of the CLI's lstat
+    pub dev: u64,
+    /// st_ino of the CLI's lstat
+    pub ino: u64,
+}
+
+impl SeenPath {
+    /// `p` as this process sees it: made absolute like a local backup's
+    /// root, then lstat'ed (an error names the path).
+    pub fn here(p: &Path) -> Result<SeenPath, omesh_core::backup::BackupError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = omesh_core::backup::absolute(p)?;
+        let m = std::fs::symlink_metadata(&path)
+            .map_err(|e| omesh_core::backup::BackupError::Path { path: path.clone(), reason: e.to_string() })?;
+        Ok(SeenPath { path, dev: m.dev(), ino: m.ino() })
+    }
+
+    /// The path, if this process (the daemon) sees the same file there as
+    /// the caller did; otherwise why not and what to do.
+    pub fn as_the_caller_sees(&self) -> Result<PathBuf, String> {
+        use std::os::unix::fs::MetadataExt;
+        let p = self.path.display();
+        if self.path.is_relative() {
+            return Err(format!(
+                "{p}: a relative path reached the daemon, which resolves nothing against its own working directory; \
+                 use the omesh CLI of the daemon's version (it sends absolute paths)"
+            ));
+        }
+        let namespace = "the daemon runs in another mount namespace (systemd PrivateTmp=, ProtectHome= or \
+                         ReadOnlyPaths= in its unit, or a container); back up a path the daemon can see, or stop \
+                         the daemon and run this backup in-process";
+        match std::fs::symlink_metadata(&self.path) {
+            Err(e) => Err(format!("{p}: you can see it but the daemon cannot ({e}): {namespace}")),
+            Ok(m) if (m.dev(), m.ino()) != (self.dev, self.ino) => {
+                Err(format!("{p}: the daemon sees a different file there than you do: {namespace}"))
+            }
+            Ok(_) => Ok(self.path.clone()),
+        }
+    }
 }
 
 /// Backup progress counters.
@@ -246,6 +298,14 @@ async fn answer(
     Ok(match req {
         ControlRequest::Ping => ControlResponse::Pong { node: rt.cfg.name.clone() },
         ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } => {
+            let refuse = |message| Refused { class: ErrorClass::Usage, message };
+            let (paths, image) = tokio::task::spawn_blocking(move || {
+                let paths = paths.iter().map(SeenPath::as_the_caller_sees).collect::<Result<Vec<_>, _>>()?;
+                Ok::<_, String>((paths, image.as_ref().map(SeenPath::as_the_caller_sees).transpose()?))
+            })
+            .await
+            .map_err(|e| refuse(format!("internal error: {e}")))?
+            .map_err(refuse)?;
             let opts = rt
                 .backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())
                 .await
