@@ -92,3 +92,37 @@ fn a_path_the_daemon_sees_differently_is_refused_and_nothing_is_stored() {
     let r = site.omesh("srv-a", &["backup", s(&visible), "--json"]).ok().json();
     assert_eq!(r["protected"], true, "{r}");
 }
+
+#[test]
+fn mesh_mode_usage_errors_exit_2_and_say_what_to_do() {
+    let t = tempfile::tempdir().unwrap();
+    let (site, _b) = pair(t.path());
+    let _a = site.start("srv-a");
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("f"), "data").unwrap();
+    site.omesh("srv-a", &["backup", s(&src)]).ok();
+    site.omesh("srv-a", &["backup", s(&src), "--parent", "none"]).ok();
+    let target = t.path().join("restored");
+
+    // an unknown snapshot, as in local mode
+    let r = site.omesh("srv-a", &["restore", "0123456789abcdef", "--target", s(&target)]).code(2);
+    assert!(r.stderr.contains("0123456789abcdef") && r.stderr.contains("omesh snapshots"), "{}", r.stderr);
+    // a prefix of both snapshots lists them
+    let ids: Vec<String> = site
+        .omesh("srv-a", &["snapshots", "--json"])
+        .ok()
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["short_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let r = site.omesh("srv-a", &["restore", "", "--target", s(&target)]).code(2);
+    assert!(r.stderr.contains("ambiguous") && ids.iter().all(|id| r.stderr.contains(id)), "{ids:?}: {}", r.stderr);
+    // srv-b holds srv-a's replica but not its key
+    let r = site.omesh("srv-b", &["restore", "latest", "--source", "srv-a", "--target", s(&target)]).code(2);
+    assert!(r.stderr.contains("omesh key import"), "{}", r.stderr);
+    assert!(!target.exists(), "a refused restore wrote into its target");
+}

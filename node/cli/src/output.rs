@@ -68,15 +68,7 @@ impl From<StoreError> for CliError {
     fn from(e: StoreError) -> Self {
         let code = match &e {
             StoreError::Locked { .. } => ExitCode::Busy,
-            StoreError::NotAStore(_)
-            | StoreError::NotEmpty(_)
-            | StoreError::Version { .. }
-            | StoreError::Config { .. }
-            | StoreError::KeyFile(_)
-            | StoreError::WrongKey { .. }
-            | StoreError::NoKey(_)
-            | StoreError::SnapshotNotFound(..)
-            | StoreError::Ambiguous(..) => ExitCode::Usage,
+            e if e.is_usage() => ExitCode::Usage,
             e if e.is_damage() => ExitCode::Damage,
             _ => ExitCode::Failed,
         };

@@ -92,11 +92,11 @@ pub enum NodeError {
     #[error("no snapshots of this source are reachable")]
     NoSnapshots,
     /// No reachable snapshot matches a spec.
-    #[error("no reachable snapshot matches {0:?}")]
+    #[error("no reachable snapshot matches {0:?}; list them with `omesh snapshots --config FILE [--source NODE]`")]
     NoMatch(String),
-    /// A snapshot prefix matches several.
-    #[error("snapshot prefix {0:?} is ambiguous")]
-    Ambiguous(String),
+    /// A snapshot prefix matches several (the spec, the candidates).
+    #[error("snapshot prefix {0:?} is ambiguous: matches {1}; give more of the id")]
+    Ambiguous(String, String),
     /// The snapshot is known but no holder can be reached.
     #[error("snapshot {} of {source_name} is not held by any reachable node", snapshot.short())]
     NotReachable {
@@ -135,12 +135,15 @@ impl NodeError {
     pub fn class(&self) -> ErrorClass {
         use omesh_core::store::StoreError;
         match self {
-            NodeError::Config(_) | NodeError::Residency(_) => ErrorClass::Usage,
+            NodeError::Config(_)
+            | NodeError::Residency(_)
+            | NodeError::NoKey { .. }
+            | NodeError::UnknownTarget { .. }
+            | NodeError::NoMatch(_)
+            | NodeError::Ambiguous(..) => ErrorClass::Usage,
             NodeError::Store(StoreError::Locked { .. }) => ErrorClass::Busy,
             NodeError::Store(s) if s.is_damage() => ErrorClass::Damage,
-            NodeError::Store(StoreError::NoKey(_) | StoreError::WrongKey { .. } | StoreError::KeyFile(_)) => {
-                ErrorClass::Usage
-            }
+            NodeError::Store(s) if s.is_usage() => ErrorClass::Usage,
             NodeError::Transport(omesh_net::transport::TransportError::Tls(_)) => ErrorClass::Usage,
             _ => ErrorClass::Failed,
         }

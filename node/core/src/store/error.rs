@@ -143,6 +143,22 @@ impl StoreError {
                 | StoreError::Object(_, true)
         )
     }
+    /// Whether this error is the caller's to fix (a wrong path, key,
+    /// setting or snapshot name): exit code 2 in every mode.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            StoreError::NotAStore(_)
+                | StoreError::NotEmpty(_)
+                | StoreError::Version { .. }
+                | StoreError::Config { .. }
+                | StoreError::KeyFile(_)
+                | StoreError::WrongKey { .. }
+                | StoreError::NoKey(_)
+                | StoreError::SnapshotNotFound(..)
+                | StoreError::Ambiguous(..)
+        )
+    }
 }
 
 /// Shorthand.

@@ -110,6 +110,10 @@ fn resolve(records: &HashMap<ObjectId, SnapshotRecord>, spec: &str) -> Result<Ob
     match m.len() {
         0 => Err(NodeError::NoMatch(spec.to_string())),
         1 => Ok(*m[0]),
-        _ => Err(NodeError::Ambiguous(spec.to_string())),
+        _ => {
+            let mut c: Vec<String> = m.iter().map(|id| id.short()).collect();
+            c.sort();
+            Err(NodeError::Ambiguous(spec.to_string(), c.join(", ")))
+        }
     }
 }
