@@ -277,6 +277,15 @@ fn validate_lifecycle(cfg: &NodeConfig) -> Result<(), String> {
         }
     }
     bandwidth::Limiter::new(&cfg.bandwidth)?;
+    for l in &cfg.bandwidth.peer {
+        if !cfg.peers.iter().any(|p| p.name == l.name) && !cfg.s3.iter().any(|b| b.name == l.name) {
+            return Err(format!(
+                "[[bandwidth.peer]] name = {:?} is not a [[peer]] or [[s3]] target of this node; \
+                 use one of their names (the limit would apply to nothing)",
+                l.name
+            ));
+        }
+    }
     if !(0.0..=1.0).contains(&cfg.gc.repack_unused) {
         return Err(format!("[gc] repack_unused = {} must be between 0 and 1", cfg.gc.repack_unused));
     }
@@ -524,5 +533,15 @@ quota = "2 TiB"
         assert!(e.to_string().contains("listen_typo"), "{e}");
         let e = NodeConfig::from_toml(&BASE.replace("10.0.0.12:7443", "10.0.0.12"), Path::new("x.toml")).unwrap_err();
         assert!(e.message.contains("needs a port"), "{e}");
+        // a limit for a peer that does not exist would limit nothing
+        let t = format!("{BASE}\n[[bandwidth.peer]]\nname = \"srv-x\"\nlimit = \"100 Mbit/s\"\n");
+        let e = NodeConfig::from_toml(&t, Path::new("x.toml")).unwrap_err();
+        assert!(e.message.contains("\"srv-x\"") && e.message.contains("[[peer]]"), "{e}");
+        let ok = t.replace("srv-x", "srv-b");
+        NodeConfig::from_toml(&ok, Path::new("x.toml")).unwrap();
+        // a CIDR with host bits set is a typo, not a network
+        let t = format!("{BASE}\n[residency]\nallowed_networks = [\"10.0.0.5/8\"]\n");
+        let e = NodeConfig::from_toml(&t, Path::new("x.toml")).unwrap_err();
+        assert!(e.to_string().contains("10.0.0.0/8") && e.to_string().contains("host bits"), "{e}");
     }
 }

@@ -52,6 +52,15 @@ impl Net {
     pub fn parse(s: &str) -> Result<Net, String> {
         let t = s.trim();
         if let Ok(n) = t.parse::<ipnet::IpNet>() {
+            if n.trunc() != n {
+                // "10.0.0.5/24" is a typo for an address or for 10.0.0.0/24:
+                // say which network it would mean instead of guessing
+                return Err(format!(
+                    "{s:?} has host bits set; write the network as {} (or the single address as {})",
+                    n.trunc(),
+                    n.addr()
+                ));
+            }
             return Ok(Net(n));
         }
         if let Ok(a) = t.parse::<IpAddr>() {
