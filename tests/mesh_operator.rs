@@ -65,13 +65,8 @@ fn a_path_the_daemon_sees_differently_is_refused_and_nothing_is_stored() {
     fs::create_dir_all(&visible).unwrap();
     fs::write(visible.join("f"), "both see this").unwrap();
     let mut c = Command::new("unshare");
-    for (k, _) in std::env::vars() {
-        if k.starts_with("OMESH_") || k.starts_with("AWS_") || k == "RUST_LOG" {
-            c.env_remove(k);
-        }
-    }
-    c.env("RUST_LOG", "warn")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+    crate::common::clean_env(&mut c);
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
         .arg("mount -t tmpfs omesh-test \"$1\" && shift && exec \"$@\"")
         .arg("sh")
         .arg(&hidden)

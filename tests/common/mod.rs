@@ -19,14 +19,20 @@ pub fn bin() -> PathBuf {
 /// OMESH_* settings, no AWS variables, logs at warn.
 pub fn cmd() -> Command {
     let mut c = Command::new(bin());
+    clean_env(&mut c);
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Remove inherited OMESH_*, AWS_* and RUST_LOG from `c`; logs at warn
+/// (also for a wrapper such as `unshare` that execs omesh).
+pub fn clean_env(c: &mut Command) {
     for (k, _) in std::env::vars() {
         if k.starts_with("OMESH_") || k.starts_with("AWS_") || k == "RUST_LOG" {
             c.env_remove(k);
         }
     }
     c.env("RUST_LOG", "warn");
-    c.stdin(Stdio::null());
-    c
 }
 
 /// Result of running omesh.
