@@ -319,6 +319,32 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 /// its id and its seal (the one this store computed when it stored the
 /// record: a record altered on disk, check recomputed, is refused).
 pub fn read_record_at(file: &File, offset: u64, len: u32, id: &ObjectId, seal: &Seal) -> Result<Vec<u8>, String> {
+    let buf = read_record_bytes_at(file, offset, len, id)?;
+    check_seal(&buf, seal)?;
+    Ok(buf)
+}
+
+/// Whether `record`'s check holds and its seal is `seal` (one BLAKE3 pass).
+pub fn check_seal(record: &[u8], seal: &Seal) -> Result<(), String> {
+    if record::verify_check(record).map_err(|e| e.to_string())? != *seal {
+        return Err(altered(seal));
+    }
+    Ok(())
+}
+
+/// The error of a record whose seal is not the one recorded for it.
+pub fn altered(seal: &Seal) -> String {
+    format!(
+        "record does not match the seal this store recorded for it ({}): it was altered after it was stored",
+        seal.short()
+    )
+}
+
+/// The bytes of the record of `id` at `offset`, its header checked against
+/// the index (length, id) but not hashed: for a caller that hashes it
+/// anyway while decoding and compares the seal then ([`check_seal`] or
+/// `Record::decode_sealed`).
+pub fn read_record_bytes_at(file: &File, offset: u64, len: u32, id: &ObjectId) -> Result<Vec<u8>, String> {
     use std::os::unix::fs::FileExt;
     if (len as usize) < HEADER_BYTES {
         return Err(format!("index entry length {len} is shorter than a record header"));
@@ -331,12 +357,6 @@ pub fn read_record_at(file: &File, offset: u64, len: u32, id: &ObjectId, seal: &
     }
     if header.id != *id {
         return Err(format!("record holds object {} instead of {}", header.id.short(), id.short()));
-    }
-    if record::verify_check(&buf).map_err(|e| e.to_string())? != *seal {
-        return Err(format!(
-            "record does not match the seal this store recorded for it ({}): it was altered after it was stored",
-            seal.short()
-        ));
     }
     Ok(buf)
 }

@@ -131,12 +131,12 @@ impl Store {
     pub fn read_record(&self, id: &ObjectId) -> Result<Vec<u8>> {
         let (hash, loc) = self.locate(id)?.ok_or(StoreError::Missing(*id, "not in the index"))?;
         let f = self.pack_file(&hash)?;
-        pack::read_record_at(&f, loc.offset, loc.len, id, &loc.seal).map_err(|reason| StoreError::Corrupt {
-            id: *id,
-            pack: pack::pack_path(&self.dir, &hash).display().to_string(),
-            offset: loc.offset,
-            reason,
-        })
+        pack::read_record_at(&f, loc.offset, loc.len, id, &loc.seal).map_err(self.corrupt(id, &hash, &loc))
+    }
+
+    fn corrupt(&self, id: &ObjectId, hash: &[u8; 32], loc: &Location) -> impl FnOnce(String) -> StoreError {
+        let (id, pack, offset) = (*id, pack::pack_path(&self.dir, hash).display().to_string(), loc.offset);
+        move |reason| StoreError::Corrupt { id, pack, offset, reason }
     }
 
     /// The header of an object's record (its first 48 bytes only: format,
@@ -164,16 +164,13 @@ impl Store {
     /// Decrypt and verify an object; also return its links.
     pub fn get_linked(&self, id: &ObjectId, kind: ObjectKind) -> Result<(Vec<u8>, Vec<ObjectId>)> {
         let keys = self.keys()?.clone();
-        let raw = self.read_record(id)?;
-        open_record(&keys, &raw, id, kind).map_err(|reason| {
-            let (pack, offset) = self
-                .locate(id)
-                .ok()
-                .flatten()
-                .map(|(h, l)| (pack::pack_path(&self.dir, &h).display().to_string(), l.offset))
-                .unwrap_or_default();
-            StoreError::Corrupt { id: *id, pack, offset, reason }
-        })
+        let (hash, loc) = self.locate(id)?.ok_or(StoreError::Missing(*id, "not in the index"))?;
+        let f = self.pack_file(&hash)?;
+        // hashed once, while decoding, and that hash compared with the seal
+        // recorded for it (read_record would hash it a second time)
+        pack::read_record_bytes_at(&f, loc.offset, loc.len, id)
+            .and_then(|raw| open_record_sealed(&keys, &raw, id, kind, Some(&loc.seal)))
+            .map_err(self.corrupt(id, &hash, &loc))
     }
 
     /// A whole directory (all tree parts), see [`crate::objects::load_dir`].
@@ -219,7 +216,23 @@ pub fn open_record(
     id: &ObjectId,
     kind: ObjectKind,
 ) -> std::result::Result<(Vec<u8>, Vec<ObjectId>), String> {
-    let (rec, _) = Record::decode(raw).map_err(|e| e.to_string())?;
+    open_record_sealed(keys, raw, id, kind, None)
+}
+
+/// [`open_record`], and when `seal` is given, the record's seal must be it.
+fn open_record_sealed(
+    keys: &Keys,
+    raw: &[u8],
+    id: &ObjectId,
+    kind: ObjectKind,
+    seal: Option<&Seal>,
+) -> std::result::Result<(Vec<u8>, Vec<ObjectId>), String> {
+    let (rec, _, got) = Record::decode_sealed(raw).map_err(|e| e.to_string())?;
+    if let Some(seal) = seal
+        && got != *seal
+    {
+        return Err(pack::altered(seal));
+    }
     if rec.id != *id {
         return Err(format!("record holds {} instead", rec.id.short()));
     }
