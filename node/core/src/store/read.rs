@@ -131,12 +131,17 @@ impl Store {
     pub fn read_record(&self, id: &ObjectId) -> Result<Vec<u8>> {
         let (hash, loc) = self.locate(id)?.ok_or(StoreError::Missing(*id, "not in the index"))?;
         let f = self.pack_file(&hash)?;
-        pack::read_record_at(&f, loc.offset, loc.len, id, &loc.seal).map_err(self.corrupt(id, &hash, &loc))
+        pack::read_record_at(&f, loc.offset, loc.len, id, &loc.seal).map_err(|r| self.corrupt(id, &hash, &loc, r))
     }
 
-    fn corrupt(&self, id: &ObjectId, hash: &[u8; 32], loc: &Location) -> impl FnOnce(String) -> StoreError {
-        let (id, pack, offset) = (*id, pack::pack_path(&self.dir, hash).display().to_string(), loc.offset);
-        move |reason| StoreError::Corrupt { id, pack, offset, reason }
+    /// The error of a record of `id` that failed to read or open.
+    fn corrupt(&self, id: &ObjectId, hash: &[u8; 32], loc: &Location, reason: String) -> StoreError {
+        StoreError::Corrupt {
+            id: *id,
+            pack: pack::pack_path(&self.dir, hash).display().to_string(),
+            offset: loc.offset,
+            reason,
+        }
     }
 
     /// The header of an object's record (its first 48 bytes only: format,
@@ -170,7 +175,7 @@ impl Store {
         // recorded for it (read_record would hash it a second time)
         pack::read_record_bytes_at(&f, loc.offset, loc.len, id)
             .and_then(|raw| open_record_sealed(&keys, &raw, id, kind, Some(&loc.seal)))
-            .map_err(self.corrupt(id, &hash, &loc))
+            .map_err(|r| self.corrupt(id, &hash, &loc, r))
     }
 
     /// A whole directory (all tree parts), see [`crate::objects::load_dir`].
