@@ -304,7 +304,7 @@ async fn answer(
                 Ok::<_, String>((paths, image.as_ref().map(SeenPath::as_the_caller_sees).transpose()?))
             })
             .await
-            .map_err(|e| refuse(format!("internal error: {e}")))?
+            .map_err(|e| Refused::from(NodeError::from(e)))?
             .map_err(refuse)?;
             let opts = rt
                 .backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())
