@@ -1,9 +1,21 @@
 //! A flipped byte in a pack: verify names the damage, restore refuses to
 //! write wrong bytes and restores everything else.
 
-use crate::common::{backup, init_small, omesh, packs, restored, s, tree};
+use crate::common::{alter_keeping_check, backup, init_small, omesh, packs, restored, s, tree};
 use omesh_core::store::pack;
 use std::fs;
+use std::path::PathBuf;
+
+/// The first blob record in the store's packs: its pack file and entry.
+fn first_blob(store: &std::path::Path) -> (PathBuf, pack::PackEntry) {
+    packs(store)
+        .into_iter()
+        .find_map(|p| {
+            let res = pack::scan(&p, None, |_, _| {}).unwrap();
+            res.entries.iter().find(|e| e.kind == omesh_proto::ObjectKind::Blob).map(|e| (p.clone(), *e))
+        })
+        .expect("a blob record")
+}
 
 #[test]
 fn flipped_byte_is_reported_and_never_restored() {
@@ -19,15 +31,7 @@ fn flipped_byte_is_reported_and_never_restored() {
     omesh(["verify", "--store", s(&store), "--read-data"]).ok();
 
     // find a blob record and flip one byte in its body
-    let mut victim = None;
-    for p in packs(&store) {
-        let res = pack::scan(&p, None, |_, _| {}).unwrap();
-        if let Some(e) = res.entries.iter().find(|e| e.kind == omesh_proto::ObjectKind::Blob) {
-            victim = Some((p.clone(), *e));
-            break;
-        }
-    }
-    let (pack_path, entry) = victim.expect("a blob record");
+    let (pack_path, entry) = first_blob(&store);
     let mut bytes = fs::read(&pack_path).unwrap();
     let at = entry.offset as usize + entry.len as usize / 2;
     bytes[at] ^= 0x20;
@@ -100,18 +104,10 @@ fn a_record_altered_with_a_recomputed_check_is_refused_by_its_seal() {
     let store = t.path().join("store");
     init_small(&store);
     backup(&store, &[&src]);
-    let (pack_path, entry) = packs(&store)
-        .into_iter()
-        .find_map(|p| {
-            let res = pack::scan(&p, None, |_, _| {}).unwrap();
-            res.entries.iter().find(|e| e.kind == omesh_proto::ObjectKind::Blob).map(|e| (p.clone(), *e))
-        })
-        .expect("a blob record");
+    let (pack_path, entry) = first_blob(&store);
     let mut bytes = fs::read(&pack_path).unwrap();
-    let (start, len, cb) = (entry.offset as usize, entry.len as usize, omesh_proto::record::CHECK_BYTES);
-    bytes[start + len - cb - 1] ^= 0x55;
-    let check = blake3::hash(&bytes[start..start + len - cb]);
-    bytes[start + len - cb..start + len].copy_from_slice(&check.as_bytes()[..cb]);
+    let (start, len) = (entry.offset as usize, entry.len as usize);
+    alter_keeping_check(&mut bytes[start..start + len], 1, 0x55);
     fs::write(&pack_path, &bytes).unwrap();
 
     let target = t.path().join("r");

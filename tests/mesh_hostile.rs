@@ -7,7 +7,7 @@
 //! QUIC server that holds a node's certificate and answers badly.
 
 use crate::common::mesh::{Site, stored_snapshots};
-use crate::common::{restored, s, tree};
+use crate::common::{alter_keeping_check, restored, s, tree};
 use omesh_net::mesh::client::{self, ClientError, PeerConn};
 use omesh_net::transport::{self, TlsMaterial, TransportConfig};
 use omesh_proto::msg::{ErrorCode, Hello, Request, Response, SnapshotEntry, close};
@@ -623,10 +623,7 @@ fn a_peer_serving_a_rewritten_chunk_fails_its_holding_check_and_stops_counting()
     let path = omesh_core::store::pack::pack_path(&b_store, &pack);
     let mut bytes = std::fs::read(&path).unwrap();
     let (start, len) = (loc.offset as usize, loc.len as usize);
-    let cb = omesh_proto::record::CHECK_BYTES;
-    bytes[start + len - cb - 1] ^= 0x55;
-    let check = blake3::hash(&bytes[start..start + len - cb]);
-    bytes[start + len - cb..start + len].copy_from_slice(&check.as_bytes()[..cb]);
+    alter_keeping_check(&mut bytes[start..start + len], 1, 0x55);
     std::fs::write(&path, &bytes).unwrap();
     let _b = site.start("srv-b");
 
@@ -830,10 +827,7 @@ fn an_altered_chunk_pulled_by_sync_is_refused() {
     let mut f = real_holdings(&site.node("srv-b").data().join("sources/srv-a"));
     let victim = *f.objects.iter().find(|(_, r)| r[4] == ObjectKind::Blob as u8).unwrap().0;
     let rec = f.objects.get_mut(&victim).unwrap();
-    let n = rec.len() - omesh_proto::record::CHECK_BYTES;
-    rec[n - 1] ^= 0x55;
-    let check = blake3::hash(&rec[..n]);
-    rec[n..].copy_from_slice(&check.as_bytes()[..omesh_proto::record::CHECK_BYTES]);
+    alter_keeping_check(rec, 1, 0x55);
     assert!(Record::decode(rec).is_ok(), "the altered record passes its check hash");
     let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();
     let rt = rt();
@@ -883,10 +877,7 @@ fn a_forged_copy_of_a_real_snapshot_neither_blocks_its_repair_nor_blames_honest_
     // srv-b lists the same snapshot, its record altered
     let mut record =
         std::fs::read(site.node("srv-d").data().join("sources/srv-a/snapshots").join(snap.to_hex())).unwrap();
-    let n = record.len() - omesh_proto::record::CHECK_BYTES;
-    record[n - 1] ^= 1;
-    let check = blake3::hash(&record[..n]);
-    record[n..].copy_from_slice(&check.as_bytes()[..omesh_proto::record::CHECK_BYTES]);
+    alter_keeping_check(&mut record, 1, 1);
     let mut f = Forgery::default();
     f.snapshots.push(SnapshotEntry { source: "srv-a".into(), id: snap, record, stored_ns: 1 });
     let b_addr: SocketAddr = site.node("srv-b").addr().parse().unwrap();

@@ -172,10 +172,7 @@ fn a_peer_serving_corrupted_objects_is_detected_and_failed_over() {
         let res = omesh_core::store::pack::scan(&p, None, |_, _| {}).unwrap();
         for e in res.entries.iter().filter(|e| e.kind == omesh_proto::ObjectKind::Blob) {
             let (o, l) = (e.offset as usize, e.len as usize);
-            let c = omesh_proto::record::CHECK_BYTES;
-            bytes[o + l - c - 8] ^= 0x01; // inside the sealed body
-            let check = blake3::hash(&bytes[o..o + l - c]);
-            bytes[o + l - c..o + l].copy_from_slice(&check.as_bytes()[..c]);
+            crate::common::alter_keeping_check(&mut bytes[o..o + l], 8, 0x01); // inside the sealed body
             altered += 1;
         }
         fs::write(&p, bytes).unwrap();

@@ -79,6 +79,16 @@ where
     cmd().args(args).output().expect("omesh runs").into()
 }
 
+/// Alter one byte of `record`'s body (`at` bytes before its check hash,
+/// XOR `mask`) and recompute the check hash, as anyone can: the record still
+/// passes its check but no longer matches the seal it was stored with.
+pub fn alter_keeping_check(record: &mut [u8], at: usize, mask: u8) {
+    let n = record.len() - omesh_proto::record::CHECK_BYTES;
+    record[n - at] ^= mask;
+    let check = blake3::hash(&record[..n]);
+    record[n..].copy_from_slice(&check.as_bytes()[..omesh_proto::record::CHECK_BYTES]);
+}
+
 /// Create a store with small chunks and packs so tests exercise many
 /// objects and packs on little data.
 pub fn init_small(store: &Path) {
