@@ -133,23 +133,20 @@ def main():
             r = one_round(b / "omesh", work, d, data_bytes, bulk)
             print(f"round {i + 1} {sha}: {r}", file=sys.stderr)
             runs[sha].append(r)
-    keys = [("backup_mbs", "first backup MB/s"), ("restore_mbs", "restore MB/s"), ("replicate_mbs", "replication MB/s")]
-    print(f"data: {data_bytes / 2**20:.0f} MiB generated tree; replication: 1 GiB random file; {a.rounds} rounds, alternating\n")
-    print(f"| measure | before ({sha_b}) | after ({sha_a}) | change |")
-    print("|---|---:|---:|---:|")
+    print(f"data: {data_bytes / 2**20:.0f} MiB generated tree; replication: 1 GiB random file; {a.rounds} rounds, alternating")
     med = {}
-    for k, name in keys:
-        mb = statistics.median(r[k] for r in runs[sha_b])
-        ma = statistics.median(r[k] for r in runs[sha_a])
-        med[k] = (mb, ma)
-        print(f"| {name} | {mb:.0f} | {ma:.0f} | {100 * (ma - mb) / mb:+.1f}% |")
-    print(f"\n| CPU seconds (user + system) | before ({sha_b}) | after ({sha_a}) | change |")
-    print("|---|---:|---:|---:|")
-    for k, name in [("backup_cpu_s", "first backup"), ("restore_cpu_s", "restore")]:
-        mb = statistics.median(r[k] for r in runs[sha_b])
-        ma = statistics.median(r[k] for r in runs[sha_a])
-        med[k] = (mb, ma)
-        print(f"| {name} | {mb:.2f} | {ma:.2f} | {100 * (ma - mb) / mb:+.1f}% |")
+
+    def table(title, keys, digits):
+        print(f"\n| {title} | before ({sha_b}) | after ({sha_a}) | change |")
+        print("|---|---:|---:|---:|")
+        for k, name in keys:
+            mb = statistics.median(r[k] for r in runs[sha_b])
+            ma = statistics.median(r[k] for r in runs[sha_a])
+            med[k] = (mb, ma)
+            print(f"| {name} | {mb:.{digits}f} | {ma:.{digits}f} | {100 * (ma - mb) / mb:+.1f}% |")
+
+    table("measure", [("backup_mbs", "first backup MB/s"), ("restore_mbs", "restore MB/s"), ("replicate_mbs", "replication MB/s")], 0)
+    table("CPU seconds (user + system)", [("backup_cpu_s", "first backup"), ("restore_cpu_s", "restore")], 2)
     print("\nevery run (MB/s, backup / restore / replication):")
     for sha in (sha_b, sha_a):
         print(f"- {sha}: " + "; ".join(f"{r['backup_mbs']:.0f} / {r['restore_mbs']:.0f} / {r['replicate_mbs']:.0f}" for r in runs[sha]))
