@@ -217,7 +217,12 @@ fn store_in_use_is_reported_as_busy() {
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
     let r = omesh(["backup", "--store", s(&store), s(&src)]).code(5);
-    assert!(r.stderr.contains("in use by another omesh process"), "{}", r.stderr);
+    // it names the holder: this test process holds the lock
+    let pid = format!("pid {}", std::process::id());
+    assert!(r.stderr.contains("in use by another omesh process") && r.stderr.contains(&pid), "{}", r.stderr);
+    // gc through a read-only handle's path names it too
+    let r = omesh(["gc", "--store", s(&store)]).code(5);
+    assert!(r.stderr.contains(&pid), "{}", r.stderr);
     // readers still work beside the writer
     omesh(["snapshots", "--store", s(&store)]).ok();
 }

@@ -39,6 +39,16 @@ fn include_restores_only_the_selected_subtree() {
     assert_eq!(fs::read(out.join("a/b/c/d/deep.txt")).unwrap(), b"deep");
     assert!(!out.join("a/secret").exists());
     assert!(!out.join("size-1").exists());
+
+    // an include that names nothing in the snapshot (a typo, a file below a
+    // file) is an error before anything is written, not an empty success
+    let elsewhere = t.path().join("r2");
+    for bad in [format!("{}/a/typo", src.display()), format!("{}/size-1/below", src.display())] {
+        let r =
+            omesh(["restore", "--store", s(&store), "latest", "--target", s(&elsewhere), "--include", &bad]).code(2);
+        assert!(r.stderr.contains(&bad) && r.stderr.contains("no such path"), "{}", r.stderr);
+        assert!(!elsewhere.exists(), "a failed restore created its target");
+    }
 }
 
 #[test]

@@ -35,10 +35,27 @@ fn type_char(n: &Node) -> char {
 }
 
 fn mode_string(n: &Node) -> String {
-    let mut s = String::new();
-    s.push(type_char(n));
+    format!("{}{}", type_char(n), permissions(n.mode))
+}
+
+/// `rwxr-xr-x` as ls(1) writes it, with setuid and setgid (`s`/`S` in the
+/// owner's and group's execute place) and the sticky bit (`t`/`T`).
+fn permissions(mode: u32) -> String {
+    let mut s = String::with_capacity(9);
     for (i, c) in ['r', 'w', 'x', 'r', 'w', 'x', 'r', 'w', 'x'].iter().enumerate() {
-        s.push(if n.mode & (0o400 >> i) != 0 { *c } else { '-' });
+        let on = mode & (0o400 >> i) != 0;
+        let special = match i {
+            2 => (mode & 0o4000 != 0).then_some('s'),
+            5 => (mode & 0o2000 != 0).then_some('s'),
+            8 => (mode & 0o1000 != 0).then_some('t'),
+            _ => None,
+        };
+        s.push(match (special, on) {
+            (Some(x), true) => x,
+            (Some(x), false) => x.to_ascii_uppercase(),
+            (None, true) => *c,
+            (None, false) => '-',
+        });
     }
     s
 }
@@ -149,4 +166,20 @@ fn print(mut out: Vec<(String, Node)>, json: bool) -> Result<ExitCode, CliError>
         }
     }
     Ok(ExitCode::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn permissions_show_setuid_setgid_and_sticky_like_ls() {
+        use super::permissions as p;
+        assert_eq!(p(0o755), "rwxr-xr-x");
+        assert_eq!(p(0o1777), "rwxrwxrwt");
+        assert_eq!(p(0o1776), "rwxrwxrwT");
+        assert_eq!(p(0o4755), "rwsr-xr-x");
+        assert_eq!(p(0o4644), "rwSr--r--");
+        assert_eq!(p(0o2750), "rwxr-s---");
+        assert_eq!(p(0o2740), "rwxr-S---");
+        assert_eq!(p(0o0), "---------");
+    }
 }

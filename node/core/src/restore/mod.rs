@@ -27,7 +27,7 @@ pub use options::{RestoreError, RestoreOptions, RestoreProgress, RestoreSummary}
 
 use crate::chunker::Chunker;
 use crate::objects::{self, ObjectSource};
-use crate::snapshot::SnapshotKind;
+use crate::snapshot::{Node, NodeKind, SnapshotKind};
 use crossbeam_channel::{bounded, unbounded};
 use omesh_proto::ObjectId;
 use plan::{Planner, Sel, parse_includes, plan_image};
@@ -70,6 +70,23 @@ pub fn run(
     };
     let root_nodes = objects::load_dir(src, &rec.tree)?;
     let target_display = opts.target.display().to_string();
+    // every include must name something in the snapshot: a mistyped one
+    // would restore nothing and look like success. Checked before anything
+    // is written
+    if rec.kind == SnapshotKind::Files {
+        for (raw, inc) in opts.includes.iter().zip(&includes) {
+            if !in_snapshot(src, &root_nodes, inc)? {
+                return Err(RestoreError::Include(
+                    raw.clone(),
+                    format!(
+                        "snapshot {} holds no such path (nothing was restored); list what it holds with `omesh ls {} DIR`",
+                        id.short(),
+                        id.short()
+                    ),
+                ));
+            }
+        }
+    }
 
     let (task_tx, task_rx) = bounded::<FileTask>(workers * 8);
     let target_fd: OwnedFd = match rec.kind {
@@ -159,6 +176,27 @@ pub fn run(
         errors,
         warnings,
     })
+}
+
+/// Whether `path` (components below the snapshot's root) names an entry of
+/// the tree whose root entries are `nodes`. One tree read per component.
+fn in_snapshot(src: &dyn ObjectSource, nodes: &[Node], path: &[Vec<u8>]) -> Result<bool, RestoreError> {
+    let mut owned: Vec<Node>;
+    let mut here = nodes;
+    for (i, c) in path.iter().enumerate() {
+        let Some(n) = here.iter().find(|n| &n.name == c) else { return Ok(false) };
+        if i + 1 == path.len() {
+            return Ok(true);
+        }
+        match &n.kind {
+            NodeKind::Dir { tree } => {
+                owned = objects::load_dir(src, tree)?;
+                here = &owned;
+            }
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
 }
 
 /// Whether a path is a block device (for image targets).

@@ -344,11 +344,22 @@ impl Store {
         Ok(out)
     }
 
+    /// The error for a write to a store this handle opened read-only:
+    /// whoever holds the write lock, as its lock file names it (pid and
+    /// command), so an operator knows what to wait for or stop.
+    pub(crate) fn locked(&self) -> StoreError {
+        let holder = fs::read_to_string(self.dir.join("lock")).unwrap_or_default().trim().to_string();
+        StoreError::Locked {
+            path: self.dir.clone(),
+            holder: if holder.is_empty() { "another process, or opened read-only".into() } else { holder },
+        }
+    }
+
     /// Throw the index away and rebuild it from the packs. Returns
     /// (packs, objects, damaged records).
     pub fn rebuild_index(self) -> Result<(Store, u64, u64, u64)> {
         if !self.writable {
-            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
+            return Err(self.locked());
         }
         let dir = self.dir.clone();
         let keys = self.keys.clone();

@@ -99,7 +99,7 @@ impl Store {
     /// time makes sense; it needs a writable store.
     pub fn sink(&self) -> Result<PackSink<&Store>> {
         if !self.writable {
-            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
+            return Err(self.locked());
         }
         Ok(PackSink { store: self, current: None, stats: WriteStats::default() })
     }
@@ -107,7 +107,7 @@ impl Store {
     /// A sink that owns a reference to the store (for long-lived writers).
     pub fn owned_sink(self: &Arc<Self>) -> Result<PackSink<Arc<Store>>> {
         if !self.writable {
-            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
+            return Err(self.locked());
         }
         Ok(PackSink { store: self.clone(), current: None, stats: WriteStats::default() })
     }
