@@ -471,3 +471,69 @@ fn a_second_scrub_says_one_is_running_instead_of_waiting() {
     let status = first.wait().unwrap();
     assert!(status.success(), "the first scrub failed: {status}");
 }
+
+/// `GET /metrics` on 127.0.0.1:`port`.
+fn scrape(port: u16) -> String {
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut s = String::new();
+    c.read_to_string(&mut s).unwrap();
+    assert!(s.starts_with("HTTP/1.1 200"), "{s}");
+    s
+}
+
+/// The value of the sample `name` (with its labels, as written) in `text`.
+fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn a_dead_peer_shows_in_the_metrics_and_in_sync_from_the_first_failure() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("a", "r0"), ("b", "r1"), ("c", "r2")]);
+    let src = t.path().join("src");
+    data(&src, 2, 100_000, 3);
+    let port = free_port("127.0.0.1");
+    // factor 2 over b and c; c is dead (never started)
+    site.write_config("a", &["b".into(), "c".into()], 2, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    site.write_config("b", &["a".into(), "c".into()], 2, "");
+    let _b = site.start("b");
+    let _a = site.start("a");
+
+    // before anything happened, every series an alert asks for is there
+    let m = scrape(port);
+    for series in [
+        "omesh_replications_total{peer=\"c\",result=\"ok\"}",
+        "omesh_replications_total{peer=\"c\",result=\"failed\"}",
+        "omesh_replications_total{peer=\"c\",result=\"unreachable\"}",
+        "omesh_backups_total{schedule=\"manual\",result=\"unprotected\"}",
+        "omesh_gc_runs_total{result=\"failed\"}",
+        "omesh_last_success_timestamp_seconds{job=\"sync\"}",
+    ] {
+        assert_eq!(sample(&m, series), Some(0.0), "{series} missing or not 0:\n{m}");
+    }
+    let version = format!("omesh_build_info{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(sample(&m, &version), Some(1.0), "{m}");
+    assert!(sample(&m, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6, "{m}");
+    assert!(sample(&m, "process_open_fds").unwrap_or(0.0) > 3.0, "{m}");
+
+    // three backups: each one a failed replication to c
+    for _ in 0..3 {
+        site.omesh("a", &["backup", s(&src)]).code(6);
+    }
+    let m = scrape(port);
+    assert_eq!(sample(&m, "omesh_replications_total{peer=\"c\",result=\"unreachable\"}"), Some(3.0), "{m}");
+    assert_eq!(sample(&m, "omesh_replications_total{peer=\"b\",result=\"ok\"}"), Some(3.0), "{m}");
+    assert_eq!(sample(&m, "omesh_peer_up{peer=\"c\"}"), Some(0.0), "{m}");
+    assert_eq!(sample(&m, "omesh_peer_up{peer=\"b\"}"), Some(1.0), "{m}");
+    assert!(sample(&m, "omesh_peer_rtt_seconds{peer=\"b\"}").unwrap_or(0.0) > 0.0, "{m}");
+    assert!(sample(&m, "omesh_store_bytes{source=\"a\"}").unwrap_or(0.0) > 100_000.0, "{m}");
+    // nothing protected: the backup job has not succeeded
+    assert_eq!(sample(&m, "omesh_last_success_timestamp_seconds{job=\"backup\"}"), Some(0.0), "{m}");
+
+    // b holds a's snapshots and no reachable node can add the second
+    // replica: sync says they are under-replicated, and why nothing is done
+    let r = site.omesh("b", &["sync", "--json"]).ok().json();
+    assert_eq!(r["under_replicated"], 3, "{r}");
+    assert_eq!(r["no_repairer"], 3, "{r}");
+}

@@ -849,7 +849,7 @@ fn an_altered_chunk_pulled_by_sync_is_refused() {
     let r = site.omesh("srv-c", &["sync", "--json"]).ok().json();
     assert_eq!(r["repaired"].as_array().unwrap().len(), 1, "{r}");
     assert!(held_ids(&c_store).contains(&victim));
-    site.omesh("srv-c", &["verify", "--json"]).ok();
+    site.omesh("srv-c", &["verify", "--source", "srv-a", "--json"]).ok();
     // and srv-a restores it byte-identical from srv-c
     let out = t.path().join("out");
     site.omesh("srv-a", &["restore", &snap, "--from", "srv-c", "--target", s(&out)]).ok();

@@ -121,3 +121,295 @@ fn mesh_mode_usage_errors_exit_2_and_say_what_to_do() {
     assert!(r.stderr.contains("omesh key import"), "{}", r.stderr);
     assert!(!target.exists(), "a refused restore wrote into its target");
 }
+
+/// The key id `omesh key export --out` reports for a node's own key.
+fn exported_key(site: &Site, node: &str, out: &Path) -> String {
+    let r = site.omesh(node, &["key", "export", "--out", s(out)]).ok();
+    r.stderr.split_whitespace().nth(1).unwrap_or_else(|| panic!("no key id in {:?}", r.stderr)).to_string()
+}
+
+#[test]
+fn a_rebuilt_node_mints_no_key_to_read_and_cannot_fork_its_history_on_peers() {
+    let t = tempfile::tempdir().unwrap();
+    let (site, _b) = pair(t.path());
+    let data = t.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), "the first history").unwrap();
+    let mut a = site.start("srv-a");
+    let r = site.omesh("srv-a", &["backup", s(&data), "--json"]).ok().json();
+    assert_eq!(r["protected"], true, "{r}");
+    let old_key = t.path().join("srv-a-old.key");
+    let old_id = exported_key(&site, "srv-a", &old_key);
+
+    // srv-a dies; a new server gets its name and certificate, no data
+    a.kill();
+    let a_data = site.node("srv-a").data();
+    fs::remove_dir_all(&a_data).unwrap();
+    let key_path = a_data.join("keys/srv-a.key");
+    // reading mints no key: in-process, then through the daemon
+    for daemon in [false, true] {
+        let _d = daemon.then(|| site.start("srv-a"));
+        let list = site.omesh("srv-a", &["snapshots", "--json"]).ok();
+        assert!(!list.stderr.contains("new key"), "{}", list.stderr);
+        let snaps = list.json();
+        assert_eq!(snaps.as_array().unwrap().len(), 1, "the old snapshot is listed from srv-b: {snaps}");
+        assert!(snaps[0]["time"].is_null(), "{snaps}");
+        let st = site.omesh("srv-a", &["status", "--json"]).ok();
+        assert!(!st.stderr.contains("new key"), "{}", st.stderr);
+        assert!(!key_path.exists(), "a read command (daemon: {daemon}) created {}", key_path.display());
+        assert!(!a_data.join("sources/srv-a").exists(), "a read command (daemon: {daemon}) created a store");
+    }
+    // exporting a key that does not exist yet says where keys come from
+    let r = site.omesh("srv-a", &["key", "export"]).code(2);
+    assert!(r.stderr.contains("no key yet") && r.stderr.contains("key import"), "{}", r.stderr);
+
+    // a first backup that dies before its snapshot leaves a fresh, unused key
+    let r =
+        site.command("srv-a", &["backup", s(&data)]).env("OMESH_FAILPOINT", "backup.before_commit:1").output().unwrap();
+    assert!(!r.status.success());
+    assert!(key_path.exists(), "the killed backup made no key");
+    // importing the old key replaces that one (kept aside)
+    let r = site.omesh("srv-a", &["key", "import", s(&old_key)]).ok();
+    assert!(r.stderr.contains("moved the unused key"), "{}", r.stderr);
+    assert_eq!(fs::read(&key_path).unwrap(), fs::read(&old_key).unwrap());
+    // and the history goes on under it, on srv-b too
+    let mut a = site.start("srv-a");
+    fs::write(data.join("f"), "the same history, later").unwrap();
+    let r = site.omesh("srv-a", &["backup", s(&data), "--json"]).ok().json();
+    assert_eq!(r["protected"], true, "{r}");
+    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
+    let snaps = snaps.as_array().unwrap();
+    assert_eq!(snaps.len(), 2);
+    assert!(snaps.iter().all(|x| x["time"].is_string()), "every snapshot opens with the one key: {snaps:?}");
+
+    // rebuilt again, but this time backed up under a new key: srv-b keeps
+    // the history under one key and says how to go on
+    a.stop();
+    fs::remove_dir_all(&a_data).unwrap();
+    let mut a = site.start("srv-a");
+    let r = site.omesh("srv-a", &["backup", s(&data), "--json"]).code(6).json();
+    let err = r["replicas"][0]["error"].as_str().unwrap_or_else(|| panic!("{r}"));
+    assert!(
+        err.contains(&old_id) && err.contains("omesh key accept srv-a") && err.contains("omesh key import"),
+        "{err}"
+    );
+    let b = site.node("srv-b");
+    assert_eq!(crate::common::mesh::stored_snapshots(b, "srv-a").len(), 2, "srv-b took a snapshot under a second key");
+    let new_id = exported_key(&site, "srv-a", &t.path().join("srv-a-new.key"));
+    assert!(err.contains(&new_id), "{err}");
+    // the old key is not imported over one that made a snapshot
+    a.stop();
+    let before = fs::read(&key_path).unwrap();
+    let r = site.omesh("srv-a", &["key", "import", s(&old_key)]).code(2);
+    assert!(r.stderr.contains("made 1 snapshot") && r.stderr.contains("aside"), "{}", r.stderr);
+    assert_eq!(fs::read(&key_path).unwrap(), before, "the key was changed");
+
+    // srv-b's administrator accepts the new history
+    let r = site.omesh("srv-b", &["key", "accept", "srv-a", &new_id]).ok();
+    assert!(r.stderr.contains(&new_id) && r.stderr.contains(&old_id), "{}", r.stderr);
+    let _a = site.start("srv-a");
+    let r = site.omesh("srv-a", &["backup", s(&data), "--json"]).ok().json();
+    assert_eq!(r["protected"], true, "{r}");
+    assert_eq!(crate::common::mesh::stored_snapshots(b, "srv-a").len(), 3);
+}
+
+/// The user the test daemon runs as (like the unit's `User=omesh`).
+const NOBODY: &str = "65534";
+
+fn chown_r(p: &Path, owner: &str) {
+    let st = Command::new("chown").arg("-R").arg(format!("{owner}:{owner}")).arg(p).status().unwrap();
+    assert!(st.success(), "chown {}", p.display());
+}
+
+/// Everything under `dir` that root owns.
+fn owned_by_root(dir: &Path) -> Vec<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            let m = e.path().symlink_metadata().unwrap();
+            if m.uid() == 0 {
+                found.push(e.path());
+            }
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn a_root_cli_leaves_nothing_the_daemon_cannot_manage_and_gc_fails_until_that_is_fixed() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    fs::set_permissions(t.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "rack-0"), ("srv-b", "rack-1")]);
+    let lifecycle = "[retention]\nkeep_last = 1\n[gc]\ngrace_secs = 0\nrepack_unused = 0.01\n";
+    site.write_config("srv-a", &["srv-b".into()], 1, lifecycle);
+    site.write_config("srv-b", &["srv-a".into()], 1, "");
+    let _b = site.start("srv-b");
+    let a = site.node("srv-a");
+    fs::create_dir_all(a.data()).unwrap();
+    chown_r(&a.dir, NOBODY);
+    let data = t.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), (0..200_000u64).map(|i| (i * 7919 % 251) as u8).collect::<Vec<u8>>()).unwrap();
+
+    // no daemon: root running the writing commands in-process is refused,
+    // naming both ways that work, and writes nothing
+    for args in [&["backup", s(&data)][..], &["gc"][..]] {
+        let r = site.omesh("srv-a", args).code(2);
+        assert!(
+            r.stderr.contains("nobody")
+                && r.stderr.contains("systemctl start omesh")
+                && r.stderr.contains("runuser -u nobody"),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(owned_by_root(&a.data()), Vec::<std::path::PathBuf>::new());
+
+    // the daemon runs as the data directory's owner: root's commands run in it
+    let mut c = Command::new("setpriv");
+    crate::common::clean_env(&mut c);
+    c.args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+        .arg(bin())
+        .args(["node", "run", "--config"])
+        .arg(a.config());
+    let _a = Site::start_command("srv-a", c);
+    site.omesh("srv-a", &["backup", s(&data)]).ok();
+    fs::write(data.join("f"), (0..200_000u64).map(|i| (i * 104_729 % 253) as u8).collect::<Vec<u8>>()).unwrap();
+    site.omesh("srv-a", &["backup", s(&data)]).ok();
+    assert_eq!(owned_by_root(&a.data()), Vec::<std::path::PathBuf>::new());
+    let f = site.omesh("srv-a", &["forget", "--json"]).ok().json();
+    assert_eq!(f["forgotten"], 1, "{f}");
+
+    // pack directories root made (as an in-process root run of an older
+    // version did): gc cannot retire the first snapshot's packs, and says
+    // so on every run, not once
+    let store = a.data().join("sources/srv-a");
+    let before = crate::common::packs(&store);
+    let dirs: std::collections::BTreeSet<_> = before.iter().map(|p| p.parent().unwrap().to_path_buf()).collect();
+    for d in &dirs {
+        chown_r(d, "0");
+    }
+    for run in 0..2 {
+        let r = site.omesh("srv-a", &["gc"]);
+        assert_ne!(r.code, 0, "gc run {run} reported success: {}", r.stdout);
+        assert!(r.stderr.contains("cannot retire") && r.stderr.contains("chown -R"), "run {run}: {}", r.stderr);
+        assert_eq!(crate::common::packs(&store), before, "run {run}");
+    }
+    // given back to the daemon's user, the next run retires them
+    for d in &dirs {
+        chown_r(d, NOBODY);
+    }
+    site.omesh("srv-a", &["gc"]).ok();
+    let after = crate::common::packs(&store);
+    assert!(before.iter().any(|p| !after.contains(p)), "nothing was retired");
+    let target = t.path().join("restored");
+    site.omesh("srv-a", &["restore", "latest", "--target", s(&target)]).ok();
+    assert_eq!(fs::read(crate::common::restored(&target, &data.join("f"))).unwrap(), fs::read(data.join("f")).unwrap());
+}
+
+/// The next datagram on systemd's notify socket (the test plays systemd).
+fn notified(sock: &std::os::unix::net::UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock.recv(&mut buf).expect("no sd_notify message within the timeout");
+    String::from_utf8_lossy(&buf[..n]).trim().to_string()
+}
+
+#[test]
+fn the_daemon_tells_systemd_when_it_serves_and_applies_bandwidth_on_sighup() {
+    let t = tempfile::tempdir().unwrap();
+    let (site, _b) = pair(t.path());
+    let sock_path = t.path().join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(60))).unwrap();
+    let peers = ["srv-b".to_string()];
+
+    // a configuration error: exit 2 (the unit does not restart it), never ready
+    site.write_config("srv-a", &peers, 1, "[bandwidth]\nlimit = \"fast\"\n");
+    let out = site.command("srv-a", &["node", "run"]).env("NOTIFY_SOCKET", &sock_path).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    sock.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 64];
+    assert!(sock.recv(&mut buf).is_err(), "a daemon that did not start said it was ready");
+    sock.set_nonblocking(false).unwrap();
+
+    // ready only once it serves: the control socket answers right after
+    site.write_config("srv-a", &peers, 1, "[bandwidth]\nlimit = \"80 Mbit/s\"\n");
+    let mut c = site.command("srv-a", &["node", "run"]);
+    c.env("NOTIFY_SOCKET", &sock_path);
+    let mut a = Site::start_command("srv-a", c);
+    assert_eq!(notified(&sock), "READY=1");
+    let st = site.omesh("srv-a", &["status", "--json"]).ok().json();
+    assert_eq!(st["daemon"], true, "{st}");
+    assert_eq!(st["bandwidth"]["limit"], 10_000_000, "{st}");
+
+    // SIGHUP: [bandwidth] applies now, another changed section is named
+    site.write_config("srv-a", &peers, 1, "[bandwidth]\nlimit = \"160 Mbit/s\"\n[retention]\nkeep_last = 3\n");
+    let hup = |a: &crate::common::mesh::Daemon| {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(a.pid() as i32).unwrap(),
+            rustix::process::Signal::HUP,
+        )
+        .unwrap();
+        assert_eq!(notified(&sock), "RELOADING=1");
+        assert_eq!(notified(&sock), "READY=1");
+    };
+    let status = || site.omesh("srv-a", &["status", "--json"]).ok().json();
+    hup(&a);
+    let st = status();
+    assert_eq!(st["bandwidth"]["limit"], 20_000_000, "{st}");
+    assert_eq!(st["reloaded"]["applied"], serde_json::json!(["[bandwidth]"]), "{st}");
+    assert_eq!(st["reloaded"]["restart_needed"], serde_json::json!(["[retention]"]), "{st}");
+    // a file that does not load changes nothing, and says why
+    let good = fs::read(site.node("srv-a").config()).unwrap();
+    fs::write(site.node("srv-a").config(), "this is not toml").unwrap();
+    hup(&a);
+    // (the CLI reads the file too: put it back before asking)
+    fs::write(site.node("srv-a").config(), good).unwrap();
+    let st = status();
+    assert_eq!(st["bandwidth"]["limit"], 20_000_000, "{st}");
+    let e = st["reloaded"]["error"].as_str().unwrap_or_else(|| panic!("{st}"));
+    assert!(e.contains(s(&site.node("srv-a").config())), "{e}");
+
+    a.stop();
+    assert_eq!(notified(&sock), "STOPPING=1");
+
+    // no colour codes where stderr is not a terminal (journald, a pipe)
+    site.write_config("srv-a", &peers, 1, "");
+    let r: Run = site.command("srv-a", &["snapshots"]).env("RUST_LOG", "debug").output().unwrap().into();
+    assert!(!r.stderr.is_empty() && !r.stderr.contains('\x1b'), "{:?}", r.stderr);
+}
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_refused_naming_both_files() {
+    let t = tempfile::tempdir().unwrap();
+    let (site, _b) = pair(t.path());
+    let (a, b) = (site.node("srv-a"), site.node("srv-b"));
+    // srv-b's key beside srv-a's certificate (a copy-paste slip)
+    fs::copy(b.dir.join("tls/node.key"), a.dir.join("tls/node.key")).unwrap();
+    let r = site.omesh("srv-a", &["node", "run"]).code(2);
+    let (key, cert) = (a.dir.join("tls/node.key"), a.dir.join("tls/node.pem"));
+    assert!(
+        r.stderr.contains(s(&key)) && r.stderr.contains(s(&cert)) && r.stderr.contains("does not belong"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn status_names_why_a_peer_refuses_this_nodes_certificate() {
+    let t = tempfile::tempdir().unwrap();
+    let (site, _b) = pair(t.path());
+    // srv-a's certificate is revoked and srv-b has the new CRL
+    omesh_net::ca::revoke(&site.ca, "srv-a").unwrap();
+    fs::copy(site.ca.join("crl.pem"), site.node("srv-b").dir.join("tls/crl.pem")).unwrap();
+    let st = site.omesh("srv-a", &["status", "--json"]).ok().json();
+    let peer = st["peers"].as_array().unwrap().iter().find(|p| p["name"] == "srv-b").cloned().unwrap();
+    let text = peer.to_string();
+    assert!(text.contains("TLS refused by the peer") && text.contains("revoked"), "{st}");
+}

@@ -76,7 +76,12 @@ impl Capability {
     pub const STORE: Capability = Capability(1);
     /// Serves objects for restores.
     pub const SERVE: Capability = Capability(2);
+    /// Binds each source it stores to one data key (`BindKey`).
+    pub const KEY_BINDING: Capability = Capability(3);
 }
+
+/// Most bytes of a key id in `BindKey` (a key id is 32 hex digits).
+pub const MAX_KEY_ID_BYTES: usize = 64;
 
 /// Handshake, both directions, on the first stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -162,6 +167,18 @@ pub enum Request {
     },
     /// (9) Storage and health summary.
     Status,
+    /// (10) The snapshots `source` (the sender's own namespace) is about to
+    /// push are made under data key `key_id`. A peer that offers
+    /// [`Capability::KEY_BINDING`] records the first key id a source names
+    /// and refuses any other (`Forbidden`) until its administrator accepts
+    /// the new one (`omesh key accept`), so one source's history never
+    /// silently gains a second key. Sent before any object of a push.
+    BindKey {
+        /// namespace (must be the sender's certificate name)
+        source: String,
+        /// the source store's key id
+        key_id: String,
+    },
 }
 
 /// Machine-readable error kinds. Doc numbers are wire discriminants.
@@ -302,6 +319,13 @@ pub enum Response {
         /// snapshot id
         id: ObjectId,
     },
+    /// (11) `BindKey` holds: the source's snapshots here are under this key.
+    KeyBound {
+        /// the key id the source is bound to here
+        key_id: String,
+        /// whether this request made the binding (a first push here)
+        new: bool,
+    },
 }
 
 /// Bitmap helpers for `Have`.
@@ -366,6 +390,15 @@ impl Request {
                 }
             }
             Request::GetSnapshot { source, .. } | Request::DeleteSnapshot { source, .. } => name(source)?,
+            Request::BindKey { source, key_id } => {
+                name(source)?;
+                if key_id.is_empty()
+                    || key_id.len() > MAX_KEY_ID_BYTES
+                    || !key_id.bytes().all(|b| b.is_ascii_hexdigit())
+                {
+                    return Err("a key id is 1 to 64 hex digits".into());
+                }
+            }
             Request::Ping { .. } | Request::Status => {}
         }
         Ok(())
@@ -435,6 +468,11 @@ impl Response {
             | Response::Stored { .. }
             | Response::SnapshotCommitted { .. }
             | Response::Forgotten { .. } => {}
+            Response::KeyBound { key_id, .. } => {
+                if key_id.len() > MAX_KEY_ID_BYTES {
+                    return Err("key id too long".into());
+                }
+            }
         }
         Ok(())
     }
@@ -466,6 +504,7 @@ mod tests {
             (Request::GetSnapshot { source: s(), id }, 7),
             (Request::DeleteSnapshot { source: s(), id }, 8),
             (Request::Status, 9),
+            (Request::BindKey { source: s(), key_id: "ab".into() }, 10),
         ];
         for (r, d) in reqs {
             assert_eq!(disc(&r), d, "{r:?}");
@@ -490,6 +529,7 @@ mod tests {
             ),
             (Response::Error { code: ErrorCode::Forbidden, message: String::new(), missing: vec![] }, 9),
             (Response::Forgotten { id }, 10),
+            (Response::KeyBound { key_id: "ab".into(), new: true }, 11),
         ];
         for (r, d) in resps {
             assert_eq!(disc(&r), d, "{r:?}");

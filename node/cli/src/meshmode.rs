@@ -53,7 +53,36 @@ pub fn unexpected(r: &ControlResponse) -> CliError {
 /// state database; commands that only read pass false so they can run
 /// beside a daemon.
 pub async fn runtime(cfg: NodeConfig, with_state: bool) -> Result<Arc<NodeRuntime>, CliError> {
+    if with_state {
+        writes_as_owner(&cfg)?;
+    }
     NodeRuntime::build(cfg, false, with_state).await.map_err(node_err)
+}
+
+/// An in-process run that writes the data directory must write as its
+/// owner: root writing into the daemon user's directory would leave files
+/// (packs, locks, the state database) the daemon then cannot manage.
+/// Refused, naming both ways that work.
+fn writes_as_owner(cfg: &NodeConfig) -> Result<(), CliError> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(&cfg.data_dir) else { return Ok(()) };
+    let me = rustix::process::geteuid().as_raw();
+    if me != 0 || m.uid() == 0 {
+        return Ok(());
+    }
+    let user = nix::unistd::User::from_uid(m.uid().into())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| m.uid().to_string());
+    Err(CliError::usage(format!(
+        "{} belongs to {user} (the user the daemon runs as) and no daemon answers on {}; run here as root, this \
+         command would leave files there that the daemon cannot manage, so nothing was done. Start the daemon \
+         (`systemctl start omesh`) and run the command again (it then runs in the daemon), or run it as {user}: \
+         `runuser -u {user} -- omesh ...`",
+        cfg.data_dir.display(),
+        cfg.control_socket().display()
+    )))
 }
 
 /// Ask the daemon on `sock`, if one answers there (`None`: none does).
@@ -83,7 +112,12 @@ where
     rt.block_on(async {
         match ask_daemon(&cfg.control_socket(), &req, |_| {}).await {
             Some(r) => r,
-            None => local(runtime(cfg, true).await?).await,
+            None => {
+                let nrt = runtime(cfg, true).await?;
+                let r = local(nrt.clone()).await;
+                nrt.close().await;
+                r
+            }
         }
     })
 }

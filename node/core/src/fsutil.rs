@@ -40,3 +40,21 @@ pub fn data_ranges(f: &File, size: u64, sparse: bool) -> std::io::Result<Vec<(u6
 pub fn timespec(ns: i64) -> rustix::fs::Timespec {
     rustix::fs::Timespec { tv_sec: ns.div_euclid(1_000_000_000), tv_nsec: ns.rem_euclid(1_000_000_000) as _ }
 }
+
+/// Give `path` the owner and group of its directory when this process runs
+/// as root and they differ: a file a root CLI writes into a data directory
+/// that a daemon running as another user manages must stay manageable by
+/// that daemon. A no-op for any other user (who can only create files it
+/// owns) and when they already match.
+pub fn own_like_parent(path: &std::path::Path) -> std::io::Result<()> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let Some(dir) = path.parent() else { return Ok(()) };
+    let d = std::fs::metadata(if dir.as_os_str().is_empty() { std::path::Path::new(".") } else { dir })?;
+    let m = std::fs::symlink_metadata(path)?;
+    if (m.uid(), m.gid()) != (d.uid(), d.gid()) {
+        std::os::unix::fs::lchown(path, Some(d.uid()), Some(d.gid()))?;
+    }
+    Ok(())
+}

@@ -8,7 +8,7 @@ pub use omesh_core::store::scrub::ScrubConfig;
 pub use omesh_core::units::{ByteSize, FreeFloor};
 pub use omesh_net::transport::{TlsConfig, TransportConfig};
 use omesh_proto::msg::valid_name;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// `[replication]`
@@ -194,6 +194,63 @@ pub struct MetricsConfig {
     /// "127.0.0.1:9464". Absent: no endpoint.
     #[serde(default)]
     pub listen: Option<String>,
+}
+
+/// What a configuration reload (SIGHUP, `systemctl reload omesh`) did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReloadReport {
+    /// When (RFC 3339).
+    pub time: String,
+    /// Settings now in force.
+    pub applied: Vec<String>,
+    /// Settings that changed in the file but take effect only at the next
+    /// start (`systemctl restart omesh`).
+    pub restart_needed: Vec<String>,
+    /// Why the file was not used (the settings in force stay).
+    pub error: Option<String>,
+}
+
+impl NodeConfig {
+    /// The sections that differ between `self` (in force) and `new` (the
+    /// file now): (applied live, need a restart). Only `[bandwidth]` and
+    /// the TLS files' contents (CRL, re-read anyway) apply live.
+    pub fn reload_diff(&self, new: &NodeConfig) -> (Vec<String>, Vec<String>) {
+        let d = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+        let mut live = Vec::new();
+        if d(&self.bandwidth, &new.bandwidth) {
+            live.push("[bandwidth]".to_string());
+        }
+        let sections: [(&str, bool); 19] = [
+            ("name", d(&self.name, &new.name)),
+            ("data_dir", d(&self.data_dir, &new.data_dir)),
+            ("listen", d(&self.listen, &new.listen)),
+            ("domain", d(&self.domain, &new.domain)),
+            ("[tls]", d(&self.tls, &new.tls)),
+            ("[replication]", d(&self.replication, &new.replication)),
+            ("[storage]", d(&self.storage, &new.storage)),
+            ("[backup]", d(&self.backup, &new.backup)),
+            ("[transport]", d(&self.transport, &new.transport)),
+            ("[[peer]]", d(&self.peers, &new.peers)),
+            ("[[s3]]", d(&self.s3, &new.s3)),
+            ("[residency]", d(&self.residency, &new.residency)),
+            ("[[schedule]]", d(&self.schedules, &new.schedules)),
+            ("[retention]", d(&self.retention, &new.retention)),
+            ("[sync]", d(&self.sync, &new.sync)),
+            ("[maintenance]", d(&self.maintenance, &new.maintenance)),
+            ("[gc]", d(&self.gc, &new.gc)),
+            ("[scrub]", d(&self.scrub, &new.scrub)),
+            ("[metrics]", d(&self.metrics, &new.metrics)),
+        ];
+        let mut restart: Vec<String> =
+            sections.iter().filter(|(_, changed)| *changed).map(|(n, _)| n.to_string()).collect();
+        // a setting added later and not named above still counts
+        let (mut a, mut b) = (self.clone(), new.clone());
+        (a.bandwidth, b.bandwidth) = (Default::default(), Default::default());
+        if restart.is_empty() && d(&a, &b) {
+            restart.push("other settings".into());
+        }
+        (live, restart)
+    }
 }
 
 /// The whole node configuration.

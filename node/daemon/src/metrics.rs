@@ -8,7 +8,7 @@
 //! to it like to every other connection, except a scraper on this host
 //! (a loopback client address).
 
-use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -95,9 +95,49 @@ pub struct Metrics {
     pub holding_check_failed: Family<Labels, Gauge>,
     /// The CRL's next update (seconds since the epoch; 0 without a CRL).
     pub crl_next_update: Gauge,
+    /// 1 when a peer answered the last probe.
+    pub peer_up: Family<Labels, Gauge>,
+    /// Round-trip time to a peer at its last probe, seconds.
+    pub peer_rtt: Family<Labels, Gauge<f64, AtomicU64>>,
+    /// Bytes stored per source.
+    pub store_bytes: Family<Labels, Gauge>,
+    /// Quota per source (0 = none).
+    pub store_quota: Family<Labels, Gauge>,
+    /// Residency refusals (from the policy's counter).
+    pub residency_refusals: Counter,
+    /// Last success per job, seconds since the epoch.
+    pub last_success: Family<Labels, Gauge<f64, AtomicU64>>,
+    process_rss: Gauge,
+    process_cpu: Gauge<f64, AtomicU64>,
+    process_fds: Gauge,
+    process_start: Gauge<f64, AtomicU64>,
+    process_registry: Registry,
 }
 
 impl Metrics {
+    /// Create every label set an alert may ask for, at zero, so that the
+    /// first failure is an increase (`increase(x{result!="ok"}[1d])` sees
+    /// nothing of a series that appears with its first increment).
+    pub fn init_labels(&self, targets: &[String], schedules: &[String]) {
+        for t in targets {
+            for result in ["ok", "failed", "unreachable"] {
+                let _ = self.replications.get_or_create(&labels2("peer", t, "result", result));
+            }
+            let _ = self.peer_up.get_or_create(&label("peer", t));
+        }
+        for s in schedules.iter().map(String::as_str).chain(["manual"]) {
+            for result in ["ok", "unprotected", "failed"] {
+                let _ = self.backups.get_or_create(&labels2("schedule", s, "result", result));
+            }
+        }
+        for result in ["ok", "failed"] {
+            let _ = self.gc_runs.get_or_create(&label("result", result));
+        }
+        for job in ["backup", "sync", "maintenance", "scrub"] {
+            let _ = self.last_success.get_or_create(&label("job", job));
+        }
+    }
+
     /// Create and register everything, including the per-peer byte
     /// counters of `counters`.
     pub fn new(counters: &omesh_net::mesh::Counters) -> Metrics {
@@ -131,7 +171,18 @@ impl Metrics {
             crl_stale: Gauge::default(),
             holding_check_failed: Family::default(),
             crl_next_update: Gauge::default(),
+            peer_up: Family::default(),
+            peer_rtt: Family::default(),
+            store_bytes: Family::default(),
+            store_quota: Family::default(),
+            residency_refusals: Counter::default(),
+            last_success: Family::default(),
+            process_rss: Gauge::default(),
+            process_cpu: Gauge::default(),
+            process_fds: Gauge::default(),
+            process_start: Gauge::default(),
             registry: Registry::default(),
+            process_registry: Registry::default(),
         };
         r.register("backups", "Backup runs by schedule and result", m.backups.clone());
         r.register("backup_duration_seconds", "Backup duration including replication", m.backup_seconds.clone());
@@ -177,15 +228,68 @@ impl Metrics {
             "Next update of the certificate revocation list in force",
             m.crl_next_update.clone(),
         );
+        r.register("peer_up", "1 when the peer answered this node's last probe, 0 when it did not", m.peer_up.clone());
+        r.register("peer_rtt_seconds", "Round-trip time to the peer at its last probe", m.peer_rtt.clone());
+        r.register(
+            "store_bytes",
+            "Bytes stored on this node per source (its own store and replicas)",
+            m.store_bytes.clone(),
+        );
+        r.register("store_quota_bytes", "Quota per source on this node (0 = none)", m.store_quota.clone());
+        r.register(
+            "residency_refusals",
+            "Connections and destinations refused by the residency boundary",
+            m.residency_refusals.clone(),
+        );
+        r.register(
+            "last_success_timestamp_seconds",
+            "When each job (backup with its replicas, sync, maintenance, scrub) last succeeded; 0 = never",
+            m.last_success.clone(),
+        );
+        let build: Family<Labels, Gauge> = Family::default();
+        build.get_or_create(&label("version", env!("CARGO_PKG_VERSION"))).set(1);
+        r.register("build_info", "The omesh version running (value 1)", build);
         counters.register(&mut r);
-        Metrics { registry: r, ..m }
+        // process metrics under their conventional names (no omesh_ prefix)
+        let mut root = Registry::default();
+        root.register("process_resident_memory_bytes", "Resident memory", m.process_rss.clone());
+        root.register("process_cpu_seconds", "User and system CPU time", m.process_cpu.clone());
+        root.register("process_open_fds", "Open file descriptors", m.process_fds.clone());
+        root.register("process_start_time_seconds", "Start time since the epoch", m.process_start.clone());
+        Metrics { registry: r, process_registry: root, ..m }
     }
 
     /// The OpenMetrics text.
     pub fn render(&self) -> String {
+        self.process_now();
         let mut s = String::new();
-        let _ = encode(&mut s, &self.registry);
+        let _ = encode_registry(&mut s, &self.registry);
+        let _ = encode_registry(&mut s, &self.process_registry);
+        let _ = encode_eof(&mut s);
         s
+    }
+
+    /// Read this process's memory, CPU time, descriptors and start time.
+    fn process_now(&self) {
+        let tick = rustix::param::clock_ticks_per_second() as f64;
+        if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+            && let Some(rest) = stat.rsplit_once(") ").map(|x| x.1)
+        {
+            // fields after the command: state is field 3; utime 14, stime
+            // 15, starttime 22, rss 24 (in pages)
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            self.process_cpu.set((num(14) + num(15)) / tick);
+            self.process_rss.set((num(24) * rustix::param::page_size() as f64) as i64);
+            if let Some(boot) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+                s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
+            }) {
+                self.process_start.set(boot + num(22) / tick);
+            }
+        }
+        if let Ok(d) = std::fs::read_dir("/proc/self/fd") {
+            self.process_fds.set(d.count() as i64);
+        }
     }
 }
 
@@ -199,6 +303,7 @@ const MAX_METRICS_CONNECTIONS: usize = 16;
 pub async fn serve(
     listener: tokio::net::TcpListener,
     metrics: Arc<Metrics>,
+    refresh: Arc<dyn Fn() + Send + Sync>,
     inbound: Option<omesh_net::residency::InboundCheck>,
     cancel: tokio_util::sync::CancellationToken,
 ) {
@@ -228,15 +333,22 @@ pub async fn serve(
             tracing::warn!(%peer, "too many metrics connections at once; refused");
             continue;
         }
-        let m = metrics.clone();
+        let (m, refresh) = (metrics.clone(), refresh.clone());
         conns.spawn(async move {
             let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                let m = m.clone();
+                let (m, refresh) = (m.clone(), refresh.clone());
                 async move {
                     let resp = if req.method() == hyper::Method::GET && req.uri().path() == "/metrics" {
+                        // the gauges read at scrape time, off the async workers
+                        let text = tokio::task::spawn_blocking(move || {
+                            refresh();
+                            m.render()
+                        })
+                        .await
+                        .unwrap_or_default();
                         hyper::Response::builder()
                             .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
-                            .body(Full::new(Bytes::from(m.render())))
+                            .body(Full::new(Bytes::from(text)))
                     } else {
                         hyper::Response::builder()
                             .status(404)

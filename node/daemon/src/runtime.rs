@@ -54,8 +54,10 @@ pub struct NodeRuntime {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Set when the daemon stops: long blocking jobs end early.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
-    /// Bandwidth limits (`[bandwidth]`), if any.
+    /// Bandwidth limits (`[bandwidth]`; replaced by a reload).
     pub limiter: Option<Arc<omesh_core::policy::bandwidth::Limiter>>,
+    /// When the configuration was last reloaded (SIGHUP), and what came of it.
+    pub reloaded: std::sync::Mutex<Option<crate::config::ReloadReport>>,
     /// One retention + garbage collection at a time.
     pub maintenance_lock: tokio::sync::Mutex<()>,
     /// One mesh sync at a time.
@@ -194,9 +196,11 @@ impl NodeRuntime {
             None
         };
         let endpoint = transport::endpoint_filtered(bind, &tls, &cfg.transport, serve, filter)?;
-        let limiter = omesh_core::policy::bandwidth::Limiter::new(&cfg.bandwidth)
-            .map_err(|message| crate::config::ConfigError { path: cfg.path.clone(), message })?
-            .map(Arc::new);
+        // always a limiter (unlimited costs one check): a reload may set limits
+        let limiter = Some(Arc::new(
+            omesh_core::policy::bandwidth::Limiter::compile(&cfg.bandwidth)
+                .map_err(|message| crate::config::ConfigError { path: cfg.path.clone(), message })?,
+        ));
         let mut s3 = Vec::new();
         for t in &cfg.s3 {
             let resolver = outbound_check.as_ref().map(|check| {
@@ -221,6 +225,10 @@ impl NodeRuntime {
         let stores = Arc::new(Stores::with_signer(cfg.layout(), Arc::new(signer)));
         let counters = Arc::new(Counters::default());
         let metrics = Arc::new(crate::metrics::Metrics::new(&counters));
+        let targets: Vec<String> =
+            cfg.peers.iter().map(|p| p.name.clone()).chain(cfg.s3.iter().map(|t| t.name.clone())).collect();
+        let schedules: Vec<String> = cfg.schedules.iter().map(|s| s.cfg.name.clone()).collect();
+        metrics.init_labels(&targets, &schedules);
         Ok(Arc::new(NodeRuntime {
             cfg,
             tls,
@@ -231,6 +239,7 @@ impl NodeRuntime {
             metrics,
             stopping: Default::default(),
             limiter,
+            reloaded: Default::default(),
             maintenance_lock: tokio::sync::Mutex::new(()),
             sync_lock: tokio::sync::Mutex::new(()),
             scrub_lock: tokio::sync::Mutex::new(()),
@@ -336,18 +345,52 @@ impl NodeRuntime {
         all
     }
 
+    /// Close every connection properly before a short-lived runtime (a
+    /// command run in-process) goes away: peers then free their slots at
+    /// once instead of holding them until the idle timeout. Waits at most
+    /// 2 s for the close to reach them.
+    pub async fn close(&self) {
+        self.conns.lock().await.clear();
+        self.endpoint.close(omesh_proto::msg::close::SHUTDOWN.into(), b"command finished");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+    }
+
+    /// Bring the gauges read at scrape time up to date: bytes stored and
+    /// quota per source, residency refusals. Blocking (opens stores).
+    pub fn refresh_metrics(&self) {
+        let m = &self.metrics;
+        for n in self.stores.source_names() {
+            let Ok(Some(s)) = self.stores.get(&n, false) else { continue };
+            let l = crate::metrics::label("source", &n);
+            m.store_bytes.get_or_create(&l).set(s.store.bytes_stored().unwrap_or(0) as i64);
+            m.store_quota.get_or_create(&l).set(self.cfg.quota_for(&n) as i64);
+        }
+        let refused = self.residency.refusals.load(std::sync::atomic::Ordering::Relaxed);
+        m.residency_refusals.inc_by(refused.saturating_sub(m.residency_refusals.get()));
+    }
+
     /// Connect to every peer in parallel and measure RTT (best of 3 pings).
     pub async fn probe_all(&self) -> Vec<PeerProbe> {
         let futs = self.cfg.peers.iter().map(|p| async move {
-            let r = async {
+            let probe = || async {
                 let c = self.connect(p).await.map_err(|e| e.to_string())?;
                 let mut best = Duration::MAX;
                 for _ in 0..3 {
                     best = best.min(c.ping().await.map_err(|e| e.to_string())?);
                 }
-                Ok((c, best))
+                Ok::<_, String>((c, best))
+            };
+            let mut r = probe().await;
+            // a cached connection to a peer that restarted is dead without
+            // knowing it yet: drop it and try once with a fresh one
+            if r.is_err() && self.conns.lock().await.remove(&p.name).is_some() {
+                r = probe().await;
             }
-            .await;
+            let peer = crate::metrics::label("peer", &p.name);
+            self.metrics.peer_up.get_or_create(&peer).set(r.is_ok() as i64);
+            if let Ok((_, rtt)) = &r {
+                self.metrics.peer_rtt.get_or_create(&peer).set(rtt.as_secs_f64());
+            }
             if let (Ok((c, rtt)), Some(state)) = (&r, self.state.clone()) {
                 let (name, rtt_us, address, cert) =
                     (p.name.clone(), rtt.as_micros() as u64, c.addr.to_string(), c.identity.fingerprint.clone());
@@ -438,9 +481,9 @@ impl NodeRuntime {
         // a snapshot that is only on this server does not meet an RPO: it
         // dies with the server
         if r.as_ref().is_ok_and(|rep| rep.protected) {
-            m.backup_last_success
-                .get_or_create(&crate::metrics::label("schedule", schedule))
-                .set(omesh_core::time::now().as_second() as f64);
+            let now = omesh_core::time::now().as_second() as f64;
+            m.backup_last_success.get_or_create(&crate::metrics::label("schedule", schedule)).set(now);
+            m.last_success.get_or_create(&crate::metrics::label("job", "backup")).set(now);
         }
         r
     }
@@ -532,6 +575,10 @@ impl NodeRuntime {
                 );
                 tracing::warn!(target = %p.name, reason = %why, "replica target skipped");
                 reports.push(ReplicaReport::unreachable(&p.name, &p.domain, &p.address, why));
+                self.metrics
+                    .replications
+                    .get_or_create(&crate::metrics::labels2("peer", &p.name, "result", "failed"))
+                    .inc();
                 continue;
             }
             let reachable = p.reachable();
@@ -544,6 +591,12 @@ impl NodeRuntime {
             if let Err(e) = &p.result {
                 tracing::warn!(target = %p.name, error = %e, "replica target unreachable");
                 reports.push(ReplicaReport::unreachable(&p.name, &p.domain, &p.address, e.clone()));
+                // a target it could not even reach is a failed replication
+                // too: an alert on result!="ok" must see a dead peer
+                self.metrics
+                    .replications
+                    .get_or_create(&crate::metrics::labels2("peer", &p.name, "result", "unreachable"))
+                    .inc();
             }
         }
         let ranked = placement::rank(&self.cfg.domain, &cands);

@@ -184,7 +184,9 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
                         omesh_daemon::error::NodeError::Store(e) => CliError::from(e),
                         e => mesh::node_err(e),
                     })?;
-                nrt.backup_and_replicate(opts, Arc::new(Progress::default())).await.map_err(mesh::node_err)
+                let r = nrt.backup_and_replicate(opts, Arc::new(Progress::default())).await.map_err(mesh::node_err);
+                nrt.close().await;
+                r
             }
         }
     })?;

@@ -4,6 +4,7 @@ use crate::args::StoreArgs;
 use crate::output::{CliError, ExitCode};
 use omesh_core::keyfile::{KeyFile, write_private_atomic};
 use omesh_core::store::config::CONFIG_FILE;
+use omesh_core::store::{Access, KeySource, Store, StoreError};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -38,6 +39,24 @@ pub enum KeyCommand {
         #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// On a peer: accept a source's snapshots under a new key.
+    #[command(
+        long_about = "Accept SOURCE's snapshots under a new key on this node.\n\n        A node binds each source it stores replicas of to the key of that source's first \
+        snapshot here, and refuses snapshots under any other key: a source rebuilt with a new \
+        key instead of its old one would otherwise split its history into two keys. When SOURCE \
+        really starts a new history (its old key is lost), run this on every peer that refuses \
+        it (the refusal names the key id). Snapshots under the old key stay until retention or \
+        `omesh forget` removes them. Safe beside the running daemon."
+    )]
+    Accept {
+        /// Source whose new key to accept.
+        source: String,
+        /// The new key id (32 hex digits, from the refusal or `omesh key export`).
+        key_id: String,
+        /// This node's configuration.
+        #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
@@ -50,6 +69,14 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
                 }
                 None => store.key_file.clone().unwrap_or_else(|| store.dir().join("key")),
             };
+            if store.config.is_some() && !path.exists() {
+                return Err(CliError::usage(format!(
+                    "this node has no key yet ({} does not exist): its first backup makes one \
+                     (`omesh backup --config FILE`); on a node that replaces another, import that node's key first \
+                     (`omesh key import --config FILE OLD.key`)",
+                    path.display()
+                )));
+            }
             let k = KeyFile::load(&path)?;
             match out {
                 Some(o) => {
@@ -64,6 +91,7 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
             }
             Ok(ExitCode::Ok)
         }
+        KeyCommand::Accept { source, key_id, config } => accept(&source, &key_id, &config),
         KeyCommand::Import { file, store, config } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
@@ -93,24 +121,102 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
     }
 }
 
-/// Install a key as DATA_DIR/keys/SOURCE.key for mesh restores.
+/// Install a key as DATA_DIR/keys/SOURCE.key for mesh restores, or as
+/// this node's own key on a rebuilt node. A different key already there is
+/// replaced only while nothing was made with it (no snapshot in its store):
+/// the key a killed first backup minted, say. The replaced key is kept
+/// beside it, never deleted.
 fn import_for_node(k: &KeyFile, config: &std::path::Path) -> Result<ExitCode, CliError> {
     let cfg = crate::meshmode::load(config)?;
     let dest = cfg.key_path(&k.source);
     let dir = cfg.source_dir(&k.source);
-    if let Ok(t) = std::fs::read_to_string(dir.join(CONFIG_FILE))
-        && let Ok(c) = toml::from_str::<omesh_core::store::config::StoreConfig>(&t)
-        && !c.key_id.is_empty()
-        && c.key_id != k.key_id()
-    {
-        return Err(CliError::usage(format!(
-            "key {} does not match the store of {} on this node (key {}); nothing written",
-            k.key_id(),
-            k.source,
-            c.key_id
-        )));
+    let store_key = std::fs::read_to_string(dir.join(CONFIG_FILE))
+        .ok()
+        .and_then(|t| toml::from_str::<omesh_core::store::config::StoreConfig>(&t).ok())
+        .map(|c| c.key_id)
+        .filter(|id| !id.is_empty());
+    let present = if dest.exists() { Some(KeyFile::load(&dest)?) } else { None };
+    let store_other = store_key.filter(|id| *id != k.key_id());
+    if let Some(other) = &store_other {
+        let snapshots = snapshots_in(&dir)?;
+        if snapshots > 0 {
+            return Err(CliError::usage(format!(
+                "key {} does not match this node's key {other} for {}, which has made {snapshots} snapshot(s) in {}; \
+                 nothing written. Those snapshots open only with key {other}. To put {}'s old history (key {}) \
+                 on this node instead: stop the daemon, move {} and {} aside (keep that key: it opens those \
+                 snapshots), and import again",
+                k.key_id(),
+                k.source,
+                dir.display(),
+                k.source,
+                k.key_id(),
+                dir.display(),
+                dest.display()
+            )));
+        }
+    }
+    // a different key file that no snapshot here needs: kept aside, never
+    // deleted
+    if let Some(p) = present.filter(|p| p.key_id() != k.key_id()) {
+        let aside = dest.with_extension(format!("key.unused-{}", p.key_id()));
+        std::fs::rename(&dest, &aside)
+            .map_err(|e| CliError::failed(format!("moving {} to {}: {e}", dest.display(), aside.display())))?;
+        eprintln!("moved the unused key {} to {}", p.key_id(), aside.display());
+    }
+    if let Some(other) = store_other {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| CliError::failed(format!("removing the unused store {}: {e}", dir.display())))?;
+        eprintln!("removed {}: it held no snapshot (key {other})", dir.display());
     }
     install(k, &dest)
+}
+
+/// Snapshots in the store at `dir`, opened for writing so that a running
+/// daemon (which holds it) is a clear error, not a race.
+fn snapshots_in(dir: &std::path::Path) -> Result<usize, CliError> {
+    match Store::open(dir, Access::Write, KeySource::None) {
+        Ok(s) => Ok(s.snapshot_ids()?.len()),
+        Err(e @ StoreError::Locked { .. }) => Err(CliError::usage(format!(
+            "{e}; a key is replaced only with the daemon stopped (systemctl stop omesh), then start it again"
+        ))),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Accept `source`'s snapshots here under `key_id` (see `KeyCommand::Accept`).
+fn accept(source: &str, key_id: &str, config: &std::path::Path) -> Result<ExitCode, CliError> {
+    let cfg = crate::meshmode::load(config)?;
+    if source == cfg.name {
+        return Err(CliError::usage(format!(
+            "{source} is this node: `omesh key accept` runs on the peers that hold {source}'s replicas; this node's own key is installed with `omesh key import`"
+        )));
+    }
+    if key_id.len() != 32 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(CliError::usage(format!(
+            "{key_id:?} is not a key id (32 hex digits; the refusal in the source's backup report names it)"
+        )));
+    }
+    let layout = cfg.layout();
+    let dir = layout.source_dir(source);
+    if !dir.join(CONFIG_FILE).exists() {
+        return Err(CliError::usage(format!(
+            "this node holds nothing of {source} ({} is not a store); nothing to accept: its first push here binds its key",
+            dir.display()
+        )));
+    }
+    let old = layout.bound_key(source)?;
+    if old.as_deref() == Some(key_id) {
+        eprintln!("{source}'s snapshots on this node are already under key {key_id}");
+        return Ok(ExitCode::Ok);
+    }
+    layout.bind_key(source, key_id, true)?;
+    match old {
+        Some(o) => eprintln!(
+            "{source}'s snapshots on this node are now accepted under key {key_id} (not {o}); snapshots under key {o} stay until retention or `omesh forget` removes them"
+        ),
+        None => eprintln!("{source}'s snapshots on this node are now accepted under key {key_id}"),
+    }
+    Ok(ExitCode::Ok)
 }
 
 /// Write `k` to `dest`, unless `dest` already holds it (fine) or another
@@ -128,10 +234,21 @@ fn install(k: &KeyFile, dest: &std::path::Path) -> Result<ExitCode, CliError> {
             existing.source
         )));
     }
-    if let Some(dir) = dest.parent() {
+    // as root into a directory another user (the daemon's) owns: the key
+    // (and a keys directory made here) get that owner, or the daemon could
+    // not read them
+    let owned = |p: &std::path::Path| {
+        omesh_core::fsutil::own_like_parent(p)
+            .map_err(|e| CliError::failed(format!("giving {} its directory's owner: {e}", p.display())))
+    };
+    if let Some(dir) = dest.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir).map_err(|e| CliError::failed(format!("{}: {e}", dir.display())))?;
+        owned(dir)?;
     }
     k.save(dest)?;
+    owned(dest)?;
     eprintln!("key {} of source {:?} installed as {}", k.key_id(), k.source, dest.display());
     Ok(ExitCode::Ok)
 }

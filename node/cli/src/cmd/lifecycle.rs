@@ -333,6 +333,12 @@ pub fn sync(a: SyncArgs) -> Result<ExitCode, CliError> {
             r.repaired.len(),
             r.left_to_others
         );
+        if r.no_repairer > 0 {
+            println!(
+                "  {} under-replicated snapshots have no node that could add a replica: every reachable node holds them; bring the missing peer back, or replace it (deploy/restore-runbook.md)",
+                r.no_repairer
+            );
+        }
         for x in &r.repaired {
             println!(
                 "  repaired {} of {}: {} objects, {} from {}",

@@ -26,13 +26,25 @@ pub fn run(c: NodeCommand) -> Result<ExitCode, CliError> {
             let rt = mesh::tokio()?;
             rt.block_on(async move {
                 let d = omesh_daemon::services::start_daemon(cfg).await.map_err(mesh::node_err)?;
+                use tokio::signal::unix::{SignalKind, signal};
+                let sig = |k| signal(k).map_err(|e| CliError::failed(format!("installing a signal handler: {e}")));
+                let (mut term, mut hup) = (sig(SignalKind::terminate())?, sig(SignalKind::hangup())?);
                 println!("omesh node {} listening on {}", d.rt.cfg.name, d.rt.local_addr());
-                let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .map_err(|e| CliError::failed(e.to_string()))?;
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+                // ready for systemd (Type=notify) only now: serving, control
+                // socket up; a config error exits before, with code 2
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                loop {
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => break,
+                        _ = term.recv() => break,
+                        _ = hup.recv() => {
+                            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Reloading]);
+                            d.reload().await;
+                            let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
+                        }
+                    }
                 }
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]);
                 tracing::info!("shutting down");
                 d.shutdown().await;
                 Ok(ExitCode::Ok)

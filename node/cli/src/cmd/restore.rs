@@ -112,6 +112,7 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
             let req = omesh_daemon::services::control::ControlRequest::RestoreDone { ok, bytes, seconds };
             let _ = omesh_daemon::services::control::call(&sock, &req, |_| {}).await;
         }
+        nrt.close().await;
         Ok::<_, CliError>((res, usage))
     })?;
     finish(res, a.json, Some(usage))

@@ -12,6 +12,7 @@
 use crate::time::Timestamp;
 use serde::Deserialize;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A rate in bytes per second; `Rate(None)` is unlimited. Parsed from the
@@ -221,22 +222,29 @@ impl Bucket {
     }
 }
 
-/// The node's limits.
+/// The node's limits. They can be replaced while the node runs (a
+/// configuration reload): every flow paces by the limits in force when it
+/// asks.
 pub struct Limiter {
+    plans: std::sync::RwLock<Arc<Plans>>,
+}
+
+struct Plans {
     tz: jiff::tz::TimeZone,
     global: Bucket,
     peers: HashMap<String, Bucket>,
+    unlimited: bool,
 }
 
 impl std::fmt::Debug for Limiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Limiter(global {:?}, {} peers)", self.global.plan, self.peers.len())
+        let p = self.plans();
+        write!(f, "Limiter(global {:?}, {} peers)", p.global.plan, p.peers.len())
     }
 }
 
-impl Limiter {
-    /// Compile `[bandwidth]`; `None` when nothing is limited.
-    pub fn new(cfg: &BandwidthConfig) -> Result<Option<Limiter>, String> {
+impl Plans {
+    fn compile(cfg: &BandwidthConfig) -> Result<Plans, String> {
         let tz =
             super::schedule::time_zone(cfg.timezone.as_deref()).map_err(|e| format!("[bandwidth] timezone: {e}"))?;
         let global = RatePlan::new("[bandwidth]", cfg.limit, &cfg.window)?;
@@ -247,10 +255,8 @@ impl Limiter {
                 return Err(format!("[[bandwidth.peer]] {:?} is listed twice", p.name));
             }
         }
-        if global.is_unlimited() && peers.values().all(|b| b.plan.is_unlimited()) {
-            return Ok(None);
-        }
-        Ok(Some(Limiter { tz, global: Bucket::new(global), peers }))
+        let unlimited = global.is_unlimited() && peers.values().all(|b| b.plan.is_unlimited());
+        Ok(Plans { tz, global: Bucket::new(global), peers, unlimited })
     }
 
     fn minute(&self, t: Timestamp) -> u32 {
@@ -258,10 +264,39 @@ impl Limiter {
         l.hour() as u32 * 60 + l.minute() as u32
     }
 
-    /// The limits in force at `t` for `peer`: (global, peer).
-    pub fn rates_at(&self, peer: &str, t: Timestamp) -> (Rate, Rate) {
+    fn rates_at(&self, peer: &str, t: Timestamp) -> (Rate, Rate) {
         let m = self.minute(t);
         (self.global.plan.rate_at(m), self.peers.get(peer).map(|b| b.plan.rate_at(m)).unwrap_or_default())
+    }
+}
+
+impl Limiter {
+    /// Compile `[bandwidth]`; `None` when nothing is limited.
+    pub fn new(cfg: &BandwidthConfig) -> Result<Option<Limiter>, String> {
+        let l = Limiter::compile(cfg)?;
+        Ok(if l.plans().unlimited { None } else { Some(l) })
+    }
+
+    /// Compile `[bandwidth]`, limited or not (a node that may reload it).
+    pub fn compile(cfg: &BandwidthConfig) -> Result<Limiter, String> {
+        Ok(Limiter { plans: std::sync::RwLock::new(Arc::new(Plans::compile(cfg)?)) })
+    }
+
+    /// Replace the limits (a configuration reload); an invalid
+    /// `[bandwidth]` leaves the limits in force unchanged.
+    pub fn replace(&self, cfg: &BandwidthConfig) -> Result<(), String> {
+        let p = Arc::new(Plans::compile(cfg)?);
+        *self.plans.write().unwrap_or_else(|e| e.into_inner()) = p;
+        Ok(())
+    }
+
+    fn plans(&self) -> Arc<Plans> {
+        self.plans.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The limits in force at `t` for `peer`: (global, peer).
+    pub fn rates_at(&self, peer: &str, t: Timestamp) -> (Rate, Rate) {
+        self.plans().rates_at(peer, t)
     }
 
     /// Reserve `n` more bytes to or from `peer` within the limits; returns
@@ -269,10 +304,14 @@ impl Limiter {
     /// (`None`: no limit applies now). Async callers sleep until then,
     /// worker threads use [`Limiter::pace_blocking`].
     pub fn reserve(&self, peer: &str, n: u64) -> Option<Instant> {
-        let (g, p) = self.rates_at(peer, crate::time::now());
+        let p = self.plans();
+        if p.unlimited {
+            return None;
+        }
+        let (g, r) = p.rates_at(peer, crate::time::now());
         let now = Instant::now();
-        let a = self.global.reserve(n, g, now);
-        let b = self.peers.get(peer).and_then(|bk| bk.reserve(n, p, now));
+        let a = p.global.reserve(n, g, now);
+        let b = p.peers.get(peer).and_then(|bk| bk.reserve(n, r, now));
         a.into_iter().chain(b).max()
     }
 

@@ -126,6 +126,26 @@ pub enum StoreError {
     /// Snapshot prefix ambiguous.
     #[error("snapshot prefix {0:?} is ambiguous: matches {1}")]
     Ambiguous(String, String),
+    /// A directory of the store this process cannot write.
+    #[error(
+        "{} belongs to uid {owner} and this process (uid {me}) cannot write it, so {what}; \
+         it was probably made by an omesh command run in-process as another user (root with the daemon stopped). \
+         Give the store back to the user the daemon runs as (`chown -R USER: {}`) and run the command again",
+        path.display(),
+        store.display()
+    )]
+    NotWritable {
+        /// the directory
+        path: PathBuf,
+        /// the store
+        store: PathBuf,
+        /// its owner
+        owner: u32,
+        /// this process's effective uid
+        me: u32,
+        /// what cannot be done
+        what: &'static str,
+    },
 }
 
 impl StoreError {

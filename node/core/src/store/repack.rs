@@ -9,7 +9,7 @@ use super::pack::{self, PackWriter, sync_dir};
 use omesh_proto::ObjectId;
 use std::collections::{HashMap, HashSet};
 use std::fs::{self};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// What a repack did.
 #[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
@@ -41,10 +41,26 @@ impl Store {
     /// indexed; a duplicate pack is collected by the next run.
     pub fn repack(&self, seqs: &[u64], live: &[(ObjectId, Location)]) -> Result<RepackStats> {
         if !self.writable {
-            return Err(StoreError::Locked { path: self.dir.clone(), holder: "another process".into() });
+            return Err(self.locked());
         }
         let packs: HashMap<u64, ([u8; 32], u64)> =
             self.index_packs()?.into_iter().map(|(seq, h, size)| (seq, (h, size))).collect();
+        // every pack to retire must be movable before anything changes: a
+        // pack this process cannot move (its directory belongs to another
+        // user) would otherwise leave the index and stay on disk, forgotten.
+        // Checked before anything is written, so every run refuses the same
+        // way until the cause is fixed
+        let mut dirs: Vec<PathBuf> = seqs
+            .iter()
+            .filter_map(|s| packs.get(s))
+            .filter_map(|(hash, _)| pack::pack_path(&self.dir, hash).parent().map(Path::to_path_buf))
+            .collect();
+        dirs.push(self.dir.join("trash"));
+        dirs.sort();
+        dirs.dedup();
+        for d in &dirs {
+            self.check_writable(d, "garbage collection cannot retire the packs in it")?;
+        }
         let tmp = self.dir.join("tmp");
         let mut infos = Vec::new();
         let mut cur: Option<PackWriter> = None;
@@ -131,8 +147,27 @@ impl Store {
         Ok(stats)
     }
 
+    /// Refuse with [`StoreError::NotWritable`] when this process cannot
+    /// create or remove entries in `dir` (fine when it does not exist).
+    pub(crate) fn check_writable(&self, dir: &Path, what: &'static str) -> Result<()> {
+        use rustix::fs::{Access, AtFlags, CWD, accessat};
+        use std::os::unix::fs::MetadataExt;
+        let Ok(m) = fs::metadata(dir) else { return Ok(()) };
+        if accessat(CWD, dir, Access::WRITE_OK | Access::EXEC_OK, AtFlags::EACCESS).is_ok() {
+            return Ok(());
+        }
+        Err(StoreError::NotWritable {
+            path: dir.to_path_buf(),
+            store: self.dir.clone(),
+            owner: m.uid(),
+            me: rustix::process::geteuid().as_raw(),
+            what,
+        })
+    }
+
     /// Delete retired packs moved to `trash/` before `before`. Returns the
-    /// bytes freed.
+    /// bytes freed. A retired pack that cannot be deleted is an error (every
+    /// run, until the cause is fixed), never silently kept.
     pub fn empty_trash(&self, before: std::time::SystemTime) -> Result<u64> {
         let trash = self.dir.join("trash");
         let mut freed = 0;
@@ -141,10 +176,16 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
             Err(e) => return Err(StoreError::Io { op: "listing", path: trash, source: e }),
         };
+        self.check_writable(&trash, "garbage collection cannot delete the retired packs in it")?;
         for e in rd.flatten() {
             let Ok(m) = e.metadata() else { continue };
-            if m.modified().map(|t| t < before).unwrap_or(false) && fs::remove_file(e.path()).is_ok() {
-                freed += m.len();
+            if !m.modified().map(|t| t < before).unwrap_or(false) {
+                continue;
+            }
+            match fs::remove_file(e.path()) {
+                Ok(()) => freed += m.len(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => return Err(StoreError::Io { op: "deleting retired pack", path: e.path(), source }),
             }
         }
         Ok(freed)

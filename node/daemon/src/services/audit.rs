@@ -139,7 +139,7 @@ pub async fn check_peers(rt: &Arc<NodeRuntime>, census: &Census) -> Vec<(String,
     let (own, mine) = {
         let stores = rt.stores.clone();
         let r = tokio::task::spawn_blocking(move || {
-            let s = stores.own().ok()?.store.clone();
+            let s = stores.own_existing().ok()??.store.clone();
             let ids: std::collections::HashSet<ObjectId> = s.snapshot_ids().ok()?.into_iter().collect();
             Some((s, ids))
         });

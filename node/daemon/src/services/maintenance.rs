@@ -81,7 +81,11 @@ async fn forget_ids(
 ) -> Result<ForgetReport, NodeError> {
     let own = {
         let stores = rt.stores.clone();
-        tokio::task::spawn_blocking(move || stores.own()).await??
+        // no store yet: nothing of this node to forget (and no key minted)
+        match tokio::task::spawn_blocking(move || stores.own_existing()).await?? {
+            Some(s) => s,
+            None => return Err(NodeError::NoMatch(specs.first().cloned().unwrap_or_default())),
+        }
     };
     let (name, policy) = (rt.cfg.name.clone(), rt.cfg.retention.clone());
     let store = own.store.clone();
@@ -392,5 +396,9 @@ pub async fn sync_now(rt: &Arc<NodeRuntime>) -> sync::SyncReport {
     rt.metrics.sync_bytes.inc_by(r.repaired.iter().map(|x| x.bytes).sum());
     rt.metrics.sync_under_replicated.set(r.under_replicated.saturating_sub(r.repaired.len()) as i64);
     rt.metrics.sync_seconds.observe(r.seconds);
+    if r.failed.is_empty() {
+        let now = omesh_core::time::now().as_second() as f64;
+        rt.metrics.last_success.get_or_create(&crate::metrics::label("job", "sync")).set(now);
+    }
     r
 }

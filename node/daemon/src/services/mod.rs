@@ -30,6 +30,55 @@ pub struct DaemonHandle {
 }
 
 impl DaemonHandle {
+    /// Re-read the configuration file (SIGHUP, `systemctl reload omesh`):
+    /// `[bandwidth]` and the CRL take effect now; any other changed section
+    /// is named, at warn, as needing a restart; a file that does not load
+    /// changes nothing. The outcome shows in `omesh status`.
+    pub async fn reload(&self) -> crate::config::ReloadReport {
+        let rt = self.rt.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let mut rep = crate::config::ReloadReport {
+                time: omesh_core::time::rfc3339(omesh_core::time::now()),
+                ..Default::default()
+            };
+            rt.tls.refresh();
+            match NodeConfig::load(&rt.cfg.path) {
+                Err(e) => rep.error = Some(format!("{e}; the settings in force stay")),
+                Ok(new) => {
+                    let (live, restart) = rt.cfg.reload_diff(&new);
+                    for l in live {
+                        let r = match l.as_str() {
+                            "[bandwidth]" => match &rt.limiter {
+                                Some(lim) => lim.replace(&new.bandwidth),
+                                None => Err("no limiter".into()),
+                            },
+                            _ => Ok(()),
+                        };
+                        match r {
+                            Ok(()) => rep.applied.push(l),
+                            Err(e) => rep.error = Some(format!("{l}: {e}; the settings in force stay")),
+                        }
+                    }
+                    rep.restart_needed = restart;
+                }
+            }
+            *rt.reloaded.lock().unwrap_or_else(|e| e.into_inner()) = Some(rep.clone());
+            rep
+        })
+        .await;
+        let rep =
+            r.unwrap_or_else(|e| crate::config::ReloadReport { error: Some(e.to_string()), ..Default::default() });
+        let path = self.rt.cfg.path.display();
+        match &rep.error {
+            Some(e) => tracing::error!(config = %path, error = %e, "configuration not reloaded"),
+            None => tracing::info!(config = %path, applied = ?rep.applied, "configuration reloaded"),
+        }
+        if !rep.restart_needed.is_empty() {
+            tracing::warn!(config = %path, changed = ?rep.restart_needed, "these settings changed and take effect only after a restart (systemctl restart omesh)");
+        }
+        rep
+    }
+
     /// Stop serving and wait for every task.
     pub async fn shutdown(mut self) {
         // long blocking jobs (a garbage collection's mark) end at their next step
@@ -84,10 +133,13 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
         }
     }
     let rt = NodeRuntime::new(cfg, true).await?;
-    // take the store lock now: a second writer fails at start, not later
+    // take the store lock now: a second writer fails at start, not later.
+    // A node that has not backed up yet has no store and no key; the first
+    // backup makes them (starting must not mint a key: on a replacement
+    // node, the old key is imported first)
     {
         let stores = rt.stores.clone();
-        tokio::task::spawn_blocking(move || stores.own()).await??;
+        tokio::task::spawn_blocking(move || stores.own_existing()).await??;
     }
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();

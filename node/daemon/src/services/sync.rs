@@ -77,6 +77,10 @@ pub struct SyncReport {
     pub failed: Vec<RepairFailure>,
     /// Under-replicated snapshots another node is to repair.
     pub left_to_others: usize,
+    /// Under-replicated snapshots that no reachable node can add a replica
+    /// of (every reachable node holds it already: a holder is down or gone).
+    #[serde(default)]
+    pub no_repairer: usize,
     /// Not repaired here because this node's retention would forget them.
     pub skipped_by_retention: usize,
     /// Peers not reachable.
@@ -242,7 +246,15 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     for ((source, id), s) in todo {
         let holders: Vec<String> = s.holders.keys().cloned().collect();
         let picks = repairers(source, &holders, &members, factor);
+        let replicas = holders.iter().filter(|h| *h != source).count();
         if picks.is_empty() {
+            // short of replicas with no node that could add one (a holder
+            // gone for good, every other node holding it already): still
+            // under-replicated, and said so
+            if replicas < factor {
+                rep.under_replicated += 1;
+                rep.no_repairer += 1;
+            }
             continue;
         }
         rep.under_replicated += 1;

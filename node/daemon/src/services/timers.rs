@@ -71,6 +71,13 @@ async fn record_start(rt: &NodeRuntime, key: &str) {
 /// Record the end of a run: its summary (stored as JSON in the state
 /// database, shown by `omesh status`) or why it failed.
 async fn record_end<T: Serialize>(rt: &NodeRuntime, key: &str, r: Result<T, String>) {
+    // (a scheduled backup's success is its protected snapshot, counted
+    // where the backup runs)
+    let job = key.split('/').next().unwrap_or(key);
+    if r.is_ok() && job != "backup" {
+        let now = omesh_core::time::now().as_second() as f64;
+        rt.metrics.last_success.get_or_create(&crate::metrics::label("job", job)).set(now);
+    }
     let Some(st) = rt.state.clone() else { return };
     let key = key.to_string();
     let r = r.map(|v| serde_json::to_value(v).expect("job summaries serialize"));
@@ -302,7 +309,9 @@ pub async fn spawn(
         let addr = omesh_net::mesh::client::resolve(listen).await.map_err(err(true))?[0];
         let l = tokio::net::TcpListener::bind(addr).await.map_err(err(false))?;
         tracing::info!(%addr, "metrics endpoint listening");
-        tasks.spawn(crate::metrics::serve(l, rt.metrics.clone(), rt.inbound_check.clone(), cancel.clone()));
+        let r = rt.clone();
+        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || r.refresh_metrics());
+        tasks.spawn(crate::metrics::serve(l, rt.metrics.clone(), refresh, rt.inbound_check.clone(), cancel.clone()));
     }
     Ok(())
 }

@@ -132,6 +132,30 @@ pub struct StatusView {
     /// The certificate revocation list in force.
     #[serde(default)]
     pub crl: Option<CrlView>,
+    /// Bandwidth limits in force now.
+    #[serde(default)]
+    pub bandwidth: BandwidthView,
+    /// The last configuration reload (SIGHUP), if any since the start.
+    #[serde(default)]
+    pub reloaded: Option<crate::config::ReloadReport>,
+}
+
+/// Bandwidth limits in force now, in bytes per second (null: unlimited).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct BandwidthView {
+    /// The node's limit (`[bandwidth] limit` or a window's).
+    pub limit: Option<u64>,
+    /// Each configured peer's own limit.
+    pub peers: Vec<PeerLimitView>,
+}
+
+/// One peer's bandwidth limit now.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerLimitView {
+    /// Peer.
+    pub peer: String,
+    /// Its limit in bytes per second (null: unlimited).
+    pub limit: Option<u64>,
 }
 
 /// The CRL a node enforces.
@@ -410,7 +434,21 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         schedules,
         maintenance,
         crl: crl_view(rt),
+        bandwidth: bandwidth_view(rt),
+        reloaded: rt.reloaded.lock().unwrap_or_else(|e| e.into_inner()).clone(),
     })
+}
+
+fn bandwidth_view(rt: &NodeRuntime) -> BandwidthView {
+    let Some(l) = &rt.limiter else { return BandwidthView::default() };
+    let now = omesh_core::time::now();
+    let peers = rt
+        .cfg
+        .peers
+        .iter()
+        .map(|p| PeerLimitView { peer: p.name.clone(), limit: l.rates_at(&p.name, now).1.bytes_per_sec() })
+        .collect();
+    BandwidthView { limit: l.rates_at("", now).0.bytes_per_sec(), peers }
 }
 
 fn crl_view(rt: &NodeRuntime) -> Option<CrlView> {

@@ -1,7 +1,7 @@
 //! A connection to one peer and the requests this node makes over it.
 
 use crate::transport::{self, PeerIdentity, ReadError, TransportError, read_frame, read_record, write_frame};
-use omesh_proto::msg::{self, ErrorCode, Hello, PeerStatus, Request, Response, SnapshotEntry};
+use omesh_proto::msg::{self, Capability, ErrorCode, Hello, PeerStatus, Request, Response, SnapshotEntry};
 use omesh_proto::{MAX_FRAME_BYTES, ObjectId};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -100,17 +100,23 @@ pub async fn connect(
     for addr in addrs {
         let attempt = async {
             let connecting = endpoint.connect_with(config.clone(), *addr, name).map_err(|e| e.to_string())?;
-            let conn = connecting.await.map_err(|e| e.to_string())?;
+            let conn = connecting.await.map_err(|e| transport::why_closed(&e))?;
+            // a peer that refuses this node's certificate does so after the
+            // handshake completed here: its TLS alert is the reason
+            let closed = |e: &dyn std::fmt::Display| match conn.close_reason() {
+                Some(r) => transport::why_closed(&r),
+                None => e.to_string(),
+            };
             let identity = transport::peer_identity(&conn).ok_or("peer certificate has no single node name")?;
             if identity.name != name {
                 conn.close(msg::close::UNAUTHORIZED.into(), b"wrong name");
                 return Err(format!("certificate is for {:?}, not {name:?}", identity.name));
             }
-            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            write_frame(&mut send, &Request::Hello(super::server::hello(me))).await.map_err(|e| e.to_string())?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| transport::why_closed(&e))?;
+            write_frame(&mut send, &Request::Hello(super::server::hello(me))).await.map_err(|e| closed(&e))?;
             let _ = send.finish();
             let hello =
-                match read_frame::<Response>(&mut recv, msg::MAX_HELLO_FRAME_BYTES).await.map_err(|e| e.to_string())? {
+                match read_frame::<Response>(&mut recv, msg::MAX_HELLO_FRAME_BYTES).await.map_err(|e| closed(&e))? {
                     Response::Hello(h) if h.validate().is_err() => return Err("malformed handshake answer".into()),
                     Response::Hello(h) => h,
                     other => return Err(format!("unexpected handshake answer {other:?}")),
@@ -149,8 +155,17 @@ fn proto_err(peer: &str, e: impl std::fmt::Display) -> ClientError {
 impl PeerConn {
     fn read_err(&self, e: ReadError) -> ClientError {
         match e {
-            ReadError::Stream(m) => stream_err(&self.name, m),
+            ReadError::Stream(m) => self.broken(m),
             other => proto_err(&self.name, other),
+        }
+    }
+
+    /// A stream failed: the connection's close reason when it is closed
+    /// (a TLS refusal names its cause), else the stream's error.
+    fn broken(&self, e: impl std::fmt::Display) -> ClientError {
+        match self.conn.close_reason() {
+            Some(r) => stream_err(&self.name, transport::why_closed(&r)),
+            None => stream_err(&self.name, e),
         }
     }
 
@@ -167,8 +182,8 @@ impl PeerConn {
     }
 
     async fn open(&self, req: &Request) -> Result<(quinn::SendStream, quinn::RecvStream), ClientError> {
-        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| stream_err(&self.name, e))?;
-        write_frame(&mut send, req).await.map_err(|e| stream_err(&self.name, e))?;
+        let (mut send, recv) = self.conn.open_bi().await.map_err(|e| self.broken(e))?;
+        write_frame(&mut send, req).await.map_err(|e| self.broken(e))?;
         Ok((send, recv))
     }
 
@@ -241,6 +256,19 @@ impl PeerConn {
         match self.check(answer)? {
             Response::Stored { new_objects, bytes, .. } => Ok((new_objects, bytes)),
             other => Err(proto_err(&self.name, format!("unexpected answer to PutObjects: {other:?}"))),
+        }
+    }
+
+    /// Tell the peer which data key `source`'s snapshots are under (when
+    /// it binds sources to keys; an older peer is not asked). A peer bound
+    /// to another key refuses with `Forbidden`, naming both.
+    pub async fn bind_key(&self, source: &str, key_id: &str) -> Result<(), ClientError> {
+        if !self.hello.capabilities.contains(&Capability::KEY_BINDING) {
+            return Ok(());
+        }
+        match self.simple(&Request::BindKey { source: source.into(), key_id: key_id.into() }).await? {
+            Response::KeyBound { .. } => Ok(()),
+            other => Err(proto_err(&self.name, format!("unexpected answer to BindKey: {other:?}"))),
         }
     }
 

@@ -191,6 +191,12 @@ pub async fn push_snapshot(
     opts: PushOptions,
     counters: Arc<PeerCounters>,
 ) -> Result<(u64, u64), ReplicateError> {
+    // the own store's key first: a peer bound to another key refuses
+    // before any object is sent (a replica store has no key id)
+    let key_id = store.config().key_id.clone();
+    if !key_id.is_empty() {
+        conn.bind_key(source, &key_id).await?;
+    }
     let s = store.clone();
     let record = blocking(move || s.read_snapshot_record(&snap)).await?;
     let (_, roots) = omesh_proto::record::links_of(&record).map_err(|e| ReplicateError::Internal(e.to_string()))?;

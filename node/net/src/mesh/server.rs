@@ -10,7 +10,7 @@
 //! retention lock. A malformed or oversized frame or record closes that
 //! connection with a QUIC error code; other connections are unaffected.
 
-use super::{Allowance, Counters, SourceStore, Stores, WriteRefused};
+use super::{Allowance, Counters, KeyBinding, SourceStore, Stores, WriteRefused};
 use crate::residency::InboundCheck;
 use crate::transport::{
     self, Budget, Held, PEER_BUFFER_BYTES, PeerIdentity, ReadError, ReadLimits, TransportConfig, read_frame,
@@ -170,7 +170,7 @@ pub fn hello(name: &str) -> Hello {
         node: name.into(),
         software: format!("omesh {}", env!("CARGO_PKG_VERSION")),
         protocol: omesh_proto::PROTOCOL_VERSION,
-        capabilities: vec![Capability::STORE, Capability::SERVE],
+        capabilities: vec![Capability::STORE, Capability::SERVE, Capability::KEY_BINDING],
     }
 }
 
@@ -249,7 +249,14 @@ async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
     let conn = match connecting.await {
         Ok(c) => c,
         Err(e) => {
-            tracing::info!(%remote, error = %e, "TLS handshake refused");
+            // a refused certificate is an operator's business (a foreign or
+            // revoked node, an expired certificate): warn, with the cause
+            match &e {
+                quinn::ConnectionError::TransportError(_) | quinn::ConnectionError::ConnectionClosed(_) => {
+                    tracing::warn!(%remote, reason = %transport::why_closed(&e), "TLS handshake refused")
+                }
+                _ => tracing::info!(%remote, error = %e, "handshake did not complete"),
+            }
             return;
         }
     };
@@ -465,6 +472,7 @@ async fn dispatch(
         }
         Request::PutObjects { source, count } => put_objects(ctx, peer, &source, count, send, recv, limits).await,
         Request::PutSnapshot { source, record } => put_snapshot(ctx, peer, &source, record, send).await,
+        Request::BindKey { source, key_id } => bind_key(ctx, peer, &source, key_id, send).await,
         Request::ListSnapshots { source, after } => list_snapshots(ctx, source, after, send).await,
         Request::GetObjects { source, ids } => get_objects(ctx, peer, &source, ids, send).await,
         Request::GetSnapshot { source, id } => {
@@ -695,6 +703,43 @@ async fn put_snapshot(
         tracing::info!(peer = %peer.name, snapshot = %id.short(), "snapshot replica committed");
     }
     respond(send, &Response::SnapshotCommitted { id, new }).await
+}
+
+/// Bind the sender's namespace to its data key, or refuse a second key
+/// (a rebuilt source that made a new key instead of importing its old one
+/// would otherwise fork its history here into two keys).
+async fn bind_key(
+    ctx: &Arc<ServerCtx>,
+    peer: &PeerIdentity,
+    source: &str,
+    key_id: String,
+    send: &mut SendStream,
+) -> Result<(), Fail> {
+    may_write(&ctx.policy, peer, source)?;
+    source_store(ctx, source, true).await?;
+    let (stores, src, kid) = (ctx.stores.clone(), source.to_string(), key_id.clone());
+    let bound = blocking(move || stores.layout().bind_key(&src, &kid, false).map_err(internal)).await?;
+    let node = &ctx.policy.node;
+    match bound {
+        KeyBinding::New => {
+            tracing::info!(peer = %peer.name, key = %key_id, "{source}'s snapshots are bound to its key here");
+            respond(send, &Response::KeyBound { key_id, new: true }).await
+        }
+        KeyBinding::Same => respond(send, &Response::KeyBound { key_id, new: false }).await,
+        KeyBinding::Other(bound) => {
+            tracing::warn!(peer = %peer.name, key = %key_id, bound = %bound, "refused {source}'s snapshots under a new key: its snapshots here are under another key; accept it with `omesh key accept {source} {key_id}` on this node if {source} really starts a new history");
+            Err(Fail::Respond(
+                ErrorCode::Forbidden,
+                format!(
+                    "{node} holds {source}'s snapshots under key {bound}, not under this node's key {key_id}. \
+                     If {source} was rebuilt, import its old key (`omesh key import --config FILE OLD.key`, \
+                     while its own store is still unused) and back up again; to start a new history under \
+                     key {key_id} instead, run `omesh key accept {source} {key_id} --config FILE` on {node}"
+                ),
+                vec![],
+            ))
+        }
+    }
 }
 
 async fn list_snapshots(

@@ -253,6 +253,97 @@ impl StoreLayout {
     pub fn key_path(&self, source: &str) -> PathBuf {
         self.data_dir.join("keys").join(format!("{source}.key"))
     }
+
+    /// File naming the one data key a source's snapshots here are under.
+    pub fn bound_key_path(&self, source: &str) -> PathBuf {
+        self.source_dir(source).join(BOUND_KEY_FILE)
+    }
+
+    /// The key id `source` is bound to here, if any. The file is read on
+    /// every call (an administrator's `omesh key accept` changes it beside
+    /// a running daemon) and checked like anything read from disk.
+    pub fn bound_key(&self, source: &str) -> Result<Option<String>, StoreError> {
+        let path = self.bound_key_path(source);
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(StoreError::Io { op: "reading", path, source }),
+        };
+        let id = std::str::from_utf8(&text).unwrap_or("").trim();
+        if id.is_empty() || id.len() > omesh_proto::msg::MAX_KEY_ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return Err(StoreError::Config {
+                path,
+                reason: "expected one key id (hex digits); accept the source's key again with `omesh key accept`"
+                    .into(),
+            });
+        }
+        Ok(Some(id.to_string()))
+    }
+
+    /// Bind `source`'s snapshots here to `key_id`: the first key a source
+    /// names is recorded (atomically: of two racing first pushes, one
+    /// binds and the other is compared with it); another key is refused
+    /// unless `accept` (an administrator's `omesh key accept`), which
+    /// replaces the binding.
+    pub fn bind_key(&self, source: &str, key_id: &str, accept: bool) -> Result<KeyBinding, StoreError> {
+        let path = self.bound_key_path(source);
+        if !accept {
+            match self.bound_key(source)? {
+                Some(b) if b == key_id => return Ok(KeyBinding::Same),
+                Some(b) => return Ok(KeyBinding::Other(b)),
+                None => {}
+            }
+        }
+        let dir = self.source_dir(source);
+        let io = |op: &'static str, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io { op, path, source }
+        };
+        let tmp = dir.join(format!(".{BOUND_KEY_FILE}.{}", std::process::id()));
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+            f.write_all(format!("{key_id}\n").as_bytes()).map_err(io("writing", &tmp))?;
+            f.sync_all().map_err(io("syncing", &tmp))?;
+        }
+        omesh_core::fsutil::own_like_parent(&tmp).map_err(io("changing the owner of", &tmp))?;
+        let made = if accept {
+            std::fs::rename(&tmp, &path).map_err(io("replacing", &path))
+        } else {
+            // link fails when the file exists: never two first bindings
+            let r = std::fs::hard_link(&tmp, &path);
+            let _ = std::fs::remove_file(&tmp);
+            match r {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    return match self.bound_key(source)? {
+                        Some(b) if b == key_id => Ok(KeyBinding::Same),
+                        Some(b) => Ok(KeyBinding::Other(b)),
+                        None => Err(StoreError::Config { path, reason: "vanished while binding".into() }),
+                    };
+                }
+                Err(e) => Err(io("creating", &path)(e)),
+            }
+        };
+        made?;
+        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io("syncing", &dir))?;
+        Ok(KeyBinding::New)
+    }
+}
+
+/// Name of the key-binding file in a replica store's directory.
+pub const BOUND_KEY_FILE: &str = "bound-key";
+
+/// Outcome of [`StoreLayout::bind_key`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyBinding {
+    /// Recorded now.
+    New,
+    /// Already bound to that key.
+    Same,
+    /// Bound to this other key id: refused.
+    Other(String),
 }
 
 /// All stores of this node.
@@ -285,12 +376,28 @@ impl Stores {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).entry(source.to_string()).or_default().clone()
     }
 
-    /// This node's own store, created (with a new key) on first use.
+    /// This node's own store, created (with a new key) when absent. Only
+    /// what makes a snapshot (a backup) may call this: reading commands use
+    /// [`Stores::own_existing`], so they never mint a key.
     pub fn own(&self) -> Result<Arc<SourceStore>, StoreError> {
+        self.own_opened(true).map(|s| s.expect("created when absent"))
+    }
+
+    /// This node's own store if it has one; `None` before its first backup
+    /// (nothing is created).
+    pub fn own_existing(&self) -> Result<Option<Arc<SourceStore>>, StoreError> {
+        self.own_opened(false)
+    }
+
+    fn own_opened(&self, create: bool) -> Result<Option<Arc<SourceStore>>, StoreError> {
         let slot = self.slot(&self.cfg.node);
         let mut g = slot.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = g.as_ref() {
-            return Ok(s.clone());
+            return Ok(Some(s.clone()));
+        }
+        let exists = self.cfg.source_dir(&self.cfg.node).join(omesh_core::store::config::CONFIG_FILE).exists();
+        if !exists && !create {
+            return Ok(None);
         }
         let store = open_own_store(&self.cfg)?;
         if let Some(signer) = &self.signer {
@@ -298,7 +405,7 @@ impl Stores {
         }
         let s = Arc::new(SourceStore::new(store));
         *g = Some(s.clone());
-        Ok(s)
+        Ok(Some(s))
     }
 
     /// A source's store; `create` makes a keyless replica store when absent.
@@ -306,7 +413,9 @@ impl Stores {
     /// race to open (and lock) the same store twice.
     pub fn get(&self, source: &str, create: bool) -> Result<Option<Arc<SourceStore>>, StoreError> {
         if source == self.cfg.node {
-            return self.own().map(Some);
+            // never a keyless replica store under the own name, and never a
+            // new key for a read
+            return self.own_existing();
         }
         let slot = self.slot(source);
         let mut g = slot.lock().unwrap_or_else(|e| e.into_inner());
@@ -324,6 +433,11 @@ impl Stores {
         let s = Arc::new(SourceStore::new(store));
         *g = Some(s.clone());
         Ok(Some(s))
+    }
+
+    /// Where this registry's stores and keys are.
+    pub fn layout(&self) -> &StoreLayout {
+        &self.cfg
     }
 
     /// Names of all sources with a store here.

@@ -22,7 +22,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-pub use tls::{PeerIdentity, TlsConfig, TlsMaterial, peer_identity};
+pub use tls::{PeerIdentity, TlsConfig, TlsMaterial, peer_identity, why_closed};
 
 /// `[transport]`: QUIC tuning (see docs/config.md for the reasoning).
 #[derive(Clone, Debug, Deserialize)]

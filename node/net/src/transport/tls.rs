@@ -228,6 +228,24 @@ impl TlsMaterial {
         }
         let key = PrivateKeyDer::from_pem_file(&cfg.key)
             .map_err(|e| file_err(&cfg.key, format!("not a PEM private key: {e}")))?;
+        // the key must be the certificate's: say so naming both files (rustls
+        // alone reports an unnamed inconsistency)
+        let signing = provider()
+            .key_provider
+            .load_private_key(key.clone_key())
+            .map_err(|e| file_err(&cfg.key, format!("not a usable private key: {e}")))?;
+        if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+            rustls::sign::CertifiedKey::new(chain.clone(), signing).keys_match()
+        {
+            return Err(file_err(
+                &cfg.key,
+                format!(
+                    "this private key does not belong to the certificate {} (their public keys differ); \
+                     install the key that was issued with that certificate (`omesh ca issue` writes both)",
+                    cfg.cert.display()
+                ),
+            ));
+        }
         let fingerprint = crate::ca::sha256_hex(&chain[0]);
         let (stamp, crls) = match &cfg.crl {
             Some(p) => (stamp(p), load_crls(p)?),
@@ -407,4 +425,71 @@ pub fn peer_identity(conn: &quinn::Connection) -> Option<PeerIdentity> {
     }
     let serial = x509_parser::parse_x509_certificate(leaf).ok()?.1.raw_serial().to_vec();
     Some(PeerIdentity { name: names.into_iter().next()?, fingerprint: crate::ca::sha256_hex(leaf), serial })
+}
+
+/// An operator's reading of why a connection was refused or closed: a TLS
+/// refusal (either side's) names its cause — not this site's CA, revoked,
+/// expired, not for this name — and what to do; anything else is quinn's
+/// own description.
+pub fn why_closed(e: &quinn::ConnectionError) -> String {
+    use quinn::ConnectionError as C;
+    match e {
+        // this side refused the peer's certificate (rustls' reason)
+        C::TransportError(t) if is_crypto(t.code.into()) => {
+            let cause = certificate_cause(&t.reason).unwrap_or_else(|| t.reason.clone());
+            format!("TLS refused here: {cause}")
+        }
+        // the peer refused ours: a TLS alert
+        C::ConnectionClosed(c) if is_crypto(c.error_code.into()) => {
+            let alert = (u64::from(c.error_code) & 0xff) as u8;
+            let reason = String::from_utf8_lossy(&c.reason).to_string();
+            let cause = certificate_cause(&reason).unwrap_or_else(|| match alert {
+                44 => {
+                    "it lists this node's certificate as revoked in its CRL: issue a new one (`omesh ca issue`)".into()
+                }
+                45 => {
+                    "this node's certificate has expired (or the clocks disagree): issue a new one (`omesh ca issue`)"
+                        .into()
+                }
+                48 => {
+                    "this node's certificate is not signed by the CA it trusts: compare [tls] ca on both nodes".into()
+                }
+                42 | 43 | 46 => format!("it rejects this node's certificate (TLS alert {alert}){}", suffix(&reason)),
+                116 => "it requires a client certificate".into(),
+                120 => "it speaks another omesh protocol version (ALPN); run the same omesh version on both".into(),
+                _ => format!("TLS alert {alert}{}", suffix(&reason)),
+            });
+            format!("TLS refused by the peer: {cause}")
+        }
+        other => other.to_string(),
+    }
+}
+
+fn suffix(reason: &str) -> String {
+    if reason.is_empty() { String::new() } else { format!(": {reason}") }
+}
+
+fn is_crypto(code: u64) -> bool {
+    (0x100..0x200).contains(&code)
+}
+
+/// What rustls' certificate error text means, with the fix.
+fn certificate_cause(reason: &str) -> Option<String> {
+    let r = reason.to_ascii_lowercase();
+    let why = if r.contains("unknownissuer") || r.contains("unknown issuer") {
+        "the certificate is not signed by this site's CA ([tls] ca): a node of another site, or a different CA file"
+    } else if r.contains("revoked") {
+        "the certificate is revoked by the CRL ([tls] crl)"
+    } else if r.contains("expired") {
+        "the certificate has expired (or the clocks disagree): issue a new one (`omesh ca issue`)"
+    } else if r.contains("notvalidforname") || r.contains("not valid for name") {
+        "the certificate is not for the node name configured for that address"
+    } else if r.contains("notvalidyet") || r.contains("not valid yet") {
+        "the certificate is not valid yet (the clocks disagree)"
+    } else if r.contains("no certificates") || r.contains("certificate required") {
+        "no client certificate was presented"
+    } else {
+        return None;
+    };
+    Some(format!("{why} ({reason})"))
 }
