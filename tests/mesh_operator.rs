@@ -413,3 +413,64 @@ fn status_names_why_a_peer_refuses_this_nodes_certificate() {
     let text = peer.to_string();
     assert!(text.contains("TLS refused by the peer") && text.contains("revoked"), "{st}");
 }
+
+#[test]
+fn a_dead_node_is_replaced_on_the_survivors_and_its_replicas_move_to_the_new_one() {
+    let t = tempfile::tempdir().unwrap();
+    let site =
+        Site::new(t.path(), &[("srv-a", "rack-0"), ("srv-b", "rack-1"), ("srv-c", "rack-2"), ("srv-d", "rack-3")]);
+    // srv-a backs up to srv-b and srv-c (factor 2); srv-d will replace srv-c
+    let limit = "[[bandwidth.peer]]\nname = \"srv-c\"\nlimit = \"800 Mbit/s\"\n";
+    site.write_config("srv-a", &["srv-b".into(), "srv-c".into()], 2, limit);
+    site.write_config("srv-b", &["srv-a".into(), "srv-c".into()], 2, "");
+    site.write_config("srv-c", &["srv-a".into(), "srv-b".into()], 2, "");
+    let mut b = site.start("srv-b");
+    let mut c = site.start("srv-c");
+    let mut a = site.start("srv-a");
+    let data = t.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), "before srv-c died").unwrap();
+    assert_eq!(site.omesh("srv-a", &["backup", s(&data), "--json"]).ok().json()["protected"], true);
+
+    // srv-c is gone: the first backup finds out, the next commands are not
+    // held up by it (the daemon remembers it is down) and say so
+    c.stop();
+    fs::write(data.join("f"), "after srv-c died").unwrap();
+    site.omesh("srv-a", &["backup", s(&data)]).code(6);
+    let st = site.omesh("srv-a", &["status", "--json"]).ok().json();
+    let dead = st["peers"].as_array().unwrap().iter().find(|p| p["name"] == "srv-c").cloned().unwrap();
+    assert!(dead["error"].as_str().unwrap_or("").contains("next attempt in"), "{dead}");
+
+    // on each survivor: srv-c becomes srv-d, at its address
+    let d_addr = site.node("srv-d").addr();
+    for n in ["srv-a", "srv-b"] {
+        let r = site.omesh(n, &["node", "replace", "srv-c", "srv-d", "--address", &d_addr, "--domain", "rack-3"]).ok();
+        assert!(r.stderr.contains("omesh ca revoke --node srv-c") && r.stderr.contains("restart"), "{}", r.stderr);
+    }
+    let cfg = fs::read_to_string(site.node("srv-a").config()).unwrap();
+    assert!(!cfg.contains("srv-c") && cfg.contains(&d_addr), "{cfg}");
+    assert!(cfg.contains("[[bandwidth.peer]]\nname = \"srv-d\""), "{cfg}");
+    let r = site.omesh("srv-a", &["node", "replace", "srv-x", "srv-e"]).code(2);
+    assert!(
+        r.stderr.contains("no [[peer]] is named \"srv-x\"") && r.stderr.contains("nothing was changed"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(fs::read_to_string(site.node("srv-a").config()).unwrap(), cfg);
+
+    // restarted survivors and the new node: srv-d takes over srv-c's replicas
+    a.stop();
+    b.stop();
+    site.write_config("srv-d", &["srv-a".into(), "srv-b".into()], 2, "");
+    let _b = site.start("srv-b");
+    let _a = site.start("srv-a");
+    let _d = site.start("srv-d");
+    let r = site.omesh("srv-d", &["sync", "--json"]).ok().json();
+    assert_eq!(r["repaired"].as_array().unwrap().len(), 2, "{r}");
+    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
+    for x in snaps.as_array().unwrap() {
+        assert_eq!(x["fully_replicated"], true, "{x}");
+        let on: Vec<&str> = x["replicas"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap()).collect();
+        assert!(on.contains(&"srv-b") && on.contains(&"srv-d"), "{x}");
+    }
+}

@@ -66,6 +66,7 @@ pub struct NodeRuntime {
     /// otherwise read, quarantine and rewrite the same packs together).
     pub scrub_lock: tokio::sync::Mutex<()>,
     conns: tokio::sync::Mutex<HashMap<String, PeerConn>>,
+    down: std::sync::Mutex<HashMap<String, Down>>,
     backup_lock: tokio::sync::Mutex<()>,
 }
 
@@ -86,7 +87,32 @@ pub enum ConnectError {
     /// TLS or QUIC.
     #[error(transparent)]
     Transport(#[from] transport::TransportError),
+    /// It did not answer a moment ago: not tried again before `retry_in`
+    /// (unless it connects to this node first), so a dead peer costs every
+    /// command its connect timeout once, not each time.
+    #[error("{error} (at {since}; next attempt in {retry_in}s, or as soon as it connects to this node)")]
+    Down {
+        /// the last failure
+        error: String,
+        /// when it was first seen down (RFC 3339)
+        since: String,
+        /// seconds until the next attempt
+        retry_in: u64,
+    },
 }
+
+/// A peer that failed to connect: when, why, and when to try again.
+#[derive(Clone, Debug)]
+struct Down {
+    first_ns: i64,
+    last: Instant,
+    until: Instant,
+    failures: u32,
+    error: String,
+}
+
+/// Longest wait before a down peer is tried again.
+pub const MAX_RETRY_BACKOFF: Duration = Duration::from_secs(60);
 
 /// A peer probe result (for requests only peers answer).
 pub struct PeerProbe {
@@ -250,6 +276,7 @@ impl NodeRuntime {
             outbound_check,
             inbound_check,
             conns: tokio::sync::Mutex::new(HashMap::new()),
+            down: Default::default(),
             backup_lock: tokio::sync::Mutex::new(()),
         }))
     }
@@ -278,8 +305,44 @@ impl NodeRuntime {
         });
     }
 
-    /// Connect (or reuse a live connection) to a configured peer.
+    /// Connect (or reuse a live connection) to a configured peer. A peer
+    /// that failed a moment ago is not tried again until its backoff (5 s,
+    /// doubling to [`MAX_RETRY_BACKOFF`]) has passed or it connected to this
+    /// node since: the answer is then immediate.
     pub async fn connect(&self, peer: &PeerConfig) -> Result<PeerConn, ConnectError> {
+        if let Some(d) = self.down.lock().unwrap_or_else(|e| e.into_inner()).get(&peer.name).cloned()
+            && Instant::now() < d.until
+            && !self.counters.inbound_since(&peer.name, d.last)
+        {
+            return Err(ConnectError::Down {
+                error: d.error,
+                since: omesh_core::time::rfc3339_ns(d.first_ns),
+                retry_in: d.until.saturating_duration_since(Instant::now()).as_secs().max(1),
+            });
+        }
+        let r = self.connect_now(peer).await;
+        let mut down = self.down.lock().unwrap_or_else(|e| e.into_inner());
+        match &r {
+            Ok(_) => {
+                down.remove(&peer.name);
+            }
+            Err(e @ ConnectError::Transport(_)) => {
+                let now = Instant::now();
+                let prev = down.get(&peer.name);
+                let failures = prev.map_or(0, |d| d.failures) + 1;
+                let wait = (Duration::from_secs(5) * 2u32.saturating_pow(failures - 1).min(64)).min(MAX_RETRY_BACKOFF);
+                let first_ns = prev.map_or_else(omesh_core::time::now_ns, |d| d.first_ns);
+                down.insert(
+                    peer.name.clone(),
+                    Down { first_ns, last: now, until: now + wait, failures, error: e.to_string() },
+                );
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    async fn connect_now(&self, peer: &PeerConfig) -> Result<PeerConn, ConnectError> {
         {
             let g = self.conns.lock().await;
             if let Some(c) = g.get(&peer.name)

@@ -20,6 +20,9 @@ use omesh_net::mesh::server::{self, ServerCtx};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// Longest the daemon's start waits for its greeting to the peers.
+pub const GREET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running daemon.
 pub struct DaemonHandle {
     /// The runtime.
@@ -160,6 +163,10 @@ pub async fn start_daemon(cfg: NodeConfig) -> Result<DaemonHandle, NodeError> {
     tasks.spawn(control::serve(listener, rt.clone(), cancel.clone()));
     crate::services::timers::spawn(&rt, &mut tasks, &cancel).await?;
     tasks.spawn(watch_crl(rt.clone(), cancel.clone()));
+    // greet the peers before saying ready: one that found this node down
+    // (and stopped trying it for a while) tries it again at once. At most
+    // GREET_TIMEOUT, so a dead peer delays the start only that long
+    let _ = tokio::time::timeout(GREET_TIMEOUT, rt.probe_all()).await;
     tracing::info!(node = %rt.cfg.name, addr = %rt.local_addr(), "node running");
     Ok(DaemonHandle { rt, cancel, tasks })
 }

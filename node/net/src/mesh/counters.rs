@@ -32,6 +32,8 @@ pub struct Counters {
     /// bytes sent, bytes received, objects sent, objects received, bytes
     /// served, forged records
     families: [PeerFamily; 6],
+    /// When each peer last completed a handshake to this node (it is up).
+    inbound: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 /// Counters for one peer.
@@ -72,6 +74,16 @@ impl Counters {
         });
         m.insert(peer.to_string(), c.clone());
         c
+    }
+
+    /// `peer` just connected to this node (its handshake completed).
+    pub fn saw_inbound(&self, peer: &str) {
+        self.inbound.lock().expect("counters lock").insert(peer.to_string(), std::time::Instant::now());
+    }
+
+    /// Whether `peer` connected to this node after `t`.
+    pub fn inbound_since(&self, peer: &str, t: std::time::Instant) -> bool {
+        self.inbound.lock().expect("counters lock").get(peer).is_some_and(|s| *s > t)
     }
 
     /// Export to Prometheus.

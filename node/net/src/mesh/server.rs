@@ -286,7 +286,11 @@ async fn handle_incoming(inc: quinn::Incoming, ctx: Arc<ServerCtx>) {
     })
     .await;
     match hs {
-        Ok(Ok(h)) => tracing::debug!(peer = %peer.name, software = %h.software, "handshake done"),
+        Ok(Ok(h)) => {
+            // it is up: a node that found it unreachable may try it again now
+            ctx.counters.saw_inbound(&peer.name);
+            tracing::debug!(peer = %peer.name, software = %h.software, "handshake done")
+        }
         Ok(Err(e)) => {
             tracing::warn!(peer = %peer.name, %remote, error = %e, "handshake failed");
             conn.close(close::HANDSHAKE.into(), b"handshake failed");
