@@ -106,3 +106,37 @@ fn restore_into_target_with_symlink_in_the_way_replaces_it() {
     assert_eq!(fs::read(base.join("d/f")).unwrap(), b"payload");
     let _ = common::bin();
 }
+
+#[test]
+fn a_restore_into_its_own_result_keeps_a_hard_link_group_as_it_is() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(src.join("d")).unwrap();
+    fs::write(src.join("d/f0"), vec![7u8; 100_000]).unwrap();
+    for i in 1..13 {
+        fs::hard_link(src.join("d/f0"), src.join(format!("d/f{i}"))).unwrap();
+    }
+    let store = t.path().join("store");
+    init_small(&store);
+    backup(&store, &[&src]);
+    let target = t.path().join("r");
+    let restore = || omesh(["restore", "--store", s(&store), "latest", "--target", s(&target), "--json"]).ok().json();
+    restore();
+    let out = restored(&target, &src).join("d");
+    let before = fs::metadata(out.join("f0")).unwrap();
+    assert_eq!(before.nlink(), 13);
+    let r = restore();
+    assert_eq!(r["bytes_written"], 0, "the group was written again: {r}");
+    for i in 0..13 {
+        let m = fs::metadata(out.join(format!("f{i}"))).unwrap();
+        assert_eq!((m.ino(), m.nlink()), (before.ino(), 13), "f{i}");
+        assert_eq!((m.ctime(), m.ctime_nsec()), (before.ctime(), before.ctime_nsec()), "f{i} was relinked or changed");
+    }
+    // an inode shared with a name outside the group is not reused
+    fs::hard_link(out.join("f0"), t.path().join("outside")).unwrap();
+    let r = restore();
+    assert!(r["bytes_written"].as_u64().unwrap() >= 100_000, "{r}");
+    assert_eq!(fs::metadata(t.path().join("outside")).unwrap().nlink(), 1, "the outside name still shares the inode");
+    assert_eq!(fs::metadata(out.join("f5")).unwrap().nlink(), 13);
+}

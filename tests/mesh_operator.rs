@@ -474,3 +474,46 @@ fn a_dead_node_is_replaced_on_the_survivors_and_its_replicas_move_to_the_new_one
         assert!(on.contains(&"srv-b") && on.contains(&"srv-d"), "{x}");
     }
 }
+
+/// Unmounts on drop.
+struct Mounted(std::path::PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_backup_that_fills_the_disk_is_logged_by_the_daemon_with_what_to_do() {
+    let t = tempfile::tempdir().unwrap();
+    let (site, _b) = pair(t.path());
+    let a = site.node("srv-a");
+    // srv-a's data directory on a 4 MiB file system
+    fs::create_dir_all(a.data()).unwrap();
+    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "omesh-test"]).arg(a.data()).status().unwrap();
+    assert!(st.success());
+    let _m = Mounted(a.data());
+    let data = t.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    let mut big = vec![0u8; 12 << 20];
+    blake3::Hasher::new().update(b"incompressible").finalize_xof().fill(&mut big);
+    fs::write(data.join("big"), &big).unwrap();
+    // the daemon's log goes to a file here (journald in production)
+    let log = t.path().join("srv-a.log");
+    let mut c = Command::new("sh");
+    crate::common::clean_env(&mut c);
+    c.arg("-c").arg("exec \"$@\" 2>>\"$LOG\"").arg("sh").arg(bin()).args(["node", "run", "--config"]).arg(a.config());
+    c.env("LOG", &log);
+    let _a = Site::start_command("srv-a", c);
+    let r = site.omesh("srv-a", &["backup", s(&data)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("No space left"), "{}", r.stderr);
+    let l = fs::read_to_string(&log).unwrap();
+    assert!(
+        l.contains("backup failed: the disk of the data directory is full") && l.contains("omesh gc"),
+        "the daemon did not log the failed backup with advice:\n{l}"
+    );
+    // and does not blame the file it was reading
+    assert!(!l.contains("cannot read file"), "{l}");
+}

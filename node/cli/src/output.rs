@@ -121,6 +121,40 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// Local time of a nanosecond timestamp.
+/// A table for a terminal: every column as wide as its widest cell (a long
+/// host name or time never shifts the columns after it); `right` marks the
+/// columns aligned right (numbers). The last column is not padded.
+pub fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
+    let n = headers.len();
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).chain([headers[i].len()]).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..n).map(width).collect();
+    let line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i > 0 {
+                l.push_str("  ");
+            }
+            let pad = widths[i].saturating_sub(c.chars().count());
+            if i + 1 == n && !right[i] {
+                l.push_str(c);
+            } else if right[i] {
+                l.push_str(&" ".repeat(pad));
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                l.push_str(&" ".repeat(pad));
+            }
+        }
+        l.trim_end().to_string()
+    };
+    let mut out = line(&headers.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+    for r in rows {
+        out.push('\n');
+        out.push_str(&line(r));
+    }
+    out
+}
+
 pub fn time(ns: i64) -> String {
     omesh_core::time::local(ns)
 }
@@ -147,4 +181,20 @@ pub fn with_progress<T>(msg: impl Fn() -> String + Send + Sync, f: impl FnOnce()
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         r
     })
+}
+
+#[cfg(test)]
+mod table_tests {
+    #[test]
+    fn columns_are_as_wide_as_their_widest_cell() {
+        let rows = vec![
+            vec!["ab12".to_string(), "a-very-long-host-name.example".to_string(), "7".to_string(), "/x".to_string()],
+            vec!["cd34".to_string(), "b".to_string(), "1234".to_string(), "/y /z".to_string()],
+        ];
+        let t = super::table(&["id", "host", "files", "paths"], &[false, false, true, false], &rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "id    host                           files  paths");
+        assert_eq!(lines[1], "ab12  a-very-long-host-name.example      7  /x");
+        assert_eq!(lines[2], "cd34  b                               1234  /y /z");
+    }
 }

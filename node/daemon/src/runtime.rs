@@ -537,6 +537,27 @@ impl NodeRuntime {
             Err(_) => "failed",
         };
         m.backups.get_or_create(&crate::metrics::labels2("schedule", schedule, "result", result)).inc();
+        // the daemon's log says what became of every backup it ran, for
+        // whoever asked for it
+        if let Err(e) = &r {
+            let full = {
+                // ENOSPC anywhere down the chain of causes
+                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+                let mut full = false;
+                while let Some(c) = cause {
+                    if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                        full |= io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error());
+                    }
+                    cause = c.source();
+                }
+                full || e.to_string().contains("No space left on device")
+            };
+            if full {
+                tracing::error!(%schedule, error = %e, "backup failed: the disk of the data directory is full; no snapshot was made. What the backup had written stays in the store until a garbage collection at least [gc] grace_secs later removes it (`omesh gc --config FILE`); free space, or lower what is backed up, before the next one");
+            } else {
+                tracing::error!(%schedule, error = %e, "backup failed; no snapshot was made");
+            }
+        }
         m.backup_seconds.observe(t.elapsed().as_secs_f64());
         if let Ok(rep) = &r {
             m.backup_bytes_added.inc_by(rep.backup.bytes_added);

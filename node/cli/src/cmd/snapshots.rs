@@ -1,7 +1,7 @@
 //! `omesh snapshots`
 
 use crate::args::StoreArgs;
-use crate::output::{CliError, ExitCode, bytes, key_source, print_json, time};
+use crate::output::{CliError, ExitCode, bytes, key_source, print_json, table, time};
 use omesh_core::snapshot::{SnapshotKind, SnapshotRecord};
 use omesh_core::store::{Access, Store};
 use omesh_proto::ObjectId;
@@ -55,22 +55,27 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
     } else if snaps.is_empty() {
         println!("no snapshots in {}", a.store.dir().display());
     } else {
-        println!("{:<10} {:<19} {:<16} {:>9} {:>10}  paths", "id", "time", "host", "files", "size");
-        for (id, r) in &snaps {
-            let paths = match r.kind {
-                SnapshotKind::Image => format!("image {}", r.paths.join(" ")),
-                SnapshotKind::Files => r.paths.join(" "),
-            };
-            let warn = if r.warnings > 0 { format!(" ({} warnings)", r.warnings) } else { String::new() };
-            println!(
-                "{:<10} {:<19} {:<16} {:>9} {:>10}  {paths}{warn}",
-                id.short(),
-                time(r.start_ns),
-                r.hostname,
-                r.files,
-                bytes(r.bytes)
-            );
-        }
+        let rows: Vec<Vec<String>> = snaps
+            .iter()
+            .map(|(id, r)| {
+                let paths = match r.kind {
+                    SnapshotKind::Image => format!("image {}", r.paths.join(" ")),
+                    SnapshotKind::Files => r.paths.join(" "),
+                };
+                let warn = if r.warnings > 0 { format!(" ({} warnings)", r.warnings) } else { String::new() };
+                vec![
+                    id.short(),
+                    time(r.start_ns),
+                    r.hostname.clone(),
+                    r.tags.join(","),
+                    r.files.to_string(),
+                    bytes(r.bytes),
+                    format!("{paths}{warn}"),
+                ]
+            })
+            .collect();
+        let right = [false, false, false, false, true, true, false];
+        println!("{}", table(&["id", "time", "host", "tags", "files", "size", "paths"], &right, &rows));
         println!("{} snapshots", snaps.len());
     }
     Ok(if bad.is_empty() { ExitCode::Ok } else { ExitCode::Damage })
@@ -96,30 +101,50 @@ fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliEr
     let items = v.as_array().cloned().unwrap_or_default();
     if items.is_empty() {
         println!("no snapshots found");
+        return Ok(ExitCode::Ok);
     }
-    println!("{:<10} {:<26} {:>9} {:>10}  {:<9} replicas", "id", "time", "files", "size", "protected");
-    for s in &items {
-        let reps: Vec<String> = s["replicas"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|r| {
-                format!(
-                    "{}{}",
-                    r["node"].as_str().unwrap_or(""),
-                    if r["confirmed"].as_bool() == Some(true) { "" } else { "(unconfirmed)" }
-                )
-            })
-            .collect();
-        println!(
-            "{:<10} {:<26} {:>9} {:>10}  {:<9} {}",
-            s["short_id"].as_str().unwrap_or(""),
-            s["time"].as_str().unwrap_or("(no key here)"),
-            s["files"].as_u64().map(|f| f.to_string()).unwrap_or_default(),
-            s["bytes"].as_u64().map(bytes).unwrap_or_default(),
-            if s["fully_replicated"].as_bool() == Some(true) { "yes" } else { "NO" },
-            reps.join(", ")
-        );
-    }
+    let rows: Vec<Vec<String>> = items
+        .iter()
+        .map(|s| {
+            let reps: Vec<String> = s["replicas"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    format!(
+                        "{}{}",
+                        r["node"].as_str().unwrap_or(""),
+                        if r["confirmed"].as_bool() == Some(true) { "" } else { "(unconfirmed)" }
+                    )
+                })
+                .collect();
+            let strs = |k: &str| -> String {
+                s[k].as_array().into_iter().flatten().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" ")
+            };
+            let when = s["time"]
+                .as_str()
+                .and_then(omesh_core::time::parse_rfc3339)
+                .map(|t| time(omesh_core::time::ns(t)))
+                .unwrap_or_else(|| "(no key here)".into());
+            let paths = match s["kind"].as_str() {
+                Some("image") => format!("image {}", strs("paths")),
+                _ => strs("paths"),
+            };
+            vec![
+                s["short_id"].as_str().unwrap_or("").to_string(),
+                when,
+                s["hostname"].as_str().unwrap_or("").to_string(),
+                strs("tags").replace(' ', ","),
+                s["files"].as_u64().map(|f| f.to_string()).unwrap_or_default(),
+                s["bytes"].as_u64().map(bytes).unwrap_or_default(),
+                if s["fully_replicated"].as_bool() == Some(true) { "yes" } else { "NO" }.to_string(),
+                reps.join(", "),
+                paths,
+            ]
+        })
+        .collect();
+    let right = [false, false, false, false, true, true, false, false, false];
+    let headers = ["id", "time", "host", "tags", "files", "size", "protected", "replicas", "paths"];
+    println!("{}", table(&headers, &right, &rows));
     Ok(ExitCode::Ok)
 }

@@ -35,7 +35,11 @@ pub(super) fn reader(ctx: &Ctx<'_>, rx: Receiver<FileJob>, chunk_tx: Sender<Chun
 
 pub(super) fn unreadable(ctx: &Ctx<'_>, path: &Path, e: impl std::fmt::Display) -> FileOut {
     let msg = format!("cannot read file: {e}; its content is not in this snapshot");
-    ctx.warn(path, msg.clone());
+    // a backup that already failed (a full disk, say) stops its readers:
+    // that is not the file's fault, and no snapshot is made to warn about
+    if !ctx.failed() {
+        ctx.warn(path, msg.clone());
+    }
     FileOut { size: 0, content: Content::Inline(vec![]), warning: Some(msg), unreadable: true }
 }
 

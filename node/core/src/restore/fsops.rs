@@ -125,6 +125,26 @@ pub fn remove_tmp(dir: impl AsFd, tmp: &OsStr) {
     let _ = rustix::fs::unlinkat(dir, tmp, AtFlags::empty());
 }
 
+/// Whether an existing file's metadata already is what `n` restores
+/// (mode, owner when `chown`, modification time; no extended attributes to
+/// set): then nothing needs to be applied to it at all.
+pub fn meta_matches(st: &rustix::fs::Stat, n: &Node, chown: bool) -> bool {
+    let mtime = st.st_mtime * 1_000_000_000 + st.st_mtime_nsec as i64;
+    st.st_mode & 0o7777 == n.mode & 0o7777
+        && (!chown || (st.st_uid == n.uid && st.st_gid == n.gid))
+        && mtime == n.mtime_ns
+        && n.xattrs.is_empty()
+}
+
+/// Whether `a` in `da` and `b` in `db` are the same file (no symlink followed).
+pub fn same_file(da: impl AsFd, a: &OsStr, db: impl AsFd, b: &OsStr) -> bool {
+    let st = |d, n| rustix::fs::statat(d, n, AtFlags::SYMLINK_NOFOLLOW).ok();
+    match (st(da.as_fd(), a), st(db.as_fd(), b)) {
+        (Some(x), Some(y)) => x.st_dev == y.st_dev && x.st_ino == y.st_ino,
+        _ => false,
+    }
+}
+
 fn ids(n: &Node) -> (Option<rustix::fs::Uid>, Option<rustix::fs::Gid>) {
     (Some(rustix::fs::Uid::from_raw(n.uid)), Some(rustix::fs::Gid::from_raw(n.gid)))
 }

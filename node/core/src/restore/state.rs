@@ -170,6 +170,11 @@ pub(super) fn complete_link(ctx: &Ctx<'_>, g: &Arc<LinkGroup>, result: Result<(A
 }
 
 pub(super) fn do_link(ctx: &Ctx<'_>, pdir: &Arc<DirState>, pname: &OsStr, req: LinkReq) {
+    // already that link (a restore into its earlier result): nothing to do
+    if fsops::same_file(&pdir.fd, pname, &req.dir.fd, &req.name) {
+        ctx.release(&req.dir);
+        return;
+    }
     let tmp = fsops::tmp_name();
     let r = rustix::fs::linkat(&pdir.fd, pname, &req.dir.fd, &tmp, rustix::fs::AtFlags::empty())
         .map_err(std::io::Error::from)

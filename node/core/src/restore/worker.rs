@@ -84,17 +84,25 @@ pub(super) fn run_task(ctx: &Ctx<'_>, task: FileTask) {
         return start_job(ctx, task, dev, None, false, true, None, extents);
     }
     // existing regular file (not a symlink, not shared with other names);
-    // a directory this restore created holds none
+    // a directory this restore created holds none. A file of a hard-link
+    // group is shared by design: it is kept when its link count and
+    // metadata already are the snapshot's, so nothing is written to the
+    // shared inode (it may have names outside the target)
     let old = if task.dir.fresh {
         None
     } else {
-        fsops::open_existing_file(&task.dir.fd, &task.name).filter(|(_, st)| st.st_nlink == 1)
+        fsops::open_existing_file(&task.dir.fd, &task.name).filter(|(_, st)| {
+            st.st_nlink == 1
+                || (task.link.is_some()
+                    && st.st_nlink == task.node.nlink
+                    && fsops::meta_matches(st, &task.node, ctx.chown))
+        })
     };
     if let Some((f, st)) = &old
         && st.st_size as u64 == size
         && matches_exactly(ctx, f, &extents)
     {
-        let r = fsops::apply_meta_fd(f, &task.node, ctx.chown);
+        let r = if st.st_nlink == 1 { fsops::apply_meta_fd(f, &task.node, ctx.chown) } else { Ok(Vec::new()) };
         ctx.progress.bytes_reused.fetch_add(size, Ordering::Relaxed);
         ctx.count(|c| {
             c.0 += 1;

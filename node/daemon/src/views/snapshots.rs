@@ -46,6 +46,9 @@ pub struct SnapshotView {
     pub hostname: Option<String>,
     /// Paths.
     pub paths: Vec<String>,
+    /// Tags (`backup --tag`, a schedule's name), when the key is here.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// "files" or "image".
     pub kind: Option<String>,
     /// Files.
@@ -168,6 +171,7 @@ pub async fn snapshot_views(
             time: details.as_ref().map(|d| rfc3339(d.start_ns)),
             hostname: details.as_ref().map(|d| d.hostname.clone()),
             paths: details.as_ref().map(|d| d.paths.clone()).unwrap_or_default(),
+            tags: details.as_ref().map(|d| d.tags.clone()).unwrap_or_default(),
             kind: details.as_ref().map(|d| match d.kind {
                 SnapshotKind::Files => "files".to_string(),
                 SnapshotKind::Image => "image".to_string(),
