@@ -120,7 +120,6 @@ pub fn bytes(n: u64) -> String {
     if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
 }
 
-/// Local time of a nanosecond timestamp.
 /// A table for a terminal: every column as wide as its widest cell (a long
 /// host name or time never shifts the columns after it); `right` marks the
 /// columns aligned right (numbers). The last column is not padded.
@@ -155,6 +154,35 @@ pub fn table(headers: &[&str], right: &[bool], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// One progress line: "42% 1.2 GiB of 2.9 GiB, 310 MiB/s, ETA 0:05"
+/// (`~` before an estimated total); without a total, what is done and the
+/// rate.
+pub fn progress_line(done: u64, total: u64, estimate: bool, elapsed: std::time::Duration) -> String {
+    let rate = done as f64 / elapsed.as_secs_f64().max(0.001);
+    let per_s = format!("{}/s", bytes(rate as u64));
+    if total == 0 {
+        return format!("{}, {per_s}", bytes(done));
+    }
+    let total = if estimate { total.max(done) } else { total };
+    let pct = (done as f64 * 100.0 / total.max(1) as f64).min(100.0);
+    let eta = match total.checked_sub(done) {
+        Some(0) | None => "0:00".to_string(),
+        Some(left) if rate > 0.0 => clock((left as f64 / rate) as u64),
+        Some(_) => "--".to_string(),
+    };
+    format!("{pct:.0}% {} of {}{}, {per_s}, ETA {eta}", bytes(done), if estimate { "~" } else { "" }, bytes(total))
+}
+
+/// Seconds as m:ss or h:mm:ss.
+fn clock(s: u64) -> String {
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
+
+/// Local time of a nanosecond timestamp.
 pub fn time(ns: i64) -> String {
     omesh_core::time::local(ns)
 }
@@ -181,6 +209,22 @@ pub fn with_progress<T>(msg: impl Fn() -> String + Send + Sync, f: impl FnOnce()
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         r
     })
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use std::time::Duration;
+
+    #[test]
+    fn a_progress_line_has_percentage_rate_and_eta() {
+        let l = super::progress_line(50 << 20, 200 << 20, false, Duration::from_secs(5));
+        assert!(l.starts_with("25% ") && l.contains("of 200") && l.contains("/s") && l.ends_with("ETA 0:15"), "{l}");
+        let l = super::progress_line(300 << 20, 200 << 20, true, Duration::from_secs(10));
+        assert!(l.starts_with("100% ") && l.contains("of ~300"), "an estimate below what is done grows: {l}");
+        let l = super::progress_line(1 << 20, 0, false, Duration::from_secs(1));
+        assert!(!l.contains('%') && l.contains("/s"), "{l}");
+        assert_eq!(super::clock(3725), "1:02:05");
+    }
 }
 
 #[cfg(test)]

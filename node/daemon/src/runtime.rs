@@ -585,6 +585,7 @@ impl NodeRuntime {
         let store = own.store.clone();
         let p = progress.clone();
         let summary: BackupSummary = tokio::task::spawn_blocking(move || backup::run(&store, &opts, p)).await??;
+        progress.replicating.store(true, std::sync::atomic::Ordering::Relaxed);
         let snap = summary.snapshot;
         let replicas = self.replicate(snap).await;
         let factor = self.cfg.replication.factor;

@@ -69,12 +69,18 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
     };
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
+    let started = std::time::Instant::now();
     let res = with_progress(
         move || {
             format!(
-                "{} files, {} read, {} added",
+                "{}, {} files, {} added",
+                crate::output::progress_line(
+                    p.bytes.load(Ordering::Relaxed),
+                    p.bytes_expected.load(Ordering::Relaxed),
+                    true,
+                    started.elapsed()
+                ),
                 p.files.load(Ordering::Relaxed),
-                bytes(p.bytes_read.load(Ordering::Relaxed)),
                 bytes(p.bytes_added.load(Ordering::Relaxed))
             )
         },
@@ -144,14 +150,19 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
     };
     let rep: MeshBackupReport = rt.block_on(async {
         let pb = progress_bar();
+        let started = std::time::Instant::now();
         let asked = mesh::ask_daemon(&cfg.control_socket(), &req, |p| {
             if let Some(pb) = &pb {
-                pb.set_message(format!(
-                    "{} files, {} read, {} added",
-                    p.files,
-                    bytes(p.bytes_read),
-                    bytes(p.bytes_added)
-                ));
+                pb.set_message(if p.replicating {
+                    format!("snapshot saved ({} files); sending it to the peers...", p.files)
+                } else {
+                    format!(
+                        "{}, {} files, {} added",
+                        crate::output::progress_line(p.bytes, p.bytes_expected, true, started.elapsed()),
+                        p.files,
+                        bytes(p.bytes_added)
+                    )
+                });
                 pb.tick();
             }
         })

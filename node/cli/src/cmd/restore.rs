@@ -56,14 +56,14 @@ fn run_restore(
     progress: Arc<RestoreProgress>,
 ) -> Result<omesh_core::restore::RestoreSummary, RestoreError> {
     let p = progress.clone();
+    let started = std::time::Instant::now();
     with_progress(
         move || {
-            let done = p.bytes_written.load(Ordering::Relaxed) + p.bytes_reused.load(Ordering::Relaxed);
+            let (done, total) = p.done_and_total();
             format!(
-                "{} files, {} of {}",
-                p.files.load(Ordering::Relaxed),
-                bytes(done),
-                bytes(p.bytes_planned.load(Ordering::Relaxed))
+                "{}, {} files",
+                crate::output::progress_line(done, total, false, started.elapsed()),
+                p.files.load(Ordering::Relaxed)
             )
         },
         || restore::run(src, id, opts, progress.clone()),

@@ -104,6 +104,9 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
     let parent_root: Option<Vec<Node>> = match parent {
         Some(id) => {
             let rec = store.load_snapshot(&id)?;
+            // what this run will likely cover: the parent's size, for a
+            // percentage and an ETA before the walk has seen everything
+            progress.bytes_expected.store(rec.bytes, std::sync::atomic::Ordering::Relaxed);
             Some(store.load_dir(&rec.tree)?)
         }
         None => None,

@@ -54,6 +54,12 @@ pub struct Progress {
     pub bytes_added: AtomicU64,
     /// Entries found by the walker.
     pub entries_seen: AtomicU64,
+    /// Logical bytes this run is expected to cover (its parent snapshot's
+    /// size; 0 without a parent): an estimate for a percentage.
+    pub bytes_expected: AtomicU64,
+    /// Set by the mesh layer once the snapshot is saved and it sends it to
+    /// the peers.
+    pub replicating: std::sync::atomic::AtomicBool,
 }
 
 /// One warning: a path and what went wrong.

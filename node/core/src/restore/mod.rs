@@ -50,6 +50,9 @@ pub fn run(
     let started = Instant::now();
     let rec = src.snapshot(id)?;
     let includes = parse_includes(&opts.includes)?;
+    if includes.is_empty() {
+        progress.bytes_total.store(rec.bytes, Ordering::Relaxed);
+    }
     let threads =
         opts.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)).max(1);
     let workers = threads.max(4);
@@ -148,6 +151,7 @@ pub fn run(
             }
             SnapshotKind::Image => plan_image(ctx, &root, root_nodes, &opts.target, task_tx),
         };
+        ctx.progress.planned_all.store(true, Ordering::Relaxed);
         ctx.release(&root);
         for h in handles {
             h.join().map_err(|_| RestoreError::Internal("restore worker panicked".into()))?;

@@ -4,7 +4,7 @@
 use crate::backup::Warning;
 use crate::objects::SourceError;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 /// What to restore where.
 #[derive(Clone, Debug, Default)]
 pub struct RestoreOptions {
@@ -25,8 +25,30 @@ pub struct RestoreProgress {
     pub bytes_written: AtomicU64,
     /// Bytes kept or copied from data already in the target.
     pub bytes_reused: AtomicU64,
-    /// Total logical bytes planned (grows while planning).
+    /// Total logical bytes planned (grows while planning; each hard-link
+    /// group once).
     pub bytes_planned: AtomicU64,
+    /// Logical bytes of the whole snapshot, known from its record at the
+    /// start (0 when includes select part of it): the total to show before
+    /// planning is done.
+    pub bytes_total: AtomicU64,
+    /// Set when planning is done: `bytes_planned` is then the whole total.
+    pub planned_all: std::sync::atomic::AtomicBool,
+}
+
+impl RestoreProgress {
+    /// (bytes done, bytes to do in all): right from the start (the
+    /// snapshot's size) and exact once planning is done.
+    pub fn done_and_total(&self) -> (u64, u64) {
+        let done = self.bytes_written.load(Ordering::Relaxed) + self.bytes_reused.load(Ordering::Relaxed);
+        let planned = self.bytes_planned.load(Ordering::Relaxed);
+        let total = if self.planned_all.load(Ordering::Relaxed) {
+            planned
+        } else {
+            planned.max(self.bytes_total.load(Ordering::Relaxed))
+        };
+        (done, total.max(done))
+    }
 }
 
 /// Outcome of a restore.

@@ -187,11 +187,11 @@ impl Planner<'_, '_> {
                     );
                     return Ok(());
                 }
-                ctx.progress.bytes_planned.fetch_add(file_size(&node), Ordering::Relaxed);
                 let mut link = None;
                 if node.nlink > 1 {
                     let key = (node.dev, node.inode);
                     if let Some(g) = self.links.get(&key) {
+                        // a further name of a file planned already: no bytes
                         dir.pending.fetch_add(1, Ordering::AcqRel);
                         ctx.count(|c| c.3 += 1);
                         add_link(ctx, g, LinkReq { dir: dir.clone(), name, path: p });
@@ -201,6 +201,7 @@ impl Planner<'_, '_> {
                     self.links.insert(key, g.clone());
                     link = Some(g);
                 }
+                ctx.progress.bytes_planned.fetch_add(file_size(&node), Ordering::Relaxed);
                 dir.pending.fetch_add(1, Ordering::AcqRel);
                 self.tx
                     .send(FileTask { dir: dir.clone(), name, node, path: p, link })

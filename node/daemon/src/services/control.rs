@@ -154,6 +154,15 @@ pub struct BackupProgress {
     pub bytes_read: u64,
     /// Bytes added to the store.
     pub bytes_added: u64,
+    /// Logical bytes of the files done.
+    #[serde(default)]
+    pub bytes: u64,
+    /// What the run is expected to cover (its parent's size; 0 unknown).
+    #[serde(default)]
+    pub bytes_expected: u64,
+    /// The snapshot is saved and being sent to the peers.
+    #[serde(default)]
+    pub replicating: bool,
 }
 
 /// The result of a request, one variant per request.
@@ -330,6 +339,9 @@ async fn answer(
                             files: progress.files.load(Ordering::Relaxed),
                             bytes_read: progress.bytes_read.load(Ordering::Relaxed),
                             bytes_added: progress.bytes_added.load(Ordering::Relaxed),
+                            bytes: progress.bytes.load(Ordering::Relaxed),
+                            bytes_expected: progress.bytes_expected.load(Ordering::Relaxed),
+                            replicating: progress.replicating.load(Ordering::Relaxed),
                         };
                         // the CLI may have gone away; the backup continues
                         let _ = send(w, &ControlReply::Progress(p)).await;
