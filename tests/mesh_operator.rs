@@ -517,3 +517,29 @@ fn a_backup_that_fills_the_disk_is_logged_by_the_daemon_with_what_to_do() {
     // and does not blame the file it was reading
     assert!(!l.contains("cannot read file"), "{l}");
 }
+
+#[test]
+fn a_backup_through_the_daemon_shows_what_it_sends_to_each_peer() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "rack-0"), ("srv-b", "rack-1")]);
+    // a paced push (about 4 s for 40 MiB) gives the terminal several frames
+    site.write_config("srv-a", &["srv-b".into()], 1, "[bandwidth]\nlimit = \"80 Mbit/s\"\n");
+    site.write_config("srv-b", &["srv-a".into()], 1, "");
+    let _b = site.start("srv-b");
+    let _a = site.start("srv-a");
+    let data = t.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    let mut big = vec![0u8; 40 << 20];
+    blake3::Hasher::new().update(b"paced").finalize_xof().fill(&mut big);
+    fs::write(data.join("big"), &big).unwrap();
+    let line = format!("{} backup --config {} {}", bin().display(), s(&site.node("srv-a").config()), s(&data));
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{drawn}");
+    assert!(drawn.contains("sending it to the peers: srv-b "), "no replication phase per peer drawn: {drawn:?}");
+}

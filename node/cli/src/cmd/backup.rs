@@ -154,7 +154,12 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
         let asked = mesh::ask_daemon(&cfg.control_socket(), &req, |p| {
             if let Some(pb) = &pb {
                 pb.set_message(if p.replicating {
-                    format!("snapshot saved ({} files); sending it to the peers...", p.files)
+                    let to: Vec<String> = p.sent.iter().map(|(n, b)| format!("{n} {}", bytes(*b))).collect();
+                    format!(
+                        "snapshot saved ({} files); sending it to the peers{}",
+                        p.files,
+                        if to.is_empty() { "...".to_string() } else { format!(": {}", to.join(", ")) }
+                    )
                 } else {
                     format!(
                         "{}, {} files, {} added",

@@ -146,7 +146,7 @@ impl SeenPath {
 }
 
 /// Backup progress counters.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BackupProgress {
     /// Files done.
     pub files: u64,
@@ -163,6 +163,9 @@ pub struct BackupProgress {
     /// The snapshot is saved and being sent to the peers.
     #[serde(default)]
     pub replicating: bool,
+    /// Record bytes this backup has sent so far, per peer or bucket.
+    #[serde(default)]
+    pub sent: Vec<(String, u64)>,
 }
 
 /// The result of a request, one variant per request.
@@ -327,6 +330,12 @@ async fn answer(
                 let (rt, p) = (rt.clone(), progress.clone());
                 job.spawn(async move { rt.backup_and_replicate(opts, p).await });
             }
+            // record bytes each target had been sent before: the progress
+            // shows what this backup sends to each
+            let targets: Vec<String> =
+                rt.cfg.peers.iter().map(|p| p.name.clone()).chain(rt.cfg.s3.iter().map(|t| t.name.clone())).collect();
+            let sent = |n: &str| rt.counters.peer(n).bytes_sent.load(Ordering::Relaxed);
+            let before: Vec<u64> = targets.iter().map(|n| sent(n)).collect();
             let mut tick = tokio::time::interval(Duration::from_millis(250));
             loop {
                 tokio::select! {
@@ -342,6 +351,12 @@ async fn answer(
                             bytes: progress.bytes.load(Ordering::Relaxed),
                             bytes_expected: progress.bytes_expected.load(Ordering::Relaxed),
                             replicating: progress.replicating.load(Ordering::Relaxed),
+                            sent: targets
+                                .iter()
+                                .zip(&before)
+                                .map(|(n, b)| (n.clone(), sent(n).saturating_sub(*b)))
+                                .filter(|(_, x)| *x > 0)
+                                .collect(),
                         };
                         // the CLI may have gone away; the backup continues
                         let _ = send(w, &ControlReply::Progress(p)).await;
