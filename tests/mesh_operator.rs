@@ -156,6 +156,9 @@ fn a_rebuilt_node_mints_no_key_to_read_and_cannot_fork_its_history_on_peers() {
         assert!(snaps[0]["time"].is_null(), "{snaps}");
         let st = site.omesh("srv-a", &["status", "--json"]).ok();
         assert!(!st.stderr.contains("new key"), "{}", st.stderr);
+        // the old snapshot is on srv-b only: not counted as this node's
+        let j = st.json();
+        assert_eq!((j["snapshots"].as_u64(), j["snapshots_only_elsewhere"].as_u64()), (Some(0), Some(1)), "{j}");
         assert!(!key_path.exists(), "a read command (daemon: {daemon}) created {}", key_path.display());
         assert!(!a_data.join("sources/srv-a").exists(), "a read command (daemon: {daemon}) created a store");
     }

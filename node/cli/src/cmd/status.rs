@@ -145,12 +145,18 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
         None => println!("no CRL ([tls] no_crl = true): revoked certificates stay valid until they expire"),
     }
     if s.not_fully_replicated.is_empty() {
-        println!("all {} snapshots of {} have at least {} replicas", s.snapshots, s.node, s.factor);
+        println!("all {} snapshots of {} on this node have at least {} replicas", s.snapshots, s.node, s.factor);
     } else {
         println!("{} snapshots have fewer than {} replicas:", s.not_fully_replicated.len(), s.factor);
         for id in &s.not_fully_replicated {
             println!("  {}", &id[..8]);
         }
+    }
+    if s.snapshots_only_elsewhere > 0 {
+        println!(
+            "{} more snapshots of {} are only on peers or buckets (`omesh snapshots --config FILE` lists them)",
+            s.snapshots_only_elsewhere, s.node
+        );
     }
     Ok(ExitCode::Ok)
 }

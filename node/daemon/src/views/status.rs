@@ -110,8 +110,12 @@ pub struct StatusView {
     pub s3: Vec<S3View>,
     /// Stores on this node.
     pub stored_here: Vec<LocalUsage>,
-    /// Our snapshots.
+    /// Our snapshots this node still holds itself.
     pub snapshots: usize,
+    /// Our snapshots found only on peers or buckets (made before this node
+    /// lost them, or forgotten here): not counted in `snapshots`.
+    #[serde(default)]
+    pub snapshots_only_elsewhere: usize,
     /// Our snapshots with fewer than `factor` replicas.
     pub not_fully_replicated: Vec<String>,
     /// Replication factor.
@@ -422,7 +426,8 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         peers,
         s3,
         stored_here,
-        snapshots: snaps.len(),
+        snapshots: snaps.iter().filter(|s| s.on_source).count(),
+        snapshots_only_elsewhere: snaps.iter().filter(|s| !s.on_source).count(),
         not_fully_replicated: snaps
             .iter()
             .filter(|s| !s.fully_replicated && s.on_source)
