@@ -146,30 +146,40 @@ fn restore_progress_on_a_terminal_shows_percent_eta_and_the_whole_total_from_the
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
-    for i in 0..40u8 {
+    for i in 0..120u8 {
         let mut b = vec![0u8; 1 << 20];
         blake3::Hasher::new().update(&[i]).finalize_xof().fill(&mut b);
-        fs::write(src.join(format!("f{i}")), b).unwrap();
+        fs::write(src.join(format!("file-{i:03}")), b).unwrap();
     }
     let store = t.path().join("store");
     init_small(&store);
-    backup(&store, &[&src]);
-    let target = t.path().join("r");
     // a terminal: script(1) runs omesh on a pseudo-terminal and keeps what it drew
-    let line = format!("{} restore --store {} latest --target {}", common::bin().display(), s(&store), s(&target));
-    let out = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env("TERM", "xterm")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
-    let drawn = String::from_utf8_lossy(&out.stdout);
+    let on_a_terminal = |line: String| {
+        let out = std::process::Command::new("script")
+            .args(["-qec", &line, "/dev/null"])
+            .env("TERM", "xterm")
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap();
+        let drawn = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{drawn}");
+        drawn
+    };
+    // the backup names the file it is reading
+    let drawn = on_a_terminal(format!("{} backup --store {} {}", common::bin().display(), s(&store), s(&src)));
+    assert!(drawn.contains("file-"), "no current file drawn: {drawn:?}");
+    let target = t.path().join("r");
+    let drawn = on_a_terminal(format!(
+        "{} restore --store {} latest --target {}",
+        common::bin().display(),
+        s(&store),
+        s(&target)
+    ));
     // every frame: "P% DONE of TOTAL, RATE/s, ETA M:SS, N files"
     let frames: Vec<&str> = drawn.split("% ").skip(1).collect();
     assert!(!frames.is_empty() && drawn.contains("ETA "), "no progress drawn: {drawn:?}");
     let totals: std::collections::BTreeSet<&str> =
         frames.iter().filter_map(|f| f.split(" of ").nth(1)?.split(',').next()).collect();
     assert_eq!(totals.len(), 1, "the total changed while restoring: {totals:?}");
-    assert_eq!(*totals.iter().next().unwrap(), "40.0 MiB", "{drawn:?}");
+    assert_eq!(*totals.iter().next().unwrap(), "120.0 MiB", "{drawn:?}");
 }

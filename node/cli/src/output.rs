@@ -173,6 +173,12 @@ pub fn progress_line(done: u64, total: u64, estimate: bool, elapsed: std::time::
     format!("{pct:.0}% {} of {}{}, {per_s}, ETA {eta}", bytes(done), if estimate { "~" } else { "" }, bytes(total))
 }
 
+/// A path shortened to its last `max` characters ("…" in front).
+pub fn tail(path: &str, max: usize) -> String {
+    let n = path.chars().count();
+    if n <= max { path.to_string() } else { format!("…{}", path.chars().skip(n - max + 1).collect::<String>()) }
+}
+
 /// Seconds as m:ss or h:mm:ss.
 fn clock(s: u64) -> String {
     if s >= 3600 {
@@ -224,6 +230,8 @@ mod progress_tests {
         let l = super::progress_line(1 << 20, 0, false, Duration::from_secs(1));
         assert!(!l.contains('%') && l.contains("/s"), "{l}");
         assert_eq!(super::clock(3725), "1:02:05");
+        assert_eq!(super::tail("/var/lib/app/data.db", 10), "…p/data.db");
+        assert_eq!(super::tail("/a", 10), "/a");
     }
 }
 

@@ -73,7 +73,7 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
     let res = with_progress(
         move || {
             format!(
-                "{}, {} files, {} added",
+                "{}, {} files, {} added  {}",
                 crate::output::progress_line(
                     p.bytes.load(Ordering::Relaxed),
                     p.bytes_expected.load(Ordering::Relaxed),
@@ -81,7 +81,8 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
                     started.elapsed()
                 ),
                 p.files.load(Ordering::Relaxed),
-                bytes(p.bytes_added.load(Ordering::Relaxed))
+                bytes(p.bytes_added.load(Ordering::Relaxed)),
+                crate::output::tail(&p.current(), 40)
             )
         },
         || backup::run(&store, &opts, progress.clone()),
@@ -162,10 +163,11 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
                     )
                 } else {
                     format!(
-                        "{}, {} files, {} added",
+                        "{}, {} files, {} added  {}",
                         crate::output::progress_line(p.bytes, p.bytes_expected, true, started.elapsed()),
                         p.files,
-                        bytes(p.bytes_added)
+                        bytes(p.bytes_added),
+                        crate::output::tail(&p.current, 40)
                     )
                 });
                 pb.tick();

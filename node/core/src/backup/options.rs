@@ -60,6 +60,23 @@ pub struct Progress {
     /// Set by the mesh layer once the snapshot is saved and it sends it to
     /// the peers.
     pub replicating: std::sync::atomic::AtomicBool,
+    /// The file a reader opened last (for the progress line).
+    pub current: std::sync::Mutex<std::path::PathBuf>,
+}
+
+impl Progress {
+    /// A reader starts on `path`.
+    pub fn reading(&self, path: &std::path::Path) {
+        if let Ok(mut c) = self.current.try_lock() {
+            c.clear();
+            c.push(path);
+        }
+    }
+
+    /// The file read last, if any.
+    pub fn current(&self) -> String {
+        self.current.lock().map(|c| c.display().to_string()).unwrap_or_default()
+    }
 }
 
 /// One warning: a path and what went wrong.

@@ -17,6 +17,7 @@ pub(super) fn reader(ctx: &Ctx<'_>, rx: Receiver<FileJob>, chunk_tx: Sender<Chun
         let out = if ctx.failed() {
             FileOut { size: 0, content: Content::Inline(vec![]), warning: None, unreadable: true }
         } else {
+            ctx.progress.reading(&job.path);
             read_file(ctx, &job, &chunk_tx, &pack_tx, &mut scratch)
         };
         // a large file's buffer is not kept for the small files that follow

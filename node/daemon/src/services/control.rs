@@ -166,6 +166,9 @@ pub struct BackupProgress {
     /// Record bytes this backup has sent so far, per peer or bucket.
     #[serde(default)]
     pub sent: Vec<(String, u64)>,
+    /// The file being read.
+    #[serde(default)]
+    pub current: String,
 }
 
 /// The result of a request, one variant per request.
@@ -357,6 +360,7 @@ async fn answer(
                                 .map(|(n, b)| (n.clone(), sent(n).saturating_sub(*b)))
                                 .filter(|(_, x)| *x > 0)
                                 .collect(),
+                            current: progress.current(),
                         };
                         // the CLI may have gone away; the backup continues
                         let _ = send(w, &ControlReply::Progress(p)).await;
