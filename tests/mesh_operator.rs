@@ -200,6 +200,12 @@ fn a_rebuilt_node_mints_no_key_to_read_and_cannot_fork_its_history_on_peers() {
     assert_eq!(crate::common::mesh::stored_snapshots(b, "srv-a").len(), 2, "srv-b took a snapshot under a second key");
     let new_id = exported_key(&site, "srv-a", &t.path().join("srv-a-new.key"));
     assert!(err.contains(&new_id), "{err}");
+    // a key file naming a source that is no node name writes nothing anywhere
+    let evil = t.path().join("evil.key");
+    fs::write(&evil, fs::read_to_string(&old_key).unwrap().replace("srv-a", "../../srv-b")).unwrap();
+    let r = site.omesh("srv-a", &["key", "import", s(&evil)]).code(2);
+    assert!(r.stderr.contains("not a node name"), "{}", r.stderr);
+    assert!(site.node("srv-b").data().join("sources").exists(), "srv-b's stores were touched");
     // the old key is not imported over one that made a snapshot
     a.stop();
     let before = fs::read(&key_path).unwrap();
@@ -207,6 +213,9 @@ fn a_rebuilt_node_mints_no_key_to_read_and_cannot_fork_its_history_on_peers() {
     assert!(r.stderr.contains("made 1 snapshot") && r.stderr.contains("aside"), "{}", r.stderr);
     assert_eq!(fs::read(&key_path).unwrap(), before, "the key was changed");
 
+    // a name that is not a node's is refused before any path is made of it
+    let r = site.omesh("srv-b", &["key", "accept", "../../srv-a", &new_id]).code(2);
+    assert!(r.stderr.contains("not a node name"), "{}", r.stderr);
     // srv-b's administrator accepts the new history
     let r = site.omesh("srv-b", &["key", "accept", "srv-a", &new_id]).ok();
     assert!(r.stderr.contains(&new_id) && r.stderr.contains(&old_id), "{}", r.stderr);

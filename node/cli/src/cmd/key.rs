@@ -127,6 +127,14 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
 /// the key a killed first backup minted, say. The replaced key is kept
 /// beside it, never deleted.
 fn import_for_node(k: &KeyFile, config: &std::path::Path) -> Result<ExitCode, CliError> {
+    // the source names paths below DATA_DIR: a key file is not trusted to
+    // name anything else
+    if !omesh_proto::msg::valid_name(&k.source) {
+        return Err(CliError::usage(format!(
+            "the key file names source {:?}, which is not a node name (1-64 letters, digits, '.', '-', '_'); nothing written",
+            k.source
+        )));
+    }
     let cfg = crate::meshmode::load(config)?;
     let dest = cfg.key_path(&k.source);
     let dir = cfg.source_dir(&k.source);
@@ -185,6 +193,9 @@ fn snapshots_in(dir: &std::path::Path) -> Result<usize, CliError> {
 
 /// Accept `source`'s snapshots here under `key_id` (see `KeyCommand::Accept`).
 fn accept(source: &str, key_id: &str, config: &std::path::Path) -> Result<ExitCode, CliError> {
+    if !omesh_proto::msg::valid_name(source) {
+        return Err(CliError::usage(format!("{source:?} is not a node name (1-64 letters, digits, '.', '-', '_')")));
+    }
     let cfg = crate::meshmode::load(config)?;
     if source == cfg.name {
         return Err(CliError::usage(format!(
