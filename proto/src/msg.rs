@@ -83,6 +83,12 @@ impl Capability {
 /// Most bytes of a key id in `BindKey` (a key id is 32 hex digits).
 pub const MAX_KEY_ID_BYTES: usize = 64;
 
+/// A key id as `BindKey` and a `bound-key` file carry it: 1 to
+/// [`MAX_KEY_ID_BYTES`] hex digits.
+pub fn valid_key_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_KEY_ID_BYTES && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Handshake, both directions, on the first stream.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
@@ -392,10 +398,7 @@ impl Request {
             Request::GetSnapshot { source, .. } | Request::DeleteSnapshot { source, .. } => name(source)?,
             Request::BindKey { source, key_id } => {
                 name(source)?;
-                if key_id.is_empty()
-                    || key_id.len() > MAX_KEY_ID_BYTES
-                    || !key_id.bytes().all(|b| b.is_ascii_hexdigit())
-                {
+                if !valid_key_id(key_id) {
                     return Err("a key id is 1 to 64 hex digits".into());
                 }
             }

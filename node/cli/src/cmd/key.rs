@@ -202,7 +202,7 @@ fn accept(source: &str, key_id: &str, config: &std::path::Path) -> Result<ExitCo
             "{source} is this node: `omesh key accept` runs on the peers that hold {source}'s replicas; this node's own key is installed with `omesh key import`"
         )));
     }
-    if key_id.len() != 32 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if key_id.len() != 32 || !omesh_proto::msg::valid_key_id(key_id) {
         return Err(CliError::usage(format!(
             "{key_id:?} is not a key id (32 hex digits; the refusal in the source's backup report names it)"
         )));

@@ -29,6 +29,7 @@ pub mod config;
 pub mod forget;
 pub mod gc;
 pub mod index;
+pub mod keybind;
 pub mod pack;
 pub mod scrub;
 pub mod walk;

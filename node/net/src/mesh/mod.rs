@@ -16,4 +16,5 @@ pub mod server;
 pub mod stores;
 
 pub use counters::{Counters, PeerCounters};
-pub use stores::{Allowance, KeyBinding, SourceStore, StoreLayout, Stores, WriteRefused};
+pub use omesh_core::store::keybind::KeyBinding;
+pub use stores::{Allowance, SourceStore, StoreLayout, Stores, WriteRefused};

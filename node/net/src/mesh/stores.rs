@@ -4,6 +4,7 @@
 
 use omesh_core::crypto::SnapshotSigner;
 use omesh_core::keyfile::KeyFile;
+use omesh_core::store::keybind::{self, KeyBinding};
 use omesh_core::store::walk::{GraphWalk, Visit, infallible, resolve_local};
 use omesh_core::store::{Access, InitOptions, KeySource, PackSink, Store, StoreError};
 use omesh_core::units::FreeFloor;
@@ -254,96 +255,16 @@ impl StoreLayout {
         self.data_dir.join("keys").join(format!("{source}.key"))
     }
 
-    /// File naming the one data key a source's snapshots here are under.
-    pub fn bound_key_path(&self, source: &str) -> PathBuf {
-        self.source_dir(source).join(BOUND_KEY_FILE)
-    }
-
-    /// The key id `source` is bound to here, if any. The file is read on
-    /// every call (an administrator's `omesh key accept` changes it beside
-    /// a running daemon) and checked like anything read from disk.
+    /// The key id `source` is bound to here, if any (`store::keybind`).
     pub fn bound_key(&self, source: &str) -> Result<Option<String>, StoreError> {
-        let path = self.bound_key_path(source);
-        let text = match std::fs::read(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(source) => return Err(StoreError::Io { op: "reading", path, source }),
-        };
-        let id = std::str::from_utf8(&text).unwrap_or("").trim();
-        if id.is_empty() || id.len() > omesh_proto::msg::MAX_KEY_ID_BYTES || !id.bytes().all(|b| b.is_ascii_hexdigit())
-        {
-            return Err(StoreError::Config {
-                path,
-                reason: "expected one key id (hex digits); accept the source's key again with `omesh key accept`"
-                    .into(),
-            });
-        }
-        Ok(Some(id.to_string()))
+        keybind::bound_key(&self.source_dir(source))
     }
 
-    /// Bind `source`'s snapshots here to `key_id`: the first key a source
-    /// names is recorded (atomically: of two racing first pushes, one
-    /// binds and the other is compared with it); another key is refused
-    /// unless `accept` (an administrator's `omesh key accept`), which
-    /// replaces the binding.
+    /// Bind `source`'s snapshots here to `key_id`, or compare them with
+    /// the binding; `accept` replaces it (`store::keybind`).
     pub fn bind_key(&self, source: &str, key_id: &str, accept: bool) -> Result<KeyBinding, StoreError> {
-        let path = self.bound_key_path(source);
-        if !accept {
-            match self.bound_key(source)? {
-                Some(b) if b == key_id => return Ok(KeyBinding::Same),
-                Some(b) => return Ok(KeyBinding::Other(b)),
-                None => {}
-            }
-        }
-        let dir = self.source_dir(source);
-        let io = |op: &'static str, path: &std::path::Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io { op, path, source }
-        };
-        let tmp = dir.join(format!(".{BOUND_KEY_FILE}.{}", std::process::id()));
-        {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-            f.write_all(format!("{key_id}\n").as_bytes()).map_err(io("writing", &tmp))?;
-            f.sync_all().map_err(io("syncing", &tmp))?;
-        }
-        omesh_core::fsutil::own_like_parent(&tmp).map_err(io("changing the owner of", &tmp))?;
-        let made = if accept {
-            std::fs::rename(&tmp, &path).map_err(io("replacing", &path))
-        } else {
-            // link fails when the file exists: never two first bindings
-            let r = std::fs::hard_link(&tmp, &path);
-            let _ = std::fs::remove_file(&tmp);
-            match r {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    return match self.bound_key(source)? {
-                        Some(b) if b == key_id => Ok(KeyBinding::Same),
-                        Some(b) => Ok(KeyBinding::Other(b)),
-                        None => Err(StoreError::Config { path, reason: "vanished while binding".into() }),
-                    };
-                }
-                Err(e) => Err(io("creating", &path)(e)),
-            }
-        };
-        made?;
-        std::fs::File::open(&dir).and_then(|d| d.sync_all()).map_err(io("syncing", &dir))?;
-        Ok(KeyBinding::New)
+        keybind::bind_key(&self.source_dir(source), key_id, accept)
     }
-}
-
-/// Name of the key-binding file in a replica store's directory.
-pub const BOUND_KEY_FILE: &str = "bound-key";
-
-/// Outcome of [`StoreLayout::bind_key`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum KeyBinding {
-    /// Recorded now.
-    New,
-    /// Already bound to that key.
-    Same,
-    /// Bound to this other key id: refused.
-    Other(String),
 }
 
 /// All stores of this node.
