@@ -49,14 +49,23 @@ pub fn unexpected(r: &ControlResponse) -> CliError {
     CliError::failed(format!("the daemon answered with an unexpected reply ({r:?}); is it another omesh version?"))
 }
 
-/// An in-process runtime (no daemon running). `with_state` opens the node
-/// state database; commands that only read pass false so they can run
-/// beside a daemon.
-pub async fn runtime(cfg: NodeConfig, with_state: bool) -> Result<Arc<NodeRuntime>, CliError> {
+/// Run `f` with an in-process runtime (no daemon running), then close its
+/// connections whatever `f` returned, so peers free their slots at once.
+/// `with_state` opens the node state database; commands that only read
+/// pass false so they can run beside a daemon. Every in-process command
+/// goes through here.
+pub async fn in_process<T, F, Fut>(cfg: NodeConfig, with_state: bool, f: F) -> Result<T, CliError>
+where
+    F: FnOnce(Arc<NodeRuntime>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, CliError>>,
+{
     if with_state {
         writes_as_owner(&cfg)?;
     }
-    NodeRuntime::build(cfg, false, with_state).await.map_err(node_err)
+    let nrt = NodeRuntime::build(cfg, false, with_state).await.map_err(node_err)?;
+    let r = f(nrt.clone()).await;
+    nrt.close().await;
+    r
 }
 
 /// An in-process run that writes the data directory must write as its
@@ -112,12 +121,7 @@ where
     rt.block_on(async {
         match ask_daemon(&cfg.control_socket(), &req, |_| {}).await {
             Some(r) => r,
-            None => {
-                let nrt = runtime(cfg, true).await?;
-                let r = local(nrt.clone()).await;
-                nrt.close().await;
-                r
-            }
+            None => in_process(cfg, true, local).await,
         }
     })
 }

@@ -185,26 +185,26 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
                 let ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } = req else {
                     unreachable!("built above")
                 };
-                let nrt = mesh::runtime(cfg.clone(), true).await?;
-                let paths = paths.into_iter().map(|p| p.path).collect();
-                let opts = nrt
-                    .backup_request_options(
-                        paths,
-                        exclude,
-                        one_file_system,
-                        image.map(|p| p.path),
-                        tags,
-                        parent.as_deref(),
-                    )
-                    .await
-                    // a bad --parent is a usage error, as in local mode
-                    .map_err(|e| match e {
-                        omesh_daemon::error::NodeError::Store(e) => CliError::from(e),
-                        e => mesh::node_err(e),
-                    })?;
-                let r = nrt.backup_and_replicate(opts, Arc::new(Progress::default())).await.map_err(mesh::node_err);
-                nrt.close().await;
-                r
+                mesh::in_process(cfg.clone(), true, |nrt| async move {
+                    let paths = paths.into_iter().map(|p| p.path).collect();
+                    let opts = nrt
+                        .backup_request_options(
+                            paths,
+                            exclude,
+                            one_file_system,
+                            image.map(|p| p.path),
+                            tags,
+                            parent.as_deref(),
+                        )
+                        .await
+                        // a bad --parent is a usage error, as in local mode
+                        .map_err(|e| match e {
+                            omesh_daemon::error::NodeError::Store(e) => CliError::from(e),
+                            e => mesh::node_err(e),
+                        })?;
+                    nrt.backup_and_replicate(opts, Arc::new(Progress::default())).await.map_err(mesh::node_err)
+                })
+                .await
             }
         }
     })?;

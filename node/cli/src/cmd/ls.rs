@@ -91,8 +91,7 @@ pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
             let cfg = mesh::load(&path)?;
             let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
             let rt = mesh::tokio()?;
-            rt.block_on(async {
-                let nrt = mesh::runtime(cfg, false).await?;
+            rt.block_on(mesh::in_process(cfg, false, |nrt| async move {
                 let (id, src) =
                     omesh_daemon::views::prepare_restore(&nrt, &source, &a.snapshot, &omesh_daemon::views::From::Auto)
                         .await
@@ -103,7 +102,7 @@ pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
                 tokio::task::spawn_blocking(move || list(&src, rec.tree, p.as_deref()))
                     .await
                     .map_err(|e| CliError::failed(e.to_string()))?
-            })?
+            }))?
         }
     };
     print(out, a.json)

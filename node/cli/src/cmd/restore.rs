@@ -89,8 +89,7 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
         threads: Some(a.threads.unwrap_or((cores * 8).max(16))),
     };
     let sock = cfg.control_socket();
-    let (res, usage) = rt.block_on(async {
-        let nrt = mesh::runtime(cfg, false).await?;
+    let (res, usage) = rt.block_on(mesh::in_process(cfg, false, |nrt| async move {
         let (id, src) = prepare_restore(&nrt, &source, &a.snapshot, &from).await.map_err(mesh::node_err)?;
         let progress = Arc::new(RestoreProgress::default());
         let src = Arc::new(src);
@@ -112,9 +111,8 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
             let req = omesh_daemon::services::control::ControlRequest::RestoreDone { ok, bytes, seconds };
             let _ = omesh_daemon::services::control::call(&sock, &req, |_| {}).await;
         }
-        nrt.close().await;
         Ok::<_, CliError>((res, usage))
-    })?;
+    }))?;
     finish(res, a.json, Some(usage))
 }
 

@@ -29,8 +29,7 @@ fn run_s3(a: &VerifyArgs, path: &std::path::Path, name: &str) -> Result<omesh_co
     let cfg = crate::meshmode::load(path)?;
     let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
     let rt = crate::meshmode::tokio()?;
-    rt.block_on(async {
-        let nrt = crate::meshmode::runtime(cfg, false).await?;
+    rt.block_on(crate::meshmode::in_process(cfg, false, |nrt| async move {
         let t = nrt
             .s3
             .iter()
@@ -41,7 +40,7 @@ fn run_s3(a: &VerifyArgs, path: &std::path::Path, name: &str) -> Result<omesh_co
             code: if e.is_config() { ExitCode::Usage } else { ExitCode::Failed },
             err: e.into(),
         })
-    })
+    }))
 }
 
 pub fn run(a: VerifyArgs) -> Result<ExitCode, CliError> {
