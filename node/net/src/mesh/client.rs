@@ -103,10 +103,7 @@ pub async fn connect(
             let conn = connecting.await.map_err(|e| transport::why_closed(&e))?;
             // a peer that refuses this node's certificate does so after the
             // handshake completed here: its TLS alert is the reason
-            let closed = |e: &dyn std::fmt::Display| match conn.close_reason() {
-                Some(r) => transport::why_closed(&r),
-                None => e.to_string(),
-            };
+            let closed = |e: &dyn std::fmt::Display| why_failed(&conn, e);
             let identity = transport::peer_identity(&conn).ok_or("peer certificate has no single node name")?;
             if identity.name != name {
                 conn.close(msg::close::UNAUTHORIZED.into(), b"wrong name");
@@ -144,6 +141,15 @@ pub async fn connect(
     })
 }
 
+/// Why a stream of `conn` failed: the connection's close reason when it is
+/// closed (a TLS refusal names its cause), else the stream's error `e`.
+fn why_failed(conn: &quinn::Connection, e: &dyn std::fmt::Display) -> String {
+    match conn.close_reason() {
+        Some(r) => transport::why_closed(&r),
+        None => e.to_string(),
+    }
+}
+
 fn stream_err(peer: &str, e: impl std::fmt::Display) -> ClientError {
     ClientError::Transport(TransportError::Stream { peer: peer.into(), message: e.to_string() })
 }
@@ -163,10 +169,7 @@ impl PeerConn {
     /// A stream failed: the connection's close reason when it is closed
     /// (a TLS refusal names its cause), else the stream's error.
     fn broken(&self, e: impl std::fmt::Display) -> ClientError {
-        match self.conn.close_reason() {
-            Some(r) => stream_err(&self.name, transport::why_closed(&r)),
-            None => stream_err(&self.name, e),
-        }
+        stream_err(&self.name, why_failed(&self.conn, &e))
     }
 
     fn check(&self, r: Response) -> Result<Response, ClientError> {
