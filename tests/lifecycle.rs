@@ -327,14 +327,7 @@ fn a_scheduled_backup_runs_and_status_and_metrics_report_it() {
     assert_eq!(list.as_array().unwrap().len(), 1);
 
     // Prometheus endpoint
-    let metrics = {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut s = String::new();
-        c.read_to_string(&mut s).unwrap();
-        s
-    };
-    assert!(metrics.starts_with("HTTP/1.1 200"), "{metrics}");
+    let metrics = scrape(port);
     assert!(metrics.contains("omesh_backups_total{schedule=\"often\",result=\"ok\"} 1"), "{metrics}");
     assert!(metrics.contains("omesh_backup_duration_seconds_count 1"), "{metrics}");
     assert!(metrics.contains("omesh_rpo_target_seconds{schedule=\"often\"} 7200"), "{metrics}");

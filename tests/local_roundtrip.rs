@@ -147,29 +147,15 @@ fn restore_progress_on_a_terminal_shows_percent_eta_and_the_whole_total_from_the
     let src = t.path().join("src");
     fs::create_dir_all(&src).unwrap();
     for i in 0..120u8 {
-        let mut b = vec![0u8; 1 << 20];
-        blake3::Hasher::new().update(&[i]).finalize_xof().fill(&mut b);
-        fs::write(src.join(format!("file-{i:03}")), b).unwrap();
+        fs::write(src.join(format!("file-{i:03}")), tree::data(1 << 20, i as u64)).unwrap();
     }
     let store = t.path().join("store");
     init_small(&store);
-    // a terminal: script(1) runs omesh on a pseudo-terminal and keeps what it drew
-    let on_a_terminal = |line: String| {
-        let out = std::process::Command::new("script")
-            .args(["-qec", &line, "/dev/null"])
-            .env("TERM", "xterm")
-            .env("RUST_LOG", "warn")
-            .output()
-            .unwrap();
-        let drawn = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{drawn}");
-        drawn
-    };
     // the backup names the file it is reading
-    let drawn = on_a_terminal(format!("{} backup --store {} {}", common::bin().display(), s(&store), s(&src)));
+    let drawn = common::on_a_terminal(&format!("{} backup --store {} {}", common::bin().display(), s(&store), s(&src)));
     assert!(drawn.contains("file-"), "no current file drawn: {drawn:?}");
     let target = t.path().join("r");
-    let drawn = on_a_terminal(format!(
+    let drawn = common::on_a_terminal(&format!(
         "{} restore --store {} latest --target {}",
         common::bin().display(),
         s(&store),

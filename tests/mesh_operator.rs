@@ -508,9 +508,7 @@ fn a_backup_that_fills_the_disk_is_logged_by_the_daemon_with_what_to_do() {
     let _m = Mounted(a.data());
     let data = t.path().join("data");
     fs::create_dir_all(&data).unwrap();
-    let mut big = vec![0u8; 12 << 20];
-    blake3::Hasher::new().update(b"incompressible").finalize_xof().fill(&mut big);
-    fs::write(data.join("big"), &big).unwrap();
+    fs::write(data.join("big"), crate::common::tree::data(12 << 20, 1)).unwrap();
     // the daemon's log goes to a file here (journald in production)
     let log = t.path().join("srv-a.log");
     let mut c = Command::new("sh");
@@ -541,17 +539,12 @@ fn a_backup_through_the_daemon_shows_what_it_sends_to_each_peer() {
     let _a = site.start("srv-a");
     let data = t.path().join("data");
     fs::create_dir_all(&data).unwrap();
-    let mut big = vec![0u8; 40 << 20];
-    blake3::Hasher::new().update(b"paced").finalize_xof().fill(&mut big);
-    fs::write(data.join("big"), &big).unwrap();
-    let line = format!("{} backup --config {} {}", bin().display(), s(&site.node("srv-a").config()), s(&data));
-    let out = Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .env("TERM", "xterm")
-        .env("RUST_LOG", "warn")
-        .output()
-        .unwrap();
-    let drawn = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{drawn}");
+    fs::write(data.join("big"), crate::common::tree::data(40 << 20, 2)).unwrap();
+    let drawn = crate::common::on_a_terminal(&format!(
+        "{} backup --config {} {}",
+        bin().display(),
+        s(&site.node("srv-a").config()),
+        s(&data)
+    ));
     assert!(drawn.contains("sending it to the peers: srv-b "), "no replication phase per peer drawn: {drawn:?}");
 }

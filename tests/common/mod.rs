@@ -35,6 +35,18 @@ pub fn clean_env(c: &mut Command) {
     c.env("RUST_LOG", "warn");
 }
 
+/// Run the shell command `line` on a pseudo-terminal (script(1)), as a
+/// person at a terminal would, and return everything it drew; panics when
+/// it fails.
+pub fn on_a_terminal(line: &str) -> String {
+    let mut c = Command::new("script");
+    clean_env(&mut c);
+    let out = c.args(["-qec", line, "/dev/null"]).env("TERM", "xterm").output().unwrap();
+    let drawn = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{line}: {drawn}");
+    drawn
+}
+
 /// Result of running omesh.
 #[derive(Debug)]
 pub struct Run {
