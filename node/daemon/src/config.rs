@@ -211,43 +211,20 @@ pub struct ReloadReport {
 }
 
 impl NodeConfig {
-    /// The sections that differ between `self` (in force) and `new` (the
-    /// file now): (applied live, need a restart). Only `[bandwidth]` and
-    /// the TLS files' contents (CRL, re-read anyway) apply live.
+    /// The sections (top-level keys) whose text differs between `self` (in
+    /// force) and `new` (the file now), as the file spells them:
+    /// (applied live, need a restart). Only `[bandwidth]` applies live (the
+    /// CRL is re-read anyway).
     pub fn reload_diff(&self, new: &NodeConfig) -> (Vec<String>, Vec<String>) {
-        let d = |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-        let mut live = Vec::new();
-        if d(&self.bandwidth, &new.bandwidth) {
-            live.push("[bandwidth]".to_string());
-        }
-        let sections: [(&str, bool); 19] = [
-            ("name", d(&self.name, &new.name)),
-            ("data_dir", d(&self.data_dir, &new.data_dir)),
-            ("listen", d(&self.listen, &new.listen)),
-            ("domain", d(&self.domain, &new.domain)),
-            ("[tls]", d(&self.tls, &new.tls)),
-            ("[replication]", d(&self.replication, &new.replication)),
-            ("[storage]", d(&self.storage, &new.storage)),
-            ("[backup]", d(&self.backup, &new.backup)),
-            ("[transport]", d(&self.transport, &new.transport)),
-            ("[[peer]]", d(&self.peers, &new.peers)),
-            ("[[s3]]", d(&self.s3, &new.s3)),
-            ("[residency]", d(&self.residency, &new.residency)),
-            ("[[schedule]]", d(&self.schedules, &new.schedules)),
-            ("[retention]", d(&self.retention, &new.retention)),
-            ("[sync]", d(&self.sync, &new.sync)),
-            ("[maintenance]", d(&self.maintenance, &new.maintenance)),
-            ("[gc]", d(&self.gc, &new.gc)),
-            ("[scrub]", d(&self.scrub, &new.scrub)),
-            ("[metrics]", d(&self.metrics, &new.metrics)),
-        ];
-        let mut restart: Vec<String> =
-            sections.iter().filter(|(_, changed)| *changed).map(|(n, _)| n.to_string()).collect();
-        // a setting added later and not named above still counts
-        let (mut a, mut b) = (self.clone(), new.clone());
-        (a.bandwidth, b.bandwidth) = (Default::default(), Default::default());
-        if restart.is_empty() && d(&a, &b) {
-            restart.push("other settings".into());
+        let keys: std::collections::BTreeSet<&String> = self.raw.keys().chain(new.raw.keys()).collect();
+        let (mut live, mut restart) = (Vec::new(), Vec::new());
+        for k in keys.into_iter().filter(|k| self.raw.get(*k) != new.raw.get(*k)) {
+            let name = match self.raw.get(k).or(new.raw.get(k)) {
+                Some(toml::Value::Table(_)) => format!("[{k}]"),
+                Some(toml::Value::Array(a)) if a.iter().all(toml::Value::is_table) => format!("[[{k}]]"),
+                _ => k.clone(),
+            };
+            if k == "bandwidth" { live.push(name) } else { restart.push(name) }
         }
         (live, restart)
     }
@@ -316,6 +293,9 @@ pub struct NodeConfig {
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
+    /// The file as read, before defaults (what a reload compares).
+    #[serde(skip)]
+    pub raw: toml::Table,
 }
 
 /// Validate the lifecycle sections.
@@ -333,7 +313,7 @@ fn validate_lifecycle(cfg: &NodeConfig) -> Result<(), String> {
             ));
         }
     }
-    bandwidth::Limiter::new(&cfg.bandwidth)?;
+    bandwidth::Limiter::compile(&cfg.bandwidth)?;
     for l in &cfg.bandwidth.peer {
         if !cfg.peers.iter().any(|p| p.name == l.name) && !cfg.s3.iter().any(|b| b.name == l.name) {
             return Err(format!(
@@ -370,6 +350,7 @@ impl NodeConfig {
         let err = |message: String| ConfigError { path: path.to_path_buf(), message };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read the config file: {e}")))?;
         let mut c: NodeConfig = toml::from_str(&text).map_err(|e| err(e.to_string().trim().to_string()))?;
+        c.raw = text.parse().map_err(|e: toml::de::Error| err(e.to_string().trim().to_string()))?;
         c.path = path.to_path_buf();
         let base = path.parent().unwrap_or(Path::new("."));
         // relative paths are relative to the config file

@@ -281,9 +281,12 @@ impl Metrics {
             let num = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
             self.process_cpu.set((num(14) + num(15)) / tick);
             self.process_rss.set((num(24) * rustix::param::page_size() as f64) as i64);
-            if let Some(boot) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
-                s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
-            }) {
+            // the start time never changes: read the boot time once
+            if self.process_start.get() == 0.0
+                && let Some(boot) = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+                    s.lines().find_map(|l| l.strip_prefix("btime ").and_then(|v| v.trim().parse::<f64>().ok()))
+                })
+            {
                 self.process_start.set(boot + num(22) / tick);
             }
         }

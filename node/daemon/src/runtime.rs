@@ -55,7 +55,7 @@ pub struct NodeRuntime {
     /// Set when the daemon stops: long blocking jobs end early.
     pub stopping: Arc<std::sync::atomic::AtomicBool>,
     /// Bandwidth limits (`[bandwidth]`; replaced by a reload).
-    pub limiter: Option<Arc<omesh_core::policy::bandwidth::Limiter>>,
+    pub limiter: Arc<omesh_core::policy::bandwidth::Limiter>,
     /// When the configuration was last reloaded (SIGHUP), and what came of it.
     pub reloaded: std::sync::Mutex<Option<crate::config::ReloadReport>>,
     /// One retention + garbage collection at a time.
@@ -223,10 +223,10 @@ impl NodeRuntime {
         };
         let endpoint = transport::endpoint_filtered(bind, &tls, &cfg.transport, serve, filter)?;
         // always a limiter (unlimited costs one check): a reload may set limits
-        let limiter = Some(Arc::new(
+        let limiter = Arc::new(
             omesh_core::policy::bandwidth::Limiter::compile(&cfg.bandwidth)
                 .map_err(|message| crate::config::ConfigError { path: cfg.path.clone(), message })?,
-        ));
+        );
         let mut s3 = Vec::new();
         for t in &cfg.s3 {
             let resolver = outbound_check.as_ref().map(|check| {
@@ -244,7 +244,7 @@ impl NodeRuntime {
             {
                 target.blocked = Some(m);
             }
-            target.limiter = limiter.clone();
+            target.limiter = Some(limiter.clone());
             s3.push(Arc::new(target));
         }
         let signer = tls.snapshot_signer(&cfg.name).map_err(transport::TransportError::from)?;
@@ -364,7 +364,7 @@ impl NodeRuntime {
         self.tls.refresh_async().await;
         let config = transport::client_config(&self.tls, &self.cfg.transport)?;
         let mut c = client::connect(&self.endpoint, &config, &self.cfg.name, &peer.name, &addrs, timeout).await?;
-        c.limiter = self.limiter.clone();
+        c.limiter = Some(self.limiter.clone());
         c.request_timeout = Duration::from_secs(self.cfg.transport.request_timeout_secs.max(1));
         self.conns.lock().await.insert(peer.name.clone(), c.clone());
         Ok(c)
@@ -416,20 +416,6 @@ impl NodeRuntime {
         self.conns.lock().await.clear();
         self.endpoint.close(omesh_proto::msg::close::SHUTDOWN.into(), b"command finished");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
-    }
-
-    /// Bring the gauges read at scrape time up to date: bytes stored and
-    /// quota per source, residency refusals. Blocking (opens stores).
-    pub fn refresh_metrics(&self) {
-        let m = &self.metrics;
-        for n in self.stores.source_names() {
-            let Ok(Some(s)) = self.stores.get(&n, false) else { continue };
-            let l = crate::metrics::label("source", &n);
-            m.store_bytes.get_or_create(&l).set(s.store.bytes_stored().unwrap_or(0) as i64);
-            m.store_quota.get_or_create(&l).set(self.cfg.quota_for(&n) as i64);
-        }
-        let refused = self.residency.refusals.load(std::sync::atomic::Ordering::Relaxed);
-        m.residency_refusals.inc_by(refused.saturating_sub(m.residency_refusals.get()));
     }
 
     /// Connect to every peer in parallel and measure RTT (best of 3 pings).
@@ -540,18 +526,10 @@ impl NodeRuntime {
         // the daemon's log says what became of every backup it ran, for
         // whoever asked for it
         if let Err(e) = &r {
-            let full = {
-                // ENOSPC anywhere down the chain of causes
-                let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
-                let mut full = false;
-                while let Some(c) = cause {
-                    if let Some(io) = c.downcast_ref::<std::io::Error>() {
-                        full |= io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error());
-                    }
-                    cause = c.source();
-                }
-                full || e.to_string().contains("No space left on device")
-            };
+            // ENOSPC anywhere down the chain of causes
+            let full = std::iter::successors(Some(e as &(dyn std::error::Error + 'static)), |c| c.source())
+                .filter_map(|c| c.downcast_ref::<std::io::Error>())
+                .any(|io| io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()));
             if full {
                 tracing::error!(%schedule, error = %e, "backup failed: the disk of the data directory is full; no snapshot was made. What the backup had written stays in the store until a garbage collection at least [gc] grace_secs later removes it (`omesh gc --config FILE`); free space, or lower what is backed up, before the next one");
             } else {

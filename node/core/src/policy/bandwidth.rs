@@ -271,12 +271,6 @@ impl Plans {
 }
 
 impl Limiter {
-    /// Compile `[bandwidth]`; `None` when nothing is limited.
-    pub fn new(cfg: &BandwidthConfig) -> Result<Option<Limiter>, String> {
-        let l = Limiter::compile(cfg)?;
-        Ok(if l.plans().unlimited { None } else { Some(l) })
-    }
-
     /// Compile `[bandwidth]`, limited or not (a node that may reload it).
     pub fn compile(cfg: &BandwidthConfig) -> Result<Limiter, String> {
         Ok(Limiter { plans: std::sync::RwLock::new(Arc::new(Plans::compile(cfg)?)) })
@@ -408,14 +402,14 @@ mod tests {
             window: vec![w("22:00", "06:00", "unlimited")],
             peer: vec![PeerLimitConfig { name: "srv-c".into(), limit: Some(r("10 Mbit/s")), window: vec![] }],
         };
-        let l = Limiter::new(&cfg).unwrap().unwrap();
+        let l = Limiter::compile(&cfg).unwrap();
         // 21:30 UTC in November is 22:30 in Berlin: inside the window
         let night: Timestamp = "2026-11-25T21:30:00Z".parse().unwrap();
         let day: Timestamp = "2026-11-25T10:00:00Z".parse().unwrap();
         assert_eq!(l.rates_at("srv-b", night), (Rate(None), Rate(None)));
         assert_eq!(l.rates_at("srv-b", day), (Rate(Some(12_500_000)), Rate(None)));
         assert_eq!(l.rates_at("srv-c", night), (Rate(None), Rate(Some(1_250_000))));
-        assert!(Limiter::new(&BandwidthConfig::default()).unwrap().is_none());
+        assert!(Limiter::compile(&BandwidthConfig::default()).unwrap().reserve("srv-b", 1 << 30).is_none());
     }
 
     #[test]

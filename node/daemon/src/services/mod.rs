@@ -49,17 +49,11 @@ impl DaemonHandle {
                 Err(e) => rep.error = Some(format!("{e}; the settings in force stay")),
                 Ok(new) => {
                     let (live, restart) = rt.cfg.reload_diff(&new);
-                    for l in live {
-                        let r = match l.as_str() {
-                            "[bandwidth]" => match &rt.limiter {
-                                Some(lim) => lim.replace(&new.bandwidth),
-                                None => Err("no limiter".into()),
-                            },
-                            _ => Ok(()),
-                        };
-                        match r {
-                            Ok(()) => rep.applied.push(l),
-                            Err(e) => rep.error = Some(format!("{l}: {e}; the settings in force stay")),
+                    // (only [bandwidth] applies live)
+                    if !live.is_empty() {
+                        match rt.limiter.replace(&new.bandwidth) {
+                            Ok(()) => rep.applied = live,
+                            Err(e) => rep.error = Some(format!("[bandwidth]: {e}; the settings in force stay")),
                         }
                     }
                     rep.restart_needed = restart;

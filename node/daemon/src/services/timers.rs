@@ -309,8 +309,19 @@ pub async fn spawn(
         let addr = omesh_net::mesh::client::resolve(listen).await.map_err(err(true))?[0];
         let l = tokio::net::TcpListener::bind(addr).await.map_err(err(false))?;
         tracing::info!(%addr, "metrics endpoint listening");
+        // the gauges read at scrape time: what each store holds, and the
+        // residency policy's refusals
         let r = rt.clone();
-        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || r.refresh_metrics());
+        let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+            let m = &r.metrics;
+            for u in crate::views::status::local_usage(&r) {
+                let l = crate::metrics::label("source", &u.source);
+                m.store_bytes.get_or_create(&l).set(u.bytes as i64);
+                m.store_quota.get_or_create(&l).set(u.quota_bytes as i64);
+            }
+            let refused = r.residency.refusals.load(std::sync::atomic::Ordering::Relaxed);
+            m.residency_refusals.inc_by(refused.saturating_sub(m.residency_refusals.get()));
+        });
         tasks.spawn(crate::metrics::serve(l, rt.metrics.clone(), refresh, rt.inbound_check.clone(), cancel.clone()));
     }
     Ok(())

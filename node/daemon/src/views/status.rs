@@ -309,24 +309,10 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
             }),
         }
     }
-    let stores = rt.stores.clone();
-    let cfg = rt.cfg.clone();
-    let stored_here = tokio::task::spawn_blocking(move || {
-        stores
-            .source_names()
-            .into_iter()
-            .filter_map(|n| {
-                let s = stores.get(&n, false).ok()??;
-                Some(LocalUsage {
-                    bytes: s.store.bytes_stored().unwrap_or(0),
-                    snapshots: s.store.snapshot_ids().map(|v| v.len() as u64).unwrap_or(0),
-                    quota_bytes: cfg.quota_for(&n),
-                    source: n,
-                })
-            })
-            .collect::<Vec<_>>()
-    })
-    .await?;
+    let stored_here = {
+        let rt = rt.clone();
+        tokio::task::spawn_blocking(move || local_usage(&rt)).await?
+    };
     let snaps = snapshot_views(rt, me, &census).await?;
     let now = omesh_core::time::now();
     let ts = |ns: i64| (ns > 0).then(|| rfc3339(ns));
@@ -444,8 +430,27 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
     })
 }
 
+/// What each store on this node holds (its own and every replica store),
+/// with the quota in force for it. Blocking: opens the stores. Shown by
+/// `status` and exported as the `omesh_store_*` gauges.
+pub fn local_usage(rt: &NodeRuntime) -> Vec<LocalUsage> {
+    rt.stores
+        .source_names()
+        .into_iter()
+        .filter_map(|n| {
+            let s = rt.stores.get(&n, false).ok()??;
+            Some(LocalUsage {
+                bytes: s.store.bytes_stored().unwrap_or(0),
+                snapshots: s.store.snapshot_ids().map(|v| v.len() as u64).unwrap_or(0),
+                quota_bytes: rt.cfg.quota_for(&n),
+                source: n,
+            })
+        })
+        .collect()
+}
+
 fn bandwidth_view(rt: &NodeRuntime) -> BandwidthView {
-    let Some(l) = &rt.limiter else { return BandwidthView::default() };
+    let l = &rt.limiter;
     let now = omesh_core::time::now();
     let peers = rt
         .cfg
