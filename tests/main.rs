@@ -17,6 +17,7 @@ mod local_lifecycle;
 mod local_roundtrip;
 mod mesh_hostile;
 mod mesh_operator;
+mod mesh_reliability;
 mod mesh_replication;
 mod mesh_security;
 mod residency;

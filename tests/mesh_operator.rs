@@ -487,25 +487,13 @@ fn a_dead_node_is_replaced_on_the_survivors_and_its_replicas_move_to_the_new_one
     }
 }
 
-/// Unmounts on drop.
-struct Mounted(std::path::PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
 #[test]
 fn a_backup_that_fills_the_disk_is_logged_by_the_daemon_with_what_to_do() {
     let t = tempfile::tempdir().unwrap();
     let (site, _b) = pair(t.path());
     let a = site.node("srv-a");
     // srv-a's data directory on a 4 MiB file system
-    fs::create_dir_all(a.data()).unwrap();
-    let st = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "omesh-test"]).arg(a.data()).status().unwrap();
-    assert!(st.success());
-    let _m = Mounted(a.data());
+    let _m = crate::common::Mounted::tmpfs(&a.data(), "4m");
     let data = t.path().join("data");
     fs::create_dir_all(&data).unwrap();
     fs::write(data.join("big"), crate::common::tree::data(12 << 20, 1)).unwrap();

@@ -157,3 +157,32 @@ pub fn packs(store: &Path) -> Vec<PathBuf> {
 pub fn restored(target: &Path, src: &Path) -> PathBuf {
     target.join(src.strip_prefix("/").unwrap())
 }
+
+/// A tmpfs mounted for a test (as root), unmounted on drop.
+pub struct Mounted(PathBuf);
+
+impl Mounted {
+    /// Mount a tmpfs of `size` (mount(8)'s syntax: "4m") at `dir`.
+    pub fn tmpfs(dir: &Path, size: &str) -> Mounted {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "omesh-test"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mounting a tmpfs at {} (tests run as root)", dir.display());
+        Mounted(dir.to_path_buf())
+    }
+
+    /// Change its size (mount -o remount).
+    pub fn resize(&self, size: &str) {
+        let st = Command::new("mount").args(["-o", &format!("remount,size={size}")]).arg(&self.0).status().unwrap();
+        assert!(st.success(), "resizing the tmpfs at {}", self.0.display());
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

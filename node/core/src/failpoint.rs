@@ -10,6 +10,8 @@
 //! creates `PATH.reached` and waits until `PATH` exists, so a test can make
 //! the same process do something else at that instant (a garbage collection
 //! while a backup is between writing its data and committing its snapshot).
+//! `NAME:N:enospc` makes the N-th [`io_error`] at that point return "no
+//! space left on device" (a disk that fills in the middle of a write).
 //! Without the variable, [`hit`] is a relaxed atomic load; without the
 //! `failpoints` cargo feature (release builds) it compiles to nothing and
 //! the variable is ignored.
@@ -30,6 +32,7 @@ enum Action {
     Kill,
     Stop,
     Wait(PathBuf),
+    Enospc,
 }
 
 fn spec() -> &'static Option<(String, u64, Action)> {
@@ -37,6 +40,8 @@ fn spec() -> &'static Option<(String, u64, Action)> {
         let v = std::env::var("OMESH_FAILPOINT").ok()?;
         let (v, action) = if let Some(x) = v.strip_suffix(":stop") {
             (x.to_string(), Action::Stop)
+        } else if let Some(x) = v.strip_suffix(":enospc") {
+            (x.to_string(), Action::Enospc)
         } else if let Some((x, p)) = v.split_once(":wait=") {
             (x.to_string(), Action::Wait(p.into()))
         } else {
@@ -54,27 +59,68 @@ fn spec() -> &'static Option<(String, u64, Action)> {
 #[inline(always)]
 pub fn hit(_name: &'static str) {}
 
-/// Mark that execution reached point `name`.
+/// An I/O error to return at point `name`, when `OMESH_FAILPOINT` asks
+/// for one here (`NAME:N:enospc`); `None` otherwise (always, without the
+/// `failpoints` feature).
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn io_error(_name: &'static str) -> Option<std::io::Error> {
+    None
+}
+
+/// An I/O error to return at point `name` (`NAME:N:enospc`).
 #[cfg(feature = "failpoints")]
-pub fn hit(name: &'static str) {
+pub fn io_error(name: &'static str) -> Option<std::io::Error> {
+    match reached(name) {
+        Some(Action::Enospc) => {
+            eprintln!("omesh: failpoint {name} reached, failing the write with ENOSPC");
+            Some(std::io::Error::from_raw_os_error(rustix::io::Errno::NOSPC.raw_os_error()))
+        }
+        Some(other) => {
+            act(name, other);
+            None
+        }
+        None => None,
+    }
+}
+
+/// The action when this is the N-th time point `name` is reached.
+#[cfg(feature = "failpoints")]
+fn reached(name: &'static str) -> Option<Action> {
     if !ARMED.load(Ordering::Relaxed) {
-        return;
+        return None;
     }
     let Some((want, n, action)) = spec() else {
         ARMED.store(false, Ordering::Relaxed);
-        return;
+        return None;
     };
     if want != name {
-        return;
+        return None;
     }
     let mut g = COUNTS.lock().unwrap_or_else(|e| e.into_inner());
     let c = g.get_or_insert_with(HashMap::new).entry(name).or_insert(0);
     *c += 1;
-    if *c != *n {
-        return;
+    (*c == *n).then(|| action.clone())
+}
+
+/// Mark that execution reached point `name`.
+#[cfg(feature = "failpoints")]
+pub fn hit(name: &'static str) {
+    if let Some(action) = reached(name) {
+        act(name, action);
     }
-    drop(g);
+}
+
+#[cfg(feature = "failpoints")]
+fn act(name: &'static str, action: Action) {
+    let n = match spec() {
+        Some((_, n, _)) => *n,
+        None => 0,
+    };
     match action {
+        Action::Enospc => {
+            eprintln!("omesh: failpoint {name}:{n} is an I/O failure point only; {name} is not one");
+        }
         Action::Wait(p) => {
             eprintln!("omesh: failpoint {name}:{n} reached, waiting for {}", p.display());
             let mut reached = p.clone().into_os_string();

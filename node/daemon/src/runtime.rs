@@ -432,7 +432,15 @@ impl NodeRuntime {
             let mut r = probe().await;
             // a cached connection to a peer that restarted is dead without
             // knowing it yet: drop it and try once with a fresh one
-            if r.is_err() && self.conns.lock().await.remove(&p.name).is_some() {
+            // (the lock is released before the new attempt takes it)
+            let kept = if r.is_err() { self.conns.lock().await.remove(&p.name) } else { None };
+            if let (Err(e), Some(old)) = (&r, kept) {
+                if matches!(old.conn.close_reason(), Some(quinn::ConnectionError::Reset)) {
+                    // its stateless reset: the peer's process is new
+                    tracing::info!(peer = %p.name, "the peer restarted (it reset the old connection); connecting again");
+                } else {
+                    tracing::debug!(peer = %p.name, error = %e, "the kept connection failed; trying a new one");
+                }
                 r = probe().await;
             }
             let peer = crate::metrics::label("peer", &p.name);

@@ -96,21 +96,35 @@ impl PackWriter {
         // records of 256 KiB and more bypass the buffer (no extra copy)
         let mut w =
             PackWriter { out: BufWriter::with_capacity(256 << 10, file), tmp, hasher, len: 0, entries: Vec::new() };
-        w.write_raw(&PACK_MAGIC)?;
+        if let Err(e) = w.write_raw(&PACK_MAGIC) {
+            w.discard();
+            return Err(e);
+        }
         Ok(w)
     }
 
     fn write_raw(&mut self, b: &[u8]) -> io::Result<()> {
+        if let Some(e) = failpoint::io_error("pack.write") {
+            // a disk that fills in the middle of a record: part of it
+            // reaches the file
+            let _ = self.out.write_all(&b[..b.len() / 2]);
+            let _ = self.out.flush();
+            return Err(e);
+        }
         self.out.write_all(b)?;
         self.len += b.len() as u64;
         Ok(())
     }
 
     /// Append an encoded record whose seal is `seal`.
+    ///
+    /// After an error the pack is torn (part of the record may be in the
+    /// file, and its length and digest no longer describe the bytes): the
+    /// only thing left to do with it is [`PackWriter::discard`].
     pub fn append(&mut self, id: ObjectId, kind: ObjectKind, seal: Seal, record: &[u8]) -> io::Result<()> {
         let offset = self.len;
-        digest_record(&mut self.hasher, record);
         self.write_raw(record)?;
+        digest_record(&mut self.hasher, record);
         self.entries.push(PackEntry { id, kind, offset, len: record.len() as u32, seal });
         failpoint::hit("pack.append");
         Ok(())
@@ -127,20 +141,38 @@ impl PackWriter {
     }
 
     /// Make the pack durable under its final name in `store`.
+    /// On an error before the rename the temporary file is removed; after
+    /// it, the pack is in place but must not be indexed (its directory entry
+    /// may not be durable), so the caller treats its objects as not written
+    /// and GC removes it as an unindexed pack.
     pub fn finish(self, store: &Path) -> io::Result<PackInfo> {
         let PackWriter { out, tmp, hasher, len, entries } = self;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        drop(file);
+        let durable = (|| {
+            let file = out.into_inner().map_err(|e| e.into_error())?;
+            if let Some(e) = failpoint::io_error("pack.sync") {
+                return Err(e);
+            }
+            file.sync_all()
+        })();
+        if let Err(e) = durable {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         failpoint::hit("pack.before_rename");
         let hash: [u8; 32] = *hasher.finalize().as_bytes();
         let dest = pack_path(store, &hash);
         let dir = dest.parent().expect("pack path has a parent");
-        if !dir.exists() {
-            fs::create_dir_all(dir)?;
-            sync_dir(dir.parent().expect("packs dir"))?;
+        let placed = (|| {
+            if !dir.exists() {
+                fs::create_dir_all(dir)?;
+                sync_dir(dir.parent().expect("packs dir"))?;
+            }
+            fs::rename(&tmp, &dest)
+        })();
+        if let Err(e) = placed {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
         }
-        fs::rename(&tmp, &dest)?;
         sync_dir(dir)?;
         failpoint::hit("pack.after_rename");
         Ok(PackInfo { hash, size: len, entries })

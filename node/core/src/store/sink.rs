@@ -166,7 +166,13 @@ impl<S: std::ops::Deref<Target = Store>> PackSink<S> {
             self.current = Some(PackWriter::create(&tmp).map_err(StoreError::io("creating pack in", &tmp))?);
         }
         let w = self.current.as_mut().expect("just set");
-        w.append(id, kind, seal, record).map_err(StoreError::io("writing pack in", &tmp))?;
+        if let Err(e) = w.append(id, kind, seal, record) {
+            // the pack is torn: nothing in it may ever be indexed. Its
+            // objects are given back (not durable, so never promised to a
+            // peer); a later add starts a new pack
+            self.abandon();
+            return Err(StoreError::io("writing pack in", &tmp)(e));
+        }
         self.stats.objects += 1;
         self.stats.bytes += record.len() as u64;
         if w.len() >= self.store.config.packs.target_bytes {
@@ -184,15 +190,33 @@ impl<S: std::ops::Deref<Target = Store>> PackSink<S> {
             w.discard();
             return Ok(());
         }
-        let info =
-            w.finish(&self.store.dir).map_err(StoreError::io("finishing pack in", &self.store.dir.join("packs")))?;
-        self.store.index.add_pack(&info).map_err(|e| self.store.index_err(e))?;
-        let mut pending = self.store.pending.lock().expect("pending lock");
-        for e in &info.entries {
-            pending.remove(&e.id);
-        }
+        let ids = w.entry_ids();
+        let indexed = match w.finish(&self.store.dir) {
+            Ok(info) => self.store.index.add_pack(&info).map_err(|e| self.store.index_err(e)),
+            Err(e) => Err(StoreError::io("finishing pack in", &self.store.dir.join("packs"))(e)),
+        };
+        // indexed or not, these objects are no longer being written: on an
+        // error they are not stored, and a later write must store them again
+        self.release(&ids);
+        indexed?;
         self.stats.packs += 1;
         Ok(())
+    }
+
+    /// Drop the pack being written, giving back its objects' claims.
+    fn abandon(&mut self) {
+        if let Some(w) = self.current.take() {
+            let ids = w.entry_ids();
+            w.discard();
+            self.release(&ids);
+        }
+    }
+
+    fn release(&self, ids: &[ObjectId]) {
+        let mut pending = self.store.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for id in ids {
+            pending.remove(id);
+        }
     }
 
     /// Flush and return what was added.
@@ -214,20 +238,9 @@ impl<S: std::ops::Deref<Target = Store>> PackSink<S> {
 
 impl<S: std::ops::Deref<Target = Store>> Drop for PackSink<S> {
     fn drop(&mut self) {
-        if let Some(w) = self.current.take() {
-            // unfinished (error path): the objects were never indexed
-            let ids: Vec<ObjectId> = w_ids(&w);
-            w.discard();
-            let mut pending = self.store.pending.lock().unwrap_or_else(|e| e.into_inner());
-            for id in ids {
-                pending.remove(&id);
-            }
-        }
+        // unfinished (error path): the objects were never indexed
+        self.abandon();
     }
-}
-
-fn w_ids(w: &PackWriter) -> Vec<ObjectId> {
-    w.entry_ids()
 }
 
 #[cfg(test)]

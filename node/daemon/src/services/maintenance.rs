@@ -324,11 +324,16 @@ async fn heal(
         // recorded seal); with the key it must also decrypt to its id
         let expect: std::collections::HashMap<ObjectId, omesh_proto::Seal> =
             damaged.iter().filter(|d| d.what == DamageKind::Object).filter_map(|d| d.seal.map(|s| (d.id, s))).collect();
+        let mark = store.start_stream();
         if let Err(e) = sync::fetch_into(rt, store, source, &objects, &expect, &peers, keys.clone(), &mut got).await {
             tracing::warn!(%source, error = %e, "repair fetch failed");
         }
         let st = store.clone();
-        let _ = tokio::task::spawn_blocking(move || st.flush()).await;
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || st.finish_stream(mark)).await {
+            // nothing fetched is durable for sure: none counts as replaced
+            tracing::warn!(%source, error = %e, "repair write failed");
+            got.ids.clear();
+        }
         for id in objects {
             if got.ids.contains(&id) {
                 tracing::info!(%source, object = %id.short(), from = ?got.from, "damaged object replaced from a replica");

@@ -386,7 +386,7 @@ fn refused(e: WriteRefused, source: &str, node: &str) -> RepairError {
         WriteRefused::Quota { quota, .. } => {
             RepairError::Quota { source_name: source.into(), quota, node: node.into() }
         }
-        e @ WriteRefused::DiskFull { .. } => RepairError::DiskFull(e.to_string()),
+        e @ (WriteRefused::DiskFull { .. } | WriteRefused::Torn { .. }) => RepairError::DiskFull(e.to_string()),
     }
 }
 

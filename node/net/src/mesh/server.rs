@@ -579,6 +579,7 @@ async fn put_objects(
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(ObjectId, ObjectKind, omesh_proto::Seal, Vec<u8>, Held)>(8);
     let writer_store = store.clone();
     let writer = tokio::task::spawn_blocking(move || -> Result<u32, WriteRefused> {
+        let mark = writer_store.start_stream();
         let mut new = 0;
         while let Some((id, kind, seal, bytes, held)) = rx.blocking_recv() {
             if writer_store.write_record(id, kind, seal, &bytes, allow)? {
@@ -586,7 +587,8 @@ async fn put_objects(
             }
             drop((bytes, held));
         }
-        writer_store.flush()?;
+        // acknowledged only when durable and none of it was dropped
+        writer_store.finish_stream(mark)?;
         Ok(new)
     });
     let mut bytes = 0u64;
@@ -610,12 +612,13 @@ async fn put_objects(
     drop(tx);
     let new = match writer.await.map_err(internal)? {
         Ok(n) => n,
-        Err(e @ (WriteRefused::Quota { .. } | WriteRefused::DiskFull { .. })) => {
+        Err(e) if matches!(e, WriteRefused::Quota { .. }) || e.disk_full() => {
             let _ = recv.stop(0u32.into());
             let fix = match e {
                 WriteRefused::Quota { .. } => "raise `quota` for this peer there, or forget snapshots",
                 _ => "free space there, or lower its [storage] min_free",
             };
+            tracing::warn!(peer = %peer.name, %source, error = %e, "refused replicated records: {fix}");
             return Err(Fail::Respond(
                 ErrorCode::QuotaExceeded,
                 format!("{source} cannot store more on {}: {e}; {fix}", ctx.policy.node),
@@ -661,6 +664,7 @@ async fn put_snapshot(
     let allow = ctx.policy.allowance(source);
     let node = ctx.policy.node.clone();
     let new = blocking(move || {
+        omesh_core::failpoint::hit("replica.before_commit");
         let existing = store.store.snapshot_ids().map_err(internal)?;
         if existing.contains(&id) {
             let old = store.store.read_snapshot_record(&id).map_err(internal)?;

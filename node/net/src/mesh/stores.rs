@@ -47,6 +47,44 @@ pub enum WriteRefused {
         /// the store
         path: PathBuf,
     },
+    /// A write to the store failed while records of this stream were in
+    /// the pack being written: that pack was dropped, so they are not
+    /// stored (and must not be acknowledged).
+    #[error("a write to the store at {} failed ({why}); the records of this transfer that were not yet durable were dropped and must be sent again", path.display())]
+    Torn {
+        /// the store
+        path: PathBuf,
+        /// the failure
+        why: String,
+        /// whether it was the disk filling up (ENOSPC)
+        full: bool,
+    },
+}
+
+impl WriteRefused {
+    /// Whether the disk is full: a floor refusal, or ENOSPC anywhere down
+    /// the chain of causes of a failed write.
+    pub fn disk_full(&self) -> bool {
+        match self {
+            WriteRefused::DiskFull { .. } => true,
+            WriteRefused::Torn { full, .. } => *full,
+            WriteRefused::Store(e) => is_enospc(e),
+            WriteRefused::Quota { .. } => false,
+        }
+    }
+}
+
+const ENOSPC: i32 = 28;
+
+fn is_enospc(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(ENOSPC)) {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 /// The shared writer of a store and what the source uses there.
@@ -58,7 +96,29 @@ struct Writer {
     /// every admitted write adds to it, so parallel streams reserve from
     /// one account.
     used: Option<(u64, u64)>,
+    /// Failed writes so far, each of which dropped the pack being written
+    /// with whatever other streams had put in it, and the last failure.
+    torn: Torn,
 }
+
+/// The failed writes of a store's writer so far, and the last one.
+#[derive(Default)]
+struct Torn {
+    count: u64,
+    why: String,
+    full: bool,
+}
+
+impl Torn {
+    fn note(&mut self, e: &StoreError) {
+        *self = Torn { count: self.count + 1, why: e.to_string(), full: is_enospc(e) };
+    }
+}
+
+/// Where a stream of records started, to tell at its end whether a failed
+/// write dropped any of them ([`SourceStore::finish_stream`]).
+#[derive(Clone, Copy, Debug)]
+pub struct StreamMark(u64);
 
 /// One source's store on this node, with a shared writer for incoming
 /// replicas.
@@ -132,13 +192,37 @@ impl SourceStore {
             if g.sink.is_none() {
                 g.sink = Some(self.store.owned_sink()?);
             }
-            g.sink.as_mut().expect("set").add(id, kind, seal, bytes)?;
+            if let Err(e) = g.sink.as_mut().expect("set").add(id, kind, seal, bytes) {
+                // the sink dropped its pack: other streams' records in it
+                // went too, and their streams must not report them stored
+                g.torn.note(&e);
+                g.used = None;
+                return Err(e.into());
+            }
             Ok(())
         })();
         if r.is_err() {
             self.store.release_claim(&id);
         }
         r.map(|()| true)
+    }
+
+    /// Mark the start of a stream of records (before its first
+    /// [`SourceStore::write_record`]).
+    pub fn start_stream(&self) -> StreamMark {
+        StreamMark(self.writer().torn.count)
+    }
+
+    /// Make a stream's records durable, and fail when a write failure since
+    /// `mark` may have dropped some of them (blocking).
+    pub fn finish_stream(&self, mark: StreamMark) -> Result<(), WriteRefused> {
+        let _ = self.flush();
+        let g = self.writer();
+        if g.torn.count != mark.0 {
+            let (why, full) = (g.torn.why.clone(), g.torn.full);
+            return Err(WriteRefused::Torn { path: self.store.dir().to_path_buf(), why, full });
+        }
+        Ok(())
     }
 
     /// Admit a snapshot record of `n` bytes under `allow` (blocking),
@@ -151,8 +235,12 @@ impl SourceStore {
     /// Make everything written so far durable (blocking).
     pub fn flush(&self) -> Result<(), StoreError> {
         let mut g = self.writer();
-        if let Some(s) = g.sink.as_mut() {
-            s.flush()?;
+        if let Some(s) = g.sink.as_mut()
+            && let Err(e) = s.flush()
+        {
+            g.torn.note(&e);
+            g.used = None;
+            return Err(e);
         }
         Ok(())
     }

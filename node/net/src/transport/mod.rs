@@ -215,10 +215,43 @@ pub fn endpoint_filtered(
     if let Some(f) = filter {
         socket = Arc::new(filter::FilteredSocket::new(socket, f));
     }
-    let mut ep = quinn::Endpoint::new_with_abstract_socket(quinn::EndpointConfig::default(), server, socket, runtime)
-        .map_err(starting)?;
+    let (reset, cid_key) = restart_keys(tls);
+    let mut config = quinn::EndpointConfig::new(Arc::new(reset));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    let mut ep = quinn::Endpoint::new_with_abstract_socket(config, server, socket, runtime).map_err(starting)?;
     ep.set_default_client_config(client_config(tls, t)?);
     Ok(ep)
+}
+
+/// The keys of this node's QUIC stateless resets and of its connection
+/// ids, derived from its TLS private key (HKDF-SHA256) so they are the same
+/// after a restart: a peer still holding a connection to the previous
+/// process sends a packet whose connection id the new process recognises
+/// as its own and answers with a reset the peer can verify (RFC 9000
+/// §10.3), so the peer drops that connection at once and connects again
+/// instead of waiting out the idle timeout. With random keys per process
+/// (quinn's default) the new process drops such packets unanswered. Only
+/// the holder of the private key can derive either key.
+fn restart_keys(tls: &TlsMaterial) -> (ring::hmac::Key, u64) {
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"omesh QUIC restart keys");
+    let prk = salt.extract(tls.key().secret_der());
+    let okm =
+        prk.expand(&[b"stateless reset v1"], ring::hmac::HMAC_SHA256).expect("an HMAC key is a valid HKDF length");
+    let reset = ring::hmac::Key::from(okm);
+    let mut cid = [0u8; 8];
+    prk.expand(&[b"connection id v1"], CidKeyLen)
+        .and_then(|okm| okm.fill(&mut cid))
+        .expect("8 bytes are a valid HKDF length");
+    (reset, u64::from_le_bytes(cid))
+}
+
+/// HKDF output length of the connection-id key.
+struct CidKeyLen;
+
+impl ring::hkdf::KeyType for CidKeyLen {
+    fn len(&self) -> usize {
+        8
+    }
 }
 
 /// A framed-read failure, with the close code it maps to.
