@@ -115,3 +115,33 @@ fn a_record_altered_with_a_recomputed_check_is_refused_by_its_seal() {
     assert!(r.stderr.contains("altered after it was stored"), "{}", r.stderr);
     assert!(!restored(&target, &src).join("f").exists(), "an altered chunk was restored");
 }
+
+#[test]
+fn a_pack_whose_records_shifted_counts_every_object_it_can_no_longer_read() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        fs::write(src.join(format!("file{i:02}")), tree::data(30_000, 100 + i)).unwrap();
+    }
+    let store = t.path().join("store");
+    init_small(&store);
+    backup(&store, &[&src]);
+    // a torn write: bytes that belong to no record right after a pack's
+    // header, so every record of that pack is whole but sits past where the
+    // index places it
+    let (pack_path, _) = first_blob(&store);
+    let records = pack::scan(&pack_path, None, |_, _| {}).unwrap().entries.len();
+    assert!(records > 3, "a pack of {records} records tests little");
+    let mut bytes = fs::read(&pack_path).unwrap();
+    bytes.splice(pack::PACK_MAGIC.len()..pack::PACK_MAGIC.len(), *b"torn");
+    fs::write(&pack_path, &bytes).unwrap();
+    let v = omesh(["verify", "--store", s(&store), "--read-data", "--json"]).code(4).json();
+    let damaged = v["damaged_objects"].as_array().unwrap();
+    let ids: std::collections::HashSet<&str> =
+        damaged.iter().filter_map(|d| d["id"].as_str()).filter(|i| !i.is_empty()).collect();
+    assert_eq!(ids.len(), records, "every record of the pack is unreadable where the index says: {v}");
+    let reason =
+        damaged.iter().find(|d| !d["id"].as_str().unwrap_or("").is_empty()).unwrap()["reason"].as_str().unwrap();
+    assert!(reason.contains("where the index places it"), "{reason}");
+}

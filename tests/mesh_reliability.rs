@@ -110,3 +110,49 @@ fn a_peer_killed_and_restarted_takes_the_next_backup_through_the_source_daemon()
     let l = fs::read_to_string(&log).unwrap();
     assert!(l.contains("the peer restarted"), "srv-a never learnt that srv-b restarted:\n{l}");
 }
+
+#[test]
+fn a_peer_that_collects_garbage_during_a_push_still_gets_the_whole_snapshot_in_the_same_run() {
+    let t = tempfile::tempdir().unwrap();
+    // srv-b removes what no snapshot references as soon as it sees it
+    let site = pair(t.path(), "[gc]\ngrace_secs = 0\n");
+    let data = t.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    for f in 0..4u64 {
+        fs::write(data.join(format!("f{f}")), tree::data(1 << 20, 40 + f)).unwrap();
+    }
+    let release = t.path().join("release");
+    let _b = site.start_with_env(
+        "srv-b",
+        &[("OMESH_FAILPOINT", &format!("replica.before_commit:1:wait={}", release.display()))],
+    );
+    // the push stops on srv-b just before it commits the snapshot: its
+    // objects are there, referenced by nothing yet
+    let push =
+        site.command("srv-a", &["backup", "--json", s(&data)]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let reached = t.path().join("release.reached");
+    let start = std::time::Instant::now();
+    while !reached.exists() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "the push never reached srv-b's commit");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // two collections on srv-b (one finds the objects unreferenced, the
+    // next removes them)
+    let mut removed = 0;
+    for _ in 0..2 {
+        let g = site.omesh("srv-b", &["gc", "--json"]).ok().json();
+        removed += g["stores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["swept"].as_u64().unwrap_or(0) + s["trash_freed"].as_u64().unwrap_or(0))
+            .sum::<u64>();
+    }
+    assert!(removed > 0, "srv-b's collections removed nothing, so the test tests nothing");
+    fs::write(&release, b"").unwrap();
+    let out = push.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["protected"], true, "the source did not send again what srv-b lost: {r}");
+    b_holds_a_readable_replica(&site, &data, &t.path().join("restore"));
+}

@@ -73,13 +73,24 @@ pub fn run(store: &Store, read_data: bool, mut progress: impl FnMut(u64)) -> Res
     let keys = store.keys().ok().cloned();
 
     // packs: existence always, content with read_data
-    let indexed: HashSet<[u8; 32]> = store.pack_files()?.into_iter().collect();
+    let on_disk: HashSet<[u8; 32]> = store.pack_files()?.into_iter().collect();
     if read_data {
-        for hash in &indexed {
+        let seqs: HashMap<[u8; 32], u64> = store.index_packs()?.into_iter().map(|(seq, h, _)| (h, seq)).collect();
+        let per_pack = store.objects_per_pack()?;
+        for hash in &on_disk {
             let path = pack::pack_path(store.dir(), hash);
+            let seq = seqs.get(hash).copied();
             let mut objs = 0u64;
+            // offsets where a record is exactly what the index says is there
+            let mut confirmed: HashSet<u64> = HashSet::new();
             let res = pack::scan(&path, Some(hash), |e, raw| {
                 objs += 1;
+                if let Some(seq) = seq
+                    && let Ok(Some((_, l))) = store.locate(&e.id)
+                    && (l.pack, l.offset, l.len, l.seal) == (seq, e.offset, e.len, e.seal)
+                {
+                    confirmed.insert(e.offset);
+                }
                 if let Some(k) = &keys
                     && let Err(reason) = open_record(k, raw, &e.id, e.kind)
                 {
@@ -101,6 +112,28 @@ pub fn run(store: &Store, read_data: bool, mut progress: impl FnMut(u64)) -> Res
                     location: format!("{} at offset {}", path.display(), p.offset),
                     reason: p.reason.clone(),
                 });
+            }
+            // every object the index places in this pack must be a valid
+            // record at exactly its offset: a pack whose records shifted (a
+            // torn write) scans as valid records at the wrong places
+            if let Some(seq) = seq
+                && (confirmed.len() as u64) < per_pack.get(&seq).copied().unwrap_or(0)
+            {
+                for (id, l) in store.objects_in_pack(seq)? {
+                    if confirmed.contains(&l.offset) || bad.contains_key(&id) {
+                        continue;
+                    }
+                    let reason = format!(
+                        "no valid record of it where the index places it ({} bytes at offset {})",
+                        l.len, l.offset
+                    );
+                    bad.insert(id, reason.clone());
+                    rep.damaged_objects.push(DamagedObject {
+                        id: id.to_hex(),
+                        location: format!("{} at offset {}", path.display(), l.offset),
+                        reason,
+                    });
+                }
             }
             if !res.hash_ok
                 && res.problems.is_empty()

@@ -5,7 +5,7 @@ use super::atomic::write_atomic;
 use super::config::{self, CONFIG_FILE, STORE_VERSION, StoreConfig};
 use super::error::{Result, StoreError};
 use super::hooks::{CondemnedSet, GcHooks, Session};
-use super::index::{self, Index};
+use super::index::{self, Index, Location};
 use super::pack::{self, PackEntry, sync_dir};
 use crate::crypto::{Keys, Secret};
 use crate::keyfile::KeyFile;
@@ -319,8 +319,29 @@ impl Store {
         StoreError::Index { path: self.dir.join("index.redb"), reason: e.0 }
     }
 
-    pub(super) fn index_packs(&self) -> Result<Vec<(u64, [u8; 32], u64)>> {
+    /// The packs the index knows: (sequence number, hash, size).
+    pub fn index_packs(&self) -> Result<Vec<(u64, [u8; 32], u64)>> {
         self.index.packs().map_err(|e| self.index_err(e))
+    }
+
+    /// How many objects the index places in each pack (by sequence number).
+    pub fn objects_per_pack(&self) -> Result<HashMap<u64, u64>> {
+        let mut out = HashMap::new();
+        self.index.for_each_object(|_, l| *out.entry(l.pack).or_insert(0) += 1).map_err(|e| self.index_err(e))?;
+        Ok(out)
+    }
+
+    /// Every object the index places in pack `seq`, with its location.
+    pub fn objects_in_pack(&self, seq: u64) -> Result<Vec<(ObjectId, Location)>> {
+        let mut out = Vec::new();
+        self.index
+            .for_each_object(|id, l| {
+                if l.pack == seq {
+                    out.push((id, l))
+                }
+            })
+            .map_err(|e| self.index_err(e))?;
+        Ok(out)
     }
 
     /// Hashes of all pack files on disk.

@@ -9,8 +9,9 @@
 //!    each batch only when its records are verified and durable.
 //! 3. Commit the snapshot record. The peer checks the whole graph is
 //!    present; if discovery assumed too much (a tree present without all of
-//!    its subtree, e.g. after an interrupted upload) it answers Incomplete
-//!    and we fall back to a full `Have` pass over every object.
+//!    its subtree, e.g. after an interrupted upload), or lost objects since
+//!    (its GC, a failed write), it answers Incomplete and we fall back to a
+//!    full `Have` pass over every object, up to three times.
 
 use super::PeerCounters;
 use super::client::{ClientError, PeerConn};
@@ -202,17 +203,27 @@ pub async fn push_snapshot(
     let (_, roots) = omesh_proto::record::links_of(&record).map_err(|e| ReplicateError::Internal(e.to_string()))?;
     let plan = discover(conn, &store, source, roots.clone(), true).await?;
     let mut sent = send_plan(conn, &store, source, plan, opts, &counters).await?;
-    match conn.put_snapshot(source, &record).await {
-        Ok(_) => Ok(sent),
-        Err(ClientError::Remote { code: ErrorCode::Incomplete, missing, .. }) => {
-            tracing::info!(peer = %conn.name, missing = missing.len(), "peer holds partial subtrees; checking every object");
-            let plan = discover(conn, &store, source, roots, false).await?;
-            let more = send_plan(conn, &store, source, plan, opts, &counters).await?;
-            sent.0 += more.0;
-            sent.1 += more.1;
-            conn.put_snapshot(source, &record).await?;
-            Ok(sent)
+    // the peer may lack what discovery assumed (a partial subtree after an
+    // interrupted upload), or lose objects between its answers and the
+    // commit (its garbage collection, a failed write that dropped a pack):
+    // each time, every object is checked again and what is missing sent
+    let mut round = 0;
+    loop {
+        match conn.put_snapshot(source, &record).await {
+            Ok(_) => return Ok(sent),
+            Err(ClientError::Remote { code: ErrorCode::Incomplete, missing, .. }) if round < INCOMPLETE_ROUNDS => {
+                round += 1;
+                tracing::info!(peer = %conn.name, missing = missing.len(), round, "the peer lacks objects of the snapshot; checking every object and sending what it lacks");
+                let plan = discover(conn, &store, source, roots.clone(), false).await?;
+                let more = send_plan(conn, &store, source, plan, opts, &counters).await?;
+                sent.0 += more.0;
+                sent.1 += more.1;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => Err(e.into()),
     }
 }
+
+/// How many times a commit the peer answers `Incomplete` is followed by a
+/// full pass and a new commit before the push fails.
+const INCOMPLETE_ROUNDS: u32 = 3;
