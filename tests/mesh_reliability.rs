@@ -156,3 +156,44 @@ fn a_peer_that_collects_garbage_during_a_push_still_gets_the_whole_snapshot_in_t
     assert_eq!(r["protected"], true, "the source did not send again what srv-b lost: {r}");
     b_holds_a_readable_replica(&site, &data, &t.path().join("restore"));
 }
+
+#[test]
+fn a_frozen_daemon_gets_an_answer_that_names_it_not_a_hang() {
+    let t = tempfile::tempdir().unwrap();
+    let site = pair(t.path(), "");
+    let _b = site.start("srv-b");
+    let data = t.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), tree::data(1 << 20, 5)).unwrap();
+    // the daemon stops itself in the middle of a collection
+    let mut a = site.start_with_env("srv-a", &[("OMESH_FAILPOINT", "gc.mark_batch:1:stop")]);
+    site.omesh("srv-a", &["backup", s(&data)]).ok();
+    let r = site.omesh("srv-a", &["gc"]);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.stderr.contains("sent nothing for 20 s") && r.stderr.contains("control.sock"), "{}", r.stderr);
+    // and a daemon already stopped when a command starts: the command does
+    // not run beside it (it holds the stores), and says why
+    let r = site.omesh("srv-a", &["status"]);
+    assert_eq!(r.code, 5, "{r:?}");
+    assert!(r.stderr.contains("did not answer within 5 s"), "{}", r.stderr);
+    a.kill();
+}
+
+#[test]
+fn a_restore_from_a_frozen_peer_names_the_peer_and_why() {
+    let t = tempfile::tempdir().unwrap();
+    let site = pair(t.path(), "");
+    let mut b = site.start("srv-b");
+    let data = t.path().join("data");
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("f"), tree::data(1 << 20, 6)).unwrap();
+    site.omesh("srv-a", &["backup", s(&data)]).ok();
+    let st = std::process::Command::new("kill").args(["-STOP", &b.pid().to_string()]).status().unwrap();
+    assert!(st.success());
+    let target = t.path().join("r");
+    let r = site.omesh("srv-a", &["restore", "latest", "--from", "srv-b", "--target", s(&target)]);
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("no snapshots of srv-a are reachable; could not ask srv-b: "), "{}", r.stderr);
+    assert!(!target.exists(), "nothing may be written");
+    b.kill();
+}

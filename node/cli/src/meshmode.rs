@@ -100,12 +100,23 @@ pub async fn ask_daemon(
     req: &ControlRequest,
     progress: impl FnMut(&control::BackupProgress),
 ) -> Option<Result<ControlResponse, CliError>> {
-    if !control::daemon_running(sock).await {
-        return None;
+    match control::daemon_at(sock).await {
+        control::DaemonAt::None => return None,
+        control::DaemonAt::Answering => {}
+        // it holds the stores: running in this process beside it would
+        // only find them locked, or worse
+        control::DaemonAt::Silent => {
+            return Some(Err(CliError::busy(format!(
+                "the daemon on {} accepted the connection but did not answer within {} s: it is stopped (SIGSTOP) or wedged; it still holds the stores, so this command does not run without it. Check `systemctl status omesh` and `journalctl -u omesh`; `systemctl restart omesh` if it does not recover",
+                sock.display(),
+                control::PING_TIMEOUT.as_secs()
+            ))));
+        }
     }
     Some(match control::call(sock, req, progress).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(r)) => Err(reply_err(r)),
+        Err(e) if e.kind() == std::io::ErrorKind::TimedOut => Err(CliError::busy(e.to_string())),
         Err(e) => Err(CliError::failed(format!("daemon at {}: {e}", sock.display()))),
     })
 }

@@ -62,6 +62,10 @@ impl CliError {
     pub fn failed(msg: impl Into<String>) -> Self {
         CliError { code: ExitCode::Failed, err: anyhow::anyhow!(msg.into()) }
     }
+    /// Another process holds what the command needs (and does not answer).
+    pub fn busy(msg: impl Into<String>) -> Self {
+        CliError { code: ExitCode::Busy, err: anyhow::anyhow!(msg.into()) }
+    }
 }
 
 impl From<StoreError> for CliError {

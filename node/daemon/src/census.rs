@@ -90,6 +90,8 @@ pub struct Census {
     /// Targets that could not be asked (unreachable, or their listing
     /// failed).
     pub unreachable: Vec<String>,
+    /// Why each of [`Census::unreachable`] could not be asked.
+    pub why_unreachable: Vec<(String, String)>,
     /// Every target asked, with its probe.
     pub probes: Vec<Probe>,
     /// The source's store opened read-only ([`Local::ReadOnly`]).
@@ -100,6 +102,11 @@ pub struct Census {
 }
 
 impl Census {
+    /// "NAME: why; NAME: why" of the targets that could not be asked.
+    pub fn unreachable_summary(&self) -> String {
+        self.why_unreachable.iter().map(|(n, e)| format!("{n}: {e}")).collect::<Vec<_>>().join("; ")
+    }
+
     /// Gather the census for `opts` from `rt`'s view of the mesh.
     pub async fn gather(rt: &NodeRuntime, opts: &CensusOptions) -> Census {
         let me = rt.cfg.name.clone();
@@ -118,6 +125,10 @@ impl Census {
             snapshots: BTreeMap::new(),
             listed: HashSet::new(),
             unreachable: probes.iter().filter(|p| p.result.is_err()).map(|p| p.name.clone()).collect(),
+            why_unreachable: probes
+                .iter()
+                .filter_map(|p| p.result.as_ref().err().map(|e| (p.name.clone(), e.clone())))
+                .collect(),
             probes,
             local_store: None,
             failed_checks: Default::default(),
@@ -196,6 +207,7 @@ impl Census {
             Err(e) => {
                 tracing::warn!(target = %t.name(), error = %e, "cannot list the snapshots it holds; its replicas are not counted");
                 self.unreachable.push(t.name().to_string());
+                self.why_unreachable.push((t.name().to_string(), e.to_string()));
             }
         }
     }

@@ -89,8 +89,14 @@ pub enum NodeError {
         config: PathBuf,
     },
     /// No snapshot of the source is reachable at all.
-    #[error("no snapshots of this source are reachable")]
-    NoSnapshots,
+    #[error("no snapshots of {source_name} are reachable{}", if unreachable.is_empty() { String::new() } else { format!("; could not ask {unreachable}") })]
+    NoSnapshots {
+        /// the source
+        source_name: String,
+        /// the targets that could not be asked, and why ("" when every
+        /// target answered and none holds one)
+        unreachable: String,
+    },
     /// No reachable snapshot matches a spec.
     #[error("no reachable snapshot matches {0:?}; list them with `omesh snapshots --config FILE [--source NODE]`")]
     NoMatch(String),

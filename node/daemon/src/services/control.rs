@@ -30,6 +30,14 @@ use tokio_util::sync::CancellationToken;
 /// How long the CLI waits for the daemon to answer a liveness check.
 pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// While it works on a request the daemon sends a line at least this often
+/// (progress, or [`ControlReply::Alive`]).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// A daemon that sends nothing for this long in the middle of a request is
+/// taken as frozen: the CLI stops waiting and says so.
+pub const SILENCE_LIMIT: Duration = Duration::from_secs(20);
+
 /// A request to the daemon.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -206,6 +214,9 @@ pub enum ControlResponse {
 pub enum ControlReply {
     /// Progress counters of a backup.
     Progress(BackupProgress),
+    /// Still working (sent every [`HEARTBEAT`] while there is nothing else
+    /// to say).
+    Alive,
     /// Final result.
     Done(ControlResponse),
     /// Failure, with its class (the CLI's exit code).
@@ -297,7 +308,26 @@ async fn handle(s: UnixStream, rt: Arc<NodeRuntime>, cancel: CancellationToken) 
         },
         _ => return,
     };
-    let reply = match answer(req, &rt, &mut w, &cancel).await {
+    // the work, with its progress and a heartbeat going out meanwhile: the
+    // CLI can tell a daemon that works from one that is frozen
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<BackupProgress>(4);
+    let work = answer(req, &rt, tx, &cancel);
+    tokio::pin!(work);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+    let result = loop {
+        tokio::select! {
+            r = &mut work => break r,
+            Some(p) = rx.recv() => {
+                // the CLI may have gone away; the work continues
+                let _ = send(&mut w, &ControlReply::Progress(p)).await;
+                beat.reset();
+            }
+            _ = beat.tick() => {
+                let _ = send(&mut w, &ControlReply::Alive).await;
+            }
+        }
+    };
+    let reply = match result {
         Ok(r) => ControlReply::Done(r),
         Err(e) => ControlReply::Error { class: e.class, message: e.message },
     };
@@ -307,7 +337,7 @@ async fn handle(s: UnixStream, rt: Arc<NodeRuntime>, cancel: CancellationToken) 
 async fn answer(
     req: ControlRequest,
     rt: &Arc<NodeRuntime>,
-    w: &mut tokio::net::unix::OwnedWriteHalf,
+    progress_out: tokio::sync::mpsc::Sender<BackupProgress>,
     cancel: &CancellationToken,
 ) -> Result<ControlResponse, Refused> {
     Ok(match req {
@@ -362,8 +392,8 @@ async fn answer(
                                 .collect(),
                             current: progress.current(),
                         };
-                        // the CLI may have gone away; the backup continues
-                        let _ = send(w, &ControlReply::Progress(p)).await;
+                        // a frame the writer has no room for is skipped
+                        let _ = progress_out.try_send(p);
                     }
                     _ = cancel.cancelled() => {
                         return Err(Refused { class: ErrorClass::Failed, message: "the daemon is shutting down".into() });
@@ -402,33 +432,65 @@ async fn answer(
     })
 }
 
+/// Whether a daemon is there on `path`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DaemonAt {
+    /// None: no socket, or nothing listening on it.
+    None,
+    /// One answered a ping.
+    Answering,
+    /// Something accepted the connection but did not answer within
+    /// [`PING_TIMEOUT`]: a stopped (SIGSTOP) or wedged daemon, which still
+    /// holds the stores.
+    Silent,
+}
+
+/// Whether a daemon answers on `path` (within [`PING_TIMEOUT`]).
+pub async fn daemon_at(path: &Path) -> DaemonAt {
+    if !path.exists() {
+        return DaemonAt::None;
+    }
+    match tokio::time::timeout(PING_TIMEOUT, call(path, &ControlRequest::Ping, |_| {})).await {
+        Ok(Ok(Ok(ControlResponse::Pong { .. }))) => DaemonAt::Answering,
+        Err(_) => DaemonAt::Silent,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::TimedOut => DaemonAt::Silent,
+        Ok(_) => DaemonAt::None,
+    }
+}
+
 /// Whether a daemon answers on `path` (within [`PING_TIMEOUT`]).
 pub async fn daemon_running(path: &Path) -> bool {
-    if !path.exists() {
-        return false;
-    }
-    matches!(
-        tokio::time::timeout(PING_TIMEOUT, call(path, &ControlRequest::Ping, |_| {})).await,
-        Ok(Ok(Ok(ControlResponse::Pong { .. })))
-    )
+    daemon_at(path).await == DaemonAt::Answering
 }
 
 /// Send a request and wait for its result; `progress` sees progress lines.
-/// Outer error: cannot talk to the daemon; inner error: it refused.
+/// Outer error: cannot talk to the daemon, or it went silent for
+/// [`SILENCE_LIMIT`] (`TimedOut`); inner error: it refused.
 pub async fn call(
     path: &Path,
     req: &ControlRequest,
     mut progress: impl FnMut(&BackupProgress),
 ) -> std::io::Result<Result<ControlResponse, Refused>> {
-    let s = UnixStream::connect(path).await?;
+    let silent = || {
+        std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the daemon on {} sent nothing for {} s: it is stopped or wedged (`systemctl status omesh`, `journalctl -u omesh`); what it was asked may still finish there",
+                path.display(),
+                SILENCE_LIMIT.as_secs()
+            ),
+        )
+    };
+    let s = tokio::time::timeout(SILENCE_LIMIT, UnixStream::connect(path)).await.map_err(|_| silent())??;
     let (r, mut w) = s.into_split();
     let mut line = serde_json::to_vec(req).expect("control requests serialize");
     line.push(b'\n');
-    w.write_all(&line).await?;
+    tokio::time::timeout(SILENCE_LIMIT, w.write_all(&line)).await.map_err(|_| silent())??;
     let mut lines = BufReader::new(r).lines();
-    while let Some(l) = lines.next_line().await? {
+    while let Some(l) = tokio::time::timeout(SILENCE_LIMIT, lines.next_line()).await.map_err(|_| silent())?? {
         match serde_json::from_str::<ControlReply>(&l) {
             Ok(ControlReply::Progress(p)) => progress(&p),
+            Ok(ControlReply::Alive) => {}
             Ok(ControlReply::Done(v)) => return Ok(Ok(v)),
             Ok(ControlReply::Error { class, message }) => return Ok(Err(Refused { class, message })),
             Err(e) => return Err(std::io::Error::other(format!("bad reply from daemon: {e}"))),

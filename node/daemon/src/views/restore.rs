@@ -77,6 +77,12 @@ pub async fn prepare_restore(
             }
         }
     }
+    if records.is_empty() {
+        return Err(NodeError::NoSnapshots {
+            source_name: source.to_string(),
+            unreachable: census.unreachable_summary(),
+        });
+    }
     let id = resolve(&records, spec)?;
     let holders = census.snapshots.get(&(source.to_string(), id)).map(|h| &h.holders);
     let mut replicas = Vec::new();
@@ -98,10 +104,8 @@ pub async fn prepare_restore(
     Ok((id, src))
 }
 
+/// The snapshot `spec` names among `records` (not empty).
 fn resolve(records: &HashMap<ObjectId, SnapshotRecord>, spec: &str) -> Result<ObjectId, NodeError> {
-    if records.is_empty() {
-        return Err(NodeError::NoSnapshots);
-    }
     if spec == "latest" {
         return Ok(*records.iter().max_by_key(|(id, r)| (r.start_ns, **id)).expect("non-empty").0);
     }
