@@ -99,7 +99,7 @@ fn backup_replication_and_restore_never_touch_the_service_link() {
     let target = t.path().join("r");
     site.omesh("srv-3", &["restore", "latest", "--source", "srv-1", "--target", s(&target)]).ok();
     tree::assert_same(&src, &restored(&target, &src));
-    let rep = site.omesh("srv-1", &["residency", "report", "--json"]).ok().json();
+    let rep = site.omesh("srv-1", &["residency", "report", "--json"]).ok().json_list();
     let dests: Vec<String> =
         rep[0]["destinations"].as_array().unwrap().iter().map(|d| d["node"].as_str().unwrap().to_string()).collect();
     assert_eq!(dests.len(), 2, "{rep}");

@@ -323,7 +323,7 @@ fn a_scheduled_backup_runs_and_status_and_metrics_report_it() {
     assert_eq!(p["rpo_met"], true, "{st}");
     assert!(p["achieved_rpo_secs"].as_u64().unwrap() < 600, "{st}");
     // the snapshot is tagged with its schedule
-    let list = site.omesh("a", &["snapshots", "--json"]).ok().json();
+    let list = site.omesh("a", &["snapshots", "--json"]).ok().json_list();
     assert_eq!(list.as_array().unwrap().len(), 1);
 
     // Prometheus endpoint
@@ -390,7 +390,7 @@ fn a_snapshot_left_on_the_server_alone_does_not_meet_the_rpo() {
     fs::remove_dir_all(site.node("b").data().join("sources").join("a")).unwrap();
     let _b = site.start("b");
     // b answers and does not list it: the acknowledgement no longer counts
-    let list = site.omesh("a", &["snapshots", "--json"]).ok().json();
+    let list = site.omesh("a", &["snapshots", "--json"]).ok().json_list();
     let e = list.as_array().unwrap().iter().find(|x| x["id"] == snap.as_str()).unwrap().clone();
     assert_eq!(e["replica_count"], 0, "{e}");
     assert_eq!(e["fully_replicated"], false, "{e}");

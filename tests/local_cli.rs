@@ -26,10 +26,10 @@ fn usage_errors_and_json_shapes() {
         assert!(b.get(k).is_some(), "backup --json lacks {k}: {b}");
     }
     let id = b["snapshot"].as_str().unwrap().to_string();
-    let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
+    let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list();
     assert_eq!(snaps[0]["id"], id.as_str());
     // prefix resolution, latest, not found
-    let ls = omesh(["ls", "--store", s(&store), &id[..6], "--json"]).ok().json();
+    let ls = omesh(["ls", "--store", s(&store), &id[..6], "--json"]).ok().json_list();
     assert!(ls.as_array().unwrap().iter().any(|e| e["path"].as_str().unwrap().ends_with("/src/f")));
     omesh(["ls", "--store", s(&store), "latest", &format!("{}", src.display())]).ok();
     omesh(["ls", "--store", s(&store), "ffffffff"]).code(2);
@@ -74,7 +74,7 @@ fn unreadable_files_and_dirs_are_reported_with_exit_code_3() {
     let ls =
         common::cmd().args(["ls", "--store", s(&store), "latest", "--json"]).uid(nobody).gid(nobody).output().unwrap();
     let ls: common::Run = ls.into();
-    let ls = ls.ok().json();
+    let ls = ls.ok().json_list();
     let entries = ls.as_array().unwrap();
     let find = |n: &str| {
         entries
@@ -225,4 +225,25 @@ fn store_in_use_is_reported_as_busy() {
     assert!(r.stderr.contains(&pid), "{}", r.stderr);
     // readers still work beside the writer
     omesh(["snapshots", "--store", s(&store)]).ok();
+}
+
+#[test]
+fn a_local_backup_that_fills_the_disk_blames_the_disk_and_leaves_a_store_that_verifies() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("disk");
+    let _m = common::Mounted::tmpfs(&disk, "4m");
+    let store = disk.join("store");
+    init_small(&store);
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("big"), tree::data(12 << 20, 3)).unwrap();
+    let r = omesh(["backup", "--store", s(&store), s(&src)]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("No space left"), "{}", r.stderr);
+    // the file was readable: it is not what failed
+    assert!(!r.stderr.contains("cannot read"), "{}", r.stderr);
+    // the pack being written was dropped, not left half-written
+    let tmp: Vec<_> = fs::read_dir(store.join("tmp")).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
+    omesh(["verify", "--store", s(&store), "--read-data"]).ok();
 }

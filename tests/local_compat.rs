@@ -19,7 +19,7 @@ fn fixture_copy(dir: &std::path::Path) -> std::path::PathBuf {
 fn reads_a_format_v1_store() {
     let t = tempfile::tempdir().unwrap();
     let store = fixture_copy(t.path());
-    let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
+    let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list();
     assert_eq!(snaps.as_array().unwrap().len(), 1);
     assert_eq!(snaps[0]["source"], "fixture-v1");
     assert_eq!(snaps[0]["paths"][0], "/tmp/fx/data");

@@ -69,7 +69,7 @@ fn sigkill_at_twenty_plus_points_never_corrupts_and_resumes() {
         // whatever instant it died at, the store verifies
         omesh(["verify", "--store", s(&store), "--read-data", "--json"]).ok();
         let durable = store_bytes(&store);
-        let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
+        let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list();
         let expect_snap = *name == "snapshot.after_write";
         assert_eq!(
             snaps.as_array().unwrap().len(),

@@ -47,7 +47,7 @@ fn image_file_round_trip_sparse_and_incremental() {
     let b = omesh(["backup", "--store", s(&store), "--image", s(&src), "--json"]).ok().json();
     assert_eq!(b["bytes"].as_u64().unwrap(), 32 * MIB);
     assert!(b["bytes_added"].as_u64().unwrap() < 6 * MIB, "zero blocks were stored: {b}");
-    let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
+    let snaps = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list();
     assert_eq!(snaps[0]["kind"], "image");
 
     let out = t.path().join("restored.img");

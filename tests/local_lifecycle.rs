@@ -38,7 +38,7 @@ fn forget_then_gc_reclaims_space_and_keeps_what_is_kept() {
     let old = items.iter().find(|i| i["id"] == snaps[0].as_str()).unwrap();
     assert_eq!(old["keep"], false);
     assert_eq!(old["reasons"][0], "no rule keeps it");
-    let list = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
+    let list = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list();
     assert_eq!(list.as_array().unwrap().len(), 3, "a dry run removed something");
 
     // a lock keeps young snapshots whatever the rules say
@@ -46,7 +46,7 @@ fn forget_then_gc_reclaims_space_and_keeps_what_is_kept() {
     assert_eq!(locked["forgotten"], 0, "{locked}");
 
     omesh(["forget", "--store", s(&store), "--keep-last", "1", "--json"]).ok();
-    let list = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json();
+    let list = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list();
     assert_eq!(list.as_array().unwrap().len(), 1);
     assert_eq!(store_bytes(&store), before, "forget alone removes no data");
 

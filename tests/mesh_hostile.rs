@@ -405,7 +405,7 @@ fn a_peer_that_never_answers_or_pages_forever_cannot_hang_anyone() {
         // listings and status finish, naming the peer that failed
         let sync = site.omesh("srv-c", &["sync", "--json"]).ok().json();
         assert_eq!(sync["unreachable"], serde_json::json!(["srv-b"]), "{sync}");
-        let list = site.omesh("srv-c", &["snapshots", "--json"]).ok().json();
+        let list = site.omesh("srv-c", &["snapshots", "--json"]).ok().json_list();
         assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
         site.omesh("srv-c", &["status", "--json"]).ok();
         // and a restore goes to the honest holder
@@ -633,7 +633,7 @@ fn a_peer_serving_a_rewritten_chunk_fails_its_holding_check_and_stops_counting()
     assert_eq!(check["ok"], false, "{sync}");
     assert!(check["detail"].as_str().unwrap().contains("does not return"), "{sync}");
     // srv-b no longer counts: listing, status and the next backup say so
-    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
+    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json_list();
     let first = &snaps[0];
     assert_eq!(first["replica_count"], 0, "{snaps}");
     assert!(first["replicas"][0]["failed_check"].is_string(), "{snaps}");

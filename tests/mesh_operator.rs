@@ -80,7 +80,7 @@ fn a_path_the_daemon_sees_differently_is_refused_and_nothing_is_stored() {
     assert!(r.stderr.contains("mount namespace"), "the error does not say why: {}", r.stderr);
     let r = site.omesh("srv-a", &["backup", s(&hidden), s(&visible)]).code(2);
     assert!(r.stderr.contains(s(&hidden)) && r.stderr.contains("different file"), "{}", r.stderr);
-    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
+    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json_list();
     assert_eq!(snaps.as_array().map(Vec::len), Some(0), "a refused backup stored a snapshot: {snaps}");
 
     // the daemon still serves what it does see
@@ -107,7 +107,7 @@ fn mesh_mode_usage_errors_exit_2_and_say_what_to_do() {
     let ids: Vec<String> = site
         .omesh("srv-a", &["snapshots", "--json"])
         .ok()
-        .json()
+        .json_list()
         .as_array()
         .unwrap()
         .iter()
@@ -151,7 +151,7 @@ fn a_rebuilt_node_mints_no_key_to_read_and_cannot_fork_its_history_on_peers() {
         let _d = daemon.then(|| site.start("srv-a"));
         let list = site.omesh("srv-a", &["snapshots", "--json"]).ok();
         assert!(!list.stderr.contains("new key"), "{}", list.stderr);
-        let snaps = list.json();
+        let snaps = list.json_list();
         assert_eq!(snaps.as_array().unwrap().len(), 1, "the old snapshot is listed from srv-b: {snaps}");
         assert!(snaps[0]["time"].is_null(), "{snaps}");
         let st = site.omesh("srv-a", &["status", "--json"]).ok();
@@ -180,7 +180,7 @@ fn a_rebuilt_node_mints_no_key_to_read_and_cannot_fork_its_history_on_peers() {
     fs::write(data.join("f"), "the same history, later").unwrap();
     let r = site.omesh("srv-a", &["backup", s(&data), "--json"]).ok().json();
     assert_eq!(r["protected"], true, "{r}");
-    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
+    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json_list();
     let snaps = snaps.as_array().unwrap();
     assert_eq!(snaps.len(), 2);
     assert!(snaps.iter().all(|x| x["time"].is_string()), "every snapshot opens with the one key: {snaps:?}");
@@ -479,7 +479,7 @@ fn a_dead_node_is_replaced_on_the_survivors_and_its_replicas_move_to_the_new_one
     let _d = site.start("srv-d");
     let r = site.omesh("srv-d", &["sync", "--json"]).ok().json();
     assert_eq!(r["repaired"].as_array().unwrap().len(), 2, "{r}");
-    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
+    let snaps = site.omesh("srv-a", &["snapshots", "--json"]).ok().json_list();
     for x in snaps.as_array().unwrap() {
         assert_eq!(x["fully_replicated"], true, "{x}");
         let on: Vec<&str> = x["replicas"].as_array().unwrap().iter().map(|r| r["node"].as_str().unwrap()).collect();

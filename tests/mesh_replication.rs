@@ -60,7 +60,7 @@ fn factor_two_lands_on_two_domains_second_backup_sends_only_new_and_fresh_node_r
     let first_sent: u64 = ok.iter().map(|x| x["bytes_sent"].as_u64().unwrap()).sum();
 
     // the listing shows where replicas are and that it is fully replicated
-    let list = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
+    let list = site.omesh("srv-a", &["snapshots", "--json"]).ok().json_list();
     let entry = list.as_array().unwrap().iter().find(|e| e["id"] == snap.as_str()).unwrap().clone();
     assert_eq!(entry["fully_replicated"], true, "{entry}");
     assert_eq!(entry["replica_count"], 2, "{entry}");

@@ -109,7 +109,7 @@ fn audit_report_lists_exactly_the_destinations_that_received_data() {
     // srv-d is down: it must not appear
     let r = site.omesh("srv-a", &["backup", s(&src(t.path())), "--json"]).ok().json();
     let snap = r["snapshot"].as_str().unwrap().to_string();
-    let rep = site.omesh("srv-a", &["residency", "report", "--json"]).ok().json();
+    let rep = site.omesh("srv-a", &["residency", "report", "--json"]).ok().json_list();
     let entry = rep.as_array().unwrap().iter().find(|e| e["snapshot"] == snap.as_str()).unwrap().clone();
     let mut got: Vec<(String, String, String)> = entry["destinations"]
         .as_array()
@@ -139,7 +139,7 @@ fn audit_report_lists_exactly_the_destinations_that_received_data() {
     }
     assert!(stored_snapshots(site.node("srv-d"), "srv-a").is_empty());
     // --since after the backup lists nothing
-    let rep = site.omesh("srv-a", &["residency", "report", "--since", "2200-01-01", "--json"]).ok().json();
+    let rep = site.omesh("srv-a", &["residency", "report", "--since", "2200-01-01", "--json"]).ok().json_list();
     assert!(rep.as_array().unwrap().is_empty());
 }
 

@@ -48,7 +48,7 @@ fn round_trip_incremental_and_restore_on_a_new_node() {
     assert_eq!(objs2 - objs1, 3, "one pack, its index and the snapshot were added");
 
     // listing shows the bucket as a replica; verify reads it back
-    let list = site.omesh("srv-a", &["snapshots", "--json"]).ok().json();
+    let list = site.omesh("srv-a", &["snapshots", "--json"]).ok().json_list();
     let last = list.as_array().unwrap().last().unwrap().clone();
     assert_eq!(last["replicas"][0]["kind"], "s3", "{last}");
     assert_eq!(last["fully_replicated"], true);

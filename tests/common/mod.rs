@@ -56,9 +56,25 @@ pub struct Run {
 }
 
 impl Run {
+    /// The `--json` answer: one object that starts with `json_version` (1)
+    /// and `command` (docs/cli.md, "JSON output").
+    #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        let v: serde_json::Value = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr));
+        let keys: Vec<&String> = v.as_object().map(|m| m.keys().take(2).collect()).unwrap_or_default();
+        assert_eq!(keys, ["json_version", "command"], "not the JSON envelope: {v}");
+        assert_eq!(v["json_version"], 1, "{v}");
+        v
+    }
+    /// The list a list command answers (`snapshots`, `ls`, `residency
+    /// report`): the envelope's one other field.
+    #[track_caller]
+    pub fn json_list(&self) -> serde_json::Value {
+        let v = self.json();
+        let rest: Vec<(&String, &serde_json::Value)> = v.as_object().unwrap().iter().skip(2).collect();
+        assert!(rest.len() == 1 && rest[0].1.is_array(), "not a list answer: {v}");
+        rest[0].1.clone()
     }
     #[track_caller]
     pub fn ok(self) -> Self {

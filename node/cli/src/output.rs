@@ -100,9 +100,34 @@ pub fn key_source(key_file: &Option<std::path::PathBuf>) -> KeySource {
     }
 }
 
-/// Print a value as pretty JSON on stdout.
-pub fn print_json<T: serde::Serialize>(v: &T) -> Result<(), CliError> {
-    let s = serde_json::to_string_pretty(v).map_err(|e| CliError::failed(e.to_string()))?;
+/// The version of the schema of every `--json` output (docs/cli.md, "JSON
+/// output"): raised when a field is renamed, removed or changes meaning,
+/// not when one is added.
+pub const JSON_VERSION: u32 = 1;
+
+/// Print the `--json` answer of `command` ("snapshots", "ca list") on
+/// stdout: one object that starts with `json_version` and `command`,
+/// followed by the fields of `v` (an object).
+pub fn print_json<T: serde::Serialize>(command: &str, v: &T) -> Result<(), CliError> {
+    let fields = match serde_json::to_value(v).map_err(|e| CliError::failed(e.to_string()))? {
+        serde_json::Value::Object(m) => m,
+        other => unreachable!("the JSON answer of {command} is not an object: {other}"),
+    };
+    emit(command, fields)
+}
+
+/// [`print_json`] for an answer that is a list: its items go under `key`.
+pub fn print_json_list<T: serde::Serialize>(command: &str, key: &str, items: &[T]) -> Result<(), CliError> {
+    let list = serde_json::to_value(items).map_err(|e| CliError::failed(e.to_string()))?;
+    emit(command, serde_json::Map::from_iter([(key.to_string(), list)]))
+}
+
+fn emit(command: &str, fields: serde_json::Map<String, serde_json::Value>) -> Result<(), CliError> {
+    let mut out = serde_json::Map::new();
+    out.insert("json_version".into(), JSON_VERSION.into());
+    out.insert("command".into(), command.into());
+    out.extend(fields);
+    let s = serde_json::to_string_pretty(&out).map_err(|e| CliError::failed(e.to_string()))?;
     println!("{s}");
     Ok(())
 }

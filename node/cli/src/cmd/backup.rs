@@ -103,7 +103,7 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
         tracing::warn!(error = %e, "index compaction skipped");
     }
     if a.json {
-        print_json(&s)?;
+        print_json("backup", &s)?;
     } else {
         print_summary(&s);
     }
@@ -215,7 +215,7 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
         eprintln!("omesh: warning: {w}");
     }
     if a.json {
-        print_json(&serde_json::to_value(&rep).expect("reports serialize"))?;
+        print_json("backup", &rep)?;
     } else {
         print_summary(&rep.backup);
         for r in &rep.replicas {

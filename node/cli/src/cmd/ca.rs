@@ -123,7 +123,7 @@ pub fn run(c: CaCommand) -> Result<ExitCode, CliError> {
         CaCommand::List { dir, json } => {
             let st = ca::list(&dir).map_err(err)?;
             if json {
-                print_json(&st.issued)?;
+                print_json("ca list", &serde_json::json!({"site": st.site, "issued": st.issued}))?;
             } else {
                 println!("site {:?}", st.site);
                 for i in &st.issued {

@@ -58,13 +58,16 @@ pub fn run(a: InitArgs) -> Result<ExitCode, CliError> {
     let store = Store::init(&a.store, opts)?;
     let key_path = a.key_file.clone().unwrap_or_else(|| a.store.join("key"));
     if a.json {
-        print_json(&serde_json::json!({
-            "store": a.store.display().to_string(),
-            "store_id": store.config().store_id,
-            "source": store.config().source,
-            "key_file": key_path.display().to_string(),
-            "key_id": store.config().key_id,
-        }))?;
+        print_json(
+            "init",
+            &serde_json::json!({
+                "store": a.store.display().to_string(),
+                "store_id": store.config().store_id,
+                "source": store.config().source,
+                "key_file": key_path.display().to_string(),
+                "key_id": store.config().key_id,
+            }),
+        )?;
     } else {
         println!("created store {} for source {:?}", a.store.display(), store.config().source);
         println!("key written to {} (key id {})", key_path.display(), store.config().key_id);

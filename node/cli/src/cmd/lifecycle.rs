@@ -139,7 +139,7 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
         }
     };
     if a.json {
-        print_json(&rep)?;
+        print_json("forget", &rep)?;
     } else {
         let mut items = rep.items.clone();
         items.sort_by(|x, y| (&x.source, &x.time).cmp(&(&y.source, &y.time)));
@@ -215,7 +215,7 @@ pub fn gc(a: GcArgs) -> Result<ExitCode, CliError> {
         }
     };
     if a.json {
-        print_json(&rep)?;
+        print_json("gc", &rep)?;
     } else {
         for s in &rep.stores {
             println!(
@@ -279,7 +279,7 @@ pub fn scrub(a: ScrubArgs) -> Result<ExitCode, CliError> {
         }
     };
     if a.json {
-        print_json(&serde_json::to_value(&rep).expect("reports serialize"))?;
+        print_json("scrub", &rep)?;
     } else {
         for s in &rep.stores {
             println!(
@@ -324,7 +324,7 @@ pub fn sync(a: SyncArgs) -> Result<ExitCode, CliError> {
     })?;
     let ControlResponse::Sync(r) = resp else { return Err(mesh::unexpected(&resp)) };
     if a.json {
-        print_json(&serde_json::to_value(&r).expect("reports serialize"))?;
+        print_json("sync", &r)?;
     } else {
         println!(
             "{} snapshots in the mesh, {} under-replicated; repaired {} here, {} left to other nodes",

@@ -1,7 +1,7 @@
 //! `omesh ls`
 
 use crate::args::StoreArgs;
-use crate::output::{CliError, ExitCode, key_source, print_json, time};
+use crate::output::{CliError, ExitCode, key_source, print_json_list, time};
 use omesh_core::objects::{self, ObjectSource};
 use omesh_core::snapshot::{Node, NodeKind};
 use omesh_core::store::{Access, Store};
@@ -142,7 +142,7 @@ fn list(
 fn print(mut out: Vec<(String, Node)>, json: bool) -> Result<ExitCode, CliError> {
     out.sort_by(|a, b| a.0.cmp(&b.0));
     if json {
-        print_json(&out.iter().map(|(p, n)| node_json(p, n)).collect::<Vec<_>>())?;
+        print_json_list("ls", "entries", &out.iter().map(|(p, n)| node_json(p, n)).collect::<Vec<_>>())?;
     } else {
         for (p, n) in &out {
             let size = if let NodeKind::File { size, .. } = n.kind { size } else { 0 };

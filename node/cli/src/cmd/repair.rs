@@ -33,7 +33,10 @@ pub fn run(c: RepairCommand) -> Result<ExitCode, CliError> {
             let s = Store::open(&dir, Access::Write, omesh_core::store::KeySource::None)?;
             let (_s, packs, objects, damaged) = s.rebuild_index()?;
             if json {
-                print_json(&serde_json::json!({"packs": packs, "objects": objects, "damaged_records": damaged}))?;
+                print_json(
+                    "repair index",
+                    &serde_json::json!({"packs": packs, "objects": objects, "damaged_records": damaged}),
+                )?;
             } else {
                 println!("index rebuilt from {packs} packs: {objects} objects, {damaged} damaged records skipped");
             }

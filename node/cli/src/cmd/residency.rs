@@ -1,7 +1,7 @@
 //! `omesh residency check | report`
 
 use crate::meshmode as mesh;
-use crate::output::{CliError, ExitCode, bytes, print_json};
+use crate::output::{CliError, ExitCode, bytes, print_json, print_json_list};
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand, Debug)]
@@ -68,7 +68,10 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
             ));
             let ok = lines.iter().all(|l| l.allowed);
             if json {
-                print_json(&serde_json::json!({"ok": ok, "policy_active": policy.is_active(), "destinations": lines}))?;
+                print_json(
+                    "residency check",
+                    &serde_json::json!({"ok": ok, "policy_active": policy.is_active(), "destinations": lines}),
+                )?;
             } else {
                 if !policy.is_active() {
                     println!("no [residency] section: nothing restricts where omesh connects");
@@ -113,7 +116,7 @@ pub fn run(c: ResidencyCommand) -> Result<ExitCode, CliError> {
                 }
             })?;
             if json {
-                print_json(&serde_json::to_value(&rows).expect("reports serialize"))?;
+                print_json_list("residency report", "snapshots", &rows)?;
             } else {
                 println!("replicas of {}'s snapshots, from its own records:", cfg.name);
                 for r in &rows {

@@ -144,7 +144,7 @@ fn finish(
         if let Some(u) = &sources {
             v["sources"] = u.clone();
         }
-        print_json(&v)?;
+        print_json("restore", &v)?;
     } else {
         if let Some(u) = &sources {
             for r in u.as_array().into_iter().flatten() {

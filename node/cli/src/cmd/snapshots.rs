@@ -1,10 +1,10 @@
 //! `omesh snapshots`
 
 use crate::args::StoreArgs;
-use crate::output::{CliError, ExitCode, bytes, key_source, print_json, table, time};
-use omesh_core::snapshot::{SnapshotKind, SnapshotRecord};
+use crate::output::{CliError, ExitCode, bytes, key_source, print_json_list, table, time};
+use omesh_core::snapshot::SnapshotKind;
 use omesh_core::store::{Access, Store};
-use omesh_proto::ObjectId;
+use omesh_daemon::views::SnapshotInfo;
 
 #[derive(clap::Args, Debug)]
 pub struct SnapshotsArgs {
@@ -18,29 +18,6 @@ pub struct SnapshotsArgs {
     pub json: bool,
 }
 
-/// JSON form of a snapshot.
-pub fn snapshot_json(id: &ObjectId, r: &SnapshotRecord) -> serde_json::Value {
-    serde_json::json!({
-        "id": id.to_hex(),
-        "short_id": id.short(),
-        "time": omesh_core::time::rfc3339_ns(r.start_ns),
-        "end_time": omesh_core::time::rfc3339_ns(r.end_ns),
-        "source": r.source,
-        "hostname": r.hostname,
-        "paths": r.paths,
-        "kind": match r.kind { SnapshotKind::Files => "files", SnapshotKind::Image => "image" },
-        "parent": r.parent.map(|p| p.to_hex()),
-        "tree": r.tree.to_hex(),
-        "files": r.files,
-        "dirs": r.dirs,
-        "bytes": r.bytes,
-        "bytes_added": r.bytes_added,
-        "warnings": r.warnings,
-        "tags": r.tags,
-        "program": r.program,
-    })
-}
-
 pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
     if let Some(cfg) = &a.store.config {
         return run_mesh(&a, cfg);
@@ -51,7 +28,8 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
         eprintln!("omesh: warning: unreadable snapshot: {e}");
     }
     if a.json {
-        print_json(&snaps.iter().map(|(id, r)| snapshot_json(id, r)).collect::<Vec<_>>())?;
+        let list: Vec<SnapshotInfo> = snaps.iter().map(|(id, r)| SnapshotInfo::new(id, &r.source, Some(r))).collect();
+        print_json_list("snapshots", "snapshots", &list)?;
     } else if snaps.is_empty() {
         println!("no snapshots in {}", a.store.dir().display());
     } else {
@@ -95,7 +73,7 @@ fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliEr
     let ControlResponse::Snapshots(list) = resp else { return Err(mesh::unexpected(&resp)) };
     let v = serde_json::to_value(&list).expect("views serialize");
     if a.json {
-        print_json(&v)?;
+        print_json_list("snapshots", "snapshots", &list)?;
         return Ok(ExitCode::Ok);
     }
     let items = v.as_array().cloned().unwrap_or_default();

@@ -22,7 +22,7 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
     })?;
     let ControlResponse::Status(s) = resp else { return Err(mesh::unexpected(&resp)) };
     if a.json {
-        print_json(&serde_json::to_value(&s).expect("views serialize"))?;
+        print_json("status", &s)?;
         return Ok(ExitCode::Ok);
     }
 

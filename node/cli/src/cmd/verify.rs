@@ -75,7 +75,7 @@ fn report(a: &VerifyArgs, rep: &omesh_core::verify::VerifyReport) -> Result<Exit
     if a.json {
         let mut v = serde_json::to_value(rep).map_err(|e| CliError::failed(e.to_string()))?;
         v["ok"] = serde_json::Value::Bool(rep.ok());
-        print_json(&v)?;
+        print_json("verify", &v)?;
     } else {
         println!(
             "checked {} snapshots, {} directories{}",

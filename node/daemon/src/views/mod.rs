@@ -10,5 +10,5 @@ pub mod status;
 
 pub use residency::residency_report;
 pub use restore::{From, prepare_restore};
-pub use snapshots::{ReplicaView, SnapshotView, snapshots, source_keys};
+pub use snapshots::{ReplicaView, SnapshotInfo, SnapshotView, snapshots, source_keys};
 pub use status::{StatusView, status};

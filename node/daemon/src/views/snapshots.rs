@@ -9,6 +9,7 @@ use crate::source::open_snapshot;
 use omesh_core::crypto::Keys;
 use omesh_core::keyfile::KeyFile;
 use omesh_core::snapshot::{SnapshotKind, SnapshotRecord};
+use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -31,30 +32,85 @@ pub struct ReplicaView {
     pub failed_check: Option<String>,
 }
 
-/// One snapshot and where it is.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SnapshotView {
+/// What a snapshot is: the fields every `snapshots --json` entry has, in
+/// local and mesh mode alike. Without the source's key (mesh mode) only
+/// the ids and the source are known; every other field is null (empty for
+/// lists).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SnapshotInfo {
     /// Id.
     pub id: String,
     /// Short id.
     pub short_id: String,
+    /// Start time (RFC 3339).
+    pub time: Option<String>,
+    /// End time (RFC 3339).
+    pub end_time: Option<String>,
     /// Source node.
     pub source: String,
-    /// Start time (RFC 3339), when the key is here.
-    pub time: Option<String>,
     /// Host name.
     pub hostname: Option<String>,
     /// Paths.
-    pub paths: Vec<String>,
-    /// Tags (`backup --tag`, a schedule's name), when the key is here.
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub paths: Vec<String>,
     /// "files" or "image".
     pub kind: Option<String>,
+    /// Parent snapshot id.
+    pub parent: Option<String>,
+    /// Root tree id.
+    pub tree: Option<String>,
     /// Files.
     pub files: Option<u64>,
+    /// Directories.
+    pub dirs: Option<u64>,
     /// Logical bytes.
     pub bytes: Option<u64>,
+    /// Bytes this snapshot added to the store.
+    pub bytes_added: Option<u64>,
+    /// Entries that could not be read.
+    pub warnings: Option<u64>,
+    /// Tags (`backup --tag`, a schedule's name).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// The program that made it.
+    pub program: Option<String>,
+}
+
+impl SnapshotInfo {
+    /// The info of snapshot `id` of `source`, with its record's details
+    /// when it could be decrypted here.
+    pub fn new(id: &ObjectId, source: &str, r: Option<&SnapshotRecord>) -> Self {
+        let mut i =
+            SnapshotInfo { id: id.to_hex(), short_id: id.short(), source: source.to_string(), ..Default::default() };
+        if let Some(r) = r {
+            i.time = Some(rfc3339(r.start_ns));
+            i.end_time = Some(rfc3339(r.end_ns));
+            i.hostname = Some(r.hostname.clone());
+            i.paths = r.paths.clone();
+            i.kind = Some(match r.kind {
+                SnapshotKind::Files => "files".into(),
+                SnapshotKind::Image => "image".into(),
+            });
+            i.parent = r.parent.map(|p| p.to_hex());
+            i.tree = Some(r.tree.to_hex());
+            i.files = Some(r.files);
+            i.dirs = Some(r.dirs);
+            i.bytes = Some(r.bytes);
+            i.bytes_added = Some(r.bytes_added);
+            i.warnings = Some(r.warnings);
+            i.tags = r.tags.clone();
+            i.program = Some(r.program.clone());
+        }
+        i
+    }
+}
+
+/// One snapshot and where it is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SnapshotView {
+    /// What it is.
+    #[serde(flatten)]
+    pub info: SnapshotInfo,
     /// Replicas (not counting the source's own copy).
     pub replicas: Vec<ReplicaView>,
     /// Whether the source itself still holds it.
@@ -165,19 +221,7 @@ pub async fn snapshot_views(
             .filter(|r| r.confirmed || (r.acknowledged.is_some() && !census.listed.contains(&r.node)))
             .count();
         out.push(SnapshotView {
-            id: id.to_hex(),
-            short_id: id.short(),
-            source: source.to_string(),
-            time: details.as_ref().map(|d| rfc3339(d.start_ns)),
-            hostname: details.as_ref().map(|d| d.hostname.clone()),
-            paths: details.as_ref().map(|d| d.paths.clone()).unwrap_or_default(),
-            tags: details.as_ref().map(|d| d.tags.clone()).unwrap_or_default(),
-            kind: details.as_ref().map(|d| match d.kind {
-                SnapshotKind::Files => "files".to_string(),
-                SnapshotKind::Image => "image".to_string(),
-            }),
-            files: details.as_ref().map(|d| d.files),
-            bytes: details.as_ref().map(|d| d.bytes),
+            info: SnapshotInfo::new(id, source, details.as_ref()),
             on_source,
             replica_count: count,
             factor: rt.cfg.replication.factor,
@@ -185,6 +229,6 @@ pub async fn snapshot_views(
             replicas: replicas.into_values().collect(),
         });
     }
-    out.sort_by(|a, b| a.time.cmp(&b.time).then(a.id.cmp(&b.id)));
+    out.sort_by(|a, b| a.info.time.cmp(&b.info.time).then(a.info.id.cmp(&b.info.id)));
     Ok(out)
 }

@@ -349,7 +349,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         })
         .collect();
     let start_ns = |s: &SnapshotView| {
-        s.time.as_deref().and_then(omesh_core::time::parse_rfc3339).map(omesh_core::time::ns).unwrap_or(0)
+        s.info.time.as_deref().and_then(omesh_core::time::parse_rfc3339).map(omesh_core::time::ns).unwrap_or(0)
     };
     // what survives losing this server: the newest snapshot with `factor`
     // replicas
@@ -376,7 +376,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         rates.sort_by_key(|r| std::cmp::Reverse(r.1));
         rates.truncate(2);
         let total: u64 = rates.iter().map(|r| r.1).sum();
-        let (est, basis) = match (latest.bytes, total) {
+        let (est, basis) = match (latest.info.bytes, total) {
             (Some(b), t) if t > 0 => (
                 Some(b as f64 / t as f64),
                 format!(
@@ -390,8 +390,8 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
             _ => (None, "no transfer to a replica measured yet".into()),
         };
         ProtectionView {
-            last_snapshot: Some(latest.id.clone()),
-            last_backup: latest.time.clone(),
+            last_snapshot: Some(latest.info.id.clone()),
+            last_backup: latest.info.time.clone(),
             last_protected_backup: last_protected_backup.clone(),
             achieved_rpo_secs: achieved,
             rpo_secs: target,
@@ -399,7 +399,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
             replicas: latest.replica_count,
             replica_domains: domains.len(),
             factor: rt.cfg.replication.factor,
-            bytes: latest.bytes,
+            bytes: latest.info.bytes,
             est_restore_secs: est,
             est_restore_basis: basis,
         }
@@ -417,7 +417,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         not_fully_replicated: snaps
             .iter()
             .filter(|s| !s.fully_replicated && s.on_source)
-            .map(|s| s.id.clone())
+            .map(|s| s.info.id.clone())
             .collect(),
         factor: rt.cfg.replication.factor,
         residency_refusals: rt.residency.refusals.load(std::sync::atomic::Ordering::Relaxed),
