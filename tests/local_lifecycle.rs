@@ -114,3 +114,40 @@ fn scrub_finds_a_flipped_byte_and_gc_refuses_to_run_on_damage() {
     let v = omesh(["verify", "--store", s(&store), "--json"]).code(4).json();
     assert!(!v["damaged_snapshots"].as_array().unwrap().is_empty(), "{v}");
 }
+
+#[test]
+fn retention_counts_within_each_backup_set_and_dry_run_shows_the_groups() {
+    let t = tempfile::tempdir().unwrap();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    fs::create_dir_all(&a).unwrap();
+    fs::create_dir_all(&b).unwrap();
+    let store = t.path().join("store");
+    init_small(&store);
+    fs::write(a.join("f"), b"one").unwrap();
+    backup(&store, &[&a]);
+    fs::write(a.join("f"), b"two").unwrap();
+    backup(&store, &[&a]);
+    // an ad-hoc backup of something else, the newest of all: it must not
+    // take the `keep_last` slot of the set above
+    fs::write(b.join("g"), b"11 bytes...").unwrap();
+    backup(&store, &[&b]);
+    let dry = omesh(["forget", "--store", s(&store), "--keep-last", "1", "--dry-run", "--json"]).ok().json();
+    assert_eq!((dry["forgotten"].as_u64(), dry["kept"].as_u64()), (Some(1), Some(2)), "{dry}");
+    let items = dry["items"].as_array().unwrap();
+    let groups: std::collections::HashSet<&str> = items.iter().map(|i| i["group"].as_str().unwrap()).collect();
+    assert_eq!(groups.len(), 2, "{dry}");
+    let forgotten = items.iter().find(|i| i["keep"] == false).unwrap();
+    assert_eq!(forgotten["paths"][0], s(&a), "{dry}");
+    let human = omesh(["forget", "--store", s(&store), "--keep-last", "1", "--dry-run"]).ok();
+    assert!(human.stdout.contains(&format!("(paths {})", s(&b))), "{}", human.stdout);
+    // all together: only the newest survives
+    let all = omesh(["forget", "--store", s(&store), "--keep-last", "1", "--group-by", "none", "--dry-run", "--json"])
+        .ok()
+        .json();
+    assert_eq!(all["forgotten"], 2, "{all}");
+    let bad = omesh(["forget", "--store", s(&store), "--keep-last", "1", "--group-by", "host"]).code(2);
+    assert!(bad.stderr.contains("paths,tags"), "{}", bad.stderr);
+    // and for real: the two newest of their sets stay
+    omesh(["forget", "--store", s(&store), "--keep-last", "1", "--json"]).ok();
+    assert_eq!(omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list().as_array().unwrap().len(), 2);
+}

@@ -52,7 +52,7 @@ fn blob(seed: u64, n: usize) -> Record {
 fn signed(tls: &TlsMaterial, source: &str, mut rec: Record) -> Vec<u8> {
     use omesh_core::crypto::SnapshotSigner;
     let created = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    tls.snapshot_signer(source).unwrap().attest(&mut rec, source, created).unwrap();
+    tls.snapshot_signer(source).unwrap().attest(&mut rec, source, created, None).unwrap();
     rec.encode()
 }
 

@@ -536,3 +536,46 @@ fn a_backup_through_the_daemon_shows_what_it_sends_to_each_peer() {
     ));
     assert!(drawn.contains("sending it to the peers: srv-b "), "no replication phase per peer drawn: {drawn:?}");
 }
+
+#[test]
+fn a_storing_peer_without_the_key_applies_retention_per_backup_set_of_its_source() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "rack-0"), ("srv-b", "rack-1")]);
+    site.write_config("srv-a", &["srv-b".into()], 1, "");
+    site.write_config("srv-b", &["srv-a".into()], 1, "[retention]\nkeep_last = 1\n");
+    let _b = site.start("srv-b");
+    let (x, y) = (t.path().join("x"), t.path().join("y"));
+    fs::create_dir_all(&x).unwrap();
+    fs::create_dir_all(&y).unwrap();
+    for round in 0..2 {
+        fs::write(x.join("f"), format!("round {round}")).unwrap();
+        site.omesh("srv-a", &["backup", s(&x)]).ok();
+    }
+    fs::write(y.join("g"), b"ad hoc").unwrap();
+    site.omesh("srv-a", &["backup", s(&y)]).ok();
+    // srv-b cannot read srv-a's paths; the groups srv-a signed tell it
+    // which snapshots belong together
+    let dry = site.omesh("srv-b", &["forget", "--source", "srv-a", "--dry-run", "--json"]).ok().json();
+    assert_eq!((dry["forgotten"].as_u64(), dry["kept"].as_u64()), (Some(1), Some(2)), "{dry}");
+    let items = dry["items"].as_array().unwrap();
+    assert!(items.iter().all(|i| i["group"].as_str().unwrap().len() == 32 && i["paths"].is_null()), "{dry}");
+    // srv-a, with the key, groups them alike
+    let own = site.omesh("srv-a", &["forget", "--dry-run", "--json"]);
+    assert_eq!(own.code, 2, "srv-a has no [retention] rules: {own:?}");
+    site.write_config("srv-a", &["srv-b".into()], 1, "[retention]\nkeep_last = 1\n");
+    let own = site.omesh("srv-a", &["forget", "--dry-run", "--json"]).ok().json();
+    let gone = |v: &serde_json::Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["keep"] == false)
+            .map(|i| i["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(gone(&own), gone(&dry), "the source and its replica disagree: {own} {dry}");
+    let group_of = |v: &serde_json::Value, id: &str| {
+        v["items"].as_array().unwrap().iter().find(|i| i["id"] == id).unwrap()["group"].clone()
+    };
+    assert_eq!(group_of(&own, &gone(&own)[0]), group_of(&dry, &gone(&dry)[0]));
+}

@@ -23,7 +23,7 @@ pub mod record;
 
 pub use frame::{FrameError, MAX_FRAME_BYTES};
 pub use id::{IdParseError, ObjectId};
-pub use record::{Attestation, ObjectKind, Record, RecordError, RecordFormat, RecordHeader, Seal};
+pub use record::{Attestation, ObjectKind, Record, RecordError, RecordFormat, RecordHeader, RetentionGroups, Seal};
 
 /// ALPN protocol identifier; the trailing number is the wire protocol
 /// version. A peer that speaks another version fails the TLS handshake

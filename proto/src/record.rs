@@ -458,7 +458,7 @@ pub const MAX_SOURCE_NAME_BYTES: usize = 253;
 /// Who made a snapshot record: carried in clear in a version-2 snapshot
 /// record, so that any holder, without the data key, can check that the
 /// record was produced by the node whose namespace it is stored under.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attestation {
     /// The source (node) name; must equal the namespace the record is
     /// stored under and a DNS name of the signing certificate.
@@ -473,6 +473,41 @@ pub struct Attestation {
     pub chain: Vec<Vec<u8>>,
     /// Signature over [`Attestation::message`].
     pub signature: Vec<u8>,
+    /// The snapshot's retention groups, so a holder without the key can
+    /// apply retention per backup set (absent in records made before
+    /// omesh had them).
+    pub groups: Option<RetentionGroups>,
+}
+
+/// Opaque retention-group ids of a snapshot: keyed hashes (with a key
+/// derived from the source's data key) of its sorted paths, and of its
+/// paths and tags. Equal ids mean the same backup set; a holder learns
+/// nothing else from them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RetentionGroups {
+    /// Of the paths.
+    pub paths: [u8; 16],
+    /// Of the paths and the tags.
+    pub paths_tags: [u8; 16],
+}
+
+/// The encoding of an attestation without groups (as every record before
+/// groups has it, byte for byte).
+#[derive(Serialize, Deserialize)]
+struct Plain {
+    source: String,
+    created: i64,
+    scheme: u16,
+    chain: Vec<Vec<u8>>,
+    signature: Vec<u8>,
+}
+
+/// The encoding of an attestation with groups: the plain fields, then the
+/// groups.
+#[derive(Serialize, Deserialize)]
+struct Grouped {
+    plain: Plain,
+    groups: RetentionGroups,
 }
 
 /// Domain separation of attestation signatures.
@@ -481,7 +516,18 @@ pub const ATTESTATION_CONTEXT: &[u8] = b"omesh snapshot attestation v2\0";
 impl Attestation {
     /// Encode (postcard).
     pub fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).expect("serializing to a Vec cannot fail")
+        let plain = Plain {
+            source: self.source.clone(),
+            created: self.created,
+            scheme: self.scheme,
+            chain: self.chain.clone(),
+            signature: self.signature.clone(),
+        };
+        match self.groups {
+            None => postcard::to_stdvec(&plain),
+            Some(groups) => postcard::to_stdvec(&Grouped { plain, groups }),
+        }
+        .expect("serializing to a Vec cannot fail")
     }
 
     /// Decode and check every limit.
@@ -489,11 +535,25 @@ impl Attestation {
         if b.len() > MAX_ATTESTATION_BYTES as usize {
             return Err(format!("attestation of {} bytes is above the limit", b.len()));
         }
-        let (a, rest): (Attestation, _) =
-            postcard::take_from_bytes(b).map_err(|e| format!("malformed attestation: {e}"))?;
-        if !rest.is_empty() {
-            return Err("attestation has trailing bytes".into());
-        }
+        let (plain, groups) = match postcard::take_from_bytes::<Grouped>(b) {
+            Ok((g, [])) => (g.plain, Some(g.groups)),
+            _ => {
+                let (p, rest): (Plain, _) =
+                    postcard::take_from_bytes(b).map_err(|e| format!("malformed attestation: {e}"))?;
+                if !rest.is_empty() {
+                    return Err("attestation has trailing bytes".into());
+                }
+                (p, None)
+            }
+        };
+        let a = Attestation {
+            source: plain.source,
+            created: plain.created,
+            scheme: plain.scheme,
+            chain: plain.chain,
+            signature: plain.signature,
+            groups,
+        };
         if a.source.is_empty() || a.source.len() > MAX_SOURCE_NAME_BYTES {
             return Err("attestation source name is empty or too long".into());
         }
@@ -507,9 +567,10 @@ impl Attestation {
     }
 
     /// The bytes the source signs: the context, the record's kind, id and
-    /// links with their seals, the source name, the creation time and the
-    /// BLAKE3 of the sealed body. Everything of the record but the
-    /// signature and chain themselves is covered.
+    /// links with their seals, the source name, the creation time, the
+    /// BLAKE3 of the sealed body and, when there are any, the retention
+    /// groups. Everything of the record but the signature and chain
+    /// themselves is covered.
     pub fn message(
         id: &ObjectId,
         links: &[ObjectId],
@@ -517,6 +578,7 @@ impl Attestation {
         source: &str,
         created: i64,
         body: &[u8],
+        groups: Option<&RetentionGroups>,
     ) -> Vec<u8> {
         let mut m = Vec::with_capacity(ATTESTATION_CONTEXT.len() + 128 + links.len() * 64 + source.len());
         m.extend_from_slice(ATTESTATION_CONTEXT);
@@ -528,6 +590,11 @@ impl Attestation {
         m.extend_from_slice(source.as_bytes());
         m.extend_from_slice(&created.to_le_bytes());
         m.extend_from_slice(blake3::hash(body).as_bytes());
+        if let Some(g) = groups {
+            m.extend_from_slice(b"retention groups\0");
+            m.extend_from_slice(&g.paths);
+            m.extend_from_slice(&g.paths_tags);
+        }
         m
     }
 }
@@ -535,7 +602,7 @@ impl Attestation {
 impl Record {
     /// The message this snapshot record's attestation signs.
     pub fn attestation_message(&self, a: &Attestation) -> Vec<u8> {
-        Attestation::message(&self.id, &self.links, &self.seals, &a.source, a.created, &self.body)
+        Attestation::message(&self.id, &self.links, &self.seals, &a.source, a.created, &self.body, a.groups.as_ref())
     }
 }
 
@@ -657,13 +724,15 @@ mod tests {
             any::<u16>(),
             proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..100), 1..=MAX_CHAIN_CERTS),
             proptest::collection::vec(any::<u8>(), 1..100),
+            proptest::option::of(any::<([u8; 16], [u8; 16])>()),
         )
-            .prop_map(|(source, created, scheme, chain, signature)| Attestation {
+            .prop_map(|(source, created, scheme, chain, signature, groups)| Attestation {
                 source,
                 created,
                 scheme,
                 chain,
                 signature,
+                groups: groups.map(|(paths, paths_tags)| RetentionGroups { paths, paths_tags }),
             })
     }
 
@@ -722,7 +791,24 @@ mod tests {
             prop_assert_ne!(other.attestation_message(&a), m.clone());
             let mut b = a.clone();
             b.source.push('x');
-            prop_assert_ne!(rec.attestation_message(&b), m);
+            prop_assert_ne!(rec.attestation_message(&b), m.clone());
+            // and the groups: a holder cannot strip, add or change them
+            let mut c = a.clone();
+            c.groups = match a.groups {
+                None => Some(RetentionGroups { paths: [0; 16], paths_tags: [0; 16] }),
+                Some(mut g) => {
+                    g.paths[0] ^= 1;
+                    Some(g)
+                }
+            };
+            prop_assert_ne!(rec.attestation_message(&c), m.clone());
+            if a.groups.is_some() {
+                let mut d = a.clone();
+                d.groups = None;
+                prop_assert_ne!(rec.attestation_message(&d), m);
+                // and an attestation without groups encodes as it always did
+                prop_assert!(d.encode().len() + 32 == a.encode().len());
+            }
         }
 
         #[test]

@@ -36,6 +36,7 @@ const CTX_ENC: &str = "omesh 2026-11 object encryption key v1";
 const CTX_GEAR: &str = "omesh 2026-11 chunker gear table v1";
 const CTX_KEY_ID: &str = "omesh 2026-11 key fingerprint v1";
 const CTX_NONCE: &str = "omesh 2026-12 object nonce key v2";
+const CTX_GROUPS: &str = "omesh 2026-12 retention group key v1";
 
 const CODEC_RAW: u8 = 0;
 const CODEC_ZSTD: u8 = 1;
@@ -159,6 +160,7 @@ impl Drop for Secret {
 pub struct Keys {
     id_key: [u8; 32],
     nonce_key: [u8; 32],
+    group_key: [u8; 32],
     cipher: XChaCha20Poly1305,
     gear: Box<[u64; 256]>,
     key_id: String,
@@ -174,6 +176,7 @@ impl Drop for Keys {
     fn drop(&mut self) {
         self.id_key.zeroize();
         self.nonce_key.zeroize();
+        self.group_key.zeroize();
     }
 }
 
@@ -194,10 +197,39 @@ impl Keys {
         Keys {
             id_key,
             nonce_key,
+            group_key: blake3::derive_key(CTX_GROUPS, &secret.0),
             cipher: XChaCha20Poly1305::new(Key::from_slice(&enc_key)),
             gear,
             key_id: secret.key_id(),
         }
+    }
+
+    /// The retention groups of a snapshot with these `paths` and `tags`
+    /// (order and repeats do not matter): what a holder without the key
+    /// groups retention by (`[retention] group_by`).
+    pub fn retention_groups(&self, paths: &[String], tags: &[String]) -> omesh_proto::RetentionGroups {
+        fn set(h: &mut blake3::Hasher, items: &[String]) {
+            let mut v: Vec<&String> = items.iter().collect();
+            v.sort();
+            v.dedup();
+            h.update(&(v.len() as u64).to_le_bytes());
+            for i in v {
+                h.update(&(i.len() as u64).to_le_bytes());
+                h.update(i.as_bytes());
+            }
+        }
+        let id = |with_tags: bool| {
+            let mut h = blake3::Hasher::new_keyed(&self.group_key);
+            h.update(if with_tags { b"paths and tags" } else { b"paths" });
+            set(&mut h, paths);
+            if with_tags {
+                set(&mut h, tags);
+            }
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+            out
+        };
+        omesh_proto::RetentionGroups { paths: id(false), paths_tags: id(true) }
     }
 
     /// Key fingerprint.
@@ -399,14 +431,22 @@ pub trait SnapshotSigner: Send + Sync {
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, String>;
 
     /// Attach a signed attestation to the snapshot record `rec`: made by
-    /// `source` at `created` (seconds since the epoch).
-    fn attest(&self, rec: &mut Record, source: &str, created: i64) -> Result<(), String> {
+    /// `source` at `created` (seconds since the epoch), in retention
+    /// `groups`.
+    fn attest(
+        &self,
+        rec: &mut Record,
+        source: &str,
+        created: i64,
+        groups: Option<omesh_proto::RetentionGroups>,
+    ) -> Result<(), String> {
         let mut a = omesh_proto::Attestation {
             source: source.into(),
             created,
             scheme: self.scheme(),
             chain: self.chain(),
             signature: Vec::new(),
+            groups,
         };
         a.signature = self.sign(&rec.attestation_message(&a))?;
         rec.attestation = a.encode();

@@ -237,7 +237,7 @@ mod tests {
             vec![Seal([6; 32])],
             vec![7; 90],
         );
-        tls.snapshot_signer(signer_name).unwrap().attest(&mut rec, source, created).unwrap();
+        tls.snapshot_signer(signer_name).unwrap().attest(&mut rec, source, created, None).unwrap();
         rec
     }
 

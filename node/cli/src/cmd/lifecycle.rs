@@ -5,7 +5,7 @@ use crate::args::StoreArgs;
 use crate::meshmode as mesh;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
 use omesh_core::policy::bandwidth::{self, Rate};
-use omesh_core::policy::retention::{RetentionDuration, RetentionPolicy};
+use omesh_core::policy::retention::{GroupBy, RetentionDuration, RetentionPolicy};
 use omesh_core::store::scrub::DamageKind;
 use omesh_core::store::{Access, Store};
 use omesh_core::store::{gc, scrub};
@@ -46,6 +46,11 @@ pub struct ForgetArgs {
     /// Never forget snapshots younger than this (e.g. 30d).
     #[arg(long, value_name = "DURATION", conflicts_with = "config")]
     pub lock: Option<String>,
+    /// Apply the rules to each group of snapshots apart: "paths" (each
+    /// backup set by its paths, the default), "paths,tags" or "none" (all
+    /// together). Mesh nodes use [retention] group_by.
+    #[arg(long, value_name = "paths|paths,tags|none", conflicts_with = "config", value_parser = GroupBy::parse)]
+    pub group_by: Option<GroupBy>,
     /// Forget these snapshots of this node (and ask its peers to, which they
     /// refuse inside their retention lock) instead of applying the policy.
     #[arg(value_name = "SNAPSHOT", requires = "config")]
@@ -125,6 +130,7 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
                 keep_within: duration("--keep-within", &a.keep_within)?,
                 lock: duration("--lock", &a.lock)?,
                 honor_source_deletes: false,
+                group_by: a.group_by.unwrap_or_default(),
             };
             if !policy.has_rules() {
                 return Err(CliError::usage(
@@ -142,15 +148,27 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
         print_json("forget", &rep)?;
     } else {
         let mut items = rep.items.clone();
-        items.sort_by(|x, y| (&x.source, &x.time).cmp(&(&y.source, &y.time)));
+        items.sort_by(|x, y| (&x.source, &x.group, &x.time).cmp(&(&y.source, &y.group, &y.time)));
+        let mut last: Option<(&str, &str)> = None;
         for i in &items {
+            // a heading per group, as the rules counted within it
+            if last != Some((&i.source, &i.group)) {
+                let what = match (i.group.as_str(), &i.paths) {
+                    ("all", _) => "all snapshots".to_string(),
+                    ("ungrouped", _) => "snapshots made before retention groups".to_string(),
+                    (g, Some(p)) => format!("group {} (paths {})", &g[..8.min(g.len())], p.join(" ")),
+                    (g, None) => format!("group {} (paths not readable here)", &g[..8.min(g.len())]),
+                };
+                println!("{} {what}:", i.source);
+                last = Some((&i.source, &i.group));
+            }
             let verdict = match (i.keep, i.removed, rep.dry_run) {
                 (true, _, _) => "keep  ",
                 (false, true, _) => "forgot",
                 (false, false, true) => "forget",
                 (false, false, false) => "FAILED",
             };
-            println!("{verdict} {:<12} {} {}  {}", i.source, &i.id[..8], i.time, i.reasons.join(", "));
+            println!("  {verdict} {} {}  {}", &i.id[..8], i.time, i.reasons.join(", "));
         }
         for p in &rep.peers {
             println!(

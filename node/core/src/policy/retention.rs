@@ -53,6 +53,74 @@ pub struct RetentionPolicy {
     /// shorten its history on this node at all.
     #[serde(default)]
     pub honor_source_deletes: bool,
+    /// What the rules count within: "paths" (default: each backup set, by
+    /// its paths, has its own `keep_last` and so on), "paths,tags", or
+    /// "none" (all of a source's snapshots together).
+    #[serde(default)]
+    pub group_by: GroupBy,
+}
+
+/// What retention groups a source's snapshots by, as restic's
+/// `--group-by` (the host is the source itself: each source is apart
+/// anyway).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum GroupBy {
+    /// All snapshots of a source are one group.
+    None,
+    /// One group per set of paths.
+    #[default]
+    Paths,
+    /// One group per set of paths and tags.
+    PathsTags,
+}
+
+impl GroupBy {
+    /// Parse "none", "paths", "paths,tags" (or "tags,paths").
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut parts: Vec<&str> = s.split(',').map(str::trim).filter(|p| !p.is_empty()).collect();
+        parts.sort();
+        parts.dedup();
+        match parts.as_slice() {
+            ["none"] | [] => Ok(GroupBy::None),
+            ["paths"] => Ok(GroupBy::Paths),
+            ["paths", "tags"] => Ok(GroupBy::PathsTags),
+            _ => Err(format!("{s:?} is not a grouping: use \"paths\" (the default), \"paths,tags\" or \"none\"")),
+        }
+    }
+
+    /// The group a snapshot with these retention groups falls in: "all"
+    /// when not grouping, "ungrouped" for a record made before snapshots
+    /// carried groups, else the group's id (32 hex digits).
+    pub fn group_of(self, g: Option<&omesh_proto::RetentionGroups>) -> String {
+        match (self, g) {
+            (GroupBy::None, _) => "all".into(),
+            (_, None) => "ungrouped".into(),
+            (GroupBy::Paths, Some(g)) => hex::encode(g.paths),
+            (GroupBy::PathsTags, Some(g)) => hex::encode(g.paths_tags),
+        }
+    }
+}
+
+impl std::fmt::Display for GroupBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            GroupBy::None => "none",
+            GroupBy::Paths => "paths",
+            GroupBy::PathsTags => "paths,tags",
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for GroupBy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        GroupBy::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+impl Serialize for GroupBy {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// A duration in the retention settings: parsed once, when the
@@ -160,6 +228,20 @@ fn ser_time<S: serde::Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error
     s.serialize_str(&time::rfc3339(*t))
 }
 
+/// Decide for every snapshot of a source, each within its group
+/// ([`RetentionPolicy::group_by`]): (group, verdict) pairs, by group.
+pub fn decide_grouped(
+    snaps: &[(ObjectId, Timestamp, Option<omesh_proto::RetentionGroups>)],
+    policy: &RetentionPolicy,
+    now: Timestamp,
+) -> Vec<(String, Decision)> {
+    let mut groups: std::collections::BTreeMap<String, Vec<(ObjectId, Timestamp)>> = Default::default();
+    for (id, t, g) in snaps {
+        groups.entry(policy.group_by.group_of(g.as_ref())).or_default().push((*id, *t));
+    }
+    groups.into_iter().flat_map(|(g, s)| decide(&s, policy, now).into_iter().map(move |d| (g.clone(), d))).collect()
+}
+
 /// Decide for every snapshot of one group. `now` is the reference for the
 /// lock; rules are relative to the newest snapshot, as in restic.
 pub fn decide(snaps: &[(ObjectId, Timestamp)], policy: &RetentionPolicy, now: Timestamp) -> Vec<Decision> {
@@ -249,6 +331,34 @@ mod tests {
             d.iter().filter(|x| x.keep).map(|x| x.time.strftime("%m-%d %H:%M").to_string()).collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn each_group_has_its_own_keep_last_and_none_puts_them_together() {
+        let g = |b: u8| Some(omesh_proto::RetentionGroups { paths: [b; 16], paths_tags: [b; 16] });
+        let s: Vec<(ObjectId, Timestamp, Option<omesh_proto::RetentionGroups>)> = vec![
+            (ObjectId([1; 32]), t("2026-01-01T00:00:00Z"), g(1)),
+            (ObjectId([2; 32]), t("2026-01-02T00:00:00Z"), g(1)),
+            // an ad-hoc backup of other paths, the newest of all
+            (ObjectId([3; 32]), t("2026-01-03T00:00:00Z"), g(2)),
+            (ObjectId([4; 32]), t("2025-12-01T00:00:00Z"), None),
+        ];
+        let mut p = RetentionPolicy { keep_last: Some(1), ..Default::default() };
+        let now = t("2026-02-01T00:00:00Z");
+        let kept = |d: &[(String, Decision)]| {
+            let mut v: Vec<u8> = d.iter().filter(|(_, x)| x.keep).map(|(_, x)| x.id.0[0]).collect();
+            v.sort();
+            v
+        };
+        let d = decide_grouped(&s, &p, now);
+        assert_eq!(kept(&d), vec![2, 3, 4], "the newest of each group, the ungrouped one apart");
+        assert!(d.iter().any(|(g, x)| x.id.0[0] == 4 && g == "ungrouped"));
+        p.group_by = GroupBy::None;
+        let d = decide_grouped(&s, &p, now);
+        assert_eq!(kept(&d), vec![3]);
+        assert!(d.iter().all(|(g, _)| g == "all"));
+        assert_eq!(GroupBy::parse("tags, paths").unwrap(), GroupBy::PathsTags);
+        assert!(GroupBy::parse("host").unwrap_err().contains("\"paths\""));
     }
 
     #[test]

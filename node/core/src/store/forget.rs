@@ -17,6 +17,12 @@ pub struct ForgetItem {
     pub id: String,
     /// The time the policy used (RFC 3339).
     pub time: String,
+    /// The retention group it was decided in ("all" with `group_by =
+    /// "none"`, "ungrouped" for a record older than groups, else the
+    /// group's id).
+    pub group: String,
+    /// The paths of the group, when this node can read them (its key).
+    pub paths: Option<Vec<String>>,
     /// Kept?
     pub keep: bool,
     /// Why.
@@ -76,9 +82,41 @@ pub fn snapshot_times(store: &Store) -> Result<Vec<(ObjectId, Timestamp)>, Store
     Ok(out)
 }
 
-/// Apply `policy` to one store (all its snapshots are one group: a peer
-/// cannot tell a source's backup sets apart, so the source does not either,
-/// and every replica decides alike).
+/// A snapshot as retention sees it: its id, its time
+/// ([`snapshot_times`]), its retention groups, and its paths when this
+/// store can read them.
+pub type RetentionEntry = (ObjectId, Timestamp, Option<omesh_proto::RetentionGroups>, Option<Vec<String>>);
+
+/// Every snapshot of a store as retention sees it. With the key, the groups
+/// are computed from the snapshot's paths and tags; without it (a replica),
+/// they are those its source signed into the record's attestation (checked
+/// when the record was committed here), so the source and every replica
+/// group alike.
+pub fn retention_entries(store: &Store) -> Result<Vec<RetentionEntry>, StoreError> {
+    let keys = store.keys().ok().cloned();
+    let mut out = Vec::new();
+    for (id, t) in snapshot_times(store)? {
+        let (groups, paths) = match &keys {
+            Some(k) => match store.load_snapshot(&id) {
+                Ok(r) => (Some(k.retention_groups(&r.paths, &r.tags)), Some(r.paths)),
+                Err(_) => (None, None),
+            },
+            None => (store.read_snapshot_record(&id).ok().and_then(|b| attested_groups(&b)), None),
+        };
+        out.push((id, t, groups, paths));
+    }
+    Ok(out)
+}
+
+/// The retention groups a snapshot record's attestation carries.
+pub fn attested_groups(record: &[u8]) -> Option<omesh_proto::RetentionGroups> {
+    let (rec, _) = omesh_proto::Record::decode(record).ok()?;
+    omesh_proto::Attestation::decode(&rec.attestation).ok()?.groups
+}
+
+/// Apply `policy` to one store, each group of snapshots apart
+/// ([`retention::RetentionPolicy::group_by`]; every replica groups as the
+/// source does, see [`retention_entries`]).
 pub fn forget_store(
     source: &str,
     store: &Store,
@@ -87,15 +125,18 @@ pub fn forget_store(
     dry_run: bool,
     rep: &mut ForgetReport,
 ) {
-    let times = match snapshot_times(store) {
+    let entries = match retention_entries(store) {
         Ok(t) => t,
         Err(e) => {
             rep.errors.push(format!("{source}: {e}"));
             return;
         }
     };
-    let decisions = retention::decide(&times, policy, now);
-    for d in decisions {
+    let grouped: Vec<_> = entries.iter().map(|(id, t, g, _)| (*id, *t, *g)).collect();
+    let paths: std::collections::HashMap<ObjectId, Vec<String>> =
+        entries.into_iter().filter_map(|(id, _, _, p)| p.map(|p| (id, p))).collect();
+    let decisions = retention::decide_grouped(&grouped, policy, now);
+    for (group, d) in decisions {
         let mut removed = false;
         if !d.keep {
             rep.forgotten += 1;
@@ -103,7 +144,7 @@ pub fn forget_store(
                 match store.forget_snapshot(&d.id) {
                     Ok(()) => {
                         removed = true;
-                        tracing::info!(%source, snapshot = %d.id.short(), reasons = ?d.reasons, "snapshot forgotten by retention");
+                        tracing::info!(%source, snapshot = %d.id.short(), %group, reasons = ?d.reasons, "snapshot forgotten by retention");
                     }
                     Err(e) => rep.errors.push(format!("{source} {}: {e}", d.id.short())),
                 }
@@ -115,6 +156,8 @@ pub fn forget_store(
             source: source.to_string(),
             id: d.id.to_hex(),
             time: time::rfc3339(d.time),
+            group,
+            paths: paths.get(&d.id).cloned(),
             keep: d.keep,
             reasons: d.reasons,
             removed,

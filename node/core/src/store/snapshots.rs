@@ -156,7 +156,10 @@ impl Store {
                     self.dir.display()
                 )));
             }
-            signer.attest(&mut record, source, rec.start_ns.div_euclid(1_000_000_000)).map_err(StoreError::Sign)?;
+            let groups = self.keys()?.retention_groups(&rec.paths, &rec.tags);
+            signer
+                .attest(&mut record, source, rec.start_ns.div_euclid(1_000_000_000), Some(groups))
+                .map_err(StoreError::Sign)?;
         }
         self.put_snapshot_record(&id, &record.encode())?;
         Ok(id)

@@ -26,7 +26,9 @@ use std::time::SystemTime;
 
 // ---------------------------------------------------------------- forget
 
-pub use omesh_core::store::forget::{ForgetItem, ForgetReport, PeerAnswer, forget_store, locked_until, snapshot_times};
+pub use omesh_core::store::forget::{
+    ForgetItem, ForgetReport, PeerAnswer, forget_store, locked_until, retention_entries, snapshot_times,
+};
 
 /// `omesh forget --config`: apply `[retention]` to every store on this node
 /// (or one source's), or forget the given snapshots of this node and ask
@@ -96,7 +98,7 @@ async fn forget_ids(
         for s in &specs {
             ids.push(store.resolve_snapshot(s)?);
         }
-        let times = snapshot_times(&store)?;
+        let entries = retention_entries(&store)?;
         for id in &ids {
             let locked = locked_until(&store, id, &policy, now)?;
             let (keep, reasons) = match locked {
@@ -113,8 +115,17 @@ async fn forget_ids(
             } else {
                 rep.forgotten += 1;
             }
-            let time = times.iter().find(|x| x.0 == *id).map(|x| time::rfc3339(x.1)).unwrap_or_default();
-            rep.items.push(ForgetItem { source: name.clone(), id: id.to_hex(), time, keep, reasons, removed });
+            let e = entries.iter().find(|x| x.0 == *id);
+            rep.items.push(ForgetItem {
+                source: name.clone(),
+                id: id.to_hex(),
+                time: e.map(|x| time::rfc3339(x.1)).unwrap_or_default(),
+                group: policy.group_by.group_of(e.and_then(|x| x.2.as_ref())),
+                paths: e.and_then(|x| x.3.clone()),
+                keep,
+                reasons,
+                removed,
+            });
         }
         Ok((rep, ids))
     })

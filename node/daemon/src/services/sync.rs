@@ -230,15 +230,18 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
     // the times this node's retention would judge by: its own stored time
     // for what it holds, the signed creation time (never later than now)
     // for what it would pull; never a time another node reports
-    let by_source: HashMap<String, Vec<(ObjectId, i64)>> = {
-        let mut m: HashMap<String, Vec<(ObjectId, i64)>> = HashMap::new();
+    type Entry = (ObjectId, i64, Option<omesh_proto::RetentionGroups>);
+    let by_source: HashMap<String, Vec<Entry>> = {
+        let mut m: HashMap<String, Vec<Entry>> = HashMap::new();
         for ((src, id), s) in &seen {
             let t = match (s.holders.get(&me), checked.get(&(src.clone(), *id))) {
                 (Some(own), _) => *own,
                 (None, Some(Ok(created))) => created.saturating_mul(1_000_000_000).min(now_ns),
                 (None, _) => continue,
             };
-            m.entry(src.clone()).or_default().push((*id, t));
+            // grouped as the source signed it, as this node's own retention will
+            let groups = omesh_core::store::forget::attested_groups(&s.record);
+            m.entry(src.clone()).or_default().push((*id, t, groups));
         }
         m
     };
@@ -269,9 +272,9 @@ pub async fn run(rt: &Arc<NodeRuntime>) -> SyncReport {
         }
         // do not pull what this node's retention would forget right away
         if rt.cfg.retention.has_rules() {
-            let group: Vec<(ObjectId, time::Timestamp)> =
-                by_source.get(source).into_iter().flatten().map(|(i, ns)| (*i, time::from_ns(*ns))).collect();
-            if retention::decide(&group, &rt.cfg.retention, now).iter().any(|x| x.id == *id && !x.keep) {
+            let all: Vec<(ObjectId, time::Timestamp, Option<omesh_proto::RetentionGroups>)> =
+                by_source.get(source).into_iter().flatten().map(|(i, ns, g)| (*i, time::from_ns(*ns), *g)).collect();
+            if retention::decide_grouped(&all, &rt.cfg.retention, now).iter().any(|(_, x)| x.id == *id && !x.keep) {
                 rep.skipped_by_retention += 1;
                 continue;
             }
