@@ -326,6 +326,9 @@ fn validate_lifecycle(cfg: &NodeConfig) -> Result<(), String> {
     if !(0.0..=1.0).contains(&cfg.gc.repack_unused) {
         return Err(format!("[gc] repack_unused = {} must be between 0 and 1", cfg.gc.repack_unused));
     }
+    if !(0.0..=1.0).contains(&cfg.gc.max_unused) {
+        return Err(format!("[gc] max_unused = {} must be between 0 and 1 (0.02 is 2%)", cfg.gc.max_unused));
+    }
     if let Some(l) = &cfg.metrics.listen
         && !l.contains(':')
     {

@@ -24,7 +24,10 @@
 //!
 //! Then packs are reclaimed: a pack with nothing live is retired, one with
 //! at least `repack_unused` of its bytes unreferenced is rewritten with only
-//! its live objects. Retired packs wait in `trash/` for one grace period so
+//! its live objects, and then more packs, the most unreferenced first, until
+//! the unreferenced bytes left are at most `max_unused` of the live bytes
+//! (so a store after forget and gc is within that of a clean store of the
+//! same snapshots; `max_repack_bytes` bounds the copying). Retired packs wait in `trash/` for one grace period so
 //! a reader that looked an object up before the move still finds it.
 //!
 //! Why nothing live is lost: an object a snapshot references is marked
@@ -68,6 +71,9 @@ pub struct GcOptions {
     pub grace: Duration,
     /// Rewrite a pack when at least this fraction of it is unreferenced.
     pub repack_unused: f64,
+    /// Then rewrite the most unreferenced packs until the unreferenced
+    /// bytes left are at most this fraction of the live bytes.
+    pub max_unused: f64,
     /// Most live bytes rewritten per run (bounds one run's I/O).
     pub max_repack_bytes: u64,
     /// Set (by a stopping daemon) to end the run after the mark batch in
@@ -77,7 +83,13 @@ pub struct GcOptions {
 
 impl Default for GcOptions {
     fn default() -> Self {
-        GcOptions { grace: Duration::from_secs(3600), repack_unused: 0.2, max_repack_bytes: 4 << 30, stop: None }
+        GcOptions {
+            grace: Duration::from_secs(3600),
+            repack_unused: d_repack(),
+            max_unused: d_max_unused(),
+            max_repack_bytes: 4 << 30,
+            stop: None,
+        }
     }
 }
 
@@ -91,6 +103,10 @@ pub struct GcConfig {
     /// Rewrite a pack when this fraction of it is unreferenced.
     #[serde(default = "d_repack")]
     pub repack_unused: f64,
+    /// Then rewrite the most unreferenced packs until the unreferenced
+    /// bytes left are at most this fraction of the live bytes.
+    #[serde(default = "d_max_unused")]
+    pub max_unused: f64,
     /// Most live data rewritten per run.
     #[serde(default = "d_max_repack")]
     pub max_repack: ByteSize,
@@ -102,13 +118,21 @@ fn d_grace() -> u64 {
 fn d_repack() -> f64 {
     0.2
 }
+fn d_max_unused() -> f64 {
+    0.02
+}
 fn d_max_repack() -> ByteSize {
     ByteSize(4 << 30)
 }
 
 impl Default for GcConfig {
     fn default() -> Self {
-        GcConfig { grace_secs: d_grace(), repack_unused: d_repack(), max_repack: d_max_repack() }
+        GcConfig {
+            grace_secs: d_grace(),
+            repack_unused: d_repack(),
+            max_unused: d_max_unused(),
+            max_repack: d_max_repack(),
+        }
     }
 }
 
@@ -118,6 +142,7 @@ impl GcConfig {
         GcOptions {
             grace: Duration::from_secs(self.grace_secs),
             repack_unused: self.repack_unused,
+            max_unused: self.max_unused,
             max_repack_bytes: self.max_repack.0,
             stop: None,
         }
@@ -429,30 +454,41 @@ fn condemn(store: &Store, db: &GcDb, now: SystemTime) -> Result<u64, GcError> {
     Ok(total)
 }
 
-/// Retire packs with nothing live and rewrite packs that are mostly
-/// garbage.
+/// Retire packs with nothing live, rewrite packs that are mostly garbage,
+/// then the most unreferenced others until what is left unreferenced is
+/// within `max_unused` of the live bytes.
 fn reclaim(store: &Store, opts: &GcOptions) -> Result<RepackStats, GcError> {
     let packs = store.packs()?;
     let mut live_bytes: HashMap<u64, u64> = HashMap::new();
     store.for_each_object(|_, loc| *live_bytes.entry(loc.pack).or_default() += loc.len as u64)?;
     let mut chosen: HashSet<u64> = HashSet::new();
     let mut budget = opts.max_repack_bytes;
+    // (seq, record bytes, live bytes); a pack is its magic followed by its records
     let mut by_garbage: Vec<(u64, u64, u64)> = packs
         .iter()
-        // (a pack is its magic followed by its records)
         .map(|(seq, _, size)| (*seq, size.saturating_sub(PACK_HEADER), live_bytes.get(seq).copied().unwrap_or(0)))
-        .filter(|(_, size, live)| {
-            let unused = size.saturating_sub(*live) as f64;
-            *live == 0 || (*size > 0 && unused / *size as f64 >= opts.repack_unused)
-        })
         .collect();
     // the emptiest first: most space for the least copying
     by_garbage.sort_by(|a, b| (a.2 as f64 / a.1.max(1) as f64).total_cmp(&(b.2 as f64 / b.1.max(1) as f64)));
-    for (seq, _, live) in by_garbage {
+    let total_live: u64 = by_garbage.iter().map(|p| p.2).sum();
+    let allowed = (opts.max_unused.clamp(0.0, 1.0) * total_live as f64) as u64;
+    let mut unused_left: u64 = by_garbage.iter().map(|p| p.1.saturating_sub(p.2)).sum();
+    for (seq, size, live) in by_garbage {
+        let unused = size.saturating_sub(live);
+        if unused == 0 {
+            // sorted by live fraction: every pack from here on is full
+            break;
+        }
+        let mostly_garbage = live == 0 || unused as f64 / size as f64 >= opts.repack_unused;
+        if !mostly_garbage && unused_left <= allowed {
+            // nor is any later pack (their unused fraction is smaller)
+            break;
+        }
         if live > budget {
             continue;
         }
         budget -= live;
+        unused_left -= unused;
         chosen.insert(seq);
     }
     if chosen.is_empty() {
@@ -579,7 +615,13 @@ mod tests {
     }
 
     fn opts(grace: u64) -> GcOptions {
-        GcOptions { grace: Duration::from_secs(grace), repack_unused: 0.01, max_repack_bytes: u64::MAX, stop: None }
+        GcOptions {
+            grace: Duration::from_secs(grace),
+            repack_unused: 0.01,
+            max_unused: 0.0,
+            max_repack_bytes: u64::MAX,
+            stop: None,
+        }
     }
 
     #[test]
