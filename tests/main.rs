@@ -22,3 +22,4 @@ mod mesh_replication;
 mod mesh_security;
 mod residency;
 mod s3;
+mod torture;

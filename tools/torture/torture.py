@@ -1,0 +1,806 @@
+#!/usr/bin/env python3
+"""omesh torture suite: kill loops, bit rot, disk full, concurrency and
+frozen peers against real omesh processes, with counts of what was injected,
+detected, repaired and lost.
+
+Every experiment keeps a manifest (path -> size, sha256) of the tree each
+acknowledged snapshot was taken of, and checks after every injected fault
+that the store opens and verifies and that every acknowledged snapshot is
+still listed; restores are compared byte for byte with the manifest.
+A snapshot is *acknowledged* when the command that made it exited with its
+success code and printed its id (and, for a peer, when the backup report
+lists that peer as ok).
+
+Experiments (--only NAME,NAME…; all by default):
+  local-kills    SIGKILL `omesh backup --store` at random instants, and at
+                 the commit points (failpoints) of the write protocol
+  daemon-kills   SIGKILL a receiving peer's daemon at a random instant of a
+                 replication, restart it, `omesh sync`; every peer holds
+                 every snapshot it acknowledged
+  flips          flip one byte in each of several packs of a peer's
+                 replica (and truncate one), `omesh scrub` on that peer:
+                 injected = detected = repaired, then the replica verifies
+  disk-full      a local store and a receiving peer on small tmpfs mounts
+                 that fill mid-backup; nothing acknowledged is lost, the
+                 store verifies, and it works again once enlarged (root)
+  concurrency    backup + forget + gc + scrub at once through one daemon
+  freeze         SIGSTOP a peer in the middle of a replication and of a
+                 restore: the commands end, and after SIGCONT sync repairs
+
+Usage:
+  tools/torture/torture.py [--omesh PATH] [--seed N] [--iterations N]
+                           [--budget SECS] [--only LIST] [--work DIR] [--json]
+
+`--iterations` scales every experiment (1 = the short CI run); `--budget`
+stops each experiment's loop once its share of the time is spent (the
+current iteration and the final checks still run). The omesh binary must
+be a debug build (the failpoints); default: target/debug/omesh, or
+$CARGO_TARGET_DIR/debug/omesh. Exit code 0 when nothing failed and nothing
+was lost, 1 otherwise; the figures are printed (JSON with --json).
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+# a backup that has not ended after this long is a hang (a failure), not slowness
+HANG = 300
+
+
+def default_omesh():
+    t = os.environ.get("CARGO_TARGET_DIR")
+    for p in ([Path(t) / "debug/omesh"] if t else []) + [ROOT / "target/debug/omesh"]:
+        if p.exists():
+            return p
+    return ROOT / "target/debug/omesh"
+
+
+def clean_env(extra=None):
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("OMESH_") or k.startswith("AWS_") or k == "RUST_LOG")}
+    env["RUST_LOG"] = "warn"
+    env.update(extra or {})
+    return env
+
+
+class Failures:
+    def __init__(self, name):
+        self.name = name
+        self.items = []
+
+    def add(self, what):
+        print(f"  FAIL [{self.name}] {what}", file=sys.stderr)
+        self.items.append(what)
+
+
+class Tree:
+    """A source tree that changes between backups, with the manifest of
+    every version."""
+
+    def __init__(self, root, rng, files=40, size=48_000):
+        self.root, self.rng, self.size = Path(root), rng, size
+        self.n = 0
+        (self.root / "d").mkdir(parents=True, exist_ok=True)
+        for _ in range(files):
+            self._write(self._new_name())
+
+    def _new_name(self):
+        self.n += 1
+        return self.root / "d" / f"f{self.n:05}.bin"
+
+    def _write(self, p):
+        # compressible and incompressible parts, as real data has
+        size = self.rng.randint(self.size // 4, self.size * 2)
+        raw = self.rng.randbytes(size // 2)
+        p.write_bytes(raw + bytes(self.rng.choice(b"abcdefgh") for _ in range(64)) * (size // 128))
+
+    def files(self):
+        return sorted(p for p in (self.root / "d").iterdir() if p.is_file())
+
+    def mutate(self, big=False):
+        files = self.files()
+        for p in self.rng.sample(files, max(1, len(files) // 6)):
+            self._write(p)
+        if len(files) > 10:
+            self.rng.choice(files).unlink()
+        for _ in range(8 if big else 1):
+            self._write(self._new_name())
+
+    def manifest(self):
+        return manifest(self.root)
+
+
+def manifest(root):
+    root = Path(root)
+    m = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            m[str(p.relative_to(root))] = (p.stat().st_size, hashlib.sha256(p.read_bytes()).hexdigest())
+    return m
+
+
+class Omesh:
+    def __init__(self, bin):
+        self.bin = str(bin)
+
+    def cmd(self, args):
+        return [self.bin] + [str(a) for a in args]
+
+    def run(self, args, env=None, timeout=HANG):
+        try:
+            r = subprocess.run(self.cmd(args), capture_output=True, text=True, env=clean_env(env), timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return subprocess.CompletedProcess(args, -1, "", f"did not end within {timeout} s")
+        return r
+
+    def popen(self, args, env=None, stderr=subprocess.PIPE):
+        return subprocess.Popen(self.cmd(args), stdout=subprocess.PIPE, stderr=stderr, text=True, env=clean_env(env))
+
+
+def jsonof(r):
+    try:
+        return json.loads(r.stdout)
+    except (json.JSONDecodeError, TypeError):
+        return None
+
+
+def wait(p, timeout=HANG):
+    try:
+        out, err = p.communicate(timeout=timeout)
+        return p.returncode, out, err, False
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        return p.returncode, out, err, True
+
+
+def restored_manifest(target, src):
+    return manifest(Path(target) / Path(src).relative_to("/"))
+
+
+# ---------------------------------------------------------------- local kills
+
+COMMIT_POINTS = [
+    "pack.append",
+    "pack.before_rename",
+    "pack.after_rename",
+    "index.after_commit",
+    "backup.before_commit",
+    "snapshot.before_write",
+    "snapshot.after_write",
+]
+
+
+def check_local_store(om, store, acked, fails, rng, work, label, restore_all=False):
+    r = om.run(["verify", "--store", store, "--read-data"])
+    if r.returncode != 0:
+        fails.add(f"{label}: verify exit {r.returncode}: {r.stderr.strip()[-400:]}")
+    r = om.run(["snapshots", "--store", store, "--json"])
+    listed = {s["id"] for s in (jsonof(r) or {}).get("snapshots", [])}
+    lost = [s for s in acked if s not in listed]
+    for s in lost:
+        fails.add(f"{label}: acknowledged snapshot {s} is gone")
+    ids = list(acked) if restore_all else rng.sample(sorted(acked), min(2, len(acked)))
+    for sid in ids:
+        target = work / "restore"
+        shutil.rmtree(target, ignore_errors=True)
+        r = om.run(["restore", "--store", store, sid, "--target", target])
+        if r.returncode != 0:
+            fails.add(f"{label}: restore {sid} exit {r.returncode}: {r.stderr.strip()[-400:]}")
+        elif restored_manifest(target, acked[sid][0]) != acked[sid][1]:
+            fails.add(f"{label}: restore {sid} differs from the tree it was taken of")
+        shutil.rmtree(target, ignore_errors=True)
+    return len(lost)
+
+
+def local_kills(om, work, rng, iters, deadline):
+    fails = Failures("local-kills")
+    store, src = work / "store", work / "src"
+    om.run(["init", "--store", store, "--source", "t", "--chunk-sizes", "4096,16384,65536", "--pack-size-bytes", "262144"])
+    tree = Tree(src, rng)
+    acked = {}  # id -> (src, manifest)
+    r = om.run(["backup", "--store", store, src, "--json"])
+    acked[jsonof(r)["snapshot"]] = (src, tree.manifest())
+    t0 = time.monotonic()
+    om.run(["backup", "--store", store, src, "--json", "--parent", "none"])
+    one = time.monotonic() - t0
+    kills = at_points = finished = 0
+    lost = 0
+    i = 0
+    while i < iters and time.monotonic() < deadline:
+        i += 1
+        tree.mutate(big=rng.random() < 0.3)
+        m = tree.manifest()
+        env = None
+        if rng.random() < 0.35:
+            env = {"OMESH_FAILPOINT": f"{rng.choice(COMMIT_POINTS)}:{rng.randint(1, 3)}"}
+        args = ["backup", "--store", store, src, "--json"]
+        if rng.random() < 0.2:
+            args += ["--parent", "none"]
+        p = om.popen(args, env)
+        if env is None:
+            try:
+                p.wait(timeout=rng.uniform(0, one * 1.3))
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGKILL)
+                kills += 1
+        rc, out, err, hung = wait(p)
+        if hung:
+            fails.add(f"iteration {i}: backup did not end")
+        if rc == -signal.SIGKILL and env is not None:
+            at_points += 1
+        if rc in (0, 3):
+            finished += 1
+            try:
+                acked[json.loads(out)["snapshot"]] = (src, m)
+            except (json.JSONDecodeError, KeyError):
+                fails.add(f"iteration {i}: backup exit {rc} without a snapshot id: {out[-200:]}")
+        elif rc not in (-signal.SIGKILL,):
+            fails.add(f"iteration {i}: backup exit {rc}: {err.strip()[-300:]}")
+        lost += check_local_store(om, store, acked, fails, rng, work, f"iteration {i}")
+    # the orphans of killed runs go, and nothing acknowledged with them
+    r = om.run(["gc", "--store", store, "--json"])
+    if r.returncode != 0:
+        fails.add(f"gc after the kills: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+    lost += check_local_store(om, store, acked, fails, rng, work, "after gc", restore_all=True)
+    return {
+        "iterations": i,
+        "random_kills": kills,
+        "kills_at_commit_points": at_points,
+        "backups_finished": finished,
+        "acknowledged": len(acked),
+        "lost": lost,
+    }, fails
+
+
+# ---------------------------------------------------------------- mesh site
+
+
+def free_port(ip):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((ip, 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+class Node:
+    def __init__(self, om, work, name, ip, ca):
+        self.om, self.name, self.ip = om, name, ip
+        self.port = free_port(ip)
+        self.dir = work / name
+        self.data = self.dir / "data"
+        self.proc = None
+        r = om.run(["ca", "issue", "--dir", ca, "--node", name, "--out", self.dir / "tls"])
+        assert r.returncode == 0, r.stderr
+
+    def config(self, peers, factor=1, extra=""):
+        t = f'name = "{self.name}"\ndata_dir = "{self.data}"\nlisten = "{self.ip}:{self.port}"\ndomain = "d-{self.name}"\n'
+        t += f'[tls]\nca = "{self.dir}/tls/ca.pem"\ncert = "{self.dir}/tls/node.pem"\nkey = "{self.dir}/tls/node.key"\ncrl = "{self.dir}/tls/crl.pem"\n'
+        t += f"[replication]\nfactor = {factor}\n{extra}\n"
+        for p in peers:
+            t += f'[[peer]]\nname = "{p.name}"\naddress = "{p.ip}:{p.port}"\ndomain = "d-{p.name}"\n'
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "omesh.toml").write_text(t)
+
+    def run(self, *args, env=None, timeout=HANG):
+        return self.om.run(list(args) + ["--config", self.dir / "omesh.toml"], env=env, timeout=timeout)
+
+    def popen(self, *args, env=None):
+        return self.om.popen(list(args) + ["--config", self.dir / "omesh.toml"], env=env)
+
+    def start(self):
+        # the daemon's log goes to a file (a closed pipe would fail its writes)
+        log = self.dir / "daemon.log"
+        with open(log, "a") as f:
+            self.proc = self.om.popen(["node", "run", "--config", self.dir / "omesh.toml"], stderr=f)
+        line = self.proc.stdout.readline()
+        if "listening on" not in line:
+            self.proc.kill()
+            self.proc.wait()
+            raise SystemExit(f"{self.name} did not start: {line} {log.read_text()[-500:]}")
+
+    def kill(self):
+        if self.proc:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+    def held(self, source):
+        d = self.data / "sources" / source / "snapshots"
+        return {p.name for p in d.iterdir()} if d.exists() else set()
+
+
+def site(om, work, names, ips):
+    ca = work / "ca"
+    r = om.run(["ca", "init", "--dir", ca, "--site", "torture"])
+    assert r.returncode == 0, r.stderr
+    return [Node(om, work, n, ip, ca) for n, ip in zip(names, ips)]
+
+
+def record_backup(rep, m, src, acked, held_by):
+    sid = rep["snapshot"]
+    acked[sid] = (src, m)
+    for x in rep.get("replicas", []):
+        if x["ok"]:
+            held_by.setdefault(x["peer"], set()).add(sid)
+    return sid
+
+
+def check_peers(peers, source, held_by, fails, label, read_data=False):
+    lost = 0
+    for p in peers:
+        have = p.held(source)
+        for sid in sorted(held_by.get(p.name, ())):
+            if sid not in have:
+                fails.add(f"{label}: {p.name} acknowledged {sid} and no longer holds it")
+                lost += 1
+        if read_data and have:
+            r = p.run("verify", "--source", source, "--read-data")
+            if r.returncode != 0:
+                fails.add(f"{label}: verify of {p.name}'s replica of {source}: exit {r.returncode}: {r.stderr.strip()[-400:]}")
+    return lost
+
+
+def restore_from(src_node, peer, sid, acked, work, fails, label):
+    target = work / "restore"
+    shutil.rmtree(target, ignore_errors=True)
+    r = src_node.run("restore", sid, "--target", target, "--from", peer.name)
+    ok = r.returncode == 0 and restored_manifest(target, acked[sid][0]) == acked[sid][1]
+    if not ok:
+        fails.add(f"{label}: restore {sid} from {peer.name}: exit {r.returncode}: {r.stderr.strip()[-400:]}")
+    shutil.rmtree(target, ignore_errors=True)
+    return ok
+
+
+def daemon_kills(om, work, rng, iters, deadline):
+    fails = Failures("daemon-kills")
+    a, b, c = site(om, work, ["a", "b", "c"], ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+    a.config([b, c], factor=2)
+    b.config([a, c])
+    c.config([a, b])
+    b.start()
+    c.start()
+    src = work / "src"
+    tree = Tree(src, rng, files=30)
+    acked, held_by = {}, {}
+    kills = lost = 0
+    try:
+        r = a.run("backup", src, "--json")
+        record_backup(jsonof(r), tree.manifest(), src, acked, held_by)
+        t0 = time.monotonic()
+        a.run("backup", src, "--json")
+        one = time.monotonic() - t0
+        i = 0
+        while i < iters and time.monotonic() < deadline:
+            i += 1
+            tree.mutate(big=True)
+            m = tree.manifest()
+            victim = rng.choice([b, c])
+            p = a.popen("backup", src, "--json")
+            try:
+                p.wait(timeout=rng.uniform(0, one))
+            except subprocess.TimeoutExpired:
+                pass
+            victim.kill()
+            kills += 1
+            rc, out, err, hung = wait(p)
+            if hung:
+                fails.add(f"iteration {i}: backup did not end with {victim.name} dead")
+            if rc in (0, 6):
+                record_backup(json.loads(out), m, src, acked, held_by)
+            else:
+                fails.add(f"iteration {i}: backup exit {rc}: {err.strip()[-300:]}")
+            victim.start()
+            r = a.run("sync", "--json")
+            if r.returncode != 0:
+                fails.add(f"iteration {i}: sync after restarting {victim.name}: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            lost += check_peers([b, c], "a", held_by, fails, f"iteration {i}", read_data=(i % 3 == 0))
+        lost += check_peers([b, c], "a", held_by, fails, "final", read_data=True)
+        for peer in (b, c):
+            mine = sorted(held_by.get(peer.name, ()))
+            for sid in rng.sample(mine, min(2, len(mine))):
+                restore_from(a, peer, sid, acked, work, fails, "final")
+    finally:
+        b.kill()
+        c.kill()
+    return {"iterations": i, "daemon_kills": kills, "acknowledged": len(acked), "lost": lost}, fails
+
+
+# ---------------------------------------------------------------- flips
+
+
+def replica_packs(node, source):
+    return sorted(p for p in (node.data / "sources" / source / "packs").rglob("*") if p.is_file())
+
+
+def flips(om, work, rng, iters, deadline):
+    fails = Failures("flips")
+    a, b = site(om, work, ["a", "b"], ["127.0.0.1", "127.0.0.2"])
+    a.config([b], factor=1)
+    b.config([a])
+    src = work / "src"
+    tree = Tree(src, rng, files=60)
+    acked, held_by = {}, {}
+    injected = detected = repaired = truncations = 0
+    lost = 0
+    # the source's daemon serves the good copies scrub on b fetches
+    b.start()
+    a.start()
+    try:
+        i = 0
+        while i < iters and time.monotonic() < deadline:
+            i += 1
+            tree.mutate(big=True)
+            r = a.run("backup", src, "--json")
+            if r.returncode != 0:
+                fails.add(f"iteration {i}: backup exit {r.returncode}: {r.stderr.strip()[-300:]}")
+                continue
+            sid = record_backup(jsonof(r), tree.manifest(), src, acked, held_by)
+            packs = replica_packs(b, "a")
+            # one byte in each of several packs (never the magic): each
+            # damages exactly one record
+            chosen = rng.sample(packs, min(len(packs), rng.randint(1, 6)))
+            for pk in chosen:
+                data = bytearray(pk.read_bytes())
+                off = rng.randrange(16, len(data))
+                data[off] ^= 1 << rng.randrange(8)
+                pk.write_bytes(bytes(data))
+            injected += len(chosen)
+            # and sometimes cut the end off another
+            rest = [p for p in packs if p not in chosen]
+            cut = None
+            if rest and rng.random() < 0.3:
+                cut = rng.choice(rest)
+                size = cut.stat().st_size
+                os.truncate(cut, rng.randrange(size // 2, size - 1))
+                truncations += 1
+            r = b.run("scrub", "--json", "--rate", "unlimited")
+            rep = jsonof(r) or {}
+            damaged = sum(len(s.get("damaged", [])) for s in rep.get("stores", []))
+            n_rep = len(rep.get("repaired", []))
+            if r.returncode != 0 or rep.get("unrepaired"):
+                fails.add(f"iteration {i}: scrub exit {r.returncode}, unrepaired {rep.get('unrepaired')}: {r.stderr.strip()[-300:]}")
+            detected += damaged
+            repaired += n_rep
+            if cut is None and damaged != len(chosen):
+                fails.add(f"iteration {i}: {len(chosen)} records damaged, scrub found {damaged}")
+            if cut is not None and damaged < len(chosen) + 1:
+                fails.add(f"iteration {i}: {len(chosen)} records flipped and a pack truncated, scrub found {damaged}")
+            if n_rep != damaged:
+                fails.add(f"iteration {i}: scrub found {damaged}, repaired {n_rep}")
+            lost += check_peers([b], "a", held_by, fails, f"iteration {i}", read_data=True)
+            restore_from(a, b, sid, acked, work, fails, f"iteration {i}")
+    finally:
+        a.kill()
+        b.kill()
+    return {
+        "iterations": i,
+        "records_flipped": injected,
+        "packs_truncated": truncations,
+        "damaged_records_found": detected,
+        "repaired": repaired,
+        "lost": lost,
+    }, fails
+
+
+# ---------------------------------------------------------------- disk full
+
+
+class Tmpfs:
+    def __init__(self, path, size):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(self.path)], check=True)
+
+    def resize(self, size):
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def close(self):
+        subprocess.run(["umount", "-l", str(self.path)])
+
+
+def disk_full(om, work, rng, iters, deadline):
+    fails = Failures("disk-full")
+    if os.geteuid() != 0:
+        fails.add("needs root (tmpfs mounts)")
+        return {"skipped": "not root"}, fails
+    local_runs = peer_runs = refused = peer_refused = lost = 0
+    i = 0
+    while i < iters and time.monotonic() < deadline:
+        i += 1
+        # a local store that fills in the middle of its second backup
+        w = work / f"local{i}"
+        fs = Tmpfs(w / "mnt", "2m")
+        try:
+            store = w / "mnt" / "store"
+            om.run(["init", "--store", store, "--source", "t", "--pack-size-bytes", "262144"])
+            src = w / "src"
+            tree = Tree(src, rng, files=20)
+            acked = {}
+            r = om.run(["backup", "--store", store, src, "--json"])
+            if r.returncode == 0:
+                acked[jsonof(r)["snapshot"]] = (src, tree.manifest())
+            for _ in range(6):
+                tree.mutate(big=True)
+                tree.mutate(big=True)
+                m = tree.manifest()
+                r = om.run(["backup", "--store", store, src, "--json"])
+                if r.returncode == 0:
+                    acked[jsonof(r)["snapshot"]] = (src, m)
+                elif "no space" in r.stderr.lower() or "full" in r.stderr.lower():
+                    refused += 1
+                    break
+                else:
+                    fails.add(f"local run {i}: backup exit {r.returncode} without naming the full disk: {r.stderr.strip()[-300:]}")
+                    break
+            else:
+                fails.add(f"local run {i}: the disk never filled (the run tested nothing)")
+            local_runs += 1
+            lost += check_local_store(om, store, acked, fails, rng, w, f"local run {i} (full)")
+            fs.resize("64m")
+            tree.mutate()
+            m = tree.manifest()
+            r = om.run(["backup", "--store", store, src, "--json"])
+            if r.returncode != 0:
+                fails.add(f"local run {i}: backup after enlarging: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            else:
+                acked[jsonof(r)["snapshot"]] = (src, m)
+            lost += check_local_store(om, store, acked, fails, rng, w, f"local run {i} (enlarged)")
+        finally:
+            fs.close()
+            shutil.rmtree(w, ignore_errors=True)
+        # a receiving peer whose data directory fills
+        w = work / f"peer{i}"
+        w.mkdir(parents=True)
+        a, b = site(om, w, ["a", "b"], ["127.0.0.1", "127.0.0.2"])
+        fs = Tmpfs(b.data, "3m")
+        a.config([b], factor=1)
+        b.config([a])
+        b.start()
+        a.start()
+        try:
+            src = w / "src"
+            tree = Tree(src, rng, files=20)
+            acked, held_by = {}, {}
+            for _ in range(6):
+                tree.mutate(big=True)
+                tree.mutate(big=True)
+                r = a.run("backup", src, "--json")
+                if r.returncode in (0, 6):
+                    record_backup(jsonof(r), tree.manifest(), src, acked, held_by)
+                else:
+                    fails.add(f"peer run {i}: backup exit {r.returncode}: {r.stderr.strip()[-300:]}")
+                if r.returncode == 6:
+                    peer_refused += 1
+                    break
+            else:
+                fails.add(f"peer run {i}: the peer's disk never filled (the run tested nothing)")
+            peer_runs += 1
+            lost += check_peers([b], "a", held_by, fails, f"peer run {i} (full)", read_data=True)
+            fs.resize("128m")
+            # the holder pulls what it is missing (a's sync leaves it to b)
+            bad = False
+            for n in (b, a):
+                r = n.run("sync", "--json")
+                if r.returncode != 0:
+                    bad = True
+                    fails.add(f"peer run {i}: sync on {n.name} after enlarging: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            if not bad:
+                # now b holds every snapshot of a
+                held_by.setdefault("b", set()).update(acked)
+            lost += check_peers([b], "a", held_by, fails, f"peer run {i} (enlarged)", read_data=True)
+            for sid in rng.sample(sorted(acked), min(2, len(acked))):
+                restore_from(a, b, sid, acked, w, fails, f"peer run {i}")
+        finally:
+            a.kill()
+            b.kill()
+            fs.close()
+            shutil.rmtree(w, ignore_errors=True)
+    return {"local_runs": local_runs, "peer_runs": peer_runs, "local_disk_full": refused, "peer_disk_full": peer_refused, "lost": lost}, fails
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def concurrency(om, work, rng, iters, deadline):
+    fails = Failures("concurrency")
+    a, b = site(om, work, ["a", "b"], ["127.0.0.1", "127.0.0.2"])
+    lifecycle = "[retention]\nkeep_last = 2\n[gc]\ngrace_secs = 0\n"
+    a.config([b], factor=1, extra=lifecycle)
+    b.config([a])
+    src = work / "src"
+    tree = Tree(src, rng, files=40)
+    acked, held_by = {}, {}
+    lost = rounds = 0
+    b.start()
+    a.start()
+    try:
+        r = a.run("backup", src, "--json")
+        record_backup(jsonof(r), tree.manifest(), src, acked, held_by)
+        while rounds < iters and time.monotonic() < deadline:
+            rounds += 1
+            tree.mutate(big=True)
+            m = tree.manifest()
+            procs = {name: a.popen(*args) for name, args in (
+                ("backup", ["backup", src, "--json"]),
+                ("forget", ["forget", "--json"]),
+                ("gc", ["gc", "--json"]),
+                ("scrub", ["scrub", "--json", "--rate", "unlimited"]),
+            )}
+            for name, p in procs.items():
+                rc, out, err, hung = wait(p)
+                if hung:
+                    fails.add(f"round {rounds}: {name} did not end")
+                elif name == "backup" and rc == 0:
+                    record_backup(json.loads(out), m, src, acked, held_by)
+                elif name == "scrub" and rc == 1 and "already" in err:
+                    pass  # one scrub at a time: it says so instead of waiting
+                elif rc != 0:
+                    fails.add(f"round {rounds}: {name} exit {rc}: {err.strip()[-300:]}")
+            r = a.run("snapshots", "--json")
+            listed = {s["id"] for s in (jsonof(r) or {}).get("snapshots", [])}
+            newest = list(acked)[-1]
+            if newest not in listed:
+                fails.add(f"round {rounds}: the newest acknowledged snapshot {newest} is gone")
+                lost += 1
+            r = a.run("verify", "--read-data")
+            if r.returncode != 0:
+                fails.add(f"round {rounds}: verify exit {r.returncode}: {r.stderr.strip()[-300:]}")
+        newest = list(acked)[-1]
+        target = work / "restore"
+        r = a.run("restore", newest, "--target", target)
+        if r.returncode != 0 or restored_manifest(target, src) != acked[newest][1]:
+            fails.add(f"final: restore of {newest} exit {r.returncode}: {r.stderr.strip()[-300:]}")
+    finally:
+        a.kill()
+        b.kill()
+    return {"rounds": rounds, "acknowledged": len(acked), "lost": lost}, fails
+
+
+# ---------------------------------------------------------------- freeze
+
+
+def freeze(om, work, rng, iters, deadline):
+    fails = Failures("freeze")
+    a, b, c = site(om, work, ["a", "b", "c"], ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+    a.config([b, c], factor=1)
+    b.config([a, c])
+    c.config([a, b])
+    b.start()
+    c.start()
+    src = work / "src"
+    tree = Tree(src, rng, files=40)
+    acked, held_by = {}, {}
+    lost = frozen = 0
+    i = 0
+    try:
+        r = a.run("backup", src, "--json")
+        record_backup(jsonof(r), tree.manifest(), src, acked, held_by)
+        t0 = time.monotonic()
+        a.run("backup", src, "--json")
+        one = time.monotonic() - t0
+        while i < iters and time.monotonic() < deadline:
+            i += 1
+            tree.mutate(big=True)
+            m = tree.manifest()
+            victim = rng.choice([b, c])
+            p = a.popen("backup", src, "--json")
+            try:
+                p.wait(timeout=rng.uniform(0, one))
+            except subprocess.TimeoutExpired:
+                pass
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            frozen += 1
+            rc, out, err, hung = wait(p)
+            if hung:
+                fails.add(f"iteration {i}: backup did not end with {victim.name} frozen")
+            elif rc in (0, 6):
+                record_backup(json.loads(out), m, src, acked, held_by)
+            else:
+                fails.add(f"iteration {i}: backup exit {rc} with {victim.name} frozen: {err.strip()[-300:]}")
+            # a restore from the frozen peer ends and names it
+            sid = list(acked)[-1]
+            target = work / "restore"
+            shutil.rmtree(target, ignore_errors=True)
+            r = a.run("restore", sid, "--target", target, "--from", victim.name)
+            if r.returncode == -1:
+                fails.add(f"iteration {i}: restore from the frozen {victim.name} did not end")
+            elif r.returncode != 0 and victim.name not in r.stderr:
+                fails.add(f"iteration {i}: restore from the frozen {victim.name} failed without naming it: {r.stderr.strip()[-300:]}")
+            shutil.rmtree(target, ignore_errors=True)
+            os.kill(victim.proc.pid, signal.SIGCONT)
+            r = a.run("sync", "--json")
+            if r.returncode != 0:
+                fails.add(f"iteration {i}: sync after thawing {victim.name}: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            lost += check_peers([b, c], "a", held_by, fails, f"iteration {i}")
+        lost += check_peers([b, c], "a", held_by, fails, "final", read_data=True)
+        sid = list(acked)[-1]
+        for peer in (b, c):
+            if sid in peer.held("a"):
+                restore_from(a, peer, sid, acked, work, fails, "final")
+    finally:
+        for n in (b, c):
+            if n.proc:
+                os.kill(n.proc.pid, signal.SIGCONT)
+            n.kill()
+    return {"iterations": i, "peers_frozen": frozen, "acknowledged": len(acked), "lost": lost}, fails
+
+
+EXPERIMENTS = {
+    # name: (function, iterations at --iterations 1)
+    "local-kills": (local_kills, 12),
+    "daemon-kills": (daemon_kills, 4),
+    "flips": (flips, 3),
+    "disk-full": (disk_full, 1),
+    "concurrency": (concurrency, 3),
+    "freeze": (freeze, 2),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--omesh", type=Path, default=default_omesh())
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--iterations", type=int, default=1, help="scale of every experiment (1: the short CI run)")
+    ap.add_argument("--budget", type=float, default=3600, help="seconds for the whole run")
+    ap.add_argument("--only", default=",".join(EXPERIMENTS))
+    ap.add_argument("--work", type=Path, default=None, help="working directory (default: a fresh temporary one)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    if not a.omesh.exists():
+        ap.error(f"no omesh binary at {a.omesh}: build it (cargo build) or pass --omesh PATH")
+    names = [n for n in a.only.split(",") if n]
+    unknown = [n for n in names if n not in EXPERIMENTS]
+    if unknown:
+        ap.error(f"unknown experiment {', '.join(unknown)}; the experiments are {', '.join(EXPERIMENTS)}")
+    om = Omesh(a.omesh.resolve())
+    base = a.work or Path(tempfile.mkdtemp(prefix="omesh-torture-"))
+    start = time.monotonic()
+    results, failed = {}, []
+    for k, name in enumerate(names):
+        fn, n = EXPERIMENTS[name]
+        share = (a.budget - (time.monotonic() - start)) / (len(names) - k)
+        work = base / name
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        rng = random.Random(f"{a.seed}:{name}")
+        print(f"== {name}: {n * a.iterations} iterations, {share:.0f} s (seed {a.seed})", file=sys.stderr)
+        t = time.monotonic()
+        try:
+            res, fails = fn(om, work, rng, n * a.iterations, time.monotonic() + share)
+        except Exception as e:  # a broken experiment is a failure, not a pass
+            res, fails = {}, Failures(name)
+            fails.add(f"the experiment itself failed: {e!r}")
+        res["seconds"] = round(time.monotonic() - t, 1)
+        res["failures"] = fails.items
+        results[name] = res
+        failed += fails.items
+        if not fails.items:
+            shutil.rmtree(work, ignore_errors=True)
+    summary = {"seed": a.seed, "iterations": a.iterations, "omesh": str(a.omesh), "experiments": results,
+               "failures": len(failed), "lost": sum(r.get("lost", 0) for r in results.values())}
+    if a.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for name, r in results.items():
+            figures = ", ".join(f"{k} {v}" for k, v in r.items() if k != "failures")
+            print(f"{name}: {figures}, failures {len(r['failures'])}")
+        print(f"total: {summary['failures']} failures, {summary['lost']} acknowledged snapshots lost")
+    if not failed and a.work is None:
+        shutil.rmtree(base, ignore_errors=True)
+    sys.exit(1 if failed or summary["lost"] else 0)
+
+
+if __name__ == "__main__":
+    main()
