@@ -1,7 +1,8 @@
 //! The short run of the torture suite (tools/torture/torture.py): kill
 //! loops of local backups and of receiving daemons, byte flips and
 //! truncations repaired by scrub, disk full on a local store and on a
-//! peer (tmpfs), backup + forget + gc + scrub at once, frozen peers. Every
+//! peer (tmpfs), backup + forget + gc + scrub at once, frozen peers, and
+//! the crash-consistency replay of a recorded backup. Every
 //! experiment must have run (nonzero counts) and nothing acknowledged may
 //! be lost.
 
@@ -34,6 +35,9 @@ fn the_short_torture_run_loses_nothing() {
         ("disk-full", "peer_disk_full"),
         ("concurrency", "rounds"),
         ("freeze", "peers_frozen"),
+        ("crash-replay", "states_checked"),
+        // the replay without the packs' fsyncs must be caught
+        ("crash-replay", "mutant_states_failing"),
     ] {
         assert!(count(exp, field) > 0, "{exp} did nothing ({field} is 0): {v:#}");
     }

@@ -26,10 +26,16 @@ Experiments (--only NAME,NAME…; all by default):
   concurrency    backup + forget + gc + scrub at once through one daemon
   freeze         SIGSTOP a peer in the middle of a replication and of a
                  restore: the commands end, and after SIGCONT sync repairs
+  crash-replay   record a backup's writes and fsyncs (LD_PRELOAD shim,
+                 crashlog.c, built with gcc) and rebuild the store as a
+                 power cut at every fsync and between them could leave it:
+                 every state opens, verifies, keeps what was acknowledged
+                 (--replay-mib sets the backup's size)
 
 Usage:
   tools/torture/torture.py [--omesh PATH] [--seed N] [--iterations N]
-                           [--budget SECS] [--only LIST] [--work DIR] [--json]
+                           [--budget SECS] [--only LIST] [--work DIR]
+                           [--replay-mib N] [--json]
 
 `--iterations` scales every experiment (1 = the short CI run); `--budget`
 stops each experiment's loop once its share of the time is spent (the
@@ -40,6 +46,7 @@ was lost, 1 otherwise; the figures are printed (JSON with --json).
 """
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -450,7 +457,7 @@ def flips(om, work, rng, iters, deadline):
             packs = replica_packs(b, "a")
             # one byte in each of several packs (never the magic): each
             # damages exactly one record
-            chosen = rng.sample(packs, min(len(packs), rng.randint(1, 6)))
+            chosen = rng.sample(packs, min(len(packs), rng.randint(1, 40)))
             for pk in chosen:
                 data = bytearray(pk.read_bytes())
                 off = rng.randrange(16, len(data))
@@ -736,6 +743,254 @@ def freeze(om, work, rng, iters, deadline):
             n.kill()
     return {"iterations": i, "peers_frozen": frozen, "acknowledged": len(acked), "lost": lost}, fails
 
+# ---------------------------------------------------------------- crash replay
+
+
+def parse_log(path):
+    """The operations tools/torture/crashlog.c recorded, in order."""
+    data = Path(path).read_bytes()
+    ops, i = [], 0
+    while i < len(data):
+        j = data.index(b"\n", i)
+        parts = data[i:j].decode().split(" ")
+        i = j + 1
+        if parts[0] == "W":
+            n = int(parts[3])
+            ops.append(("W", int(parts[1]), int(parts[2]), data[i:i + n]))
+            i += n
+        elif parts[0] == "O":
+            ops.append(("O", int(parts[1]), parts[2], parts[3]))
+        elif parts[0] in ("T",):
+            ops.append(("T", int(parts[1]), int(parts[2])))
+        elif parts[0] == "S":
+            ops.append(("S", int(parts[1])))
+        elif parts[0] in ("R", "L"):
+            ops.append((parts[0], parts[1], parts[2]))
+        elif parts[0] in ("U", "M", "D"):
+            ops.append((parts[0], parts[1]))
+        elif parts[0] == "P":
+            ops.append(("P",))
+        else:
+            ops.append(("X", " ".join(parts[1:])))
+    return ops
+
+
+class CrashModel:
+    """Files as a power cut could leave them. Metadata (creates, renames,
+    links, unlinks, mkdirs) reaches the disk in order, all of it up to the
+    last fsync of anything (a journal commit, as on ext4 and XFS); a file's
+    data (writes, truncations) only up to the last fsync of that file.
+    `state(c, minimal=False)` is everything up to operation c (the most a
+    crash can keep); `minimal=True` keeps only what was made durable."""
+
+    def __init__(self, ops, root, base):
+        self.ops, self.root, self.base = ops, root, Path(base)
+        # handle -> inode, replaying the opens (needed in both modes)
+        self.inode_of, nxt, names = {}, 0, {}
+        for p in self.base.rglob("*"):
+            if p.is_file():
+                nxt += 1
+                names[str(p.relative_to(self.base))] = nxt
+        self.base_names = dict(names)
+        self.first_new = nxt + 1
+        # data op k on inode i is durable once a later S on i came
+        self.durable_at = {}
+        self.creates = {}
+        last_data = {}
+        for k, op in enumerate(ops):
+            if op[0] == "O":
+                rel = self.rel(op[3])
+                if op[2] == "f":
+                    if rel not in names:
+                        nxt += 1
+                        names[rel] = nxt
+                        self.creates[k] = nxt
+                    self.inode_of[op[1]] = names[rel]
+                else:
+                    self.inode_of[op[1]] = None
+            elif op[0] == "R":
+                a, b = self.rel(op[1]), self.rel(op[2])
+                if a in names:
+                    names[b] = names.pop(a)
+            elif op[0] == "L":
+                a, b = self.rel(op[1]), self.rel(op[2])
+                if a in names:
+                    names[b] = names[a]
+            elif op[0] == "U":
+                names.pop(self.rel(op[1]), None)
+            elif op[0] in ("W", "T"):
+                last_data.setdefault(self.inode_of[op[1]], []).append(k)
+            elif op[0] == "S":
+                ino = self.inode_of.get(op[1])
+                for d in last_data.pop(ino, []):
+                    self.durable_at[d] = k
+        self.syncs = [k for k, op in enumerate(ops) if op[0] == "S"]
+        self.acked_at = next((k for k, op in enumerate(ops) if op[0] == "P"), None)
+        self.unmodelled = [op[1] for op in ops if op[0] == "X"]
+
+    def rel(self, p):
+        return str(Path(p).relative_to(self.root)) if p != str(self.root) else "."
+
+    def state(self, c, minimal=False):
+        names = dict(self.base_names)
+        dirs = {str(p.relative_to(self.base)) for p in self.base.rglob("*") if p.is_dir()}
+        data = {}  # inode -> bytearray (absent: as in the base)
+        base_path = {i: self.base / n for n, i in self.base_names.items()}
+        meta_to = c
+        if minimal:
+            meta_to = max([k for k in self.syncs if k <= c], default=-1)
+
+        def content(i):
+            if i not in data:
+                data[i] = bytearray(base_path[i].read_bytes()) if i in base_path else bytearray()
+            return data[i]
+
+        for k, op in enumerate(self.ops[: c + 1]):
+            t = op[0]
+            if t in ("W", "T"):
+                if minimal and self.durable_at.get(k, c + 1) > c:
+                    continue
+                buf = content(self.inode_of[op[1]])
+                if t == "W":
+                    off, b = op[2], op[3]
+                    if len(buf) < off:
+                        buf.extend(bytes(off - len(buf)))
+                    buf[off:off + len(b)] = b
+                else:
+                    del buf[op[2]:]
+                    if len(buf) < op[2]:
+                        buf.extend(bytes(op[2] - len(buf)))
+                continue
+            if k > meta_to:
+                continue
+            if t == "O" and k in self.creates:
+                names[self.rel(op[3])] = self.creates[k]
+            elif t == "R":
+                a, b = self.rel(op[1]), self.rel(op[2])
+                if a in names:
+                    names[b] = names.pop(a)
+            elif t == "L":
+                a, b = self.rel(op[1]), self.rel(op[2])
+                if a in names:
+                    names[b] = names[a]
+            elif t == "U":
+                names.pop(self.rel(op[1]), None)
+            elif t == "M":
+                dirs.add(self.rel(op[1]))
+            elif t == "D":
+                dirs.discard(self.rel(op[1]))
+        return names, dirs, data, base_path
+
+    def materialize(self, c, dest, minimal=False):
+        names, dirs, data, base_path = self.state(c, minimal)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        for d in sorted(dirs):
+            (dest / d).mkdir(parents=True, exist_ok=True)
+        for n, i in names.items():
+            p = dest / n
+            p.parent.mkdir(parents=True, exist_ok=True)
+            if i in data:
+                p.write_bytes(bytes(data[i]))
+            elif i in base_path:
+                shutil.copyfile(base_path[i], p)
+            else:
+                p.write_bytes(b"")
+            # modes as the store made them: the base's, private for new files
+            if i in base_path:
+                shutil.copymode(base_path[i], p)
+            else:
+                p.chmod(0o600)
+
+
+def build_shim(work):
+    so = work / "crashlog.so"
+    r = subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-o", str(so), str(ROOT / "tools/torture/crashlog.c"), "-ldl", "-lpthread"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"cannot build the write-logging shim: {r.stderr[-500:]}")
+    return so
+
+
+def crash_replay(om, work, rng, iters, deadline, mib=None):
+    """Record a backup's writes and fsyncs, rebuild the store as a power cut
+    at every fsync (and at random writes between them) could leave it, most
+    and least kept, and check every such state opens, verifies and keeps
+    every acknowledged snapshot. A mutant replay that drops the fsyncs of
+    new packs must fail: it shows the checker can see a missing fsync."""
+    fails = Failures("crash-replay")
+    so = build_shim(work)
+    size = (mib or 2 * iters) << 20
+    store, src = work / "store", work / "src"
+    om.run(["init", "--store", store, "--source", "t", "--chunk-sizes", "4096,16384,65536", "--pack-size-bytes", str(max(262144, size // 6))])
+    tree = Tree(src, rng, files=max(20, size // 60_000), size=48_000)
+    r = om.run(["backup", "--store", store, src, "--json"])
+    first = jsonof(r)["snapshot"]
+    tree.mutate(big=True)
+    for _ in range(3):
+        tree.mutate(big=True)
+    base = work / "base"
+    shutil.copytree(store, base)
+    log = work / "writes.log"
+    r = om.run(["backup", "--store", store, src, "--json"],
+               env={"LD_PRELOAD": str(so), "CRASHLOG_ROOT": str(store), "CRASHLOG_OUT": str(log)})
+    if r.returncode != 0:
+        fails.add(f"the recorded backup failed: exit {r.returncode}: {r.stderr[-300:]}")
+        return {}, fails
+    second = jsonof(r)["snapshot"]
+    ops = parse_log(log)
+    model = CrashModel(ops, str(store), base)
+    if model.unmodelled:
+        fails.add(f"the backup made calls the replay cannot model: {sorted(set(model.unmodelled))}")
+    if model.acked_at is None:
+        fails.add("the recorded backup never answered (no write to stdout)")
+    syncs = model.syncs
+    # a few positions between fsyncs too: a crash in the middle of writing
+    between = sorted(rng.sample(range(len(ops)), min(len(ops), 3 * len(syncs))))
+    points = [(c, True) for c in syncs] + [(c, False) for c in sorted(set(syncs + between + [len(ops) - 1]))]
+    checked = failed = 0
+    dest = work / "state"
+
+    def check(c, minimal, mutant=None):
+        m = mutant or model
+        m.materialize(c, dest, minimal)
+        want = [first] + ([second] if m.acked_at is not None and c >= m.acked_at else [])
+        v = om.run(["verify", "--store", dest, "--read-data"])
+        listed = {x["id"] for x in (jsonof(om.run(["snapshots", "--store", dest, "--json"])) or {}).get("snapshots", [])}
+        missing = [x for x in want if x not in listed]
+        return v.returncode == 0 and not missing, f"exit {v.returncode} {v.stderr.strip()[-200:]} missing {missing}"
+
+    for c, minimal in points:
+        if time.monotonic() > deadline:
+            break
+        ok, why = check(c, minimal)
+        checked += 1
+        if not ok:
+            failed += 1
+            fails.add(f"crash after operation {c}/{len(ops)} ({'only what was fsynced' if minimal else 'everything written'}): {why}")
+    # the mutant: new packs never fsynced
+    pack_handles = {op[1] for op in ops if op[0] == "O" and op[3].endswith(".pack-tmp")}
+    mutant = CrashModel([op for op in ops if not (op[0] == "S" and op[1] in pack_handles)], str(store), base)
+    mutant_failing, mutant_example = 0, None
+    for c in mutant.syncs:
+        ok, why = check(c, True, mutant)
+        if not ok:
+            mutant_failing += 1
+            mutant_example = mutant_example or why
+    if pack_handles and mutant_failing == 0:
+        fails.add("a replay without the packs' fsyncs found nothing wrong: the checker cannot see a missing fsync")
+    shutil.rmtree(dest, ignore_errors=True)
+    return {
+        "backup_bytes": sum(p.stat().st_size for p in src.rglob("*") if p.is_file()),
+        "operations": len(ops),
+        "fsyncs": len(syncs),
+        "states_checked": checked,
+        "states_failed": failed,
+        "mutant_states_failing": mutant_failing,
+        "mutant_example": mutant_example,
+        "lost": failed,
+    }, fails
+
 
 EXPERIMENTS = {
     # name: (function, iterations at --iterations 1)
@@ -745,6 +1000,7 @@ EXPERIMENTS = {
     "disk-full": (disk_full, 1),
     "concurrency": (concurrency, 3),
     "freeze": (freeze, 2),
+    "crash-replay": (crash_replay, 2),
 }
 
 
@@ -756,6 +1012,7 @@ def main():
     ap.add_argument("--budget", type=float, default=3600, help="seconds for the whole run")
     ap.add_argument("--only", default=",".join(EXPERIMENTS))
     ap.add_argument("--work", type=Path, default=None, help="working directory (default: a fresh temporary one)")
+    ap.add_argument("--replay-mib", type=int, default=None, help="size of the crash-replay backup (default: 2 MiB per iteration)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if not a.omesh.exists():
@@ -770,6 +1027,8 @@ def main():
     results, failed = {}, []
     for k, name in enumerate(names):
         fn, n = EXPERIMENTS[name]
+        if name == "crash-replay" and a.replay_mib:
+            fn = functools.partial(crash_replay, mib=a.replay_mib)
         share = (a.budget - (time.monotonic() - start)) / (len(names) - k)
         work = base / name
         shutil.rmtree(work, ignore_errors=True)
