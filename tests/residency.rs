@@ -206,3 +206,55 @@ fn residency_check_covers_the_metrics_listener() {
         assert_eq!(r.code, if allowed { 0 } else { 2 }, "{listen}: {j}");
     }
 }
+
+/// `omesh residency check --config` for srv-a in a mount namespace whose
+/// /etc/hosts is `hosts` (name resolution as the server would see it).
+fn check_with_hosts(site: &Site, root: &std::path::Path, hosts: &str) -> crate::common::Run {
+    let file = root.join("hosts");
+    fs::write(&file, hosts).unwrap();
+    let mut c = std::process::Command::new("unshare");
+    crate::common::clean_env(&mut c);
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount --bind \"$1\" /etc/hosts && shift && exec \"$@\"")
+        .arg("sh")
+        .arg(&file)
+        .arg(crate::common::bin())
+        .args(["residency", "check", "--json", "--config"])
+        .arg(site.node("srv-a").config());
+    c.output().unwrap().into()
+}
+
+#[test]
+fn an_outposts_access_point_is_checked_at_the_host_the_sdk_connects_to() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0")]);
+    let arn = "arn:aws:s3-outposts:eu-central-1:123456789012:outpost/op-0123456789abcdef0/accesspoint/omesh";
+    let host = "omesh-123456789012.op-0123456789abcdef0.s3-outposts.eu-central-1.amazonaws.com";
+    let s3 = format!("[[s3]]\nname = \"rack\"\nbucket = \"{arn}\"\nregion = \"eu-central-1\"\n");
+    let policy = "[residency]\nallowed_networks = [\"127.0.0.0/8\"]\n";
+    site.write_config("srv-a", &[], 1, &format!("{policy}{s3}"));
+    // the access point's name resolving to a CoIP-like address on site: allowed
+    let r = check_with_hosts(&site, t.path(), &format!("127.0.0.80 {host}\n"));
+    let chk = r.ok().json();
+    let line = chk["destinations"].as_array().unwrap().iter().find(|d| d["name"] == "rack").unwrap().clone();
+    assert_eq!((line["host"].as_str(), line["allowed"].as_bool()), (Some(host), Some(true)), "{chk}");
+    assert_eq!(line["address"], "127.0.0.80:443", "{chk}");
+    // resolving outside the boundary: refused, naming the real host
+    let r = check_with_hosts(&site, t.path(), &format!("10.99.0.7 {host}\n"));
+    let chk = r.code(2).json();
+    let line = chk["destinations"].as_array().unwrap().iter().find(|d| d["name"] == "rack").unwrap().clone();
+    assert_eq!((line["host"].as_str(), line["allowed"].as_bool()), (Some(host), Some(false)), "{chk}");
+    assert!(line["reason"].as_str().unwrap().contains("outside the allowed networks"), "{chk}");
+
+    // what the SDK's rules would get wrong is refused when the file loads
+    site.write_config("srv-a", &[], 1, &format!("{policy}{s3}endpoint = \"https://10.0.9.20\"\n"));
+    let r = site.omesh("srv-a", &["residency", "check"]).code(2);
+    assert!(
+        r.stderr.contains("endpoint") && r.stderr.contains("10.0.9.20") && r.stderr.contains("remove endpoint"),
+        "{}",
+        r.stderr
+    );
+    site.write_config("srv-a", &[], 1, &format!("{policy}{s3}path_style = true\n"));
+    let r = site.omesh("srv-a", &["residency", "check"]).code(2);
+    assert!(r.stderr.contains("path_style") && r.stderr.contains("rack"), "{}", r.stderr);
+}

@@ -14,6 +14,7 @@
 //!
 //! Wire and record formats live in `omesh-proto`.
 
+pub mod addr;
 pub mod backup;
 pub mod chunker;
 pub mod crypto;

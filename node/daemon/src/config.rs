@@ -411,6 +411,8 @@ impl NodeConfig {
             if t.part_size.0 < 5 << 20 {
                 return Err(format!("[[s3]] {:?}: part_size must be at least 5 MiB (an S3 rule)", t.name));
             }
+            // what the SDK's endpoint rules refuse or get wrong, refused here
+            t.addressing()?;
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.peers {
@@ -516,7 +518,12 @@ impl NodeConfig {
             name: p.name.clone(),
             endpoint: Some(p.address.clone()),
         });
-        let s3 = self.s3.iter().map(|t| Destination { kind: "s3", name: t.name.clone(), endpoint: t.endpoint.clone() });
+        // the host the SDK really connects to (its endpoint rules), not `endpoint`
+        let s3 = self.s3.iter().map(|t| Destination {
+            kind: "s3",
+            name: t.name.clone(),
+            endpoint: t.addressing().map(|a| a.url).ok().or_else(|| t.endpoint.clone()),
+        });
         peers.chain(s3).collect()
     }
 

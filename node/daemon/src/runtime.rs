@@ -237,9 +237,11 @@ impl NodeRuntime {
                 })
             });
             let mut target = omesh_s3::S3Target::new(t.clone(), &cfg.data_dir, resolver).await?;
-            // an endpoint given as an IP address is never resolved: check it here
+            // a host that is an IP address is never resolved: check it here
+            // (the host the SDK connects to, from its endpoint rules)
+            let host = t.addressing().ok().map(|a| a.host);
             if let (Some(check), Some(ip)) =
-                (&outbound_check, t.endpoint.as_deref().and_then(omesh_net::residency::literal_ip))
+                (&outbound_check, host.as_deref().and_then(|h| h.parse::<std::net::IpAddr>().ok()))
                 && let Err(m) = check(&format!("S3 target {:?}", t.name), SocketAddr::new(ip, 0))
             {
                 target.blocked = Some(m);

@@ -324,31 +324,6 @@ pub fn route_to(dst: SocketAddr, bind: Option<IpAddr>) -> Option<(IpAddr, Option
     Some((src, iface))
 }
 
-/// The IP address of an endpoint URL or `host:port` given as a literal.
-pub fn literal_ip(url_or_addr: &str) -> Option<IpAddr> {
-    host_of(url_or_addr).0.parse().ok()
-}
-
-fn host_of(url_or_addr: &str) -> (String, u16) {
-    let s = url_or_addr.trim();
-    let (rest, default_port) = if let Some(r) = s.strip_prefix("https://") {
-        (r, 443)
-    } else if let Some(r) = s.strip_prefix("http://") {
-        (r, 80)
-    } else {
-        (s, 0)
-    };
-    let hostport = rest.split('/').next().unwrap_or(rest);
-    if let Some(h) = hostport.strip_prefix('[') {
-        let (h, p) = h.split_once(']').unwrap_or((h, ""));
-        return (h.to_string(), p.trim_start_matches(':').parse().unwrap_or(default_port));
-    }
-    match hostport.rsplit_once(':') {
-        Some((h, p)) if p.parse::<u16>().is_ok() => (h.to_string(), p.parse().unwrap()),
-        _ => (hostport.to_string(), default_port),
-    }
-}
-
 /// Check every destination of node `node` (listening on `listen`) against
 /// its policy.
 pub async fn check_destinations(
@@ -363,7 +338,7 @@ pub async fn check_destinations(
     for d in destinations {
         match &d.endpoint {
             Some(e) => {
-                let (h, port) = host_of(e);
+                let (h, port) = omesh_core::addr::host_port(e);
                 dests.push((d.kind.into(), d.name.clone(), h, port));
             }
             None => out.push(CheckLine {
@@ -553,13 +528,5 @@ mod tests {
         assert!(p.enforce("connection to", "peer x", "192.168.1.1".parse().unwrap()).is_err());
         assert_eq!(p.refusals.load(Ordering::Relaxed), 1);
         assert!(pol(&[], &[]).verdict("8.8.8.8".parse().unwrap()).is_ok());
-    }
-
-    #[test]
-    fn hosts_of_endpoints() {
-        assert_eq!(host_of("https://10.0.9.20"), ("10.0.9.20".into(), 443));
-        assert_eq!(host_of("http://s3.local:3900/x"), ("s3.local".into(), 3900));
-        assert_eq!(host_of("srv-b:7443"), ("srv-b".into(), 7443));
-        assert_eq!(host_of("[fd00::1]:7443"), ("fd00::1".into(), 7443));
     }
 }

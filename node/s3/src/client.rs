@@ -179,7 +179,7 @@ pub async fn build(cfg: &S3Config, resolver: Option<Resolver>) -> Result<aws_sdk
         None => builder.build_https(),
     };
     let sdk = aws_config::defaults(BehaviorVersion::latest())
-        .region(Region::new(cfg.region.clone()))
+        .region(Region::new(cfg.region().to_string()))
         .http_client(http)
         .retry_config(
             aws_config::retry::RetryConfig::standard()

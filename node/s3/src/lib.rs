@@ -133,12 +133,10 @@ impl S3Target {
 
     /// "name (endpoint, bucket)" for messages.
     pub fn describe(&self) -> String {
-        format!(
-            "S3 target {:?} ({}, bucket {})",
-            self.cfg.name,
-            self.cfg.endpoint.as_deref().unwrap_or("default endpoint"),
-            self.cfg.bucket
-        )
+        // the URL the SDK really uses (its endpoint rules), not `endpoint`
+        let url = self.cfg.addressing().map(|a| a.url);
+        let url = url.as_deref().unwrap_or_else(|_| self.cfg.endpoint.as_deref().unwrap_or("default endpoint"));
+        format!("S3 target {:?} ({url}, bucket {})", self.cfg.name, self.cfg.bucket)
     }
 
     fn key(&self, source: &str, rel: &str) -> String {
