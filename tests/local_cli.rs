@@ -247,3 +247,59 @@ fn a_local_backup_that_fills_the_disk_blames_the_disk_and_leaves_a_store_that_ve
     assert!(tmp.is_empty(), "left in tmp/: {tmp:?}");
     omesh(["verify", "--store", s(&store), "--read-data"]).ok();
 }
+
+#[test]
+fn a_store_whose_index_needs_a_repair_on_a_full_disk_can_still_be_read_and_is_not_set_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let disk = t.path().join("disk");
+    let _m = common::Mounted::tmpfs(&disk, "16m");
+    let store = disk.join("store");
+    init_small(&store);
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("a"), tree::data(3 << 20, 1)).unwrap();
+    let first = common::backup(&store, &[&src])["snapshot"].as_str().unwrap().to_string();
+    // a backup killed while it has the index open leaves it needing a repair
+    fs::write(src.join("b"), tree::data(1 << 20, 2)).unwrap();
+    let killed = common::cmd()
+        .args(["backup", "--store", s(&store), s(&src)])
+        .env("OMESH_FAILPOINT", "backup.before_commit:1")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None, "the failpoint did not kill the backup");
+    // and the disk is full
+    let filler = disk.join("filler");
+    {
+        use std::io::Write;
+        let mut f = fs::File::create(&filler).unwrap();
+        while f.write_all(&[0u8; 65536]).is_ok() {}
+    }
+    let index_before = fs::read(store.join("index.redb")).unwrap();
+    let list = omesh(["snapshots", "--store", s(&store), "--json"]).ok();
+    assert!(list.stderr.contains("in memory"), "{}", list.stderr);
+    let ids: Vec<_> =
+        list.json_list().as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, vec![first.clone()]);
+    omesh(["verify", "--store", s(&store), "--read-data"]).ok();
+    let target = t.path().join("r");
+    omesh(["restore", "--store", s(&store), &first, "--target", s(&target)]).ok();
+    assert_eq!(fs::read(common::restored(&target, &src).join("a")).unwrap(), tree::data(3 << 20, 1));
+    // the readers wrote nothing and set nothing aside
+    assert_eq!(fs::read(store.join("index.redb")).unwrap(), index_before, "a reader changed the index");
+    let aside: Vec<_> = fs::read_dir(&store)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("damaged"))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(aside.is_empty(), "an intact index was set aside: {aside:?}");
+    // a backup on the full disk blames the disk and sets nothing aside either
+    let r = omesh(["backup", "--store", s(&store), s(&src)]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("No space left"), "{}", r.stderr);
+    assert!(fs::read_dir(&store).unwrap().flatten().all(|e| !e.file_name().to_string_lossy().contains("damaged")));
+    // with room again, the next backup repairs the index and works
+    fs::remove_file(&filler).unwrap();
+    common::backup(&store, &[&src]);
+    omesh(["verify", "--store", s(&store), "--read-data"]).ok();
+}

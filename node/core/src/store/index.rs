@@ -56,6 +56,30 @@ fn e<E: std::fmt::Display>(x: E) -> IndexError {
     IndexError(x.to_string())
 }
 
+/// Why the index could not be opened for writing.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenRwError {
+    /// The operating system refused a read or a write (disk full, failing,
+    /// no permission): the index itself may well be intact.
+    #[error("{0}")]
+    Io(std::io::Error),
+    /// The file is not a usable index (damaged, or a format this version
+    /// cannot read).
+    #[error("{0}")]
+    Unusable(IndexError),
+}
+
+fn rw_err<E: Into<redb::Error>>(x: E) -> OpenRwError {
+    match x.into() {
+        // the operating system refused (ENOSPC, EDQUOT, EIO, EACCES…); redb
+        // reports what it found in the file as I/O errors too, but without
+        // an OS error number (a wrong magic number, a short file)
+        redb::Error::Io(io) if io.raw_os_error().is_some() => OpenRwError::Io(io),
+        redb::Error::PreviousIo => OpenRwError::Io(std::io::Error::other("an earlier write to the index failed")),
+        other => OpenRwError::Unusable(IndexError(other.to_string())),
+    }
+}
+
 fn loc((pack, offset, len, kind, seal): Entry) -> Location {
     Location {
         pack: pack as u64,
@@ -95,40 +119,50 @@ pub struct Index {
     cached: std::sync::RwLock<Option<Snapshot>>,
 }
 
+fn create_tables(db: &redb::Database) -> Result<(), redb::Error> {
+    let tx = db.begin_write()?;
+    {
+        tx.open_table(OBJECTS)?;
+        tx.open_table(PACKS)?;
+        tx.open_table(PACK_BY_HASH)?;
+        tx.open_table(META)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
 impl Index {
     /// Open (or create) for writing; this process becomes the only writer.
-    pub fn open_rw(path: &Path) -> Result<Self, IndexError> {
+    /// An error says whether the disk refused ([`OpenRwError::Io`]: leave
+    /// the file alone) or the file is unusable.
+    pub fn open_rw(path: &Path) -> Result<Self, OpenRwError> {
         let mut b = redb::Builder::new();
         b.set_cache_size(CACHE_BYTES).set_concurrency_mode(redb::ConcurrencyMode::SingleWriter);
-        let db = b.create(path).map_err(e)?;
+        let db = b.create(path).map_err(rw_err)?;
         {
             use redb::TableHandle;
-            let tx = db.begin_write().map_err(e)?;
-            let tables: Vec<_> = tx.list_tables().map_err(e)?.collect();
+            let tx = db.begin_write().map_err(rw_err)?;
+            let tables: Vec<_> = tx.list_tables().map_err(rw_err)?.collect();
             if tables.iter().any(|t| t.name() == OBJECTS_V1) {
                 // a format-1 index has no seals: start empty, and the
                 // store's reconcile indexes every pack again, seals included
                 tracing::info!(index = %path.display(), "index from format 1: rebuilding it from the packs, with seals");
                 for t in tables {
-                    tx.delete_table(t).map_err(e)?;
+                    tx.delete_table(t).map_err(rw_err)?;
                 }
             }
-            tx.commit().map_err(e)?;
+            tx.commit().map_err(rw_err)?;
         }
-        let i = Index { db: Db::Rw(db), generation: Default::default(), cached: Default::default() };
-        i.create_tables()?;
-        Ok(i)
+        create_tables(&db).map_err(rw_err)?;
+        Ok(Index { db: Db::Rw(db), generation: Default::default(), cached: Default::default() })
     }
 
-    fn create_tables(&self) -> Result<(), IndexError> {
-        let tx = self.rw()?.begin_write().map_err(e)?;
-        {
-            tx.open_table(OBJECTS).map_err(e)?;
-            tx.open_table(PACKS).map_err(e)?;
-            tx.open_table(PACK_BY_HASH).map_err(e)?;
-            tx.open_table(META).map_err(e)?;
-        }
-        tx.commit().map_err(e)
+    /// An empty index in memory: a reader fills it from the packs (the
+    /// store's reconcile) when the file cannot be used as it is.
+    pub fn in_memory() -> Result<Self, IndexError> {
+        let db = redb::Builder::new().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(e)?;
+        create_tables(&db).map_err(e)?;
+        Ok(Index { db: Db::Rw(db), generation: Default::default(), cached: Default::default() })
     }
 
     /// Open read-only alongside a writer in another process.
@@ -144,10 +178,7 @@ impl Index {
             // a format-1 index, never opened for writing by this version:
             // read through an empty index in memory, so that the store
             // indexes its packs in memory (as for packs left unindexed)
-            let db = redb::Builder::new().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(e)?;
-            let i = Index { db: Db::Rw(db), generation: Default::default(), cached: Default::default() };
-            i.create_tables()?;
-            return Ok(i);
+            return Self::in_memory();
         }
         Ok(Index { db: Db::Ro(db), generation: Default::default(), cached: Default::default() })
     }

@@ -5,7 +5,7 @@ use super::atomic::write_atomic;
 use super::config::{self, CONFIG_FILE, STORE_VERSION, StoreConfig};
 use super::error::{Result, StoreError};
 use super::hooks::{CondemnedSet, GcHooks, Session};
-use super::index::{self, Index, Location};
+use super::index::{self, Index, Location, OpenRwError};
 use super::pack::{self, PackEntry, sync_dir};
 use crate::crypto::{Keys, Secret};
 use crate::keyfile::KeyFile;
@@ -15,6 +15,13 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// A reader opens the store without writing when less than this is free.
+const READ_ONLY_BELOW: u64 = 64 << 20;
+
+fn nearly_full(dir: &Path) -> bool {
+    rustix::fs::statvfs(dir).is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) < READ_ONLY_BELOW)
+}
 
 /// How a store is opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -212,22 +219,43 @@ impl Store {
             });
         }
         let index_path = dir.join("index.redb");
-        let mut store = if locked {
-            let mut f = lock.expect("locked implies file");
-            let _ = f.set_len(0);
-            let _ = write!(f, "pid {} ({})", std::process::id(), std::env::args().nth(1).unwrap_or_default());
-            let index = match Index::open_rw(&index_path) {
-                Ok(i) => i,
-                Err(e) => {
-                    let aside =
-                        dir.join(format!("index.redb.damaged-{}", crate::time::now().strftime("%Y%m%dT%H%M%S")));
-                    tracing::warn!(index = %index_path.display(), error = %e.0, moved_to = %aside.display(), "index cannot be opened; rebuilding it from the packs");
-                    fs::rename(&index_path, &aside).map_err(StoreError::io("moving aside", &index_path))?;
-                    Index::open_rw(&index_path)
-                        .map_err(|e| StoreError::Index { path: index_path.clone(), reason: e.0 })?
+        // a reader on a (nearly) full disk never writes: a repair or a
+        // reconcile it would persist could fail half-way for want of space
+        let mut disk_refused = access == Access::Read && locked && nearly_full(dir);
+        if disk_refused {
+            tracing::warn!(store = %dir.display(), "less than {} MiB free on the store's disk: reading it without writing", READ_ONLY_BELOW >> 20);
+        }
+        let writable = match lock {
+            Some(mut f) if locked && !disk_refused => {
+                let _ = f.set_len(0);
+                let _ = write!(f, "pid {} ({})", std::process::id(), std::env::args().nth(1).unwrap_or_default());
+                match Index::open_rw(&index_path) {
+                    Ok(i) => Some((i, f)),
+                    // the disk refused (full, failing): the index is left as
+                    // it is; a reader reads it read-only, a writer says why
+                    Err(OpenRwError::Io(source)) if access == Access::Read => {
+                        tracing::warn!(index = %index_path.display(), error = %source, "the index cannot be written (is the disk full?); reading it without writing");
+                        disk_refused = true;
+                        None
+                    }
+                    Err(OpenRwError::Io(source)) => {
+                        return Err(StoreError::Io { op: "opening the index", path: index_path, source });
+                    }
+                    Err(OpenRwError::Unusable(e)) => {
+                        let aside =
+                            dir.join(format!("index.redb.damaged-{}", crate::time::now().strftime("%Y%m%dT%H%M%S")));
+                        tracing::warn!(index = %index_path.display(), error = %e.0, moved_to = %aside.display(), "index cannot be opened; rebuilding it from the packs");
+                        fs::rename(&index_path, &aside).map_err(StoreError::io("moving aside", &index_path))?;
+                        let i = Index::open_rw(&index_path)
+                            .map_err(|e| StoreError::Index { path: index_path.clone(), reason: e.to_string() })?;
+                        Some((i, f))
+                    }
                 }
-            };
-            Store {
+            }
+            _ => None,
+        };
+        let mut store = match writable {
+            Some((index, f)) => Store {
                 dir: dir.into(),
                 config,
                 keys,
@@ -239,22 +267,32 @@ impl Store {
                 extra: HashMap::new(),
                 files: Default::default(),
                 gc: GcHooks::default(),
-            }
-        } else {
-            let index =
-                Index::open_ro(&index_path).map_err(|e| StoreError::Index { path: index_path.clone(), reason: e.0 })?;
-            Store {
-                dir: dir.into(),
-                config,
-                keys,
-                index,
-                writable: false,
-                _lock: None,
-                pending: Default::default(),
-                signer: Default::default(),
-                extra: HashMap::new(),
-                files: Default::default(),
-                gc: GcHooks::default(),
+            },
+            None => {
+                let index = match Index::open_ro(&index_path) {
+                    Ok(i) => i,
+                    // a write that failed on the full disk left the index
+                    // needing a repair, which cannot be written now: read
+                    // the packs into an index in memory instead
+                    Err(e) if disk_refused => {
+                        tracing::warn!(index = %index_path.display(), error = %e.0, "the index needs a repair that cannot be written while the disk is (nearly) full; reading every pack into an index in memory instead (slow on a big store); free space and the next backup repairs it");
+                        Index::in_memory().map_err(|e| StoreError::Index { path: index_path.clone(), reason: e.0 })?
+                    }
+                    Err(e) => return Err(StoreError::Index { path: index_path.clone(), reason: e.0 }),
+                };
+                Store {
+                    dir: dir.into(),
+                    config,
+                    keys,
+                    index,
+                    writable: false,
+                    _lock: None,
+                    pending: Default::default(),
+                    signer: Default::default(),
+                    extra: HashMap::new(),
+                    files: Default::default(),
+                    gc: GcHooks::default(),
+                }
             }
         };
         store.reconcile()?;
@@ -389,8 +427,8 @@ impl Store {
         drop(self.index);
         let index_path = dir.join("index.redb");
         let _ = fs::remove_file(&index_path);
-        let index =
-            Index::open_rw(&index_path).map_err(|e| StoreError::Index { path: index_path.clone(), reason: e.0 })?;
+        let index = Index::open_rw(&index_path)
+            .map_err(|e| StoreError::Index { path: index_path.clone(), reason: e.to_string() })?;
         let store = Store {
             dir,
             config,
