@@ -28,7 +28,8 @@ Experiments (--only NAME,NAME…; all by default):
                  restore: the commands end, and after SIGCONT sync repairs
   crash-replay   record a backup's writes and fsyncs (LD_PRELOAD shim,
                  crashlog.c, built with gcc) and rebuild the store as a
-                 power cut at every fsync and between them could leave it:
+                 power cut after every operation (and, at every fsync,
+                 with only what was fsynced) could leave it:
                  every state opens, verifies, keeps what was acknowledged
                  (--replay-mib sets the backup's size)
 
@@ -945,8 +946,9 @@ def crash_replay(om, work, rng, iters, deadline, mib=None):
     if model.acked_at is None:
         fails.add("the recorded backup never answered (no write to stdout)")
     syncs = model.syncs
-    # a few positions between fsyncs too: a crash in the middle of writing
-    between = sorted(rng.sample(range(len(ops)), min(len(ops), 3 * len(syncs))))
+    # and after every operation between them (a crash in the middle of
+    # writing), sampled when the log is very long
+    between = list(range(len(ops))) if len(ops) <= 5000 else sorted(rng.sample(range(len(ops)), 5000))
     points = [(c, True) for c in syncs] + [(c, False) for c in sorted(set(syncs + between + [len(ops) - 1]))]
     checked = failed = 0
     dest = work / "state"
