@@ -1,10 +1,10 @@
 //! The short run of the torture suite (tools/torture/torture.py): kill
 //! loops of local backups and of receiving daemons, byte flips and
-//! truncations repaired by scrub, disk full on a local store and on a
-//! peer (tmpfs), backup + forget + gc + scrub at once, frozen peers, and
-//! the crash-consistency replay of a recorded backup. Every
-//! experiment must have run (nonzero counts) and nothing acknowledged may
-//! be lost.
+//! truncations repaired by scrub, disk full on a local store and on a peer
+//! (a small ext4 on a loop device, and a tmpfs), backup + forget + gc +
+//! scrub at once, frozen peers, and the crash-consistency replay of a
+//! recorded backup. Every experiment must have run (nonzero counts) and
+//! nothing acknowledged may be lost.
 
 use crate::common::bin;
 use std::process::Command;
@@ -42,4 +42,6 @@ fn the_short_torture_run_loses_nothing() {
         assert!(count(exp, field) > 0, "{exp} did nothing ({field} is 0): {v:#}");
     }
     assert_eq!(count("flips", "repaired"), count("flips", "damaged_records_found"), "{v:#}");
+    // the full disks were a small ext4 on a loop device as well as a tmpfs
+    assert_eq!(e["disk-full"]["file_systems"], serde_json::json!(["ext4", "tmpfs"]), "{v:#}");
 }

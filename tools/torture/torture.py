@@ -20,8 +20,8 @@ Experiments (--only NAME,NAME…; all by default):
   flips          flip one byte in each of several packs of a peer's
                  replica (and truncate one), `omesh scrub` on that peer:
                  injected = detected = repaired, then the replica verifies
-  disk-full      a local store and a receiving peer on small tmpfs mounts
-                 that fill mid-backup; nothing acknowledged is lost, the
+  disk-full      a local store and a receiving peer on small file systems
+                 (ext4 on a loop device, and tmpfs) that fill mid-backup; nothing acknowledged is lost, the
                  store verifies, and it works again once enlarged (root)
   concurrency    backup + forget + gc + scrub at once through one daemon
   freeze         SIGSTOP a peer in the middle of a replication and of a
@@ -518,104 +518,142 @@ class Tmpfs:
         subprocess.run(["umount", "-l", str(self.path)])
 
 
+class LoopExt4:
+    """A small ext4 file system in an image on a loop device (no reserved
+    blocks), grown online by `resize`."""
+
+    def __init__(self, path, size):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.image = self.path.parent / (self.path.name + ".ext4")
+        subprocess.run(["truncate", "-s", size.upper(), str(self.image)], check=True)
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", str(self.image)], check=True)
+        self.dev = subprocess.run(["losetup", "-f", "--show", str(self.image)], check=True, capture_output=True, text=True).stdout.strip()
+        subprocess.run(["mount", self.dev, str(self.path)], check=True)
+        # an empty data directory, as a fresh disk mounted for omesh
+        shutil.rmtree(self.path / "lost+found", ignore_errors=True)
+
+    def resize(self, size):
+        # offline: the kernel refuses to grow so small a file system online
+        # (nothing may hold files on it: the caller stops the daemon)
+        subprocess.run(["umount", str(self.path)], check=True)
+        subprocess.run(["truncate", "-s", size.upper(), str(self.image)], check=True)
+        subprocess.run(["losetup", "-c", self.dev], check=True)
+        subprocess.run(["e2fsck", "-f", "-y", self.dev], capture_output=True)
+        subprocess.run(["resize2fs", self.dev], check=True, capture_output=True)
+        subprocess.run(["mount", self.dev, str(self.path)], check=True)
+
+    def close(self):
+        subprocess.run(["umount", "-l", str(self.path)])
+        subprocess.run(["losetup", "-d", self.dev])
+
+
+def small_fs(kind, path, size):
+    return LoopExt4(path, size) if kind == "ext4" else Tmpfs(path, size)
+
+
 def disk_full(om, work, rng, iters, deadline):
     fails = Failures("disk-full")
     if os.geteuid() != 0:
-        fails.add("needs root (tmpfs mounts)")
+        fails.add("needs root (tmpfs and loop-device mounts)")
         return {"skipped": "not root"}, fails
     local_runs = peer_runs = refused = peer_refused = lost = 0
+    kinds = ["ext4", "tmpfs"] if shutil.which("mkfs.ext4") else ["tmpfs"]
     i = 0
     while i < iters and time.monotonic() < deadline:
         i += 1
-        # a local store that fills in the middle of its second backup
-        w = work / f"local{i}"
-        fs = Tmpfs(w / "mnt", "2m")
-        try:
-            store = w / "mnt" / "store"
-            om.run(["init", "--store", store, "--source", "t", "--pack-size-bytes", "262144"])
-            src = w / "src"
-            tree = Tree(src, rng, files=20)
-            acked = {}
-            r = om.run(["backup", "--store", store, src, "--json"])
-            if r.returncode == 0:
-                acked[jsonof(r)["snapshot"]] = (src, tree.manifest())
-            for _ in range(6):
-                tree.mutate(big=True)
-                tree.mutate(big=True)
-                m = tree.manifest()
+        for kind in kinds:
+            # a local store that fills in the middle of its second backup
+            w = work / f"local{i}-{kind}"
+            fs = small_fs(kind, w / "mnt", "4m")
+            try:
+                store = w / "mnt" / "store"
+                om.run(["init", "--store", store, "--source", "t", "--pack-size-bytes", "262144"])
+                src = w / "src"
+                tree = Tree(src, rng, files=20)
+                acked = {}
                 r = om.run(["backup", "--store", store, src, "--json"])
                 if r.returncode == 0:
-                    acked[jsonof(r)["snapshot"]] = (src, m)
-                elif "no space" in r.stderr.lower() or "full" in r.stderr.lower():
-                    refused += 1
-                    break
+                    acked[jsonof(r)["snapshot"]] = (src, tree.manifest())
+                for _ in range(30):
+                    tree.mutate(big=True)
+                    tree.mutate(big=True)
+                    m = tree.manifest()
+                    r = om.run(["backup", "--store", store, src, "--json"])
+                    if r.returncode == 0:
+                        acked[jsonof(r)["snapshot"]] = (src, m)
+                    elif "no space" in r.stderr.lower() or "full" in r.stderr.lower():
+                        refused += 1
+                        break
+                    else:
+                        fails.add(f"local run {i} ({kind}): backup exit {r.returncode} without naming the full disk: {r.stderr.strip()[-300:]}")
+                        break
                 else:
-                    fails.add(f"local run {i}: backup exit {r.returncode} without naming the full disk: {r.stderr.strip()[-300:]}")
-                    break
-            else:
-                fails.add(f"local run {i}: the disk never filled (the run tested nothing)")
-            local_runs += 1
-            lost += check_local_store(om, store, acked, fails, rng, w, f"local run {i} (full)")
-            fs.resize("64m")
-            tree.mutate()
-            m = tree.manifest()
-            r = om.run(["backup", "--store", store, src, "--json"])
-            if r.returncode != 0:
-                fails.add(f"local run {i}: backup after enlarging: exit {r.returncode}: {r.stderr.strip()[-300:]}")
-            else:
-                acked[jsonof(r)["snapshot"]] = (src, m)
-            lost += check_local_store(om, store, acked, fails, rng, w, f"local run {i} (enlarged)")
-        finally:
-            fs.close()
-            shutil.rmtree(w, ignore_errors=True)
-        # a receiving peer whose data directory fills
-        w = work / f"peer{i}"
-        w.mkdir(parents=True)
-        a, b = site(om, w, ["a", "b"], ["127.0.0.1", "127.0.0.2"])
-        fs = Tmpfs(b.data, "3m")
-        a.config([b], factor=1)
-        b.config([a])
-        b.start()
-        a.start()
-        try:
-            src = w / "src"
-            tree = Tree(src, rng, files=20)
-            acked, held_by = {}, {}
-            for _ in range(6):
-                tree.mutate(big=True)
-                tree.mutate(big=True)
-                r = a.run("backup", src, "--json")
-                if r.returncode in (0, 6):
-                    record_backup(jsonof(r), tree.manifest(), src, acked, held_by)
-                else:
-                    fails.add(f"peer run {i}: backup exit {r.returncode}: {r.stderr.strip()[-300:]}")
-                if r.returncode == 6:
-                    peer_refused += 1
-                    break
-            else:
-                fails.add(f"peer run {i}: the peer's disk never filled (the run tested nothing)")
-            peer_runs += 1
-            lost += check_peers([b], "a", held_by, fails, f"peer run {i} (full)", read_data=True)
-            fs.resize("128m")
-            # the holder pulls what it is missing (a's sync leaves it to b)
-            bad = False
-            for n in (b, a):
-                r = n.run("sync", "--json")
+                    fails.add(f"local run {i} ({kind}): the disk never filled (the run tested nothing)")
+                local_runs += 1
+                lost += check_local_store(om, store, acked, fails, rng, w, f"local run {i} ({kind}) (full)")
+                fs.resize("64m")
+                tree.mutate()
+                m = tree.manifest()
+                r = om.run(["backup", "--store", store, src, "--json"])
                 if r.returncode != 0:
-                    bad = True
-                    fails.add(f"peer run {i}: sync on {n.name} after enlarging: exit {r.returncode}: {r.stderr.strip()[-300:]}")
-            if not bad:
-                # now b holds every snapshot of a
-                held_by.setdefault("b", set()).update(acked)
-            lost += check_peers([b], "a", held_by, fails, f"peer run {i} (enlarged)", read_data=True)
-            for sid in rng.sample(sorted(acked), min(2, len(acked))):
-                restore_from(a, b, sid, acked, w, fails, f"peer run {i}")
-        finally:
-            a.kill()
-            b.kill()
-            fs.close()
-            shutil.rmtree(w, ignore_errors=True)
-    return {"local_runs": local_runs, "peer_runs": peer_runs, "local_disk_full": refused, "peer_disk_full": peer_refused, "lost": lost}, fails
+                    fails.add(f"local run {i} ({kind}): backup after enlarging: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+                else:
+                    acked[jsonof(r)["snapshot"]] = (src, m)
+                lost += check_local_store(om, store, acked, fails, rng, w, f"local run {i} ({kind}) (enlarged)")
+            finally:
+                fs.close()
+                shutil.rmtree(w, ignore_errors=True)
+            # a receiving peer whose data directory fills
+            w = work / f"peer{i}-{kind}"
+            w.mkdir(parents=True)
+            a, b = site(om, w, ["a", "b"], ["127.0.0.1", "127.0.0.2"])
+            fs = small_fs(kind, b.data, "4m")
+            a.config([b], factor=1)
+            b.config([a])
+            b.start()
+            a.start()
+            try:
+                src = w / "src"
+                tree = Tree(src, rng, files=20)
+                acked, held_by = {}, {}
+                for _ in range(30):
+                    tree.mutate(big=True)
+                    tree.mutate(big=True)
+                    r = a.run("backup", src, "--json")
+                    if r.returncode in (0, 6):
+                        record_backup(jsonof(r), tree.manifest(), src, acked, held_by)
+                    else:
+                        fails.add(f"peer run {i} ({kind}): backup exit {r.returncode}: {r.stderr.strip()[-300:]}")
+                    if r.returncode == 6:
+                        peer_refused += 1
+                        break
+                else:
+                    fails.add(f"peer run {i} ({kind}): the peer's disk never filled (the run tested nothing)")
+                peer_runs += 1
+                lost += check_peers([b], "a", held_by, fails, f"peer run {i} ({kind}) (full)", read_data=True)
+                b.kill()
+                fs.resize("128m")
+                b.start()
+                # the holder pulls what it is missing (a's sync leaves it to b)
+                bad = False
+                for n in (b, a):
+                    r = n.run("sync", "--json")
+                    if r.returncode != 0:
+                        bad = True
+                        fails.add(f"peer run {i} ({kind}): sync on {n.name} after enlarging: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+                if not bad:
+                    # now b holds every snapshot of a
+                    held_by.setdefault("b", set()).update(acked)
+                lost += check_peers([b], "a", held_by, fails, f"peer run {i} ({kind}) (enlarged)", read_data=True)
+                for sid in rng.sample(sorted(acked), min(2, len(acked))):
+                    restore_from(a, b, sid, acked, w, fails, f"peer run {i} ({kind})")
+            finally:
+                a.kill()
+                b.kill()
+                fs.close()
+                shutil.rmtree(w, ignore_errors=True)
+    return {"file_systems": kinds, "local_runs": local_runs, "peer_runs": peer_runs, "local_disk_full": refused, "peer_disk_full": peer_refused, "lost": lost}, fails
 
 
 # ---------------------------------------------------------------- concurrency
