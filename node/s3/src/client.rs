@@ -68,6 +68,16 @@ pub enum S3Error {
         /// message
         message: String,
     },
+    /// An object larger than the service takes.
+    #[error("{target} refused an object as too large while {op} ({message}); lower [[s3]] pack_size (and part_size)")]
+    TooLarge {
+        /// target
+        target: String,
+        /// operation
+        op: String,
+        /// message
+        message: String,
+    },
     /// Other S3 error.
     #[error("{target} failed while {op}: {code}: {message}")]
     Service {
@@ -109,7 +119,10 @@ pub enum S3Error {
 impl S3Error {
     /// CLI exit code class: 2 for configuration-like problems.
     pub fn is_config(&self) -> bool {
-        matches!(self, S3Error::Credentials { .. } | S3Error::NoBucket { .. } | S3Error::Config(_))
+        matches!(
+            self,
+            S3Error::Credentials { .. } | S3Error::NoBucket { .. } | S3Error::Config(_) | S3Error::TooLarge { .. }
+        )
     }
 }
 
@@ -120,10 +133,18 @@ where
 {
     let target = target.to_string();
     let op = op.to_string();
+    let chain = || aws_sdk_s3::error::DisplayErrorContext(&e).to_string().chars().take(600).collect::<String>();
     match &e {
-        SdkError::DispatchFailure(d) => {
-            S3Error::Unreachable { target, op, message: format!("{d:?}").chars().take(300).collect() }
+        // the network: the connection could not be made or timed out
+        SdkError::DispatchFailure(d) if d.is_io() || d.is_timeout() => {
+            S3Error::Unreachable { target, op, message: chain() }
         }
+        // before anything was sent: no credentials, an endpoint the
+        // SDK's rules refuse, a request it cannot build
+        SdkError::DispatchFailure(_) | SdkError::ConstructionFailure(_) => S3Error::Config(format!(
+            "{target} while {op}: {}; check the credentials (instance role, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the profile) and the [[s3]] bucket, region and endpoint settings",
+            chain()
+        )),
         SdkError::TimeoutError(_) => S3Error::Unreachable { target, op, message: "timed out".into() },
         _ => {
             let status = e.raw_response().map(|r| r.status().as_u16()).unwrap_or(0);
@@ -150,7 +171,8 @@ fn classify(
         | (_, 401 | 403) => {
             S3Error::Credentials { target, op, code: if code.is_empty() { status.to_string() } else { code }, message }
         }
-        ("InsufficientCapacity" | "NotEnoughSpace" | "QuotaExceeded" | "EntityTooLarge", _) | (_, 507) => {
+        ("EntityTooLarge", _) => S3Error::TooLarge { target, op, message },
+        ("InsufficientCapacity" | "NotEnoughSpace" | "QuotaExceeded", _) | (_, 507) => {
             S3Error::Full { target, code, message }
         }
         (_, 404) if op == "checking the bucket" => {
@@ -259,5 +281,47 @@ mod tests {
         assert!(matches!(c("NoSuchBucket", 404), S3Error::NoBucket { .. }));
         assert!(matches!(c("", 0), S3Error::Unreachable { .. }));
         assert!(matches!(c("SlowDown", 503), S3Error::Service { .. }));
+        // too large is not "full"
+        let e = c("EntityTooLarge", 400);
+        assert!(matches!(e, S3Error::TooLarge { .. }) && e.is_config() && e.to_string().contains("pack_size"), "{e}");
+    }
+
+    #[derive(Debug)]
+    struct Cause(&'static str);
+    impl std::fmt::Display for Cause {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+    impl std::error::Error for Cause {}
+
+    fn sdk(
+        e: SdkError<aws_sdk_s3::operation::head_bucket::HeadBucketError, aws_smithy_runtime_api::http::Response>,
+    ) -> S3Error {
+        map_err("S3 target \"rack\"", "checking the bucket", e)
+    }
+
+    #[test]
+    fn failures_before_sending_are_configuration_errors_with_their_cause_and_network_ones_are_not() {
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        // what the SDK reports when it has no credentials or cannot build the endpoint
+        let e = sdk(SdkError::dispatch_failure(ConnectorError::other(
+            Box::new(Cause("no credentials in the provider chain")),
+            None,
+        )));
+        assert!(e.is_config(), "{e}");
+        let m = e.to_string();
+        assert!(
+            m.contains("rack") && m.contains("no credentials in the provider chain") && m.contains("instance role"),
+            "{m}"
+        );
+        let e = sdk(SdkError::construction_failure(Cause(
+            "Invalid configuration: Outpost Id must only contain a-z, A-Z, 0-9 and `-`",
+        )));
+        assert!(e.is_config() && e.to_string().contains("Outpost Id"), "{e}");
+        // the network stays "unreachable", with the whole cause
+        let e = sdk(SdkError::dispatch_failure(ConnectorError::io(Box::new(Cause("connection refused")))));
+        assert!(matches!(e, S3Error::Unreachable { .. }) && !e.is_config(), "{e}");
+        assert!(e.to_string().contains("connection refused"), "{e}");
     }
 }
