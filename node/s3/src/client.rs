@@ -9,7 +9,9 @@
 //! - Checksums only when the operation requires them: many S3-compatible
 //!   servers reject the SDK's newer default CRC checksums and trailers.
 //! - Retries: the SDK's standard mode (exponential backoff with jitter on
-//!   throttling, 5xx and timeouts), six attempts.
+//!   throttling, 5xx and timeouts), six attempts; never an answer that the
+//!   storage is out of capacity (S3 on Outposts' insufficient capacity,
+//!   507), which retrying cannot fix.
 
 use crate::config::S3Config;
 use aws_sdk_s3::config::{BehaviorVersion, Region, RequestChecksumCalculation, ResponseChecksumValidation};
@@ -59,7 +61,9 @@ pub enum S3Error {
         message: String,
     },
     /// Out of space (S3 on Outposts capacity).
-    #[error("{target} is full ({code}: {message}); free capacity on the Outposts rack or raise its quota")]
+    #[error(
+        "{target} is full ({code}: {message}): on S3 on Outposts the rack's S3 capacity, shared by every bucket on it, is exhausted; free capacity on the rack (or, on another S3 server, its disk or quota); not retried"
+    )]
     Full {
         /// target
         target: String,
@@ -172,9 +176,8 @@ fn classify(
             S3Error::Credentials { target, op, code: if code.is_empty() { status.to_string() } else { code }, message }
         }
         ("EntityTooLarge", _) => S3Error::TooLarge { target, op, message },
-        ("InsufficientCapacity" | "NotEnoughSpace" | "QuotaExceeded", _) | (_, 507) => {
-            S3Error::Full { target, code, message }
-        }
+        (c, _) if is_capacity(c) => S3Error::Full { target, code, message },
+        (_, 507) => S3Error::Full { target, code, message },
         (_, 404) if op == "checking the bucket" => {
             S3Error::NoBucket { target, message: if code.is_empty() { "404".into() } else { code } }
         }
@@ -218,12 +221,53 @@ pub async fn build(cfg: &S3Config, resolver: Option<Resolver>) -> Result<aws_sdk
         .await;
     let mut b = aws_sdk_s3::config::Builder::from(&sdk)
         .force_path_style(cfg.path_style)
+        .retry_classifier(NoRetryWhenFull)
         .request_checksum_calculation(RequestChecksumCalculation::WhenRequired)
         .response_checksum_validation(ResponseChecksumValidation::WhenRequired);
     if let Some(ep) = &cfg.endpoint {
         b = b.endpoint_url(ep);
     }
     Ok(aws_sdk_s3::Client::from_conf(b.build()))
+}
+
+/// Whether an S3 error code says the storage is out of capacity: S3 on
+/// Outposts answers an insufficient-capacity error (its code is not
+/// documented, so any code naming capacity counts), other servers
+/// `NotEnoughSpace` / `QuotaExceeded`.
+fn is_capacity(code: &str) -> bool {
+    code.contains("Capacity") || matches!(code, "NotEnoughSpace" | "QuotaExceeded")
+}
+
+/// The `<Code>` of an S3 XML error body (bounded search, no allocation).
+fn error_code(body: &[u8]) -> Option<&str> {
+    let body = &body[..body.len().min(64 << 10)];
+    let start = body.windows(6).position(|w| w == b"<Code>")? + 6;
+    let len = body[start..].iter().take(256).position(|b| *b == b'<')?;
+    std::str::from_utf8(&body[start..start + len]).ok()
+}
+
+/// Never retry an answer that the storage is out of capacity: retrying
+/// cannot help, and six attempts only delay the error the operator needs.
+#[derive(Debug)]
+struct NoRetryWhenFull;
+
+impl aws_smithy_runtime_api::client::retries::classifiers::ClassifyRetry for NoRetryWhenFull {
+    fn classify_retry(
+        &self,
+        ctx: &aws_smithy_runtime_api::client::interceptors::context::InterceptorContext,
+    ) -> aws_smithy_runtime_api::client::retries::classifiers::RetryAction {
+        use aws_smithy_runtime_api::client::retries::classifiers::RetryAction;
+        let Some(r) = ctx.response() else { return RetryAction::NoActionIndicated };
+        if r.status().is_success() {
+            return RetryAction::NoActionIndicated;
+        }
+        let full = r.status().as_u16() == 507 || r.body().bytes().and_then(error_code).is_some_and(is_capacity);
+        if full { RetryAction::RetryForbidden } else { RetryAction::NoActionIndicated }
+    }
+
+    fn name(&self) -> &'static str {
+        "omesh: no retry when the storage is out of capacity"
+    }
 }
 
 /// Veto function: (host, address) -> Err(reason) to refuse.
@@ -284,6 +328,92 @@ mod tests {
         // too large is not "full"
         let e = c("EntityTooLarge", 400);
         assert!(matches!(e, S3Error::TooLarge { .. }) && e.is_config() && e.to_string().contains("pack_size"), "{e}");
+    }
+
+    /// A one-shot HTTP server on loopback that answers every request with
+    /// `status` and an S3 error `code`, counting the requests.
+    async fn answering(status: u16, code: &'static str) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = n.clone();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = l.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // headers, then the body its content-length gives
+                        let Ok(k) = c.read(&mut chunk).await else { return };
+                        if k == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..k]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                            .unwrap_or(0);
+                        if buf.len() < end + 4 + len {
+                            continue;
+                        }
+                        buf.drain(..end + 4 + len);
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let body =
+                            format!("<?xml version=\"1.0\"?><Error><Code>{code}</Code><Message>m</Message></Error>");
+                        let r = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if c.write_all(r.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (url, n)
+    }
+
+    async fn put_to(url: &str) -> S3Error {
+        let cfg: S3Config = toml::from_str(&format!(
+            "name = \"rack\"\nbucket = \"b\"\nendpoint = \"{url}\"\npath_style = true\nregion = \"garage\"\n"
+        ))
+        .unwrap();
+        let client = build(&cfg, None).await.unwrap();
+        let e = client.put_object().bucket("b").key("k").body(vec![7u8; 100].into()).send().await.unwrap_err();
+        map_err("S3 target \"rack\"", "writing a pack", e)
+    }
+
+    #[tokio::test]
+    async fn an_out_of_capacity_answer_is_not_retried_and_says_the_rack_is_full() {
+        // SAFETY: nextest runs each test in its own process
+        unsafe {
+            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
+            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
+            std::env::set_var("AWS_EC2_METADATA_DISABLED", "true");
+        }
+        let (url, n) = answering(503, "InsufficientCapacityException").await;
+        let e = put_to(&url).await;
+        assert!(matches!(e, S3Error::Full { .. }), "{e}");
+        assert!(e.to_string().contains("shared by every bucket"), "{e}");
+        assert_eq!(n.load(std::sync::atomic::Ordering::SeqCst), 1, "the capacity error was retried");
+        // the control: a throttling answer is retried
+        let (url, n) = answering(503, "SlowDown").await;
+        let e = put_to(&url).await;
+        assert!(matches!(e, S3Error::Service { .. }), "{e}");
+        assert!(n.load(std::sync::atomic::Ordering::SeqCst) > 1, "a throttling answer was not retried");
+    }
+
+    #[test]
+    fn error_codes_are_read_from_bounded_xml() {
+        assert_eq!(error_code(b"<Error><Code>NoSuchKey</Code></Error>"), Some("NoSuchKey"));
+        assert_eq!(error_code(b"<Error><Code>unterminated"), None);
+        assert_eq!(error_code(b"no xml"), None);
+        assert!(is_capacity("InsufficientCapacityException") && !is_capacity("SlowDown"));
     }
 
     #[derive(Debug)]
