@@ -336,6 +336,17 @@ def site(om, work, names, ips):
     return [Node(om, work, n, ip, ca) for n, ip in zip(names, ips)]
 
 
+def three_nodes(om, work, factor):
+    """Source a (no daemon) replicating to b and c, whose daemons run."""
+    a, b, c = site(om, work, ["a", "b", "c"], ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+    a.config([b, c], factor=factor)
+    b.config([a, c])
+    c.config([a, b])
+    b.start()
+    c.start()
+    return a, b, c
+
+
 def record_backup(rep, m, src, acked, held_by):
     sid = rep["snapshot"]
     acked[sid] = (src, m)
@@ -373,12 +384,7 @@ def restore_from(src_node, peer, sid, acked, work, fails, label):
 
 def daemon_kills(om, work, rng, iters, deadline):
     fails = Failures("daemon-kills")
-    a, b, c = site(om, work, ["a", "b", "c"], ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
-    a.config([b, c], factor=2)
-    b.config([a, c])
-    c.config([a, b])
-    b.start()
-    c.start()
+    a, b, c = three_nodes(om, work, factor=2)
     src = work / "src"
     tree = Tree(src, rng, files=30)
     acked, held_by = {}, {}
@@ -719,12 +725,7 @@ def concurrency(om, work, rng, iters, deadline):
 
 def freeze(om, work, rng, iters, deadline):
     fails = Failures("freeze")
-    a, b, c = site(om, work, ["a", "b", "c"], ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
-    a.config([b, c], factor=1)
-    b.config([a, c])
-    c.config([a, b])
-    b.start()
-    c.start()
+    a, b, c = three_nodes(om, work, factor=1)
     src = work / "src"
     tree = Tree(src, rng, files=40)
     acked, held_by = {}, {}
@@ -965,8 +966,7 @@ def crash_replay(om, work, rng, iters, deadline, mib=None):
     tree = Tree(src, rng, files=max(20, size // 60_000), size=48_000)
     r = om.run(["backup", "--store", store, src, "--json"])
     first = jsonof(r)["snapshot"]
-    tree.mutate(big=True)
-    for _ in range(3):
+    for _ in range(4):
         tree.mutate(big=True)
     base = work / "base"
     shutil.copytree(store, base)
