@@ -19,8 +19,15 @@ use std::sync::{Arc, Mutex};
 /// A reader opens the store without writing when less than this is free.
 const READ_ONLY_BELOW: u64 = 64 << 20;
 
+/// Bytes available to unprivileged writers on the file system holding
+/// `dir`, and its size.
+pub(super) fn free_space(dir: &Path) -> rustix::io::Result<(u64, u64)> {
+    let st = rustix::fs::statvfs(dir)?;
+    Ok((st.f_bavail.saturating_mul(st.f_frsize), st.f_blocks.saturating_mul(st.f_frsize)))
+}
+
 fn nearly_full(dir: &Path) -> bool {
-    rustix::fs::statvfs(dir).is_ok_and(|st| st.f_bavail.saturating_mul(st.f_frsize) < READ_ONLY_BELOW)
+    free_space(dir).is_ok_and(|(free, _)| free < READ_ONLY_BELOW)
 }
 
 /// How a store is opened.

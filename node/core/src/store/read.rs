@@ -82,12 +82,11 @@ impl Store {
     /// Bytes available to unprivileged writers on the file system that
     /// holds this store, and the file system's size.
     pub fn free_bytes(&self) -> Result<(u64, u64)> {
-        let st = rustix::fs::statvfs(&self.dir).map_err(|e| StoreError::Io {
+        super::open::free_space(&self.dir).map_err(|e| StoreError::Io {
             op: "checking free space of",
             path: self.dir.clone(),
             source: e.into(),
-        })?;
-        Ok((st.f_bavail.saturating_mul(st.f_frsize), st.f_blocks.saturating_mul(st.f_frsize)))
+        })
     }
 
     fn note_present(&self, ids: &[ObjectId]) {
