@@ -143,6 +143,11 @@ impl Probe {
     }
 }
 
+/// A kept connection ended by the peer's stateless reset: its process is new.
+fn note_restarted(peer: &str) {
+    tracing::info!(peer = %peer, "the peer restarted (it reset the old connection); connecting again");
+}
+
 /// Address to bind an outgoing-only endpoint to: `[residency] bind` when
 /// set (all omesh traffic leaves from the LNI address), else any.
 fn client_bind(cfg: &NodeConfig) -> SocketAddr {
@@ -347,11 +352,13 @@ impl NodeRuntime {
     async fn connect_now(&self, peer: &PeerConfig) -> Result<PeerConn, ConnectError> {
         {
             let g = self.conns.lock().await;
-            if let Some(c) = g.get(&peer.name)
-                && c.conn.close_reason().is_none()
-                && !self.tls.is_revoked(&c.identity.serial)
-            {
-                return Ok(c.clone());
+            if let Some(c) = g.get(&peer.name) {
+                match c.conn.close_reason() {
+                    None if !self.tls.is_revoked(&c.identity.serial) => return Ok(c.clone()),
+                    // its stateless reset arrived already (a keep-alive drew it)
+                    Some(quinn::ConnectionError::Reset) => note_restarted(&peer.name),
+                    _ => {}
+                }
             }
         }
         let addrs = client::resolve(&peer.address)
@@ -438,8 +445,7 @@ impl NodeRuntime {
             let kept = if r.is_err() { self.conns.lock().await.remove(&p.name) } else { None };
             if let (Err(e), Some(old)) = (&r, kept) {
                 if matches!(old.conn.close_reason(), Some(quinn::ConnectionError::Reset)) {
-                    // its stateless reset: the peer's process is new
-                    tracing::info!(peer = %p.name, "the peer restarted (it reset the old connection); connecting again");
+                    note_restarted(&p.name);
                 } else {
                     tracing::debug!(peer = %p.name, error = %e, "the kept connection failed; trying a new one");
                 }
