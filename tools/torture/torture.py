@@ -442,11 +442,15 @@ def flips(om, work, rng, iters, deadline):
     fails = Failures("flips")
     a, b = site(om, work, ["a", "b"], ["127.0.0.1", "127.0.0.2"])
     a.config([b], factor=1)
-    b.config([a])
+    # scrub retires each damaged pack to trash/ and deletes it once GC's
+    # grace period is over: with none, every scrub leaves trash/ empty
+    # (hundreds of rewritten packs a minute would otherwise fill the disk)
+    b.config([a], extra="[gc]\ngrace_secs = 0\n")
     src = work / "src"
     tree = Tree(src, rng, files=60)
     acked, held_by = {}, {}
     injected = detected = repaired = truncations = 0
+    trash = b.data / "sources" / "a" / "trash"
     lost = 0
     # the source's daemon serves the good copies scrub on b fetches
     b.start()
@@ -493,6 +497,9 @@ def flips(om, work, rng, iters, deadline):
                 fails.add(f"iteration {i}: {len(chosen)} records flipped and a pack truncated, scrub found {damaged}")
             if n_rep != damaged:
                 fails.add(f"iteration {i}: scrub found {damaged}, repaired {n_rep}")
+            left = [p.name for p in trash.glob("*")] if trash.exists() else []
+            if left:
+                fails.add(f"iteration {i}: scrub left {len(left)} retired packs in trash/ with no grace period")
             lost += check_peers([b], "a", held_by, fails, f"iteration {i}", read_data=True)
             restore_from(a, b, sid, acked, work, fails, f"iteration {i}")
     finally:

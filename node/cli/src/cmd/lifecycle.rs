@@ -288,9 +288,11 @@ pub fn scrub(a: ScrubArgs) -> Result<ExitCode, CliError> {
         None => {
             let r = rate(Rate::UNLIMITED)?;
             let store = open_write(&a.store)?;
+            // another process may still be reading a pack scrub retires
+            let grace = gc::GcOptions::default().grace;
             let pass = with_progress(
                 || "scrubbing".to_string(),
-                || scrub::scrub_store(&store, &bandwidth::Pacer::new(r), None, u64::MAX, &|| false),
+                || scrub::scrub_store(&store, &bandwidth::Pacer::new(r), None, u64::MAX, grace, &|| false),
             )?;
             let unrepaired = pass.damaged.iter().map(|d| d.id).collect();
             ScrubReport { seconds: pass.seconds, stores: vec![pass], unrepaired, ..Default::default() }

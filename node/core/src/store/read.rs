@@ -125,6 +125,14 @@ impl Store {
         Ok(f)
     }
 
+    /// Drop the open handle of pack `hash`, if any: its name now holds
+    /// another file (a pack written again under the same digest, after
+    /// the damaged file of that name was retired). A kept handle would go
+    /// on reading the old, damaged bytes.
+    pub(super) fn forget_pack_file(&self, hash: &[u8; 32]) {
+        self.files.write().expect("files lock").remove(hash);
+    }
+
     /// Raw record bytes of an object, check hash and seal verified (the
     /// seal this store computed when it stored the record).
     pub fn read_record(&self, id: &ObjectId) -> Result<Vec<u8>> {

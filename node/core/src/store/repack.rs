@@ -112,6 +112,9 @@ impl Store {
         let seqs: Vec<u64> =
             seqs.iter().copied().filter(|s| packs.get(s).is_none_or(|(h, _)| !new_hashes.contains(h))).collect();
         let seqs = &seqs[..];
+        for i in &infos {
+            self.forget_pack_file(&i.hash);
+        }
         let dropped = self.index.replace_packs(&infos, seqs).map_err(|e| self.index_err(e))?;
         if dropped > 0 {
             tracing::debug!(objects = dropped, "index entries of retired packs dropped");
@@ -123,6 +126,7 @@ impl Store {
             let Some((hash, size)) = packs.get(seq) else { continue };
             let from = pack::pack_path(&self.dir, hash);
             let to = trash.join(format!("{}.pack", hex::encode(hash)));
+            self.forget_pack_file(hash);
             match fs::rename(&from, &to) {
                 Ok(()) => {
                     // the time it was retired, for the grace period

@@ -192,7 +192,10 @@ impl<S: std::ops::Deref<Target = Store>> PackSink<S> {
         }
         let ids = w.entry_ids();
         let indexed = match w.finish(&self.store.dir) {
-            Ok(info) => self.store.index.add_pack(&info).map_err(|e| self.store.index_err(e)),
+            Ok(info) => {
+                self.store.forget_pack_file(&info.hash);
+                self.store.index.add_pack(&info).map_err(|e| self.store.index_err(e))
+            }
             Err(e) => Err(StoreError::io("finishing pack in", &self.store.dir.join("packs"))(e)),
         };
         // indexed or not, these objects are no longer being written: on an

@@ -273,9 +273,12 @@ pub async fn scrub_all(
         };
         let st = s.clone();
         let stop2 = stop.clone();
+        let grace = rt.cfg.gc.options().grace;
         let pass = tokio::task::spawn_blocking(move || {
             let pacer = bandwidth::Pacer::new(rate);
-            scrub::scrub_store(&st.store, &pacer, None, u64::MAX, &|| stop2.load(std::sync::atomic::Ordering::Relaxed))
+            scrub::scrub_store(&st.store, &pacer, None, u64::MAX, grace, &|| {
+                stop2.load(std::sync::atomic::Ordering::Relaxed)
+            })
         })
         .await;
         let pass = match pass {
