@@ -257,4 +257,23 @@ fn an_outposts_access_point_is_checked_at_the_host_the_sdk_connects_to() {
     site.write_config("srv-a", &[], 1, &format!("{policy}{s3}path_style = true\n"));
     let r = site.omesh("srv-a", &["residency", "check"]).code(2);
     assert!(r.stderr.contains("path_style") && r.stderr.contains("rack"), "{}", r.stderr);
+
+    // a plain bucket without endpoint is the Region's public endpoint:
+    // refused without a DNS lookup, by the check and by a backup
+    site.write_config(
+        "srv-a",
+        &[],
+        1,
+        &format!("{policy}[[s3]]\nname = \"rack\"\nbucket = \"omesh\"\nregion = \"eu-central-1\"\n"),
+    );
+    let chk = site.omesh("srv-a", &["residency", "check", "--json"]).code(2).json();
+    let line = chk["destinations"].as_array().unwrap().iter().find(|d| d["name"] == "rack").unwrap().clone();
+    assert_eq!(line["host"], "omesh.s3.eu-central-1.amazonaws.com", "{chk}");
+    assert!(line["reason"].as_str().unwrap().contains("public AWS S3 endpoint"), "{chk}");
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), crate::common::tree::data(5000, 3)).unwrap();
+    let r = site.omesh("srv-a", &["backup", crate::common::s(&src)]);
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("public AWS S3 endpoint") && r.stderr.contains("rack"), "{}", r.stderr);
 }

@@ -367,8 +367,24 @@ impl NodeConfig {
         {
             *crl = base.join(&*crl);
         }
+        for t in &mut c.s3 {
+            if let Some(ca) = &mut t.ca_bundle
+                && ca.is_relative()
+            {
+                *ca = base.join(&*ca);
+            }
+        }
+        c.settle().map_err(err)?;
         c.validate().map_err(err)?;
         Ok(c)
+    }
+
+    /// Settings given in a short form, made explicit (before validation).
+    fn settle(&mut self) -> Result<(), String> {
+        for t in &mut self.s3 {
+            t.settle()?;
+        }
+        Ok(())
     }
 
     /// Parse from a string (tests, demo).
@@ -376,6 +392,7 @@ impl NodeConfig {
         let mut c: NodeConfig =
             toml::from_str(text).map_err(|e| ConfigError { path: path.into(), message: e.to_string() })?;
         c.path = path.to_path_buf();
+        c.settle().map_err(|message| ConfigError { path: path.into(), message })?;
         c.validate().map_err(|message| ConfigError { path: path.into(), message })?;
         Ok(c)
     }
@@ -401,9 +418,6 @@ impl NodeConfig {
         for t in &self.s3 {
             if !valid_name(&t.name) || self.peers.iter().any(|p| p.name == t.name) || t.name == self.name {
                 return Err(format!("[[s3]] name = {:?} must be a valid name distinct from every node", t.name));
-            }
-            if t.bucket.is_empty() {
-                return Err(format!("[[s3]] {:?}: bucket is empty", t.name));
             }
             if !t.prefix.is_empty() && !t.prefix.ends_with('/') {
                 return Err(format!("[[s3]] {:?}: prefix {:?} must end with '/'", t.name, t.prefix));
@@ -513,16 +527,14 @@ impl NodeConfig {
     /// Every destination this node sends data to, for the residency check.
     pub fn destinations(&self) -> Vec<omesh_net::residency::Destination> {
         use omesh_net::residency::Destination;
-        let peers = self.peers.iter().map(|p| Destination {
-            kind: "peer",
-            name: p.name.clone(),
-            endpoint: Some(p.address.clone()),
-        });
+        let peers =
+            self.peers.iter().map(|p| Destination { kind: "peer", name: p.name.clone(), endpoint: p.address.clone() });
         // the host the SDK really connects to (its endpoint rules), not `endpoint`
         let s3 = self.s3.iter().map(|t| Destination {
             kind: "s3",
             name: t.name.clone(),
-            endpoint: t.addressing().map(|a| a.url).ok().or_else(|| t.endpoint.clone()),
+            // (checked when the file loaded; a failure here leaves no host to allow)
+            endpoint: t.addressing().map(|a| a.url).unwrap_or_default(),
         });
         peers.chain(s3).collect()
     }

@@ -251,6 +251,15 @@ impl NodeRuntime {
             {
                 target.blocked = Some(m);
             }
+            // a Region's public endpoint is not even looked up
+            if outbound_check.is_some()
+                && let Some(h) = host.as_deref().filter(|h| omesh_net::residency::is_public_aws_s3(h))
+            {
+                target.blocked = Some(format!(
+                    "S3 target {:?}: {h} is a public AWS S3 endpoint in a Region, outside the residency boundary; set endpoint to the site's S3 server, or outpost_access_point for S3 on Outposts",
+                    t.name
+                ));
+            }
             target.limiter = Some(limiter.clone());
             s3.push(Arc::new(target));
         }

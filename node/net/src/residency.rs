@@ -37,9 +37,9 @@ pub struct Destination {
     pub kind: &'static str,
     /// Its name in the configuration.
     pub name: String,
-    /// `host:port` or an endpoint URL; `None`: the AWS SDK's default
-    /// endpoint (an S3 target without `endpoint`).
-    pub endpoint: Option<String>,
+    /// `host:port`, or the URL the S3 client really connects to (the
+    /// SDK's endpoint rules applied, see `S3Config::addressing`).
+    pub endpoint: String,
 }
 
 /// An IP network (CIDR), matched with the `ipnet` crate. An IPv4 network
@@ -324,6 +324,13 @@ pub fn route_to(dst: SocketAddr, bind: Option<IpAddr>) -> Option<(IpAddr, Option
     Some((src, iface))
 }
 
+/// Whether `host` is an AWS Region's public S3 endpoint (`*.amazonaws.com`
+/// but not an S3 on Outposts access point, `*.s3-outposts.*`).
+pub fn is_public_aws_s3(host: &str) -> bool {
+    let h = host.trim_end_matches('.').to_ascii_lowercase();
+    (h.ends_with(".amazonaws.com") || h.ends_with(".amazonaws.com.cn")) && !h.contains(".s3-outposts.")
+}
+
 /// Check every destination of node `node` (listening on `listen`) against
 /// its policy.
 pub async fn check_destinations(
@@ -336,26 +343,23 @@ pub async fn check_destinations(
     let mut out = Vec::new();
     let mut dests: Vec<(String, String, String, u16)> = Vec::new();
     for d in destinations {
-        match &d.endpoint {
-            Some(e) => {
-                let (h, port) = omesh_core::addr::host_port(e);
-                dests.push((d.kind.into(), d.name.clone(), h, port));
-            }
-            None => out.push(CheckLine {
+        let (h, port) = omesh_core::addr::host_port(&d.endpoint);
+        // a Region's public S3 endpoint is outside any site by definition
+        // (S3 on Outposts hosts are on the rack): not even looked up
+        if policy.is_active() && is_public_aws_s3(&h) {
+            out.push(CheckLine {
                 kind: d.kind.into(),
                 name: d.name.clone(),
-                host: "(AWS default endpoint)".into(),
+                host: h,
                 address: String::new(),
                 source_address: None,
                 interface: None,
-                allowed: !policy.is_active(),
-                reason: if policy.is_active() {
-                    "no endpoint configured: the SDK would use the public AWS endpoint; set `endpoint`".into()
-                } else {
-                    "no policy".into()
-                },
-            }),
+                allowed: false,
+                reason: "a public AWS S3 endpoint in a Region (objects would leave the site, over the service link): set endpoint to the site's S3 server, or outpost_access_point for S3 on Outposts".into(),
+            });
+            continue;
         }
+        dests.push((d.kind.into(), d.name.clone(), h, port));
     }
     for (kind, name, host, port) in dests {
         let port = if port == 0 { 443 } else { port };

@@ -16,7 +16,16 @@ pub struct S3Config {
     #[serde(default)]
     pub endpoint: Option<String>,
     /// Bucket name, or an S3 on Outposts access point ARN or alias.
+    #[serde(default)]
     pub bucket: String,
+    /// S3 on Outposts: the access point's ARN
+    /// (`arn:aws:s3-outposts:REGION:ACCOUNT:outpost/OP-ID/accesspoint/NAME`).
+    /// The form that cannot be misaddressed: it takes the place of `bucket`,
+    /// the Region comes from the ARN, the storage class is OUTPOSTS, and
+    /// `endpoint` and `path_style` are refused (the SDK builds the
+    /// access point's host name from the ARN; see [`S3Config::settle`]).
+    #[serde(default)]
+    pub outpost_access_point: Option<String>,
     /// Region (signing); absent: us-east-1 (see [`S3Config::region`]).
     #[serde(default)]
     pub region: Option<String>,
@@ -73,7 +82,124 @@ pub struct Addressing {
     pub signing_region: String,
 }
 
+/// The parts of an S3 on Outposts access-point ARN.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutpostArn {
+    /// The partition (`aws`, `aws-us-gov`, …).
+    pub partition: String,
+    /// The Outpost's home Region.
+    pub region: String,
+    /// The 12-digit account.
+    pub account: String,
+    /// The Outpost id (`op-` and 17 hex digits).
+    pub outpost: String,
+    /// The access point's name.
+    pub access_point: String,
+}
+
+impl OutpostArn {
+    /// Parse `arn:PARTITION:s3-outposts:REGION:ACCOUNT:outpost/OP-ID/accesspoint/NAME`;
+    /// the error says which part is wrong.
+    pub fn parse(arn: &str) -> Result<OutpostArn, String> {
+        let shape = "arn:aws:s3-outposts:REGION:ACCOUNT:outpost/OUTPOST-ID/accesspoint/NAME (`aws s3control list-access-points --account-id ACCOUNT --bucket OUTPOSTS-BUCKET-ARN` prints it)";
+        let bad = |what: &str| format!("{arn:?} is not an S3 on Outposts access point ARN ({what}); expected {shape}");
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let [arn_, partition, service, region, account, resource] = parts[..] else {
+            return Err(bad("it needs six ':'-separated fields"));
+        };
+        if arn_ != "arn" || partition.is_empty() {
+            return Err(bad("it must start with arn:aws:"));
+        }
+        if service != "s3-outposts" {
+            return Err(bad(&format!("service {service:?}, not s3-outposts")));
+        }
+        let region_ok =
+            !region.is_empty() && region.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !region_ok {
+            return Err(bad(&format!("Region {region:?}")));
+        }
+        if account.len() != 12 || !account.chars().all(|c| c.is_ascii_digit()) {
+            return Err(bad(&format!("account {account:?} is not 12 digits")));
+        }
+        let r: Vec<&str> = resource.split('/').collect();
+        let ["outpost", outpost, "accesspoint", name] = r[..] else {
+            return Err(bad(&format!("resource {resource:?} is not outpost/OUTPOST-ID/accesspoint/NAME")));
+        };
+        let op_ok =
+            outpost.strip_prefix("op-").is_some_and(|h| h.len() == 17 && h.chars().all(|c| c.is_ascii_hexdigit()));
+        if !op_ok {
+            return Err(bad(&format!("Outpost id {outpost:?} is not op- and 17 hex digits")));
+        }
+        let name_ok = (3..=50).contains(&name.len())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+            && !name.starts_with('-')
+            && !name.ends_with('-');
+        if !name_ok {
+            return Err(bad(&format!("access point name {name:?} (3 to 50 lowercase letters, digits and '-')")));
+        }
+        Ok(OutpostArn {
+            partition: partition.into(),
+            region: region.into(),
+            account: account.into(),
+            outpost: outpost.into(),
+            access_point: name.into(),
+        })
+    }
+}
+
 impl S3Config {
+    /// Turn the `outpost_access_point` form into the settings the client
+    /// uses (`bucket` = the ARN, `region` from it, storage class OUTPOSTS),
+    /// refusing every setting that would send its requests elsewhere. Run
+    /// once, when the config is loaded.
+    pub fn settle(&mut self) -> Result<(), String> {
+        let name = self.name.clone();
+        let Some(arn_text) = self.outpost_access_point.clone() else {
+            if self.bucket.is_empty() {
+                return Err(format!(
+                    "[[s3]] {name:?}: set bucket (a bucket name) or, for S3 on Outposts, outpost_access_point (the access point's ARN)"
+                ));
+            }
+            return Ok(());
+        };
+        let arn = OutpostArn::parse(&arn_text).map_err(|e| format!("[[s3]] {name:?}: outpost_access_point = {e}"))?;
+        if !self.bucket.is_empty() {
+            return Err(format!(
+                "[[s3]] {name:?}: set bucket or outpost_access_point, not both (outpost_access_point names the bucket through its access point); remove bucket"
+            ));
+        }
+        if let Some(ep) = &self.endpoint {
+            return Err(format!(
+                "[[s3]] {name:?}: endpoint = {ep:?} cannot be used with outpost_access_point: the requests go to the access point's own host name, {}-{}.{}.s3-outposts.{}.amazonaws.com, which must resolve to the Outpost's CoIP endpoint (docs/config.md, \"S3 on Outposts\"); remove endpoint",
+                arn.access_point, arn.account, arn.outpost, arn.region
+            ));
+        }
+        if self.path_style {
+            return Err(format!(
+                "[[s3]] {name:?}: path_style = true cannot be used with outpost_access_point (S3 on Outposts is reached only by the access point's host name); remove path_style"
+            ));
+        }
+        match self.region.as_deref() {
+            Some(r) if r != arn.region => {
+                return Err(format!(
+                    "[[s3]] {name:?}: region = {r:?} but the access point is in {:?} (its ARN); remove region (it comes from the ARN)",
+                    arn.region
+                ));
+            }
+            _ => self.region = Some(arn.region.clone()),
+        }
+        match self.storage_class.as_deref() {
+            Some("OUTPOSTS") | None => self.storage_class = Some("OUTPOSTS".into()),
+            Some(c) => {
+                return Err(format!(
+                    "[[s3]] {name:?}: storage_class = {c:?}: S3 on Outposts stores only the OUTPOSTS class; remove storage_class"
+                ));
+            }
+        }
+        self.bucket = arn_text;
+        Ok(())
+    }
+
     /// The signing region: `region`, or us-east-1 when absent.
     pub fn region(&self) -> &str {
         self.region.as_deref().unwrap_or("us-east-1")
@@ -173,6 +299,15 @@ impl S3Config {
                 _ => {}
             }
         }
+        // an Outposts host reached as a plain bucket is signed for `s3`,
+        // which S3 on Outposts refuses on every request
+        if host.contains(".s3-outposts.") && signing_name != "s3-outposts" {
+            return Err(format!(
+                "[[s3]] {name:?}: {url} is an S3 on Outposts host, but bucket {:?} with endpoint {:?} is addressed and signed as plain S3, which S3 on Outposts refuses; use outpost_access_point = \"arn:aws:s3-outposts:…:accesspoint/NAME\" instead of bucket and endpoint",
+                self.bucket,
+                self.endpoint.as_deref().unwrap_or("(none)")
+            ));
+        }
         Ok(Addressing { url, host, port, signing_name, signing_region })
     }
 
@@ -187,8 +322,7 @@ mod tests {
     use super::*;
 
     fn target(toml_text: &str) -> S3Config {
-        let mut t: S3Config = toml::from_str(&format!("name = \"s3a\"\n{toml_text}")).unwrap();
-        t.name = "s3a".into();
+        let t: S3Config = toml::from_str(&format!("name = \"s3a\"\n{toml_text}")).unwrap();
         t
     }
 
@@ -203,6 +337,67 @@ mod tests {
             ("backups-123456789012.op-01234567890123456.s3-outposts.us-west-2.amazonaws.com", 443)
         );
         assert_eq!(a.signing_name, "s3-outposts");
+    }
+
+    fn settled(toml_text: &str) -> Result<S3Config, String> {
+        let mut t = target(toml_text);
+        t.settle().map(|()| t)
+    }
+
+    #[test]
+    fn the_outpost_access_point_form_addresses_the_access_point_host_with_the_arns_region_and_class() {
+        let t = settled(&format!("outpost_access_point = {ARN:?}")).unwrap();
+        assert_eq!((t.bucket.as_str(), t.region()), (ARN, "us-west-2"));
+        assert_eq!(t.storage_class.as_deref(), Some("OUTPOSTS"));
+        let a = t.addressing().unwrap();
+        assert_eq!(a.host, "backups-123456789012.op-01234567890123456.s3-outposts.us-west-2.amazonaws.com");
+        assert_eq!((a.port, a.signing_name.as_str()), (443, "s3-outposts"));
+        // SigV4a (the sigv4a feature) signs for every Region
+        assert_eq!(a.signing_region, "*");
+        // the same region written out is fine
+        settled(&format!("outpost_access_point = {ARN:?}\nregion = \"us-west-2\"\nstorage_class = \"OUTPOSTS\""))
+            .unwrap();
+    }
+
+    #[test]
+    fn the_outpost_access_point_form_refuses_every_setting_that_would_send_it_elsewhere() {
+        let cases = [
+            ("endpoint = \"https://10.0.9.20\"", "remove endpoint"),
+            ("endpoint = \"https://s3.site.example\"", "remove endpoint"),
+            ("path_style = true", "remove path_style"),
+            ("bucket = \"backups\"", "not both"),
+            ("region = \"eu-central-1\"", "remove region"),
+            ("storage_class = \"STANDARD\"", "only the OUTPOSTS class"),
+        ];
+        for (extra, says) in cases {
+            let e = settled(&format!("outpost_access_point = {ARN:?}\n{extra}")).unwrap_err();
+            assert!(e.contains("s3a") && e.contains(says), "{extra}: {e}");
+        }
+        let arns = [
+            ("arn:aws:s3:us-west-2:123456789012:accesspoint/backups", "not s3-outposts"),
+            ("arn:aws:s3-outposts:us-west-2:12345:outpost/op-01234567890123456/accesspoint/backups", "12 digits"),
+            ("arn:aws:s3-outposts:us-west-2:123456789012:outpost/op-0123/accesspoint/backups", "17 hex"),
+            ("arn:aws:s3-outposts:us-west-2:123456789012:outpost/op-01234567890123456/bucket/backups", "accesspoint"),
+            ("arn:aws:s3-outposts:us-west-2:123456789012:outpost/op-01234567890123456/accesspoint/Backups", "name"),
+            ("backups", "six"),
+        ];
+        for (arn, says) in arns {
+            let e = settled(&format!("outpost_access_point = {arn:?}")).unwrap_err();
+            assert!(
+                e.contains("outpost_access_point") && e.contains(says) && e.contains("expected arn:aws:s3-outposts"),
+                "{arn}: {e}"
+            );
+        }
+        // the access point's host as a plain bucket would be signed for s3
+        let e = target(
+            "bucket = \"omesh\"\nregion = \"us-west-2\"\npath_style = true\nendpoint = \"https://backups-123456789012.op-01234567890123456.s3-outposts.us-west-2.amazonaws.com\"",
+        )
+        .addressing()
+        .unwrap_err();
+        assert!(e.contains("signed as plain S3") && e.contains("use outpost_access_point"), "{e}");
+        // neither form
+        let e = settled("region = \"us-west-2\"").unwrap_err();
+        assert!(e.contains("set bucket") && e.contains("outpost_access_point"), "{e}");
     }
 
     #[test]
