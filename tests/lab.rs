@@ -296,6 +296,7 @@ fn an_outposts_access_point_is_backed_up_to_and_restored_from_by_its_own_host_na
     assert!(count("PUT") > 0 && count("GET") > 0, "{lines:?}");
     let sent: u64 = lines.iter().filter(|l| l["method"] == "PUT").map(|l| l["bytes"].as_u64().unwrap()).sum();
     assert!(sent > 100_000, "the backup did not go through the access point: {sent} bytes");
+    assert!(lines.iter().any(|l| l["storage_class"] == "OUTPOSTS"), "no object written as OUTPOSTS: {lines:?}");
     assert!(lines.iter().all(|l| l["verdict"] == "forwarded"), "refused: {lines:?}");
 
     // credentials the Outpost does not know are refused (by the emulator,
