@@ -466,7 +466,7 @@ fn a_second_scrub_says_one_is_running_instead_of_waiting() {
 }
 
 /// `GET /metrics` on 127.0.0.1:`port`.
-fn scrape(port: u16) -> String {
+pub(crate) fn scrape(port: u16) -> String {
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut s = String::new();
@@ -476,7 +476,7 @@ fn scrape(port: u16) -> String {
 }
 
 /// The value of the sample `name` (with its labels, as written) in `text`.
-fn sample(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 

@@ -272,3 +272,122 @@ fn a_source_cannot_delete_or_overwrite_its_stored_snapshots() {
     });
     assert_eq!(std::fs::read(&stored_path).unwrap(), before, "stored snapshot changed");
 }
+
+/// Enrolment in which the key never leaves the node: `cert request` makes
+/// the key (0600) and a CSR, `ca sign` signs only what a node certificate
+/// may say, `cert install` installs only a certificate of the site CA for
+/// this node's own key; the node then serves the mesh, and renewal reuses
+/// the key and keeps the previous certificate.
+#[test]
+fn a_node_enrolled_by_request_and_signature_keeps_its_key_and_joins_the_mesh() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r1"), ("srv-b", "r2")]);
+    site.write_config("srv-a", &["srv-b".into()], 1, "");
+    let port = crate::common::mesh::free_port("127.0.0.1");
+    site.write_config("srv-b", &["srv-a".into()], 1, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    // srv-b is a new server: only the site's public ca.pem and crl.pem
+    let tls = site.node("srv-b").dir.join("tls");
+    std::fs::remove_file(tls.join("node.key")).unwrap();
+    std::fs::remove_file(tls.join("node.pem")).unwrap();
+    let ca = s(&site.ca);
+    let count =
+        || crate::common::omesh(["ca", "list", "--dir", ca, "--json"]).ok().json()["issued"].as_array().unwrap().len();
+    let before = count();
+
+    let r = site.omesh("srv-b", &["cert", "request", "--json"]).ok().json();
+    assert_eq!((r["node"].as_str(), r["key_created"].as_bool()), (Some("srv-b"), Some(true)), "{r}");
+    let key = tls.join("node.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let key_pem = std::fs::read_to_string(&key).unwrap();
+    let csr_path = std::path::PathBuf::from(r["csr"].as_str().unwrap());
+    let csr = std::fs::read_to_string(&csr_path).unwrap();
+    assert!(csr.contains("BEGIN CERTIFICATE REQUEST") && !csr.contains("PRIVATE KEY"), "{csr}");
+
+    // what the CA refuses to sign, signing nothing
+    let sign = |csr: &Path, extra: &[&str]| {
+        let mut a = vec!["ca", "sign", "--dir", ca, s(csr), "--out"];
+        let out = t.path().join("out.pem");
+        let out = s(&out).to_string();
+        a.push(&out);
+        a.extend_from_slice(extra);
+        crate::common::omesh(&a)
+    };
+    let r = sign(&csr_path, &["--node", "srv-a"]).code(2);
+    assert!(r.stderr.contains("\"srv-b\", not \"srv-a\""), "{}", r.stderr);
+    let mut tampered = csr.clone().into_bytes();
+    let at = tampered.len() / 2;
+    tampered[at] = if tampered[at] == b'A' { b'B' } else { b'A' };
+    let bad = t.path().join("tampered.csr");
+    std::fs::write(&bad, tampered).unwrap();
+    let r = sign(&bad, &[]).code(2);
+    assert!(r.stderr.contains("tampered.csr"), "{}", r.stderr);
+    // a request for srv-b that also asks to be srv-a
+    let kp = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(vec!["srv-b".to_string(), "srv-a".to_string()]).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "srv-b");
+    let greedy = t.path().join("greedy.csr");
+    std::fs::write(&greedy, p.serialize_request(&kp).unwrap().pem().unwrap()).unwrap();
+    let r = sign(&greedy, &[]).code(2);
+    assert!(r.stderr.contains("also asks for") && r.stderr.contains("srv-a"), "{}", r.stderr);
+    assert_eq!(count(), before, "a refused request was signed");
+    assert!(!t.path().join("out.pem").exists());
+
+    // what the node refuses to install, installing nothing
+    let install = |cert: &Path| site.omesh("srv-b", &["cert", "install", s(cert)]);
+    let other_ca = t.path().join("other-ca");
+    omesh_net::ca::init(&other_ca, "elsewhere", 30).unwrap();
+    omesh_net::ca::issue(&other_ca, "srv-b", &t.path().join("foreign"), 30).unwrap();
+    let r = install(&t.path().join("foreign/node.pem")).code(2);
+    assert!(r.stderr.contains("not signed by the site CA"), "{}", r.stderr);
+    omesh_net::ca::issue(&site.ca, "srv-b", &t.path().join("other-key"), 30).unwrap();
+    let r = install(&t.path().join("other-key/node.pem")).code(2);
+    assert!(r.stderr.contains("not for the private key"), "{}", r.stderr);
+    let r = install(&site.node("srv-a").dir.join("tls/node.pem")).code(2);
+    assert!(r.stderr.contains("\"srv-a\"") && r.stderr.contains("srv-b"), "{}", r.stderr);
+    assert!(!tls.join("node.pem").exists(), "a refused certificate was installed");
+
+    // signed and installed, srv-b serves the mesh with its own key
+    let cert = t.path().join("srv-b.pem");
+    let r =
+        crate::common::omesh(["ca", "sign", "--dir", ca, s(&csr_path), "--node", "srv-b", "--out", s(&cert), "--json"])
+            .ok()
+            .json();
+    assert_eq!(r["issued"]["node"], "srv-b", "{r}");
+    let r = site.omesh("srv-b", &["cert", "install", s(&cert), "--json"]).ok().json();
+    assert!(r["certificate"]["days_left"].as_i64().unwrap() >= 29, "{r}");
+    assert_eq!(std::fs::read(tls.join("node.pem")).unwrap(), std::fs::read(&cert).unwrap());
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), key_pem, "the key changed");
+    let b = site.start("srv-b");
+    let _a = site.start("srv-a");
+    let src = t.path().join("src");
+    tree::make_full(&src, false);
+    let r = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();
+    assert_eq!(r["protected"], true, "{r}");
+    assert_eq!(stored_snapshots(site.node("srv-b"), "srv-a").len(), 1);
+
+    let st = site.omesh("srv-b", &["status", "--json"]).ok().json();
+    assert_eq!(st["certificate"]["expiring"], false, "{st}");
+    assert!(st["certificate"]["days_left"].as_i64().unwrap() > 800, "{st}");
+    let m = crate::lifecycle::scrape(port);
+    assert_eq!(crate::lifecycle::sample(&m, "omesh_certificate_expiring"), Some(0.0), "{m}");
+
+    // renewal (here to a short one): the same key, a new certificate, the
+    // previous one kept; fewer than 30 days left shows in status and metrics
+    let r = site.omesh("srv-b", &["cert", "request", "--json"]).ok().json();
+    assert_eq!(r["key_created"], false, "{r}");
+    let renewed = t.path().join("srv-b-2.pem");
+    crate::common::omesh(["ca", "sign", "--dir", ca, s(&csr_path), "--days", "10", "--out", s(&renewed)]).ok();
+    site.omesh("srv-b", &["cert", "install", s(&renewed)]).ok();
+    drop(b);
+    let _b = site.start("srv-b");
+    let st = site.omesh("srv-b", &["status"]).ok();
+    assert!(st.stdout.contains("EXPIRES") && st.stdout.contains("omesh cert request"), "{}", st.stdout);
+    let m = crate::lifecycle::scrape(port);
+    assert_eq!(crate::lifecycle::sample(&m, "omesh_certificate_expiring"), Some(1.0), "{m}");
+    assert_eq!(std::fs::read(tls.join("node.pem.old")).unwrap(), std::fs::read(&cert).unwrap());
+    assert_eq!(std::fs::read(tls.join("node.pem")).unwrap(), std::fs::read(&renewed).unwrap());
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), key_pem, "renewal changed the key");
+    // the two signed requests, and the test's own `other-key` certificate
+    assert_eq!(count(), before + 3);
+}

@@ -49,7 +49,7 @@ impl Site {
     /// address 127.0.0.(i+first_ip).
     pub fn new(root: &Path, nodes: &[(&str, &str)]) -> Site {
         let ca = root.join("ca");
-        omesh_net::ca::init(&ca, "test-site", 30).unwrap();
+        omesh_net::ca::init(&ca, "test-site", 400).unwrap();
         let first = 2 + (std::process::id() % 50) as usize * 4;
         let nodes: Vec<NodeSpec> = nodes
             .iter()
@@ -57,7 +57,8 @@ impl Site {
             .map(|(i, (n, d))| {
                 let ip = format!("127.0.{}.{}", (first + i) / 250, 1 + (first + i) % 250);
                 let dir = root.join(n);
-                omesh_net::ca::issue(&ca, n, &dir.join("tls"), 30).unwrap();
+                // long enough not to count as expiring (30 days)
+                omesh_net::ca::issue(&ca, n, &dir.join("tls"), 90).unwrap();
                 NodeSpec { name: n.to_string(), port: free_port(&ip), ip, domain: d.to_string(), dir, netns: None }
             })
             .collect();

@@ -81,9 +81,12 @@ pub enum Command {
     /// Repair a store.
     #[command(subcommand)]
     Repair(cmd::repair::RepairCommand),
-    /// Site certificate authority: create it, issue and revoke node certificates.
+    /// Site certificate authority: create it, sign, issue and revoke node certificates.
     #[command(subcommand)]
     Ca(cmd::ca::CaCommand),
+    /// This node's certificate: request one (the key stays here), install it once signed.
+    #[command(subcommand)]
+    Cert(cmd::cert::CertCommand),
     /// Run the node daemon.
     #[command(subcommand)]
     Node(cmd::node::NodeCommand),
@@ -161,6 +164,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Key(c) => cmd::key::run(c),
         Command::Repair(c) => cmd::repair::run(c),
         Command::Ca(c) => cmd::ca::run(c),
+        Command::Cert(c) => cmd::cert::run(c),
         Command::Node(c) => cmd::node::run(c),
         Command::Status(a) => cmd::status::run(a),
         Command::Residency(c) => cmd::residency::run(c),

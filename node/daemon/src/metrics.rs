@@ -95,6 +95,10 @@ pub struct Metrics {
     pub holding_check_failed: Family<Labels, Gauge>,
     /// The CRL's next update (seconds since the epoch; 0 without a CRL).
     pub crl_next_update: Gauge,
+    /// When this node's certificate expires (Unix seconds).
+    pub cert_expiry: Gauge,
+    /// 1 when it expires in fewer than 30 days.
+    pub cert_expiring: Gauge,
     /// 1 when a peer answered the last probe.
     pub peer_up: Family<Labels, Gauge>,
     /// Round-trip time to a peer at its last probe, seconds.
@@ -171,6 +175,8 @@ impl Metrics {
             crl_stale: Gauge::default(),
             holding_check_failed: Family::default(),
             crl_next_update: Gauge::default(),
+            cert_expiry: Gauge::default(),
+            cert_expiring: Gauge::default(),
             peer_up: Family::default(),
             peer_rtt: Family::default(),
             store_bytes: Family::default(),
@@ -227,6 +233,16 @@ impl Metrics {
             "crl_next_update_timestamp_seconds",
             "Next update of the certificate revocation list in force",
             m.crl_next_update.clone(),
+        );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When this node's TLS certificate expires",
+            m.cert_expiry.clone(),
+        );
+        r.register(
+            "certificate_expiring",
+            "1 when this node's TLS certificate expires in fewer than 30 days (renew it: omesh cert request)",
+            m.cert_expiring.clone(),
         );
         r.register("peer_up", "1 when the peer answered this node's last probe, 0 when it did not", m.peer_up.clone());
         r.register("peer_rtt_seconds", "Round-trip time to the peer at its last probe", m.peer_rtt.clone());

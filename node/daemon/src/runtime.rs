@@ -310,6 +310,9 @@ impl NodeRuntime {
         let now = omesh_core::time::now_ns();
         self.metrics.crl_stale.set(i64::from(st.is_stale(now)));
         self.metrics.crl_next_update.set(st.next_update_ns.map_or(0, |t| t / 1_000_000_000));
+        let left = self.tls.not_after - omesh_core::time::now().as_second();
+        self.metrics.cert_expiry.set(self.tls.not_after);
+        self.metrics.cert_expiring.set(i64::from(left < crate::views::status::CERT_RENEW_DAYS * 86400));
         let mut g = self.conns.lock().await;
         g.retain(|name, c| {
             if self.tls.is_revoked(&c.identity.serial) {

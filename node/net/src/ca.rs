@@ -192,14 +192,38 @@ pub fn issue_with_validity(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<Issued> {
-    if !omesh_proto::msg::valid_name(node) {
-        return Err(CaError::Invalid(format!(
-            "node name {node:?} is invalid: use 1-64 letters, digits, '.', '-', '_' (it must match `name` in the node's config)"
-        )));
-    }
+    check_node_name(node)?;
     let (ca_pem, ca_key) = load_ca(dir)?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
     let kp = KeyPair::generate()?;
+    let (p, serial) = node_params(node, not_before, not_after)?;
+    let cert = p.signed_by(&kp, &issuer)?;
+    fs::create_dir_all(out).map_err(io(out))?;
+    fs::write(out.join("node.pem"), cert.pem()).map_err(io(&out.join("node.pem")))?;
+    write_private_atomic(&out.join("node.key"), kp.serialize_pem().as_bytes()).map_err(io(&out.join("node.key")))?;
+    fs::write(out.join("ca.pem"), &ca_pem).map_err(io(&out.join("ca.pem")))?;
+    if dir.join("crl.pem").exists() {
+        let _ = fs::copy(dir.join("crl.pem"), out.join("crl.pem"));
+    }
+    record(dir, node, &serial, not_before, not_after, cert.der())
+}
+
+fn check_node_name(node: &str) -> Result<()> {
+    if omesh_proto::msg::valid_name(node) {
+        return Ok(());
+    }
+    Err(CaError::Invalid(format!(
+        "node name {node:?} is invalid: use 1-64 letters, digits, '.', '-', '_' (it must match `name` in the node's config)"
+    )))
+}
+
+/// What every node certificate says: the node name as CN and as its only
+/// DNS SAN, server and client authentication, never a CA.
+fn node_params(
+    node: &str,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+) -> Result<(CertificateParams, SerialNumber)> {
     let mut p = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, node);
@@ -215,26 +239,158 @@ pub fn issue_with_validity(
     p.serial_number = Some(serial.clone());
     p.use_authority_key_identifier_extension = true;
     p.key_identifier_method = KeyIdMethod::Sha256;
-    let cert = p.signed_by(&kp, &issuer)?;
-    fs::create_dir_all(out).map_err(io(out))?;
-    fs::write(out.join("node.pem"), cert.pem()).map_err(io(&out.join("node.pem")))?;
-    write_private_atomic(&out.join("node.key"), kp.serialize_pem().as_bytes()).map_err(io(&out.join("node.key")))?;
-    fs::write(out.join("ca.pem"), &ca_pem).map_err(io(&out.join("ca.pem")))?;
-    if dir.join("crl.pem").exists() {
-        let _ = fs::copy(dir.join("crl.pem"), out.join("crl.pem"));
-    }
+    Ok((p, serial))
+}
+
+/// Add an issued certificate to `ca.toml`.
+fn record(
+    dir: &Path,
+    node: &str,
+    serial: &SerialNumber,
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    der: &[u8],
+) -> Result<Issued> {
     let issued = Issued {
         node: node.into(),
         serial: hex::encode(serial.to_bytes()),
         not_before: rfc3339(not_before),
         not_after: rfc3339(not_after),
-        sha256: sha256_hex(cert.der()),
+        sha256: sha256_hex(der),
         revoked: None,
     };
     let mut state = load_state(dir)?;
     state.issued.push(issued.clone());
     save_state(dir, &state)?;
     Ok(issued)
+}
+
+/// A node's certificate signing request, made on the node: its private key
+/// never leaves it.
+#[derive(Debug)]
+pub struct Request {
+    /// The CSR (PEM, "CERTIFICATE REQUEST"): public, may travel any way.
+    pub csr_pem: String,
+    /// Whether the key was created now (false: the existing key, a renewal).
+    pub key_created: bool,
+}
+
+/// Make a CSR for `node` with the private key at `key`: the existing key
+/// when there is one (it must be private, mode 0600), else a new ECDSA
+/// P-256 key written there with mode 0600.
+pub fn request(key: &Path, node: &str) -> Result<Request> {
+    check_node_name(node)?;
+    let (kp, key_created) = if key.exists() {
+        let mode = fs::metadata(key).map_err(io(key))?.permissions().mode();
+        if mode & 0o077 != 0 {
+            return Err(CaError::Invalid(format!(
+                "{} is readable by group or others (mode {:o}); a node key must be private: run `chmod 600 {}`",
+                key.display(),
+                mode & 0o777,
+                key.display()
+            )));
+        }
+        let pem = fs::read_to_string(key).map_err(io(key))?;
+        let kp = KeyPair::from_pem(&pem).map_err(|e| {
+            CaError::Invalid(format!(
+                "{}: not a PEM private key this CA can use ({e}); move it aside to make a new one",
+                key.display()
+            ))
+        })?;
+        (kp, false)
+    } else {
+        let kp = KeyPair::generate()?;
+        if let Some(d) = key.parent().filter(|d| !d.as_os_str().is_empty()) {
+            fs::create_dir_all(d).map_err(io(d))?;
+        }
+        write_private_atomic(key, kp.serialize_pem().as_bytes()).map_err(io(key))?;
+        (kp, true)
+    };
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, node);
+    p.distinguished_name = dn;
+    p.subject_alt_names =
+        vec![SanType::DnsName(node.try_into().map_err(|_| CaError::Invalid(format!("{node:?} is not a DNS name")))?)];
+    let csr_pem = p.serialize_request(&kp)?.pem()?;
+    Ok(Request { csr_pem, key_created })
+}
+
+/// Sign a node's CSR (`omesh ca sign`): the certificate gets this CA's
+/// node-certificate terms, whatever else the request asked for. The node
+/// is the request's CN; `expect` (the operator's `--node`), when given,
+/// must be it. A request whose signature does not verify, that names
+/// anything besides its node, or asks to be a CA, is refused. Returns the
+/// certificate (PEM) and its record.
+pub fn sign_request(dir: &Path, csr_pem: &str, expect: Option<&str>, days: u32) -> Result<(String, Issued)> {
+    use rcgen::CertificateSigningRequestParams;
+    let req = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+        CaError::Invalid(match e {
+            rcgen::Error::InvalidCertificationRequestSignature => {
+                "the request's signature does not verify: it was altered, or not made with the key it carries; make a new one on the node (`omesh cert request`)".to_string()
+            }
+            rcgen::Error::UnsupportedExtension => {
+                "the request asks for an extension a node certificate does not have; make it with `omesh cert request`".to_string()
+            }
+            e => format!("not a certificate signing request (PEM \"CERTIFICATE REQUEST\") this CA can read: {e}"),
+        })
+    })?;
+    let cn = req.params.distinguished_name.get(&DnType::CommonName).and_then(dn_text);
+    let Some(node) = cn else {
+        return Err(CaError::Invalid(
+            "the request names no node (no CN); make it with `omesh cert request` on the node".into(),
+        ));
+    };
+    check_node_name(&node)?;
+    if let Some(want) = expect
+        && want != node
+    {
+        return Err(CaError::Invalid(format!(
+            "the request is for node {node:?}, not {want:?}; nothing was signed (check which server sent it)"
+        )));
+    }
+    let others: Vec<String> = req
+        .params
+        .subject_alt_names
+        .iter()
+        .filter(|n| !matches!(n, SanType::DnsName(d) if d.as_str() == node))
+        .map(|n| format!("{n:?}"))
+        .collect();
+    if !others.is_empty() {
+        return Err(CaError::Invalid(format!(
+            "the request for {node:?} also asks for {}; a node certificate carries only its node name, so nothing was signed",
+            others.join(", ")
+        )));
+    }
+    if matches!(req.params.is_ca, IsCa::Ca(_)) {
+        return Err(CaError::Invalid(format!("the request for {node:?} asks to be a CA; nothing was signed")));
+    }
+    let alg = req.public_key.algorithm();
+    let usable =
+        [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ECDSA_P384_SHA384, &rcgen::PKCS_ED25519, &rcgen::PKCS_RSA_SHA256];
+    if !usable.contains(&alg) {
+        return Err(CaError::Invalid(format!(
+            "the request for {node:?} uses a key algorithm nodes cannot use ({alg:?}); make it with `omesh cert request` (ECDSA P-256)"
+        )));
+    }
+    let (ca_pem, ca_key) = load_ca(dir)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key)?;
+    let now = OffsetDateTime::now_utc();
+    let (not_before, not_after) = (now - Duration::hours(1), now + Duration::days(days as i64));
+    let (params, serial) = node_params(&node, not_before, not_after)?;
+    let cert = CertificateSigningRequestParams { params, public_key: req.public_key }.signed_by(&issuer)?;
+    let issued = record(dir, &node, &serial, not_before, not_after, cert.der())?;
+    Ok((cert.pem(), issued))
+}
+
+fn dn_text(v: &rcgen::DnValue) -> Option<String> {
+    use rcgen::DnValue;
+    match v {
+        DnValue::Utf8String(s) => Some(s.clone()),
+        DnValue::PrintableString(s) => Some(s.as_str().to_string()),
+        DnValue::Ia5String(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
 }
 
 /// Revoke every certificate of `node` and re-sign the CRL. Returns the
@@ -330,4 +486,39 @@ fn write_crl_until(
 pub fn list(dir: &Path) -> Result<CaState> {
     load_ca(dir)?;
     load_state(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls_pki_types::pem::PemObject;
+
+    #[test]
+    fn a_request_is_signed_with_the_node_terms_and_a_ca_request_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let ca = d.path().join("ca");
+        init(&ca, "t", 30).unwrap();
+        let key = d.path().join("n/node.key");
+        let r = request(&key, "srv-a").unwrap();
+        assert!(r.key_created);
+        assert_eq!(fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+        let (pem, issued) = sign_request(&ca, &r.csr_pem, Some("srv-a"), 10).unwrap();
+        assert_eq!(issued.node, "srv-a");
+        let der = rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).unwrap();
+        assert_eq!(crate::transport::tls::cert_names(&der), vec!["srv-a".to_string()]);
+        // the same key again: a renewal
+        let again = request(&key, "srv-a").unwrap();
+        assert!(!again.key_created);
+        // a request to be a CA
+        let kp = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["srv-b".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, "srv-b");
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let e = sign_request(&ca, &p.serialize_request(&kp).unwrap().pem().unwrap(), None, 10).unwrap_err();
+        assert!(e.to_string().contains("asks to be a CA"), "{e}");
+        // a key readable by others is not used
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let e = request(&key, "srv-a").unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+    }
 }

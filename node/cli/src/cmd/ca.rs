@@ -1,4 +1,4 @@
-//! `omesh ca init | issue | revoke | list`
+//! `omesh ca init | issue | sign | revoke | crl | list`
 
 use crate::output::{CliError, ExitCode, print_json};
 use omesh_net::ca::{self, CaError};
@@ -40,6 +40,35 @@ pub enum CaCommand {
         /// Validity in days.
         #[arg(long, default_value_t = 825)]
         days: u32,
+    },
+    /// Sign a node's certificate signing request (from `omesh cert request`): the node keeps its key.
+    #[command(long_about = "Sign a node's certificate signing request.\n\n\
+        The request comes from `omesh cert request` on the node; its private key stays there. The \
+        certificate gets this CA's terms for node certificates (the node name as its only name, \
+        server and client authentication, --days of validity), whatever else the request asks for; \
+        a request that names anything besides its node, asks to be a CA, or whose signature does \
+        not verify is refused. With --node, the request must be for that node. The certificate is \
+        public: send it back any way and install it with `omesh cert install`. Renewal is the same \
+        (the node's request reuses its key).\n\n\
+        Example:\n  omesh ca sign --dir /root/omesh-ca --node srv-a srv-a.csr --out srv-a.pem")]
+    Sign {
+        /// CA directory.
+        #[arg(long, value_name = "CA")]
+        dir: PathBuf,
+        /// The request (PEM).
+        csr: PathBuf,
+        /// The node the request must be for.
+        #[arg(long)]
+        node: Option<String>,
+        /// Where to write the certificate (default: NODE.pem here).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Validity in days.
+        #[arg(long, default_value_t = 825)]
+        days: u32,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke every certificate of a node and re-sign CA/crl.pem.
     #[command(long_about = "Revoke a node's certificates.\n\n\
@@ -103,6 +132,34 @@ pub fn run(c: CaCommand) -> Result<ExitCode, CliError> {
                 i.not_after,
                 out.display()
             );
+        }
+        CaCommand::Sign { dir, csr, node, out, days, json } => {
+            let pem = std::fs::read_to_string(&csr)
+                .map_err(|e| CliError::usage(format!("{}: cannot read the request: {e}", csr.display())))?;
+            let (cert, i) = ca::sign_request(&dir, &pem, node.as_deref(), days).map_err(|e| {
+                err(match e {
+                    CaError::Invalid(m) => CaError::Invalid(format!("{}: {m}", csr.display())),
+                    e => e,
+                })
+            })?;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.pem", i.node)));
+            std::fs::write(&out, cert).map_err(|e| CliError::failed(format!("{}: {e}", out.display())))?;
+            if json {
+                print_json("ca sign", &serde_json::json!({"certificate": out, "issued": i}))?;
+            } else {
+                println!(
+                    "signed a certificate for {} (serial {}, valid until {}) into {}",
+                    i.node,
+                    i.serial,
+                    i.not_after,
+                    out.display()
+                );
+                println!(
+                    "it is public: send it to {} and run `omesh cert install --config FILE {}` there (with the site's ca.pem as [tls] ca)",
+                    i.node,
+                    out.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
+                );
+            }
         }
         CaCommand::Revoke { dir, node } => {
             let s = ca::revoke(&dir, &node).map_err(err)?;

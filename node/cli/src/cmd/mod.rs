@@ -2,6 +2,7 @@
 
 pub mod backup;
 pub mod ca;
+pub mod cert;
 pub mod demo;
 pub mod init;
 pub mod key;

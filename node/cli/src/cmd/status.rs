@@ -129,6 +129,16 @@ pub fn run(a: StatusArgs) -> Result<ExitCode, CliError> {
             r.last_error.as_ref().map(|e| format!(", last run FAILED: {e}")).unwrap_or_default()
         );
     }
+    if let Some(c) = &s.certificate {
+        if c.expiring {
+            println!(
+                "certificate {} EXPIRES {} ({} days): renew it: `omesh cert request`, `omesh ca sign` on the CA machine, `omesh cert install`",
+                c.path, c.not_after, c.days_left
+            );
+        } else {
+            println!("certificate {} valid until {} ({} days)", c.path, c.not_after, c.days_left);
+        }
+    }
     match &s.crl {
         Some(c) if c.stale => println!(
             "CRL {} is STALE (next update was {}): re-sign it with `omesh ca crl` and copy it here",

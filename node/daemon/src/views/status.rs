@@ -136,6 +136,9 @@ pub struct StatusView {
     /// The certificate revocation list in force.
     #[serde(default)]
     pub crl: Option<CrlView>,
+    /// This node's certificate.
+    #[serde(default)]
+    pub certificate: Option<CertView>,
     /// Bandwidth limits in force now.
     #[serde(default)]
     pub bandwidth: BandwidthView,
@@ -160,6 +163,19 @@ pub struct PeerLimitView {
     pub peer: String,
     /// Its limit in bytes per second (null: unlimited).
     pub limit: Option<u64>,
+}
+
+/// This node's own certificate.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CertView {
+    /// Its file ([tls] cert).
+    pub path: String,
+    /// When it expires (RFC 3339).
+    pub not_after: String,
+    /// Whole days until then (negative: expired).
+    pub days_left: i64,
+    /// Fewer than 30 days left: renew it (`omesh cert request`, `ca sign`, `cert install`).
+    pub expiring: bool,
 }
 
 /// The CRL a node enforces.
@@ -425,6 +441,7 @@ pub async fn status(rt: &Arc<NodeRuntime>) -> Result<StatusView, NodeError> {
         schedules,
         maintenance,
         crl: crl_view(rt),
+        certificate: Some(cert_view(rt)),
         bandwidth: bandwidth_view(rt),
         reloaded: rt.reloaded.lock().unwrap_or_else(|e| e.into_inner()).clone(),
     })
@@ -459,6 +476,20 @@ fn bandwidth_view(rt: &NodeRuntime) -> BandwidthView {
         .map(|p| PeerLimitView { peer: p.name.clone(), limit: l.rates_at(&p.name, now).1.bytes_per_sec() })
         .collect();
     BandwidthView { limit: l.rates_at("", now).0.bytes_per_sec(), peers }
+}
+
+/// Days before expiry from which a node certificate counts as expiring.
+pub const CERT_RENEW_DAYS: i64 = 30;
+
+fn cert_view(rt: &NodeRuntime) -> CertView {
+    let na = rt.tls.not_after;
+    let days_left = (na - omesh_core::time::now().as_second()).div_euclid(86400);
+    let expiring = days_left < CERT_RENEW_DAYS;
+    let path = rt.cfg.tls.cert.display().to_string();
+    if expiring {
+        tracing::warn!(certificate = %path, days_left, "this node's certificate expires soon; renew it: `omesh cert request`, `omesh ca sign`, `omesh cert install`");
+    }
+    CertView { path, not_after: omesh_core::time::rfc3339_ns(na.saturating_mul(1_000_000_000)), days_left, expiring }
 }
 
 fn crl_view(rt: &NodeRuntime) -> Option<CrlView> {

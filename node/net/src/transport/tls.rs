@@ -117,7 +117,7 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
     /// The certificate is not for this node.
     #[error(
-        "{path} is a certificate for {found:?} but this node is named {expected:?}; issue one with `omesh ca issue --node {expected}`"
+        "{path} is a certificate for {found:?} but this node is named {expected:?}; get one for {expected}: `omesh cert request` on the node and `omesh ca sign` on the CA machine (or `omesh ca issue --node {expected}`)"
     )]
     WrongName {
         /// cert file
@@ -127,6 +127,93 @@ pub enum TlsError {
         /// configured name
         expected: String,
     },
+}
+
+/// A certificate `omesh cert install` found fit for this node.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Installable {
+    /// The node it is for.
+    pub node: String,
+    /// Serial (hex).
+    pub serial: String,
+    /// Validity end (RFC 3339).
+    pub not_after: String,
+    /// Whole days until then.
+    pub days_left: i64,
+    /// SHA-256 of the certificate DER (hex).
+    pub sha256: String,
+}
+
+/// Check, before it replaces anything, that the certificate in `cert` is
+/// for `node`, chains to the site CA in `ca`, is valid now for both server
+/// and client authentication, and belongs to the private key in `key`.
+/// Each refusal names the file and what to do.
+pub fn check_installable(ca: &Path, cert: &Path, key: &Path, node: &str) -> Result<Installable, TlsError> {
+    let chain = load_certs(cert)?;
+    let leaf = &chain[0];
+    let names = cert_names(leaf);
+    if !names.iter().any(|n| n == node) {
+        return Err(TlsError::WrongName { path: cert.into(), found: names.join(","), expected: node.into() });
+    }
+    let anchors_der = load_certs(ca)?;
+    let anchors = anchors_der
+        .iter()
+        .map(|c| webpki::anchor_from_trusted_cert(c).map(|a| a.to_owned()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| file_err(ca, format!("not a usable CA certificate: {e}")))?;
+    let ee =
+        webpki::EndEntityCert::try_from(leaf).map_err(|e| file_err(cert, format!("not a usable certificate: {e}")))?;
+    let algs = provider().signature_verification_algorithms;
+    let now = rustls::pki_types::UnixTime::now();
+    for usage in [webpki::KeyUsage::server_auth(), webpki::KeyUsage::client_auth()] {
+        ee.verify_for_usage(algs.all, &anchors, &chain[1..], now, usage, None, None).map_err(|e| {
+            let why = match e {
+                webpki::Error::UnknownIssuer => format!("it was not signed by the site CA in {}", ca.display()),
+                webpki::Error::CertExpired { .. } => "it has expired (or this server's clock is wrong)".into(),
+                webpki::Error::CertNotValidYet { .. } => "it is not valid yet (or this server's clock is wrong)".into(),
+                e => format!("it does not verify: {e}"),
+            };
+            file_err(
+                cert,
+                format!("{why}; nothing was installed (sign this node's request with the site CA: `omesh ca sign`)"),
+            )
+        })?;
+    }
+    let meta = std::fs::metadata(key).map_err(|e| file_err(key, format!("cannot read the private key: {e}")))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(file_err(
+            key,
+            format!("private key is accessible by group or others; run `chmod 600 {}`", key.display()),
+        ));
+    }
+    let pk = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, format!("not a PEM private key: {e}")))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(pk)
+        .map_err(|e| file_err(key, format!("not a usable private key: {e}")))?;
+    if !matches!(rustls::sign::CertifiedKey::new(chain.clone(), signing).keys_match(), Ok(())) {
+        return Err(file_err(
+            cert,
+            format!(
+                "this certificate is not for the private key {} (their public keys differ): it was made from another request; \
+                 sign the request `omesh cert request` made with this key, nothing was installed",
+                key.display()
+            ),
+        ));
+    }
+    let (_, x) = x509_parser::parse_x509_certificate(leaf).map_err(|e| file_err(cert, format!("unreadable: {e}")))?;
+    let not_after = x.validity().not_after.timestamp();
+    let days_left = (not_after - time::OffsetDateTime::now_utc().unix_timestamp()) / 86400;
+    Ok(Installable {
+        node: node.into(),
+        serial: hex::encode(x.raw_serial()),
+        not_after: time::OffsetDateTime::from_unix_timestamp(not_after)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default(),
+        days_left,
+        sha256: crate::ca::sha256_hex(leaf),
+    })
 }
 
 /// The crypto provider: ring (pure Rust + asm, no C++ toolchain needed).
@@ -183,6 +270,8 @@ pub struct TlsMaterial {
     changes: tokio::sync::watch::Sender<u64>,
     /// SHA-256 of this node's certificate.
     pub fingerprint: String,
+    /// When this node's certificate expires (Unix seconds).
+    pub not_after: i64,
 }
 
 /// Configs built from one version of the CRL file.
@@ -247,6 +336,9 @@ impl TlsMaterial {
             ));
         }
         let fingerprint = crate::ca::sha256_hex(&chain[0]);
+        let not_after = x509_parser::parse_x509_certificate(&chain[0])
+            .map(|(_, c)| c.validity().not_after.timestamp())
+            .map_err(|e| file_err(&cfg.cert, format!("unreadable certificate: {e}")))?;
         let (stamp, crls) = match &cfg.crl {
             Some(p) => (stamp(p), load_crls(p)?),
             None => (None, vec![]),
@@ -263,6 +355,7 @@ impl TlsMaterial {
             built: Mutex::new(Built { stamp, server, client, revoked: Arc::new(revoked), status }),
             changes: tokio::sync::watch::channel(0).0,
             fingerprint,
+            not_after,
         })
     }
 
