@@ -2,6 +2,7 @@
 //! (and, for the mesh, real daemons, real QUIC, a real S3 server and real
 //! network namespaces) against real files in temporary directories.
 
+mod alerts;
 mod common;
 
 mod lab;

@@ -284,12 +284,41 @@ async fn scrub_loop(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
     }
 }
 
+/// Set the last-success gauges from the run history in the state database,
+/// so a restarted daemon does not forget when its schedules last made a
+/// protected snapshot (an RPO alert must not reset with the process).
+async fn seed_last_success(rt: &NodeRuntime) {
+    let Some(st) = rt.state.clone() else { return };
+    let Ok(Ok(runs)) = tokio::task::spawn_blocking(move || st.runs()).await else { return };
+    let secs = |ns: i64| (ns / 1_000_000_000) as f64;
+    let mut newest_backup = 0;
+    for sched in &rt.cfg.schedules {
+        let name = &sched.cfg.name;
+        if let Some(r) = runs.get(&format!("backup/{name}")).filter(|r| r.last_ok_ns > 0) {
+            rt.metrics
+                .backup_last_success
+                .get_or_create(&crate::metrics::label("schedule", name))
+                .set(secs(r.last_ok_ns));
+            newest_backup = newest_backup.max(r.last_ok_ns);
+        }
+    }
+    if newest_backup > 0 {
+        rt.metrics.last_success.get_or_create(&crate::metrics::label("job", "backup")).set(secs(newest_backup));
+    }
+    for job in ["sync", "maintenance", "scrub"] {
+        if let Some(r) = runs.get(job).filter(|r| r.last_ok_ns > 0) {
+            rt.metrics.last_success.get_or_create(&crate::metrics::label("job", job)).set(secs(r.last_ok_ns));
+        }
+    }
+}
+
 /// Start every timer of the daemon (and the metrics endpoint) in `tasks`.
 pub async fn spawn(
     rt: &Arc<NodeRuntime>,
     tasks: &mut JoinSet<()>,
     cancel: &CancellationToken,
 ) -> Result<(), NodeError> {
+    seed_last_success(rt).await;
     for sched in &rt.cfg.schedules {
         tracing::info!(schedule = %sched.cfg.name, when = %sched.describe(), "backup schedule active");
         tasks.spawn(schedule_loop(rt.clone(), sched.clone(), cancel.clone()));
