@@ -124,6 +124,35 @@ fn a_real_prometheus_fires_the_rpo_alert_once_the_last_protected_snapshot_is_old
     assert_eq!(firing["labels"]["severity"], "critical", "{firing}");
     assert_eq!(firing["labels"]["instance"], format!("127.0.0.1:{port}"), "{firing}");
 
+    // the Grafana dashboard's queries run on this Prometheus, and they and
+    // the rules name only metrics the daemon exports
+    let exported: std::collections::BTreeSet<String> = scrape(port)
+        .lines()
+        .filter(|l| l.starts_with("omesh_"))
+        .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+        .collect();
+    let dash: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(rules_dir().join("../grafana/omesh-dashboard.json")).unwrap())
+            .unwrap();
+    let mut exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter().map(|t| t["expr"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(exprs.len() >= 10, "{exprs:?}");
+    for e in &exprs {
+        let q = percent(&e.replace("$instance", ".*"));
+        let body = get(prom_port, &format!("/api/v1/query?query={q}")).unwrap_or_default();
+        assert!(body.contains("\"status\":\"success\""), "the dashboard query {e} fails: {body}");
+    }
+    exprs.push(std::fs::read_to_string(rules_dir().join("omesh-rules.yml")).unwrap());
+    for e in &exprs {
+        for name in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("omesh_")) {
+            assert!(exported.contains(name), "{name} is not a metric the daemon exports: {exported:?}");
+        }
+    }
+
     // a restarted daemon still knows when the schedule last succeeded (from
     // its state database), so the alert does not reset with the process
     let gauge = "omesh_backup_last_success_timestamp_seconds{schedule=\"often\"}";
@@ -131,4 +160,14 @@ fn a_real_prometheus_fires_the_rpo_alert_once_the_last_protected_snapshot_is_old
     drop(a);
     let _a = site.start("a");
     assert_eq!(sample(&scrape(port), gauge), Some(before));
+}
+
+/// Percent-encode a query parameter.
+fn percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

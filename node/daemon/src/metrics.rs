@@ -128,6 +128,8 @@ impl Metrics {
                 let _ = self.replications.get_or_create(&labels2("peer", t, "result", result));
             }
             let _ = self.peer_up.get_or_create(&label("peer", t));
+            // 0 until a check fails: the alert rule's series exists from the start
+            let _ = self.holding_check_failed.get_or_create(&label("peer", t));
         }
         for s in schedules.iter().map(String::as_str).chain(["manual"]) {
             for result in ["ok", "unprotected", "failed"] {
