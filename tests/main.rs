@@ -21,6 +21,8 @@ mod mesh_operator;
 mod mesh_reliability;
 mod mesh_replication;
 mod mesh_security;
+mod notify;
 mod residency;
 mod s3;
+mod ssm;
 mod torture;

@@ -277,3 +277,27 @@ fn an_outposts_access_point_is_checked_at_the_host_the_sdk_connects_to() {
     assert_ne!(r.code, 0);
     assert!(r.stderr.contains("public AWS S3 endpoint") && r.stderr.contains("rack"), "{}", r.stderr);
 }
+
+/// A `[notify]` webhook is a destination like a peer: `residency check`
+/// lists it, and an address outside the boundary is refused.
+#[test]
+fn a_notification_webhook_outside_the_boundary_is_refused_by_the_check() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0")]);
+    let policy = "[residency]\nallowed_networks = [\"127.0.0.0/8\"]\n";
+    let hooks = "[[notify.webhook]]\nurl = \"http://127.0.0.9:8080/in\"\n[[notify.webhook]]\nurl = \"http://10.99.0.9:8080/out\"\n";
+    site.write_config("srv-a", &[], 1, &format!("{policy}[[s3]]\nname = \"rack\"\nendpoint = \"http://127.0.0.8:3900\"\nbucket = \"b\"\nregion = \"r\"\npath_style = true\n{hooks}"));
+    let chk = site.omesh("srv-a", &["residency", "check", "--json"]).code(2).json();
+    let line = |url: &str| {
+        chk["destinations"].as_array().unwrap().iter().find(|d| d["kind"] == "notify" && d["name"] == url).cloned()
+    };
+    let inside = line("http://127.0.0.9:8080/in").unwrap_or_else(|| panic!("{chk}"));
+    assert_eq!(
+        (inside["address"].as_str(), inside["allowed"].as_bool()),
+        (Some("127.0.0.9:8080"), Some(true)),
+        "{chk}"
+    );
+    let outside = line("http://10.99.0.9:8080/out").unwrap_or_else(|| panic!("{chk}"));
+    assert_eq!(outside["allowed"], false, "{chk}");
+    assert!(outside["reason"].as_str().unwrap().contains("outside the allowed networks"), "{chk}");
+}

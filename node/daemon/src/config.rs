@@ -196,6 +196,85 @@ pub struct MetricsConfig {
     pub listen: Option<String>,
 }
 
+/// `[notify]`: webhooks and commands told about the events the alert
+/// rules cover (services/notify.rs).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// How often the node looks at its state (seconds).
+    #[serde(default = "d_notify_check")]
+    pub check_secs: u64,
+    /// The same event about the same subject at most this often (seconds).
+    #[serde(default = "d_notify_interval")]
+    pub min_interval_secs: u64,
+    /// `[[notify.webhook]]`
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<Webhook>,
+    /// `[[notify.command]]`
+    #[serde(default, rename = "command")]
+    pub commands: Vec<NotifyCommand>,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            check_secs: d_notify_check(),
+            min_interval_secs: d_notify_interval(),
+            webhooks: vec![],
+            commands: vec![],
+        }
+    }
+}
+
+fn d_notify_check() -> u64 {
+    30
+}
+fn d_notify_interval() -> u64 {
+    3600
+}
+fn d_webhook_timeout() -> u64 {
+    10
+}
+fn d_webhook_attempts() -> u32 {
+    5
+}
+fn d_command_timeout() -> u64 {
+    30
+}
+
+/// `[[notify.webhook]]`: an HTTP(S) endpoint that gets each event as a
+/// JSON POST.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// `http://` or `https://` URL.
+    pub url: String,
+    /// A file holding a shared secret: the body is signed with HMAC-SHA256
+    /// in `X-Omesh-Signature: sha256=HEX`.
+    #[serde(default)]
+    pub secret_file: Option<PathBuf>,
+    /// Extra CA certificates (PEM) for an https URL.
+    #[serde(default)]
+    pub ca_bundle: Option<PathBuf>,
+    /// Seconds one attempt may take.
+    #[serde(default = "d_webhook_timeout")]
+    pub timeout_secs: u64,
+    /// Attempts in all (backoff 1, 2, 4, … s between them).
+    #[serde(default = "d_webhook_attempts")]
+    pub attempts: u32,
+}
+
+/// `[[notify.command]]`: a program run with each event as JSON on stdin.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyCommand {
+    /// Program and arguments (no shell).
+    pub command: Vec<String>,
+    /// Seconds it may run before it is killed.
+    #[serde(default = "d_command_timeout")]
+    pub timeout_secs: u64,
+}
+
 /// What a configuration reload (SIGHUP, `systemctl reload omesh`) did.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ReloadReport {
@@ -290,6 +369,9 @@ pub struct NodeConfig {
     /// Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Notifications.
+    #[serde(default)]
+    pub notify: NotifyConfig,
     /// Where the file was read from (for messages).
     #[serde(skip)]
     pub path: PathBuf,
@@ -367,6 +449,13 @@ impl NodeConfig {
         {
             *crl = base.join(&*crl);
         }
+        for w in &mut c.notify.webhooks {
+            for p in [&mut w.secret_file, &mut w.ca_bundle].into_iter().flatten() {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         for t in &mut c.s3 {
             if let Some(ca) = &mut t.ca_bundle
                 && ca.is_relative()
@@ -427,6 +516,34 @@ impl NodeConfig {
             }
             // what the SDK's endpoint rules refuse or get wrong, refused here
             t.addressing()?;
+        }
+        for w in &self.notify.webhooks {
+            let ok = w.url.parse::<hyper::Uri>().ok().filter(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some_and(|h| !h.is_empty())
+            });
+            if ok.is_none() {
+                return Err(format!(
+                    "[[notify.webhook]] url = {:?} is not an http:// or https:// URL with a host",
+                    w.url
+                ));
+            }
+            if !(1..=20).contains(&w.attempts) || w.timeout_secs == 0 {
+                return Err(format!(
+                    "[[notify.webhook]] {:?}: attempts must be 1 to 20 and timeout_secs at least 1",
+                    w.url
+                ));
+            }
+        }
+        for c in &self.notify.commands {
+            if c.command.is_empty() || c.command[0].is_empty() || c.timeout_secs == 0 {
+                return Err(
+                    "[[notify.command]] needs command = [\"PROGRAM\", \"ARG\", …] and timeout_secs of at least 1"
+                        .into(),
+                );
+            }
+        }
+        if self.notify.check_secs == 0 {
+            return Err("[notify] check_secs must be at least 1".into());
         }
         let mut seen = std::collections::HashSet::new();
         for p in &self.peers {
@@ -536,7 +653,13 @@ impl NodeConfig {
             // (checked when the file loaded; a failure here leaves no host to allow)
             endpoint: t.addressing().map(|a| a.url).unwrap_or_default(),
         });
-        peers.chain(s3).collect()
+        // webhooks are destinations like any other: the boundary applies
+        let hooks = self.notify.webhooks.iter().map(|w| Destination {
+            kind: "notify",
+            name: w.url.clone(),
+            endpoint: w.url.clone(),
+        });
+        peers.chain(s3).chain(hooks).collect()
     }
 
     /// S3 target by name.

@@ -101,6 +101,10 @@ pub struct Metrics {
     pub cert_expiring: Gauge,
     /// 1 when a peer answered the last probe.
     pub peer_up: Family<Labels, Gauge>,
+    /// Probes of each peer that failed.
+    pub peer_probe_failures: Family<Labels, Counter>,
+    /// Notifications by result (sent, retried, failed, suppressed).
+    pub notifications: Family<Labels, Counter>,
     /// Round-trip time to a peer at its last probe, seconds.
     pub peer_rtt: Family<Labels, Gauge<f64, AtomicU64>>,
     /// Bytes stored per source.
@@ -122,12 +126,17 @@ impl Metrics {
     /// Create every label set an alert may ask for, at zero, so that the
     /// first failure is an increase (`increase(x{result!="ok"}[1d])` sees
     /// nothing of a series that appears with its first increment).
-    pub fn init_labels(&self, targets: &[String], schedules: &[String]) {
-        for t in targets {
+    pub fn init_labels(&self, peers: &[String], buckets: &[String], schedules: &[String]) {
+        for t in peers.iter().chain(buckets) {
             for result in ["ok", "failed", "unreachable"] {
                 let _ = self.replications.get_or_create(&labels2("peer", t, "result", result));
             }
+        }
+        // peers are probed (buckets are not): up is 0 until the first probe
+        // answers, and "down" is up == 0 with a failed probe
+        for t in peers {
             let _ = self.peer_up.get_or_create(&label("peer", t));
+            let _ = self.peer_probe_failures.get_or_create(&label("peer", t));
             // 0 until a check fails: the alert rule's series exists from the start
             let _ = self.holding_check_failed.get_or_create(&label("peer", t));
         }
@@ -141,6 +150,9 @@ impl Metrics {
         }
         for job in ["backup", "sync", "maintenance", "scrub"] {
             let _ = self.last_success.get_or_create(&label("job", job));
+        }
+        for result in ["sent", "retried", "failed", "suppressed"] {
+            let _ = self.notifications.get_or_create(&label("result", result));
         }
     }
 
@@ -179,6 +191,8 @@ impl Metrics {
             crl_next_update: Gauge::default(),
             cert_expiry: Gauge::default(),
             cert_expiring: Gauge::default(),
+            peer_probe_failures: Family::default(),
+            notifications: Family::default(),
             peer_up: Family::default(),
             peer_rtt: Family::default(),
             store_bytes: Family::default(),
@@ -247,6 +261,12 @@ impl Metrics {
             m.cert_expiring.clone(),
         );
         r.register("peer_up", "1 when the peer answered this node's last probe, 0 when it did not", m.peer_up.clone());
+        r.register("peer_probe_failures", "Probes of the peer that got no answer", m.peer_probe_failures.clone());
+        r.register(
+            "notifications",
+            "Notifications ([notify]) by result: sent, retried, failed, suppressed (rate limit)",
+            m.notifications.clone(),
+        );
         r.register("peer_rtt_seconds", "Round-trip time to the peer at its last probe", m.peer_rtt.clone());
         r.register(
             "store_bytes",

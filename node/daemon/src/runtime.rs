@@ -267,10 +267,10 @@ impl NodeRuntime {
         let stores = Arc::new(Stores::with_signer(cfg.layout(), Arc::new(signer)));
         let counters = Arc::new(Counters::default());
         let metrics = Arc::new(crate::metrics::Metrics::new(&counters));
-        let targets: Vec<String> =
-            cfg.peers.iter().map(|p| p.name.clone()).chain(cfg.s3.iter().map(|t| t.name.clone())).collect();
+        let peers: Vec<String> = cfg.peers.iter().map(|p| p.name.clone()).collect();
+        let buckets: Vec<String> = cfg.s3.iter().map(|t| t.name.clone()).collect();
         let schedules: Vec<String> = cfg.schedules.iter().map(|s| s.cfg.name.clone()).collect();
-        metrics.init_labels(&targets, &schedules);
+        metrics.init_labels(&peers, &buckets, &schedules);
         Ok(Arc::new(NodeRuntime {
             cfg,
             tls,
@@ -312,7 +312,7 @@ impl NodeRuntime {
         self.metrics.crl_next_update.set(st.next_update_ns.map_or(0, |t| t / 1_000_000_000));
         let left = self.tls.not_after - omesh_core::time::now().as_second();
         self.metrics.cert_expiry.set(self.tls.not_after);
-        self.metrics.cert_expiring.set(i64::from(left < crate::views::status::CERT_RENEW_DAYS * 86400));
+        self.metrics.cert_expiring.set(i64::from(left < omesh_net::transport::tls::CERT_RENEW_DAYS * 86400));
         let mut g = self.conns.lock().await;
         g.retain(|name, c| {
             if self.tls.is_revoked(&c.identity.serial) {
@@ -465,6 +465,9 @@ impl NodeRuntime {
             }
             let peer = crate::metrics::label("peer", &p.name);
             self.metrics.peer_up.get_or_create(&peer).set(r.is_ok() as i64);
+            if r.is_err() {
+                self.metrics.peer_probe_failures.get_or_create(&peer).inc();
+            }
             if let Ok((_, rtt)) = &r {
                 self.metrics.peer_rtt.get_or_create(&peer).set(rtt.as_secs_f64());
             }

@@ -33,7 +33,7 @@ pub type InboundCheck = std::sync::Arc<dyn Fn(SocketAddr) -> Result<(), String> 
 /// A destination a node's configuration names.
 #[derive(Clone, Debug)]
 pub struct Destination {
-    /// "peer" or "s3".
+    /// "peer", "s3" or "notify" (a webhook).
     pub kind: &'static str,
     /// Its name in the configuration.
     pub name: String,

@@ -10,6 +10,7 @@
 pub mod audit;
 pub mod control;
 pub mod maintenance;
+pub mod notify;
 pub mod sync;
 pub mod timers;
 

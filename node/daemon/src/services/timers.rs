@@ -324,6 +324,9 @@ pub async fn spawn(
         tasks.spawn(schedule_loop(rt.clone(), sched.clone(), cancel.clone()));
     }
     tasks.spawn(sync_loop(rt.clone(), cancel.clone()));
+    if rt.cfg.notify.is_active() {
+        tasks.spawn(super::notify::run(rt.clone(), cancel.clone()));
+    }
     if let Some(m) = &rt.cfg.maintenance.schedule {
         tasks.spawn(maintenance_loop(rt.clone(), m.clone(), cancel.clone()));
     }

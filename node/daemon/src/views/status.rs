@@ -478,13 +478,10 @@ fn bandwidth_view(rt: &NodeRuntime) -> BandwidthView {
     BandwidthView { limit: l.rates_at("", now).0.bytes_per_sec(), peers }
 }
 
-/// Days before expiry from which a node certificate counts as expiring.
-pub const CERT_RENEW_DAYS: i64 = 30;
-
 fn cert_view(rt: &NodeRuntime) -> CertView {
     let na = rt.tls.not_after;
     let days_left = (na - omesh_core::time::now().as_second()).div_euclid(86400);
-    let expiring = days_left < CERT_RENEW_DAYS;
+    let expiring = days_left < omesh_net::transport::tls::CERT_RENEW_DAYS;
     let path = rt.cfg.tls.cert.display().to_string();
     if expiring {
         tracing::warn!(certificate = %path, days_left, "this node's certificate expires soon; renew it: `omesh cert request`, `omesh ca sign`, `omesh cert install`");

@@ -129,6 +129,10 @@ pub enum TlsError {
     },
 }
 
+/// Days before expiry from which a node certificate counts as expiring
+/// (status, metrics, notifications say to renew it).
+pub const CERT_RENEW_DAYS: i64 = 30;
+
 /// A certificate `omesh cert install` found fit for this node.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Installable {
