@@ -22,6 +22,7 @@ mod mesh_reliability;
 mod mesh_replication;
 mod mesh_security;
 mod notify;
+mod package;
 mod residency;
 mod s3;
 mod ssm;

@@ -1,0 +1,129 @@
+//! The Debian package (cargo-deb, deploy/debian), installed into a fresh
+//! Debian root (mmdebstrap, made by .ci/run): the binary runs, the unit
+//! verifies, postinst makes the user and directories and starts nothing, an
+//! upgrade from the previous build keeps config and data, and a purge keeps
+//! the data unless told.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn workspace() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
+}
+
+/// `cargo deb` of the binary the tests run (no build: the test build is
+/// there), with `version`, into `out`; the package's path.
+fn build_deb(out: &Path, version: &str) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let o = Command::new(&cargo)
+        .args(["deb", "-p", "omesh", "--no-build", "--profile", "dev", "--fast", "--deb-version", version])
+        .arg("-o")
+        .arg(out)
+        .current_dir(workspace())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "cargo deb failed (is cargo-deb installed? .ci/run installs it): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let p = out.join(format!("omesh_{version}_amd64.deb"));
+    assert!(p.exists(), "{}", String::from_utf8_lossy(&o.stdout));
+    p
+}
+
+/// A fresh Debian root (bookworm minbase with systemd and procps), from the
+/// tarball .ci/run makes once per machine.
+fn fresh_root(dir: &Path) -> PathBuf {
+    let tar = std::env::var("OMESH_DEBIAN_ROOT_TAR").unwrap_or_else(|_| "/var/cache/omesh-ci/bookworm-root.tar".into());
+    assert!(Path::new(&tar).exists(), "{tar} is missing: .ci/run makes it with mmdebstrap");
+    let root = dir.join("root");
+    std::fs::create_dir_all(&root).unwrap();
+    let st = Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&root).status().unwrap();
+    assert!(st.success());
+    root
+}
+
+struct Out {
+    ok: bool,
+    stdout: String,
+    stderr: String,
+}
+
+fn chroot(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut c = Command::new("chroot");
+    c.arg(root).args(args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let o = c.output().unwrap();
+    Out {
+        ok: o.status.success(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn install(root: &Path, deb: &Path) -> Out {
+    let name = deb.file_name().unwrap().to_str().unwrap();
+    std::fs::copy(deb, root.join("tmp").join(name)).unwrap();
+    let r = chroot(root, &["dpkg", "-i", &format!("/tmp/{name}")], &[]);
+    assert!(r.ok, "dpkg -i {name}: {}{}", r.stdout, r.stderr);
+    r
+}
+
+#[test]
+fn the_debian_package_installs_upgrades_and_purges_in_a_fresh_debian_root() {
+    let t = tempfile::tempdir().unwrap();
+    let debs = t.path().join("debs");
+    std::fs::create_dir_all(&debs).unwrap();
+    let first = build_deb(&debs, "0.1.0-1");
+    let second = build_deb(&debs, "0.1.0-2");
+    let root = fresh_root(t.path());
+
+    // first install: the binary, the user, the directories; nothing started
+    let r = install(&root, &first);
+    assert!(r.stderr.contains("installed, not started"), "{}", r.stderr);
+    let v = chroot(&root, &["omesh", "--version"], &[]);
+    assert!(v.ok && v.stdout.starts_with("omesh "), "{}{}", v.stdout, v.stderr);
+    let u = chroot(&root, &["getent", "passwd", "omesh"], &[]);
+    assert!(u.ok && u.stdout.contains(":/var/lib/omesh:"), "{}", u.stdout);
+    let st = chroot(&root, &["stat", "-c", "%U %G %a", "/var/lib/omesh", "/etc/omesh"], &[]);
+    assert_eq!(st.stdout, "omesh omesh 700\nroot omesh 750\n", "{}", st.stderr);
+    assert!(root.join("usr/lib/systemd/system/omesh.service").exists());
+    assert!(root.join("usr/share/doc/omesh/examples/omesh.toml").exists());
+    assert!(root.join("usr/share/omesh/prometheus/omesh-rules.yml").exists());
+    let wants = root.join("etc/systemd/system/multi-user.target.wants/omesh.service");
+    assert!(!wants.exists(), "a fresh install enabled the daemon");
+    let o = Command::new("systemd-analyze")
+        .arg(format!("--root={}", root.display()))
+        .args(["verify", "omesh.service"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&o.stderr));
+    // the unit starts the packaged binary with the packaged config path
+    let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/omesh.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/omesh node run --config /etc/omesh/omesh.toml"), "{unit}");
+
+    // an administrator's config and a node's data survive an upgrade
+    std::fs::write(root.join("etc/omesh/omesh.toml"), "name = \"srv-a\"\n").unwrap();
+    std::fs::write(root.join("var/lib/omesh/marker"), "data").unwrap();
+    let r = install(&root, &second);
+    assert!(!r.stderr.contains("installed, not started"), "an upgrade is not a first install: {}", r.stderr);
+    let s = chroot(&root, &["dpkg-query", "-W", "-f", "${Version}", "omesh"], &[]);
+    assert_eq!(s.stdout, "0.1.0-2");
+    assert_eq!(std::fs::read_to_string(root.join("etc/omesh/omesh.toml")).unwrap(), "name = \"srv-a\"\n");
+    assert!(root.join("var/lib/omesh/marker").exists());
+
+    // purge keeps the stores and the identity unless told
+    let r = chroot(&root, &["dpkg", "--purge", "omesh"], &[]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("kept /var/lib/omesh"), "{}", r.stderr);
+    assert!(!root.join("usr/bin/omesh").exists());
+    assert!(root.join("var/lib/omesh/marker").exists() && root.join("etc/omesh/omesh.toml").exists());
+    install(&root, &second);
+    let r = chroot(&root, &["dpkg", "--purge", "omesh"], &[("OMESH_PURGE_DATA", "yes")]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(!root.join("var/lib/omesh").exists() && !root.join("etc/omesh").exists());
+    assert!(!chroot(&root, &["getent", "passwd", "omesh"], &[]).ok, "the user stayed after a purge that was told");
+}
