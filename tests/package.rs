@@ -2,7 +2,8 @@
 //! Debian root (mmdebstrap, made by .ci/run): the binary runs, the unit
 //! verifies, postinst makes the user and directories and starts nothing, an
 //! upgrade from the previous build keeps config and data, and a purge keeps
-//! the data unless told.
+//! the data unless told; the SSM install document upgrades it; the
+//! cloud-init user data installs, configures and enrols a new server.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -94,7 +95,7 @@ fn the_debian_package_installs_upgrades_and_purges_in_a_fresh_debian_root() {
     assert!(root.join("usr/share/doc/omesh/examples/omesh.toml").exists());
     assert!(root.join("usr/share/omesh/prometheus/omesh-rules.yml").exists());
     let wants = root.join("etc/systemd/system/multi-user.target.wants/omesh.service");
-    assert!(!wants.exists(), "a fresh install enabled the daemon");
+    assert!(std::fs::symlink_metadata(&wants).is_err(), "a fresh install enabled the daemon");
     let o = Command::new("systemd-analyze")
         .arg(format!("--root={}", root.display()))
         .args(["verify", "omesh.service"])
@@ -108,7 +109,18 @@ fn the_debian_package_installs_upgrades_and_purges_in_a_fresh_debian_root() {
     // an administrator's config and a node's data survive an upgrade
     std::fs::write(root.join("etc/omesh/omesh.toml"), "name = \"srv-a\"\n").unwrap();
     std::fs::write(root.join("var/lib/omesh/marker"), "data").unwrap();
-    let r = install(&root, &second);
+    // the upgrade through the SSM document omesh-install, as the agent runs it
+    std::fs::copy(&second, root.join("tmp/omesh_0.1.0-2_amd64.deb")).unwrap();
+    let o = Command::new("/usr/bin/python3")
+        .arg(workspace().join("tests/fixtures/ssm_render.py"))
+        .arg(workspace().join("deploy/ssm/omesh-install.yml"))
+        .arg("Package=/tmp/omesh_0.1.0-2_amd64.deb")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r = chroot(&root, &["sh", "-c", &String::from_utf8(o.stdout).unwrap()], &[]);
+    assert!(r.ok, "omesh-install: {}{}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("omesh 0.1.0"), "{}", r.stdout);
     assert!(!r.stderr.contains("installed, not started"), "an upgrade is not a first install: {}", r.stderr);
     let s = chroot(&root, &["dpkg-query", "-W", "-f", "${Version}", "omesh"], &[]);
     assert_eq!(s.stdout, "0.1.0-2");
@@ -126,4 +138,83 @@ fn the_debian_package_installs_upgrades_and_purges_in_a_fresh_debian_root() {
     assert!(r.ok, "{}{}", r.stdout, r.stderr);
     assert!(!root.join("var/lib/omesh").exists() && !root.join("etc/omesh").exists());
     assert!(!chroot(&root, &["getent", "passwd", "omesh"], &[]).ok, "the user stayed after a purge that was told");
+}
+
+/// The cloud-init user data of deploy/cloud-init: cloud-init's own schema
+/// check passes, and its first boot, run in a fresh Debian root (its
+/// write_files applied as cloud-init would, its runcmd run in the root),
+/// installs the package, writes the node's configuration from node.env,
+/// makes the key and request, and arms the unit that waits for the
+/// certificate; the certificate the site CA signs then installs.
+#[test]
+fn the_cloud_init_user_data_installs_configures_and_enrols_a_new_server() {
+    let userdata = workspace().join("deploy/cloud-init/omesh-user-data.yml");
+    let o = Command::new("cloud-init").arg("schema").arg("--config-file").arg(&userdata).output();
+    let o = o.unwrap_or_else(|e| panic!("cloud-init is not installed ({e}): .ci/run installs Debian's cloud-init"));
+    assert!(o.status.success(), "{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+
+    let t = tempfile::tempdir().unwrap();
+    let debs = t.path().join("debs");
+    std::fs::create_dir_all(&debs).unwrap();
+    let deb = build_deb(&debs, "0.1.0-1");
+    let root = fresh_root(t.path());
+    std::fs::copy(&deb, root.join("tmp/omesh.deb")).unwrap();
+    let ca = t.path().join("ca");
+    omesh_net::ca::init(&ca, "store-0417", 30).unwrap();
+    let env = t.path().join("node.env");
+    std::fs::write(
+        &env,
+        "OMESH_NAME=srv-c\nOMESH_LISTEN=10.20.0.13:7443\nOMESH_DOMAIN=rack-3\n\
+         OMESH_PEERS=\"srv-a=10.20.0.11:7443 srv-b=10.20.0.12:7443\"\nOMESH_FACTOR=2\n\
+         OMESH_ALLOWED=\"10.20.0.0/16\"\nOMESH_FORBIDDEN=\"10.99.0.0/16\"\nOMESH_PACKAGE=/tmp/omesh.deb\n",
+    )
+    .unwrap();
+    let o = Command::new("/usr/bin/python3")
+        .arg(workspace().join("tests/fixtures/cloud_init_apply.py"))
+        .arg(&root)
+        .arg(&userdata)
+        .arg(format!("/etc/omesh/node.env={}", env.display()))
+        .arg(format!("/etc/omesh/ca.pem={}", ca.join("ca.pem").display()))
+        .arg(format!("/etc/omesh/crl.pem={}", ca.join("crl.pem").display()))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for line in String::from_utf8(o.stdout).unwrap().lines() {
+        // (no systemd runs in the root: SYSTEMD_OFFLINE makes systemctl
+        // enable units by their links and say it ignores `start`)
+        let r = chroot(&root, &["sh", "-c", line], &[("SYSTEMD_OFFLINE", "1")]);
+        assert!(r.ok, "runcmd {line}: {}{}", r.stdout, r.stderr);
+    }
+    // the configuration from node.env, valid for omesh
+    let toml = std::fs::read_to_string(root.join("etc/omesh/omesh.toml")).unwrap();
+    for want in [
+        "name = \"srv-c\"",
+        "domain = \"rack-3\"",
+        "address = \"10.20.0.12:7443\"",
+        "allowed_networks = [\"10.20.0.0/16\"]",
+    ] {
+        assert!(toml.contains(want), "{want} missing:\n{toml}");
+    }
+    let st = chroot(&root, &["stat", "-c", "%U %a", "/etc/omesh/node.key"], &[]);
+    assert_eq!(st.stdout, "omesh 600\n", "{}", st.stderr);
+    let csr = std::fs::read_to_string(root.join("etc/omesh/srv-c.csr")).unwrap();
+    assert!(csr.contains("CERTIFICATE REQUEST"));
+    // armed: the path unit is enabled, omesh itself waits for it
+    // (the links point inside the root: look at the links, not their targets)
+    let link = |p: &str| std::fs::symlink_metadata(root.join(p)).is_ok();
+    assert!(link("etc/systemd/system/multi-user.target.wants/omesh-enrolled.path"));
+    assert!(!link("etc/systemd/system/multi-user.target.wants/omesh.service"));
+    let o = Command::new("systemd-analyze")
+        .arg(format!("--root={}", root.display()))
+        .args(["verify", "omesh-enrolled.path"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // the site CA signs the request; the certificate installs on the node
+    let csr_pem = std::fs::read_to_string(root.join("etc/omesh/srv-c.csr")).unwrap();
+    let (cert, _) = omesh_net::ca::sign_request(&ca, &csr_pem, Some("srv-c"), 30).unwrap();
+    std::fs::write(root.join("tmp/srv-c.pem"), cert).unwrap();
+    let r = chroot(&root, &["omesh", "cert", "install", "--config", "/etc/omesh/omesh.toml", "/tmp/srv-c.pem"], &[]);
+    assert!(r.ok, "{}{}", r.stdout, r.stderr);
+    assert!(root.join("etc/omesh/node.pem").exists());
 }

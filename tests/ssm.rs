@@ -1,6 +1,6 @@
 //! The AWS Systems Manager documents of deploy/ssm, run as the SSM agent
 //! would run them (parameters defaulted, validated against their
-//! allowedPattern, substituted; the runCommand lines as one bash script)
+//! allowedPattern, substituted; the runCommand lines as one sh script)
 //! against a local three-node site: a new node enrols (CSR out, certificate
 //! in), a backup is taken, status is read as JSON, a snapshot is restored.
 
@@ -30,11 +30,12 @@ fn render(name: &str, params: &[(&str, &str)]) -> Result<String, String> {
     Ok(String::from_utf8(out.stdout).unwrap())
 }
 
-/// Run a rendered document as the agent does (bash, omesh on PATH).
+/// Run a rendered document as the agent does (`sh`, which is dash on
+/// Debian; omesh on PATH).
 fn run(name: &str, params: &[(&str, &str)]) -> (String, String) {
     let script = render(name, params).unwrap();
     let dir = bin().parent().unwrap().to_path_buf();
-    let mut c = Command::new("bash");
+    let mut c = Command::new("sh");
     clean_env(&mut c);
     let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
     let out = c.arg("-c").arg(&script).env("PATH", path).stdin(Stdio::null()).output().unwrap();

@@ -119,7 +119,9 @@ fn d_repack() -> f64 {
     0.2
 }
 fn d_max_unused() -> f64 {
-    0.02
+    // 1% left unreferenced, plus packing differences, keeps a store within
+    // 2% of a clean one (at 2% it was at the edge: 2.1% in one run)
+    0.01
 }
 fn d_max_repack() -> ByteSize {
     ByteSize(4 << 30)
