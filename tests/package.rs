@@ -15,6 +15,11 @@ fn workspace() -> PathBuf {
 /// `cargo deb` of the binary the tests run (no build: the test build is
 /// there), with `version`, into `out`; the package's path.
 fn build_deb(out: &Path, version: &str) -> PathBuf {
+    // cargo-deb strips into one temporary file under the target directory:
+    // two tests packaging at once would share it, so one at a time
+    let lock_path = std::env::temp_dir().join("omesh-cargo-deb.lock");
+    let lock = std::fs::File::create(&lock_path).unwrap();
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let o = Command::new(&cargo)
         .args(["deb", "-p", "omesh", "--no-build", "--profile", "dev", "--fast", "--deb-version", version])
