@@ -125,21 +125,28 @@ fn save_state(dir: &Path, s: &CaState) -> Result<()> {
     write_private_atomic(&p, text.as_bytes()).map_err(io(&p))
 }
 
+/// Refuse a private key file that group or others can read, saying why it
+/// matters (`why`) and how to fix it.
+fn check_private(key: &Path, why: &str) -> Result<()> {
+    let mode = fs::metadata(key).map_err(io(key))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(CaError::Invalid(format!(
+            "{} is readable by group or others (mode {:o}); {why}: run `chmod 600 {}`",
+            key.display(),
+            mode & 0o777,
+            key.display()
+        )));
+    }
+    Ok(())
+}
+
 fn load_ca(dir: &Path) -> Result<(String, KeyPair)> {
     let cert = dir.join("ca.pem");
     let key = dir.join("ca.key");
     if !cert.exists() || !key.exists() {
         return Err(CaError::NotACa(dir.into()));
     }
-    let mode = fs::metadata(&key).map_err(io(&key))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(CaError::Invalid(format!(
-            "{} is readable by group or others (mode {:o}); the CA key signs every node of the site: run `chmod 600 {}`",
-            key.display(),
-            mode & 0o777,
-            key.display()
-        )));
-    }
+    check_private(&key, "the CA key signs every node of the site")?;
     let pem = fs::read_to_string(&cert).map_err(io(&cert))?;
     let kp = KeyPair::from_pem(&fs::read_to_string(&key).map_err(io(&key))?)?;
     Ok((pem, kp))
@@ -217,6 +224,18 @@ fn check_node_name(node: &str) -> Result<()> {
     )))
 }
 
+/// A node's name as its CN and its only DNS SAN (what its requests ask
+/// for and its certificates carry).
+fn node_identity(node: &str) -> Result<CertificateParams> {
+    let mut p = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, node);
+    p.distinguished_name = dn;
+    p.subject_alt_names =
+        vec![SanType::DnsName(node.try_into().map_err(|_| CaError::Invalid(format!("{node:?} is not a DNS name")))?)];
+    Ok(p)
+}
+
 /// What every node certificate says: the node name as CN and as its only
 /// DNS SAN, server and client authentication, never a CA.
 fn node_params(
@@ -224,12 +243,7 @@ fn node_params(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> Result<(CertificateParams, SerialNumber)> {
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, node);
-    p.distinguished_name = dn;
-    p.subject_alt_names =
-        vec![SanType::DnsName(node.try_into().map_err(|_| CaError::Invalid(format!("{node:?} is not a DNS name")))?)];
+    let mut p = node_identity(node)?;
     p.is_ca = IsCa::ExplicitNoCa;
     p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
@@ -281,15 +295,7 @@ pub struct Request {
 pub fn request(key: &Path, node: &str) -> Result<Request> {
     check_node_name(node)?;
     let (kp, key_created) = if key.exists() {
-        let mode = fs::metadata(key).map_err(io(key))?.permissions().mode();
-        if mode & 0o077 != 0 {
-            return Err(CaError::Invalid(format!(
-                "{} is readable by group or others (mode {:o}); a node key must be private: run `chmod 600 {}`",
-                key.display(),
-                mode & 0o777,
-                key.display()
-            )));
-        }
+        check_private(key, "a node key must be private")?;
         let pem = fs::read_to_string(key).map_err(io(key))?;
         let kp = KeyPair::from_pem(&pem).map_err(|e| {
             CaError::Invalid(format!(
@@ -306,13 +312,7 @@ pub fn request(key: &Path, node: &str) -> Result<Request> {
         write_private_atomic(key, kp.serialize_pem().as_bytes()).map_err(io(key))?;
         (kp, true)
     };
-    let mut p = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, node);
-    p.distinguished_name = dn;
-    p.subject_alt_names =
-        vec![SanType::DnsName(node.try_into().map_err(|_| CaError::Invalid(format!("{node:?} is not a DNS name")))?)];
-    let csr_pem = p.serialize_request(&kp)?.pem()?;
+    let csr_pem = node_identity(node)?.serialize_request(&kp)?.pem()?;
     Ok(Request { csr_pem, key_created })
 }
 

@@ -133,6 +133,32 @@ pub enum TlsError {
 /// (status, metrics, notifications say to renew it).
 pub const CERT_RENEW_DAYS: i64 = 30;
 
+/// Read a node's private key: it must be private (mode 0600) and usable;
+/// returns it and whether it is the key of `chain`'s certificate.
+fn load_key_for(key: &Path, chain: &[CertificateDer<'static>]) -> Result<(PrivateKeyDer<'static>, bool), TlsError> {
+    let meta = std::fs::metadata(key).map_err(|e| file_err(key, format!("cannot read the private key: {e}")))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(file_err(
+            key,
+            format!(
+                "private key is accessible by group or others (mode {:o}); run `chmod 600 {}`",
+                meta.permissions().mode() & 0o777,
+                key.display()
+            ),
+        ));
+    }
+    let pk = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, format!("not a PEM private key: {e}")))?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(pk.clone_key())
+        .map_err(|e| file_err(key, format!("not a usable private key: {e}")))?;
+    let matches = !matches!(
+        rustls::sign::CertifiedKey::new(chain.to_vec(), signing).keys_match(),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch))
+    );
+    Ok((pk, matches))
+}
+
 /// A certificate `omesh cert install` found fit for this node.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Installable {
@@ -183,19 +209,8 @@ pub fn check_installable(ca: &Path, cert: &Path, key: &Path, node: &str) -> Resu
             )
         })?;
     }
-    let meta = std::fs::metadata(key).map_err(|e| file_err(key, format!("cannot read the private key: {e}")))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(file_err(
-            key,
-            format!("private key is accessible by group or others; run `chmod 600 {}`", key.display()),
-        ));
-    }
-    let pk = PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, format!("not a PEM private key: {e}")))?;
-    let signing = provider()
-        .key_provider
-        .load_private_key(pk)
-        .map_err(|e| file_err(key, format!("not a usable private key: {e}")))?;
-    if !matches!(rustls::sign::CertifiedKey::new(chain.clone(), signing).keys_match(), Ok(())) {
+    let (_, matches) = load_key_for(key, &chain)?;
+    if !matches {
         return Err(file_err(
             cert,
             format!(
@@ -307,29 +322,10 @@ impl TlsMaterial {
         if !names.iter().any(|n| n == name) {
             return Err(TlsError::WrongName { path: cfg.cert.clone(), found: names.join(","), expected: name.into() });
         }
-        let meta =
-            std::fs::metadata(&cfg.key).map_err(|e| file_err(&cfg.key, format!("cannot read the private key: {e}")))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(file_err(
-                &cfg.key,
-                format!(
-                    "private key is accessible by group or others (mode {:o}); run `chmod 600 {}`",
-                    meta.permissions().mode() & 0o777,
-                    cfg.key.display()
-                ),
-            ));
-        }
-        let key = PrivateKeyDer::from_pem_file(&cfg.key)
-            .map_err(|e| file_err(&cfg.key, format!("not a PEM private key: {e}")))?;
+        let (key, matches) = load_key_for(&cfg.key, &chain)?;
         // the key must be the certificate's: say so naming both files (rustls
         // alone reports an unnamed inconsistency)
-        let signing = provider()
-            .key_provider
-            .load_private_key(key.clone_key())
-            .map_err(|e| file_err(&cfg.key, format!("not a usable private key: {e}")))?;
-        if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
-            rustls::sign::CertifiedKey::new(chain.clone(), signing).keys_match()
-        {
+        if !matches {
             return Err(file_err(
                 &cfg.key,
                 format!(
