@@ -151,11 +151,17 @@ impl KeyFile {
 
 /// Write `data` to `path` with mode 0600: temp file, fsync, rename, fsync dir.
 pub fn write_private_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, data, 0o600)
+}
+
+/// Write `data` to `path` with `mode` the same way (a reader sees the old
+/// file or the new one, never a part, and the new one survives a crash).
+pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
     let tmp =
         dir.join(format!(".{}.tmp-{}", path.file_name().and_then(|n| n.to_str()).unwrap_or("key"), std::process::id()));
-    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(&tmp)?;
     let r = (|| {
         f.write_all(data)?;
         f.sync_all()?;

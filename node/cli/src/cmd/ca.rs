@@ -143,7 +143,8 @@ pub fn run(c: CaCommand) -> Result<ExitCode, CliError> {
                 })
             })?;
             let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.pem", i.node)));
-            std::fs::write(&out, cert).map_err(|e| CliError::failed(format!("{}: {e}", out.display())))?;
+            omesh_core::keyfile::write_atomic_mode(&out, cert.as_bytes(), 0o644)
+                .map_err(|e| CliError::failed(format!("{}: {e}", out.display())))?;
             if json {
                 print_json("ca sign", &serde_json::json!({"certificate": out, "issued": i}))?;
             } else {

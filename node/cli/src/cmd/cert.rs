@@ -117,16 +117,10 @@ fn give_to_daemon_user(key: &Path, data_dir: &Path) {
     }
 }
 
-/// Write a public file atomically (temporary file, rename).
+/// Write a public file atomically and durably (mode 0644).
 fn write_public(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp",
-        path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path)).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        CliError::failed(format!("{}: {e}", path.display()))
-    })
+    omesh_core::keyfile::write_atomic_mode(path, bytes, 0o644)
+        .map_err(|e| CliError::failed(format!("{}: {e}", path.display())))
 }
 
 fn install(config: &Path, cert: &Path, json: bool) -> Result<ExitCode, CliError> {
