@@ -253,12 +253,9 @@ impl NodeRuntime {
             }
             // a Region's public endpoint is not even looked up
             if outbound_check.is_some()
-                && let Some(h) = host.as_deref().filter(|h| omesh_net::residency::is_public_aws_s3(h))
+                && let Some(why) = host.as_deref().and_then(omesh_net::residency::public_aws_s3_refusal)
             {
-                target.blocked = Some(format!(
-                    "S3 target {:?}: {h} is a public AWS S3 endpoint in a Region, outside the residency boundary; set endpoint to the site's S3 server, or outpost_access_point for S3 on Outposts",
-                    t.name
-                ));
+                target.blocked = Some(format!("S3 target {:?}: {why}", t.name));
             }
             target.limiter = Some(limiter.clone());
             s3.push(Arc::new(target));

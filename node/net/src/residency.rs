@@ -324,11 +324,16 @@ pub fn route_to(dst: SocketAddr, bind: Option<IpAddr>) -> Option<(IpAddr, Option
     Some((src, iface))
 }
 
-/// Whether `host` is an AWS Region's public S3 endpoint (`*.amazonaws.com`
-/// but not an S3 on Outposts access point, `*.s3-outposts.*`).
-pub fn is_public_aws_s3(host: &str) -> bool {
+/// Why a residency policy refuses `host` without looking it up: an AWS
+/// Region's public S3 endpoint (`*.amazonaws.com` but not an S3 on Outposts
+/// access point, `*.s3-outposts.*`) is outside any site by definition.
+pub fn public_aws_s3_refusal(host: &str) -> Option<String> {
     let h = host.trim_end_matches('.').to_ascii_lowercase();
-    (h.ends_with(".amazonaws.com") || h.ends_with(".amazonaws.com.cn")) && !h.contains(".s3-outposts.")
+    ((h.ends_with(".amazonaws.com") || h.ends_with(".amazonaws.com.cn")) && !h.contains(".s3-outposts.")).then(|| {
+        format!(
+            "{host} is a public AWS S3 endpoint in a Region (objects would leave the site, over the service link): set endpoint to the site's S3 server, or outpost_access_point for S3 on Outposts"
+        )
+    })
 }
 
 /// Check every destination of node `node` (listening on `listen`) against
@@ -346,7 +351,7 @@ pub async fn check_destinations(
         let (h, port) = omesh_core::addr::host_port(&d.endpoint);
         // a Region's public S3 endpoint is outside any site by definition
         // (S3 on Outposts hosts are on the rack): not even looked up
-        if policy.is_active() && is_public_aws_s3(&h) {
+        if let Some(reason) = public_aws_s3_refusal(&h).filter(|_| policy.is_active()) {
             out.push(CheckLine {
                 kind: d.kind.into(),
                 name: d.name.clone(),
@@ -355,7 +360,7 @@ pub async fn check_destinations(
                 source_address: None,
                 interface: None,
                 allowed: false,
-                reason: "a public AWS S3 endpoint in a Region (objects would leave the site, over the service link): set endpoint to the site's S3 server, or outpost_access_point for S3 on Outposts".into(),
+                reason,
             });
             continue;
         }
