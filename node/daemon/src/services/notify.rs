@@ -192,6 +192,13 @@ pub async fn run(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
     let cfg = rt.cfg.notify.clone();
     let mut seen = Seen::default();
     let mut limiter = Limiter { every: Duration::from_secs(cfg.min_interval_secs), last: HashMap::new() };
+    // each https webhook's TLS settings once (the system roots are files)
+    let hooks: Vec<Arc<Hook>> = {
+        let list = cfg.webhooks.clone();
+        tokio::task::spawn_blocking(move || list.into_iter().map(|w| Arc::new(Hook::new(w))).collect())
+            .await
+            .unwrap_or_default()
+    };
     let mut tick = tokio::time::interval(Duration::from_secs(cfg.check_secs.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -216,8 +223,8 @@ pub async fn run(rt: Arc<NodeRuntime>, cancel: CancellationToken) {
             };
             tracing::info!(event = %ev.event, subject = %ev.subject, "notifying");
             // each target on its own task: a slow one delays no other
-            for w in &cfg.webhooks {
-                tokio::spawn(send_webhook(rt.clone(), w.clone(), ev.clone()));
+            for h in &hooks {
+                tokio::spawn(send_webhook(rt.clone(), h.clone(), ev.clone()));
             }
             for c in &cfg.commands {
                 tokio::spawn(run_command(
@@ -235,11 +242,29 @@ fn count(rt: &NodeRuntime, result: &str) {
     rt.metrics.notifications.get_or_create(&crate::metrics::label("result", result)).inc();
 }
 
+/// A webhook and, for an https URL, its TLS client settings (or why they
+/// could not be made: every send then fails with that reason).
+struct Hook {
+    w: Webhook,
+    tls: Option<Result<Arc<rustls::ClientConfig>, String>>,
+}
+
+impl Hook {
+    /// Blocking: reads the system's and `ca_bundle`'s certificates.
+    fn new(w: Webhook) -> Hook {
+        let https = w.url.parse::<hyper::Uri>().is_ok_and(|u| u.scheme_str() == Some("https"));
+        let tls = https.then(|| client_tls(&w));
+        Hook { w, tls }
+    }
+}
+
 /// POST the event, retrying with backoff (1, 2, 4, … s) up to `attempts`.
-async fn send_webhook(rt: Arc<NodeRuntime>, w: Webhook, ev: Event) {
+async fn send_webhook(rt: Arc<NodeRuntime>, hook: Arc<Hook>, ev: Event) {
+    let w = &hook.w;
     let body = serde_json::to_vec(&ev).expect("serializes");
+    // read at every event: the secret may be rotated while the daemon runs
     let signature = match &w.secret_file {
-        Some(p) => match std::fs::read(p) {
+        Some(p) => match tokio::fs::read(p).await {
             Ok(secret) => {
                 let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, trim(&secret));
                 Some(format!("sha256={}", hex::encode(ring::hmac::sign(&key, &body).as_ref())))
@@ -256,7 +281,7 @@ async fn send_webhook(rt: Arc<NodeRuntime>, w: Webhook, ev: Event) {
     for attempt in 1..=w.attempts.max(1) {
         let r = tokio::time::timeout(
             Duration::from_secs(w.timeout_secs),
-            post(&rt, &w, &body, signature.as_deref(), &ev.event),
+            post(&rt, &hook, &body, signature.as_deref(), &ev.event),
         )
         .await;
         let err = match r {
@@ -286,10 +311,11 @@ fn trim(b: &[u8]) -> &[u8] {
 
 /// One POST over HTTP/1.1 (TLS for https, against the system roots and
 /// `ca_bundle`); every resolved address passes the residency check first.
-async fn post(rt: &NodeRuntime, w: &Webhook, body: &[u8], signature: Option<&str>, event: &str) -> Result<(), String> {
+async fn post(rt: &NodeRuntime, hook: &Hook, body: &[u8], signature: Option<&str>, event: &str) -> Result<(), String> {
+    let w = &hook.w;
     use http_body_util::Full;
     let url: hyper::Uri = w.url.parse().map_err(|e| format!("{e}"))?;
-    let https = url.scheme_str() == Some("https");
+    let https = hook.tls.is_some();
     let host = url.host().ok_or("no host")?.trim_matches(['[', ']']).to_string();
     let port = url.port_u16().unwrap_or(if https { 443 } else { 80 });
     let addrs: Vec<std::net::SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
@@ -314,8 +340,8 @@ async fn post(rt: &NodeRuntime, w: &Webhook, body: &[u8], signature: Option<&str
     }
     .body(Full::new(hyper::body::Bytes::copy_from_slice(body)))
     .map_err(|e| e.to_string())?;
-    let status = if https {
-        let cfg = client_tls(w)?;
+    let status = if let Some(tls) = &hook.tls {
+        let cfg = tls.clone()?;
         let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
         let tls = tokio_rustls::TlsConnector::from(cfg).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))?;
         exchange(tls, req).await?
