@@ -4,11 +4,11 @@
 //! is older than its RPO.
 
 use crate::common::mesh::{Site, free_port};
-use crate::common::{s, tree};
+use crate::common::{Killed, s, tree};
 use crate::lifecycle::{sample, scrape, wait_until};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn rules_dir() -> PathBuf {
@@ -39,15 +39,6 @@ fn get(port: u16, path: &str) -> Option<String> {
     c.read_to_string(&mut s).ok()?;
     let (head, body) = s.split_once("\r\n\r\n")?;
     head.starts_with("HTTP/1.1 200").then(|| body.to_string())
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The state of alert `name` in Prometheus' /api/v1/alerts, with its labels.

@@ -7,7 +7,7 @@
 
 use crate::common::garage::Garage;
 use crate::common::mesh::{Site, stored_snapshots};
-use crate::common::{restored, s, tree};
+use crate::common::{Killed, restored, s, tree};
 use std::process::Command;
 
 struct Lab {
@@ -191,16 +191,6 @@ fn test_ca(host: &str) -> (String, String, String) {
     let issuer = Issuer::new(ca, ca_key);
     let cert = leaf.signed_by(&key, &issuer).unwrap();
     (ca_cert.pem(), cert.pem(), key.serialize_pem())
-}
-
-/// A child process killed on drop.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// S3 on Outposts without an Outpost. The emulator answers HTTPS on the

@@ -70,6 +70,16 @@ fn chroot(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Out {
     }
 }
 
+/// `systemd-analyze verify` of `unit` as installed in `root`.
+fn verify_unit(root: &Path, unit: &str) {
+    let o = Command::new("systemd-analyze")
+        .arg(format!("--root={}", root.display()))
+        .args(["verify", unit])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "systemd-analyze verify {unit}: {}", String::from_utf8_lossy(&o.stderr));
+}
+
 fn install(root: &Path, deb: &Path) -> Out {
     let name = deb.file_name().unwrap().to_str().unwrap();
     std::fs::copy(deb, root.join("tmp").join(name)).unwrap();
@@ -101,12 +111,7 @@ fn the_debian_package_installs_upgrades_and_purges_in_a_fresh_debian_root() {
     assert!(root.join("usr/share/omesh/prometheus/omesh-rules.yml").exists());
     let wants = root.join("etc/systemd/system/multi-user.target.wants/omesh.service");
     assert!(std::fs::symlink_metadata(&wants).is_err(), "a fresh install enabled the daemon");
-    let o = Command::new("systemd-analyze")
-        .arg(format!("--root={}", root.display()))
-        .args(["verify", "omesh.service"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "systemd-analyze verify: {}", String::from_utf8_lossy(&o.stderr));
+    verify_unit(&root, "omesh.service");
     // the unit starts the packaged binary with the packaged config path
     let unit = std::fs::read_to_string(root.join("usr/lib/systemd/system/omesh.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/omesh node run --config /etc/omesh/omesh.toml"), "{unit}");
@@ -116,14 +121,8 @@ fn the_debian_package_installs_upgrades_and_purges_in_a_fresh_debian_root() {
     std::fs::write(root.join("var/lib/omesh/marker"), "data").unwrap();
     // the upgrade through the SSM document omesh-install, as the agent runs it
     std::fs::copy(&second, root.join("tmp/omesh_0.1.0-2_amd64.deb")).unwrap();
-    let o = Command::new("/usr/bin/python3")
-        .arg(workspace().join("tests/fixtures/ssm_render.py"))
-        .arg(workspace().join("deploy/ssm/omesh-install.yml"))
-        .arg("Package=/tmp/omesh_0.1.0-2_amd64.deb")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let r = chroot(&root, &["sh", "-c", &String::from_utf8(o.stdout).unwrap()], &[]);
+    let script = crate::ssm::render("omesh-install.yml", &[("Package", "/tmp/omesh_0.1.0-2_amd64.deb")]).unwrap();
+    let r = chroot(&root, &["sh", "-c", &script], &[]);
     assert!(r.ok, "omesh-install: {}{}", r.stdout, r.stderr);
     assert!(r.stdout.contains("omesh 0.1.0"), "{}", r.stdout);
     assert!(!r.stderr.contains("installed, not started"), "an upgrade is not a first install: {}", r.stderr);
@@ -209,12 +208,7 @@ fn the_cloud_init_user_data_installs_configures_and_enrols_a_new_server() {
     let link = |p: &str| std::fs::symlink_metadata(root.join(p)).is_ok();
     assert!(link("etc/systemd/system/multi-user.target.wants/omesh-enrolled.path"));
     assert!(!link("etc/systemd/system/multi-user.target.wants/omesh.service"));
-    let o = Command::new("systemd-analyze")
-        .arg(format!("--root={}", root.display()))
-        .args(["verify", "omesh-enrolled.path"])
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    verify_unit(&root, "omesh-enrolled.path");
     // the site CA signs the request; the certificate installs on the node
     let csr_pem = std::fs::read_to_string(root.join("etc/omesh/srv-c.csr")).unwrap();
     let (cert, _) = omesh_net::ca::sign_request(&ca, &csr_pem, Some("srv-c"), 30).unwrap();

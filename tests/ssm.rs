@@ -15,7 +15,7 @@ fn doc(name: &str) -> PathBuf {
 
 /// Render document `name` with `params` (tests/fixtures/ssm_render.py):
 /// Ok(script) or Err(stderr) when a parameter is refused.
-fn render(name: &str, params: &[(&str, &str)]) -> Result<String, String> {
+pub(crate) fn render(name: &str, params: &[(&str, &str)]) -> Result<String, String> {
     // Debian's python3 (.ci/run installs python3-yaml for it)
     let out = Command::new("/usr/bin/python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/ssm_render.py"))
