@@ -303,3 +303,46 @@ fn a_store_whose_index_needs_a_repair_on_a_full_disk_can_still_be_read_and_is_no
     common::backup(&store, &[&src]);
     omesh(["verify", "--store", s(&store), "--read-data"]).ok();
 }
+
+#[test]
+fn version_names_the_commit_the_build_and_the_formats_it_speaks() {
+    let v = omesh(["version", "--json"]).ok().json();
+    assert_eq!(v["command"], "version");
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+    let commit = v["commit"].as_str().unwrap();
+    // built from a git checkout in CI: the full commit id of HEAD or an ancestor
+    assert!(commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit()), "{commit}");
+    let head = std::process::Command::new("git")
+        .args(["cat-file", "-t", commit])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&head.stdout).trim(), "commit", "{commit} is not a commit of this repository");
+    let built = v["build_time"].as_str().unwrap();
+    assert!(built.starts_with("20") && built.ends_with("+00:00"), "{built}");
+    assert_eq!(v["store_format"], 2);
+    assert_eq!(v["protocol"], 2);
+    assert_eq!(v["alpn"], "omesh/2");
+    // --version says the same in one line
+    let line = omesh(["--version"]).ok().stdout;
+    assert!(line.contains(commit) && line.contains("store format 2") && line.contains("protocol 2"), "{line}");
+}
+
+#[test]
+fn completions_and_man_pages_are_generated_from_the_command_line_definition() {
+    let bash = omesh(["completions", "bash"]).ok().stdout;
+    for sub in ["backup", "restore", "snapshots", "key", "version", "completions"] {
+        assert!(bash.contains(sub), "bash completions miss {sub}");
+    }
+    assert!(omesh(["completions", "zsh"]).ok().stdout.contains("#compdef omesh"));
+    assert!(omesh(["completions", "fish"]).ok().stdout.contains("complete -c omesh"));
+    let r = omesh(["completions", "tcsh"]);
+    assert_eq!(r.code, 2, "an unknown shell is a usage error: {}", r.stderr);
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("man1");
+    omesh(["man", "--dir", dir.to_str().unwrap()]).ok();
+    let page = std::fs::read_to_string(dir.join("omesh-backup.1")).unwrap();
+    assert!(page.starts_with(".ie") || page.contains(".TH omesh-backup 1"), "{page}");
+    assert!(page.contains("exclude"), "the page documents backup's options");
+    assert!(dir.join("omesh.1").exists() && dir.join("omesh-key-export.1").exists());
+}

@@ -20,17 +20,21 @@ fn build_deb(out: &Path, version: &str) -> PathBuf {
     let lock_path = std::env::temp_dir().join("omesh-cargo-deb.lock");
     let lock = std::fs::File::create(&lock_path).unwrap();
     rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let o = Command::new(&cargo)
-        .args(["deb", "-p", "omesh", "--no-build", "--profile", "dev", "--fast", "--deb-version", version])
+    // the packaging script, without its build step: it generates the
+    // completions and man pages from this binary, then runs cargo deb
+    let target = crate::common::bin().parent().unwrap().parent().unwrap().to_path_buf();
+    let o = Command::new(workspace().join("deploy/debian/build-deb"))
+        .args(["--profile", "dev", "--fast", "--deb-version", version])
         .arg("-o")
         .arg(out)
+        .env("OMESH_NO_BUILD", "1")
+        .env("CARGO_TARGET_DIR", &target)
         .current_dir(workspace())
         .output()
         .unwrap();
     assert!(
         o.status.success(),
-        "cargo deb failed (is cargo-deb installed? .ci/run installs it): {}",
+        "deploy/debian/build-deb failed (is cargo-deb installed? .ci/run installs it): {}",
         String::from_utf8_lossy(&o.stderr)
     );
     let p = out.join(format!("omesh_{version}_amd64.deb"));
@@ -102,6 +106,34 @@ fn the_debian_package_installs_upgrades_and_purges_in_a_fresh_debian_root() {
     assert!(r.stderr.contains("installed, not started"), "{}", r.stderr);
     let v = chroot(&root, &["omesh", "--version"], &[]);
     assert!(v.ok && v.stdout.starts_with("omesh "), "{}{}", v.stdout, v.stderr);
+    // the installed completion script completes subcommands and options
+    let c = chroot(
+        &root,
+        &[
+            "bash",
+            "-c",
+            // bash calls the function with the command, the word and the one before
+            ". /usr/share/bash-completion/completions/omesh; COMP_WORDS=(omesh res); COMP_CWORD=1; \
+             _omesh omesh res omesh; echo ${COMPREPLY[@]}; COMP_WORDS=(omesh restore --targ); COMP_CWORD=2; \
+             _omesh omesh --targ restore; echo ${COMPREPLY[@]}",
+        ],
+        &[],
+    );
+    assert_eq!(c.stdout, "restore residency\n--target\n", "{}", c.stderr);
+    for f in ["usr/share/zsh/vendor-completions/_omesh", "usr/share/fish/vendor_completions.d/omesh.fish"] {
+        assert!(root.join(f).exists(), "{f} not installed");
+    }
+    // a man page per command, gzipped, with the command's own description
+    let man = root.join("usr/share/man/man1");
+    for page in ["omesh.1.gz", "omesh-backup.1.gz", "omesh-key-export.1.gz", "omesh-version.1.gz"] {
+        assert!(man.join(page).exists(), "{page} not installed");
+    }
+    let z = chroot(&root, &["zcat", "/usr/share/man/man1/omesh-restore.1.gz"], &[]);
+    assert!(
+        z.stdout.contains(".TH omesh-restore 1") && z.stdout.contains("Nothing is ever written outside"),
+        "{}",
+        z.stdout
+    );
     let u = chroot(&root, &["getent", "passwd", "omesh"], &[]);
     assert!(u.ok && u.stdout.contains(":/var/lib/omesh:"), "{}", u.stdout);
     let st = chroot(&root, &["stat", "-c", "%U %G %a", "/var/lib/omesh", "/etc/omesh"], &[]);

@@ -128,6 +128,21 @@ pub enum Command {
     Sync(cmd::lifecycle::SyncArgs),
     /// Run a self-contained demonstration: a 3-node mesh on loopback, a lost server, a restore onto a new one.
     Demo(cmd::demo::DemoArgs),
+    /// This binary's version, git commit, build time, and the store, object and protocol formats it speaks.
+    Version(cmd::version::VersionArgs),
+    /// Write a shell completion script to stdout.
+    #[command(long_about = "Write a shell completion script to stdout.\n\n\
+        The Debian package installs them; by hand:\n  \
+        omesh completions bash > /etc/bash_completion.d/omesh\n  \
+        omesh completions zsh > /usr/local/share/zsh/site-functions/_omesh\n  \
+        omesh completions fish > ~/.config/fish/completions/omesh.fish")]
+    Completions(cmd::version::CompletionsArgs),
+    /// Write the man pages (omesh.1 and one per subcommand) into a directory.
+    #[command(long_about = "Write the man pages into a directory: omesh.1 and one page per subcommand \
+        (omesh-backup.1, omesh-key-export.1, ...), generated from the same definition as --help. \
+        The Debian package installs them; by hand:\n  \
+        omesh man --dir /usr/local/share/man/man1 && mandb -q")]
+    Man(cmd::version::ManArgs),
 }
 
 /// Set up logging: warnings by default, more with -v or RUST_LOG.
@@ -173,7 +188,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Gc(a) => cmd::lifecycle::gc(a),
         Command::Scrub(a) => cmd::lifecycle::scrub(a),
         Command::Sync(a) => cmd::lifecycle::sync(a),
+        Command::Version(a) => cmd::version::run(a),
+        Command::Completions(a) => cmd::version::completions(a, &mut command()),
+        Command::Man(a) => cmd::version::man(a, command()),
     }
+}
+
+/// The command line definition, with the long version filled in.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    // clap keeps 'static strings; this is made once per process
+    let v: &'static str = Box::leak(cmd::version::long_version().into_boxed_str());
+    Cli::command().long_version(v)
 }
 
 fn main() -> std::process::ExitCode {
@@ -186,7 +212,10 @@ fn main() -> std::process::ExitCode {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 4);
     }
-    let cli = Cli::parse();
+    let cli = {
+        use clap::FromArgMatches;
+        Cli::from_arg_matches(&command().get_matches()).unwrap_or_else(|e| e.exit())
+    };
     // the demo narrates on stdout; keep its stderr to real errors
     let verbose =
         if matches!(cli.command, Command::Demo(_)) && cli.verbose == 0 && std::env::var_os("RUST_LOG").is_none() {

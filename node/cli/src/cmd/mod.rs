@@ -15,3 +15,4 @@ pub mod restore;
 pub mod snapshots;
 pub mod status;
 pub mod verify;
+pub mod version;

@@ -45,6 +45,7 @@ mod sink;
 mod snapshots;
 
 pub use atomic::write_atomic;
+pub use config::STORE_VERSION;
 pub use error::{Result, StoreError};
 pub use hooks::{CondemnedSet, Session};
 pub use open::{Access, InitOptions, KeySource, Store};
