@@ -7,6 +7,7 @@ mod common;
 
 mod lab;
 mod lifecycle;
+mod local_browse;
 mod local_cli;
 mod local_compat;
 mod local_corruption;

@@ -29,3 +29,33 @@ impl StoreArgs {
         self.store.as_deref().expect("clap requires --store without --config")
     }
 }
+
+/// Snapshot filters (`snapshots`, `ls`, `diff`, `find`, `dump`, `stats`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct FilterArgs {
+    /// Only snapshots with these tags (comma-separated: all of them;
+    /// repeat for alternatives: `--tag daily,db --tag manual`).
+    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
+    pub tags: Vec<String>,
+    /// Only snapshots that backed up this path (repeatable: all of them).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Only snapshots taken on this host (repeatable: any of them).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
+    /// Only the newest N snapshots of those that match.
+    #[arg(long, value_name = "N")]
+    pub latest: Option<usize>,
+}
+
+impl FilterArgs {
+    /// The core filter.
+    pub fn filter(&self) -> omesh_core::snapshot::select::Filter {
+        omesh_core::snapshot::select::Filter {
+            tags: self.tags.clone(),
+            paths: self.paths.clone(),
+            hosts: self.hosts.clone(),
+            latest: self.latest,
+        }
+    }
+}

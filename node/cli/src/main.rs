@@ -6,6 +6,7 @@
 //! listed in [`ExitCode`] and in `docs/cli.md`.
 
 mod args;
+mod browse;
 mod cmd;
 mod demo_compare;
 mod meshmode;
@@ -58,6 +59,28 @@ pub enum Command {
     Snapshots(cmd::snapshots::SnapshotsArgs),
     /// List the files in a snapshot.
     Ls(cmd::ls::LsArgs),
+    /// What changed between two snapshots (added, removed, modified and why).
+    #[command(long_about = "What changed between two snapshots: paths added (+), removed (-), modified (M, \
+        with the reasons: content, mode, owner, mtime, xattrs, link_target, device) and of another type (T), \
+        and how much file data was added and removed. Unchanged directories are skipped by their tree id, \
+        so a diff reads only the directories on the way to a change.\n\n\
+        Examples:\n  omesh diff --store /srv/omesh 3f2a latest\n  \
+        omesh diff --config /etc/omesh/omesh.toml 3f2a 9c01 /etc --json")]
+    Diff(cmd::diff::DiffArgs),
+    /// Find files by name or path across snapshots.
+    #[command(long_about = "Find which snapshots hold a path matching a glob pattern. A pattern without \
+        `/` matches a file name anywhere (`*.conf`); with `/` it matches the whole path (`/etc/ssh/*`). \
+        --oldest/--newest bound the entries' modification time.\n\n\
+        Examples:\n  omesh find --store /srv/omesh 'pg_hba.conf'\n  \
+        omesh find --config /etc/omesh/omesh.toml '/var/lib/app/*.db' --tag daily --newest 2026-11-30")]
+    Find(cmd::find::FindArgs),
+    /// Write one file of a snapshot to stdout, or a directory as a tar stream.
+    #[command(long_about = "Write one file of a snapshot to stdout (or -o FILE), or a directory (or /) as a \
+        tar stream with owners, modes, times, extended attributes (PAX SCHILY.xattr) and hard links. Every \
+        object is verified as it is read; a damaged one stops the dump (exit 4) and -o FILE is removed.\n\n\
+        Examples:\n  omesh dump --store /srv/omesh latest /etc/hosts\n  \
+        omesh dump --store /srv/omesh latest /etc | tar -x --xattrs -C /tmp/r")]
+    Dump(cmd::dump::DumpArgs),
     /// Restore a snapshot into a directory (or an image onto a file or device).
     #[command(long_about = "Restore a snapshot into a target directory.\n\n\
         Paths are recreated below the target as they were backed up (restoring a backup of /etc \
@@ -175,6 +198,9 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Snapshots(a) => cmd::snapshots::run(a),
         Command::Ls(a) => cmd::ls::run(a),
         Command::Restore(a) => cmd::restore::run(a),
+        Command::Diff(a) => cmd::diff::run(a),
+        Command::Find(a) => cmd::find::run(a),
+        Command::Dump(a) => cmd::dump::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Key(c) => cmd::key::run(c),
         Command::Repair(c) => cmd::repair::run(c),

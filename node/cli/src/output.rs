@@ -80,6 +80,24 @@ impl From<StoreError> for CliError {
     }
 }
 
+impl From<omesh_core::browse::BrowseError> for CliError {
+    fn from(e: omesh_core::browse::BrowseError) -> Self {
+        use omesh_core::browse::BrowseError;
+        let code = match &e {
+            e if e.is_damage() => ExitCode::Damage,
+            BrowseError::NotFound(_) => ExitCode::Usage,
+            _ => ExitCode::Failed,
+        };
+        CliError { code, err: e.into() }
+    }
+}
+
+impl From<omesh_core::snapshot::select::SelectError> for CliError {
+    fn from(e: omesh_core::snapshot::select::SelectError) -> Self {
+        CliError { code: ExitCode::Usage, err: e.into() }
+    }
+}
+
 impl From<anyhow::Error> for CliError {
     fn from(err: anyhow::Error) -> Self {
         CliError { code: ExitCode::Failed, err }

@@ -16,6 +16,7 @@
 
 pub mod addr;
 pub mod backup;
+pub mod browse;
 pub mod chunker;
 pub mod crypto;
 pub mod failpoint;

@@ -146,6 +146,11 @@ impl MeshSource {
         }
     }
 
+    /// The decrypted snapshot records it knows.
+    pub fn records(&self) -> Vec<(ObjectId, SnapshotRecord)> {
+        self.records.lock().expect("records lock").iter().map(|(id, r)| (*id, r.clone())).collect()
+    }
+
     fn pick(&self, tried: &[usize]) -> Option<usize> {
         self.replicas
             .iter()

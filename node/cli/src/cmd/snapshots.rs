@@ -1,6 +1,6 @@
 //! `omesh snapshots`
 
-use crate::args::StoreArgs;
+use crate::args::{FilterArgs, StoreArgs};
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json_list, table, time};
 use omesh_core::snapshot::SnapshotKind;
 use omesh_core::store::{Access, Store};
@@ -13,6 +13,8 @@ pub struct SnapshotsArgs {
     /// Mesh mode: whose snapshots (default: this node's).
     #[arg(long, value_name = "NODE", requires = "config")]
     pub source: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Print as JSON.
     #[arg(long)]
     pub json: bool,
@@ -24,6 +26,7 @@ pub fn run(a: SnapshotsArgs) -> Result<ExitCode, CliError> {
     }
     let store = Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?;
     let (snaps, bad) = store.snapshots()?;
+    let snaps = a.filter.filter().apply(snaps);
     for e in &bad {
         eprintln!("omesh: warning: unreadable snapshot: {e}");
     }
@@ -70,7 +73,17 @@ fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliEr
             .map(ControlResponse::Snapshots)
             .map_err(mesh::node_err)
     })?;
-    let ControlResponse::Snapshots(list) = resp else { return Err(mesh::unexpected(&resp)) };
+    let ControlResponse::Snapshots(mut list) = resp else { return Err(mesh::unexpected(&resp)) };
+    let filter = a.filter.filter();
+    list.retain(|v| filter.matches_fields(&v.info.tags, &v.info.paths, v.info.hostname.as_deref()));
+    let at = |v: &omesh_daemon::views::SnapshotView| {
+        v.info.time.as_deref().and_then(omesh_core::time::parse_rfc3339).map(omesh_core::time::ns)
+    };
+    list.sort_by_key(|v| (at(v), v.info.id.clone()));
+    if let Some(n) = filter.latest {
+        let skip = list.len().saturating_sub(n);
+        list.drain(..skip);
+    }
     let v = serde_json::to_value(&list).expect("views serialize");
     if a.json {
         print_json_list("snapshots", "snapshots", &list)?;

@@ -11,6 +11,7 @@
 //! This module validates what it decodes (names, sizes, extent sums) so that
 //! restore can trust a decoded tree's shape, but it does no I/O.
 
+pub mod select;
 mod wire;
 
 use omesh_proto::ObjectId;

@@ -9,6 +9,6 @@ pub mod snapshots;
 pub mod status;
 
 pub use residency::residency_report;
-pub use restore::{From, prepare_restore};
+pub use restore::{From, prepare_browse, prepare_restore};
 pub use snapshots::{ReplicaView, SnapshotInfo, SnapshotView, snapshots, source_keys};
 pub use status::{StatusView, status};

@@ -34,6 +34,33 @@ pub async fn prepare_restore(
     spec: &str,
     from: &From,
 ) -> Result<(ObjectId, MeshSource), NodeError> {
+    let (ids, src) = prepare_source(rt, source, from, |records| resolve(records, spec).map(|id| vec![id])).await?;
+    Ok((ids[0], src))
+}
+
+/// Every snapshot of `source` this node can decrypt, and a source that
+/// reads them from the local store and/or every replica holding any of
+/// them (`diff`, `find`, `dump`, `stats` pick among them).
+pub async fn prepare_browse(
+    rt: &Arc<NodeRuntime>,
+    source: &str,
+    from: &From,
+) -> Result<(Vec<(ObjectId, SnapshotRecord)>, MeshSource), NodeError> {
+    let (_, src) = prepare_source(rt, source, from, |records| Ok(records.keys().copied().collect())).await?;
+    let mut list = src.records();
+    list.sort_by_key(|(id, r)| (r.start_ns, *id));
+    Ok((list, src))
+}
+
+/// The census part of [`prepare_restore`] and [`prepare_browse`]: the
+/// snapshots `pick` chooses among the decryptable ones, and a source over
+/// the replicas holding any of them.
+async fn prepare_source(
+    rt: &Arc<NodeRuntime>,
+    source: &str,
+    from: &From,
+    pick: impl FnOnce(&HashMap<ObjectId, SnapshotRecord>) -> Result<Vec<ObjectId>, NodeError>,
+) -> Result<(Vec<ObjectId>, MeshSource), NodeError> {
     let keys = {
         let (rt2, s) = (rt.clone(), source.to_string());
         tokio::task::spawn_blocking(move || super::snapshots::source_keys(&rt2, &s)).await?
@@ -83,25 +110,30 @@ pub async fn prepare_restore(
             unreachable: census.unreachable_summary(),
         });
     }
-    let id = resolve(&records, spec)?;
-    let holders = census.snapshots.get(&(source.to_string(), id)).map(|h| &h.holders);
-    let mut replicas = Vec::new();
+    let ids = pick(&records)?;
+    let mut replicas: Vec<Arc<Replica>> = Vec::new();
     let mut local_holds = false;
-    for (name, h) in holders.into_iter().flatten() {
-        if name == me && h.kind == HolderKind::Local {
-            local_holds = true;
-        } else if let Some((t, rtt)) = census.target(name) {
-            replicas.push(Arc::new(Replica::new(t, rtt)));
+    for id in &ids {
+        let holders = census.snapshots.get(&(source.to_string(), *id)).map(|h| &h.holders);
+        for (name, h) in holders.into_iter().flatten() {
+            if name == me && h.kind == HolderKind::Local {
+                local_holds = true;
+            } else if !replicas.iter().any(|r| r.name == *name)
+                && let Some((t, rtt)) = census.target(name)
+            {
+                replicas.push(Arc::new(Replica::new(t, rtt)));
+            }
         }
     }
     let local = census.local_store.clone().filter(|_| local_holds);
     if replicas.is_empty() && local.is_none() {
-        return Err(NodeError::NotReachable { snapshot: id, source_name: source.to_string() });
+        let snapshot = ids.first().copied().unwrap_or_default();
+        return Err(NodeError::NotReachable { snapshot, source_name: source.to_string() });
     }
     let chunker = local.as_ref().map(|l| l.config().chunker).unwrap_or_default();
     let mut src = MeshSource::new(tokio::runtime::Handle::current(), source, keys, chunker, local, replicas, records);
     src.request_timeout = Duration::from_secs(rt.cfg.transport.request_timeout_secs.max(1));
-    Ok((id, src))
+    Ok((ids, src))
 }
 
 /// The snapshot `spec` names among `records` (not empty).

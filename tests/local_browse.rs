@@ -1,0 +1,285 @@
+//! `omesh diff`, `find` and `dump` on trees with known edits, in local mode
+//! and in mesh mode (a brand-new node reading from the holders, one of them
+//! killed), and the snapshot filters they share.
+
+use crate::common::mesh::Site;
+use crate::common::{backup, init_small, omesh, packs, s, tree};
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+/// `dump` output of `path` in `snap` (raw bytes; the command must succeed).
+fn dump(args: &[&str]) -> Vec<u8> {
+    let o = crate::common::cmd().args(args).stdin(Stdio::null()).output().unwrap();
+    assert!(o.status.success(), "omesh {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+    o.stdout
+}
+
+/// Extract a tar stream with GNU tar as an administrator would.
+fn untar(bytes: &[u8], into: &Path) {
+    fs::create_dir_all(into).unwrap();
+    let mut c = Command::new("tar")
+        .args(["-x", "--xattrs", "--xattrs-include=*", "--numeric-owner", "-p", "-C"])
+        .arg(into)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    c.stdin.take().unwrap().write_all(bytes).unwrap();
+    assert!(c.wait().unwrap().success(), "tar -x failed");
+}
+
+/// What a tar stream must reproduce: everything `tree::attrs` sees, with
+/// file content compared as bytes (tar writes holes as zeros).
+fn same_through_tar(a: &Path, b: &Path) {
+    let norm = |root: &Path| -> BTreeMap<String, tree::Attrs> {
+        let mut m = tree::attrs(root);
+        for (rel, md) in tree::walk(root) {
+            if md.is_file() {
+                use std::os::unix::ffi::OsStrExt;
+                let v = m.get_mut(&*String::from_utf8_lossy(rel.as_os_str().as_bytes())).unwrap();
+                v.content = Some(blake3::hash(&fs::read(root.join(&rel)).unwrap()).to_hex().to_string());
+                v.sparse = false;
+            }
+        }
+        m
+    };
+    let (x, y) = (norm(a), norm(b));
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
+    for (k, v) in &x {
+        assert_eq!(Some(v), y.get(k), "{k} differs after dump | tar -x");
+    }
+}
+
+/// The (change, path below src, reasons) of a diff's JSON.
+fn changes(v: &serde_json::Value, src: &Path) -> Vec<(String, String, Vec<String>)> {
+    v["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let p = c["path"].as_str().unwrap().strip_prefix(s(src)).unwrap().to_string();
+            let r = c["reasons"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect();
+            (c["change"].as_str().unwrap().to_string(), p, r)
+        })
+        .collect()
+}
+
+fn strs(v: &[(&str, &str, &[&str])]) -> Vec<(String, String, Vec<String>)> {
+    v.iter().map(|(c, p, r)| (c.to_string(), p.to_string(), r.iter().map(|x| x.to_string()).collect())).collect()
+}
+
+/// Known edits to a `tree::make_full` tree: content (mtime kept), mode,
+/// owner, xattrs, mtime only, a symlink's target, a removal, an addition,
+/// a type change.
+fn edit(src: &Path) {
+    let keep = |p: &Path| fs::symlink_metadata(p).unwrap();
+    let m = keep(&src.join("size-300000"));
+    fs::OpenOptions::new().write(true).open(src.join("size-300000")).unwrap().write_all_at(b"EDITED", 150_000).unwrap();
+    tree::set_times(&src.join("size-300000"), mtime(&m));
+    let m = keep(&src.join("a/secret"));
+    fs::set_permissions(src.join("a/secret"), fs::Permissions::from_mode(0o640)).unwrap();
+    tree::set_times(&src.join("a/secret"), mtime(&m));
+    rustix::fs::setxattr(src.join("xattrs"), "user.comment", b"changed", rustix::fs::XattrFlags::empty()).unwrap();
+    tree::set_times(&src.join("name with spaces"), 1_700_000_000_000_000_000);
+    let m = keep(&src.join("dangling"));
+    fs::remove_file(src.join("dangling")).unwrap();
+    std::os::unix::fs::symlink("/elsewhere", src.join("dangling")).unwrap();
+    tree::set_times(&src.join("dangling"), mtime(&m));
+    fs::remove_file(src.join("a/b/c/d/deep.txt")).unwrap();
+    fs::create_dir_all(src.join("new/dir")).unwrap();
+    fs::write(src.join("new/dir/added.txt"), b"added").unwrap();
+    fs::remove_dir(src.join("empty-dir")).unwrap();
+    fs::write(src.join("empty-dir"), b"a file now").unwrap();
+}
+
+fn mtime(m: &fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    m.mtime() * 1_000_000_000 + m.mtime_nsec()
+}
+
+fn expected_diff() -> Vec<(String, String, Vec<String>)> {
+    strs(&[
+        ("removed", "/a/b/c/d/deep.txt", &[]),
+        ("modified", "/a/secret", &["mode"]),
+        ("modified", "/dangling", &["link_target"]),
+        ("type_changed", "/empty-dir", &[]),
+        ("modified", "/name with spaces", &["mtime"]),
+        ("added", "/new", &[]),
+        ("added", "/new/dir", &[]),
+        ("added", "/new/dir/added.txt", &[]),
+        ("modified", "/size-300000", &["content"]),
+        ("modified", "/xattrs", &["xattrs"]),
+    ])
+}
+
+#[test]
+fn diff_find_and_dump_answer_for_a_tree_with_known_edits() {
+    let t = tempfile::tempdir().unwrap();
+    let (store, src) = (t.path().join("store"), t.path().join("src"));
+    init_small(&store);
+    tree::make_full(&src, false);
+    let first = backup(&store, &[&src])["snapshot"].as_str().unwrap().to_string();
+    let before = t.path().join("before");
+    untar(&dump(&["dump", "--store", s(&store), &first, s(&src)]), &before);
+    edit(&src);
+    let second = backup(&store, &[&src])["snapshot"].as_str().unwrap().to_string();
+
+    // diff: every edit with its reason, nothing else
+    let d = omesh(["diff", "--store", s(&store), &first, &second, "--json"]).ok().json();
+    assert_eq!(d["command"], "diff");
+    assert_eq!(changes(&d, &src), expected_diff(), "{d:#}");
+    let sum = &d["summary"];
+    assert_eq!((sum["added"].as_u64(), sum["removed"].as_u64(), sum["modified"].as_u64()), (Some(3), Some(1), Some(6)));
+    // the new file's bytes and the edited chunk of size-300000 (one chunk of at most 64 KiB) are added
+    let added = sum["added_bytes"].as_u64().unwrap();
+    assert!(added > 10 && added <= 10 + 65_536 + "a file now".len() as u64, "{sum}");
+    // below a path only; the same snapshot twice: no change
+    let sub = omesh(["diff", "--store", s(&store), &first, &second, &format!("{}/a", s(&src)), "--json"]).ok().json();
+    assert_eq!(
+        changes(&sub, &src),
+        strs(&[("removed", "/a/b/c/d/deep.txt", &[]), ("modified", "/a/secret", &["mode"])])
+    );
+    let none = omesh(["diff", "--store", s(&store), &second, "latest", "--json"]).ok().json();
+    assert_eq!(none["changes"].as_array().unwrap().len(), 0);
+    let human = omesh(["diff", "--store", s(&store), &first, &second]).ok().stdout;
+    assert!(human.contains("M    ") && human.contains("/a/secret  (mode)") && human.contains("+    "), "{human}");
+    let r = omesh(["diff", "--store", s(&store), &first, &second, "/no/such/dir"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("/no/such/dir") && r.stderr.contains("not in the snapshot"), "{}", r.stderr);
+
+    // find: by name anywhere, by whole path, across snapshots, by mtime
+    let f = omesh(["find", "--store", s(&store), "deep.txt", "--json"]).ok().json();
+    let found: Vec<&str> = f["matches"].as_array().unwrap().iter().map(|m| m["snapshot"].as_str().unwrap()).collect();
+    assert_eq!(found, vec![first.as_str()], "deep.txt was removed before the second backup: {f}");
+    let pat = format!("{}/new/*/*.TXT", s(&src));
+    let f = omesh(["find", "--store", s(&store), &pat, "-i", "--json"]).ok().json();
+    let m = &f["matches"].as_array().unwrap();
+    assert_eq!(m.len(), 1, "{f}");
+    assert_eq!(m[0]["snapshot"], second.as_str());
+    assert_eq!(m[0]["path"], format!("{}/new/dir/added.txt", s(&src)));
+    assert_eq!(m[0]["size"], 5);
+    let f = omesh(["find", "--store", s(&store), "name with*", "--newest", "2021-01-01", "--json"]).ok().json();
+    assert_eq!(f["matches"].as_array().unwrap().len(), 1, "only the first snapshot's has an mtime before 2021: {f}");
+    assert_eq!(f["matches"][0]["snapshot"], first.as_str());
+    let f =
+        omesh(["find", "--store", s(&store), "name with*", "--oldest", "2023-11-14T22:13:20Z", "--json"]).ok().json();
+    assert_eq!(f["matches"][0]["snapshot"], second.as_str());
+    let r = omesh(["find", "--store", s(&store), "x", "--newest", "yesterday"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    // dump: one file's bytes; a directory as a tar that restores everything
+    let bytes = dump(&["dump", "--store", s(&store), "latest", &format!("{}/size-300000", s(&src))]);
+    assert_eq!(bytes, fs::read(src.join("size-300000")).unwrap());
+    let out = t.path().join("after");
+    untar(&dump(&["dump", "--store", s(&store), "latest", s(&src)]), &out);
+    same_through_tar(&src, &out.join(src.strip_prefix("/").unwrap()));
+    // the first snapshot's tar, taken before the edits, is the tree as it was
+    let now = t.path().join("first-again");
+    untar(&dump(&["dump", "--store", s(&store), &first, s(&src)]), &now);
+    same_through_tar(&before.join(src.strip_prefix("/").unwrap()), &now.join(src.strip_prefix("/").unwrap()));
+    // hardlinks come back as one inode
+    use std::os::unix::fs::MetadataExt;
+    let o = out.join(src.strip_prefix("/").unwrap());
+    assert_eq!(fs::metadata(o.join("hard1")).unwrap().ino(), fs::metadata(o.join("a/hard3")).unwrap().ino());
+
+    // -o never overwrites; a damaged object stops the dump with exit 4 and leaves no file
+    let file = t.path().join("out.bin");
+    fs::write(&file, b"keep me").unwrap();
+    let r = omesh(["dump", "--store", s(&store), "latest", &format!("{}/size-300000", s(&src)), "-o", s(&file)]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(fs::read(&file).unwrap(), b"keep me");
+    for p in packs(&store) {
+        let f = fs::OpenOptions::new().write(true).read(true).open(&p).unwrap();
+        let len = f.metadata().unwrap().len();
+        // damage every pack past its first records, not the trees alone
+        for off in (4096..len).step_by(8192) {
+            let mut b = [0u8; 1];
+            f.read_exact_at(&mut b, off).unwrap();
+            f.write_all_at(&[b[0] ^ 0x5a], off).unwrap();
+        }
+    }
+    let damaged = t.path().join("damaged.bin");
+    let r = omesh(["dump", "--store", s(&store), "latest", &format!("{}/size-300000", s(&src)), "-o", s(&damaged)]);
+    assert_eq!(r.code, 4, "{}", r.stderr);
+    assert!(!damaged.exists(), "a dump that failed left {}", damaged.display());
+}
+
+#[test]
+fn the_snapshot_filters_choose_what_snapshots_diff_and_find_see() {
+    let t = tempfile::tempdir().unwrap();
+    let (store, src) = (t.path().join("store"), t.path().join("src"));
+    init_small(&store);
+    fs::create_dir_all(src.join("etc")).unwrap();
+    fs::write(src.join("etc/app.conf"), b"v1").unwrap();
+    let mut ids = Vec::new();
+    for (tag, host, v) in [("daily", "h1", "v1"), ("daily", "h2", "v2"), ("manual", "h1", "v3")] {
+        fs::write(src.join("etc/app.conf"), v).unwrap();
+        let r = omesh(["backup", "--store", s(&store), s(&src), "--tag", tag, "--host", host, "--json"]).ok().json();
+        ids.push(r["snapshot"].as_str().unwrap().to_string());
+    }
+    let snaps = |extra: &[&str]| -> Vec<String> {
+        let mut a = vec!["snapshots", "--store", s(&store), "--json"];
+        a.extend_from_slice(extra);
+        let v = omesh(a).ok().json_list();
+        v.as_array().unwrap().iter().map(|x| x["id"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(snaps(&["--tag", "daily"]), ids[..2].to_vec());
+    assert_eq!(snaps(&["--host", "h1"]), vec![ids[0].clone(), ids[2].clone()]);
+    assert_eq!(snaps(&["--tag", "daily", "--latest", "1"]), vec![ids[1].clone()]);
+    assert_eq!(snaps(&["--path", s(&src), "--tag", "manual,daily"]), Vec::<String>::new());
+    // "latest" is the newest of the chosen ones
+    let d = omesh(["diff", "--store", s(&store), &ids[0], "latest", "--tag", "daily", "--json"]).ok().json();
+    assert_eq!(d["b"], ids[1].as_str());
+    let f = omesh(["find", "--store", s(&store), "app.conf", "--host", "h1", "--json"]).ok().json();
+    let found: Vec<&str> = f["matches"].as_array().unwrap().iter().map(|m| m["snapshot"].as_str().unwrap()).collect();
+    assert_eq!(found, vec![ids[0].as_str(), ids[2].as_str()]);
+    let r = omesh(["dump", "--store", s(&store), "latest", &format!("{}/etc/app.conf", s(&src)), "--host", "nohost"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("among those the filters chose"), "{}", r.stderr);
+    let v = dump(&["dump", "--store", s(&store), "latest", &format!("{}/etc/app.conf", s(&src)), "--tag", "daily"]);
+    assert_eq!(v, b"v2");
+}
+
+#[test]
+fn in_mesh_mode_a_new_node_diffs_finds_and_dumps_from_the_holders_while_one_is_killed() {
+    let t = tempfile::tempdir().unwrap();
+    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1"), ("srv-c", "r2"), ("srv-e", "r3")]);
+    for (n, peers) in [("srv-a", ["srv-b", "srv-c"]), ("srv-b", ["srv-a", "srv-c"]), ("srv-c", ["srv-a", "srv-b"])] {
+        site.write_config(n, &peers.map(String::from), 2, "");
+    }
+    site.write_config("srv-e", &["srv-b".into(), "srv-c".into()], 2, "");
+    let mut b = site.start("srv-b");
+    let _c = site.start("srv-c");
+    let a = site.start("srv-a");
+    let src = t.path().join("src");
+    tree::make_full(&src, false);
+    let first = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();
+    assert_eq!(first["protected"], true, "{first}");
+    edit(&src);
+    let second = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();
+    assert_eq!(second["protected"], true, "{second}");
+    let (first, second) = (first["snapshot"].as_str().unwrap(), second["snapshot"].as_str().unwrap());
+    // the source answers beside its running daemon
+    let d = site.omesh("srv-a", &["diff", first, second, "--json"]).ok().json();
+    assert_eq!(changes(&d, &src), expected_diff());
+
+    // srv-a is lost; srv-e has its key only, and srv-b dies too (SIGKILL)
+    let key = t.path().join("srv-a.key");
+    site.omesh("srv-a", &["key", "export", "--out", s(&key)]).ok();
+    drop(a);
+    site.omesh("srv-e", &["key", "import", s(&key)]).ok();
+    b.kill();
+    let d = site.omesh("srv-e", &["diff", first, second, "--source", "srv-a", "--json"]).ok().json();
+    assert_eq!(changes(&d, &src), expected_diff());
+    let f = site.omesh("srv-e", &["find", "added.txt", "--source", "srv-a", "--json"]).ok().json();
+    assert_eq!(f["matches"].as_array().unwrap().len(), 1, "{f}");
+    let o =
+        site.command("srv-e", &["dump", "latest", s(&src), "--source", "srv-a"]).stdin(Stdio::null()).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = t.path().join("untarred");
+    untar(&o.stdout, &out);
+    same_through_tar(&src, &out.join(src.strip_prefix("/").unwrap()));
+}
