@@ -256,7 +256,11 @@ fn in_mesh_mode_a_new_node_diffs_finds_and_dumps_from_the_holders_while_one_is_k
     let a = site.start("srv-a");
     let src = t.path().join("src");
     tree::make_full(&src, false);
-    let first = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();
+    // a cache directory the daemon's backups skip when asked
+    fs::create_dir(src.join("cache")).unwrap();
+    fs::write(src.join("cache/CACHEDIR.TAG"), b"Signature: 8a477f597d28d172789f06886806bc55").unwrap();
+    let first = site.omesh("srv-a", &["backup", s(&src), "--exclude-caches", "--json"]).ok().json();
+    fs::remove_dir_all(src.join("cache")).unwrap();
     assert_eq!(first["protected"], true, "{first}");
     edit(&src);
     let second = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();

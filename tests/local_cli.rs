@@ -346,3 +346,58 @@ fn completions_and_man_pages_are_generated_from_the_command_line_definition() {
     assert!(page.contains("exclude"), "the page documents backup's options");
     assert!(dir.join("omesh.1").exists() && dir.join("omesh-key-export.1").exists());
 }
+
+#[test]
+fn backup_skips_marked_directories_cache_directories_and_the_patterns_of_an_exclude_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (store, src) = (t.path().join("store"), t.path().join("src"));
+    init_small(&store);
+    for d in ["keep", "marked/sub", "cache", "fake-cache", "logs"] {
+        fs::create_dir_all(src.join(d)).unwrap();
+    }
+    fs::write(src.join("keep/a"), b"a").unwrap();
+    fs::write(src.join("marked/.nobackup"), b"").unwrap();
+    fs::write(src.join("marked/sub/secret"), b"s").unwrap();
+    fs::write(src.join("cache/CACHEDIR.TAG"), b"Signature: 8a477f597d28d172789f06886806bc55\n# cache\n").unwrap();
+    fs::write(src.join("cache/blob"), b"b").unwrap();
+    fs::write(src.join("fake-cache/CACHEDIR.TAG"), b"not a signature").unwrap();
+    fs::write(src.join("logs/x.log"), b"l").unwrap();
+    fs::write(src.join("keep/b.tmp"), b"t").unwrap();
+    let list = t.path().join("excludes.txt");
+    fs::write(&list, "# build output\n\n  *.log  \n/nowhere/**\n").unwrap();
+    let r = omesh([
+        "backup",
+        "--store",
+        s(&store),
+        s(&src),
+        "--exclude-file",
+        s(&list),
+        "--exclude",
+        "*.tmp",
+        "--exclude-if-present",
+        ".nobackup",
+        "--exclude-caches",
+        "--json",
+    ])
+    .ok()
+    .json();
+    let snap = r["snapshot"].as_str().unwrap();
+    let ls = omesh(["ls", "--store", s(&store), snap, "--json"]).ok().json_list();
+    let mut paths: Vec<String> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["path"].as_str().unwrap().strip_prefix(s(&src)).map(String::from))
+        .filter(|p| !p.is_empty())
+        .collect();
+    paths.sort();
+    assert_eq!(paths, ["/fake-cache", "/fake-cache/CACHEDIR.TAG", "/keep", "/keep/a", "/logs"], "{ls}");
+    // an exclude file that is not there names itself; nothing is backed up
+    let r = omesh(["backup", "--store", s(&store), s(&src), "--exclude-file", "/nonexistent/list"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--exclude-file /nonexistent/list"), "{}", r.stderr);
+    let r = omesh(["backup", "--store", s(&store), s(&src), "--exclude-if-present", "a/b"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    let n = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list();
+    assert_eq!(n.as_array().unwrap().len(), 1);
+}

@@ -75,6 +75,12 @@ pub struct BackupConfig {
     /// Exclude patterns.
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Skip directories holding an entry of one of these names.
+    #[serde(default)]
+    pub exclude_if_present: Vec<String>,
+    /// Skip directories holding a valid CACHEDIR.TAG.
+    #[serde(default)]
+    pub exclude_caches: bool,
     /// Stay on one file system.
     #[serde(default)]
     pub one_file_system: bool,

@@ -503,7 +503,7 @@ impl NodeRuntime {
     pub async fn backup_request_options(
         &self,
         paths: Vec<std::path::PathBuf>,
-        exclude: Vec<String>,
+        (exclude, if_present, caches): (Vec<String>, Vec<String>, bool),
         one_file_system: bool,
         image: Option<std::path::PathBuf>,
         tags: Vec<String>,
@@ -523,10 +523,14 @@ impl NodeRuntime {
         };
         let mut excludes = cfg.backup.exclude.clone();
         excludes.extend(exclude);
+        let mut exclude_if_present = cfg.backup.exclude_if_present.clone();
+        exclude_if_present.extend(if_present);
         Ok(BackupOptions {
             paths: if paths.is_empty() && image.is_none() { cfg.backup.paths.clone() } else { paths },
             image,
             excludes,
+            exclude_if_present,
+            exclude_caches: caches || cfg.backup.exclude_caches,
             one_file_system: one_file_system || cfg.backup.one_file_system,
             parent,
             tags,

@@ -20,6 +20,15 @@ pub struct BackupArgs {
     /// Skip entries matching GLOB: a name pattern ('*.log') or an absolute path pattern ('/var/cache/**').
     #[arg(long, short = 'e', value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Read more --exclude patterns from FILE (one per line; blank lines and # comments skipped).
+    #[arg(long, value_name = "FILE")]
+    pub exclude_file: Vec<PathBuf>,
+    /// Skip every directory that holds an entry named NAME (e.g. .nobackup), with all below it.
+    #[arg(long, value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
+    /// Skip cache directories: those holding a CACHEDIR.TAG with the standard signature (bford.info/cachedir).
+    #[arg(long)]
+    pub exclude_caches: bool,
     /// Do not cross into other file systems (mount points are recorded empty).
     #[arg(long, short = 'x')]
     pub one_file_system: bool,
@@ -46,7 +55,10 @@ pub struct BackupArgs {
     pub json: bool,
 }
 
-pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
+pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
+    for f in &a.exclude_file {
+        a.exclude.extend(omesh_core::backup::exclude::read_exclude_file(f).map_err(CliError::usage)?);
+    }
     if let Some(cfg) = a.store.config.clone() {
         return run_mesh(a, &cfg);
     }
@@ -60,6 +72,8 @@ pub fn run(a: BackupArgs) -> Result<ExitCode, CliError> {
         paths: a.paths.clone(),
         image: a.image.clone(),
         excludes: a.exclude.clone(),
+        exclude_if_present: a.exclude_if_present.clone(),
+        exclude_caches: a.exclude_caches,
         one_file_system: a.one_file_system,
         parent,
         tags: a.tag.clone(),
@@ -144,6 +158,8 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
     let req = ControlRequest::Backup {
         paths,
         exclude: a.exclude.clone(),
+        exclude_if_present: a.exclude_if_present.clone(),
+        exclude_caches: a.exclude_caches,
         one_file_system: a.one_file_system,
         image,
         tags: a.tag.clone(),
@@ -182,7 +198,17 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
             Some(Ok(other)) => Err(mesh::unexpected(&other)),
             Some(Err(e)) => Err(e),
             None => {
-                let ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } = req else {
+                let ControlRequest::Backup {
+                    paths,
+                    exclude,
+                    exclude_if_present,
+                    exclude_caches,
+                    one_file_system,
+                    image,
+                    tags,
+                    parent,
+                } = req
+                else {
                     unreachable!("built above")
                 };
                 mesh::in_process(cfg.clone(), true, |nrt| async move {
@@ -190,7 +216,7 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
                     let opts = nrt
                         .backup_request_options(
                             paths,
-                            exclude,
+                            (exclude, exclude_if_present, exclude_caches),
                             one_file_system,
                             image.map(|p| p.path),
                             tags,

@@ -68,7 +68,9 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
     // it condemned meanwhile (objects this backup writes or dedups against)
     let _session = store.session();
     let keys = store.keys()?.clone();
-    let excludes = Excludes::new(&opts.excludes).map_err(BackupError::Options)?;
+    let excludes = Excludes::new(&opts.excludes)
+        .and_then(|e| e.with_markers(&opts.exclude_if_present, opts.exclude_caches))
+        .map_err(BackupError::Options)?;
     let kind = if opts.image.is_some() { SnapshotKind::Image } else { SnapshotKind::Files };
     if opts.image.is_some() && !opts.paths.is_empty() {
         return Err(BackupError::Options("--image backs up one device or image; do not also give paths".into()));

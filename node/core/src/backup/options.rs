@@ -27,6 +27,10 @@ pub struct BackupOptions {
     pub image: Option<PathBuf>,
     /// Exclude patterns (see [`exclude`]).
     pub excludes: Vec<String>,
+    /// Skip directories holding an entry of one of these names.
+    pub exclude_if_present: Vec<String>,
+    /// Skip directories holding a valid CACHEDIR.TAG.
+    pub exclude_caches: bool,
     /// Do not descend into other file systems.
     pub one_file_system: bool,
     /// Parent for the fast path.

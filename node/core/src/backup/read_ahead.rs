@@ -57,7 +57,11 @@ pub(super) fn read_ahead(ctx: &Ctx<'_>, roots: &[PathBuf], done: &AtomicBool) {
                     }
                     window = Instant::now();
                 }
-                if m.is_dir() && !(ctx.one_fs && m.dev() != root_dev) && ctx.skip_dir != Some((m.dev(), m.ino())) {
+                if m.is_dir()
+                    && !(ctx.one_fs && m.dev() != root_dev)
+                    && ctx.skip_dir != Some((m.dev(), m.ino()))
+                    && ctx.excludes.excluded_dir(&path).is_none()
+                {
                     subdirs.push(path);
                 }
             }

@@ -150,6 +150,12 @@ impl Walker<'_, '_> {
             tracing::info!(path = %path.display(), "skipping the store's own directory");
             return Ok(None);
         }
+        if ft.is_dir()
+            && let Some(why) = self.ctx.excludes.excluded_dir(path)
+        {
+            tracing::info!(path = %path.display(), reason = %why, "directory excluded");
+            return Ok(None);
+        }
         let xattrs = match meta::read_xattrs(path) {
             Ok(x) => x,
             Err(e) => {

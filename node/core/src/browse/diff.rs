@@ -195,16 +195,17 @@ impl Differ<'_> {
         let mut reasons = Vec::new();
         match (&x.kind, &y.kind) {
             (NodeKind::File { size: sa, content: ca }, NodeKind::File { size: sb, content: cb })
-                if (sa != sb || ca != cb) => {
-                    let ea = objects::load_extents(self.src, ca, *sa)?;
-                    let eb = objects::load_extents(self.src, cb, *sb)?;
-                    if ea != eb {
-                        reasons.push("content");
-                        let (added, removed) = extent_delta(&ea, &eb);
-                        self.sum.added_bytes += added;
-                        self.sum.removed_bytes += removed;
-                    }
+                if (sa != sb || ca != cb) =>
+            {
+                let ea = objects::load_extents(self.src, ca, *sa)?;
+                let eb = objects::load_extents(self.src, cb, *sb)?;
+                if ea != eb {
+                    reasons.push("content");
+                    let (added, removed) = extent_delta(&ea, &eb);
+                    self.sum.added_bytes += added;
+                    self.sum.removed_bytes += removed;
                 }
+            }
             (NodeKind::Symlink { target: ta }, NodeKind::Symlink { target: tb }) if ta != tb => {
                 reasons.push("link_target")
             }

@@ -51,6 +51,12 @@ pub enum ControlRequest {
         paths: Vec<SeenPath>,
         /// excludes (added to the config's)
         exclude: Vec<String>,
+        /// skip directories holding one of these names (added to the config's)
+        #[serde(default)]
+        exclude_if_present: Vec<String>,
+        /// skip cache directories (or the config's setting)
+        #[serde(default)]
+        exclude_caches: bool,
         /// one file system
         one_file_system: bool,
         /// image device, as the CLI sees it
@@ -342,7 +348,16 @@ async fn answer(
 ) -> Result<ControlResponse, Refused> {
     Ok(match req {
         ControlRequest::Ping => ControlResponse::Pong { node: rt.cfg.name.clone() },
-        ControlRequest::Backup { paths, exclude, one_file_system, image, tags, parent } => {
+        ControlRequest::Backup {
+            paths,
+            exclude,
+            exclude_if_present,
+            exclude_caches,
+            one_file_system,
+            image,
+            tags,
+            parent,
+        } => {
             let refuse = |message| Refused { class: ErrorClass::Usage, message };
             let (paths, image) = tokio::task::spawn_blocking(move || {
                 let paths = paths.iter().map(SeenPath::as_the_caller_sees).collect::<Result<Vec<_>, _>>()?;
@@ -352,7 +367,14 @@ async fn answer(
             .map_err(|e| Refused::from(NodeError::from(e)))?
             .map_err(refuse)?;
             let opts = rt
-                .backup_request_options(paths, exclude, one_file_system, image, tags, parent.as_deref())
+                .backup_request_options(
+                    paths,
+                    (exclude, exclude_if_present, exclude_caches),
+                    one_file_system,
+                    image,
+                    tags,
+                    parent.as_deref(),
+                )
                 .await
                 .map_err(|e| Refused { class: ErrorClass::Usage, message: e.to_string() })?;
             let progress = Arc::new(Progress::default());

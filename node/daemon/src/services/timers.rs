@@ -112,6 +112,8 @@ pub async fn run_scheduled_backup(rt: &Arc<NodeRuntime>, sched: &Schedule) -> Re
     let opts = BackupOptions {
         paths,
         excludes: cfg.backup.exclude.clone(),
+        exclude_if_present: cfg.backup.exclude_if_present.clone(),
+        exclude_caches: cfg.backup.exclude_caches,
         one_file_system: cfg.backup.one_file_system,
         parent: ParentChoice::Auto,
         tags: vec![format!("schedule={}", sched.cfg.name)],
