@@ -283,7 +283,51 @@ fn in_mesh_mode_a_new_node_diffs_finds_and_dumps_from_the_holders_while_one_is_k
     let o =
         site.command("srv-e", &["dump", "latest", s(&src), "--source", "srv-a"]).stdin(Stdio::null()).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // stats from the holders: sizes known, stored bytes not (no local copy here)
+    let st = site.omesh("srv-e", &["stats", "--source", "srv-a", "--json"]).ok().json();
+    assert_eq!(st["snapshots"], 2, "{st}");
+    assert!(st["unique_data_bytes"].as_u64().unwrap() > 300_000, "{st}");
+    assert!(st["stored_bytes"].is_null(), "{st}");
     let out = t.path().join("untarred");
     untar(&o.stdout, &out);
     same_through_tar(&src, &out.join(src.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn stats_count_logical_unique_and_stored_bytes_and_what_each_snapshot_added() {
+    let t = tempfile::tempdir().unwrap();
+    let (store, src) = (t.path().join("store"), t.path().join("src"));
+    init_small(&store);
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("random"), tree::data(200_000, 1)).unwrap();
+    fs::write(src.join("copy"), tree::data(200_000, 1)).unwrap();
+    fs::write(src.join("text"), "the same line again and again\n".repeat(40_000)).unwrap();
+    let text_len = fs::metadata(src.join("text")).unwrap().len();
+    let first = backup(&store, &[&src])["snapshot"].as_str().unwrap().to_string();
+    fs::write(src.join("new"), tree::data(100_000, 2)).unwrap();
+    let second = backup(&store, &[&src])["snapshot"].as_str().unwrap().to_string();
+
+    let v = omesh(["stats", "--store", s(&store), "--json"]).ok().json();
+    assert_eq!(v["command"], "stats");
+    assert_eq!(v["snapshots"], 2);
+    assert_eq!(v["logical_bytes"], 2 * (400_000 + text_len) + 100_000, "{v}");
+    // the copy and the second snapshot's unchanged files are stored once;
+    // the repeated text shrinks to chunks of the same content
+    let unique = v["unique_data_bytes"].as_u64().unwrap();
+    assert!(unique >= 300_000 && unique < 300_000 + text_len, "{v}");
+    let stored = v["stored_data_bytes"].as_u64().unwrap();
+    assert!(stored < unique, "compressible text must store smaller: {v}");
+    assert!(v["stored_bytes"].as_u64().unwrap() > stored);
+    assert!(v["dedup_ratio"].as_f64().unwrap() > 2.0, "{v}");
+    let per = v["per_snapshot"].as_array().unwrap();
+    assert_eq!(per[0]["id"], first.as_str());
+    assert_eq!(per[1]["id"], second.as_str());
+    assert_eq!(per[1]["new_data_bytes"], 100_000, "only the new file's data is new: {v}");
+    // one snapshot, chosen by id
+    let one = omesh(["stats", "--store", s(&store), &first, "--json"]).ok().json();
+    assert_eq!(one["snapshots"], 1);
+    assert_eq!(one["logical_bytes"], 400_000 + text_len);
+    assert_eq!(one["unique_data_bytes"].as_u64().unwrap() + 100_000, unique);
+    let human = omesh(["stats", "--store", s(&store)]).ok().stdout;
+    assert!(human.contains("dedup") && human.contains(&second[..8]), "{human}");
 }

@@ -81,6 +81,13 @@ pub enum Command {
         Examples:\n  omesh dump --store /srv/omesh latest /etc/hosts\n  \
         omesh dump --store /srv/omesh latest /etc | tar -x --xattrs -C /tmp/r")]
     Dump(cmd::dump::DumpArgs),
+    /// Sizes: logical, unique after deduplication, stored after compression, and what each snapshot added.
+    #[command(long_about = "Sizes of the chosen snapshots (all of them by default): the logical size (every \
+        snapshot's files added up, what restoring them all would write), the unique data left after \
+        deduplication (each chunk once), what that data takes stored (compressed and encrypted; known when \
+        the store holding it is local), the ratios, and per snapshot the data no older one had.\n\n\
+        Examples:\n  omesh stats --store /srv/omesh\n  omesh stats --config /etc/omesh/omesh.toml latest --json")]
+    Stats(cmd::stats::StatsArgs),
     /// Restore a snapshot into a directory (or an image onto a file or device).
     #[command(long_about = "Restore a snapshot into a target directory.\n\n\
         Paths are recreated below the target as they were backed up (restoring a backup of /etc \
@@ -201,6 +208,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Diff(a) => cmd::diff::run(a),
         Command::Find(a) => cmd::find::run(a),
         Command::Dump(a) => cmd::dump::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Key(c) => cmd::key::run(c),
         Command::Repair(c) => cmd::repair::run(c),

@@ -36,6 +36,11 @@ pub trait ObjectSource: Sync {
     fn chunker_params(&self) -> crate::chunker::ChunkerParams;
     /// Decrypted snapshot record.
     fn snapshot(&self, id: &ObjectId) -> Result<SnapshotRecord, SourceError>;
+    /// Bytes `id` takes where it is stored (sealed: compressed and
+    /// encrypted), when this source knows without fetching it.
+    fn stored_len(&self, _id: &ObjectId) -> Option<u64> {
+        None
+    }
 }
 
 fn fmt_err(id: ObjectId, e: FormatError) -> SourceError {

@@ -180,6 +180,9 @@ impl MeshSource {
 }
 
 impl ObjectSource for MeshSource {
+    fn stored_len(&self, id: &ObjectId) -> Option<u64> {
+        self.local.as_ref().and_then(|l| l.stored_len(id))
+    }
     fn get_linked(&self, id: &ObjectId, kind: ObjectKind) -> Result<(Vec<u8>, Vec<ObjectId>), SourceError> {
         if let Some(l) = &self.local
             && let Ok(p) = l.get_linked(id, kind)

@@ -16,6 +16,7 @@ pub mod repair;
 pub mod residency;
 pub mod restore;
 pub mod snapshots;
+pub mod stats;
 pub mod status;
 pub mod verify;
 pub mod version;

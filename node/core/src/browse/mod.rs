@@ -9,9 +9,11 @@
 //! a hostile store cannot send a walk down forever.
 
 mod diff;
+mod stats;
 mod tar;
 
 pub use diff::{Change, ChangeKind, DiffSummary, diff, type_name};
+pub use stats::{SnapshotStats, Stats, stats};
 pub use tar::{TarSummary, root_entries, write_tar};
 
 use crate::objects::{self, ObjectSource, SourceError};

@@ -262,6 +262,9 @@ impl From<StoreError> for SourceError {
 }
 
 impl ObjectSource for Store {
+    fn stored_len(&self, id: &ObjectId) -> Option<u64> {
+        self.locate(id).ok().flatten().map(|(_, l)| l.len as u64)
+    }
     fn get_linked(&self, id: &ObjectId, kind: ObjectKind) -> Result<(Vec<u8>, Vec<ObjectId>), SourceError> {
         Ok(Store::get_linked(self, id, kind)?)
     }
