@@ -401,3 +401,89 @@ fn backup_skips_marked_directories_cache_directories_and_the_patterns_of_an_excl
     let n = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list();
     assert_eq!(n.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_key_exported_with_a_passphrase_is_sealed_and_imports_only_with_it() {
+    use std::io::Write;
+    let t = tempfile::tempdir().unwrap();
+    let (store, src) = (t.path().join("store"), t.path().join("src"));
+    init_small(&store);
+    tree::make_full(&src, false);
+    backup(&store, &[&src]);
+    let plain = omesh(["key", "export", "--store", s(&store)]).ok();
+    assert!(plain.stderr.contains("not sealed with a passphrase"), "a plain export warns: {}", plain.stderr);
+    let secret = plain.stdout.lines().find(|l| l.starts_with("secret")).unwrap().split('"').nth(1).unwrap().to_string();
+
+    let pf = t.path().join("pass");
+    fs::write(&pf, "a long site passphrase\n").unwrap();
+    let sealed = t.path().join("key.sealed");
+    omesh(["key", "export", "--store", s(&store), "--out", s(&sealed), "--passphrase-file", s(&pf)]).ok();
+    let text = fs::read_to_string(&sealed).unwrap();
+    assert!(text.contains("omesh-key-sealed-v1") && text.contains("argon2id"), "{text}");
+    assert!(!text.contains(&secret), "the secret is in the sealed export");
+    assert_eq!(fs::metadata(&sealed).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // the store moved to a new server without its key
+    let moved = t.path().join("moved");
+    fs::create_dir(&moved).unwrap();
+    for e in fs::read_dir(&store).unwrap().flatten() {
+        if e.file_name() != "key" {
+            let st = std::process::Command::new("cp").arg("-a").arg(e.path()).arg(&moved).status().unwrap();
+            assert!(st.success());
+        }
+    }
+    let import = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut c = common::cmd();
+        c.args(["key", "import", s(&sealed), "--store", s(&moved)]).args(extra).stdin(std::process::Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        common::Run::from(c.output().unwrap())
+    };
+    let r = import(&[("OMESH_KEY_PASSPHRASE", "not the passphrase")], &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("does not open") && r.stderr.contains(s(&sealed)), "{}", r.stderr);
+    assert!(!moved.join("key").exists(), "a refused import wrote a key");
+    // no passphrase and no terminal: says how to give one
+    let r = import(&[], &[]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("--passphrase-file") && r.stderr.contains("OMESH_KEY_PASSPHRASE"), "{}", r.stderr);
+    // a short passphrase is refused at export
+    fs::write(t.path().join("short"), "abc\n").unwrap();
+    let r = omesh(["key", "export", "--store", s(&store), "--passphrase-file", s(&t.path().join("short"))]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+
+    import(&[("OMESH_KEY_PASSPHRASE", "a long site passphrase")], &[]).ok();
+    let target = t.path().join("r");
+    omesh(["restore", "--store", s(&moved), "latest", "--target", s(&target)]).ok();
+    tree::assert_same(&src, &restored(&target, &src));
+
+    // on a terminal: asked twice at export (not echoed), once at import
+    let sealed2 = t.path().join("key2.sealed");
+    let run_tty = |line: String, input: &str| -> (bool, String) {
+        let mut c = std::process::Command::new("script");
+        common::clean_env(&mut c);
+        let mut child = c
+            .args(["-qec", &line, "/dev/null"])
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        let o = child.wait_with_output().unwrap();
+        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let bin = common::bin();
+    let (ok, drawn) = run_tty(
+        format!("{} key export --store {} --passphrase --out {}", bin.display(), s(&store), s(&sealed2)),
+        "typed at the terminal\ntyped at the terminal\n",
+    );
+    assert!(ok && drawn.contains("Same passphrase again"), "{drawn}");
+    let (ok, drawn) = run_tty(
+        format!("{} key import {} --store {}", bin.display(), s(&sealed2), s(&moved)),
+        "typed at the terminal\n",
+    );
+    assert!(ok, "{drawn}");
+    assert!(drawn.contains("already holds this key"), "{drawn}");
+}

@@ -125,7 +125,9 @@ fn mesh_mode_usage_errors_exit_2_and_say_what_to_do() {
 /// The key id `omesh key export --out` reports for a node's own key.
 fn exported_key(site: &Site, node: &str, out: &Path) -> String {
     let r = site.omesh(node, &["key", "export", "--out", s(out)]).ok();
-    r.stderr.split_whitespace().nth(1).unwrap_or_else(|| panic!("no key id in {:?}", r.stderr)).to_string()
+    let line =
+        r.stderr.lines().find(|l| l.starts_with("key ")).unwrap_or_else(|| panic!("no key id in {:?}", r.stderr));
+    line.split_whitespace().nth(1).unwrap().to_string()
 }
 
 #[test]

@@ -13,6 +13,22 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const FORMAT: &str = "omesh-key-v1";
+/// A key file whose secret is sealed with a passphrase (`key export
+/// --passphrase`): Argon2id stretches the passphrase into a key for
+/// XChaCha20-Poly1305, whose associated data binds the source, key id and
+/// KDF parameters, so none of them can be altered without the open failing.
+const SEALED_FORMAT: &str = "omesh-key-sealed-v1";
+
+/// Argon2id cost of a new sealed export: 256 MiB, 3 passes, 1 lane
+/// (about a second on a server core; OWASP's minimum is 19 MiB, 2 passes).
+pub const KDF_MEMORY_KIB: u32 = 256 * 1024;
+/// Argon2id passes.
+pub const KDF_PASSES: u32 = 3;
+/// The most memory a sealed file may ask for (a hostile file must not make
+/// import allocate without bound).
+pub const KDF_MEMORY_KIB_MAX: u32 = 2 * 1024 * 1024;
+/// The most passes a sealed file may ask for.
+pub const KDF_PASSES_MAX: u32 = 16;
 
 /// Errors reading or writing a key file.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +69,64 @@ pub enum KeyFileError {
     /// Refusing to overwrite.
     #[error("key file {0} already exists; refusing to overwrite a key (move it away first)")]
     Exists(PathBuf),
+    /// The passphrase does not open a sealed key file (or the file was altered).
+    #[error("the passphrase does not open {0} (wrong passphrase, or the file was altered); nothing was written")]
+    WrongPassphrase(PathBuf),
+    /// A sealed key file and no passphrase.
+    #[error(
+        "{0} is sealed with a passphrase; give it (prompted on a terminal, or --passphrase-file FILE, or OMESH_KEY_PASSPHRASE)"
+    )]
+    NeedsPassphrase(PathBuf),
+}
+
+/// A sealed key file's contents.
+#[derive(Serialize, Deserialize)]
+struct SealedToml {
+    format: String,
+    source: String,
+    key_id: String,
+    created: String,
+    kdf: String,
+    kdf_memory_kib: u32,
+    kdf_passes: u32,
+    kdf_lanes: u32,
+    salt: String,
+    nonce: String,
+    sealed: String,
+}
+
+impl SealedToml {
+    fn aad(&self) -> Vec<u8> {
+        format!(
+            "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.format,
+            self.source,
+            self.key_id,
+            self.created,
+            self.kdf,
+            self.kdf_memory_kib,
+            self.kdf_passes,
+            self.kdf_lanes,
+            self.salt
+        )
+        .into_bytes()
+    }
+}
+
+fn stretch(passphrase: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<zeroize::Zeroizing<[u8; 32]>, String> {
+    let params = argon2::Params::new(m, t, p, Some(32)).map_err(|e| e.to_string())?;
+    let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let mut out = zeroize::Zeroizing::new([0u8; 32]);
+    a.hash_password_into(passphrase, salt, &mut out[..]).map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+/// Whether key file text is sealed with a passphrase.
+pub fn is_sealed(text: &str) -> bool {
+    toml::from_str::<toml::Table>(text)
+        .ok()
+        .and_then(|t| t.get("format").and_then(|f| f.as_str()).map(|f| f == SEALED_FORMAT))
+        .unwrap_or(false)
 }
 
 /// The contents of a key file.
@@ -108,9 +182,91 @@ impl KeyFile {
         )
     }
 
+    /// The key file text with the secret sealed under `passphrase`
+    /// (Argon2id at `memory_kib`/`passes`, XChaCha20-Poly1305).
+    pub fn to_sealed_text(&self, passphrase: &[u8], memory_kib: u32, passes: u32) -> Result<String, String> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let mut salt = [0u8; 16];
+        let mut nonce = [0u8; 24];
+        getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
+        getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
+        let mut t = SealedToml {
+            format: SEALED_FORMAT.into(),
+            source: self.source.clone(),
+            key_id: self.key_id(),
+            created: self.created.clone(),
+            kdf: "argon2id".into(),
+            kdf_memory_kib: memory_kib,
+            kdf_passes: passes,
+            kdf_lanes: 1,
+            salt: hex::encode(salt),
+            nonce: hex::encode(nonce),
+            sealed: String::new(),
+        };
+        let k = stretch(passphrase, &salt, memory_kib, passes, 1)?;
+        let c = chacha20poly1305::XChaCha20Poly1305::new((&*k).into());
+        let aad = t.aad();
+        let ct = c
+            .encrypt((&nonce).into(), Payload { msg: self.secret.expose(), aad: &aad })
+            .map_err(|_| "sealing failed".to_string())?;
+        t.sealed = hex::encode(ct);
+        Ok(format!(
+            "# omesh key for source {:?}, sealed with a passphrase (Argon2id + XChaCha20-Poly1305).\n\
+             # `omesh key import` asks for the passphrase. Without both, nothing can be restored.\n{}",
+            self.source,
+            toml::to_string(&t).expect("sealed key file serializes")
+        ))
+    }
+
+    /// Open sealed key file text with `passphrase`; `path` is for messages.
+    pub fn from_sealed_text(text: &str, path: &Path, passphrase: &[u8]) -> Result<Self, KeyFileError> {
+        use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+        let perr = |reason: String| KeyFileError::Parse { path: path.to_path_buf(), reason };
+        let t: SealedToml = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
+        if t.format != SEALED_FORMAT || t.kdf != "argon2id" {
+            return Err(perr(format!(
+                "format {:?} with kdf {:?} is not {SEALED_FORMAT:?} with argon2id",
+                t.format, t.kdf
+            )));
+        }
+        // bound before allocating: the file says how much memory to use
+        if t.kdf_memory_kib > KDF_MEMORY_KIB_MAX || t.kdf_passes > KDF_PASSES_MAX || t.kdf_lanes != 1 {
+            return Err(perr(format!(
+                "its KDF asks for {} KiB, {} passes, {} lanes; this omesh opens at most {KDF_MEMORY_KIB_MAX} KiB, \
+                 {KDF_PASSES_MAX} passes, 1 lane",
+                t.kdf_memory_kib, t.kdf_passes, t.kdf_lanes
+            )));
+        }
+        let mut salt = [0u8; 16];
+        let mut nonce = [0u8; 24];
+        hex::decode_to_slice(&t.salt, &mut salt).map_err(|_| perr("salt is not 32 hex digits".into()))?;
+        hex::decode_to_slice(&t.nonce, &mut nonce).map_err(|_| perr("nonce is not 48 hex digits".into()))?;
+        let ct = hex::decode(&t.sealed).map_err(|_| perr("sealed is not hex".into()))?;
+        if ct.len() != SECRET_BYTES + 16 {
+            return Err(perr(format!("sealed holds {} bytes, expected {}", ct.len(), SECRET_BYTES + 16)));
+        }
+        let k = stretch(passphrase, &salt, t.kdf_memory_kib, t.kdf_passes, 1).map_err(perr)?;
+        let c = chacha20poly1305::XChaCha20Poly1305::new((&*k).into());
+        let aad = t.aad();
+        let pt = zeroize::Zeroizing::new(
+            c.decrypt((&nonce).into(), Payload { msg: &ct, aad: &aad })
+                .map_err(|_| KeyFileError::WrongPassphrase(path.to_path_buf()))?,
+        );
+        let mut b = [0u8; SECRET_BYTES];
+        b.copy_from_slice(&pt);
+        let kf = KeyFile { source: t.source, secret: Secret::from_bytes(b), created: t.created };
+        if kf.key_id() != t.key_id {
+            return Err(perr("the opened secret does not match its key_id; the file is damaged".into()));
+        }
+        Ok(kf)
+    }
+
     /// Parse key file text; `path` is for messages.
     pub fn from_text(text: &str, path: &Path) -> Result<Self, KeyFileError> {
         let perr = |reason: String| KeyFileError::Parse { path: path.to_path_buf(), reason };
+        if is_sealed(text) {
+            return Err(KeyFileError::NeedsPassphrase(path.to_path_buf()));
+        }
         let t: KeyFileToml = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
         if t.format != FORMAT {
             return Err(perr(format!("format is {:?}, expected {FORMAT:?}", t.format)));
@@ -193,5 +349,34 @@ mod tests {
         assert!(matches!(KeyFile::load(&p), Err(KeyFileError::Permissions { .. })));
         let text = k.to_text().replace(&k.key_id(), "00000000000000000000000000000000");
         assert!(matches!(KeyFile::from_text(&text, &p), Err(KeyFileError::Parse { .. })));
+    }
+}
+
+#[cfg(test)]
+mod sealed_tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_key_opens_with_its_passphrase_only_and_refuses_alteration() {
+        let k = KeyFile::generate("srv-a");
+        let p = Path::new("k.sealed");
+        // small cost: the parameters are under test, not the cost
+        let text = k.to_sealed_text(b"correct horse", 1024, 1).unwrap();
+        assert!(is_sealed(&text));
+        assert!(!text.contains(&hex::encode(k.secret.expose())), "the secret is in the clear");
+        let back = KeyFile::from_sealed_text(&text, p, b"correct horse").unwrap();
+        assert_eq!(back.key_id(), k.key_id());
+        assert_eq!(back.secret.expose(), k.secret.expose());
+        assert!(matches!(KeyFile::from_sealed_text(&text, p, b"wrong"), Err(KeyFileError::WrongPassphrase(_))));
+        assert!(matches!(KeyFile::from_text(&text, p), Err(KeyFileError::NeedsPassphrase(_))));
+        // every bound field is authenticated
+        for (from, to) in [("srv-a", "srv-b"), ("kdf_passes = 1", "kdf_passes = 2")] {
+            let altered = text.replace(from, to);
+            assert!(KeyFile::from_sealed_text(&altered, p, b"correct horse").is_err(), "{from} -> {to} opened");
+        }
+        // a hostile file cannot make import allocate without bound
+        let greedy = text.replace("kdf_memory_kib = 1024", "kdf_memory_kib = 4000000000");
+        let e = KeyFile::from_sealed_text(&greedy, p, b"correct horse").unwrap_err().to_string();
+        assert!(e.contains("at most"), "{e}");
     }
 }

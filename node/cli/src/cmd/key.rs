@@ -2,7 +2,7 @@
 
 use crate::args::StoreArgs;
 use crate::output::{CliError, ExitCode};
-use omesh_core::keyfile::{KeyFile, write_private_atomic};
+use omesh_core::keyfile::{KDF_MEMORY_KIB, KDF_PASSES, KeyFile, write_private_atomic};
 use omesh_core::store::config::CONFIG_FILE;
 use omesh_core::store::{Access, KeySource, Store, StoreError};
 use std::path::PathBuf;
@@ -19,11 +19,21 @@ pub enum KeyCommand {
         /// Write to this file (mode 0600) instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// Seal the exported key with a passphrase (Argon2id + XChaCha20-Poly1305), asked twice on the
+        /// terminal, or taken from --passphrase-file or OMESH_KEY_PASSPHRASE.
+        #[arg(long)]
+        passphrase: bool,
+        /// Read the passphrase from the first line of FILE (implies --passphrase).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Install an exported key for a store (e.g. a store copied to a new machine).
     Import {
-        /// Exported key file.
+        /// Exported key file (sealed or not).
         file: PathBuf,
+        /// A sealed key's passphrase from the first line of FILE (else OMESH_KEY_PASSPHRASE, else asked on the terminal).
+        #[arg(long, value_name = "FILE")]
+        passphrase_file: Option<PathBuf>,
         /// Store the key belongs to; the key is written to DIR/key.
         #[arg(
             long,
@@ -59,9 +69,47 @@ pub enum KeyCommand {
     },
 }
 
+/// The passphrase for sealing (`confirm`: asked twice) or opening a key:
+/// the first line of `file`, else OMESH_KEY_PASSPHRASE, else asked on the
+/// terminal (never echoed).
+fn passphrase(file: &Option<PathBuf>, confirm: bool) -> Result<zeroize::Zeroizing<String>, CliError> {
+    let p = if let Some(f) = file {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .map_err(|e| CliError::usage(format!("--passphrase-file {}: {e}", f.display())))?,
+        );
+        zeroize::Zeroizing::new(text.lines().next().unwrap_or("").to_string())
+    } else if let Ok(v) = std::env::var("OMESH_KEY_PASSPHRASE") {
+        zeroize::Zeroizing::new(v)
+    } else {
+        let ask = |q: &str| {
+            rpassword::prompt_password(q).map(zeroize::Zeroizing::new).map_err(|e| {
+                CliError::usage(format!(
+                    "a passphrase is needed and there is no terminal to ask on ({e}): give --passphrase-file FILE \
+                     or set OMESH_KEY_PASSPHRASE"
+                ))
+            })
+        };
+        let p = ask("Passphrase for the key: ")?;
+        if confirm && *ask("Same passphrase again: ")? != *p {
+            return Err(CliError::usage("the two passphrases differ; nothing was written"));
+        }
+        p
+    };
+    if confirm && p.chars().count() < 8 {
+        return Err(CliError::usage(
+            "the passphrase is shorter than 8 characters; choose a longer one (a few random words); nothing was written",
+        ));
+    }
+    if p.is_empty() {
+        return Err(CliError::usage("the passphrase is empty"));
+    }
+    Ok(p)
+}
+
 pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
     match c {
-        KeyCommand::Export { store, out } => {
+        KeyCommand::Export { store, out, passphrase: seal, passphrase_file } => {
             let path = match &store.config {
                 Some(p) => {
                     let cfg = crate::meshmode::load(p)?;
@@ -78,24 +126,42 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
                 )));
             }
             let k = KeyFile::load(&path)?;
+            if let Some(o) = &out
+                && o.exists()
+            {
+                return Err(CliError::usage(format!("{} already exists; choose another --out", o.display())));
+            }
+            let text = if seal || passphrase_file.is_some() {
+                let p = passphrase(&passphrase_file, true)?;
+                k.to_sealed_text(p.as_bytes(), KDF_MEMORY_KIB, KDF_PASSES).map_err(CliError::failed)?
+            } else {
+                eprintln!(
+                    "omesh: warning: this export is not sealed with a passphrase: anyone who reads it can read every \
+                     snapshot of {:?}. Use `omesh key export --passphrase` unless it goes straight into a password safe.",
+                    k.source
+                );
+                k.to_text()
+            };
             match out {
                 Some(o) => {
-                    if o.exists() {
-                        return Err(CliError::usage(format!("{} already exists; choose another --out", o.display())));
-                    }
-                    write_private_atomic(&o, k.to_text().as_bytes())
+                    write_private_atomic(&o, text.as_bytes())
                         .map_err(|e| CliError::failed(format!("writing {}: {e}", o.display())))?;
                     eprintln!("key {} of source {:?} written to {}", k.key_id(), k.source, o.display());
                 }
-                None => print!("{}", k.to_text()),
+                None => print!("{text}"),
             }
             Ok(ExitCode::Ok)
         }
         KeyCommand::Accept { source, key_id, config } => accept(&source, &key_id, &config),
-        KeyCommand::Import { file, store, config } => {
+        KeyCommand::Import { file, store, config, passphrase_file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
-            let k = KeyFile::from_text(&text, &file)?;
+            let k = if omesh_core::keyfile::is_sealed(&text) {
+                let p = passphrase(&passphrase_file, false)?;
+                KeyFile::from_sealed_text(&text, &file, p.as_bytes())?
+            } else {
+                KeyFile::from_text(&text, &file)?
+            };
             let store = match (store, config) {
                 (Some(s), _) => s,
                 (None, Some(p)) => return import_for_node(&k, &p),
