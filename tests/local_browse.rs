@@ -3,7 +3,7 @@
 //! killed), and the snapshot filters they share.
 
 use crate::common::mesh::Site;
-use crate::common::{backup, init_small, omesh, packs, s, tree};
+use crate::common::{backup, init_small, omesh, packs, restored, s, tree};
 use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -330,4 +330,71 @@ fn stats_count_logical_unique_and_stored_bytes_and_what_each_snapshot_added() {
     assert_eq!(one["unique_data_bytes"].as_u64().unwrap() + 100_000, unique);
     let human = omesh(["stats", "--store", s(&store)]).ok().stdout;
     assert!(human.contains("dedup") && human.contains(&second[..8]), "{human}");
+}
+
+#[test]
+fn restore_leaves_out_what_exclude_names_and_a_dry_run_says_what_it_would_restore_touching_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (store, src) = (t.path().join("store"), t.path().join("src"));
+    init_small(&store);
+    tree::make_full(&src, false);
+    backup(&store, &[&src]);
+    let a_dir = format!("{}/a", s(&src));
+    let args = |target: &Path, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "restore",
+            "--store",
+            s(&store),
+            "latest",
+            "--target",
+            s(target),
+            "--exclude",
+            "size-*",
+            "--exclude",
+            &a_dir,
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    // the dry run first: it must not create the target
+    let dry_target = t.path().join("never-made");
+    let d = omesh(args(&dry_target, &["--dry-run", "--json"])).ok().json();
+    assert_eq!(d["dry_run"], true);
+    assert!(!dry_target.exists(), "a dry run created its target");
+    let plan = &d["plan"];
+    let paths: Vec<&str> = plan["paths"].as_array().unwrap().iter().map(|p| p.as_str().unwrap()).collect();
+    assert!(
+        paths.iter().all(|p| !p.contains("/size-") && !p.starts_with(&format!("{a_dir}/")) && *p != a_dir),
+        "{paths:?}"
+    );
+    assert!(paths.contains(&format!("{}/xattrs", s(&src)).as_str()), "{paths:?}");
+
+    let target = t.path().join("r");
+    let r = omesh(args(&target, &["--json"])).ok().json();
+    for k in ["files", "dirs", "others"] {
+        assert_eq!(r[k], plan[k], "the dry run and the restore disagree on {k}: {r} / {plan}");
+    }
+    let got = restored(&target, &src);
+    assert!(!got.join("a").exists() && !got.join("size-1").exists());
+    let mut want = tree::attrs(&src);
+    want.retain(|k, _| !k.starts_with("size-") && k != "a" && !k.starts_with("a/"));
+    // the hard-link group's first name (a/hard3) was left out: hard1 leads it now
+    for v in want.values_mut() {
+        if v.link_group.as_deref() == Some("a/hard3") {
+            v.link_group = Some("hard1".into());
+        }
+    }
+    let have = tree::attrs(&got);
+    assert_eq!(want.keys().collect::<Vec<_>>(), have.keys().collect::<Vec<_>>());
+    for (k, v) in &want {
+        assert_eq!(Some(v), have.get(k), "{k}");
+    }
+    let human = omesh(args(&dry_target, &["--dry-run"])).ok().stdout;
+    assert!(human.contains("dry run: would restore") && human.contains("nothing was read or written"), "{human}");
+    let r = omesh(args(&dry_target, &["--exclude", "["]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(!dry_target.exists());
 }

@@ -165,7 +165,7 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
         restore::run(
             s2.as_ref(),
             &id,
-            &RestoreOptions { target: tgt, includes: vec![], threads: Some(16) },
+            &RestoreOptions { target: tgt, threads: Some(16), ..Default::default() },
             Arc::new(RestoreProgress::default()),
         )
     })

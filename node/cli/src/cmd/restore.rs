@@ -20,6 +20,13 @@ pub struct RestoreArgs {
     /// Only restore this snapshot path and what is below it (repeatable).
     #[arg(long, short = 'i', value_name = "PATH")]
     pub include: Vec<String>,
+    /// Leave out entries matching GLOB, with everything below them: a name pattern ('*.log')
+    /// or a snapshot path pattern ('/var/lib/app/cache/**') (repeatable).
+    #[arg(long, short = 'e', value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Say what would be restored (files, sizes, paths) without reading data or touching the target.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Worker threads.
     #[arg(long)]
     pub threads: Option<usize>,
@@ -37,16 +44,70 @@ pub struct RestoreArgs {
 }
 
 pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
+    if a.dry_run {
+        return dry_run(a);
+    }
     if let Some(cfg) = a.store.config.clone() {
         return run_mesh(a, &cfg);
     }
     let store = Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?;
     store.keys()?;
     let id = store.resolve_snapshot(&a.snapshot)?;
-    let opts = RestoreOptions { target: a.target.clone(), includes: a.include.clone(), threads: a.threads };
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.include.clone(),
+        excludes: a.exclude.clone(),
+        threads: a.threads,
+    };
     let progress = Arc::new(RestoreProgress::default());
     let res = run_restore(&store, &id, &opts, progress);
     finish(res, a.json, None)
+}
+
+/// `restore --dry-run`: the selection walked, nothing read or written.
+fn dry_run(a: RestoreArgs) -> Result<ExitCode, CliError> {
+    let opts = RestoreOptions {
+        target: a.target.clone(),
+        includes: a.include.clone(),
+        excludes: a.exclude.clone(),
+        threads: a.threads,
+    };
+    let no_filter = omesh_core::snapshot::select::Filter::default();
+    let res = crate::browse::with_snapshots(&a.store, a.source.as_deref(), |src, list| {
+        let (id, _) = crate::browse::pick(&list, &a.snapshot, &no_filter)?;
+        Ok(restore::dry_run(src, &id, &opts))
+    })?;
+    let d = match res {
+        Ok(d) => d,
+        Err(e @ RestoreError::Include(..)) => return Err(CliError { code: ExitCode::Usage, err: e.into() }),
+        Err(RestoreError::Source(e)) if e.damage => return Err(CliError { code: ExitCode::Damage, err: e.into() }),
+        Err(e) => return Err(CliError::failed(e.to_string())),
+    };
+    if a.json {
+        print_json(
+            "restore",
+            &serde_json::json!({"dry_run": true, "target": a.target.display().to_string(), "plan": d}),
+        )?;
+        return Ok(ExitCode::Ok);
+    }
+    for p in d.paths.iter().take(20) {
+        println!("would restore {p}");
+    }
+    if d.paths.len() > 20 {
+        println!("... and {} more (--json lists every path)", d.paths.len() - 20);
+    }
+    for p in &d.unreadable {
+        println!("would skip {p} (unreadable at backup time)");
+    }
+    println!(
+        "dry run: would restore {} files ({}), {} directories and {} other entries into {}; nothing was read or written",
+        d.files,
+        bytes(d.bytes),
+        d.dirs,
+        d.others,
+        a.target.display()
+    );
+    Ok(ExitCode::Ok)
 }
 
 fn run_restore(
@@ -86,6 +147,7 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
     let opts = RestoreOptions {
         target: a.target.clone(),
         includes: a.include.clone(),
+        excludes: a.exclude.clone(),
         threads: Some(a.threads.unwrap_or((cores * 8).max(16))),
     };
     let sock = cfg.control_socket();

@@ -50,7 +50,9 @@ pub fn run(
     let started = Instant::now();
     let rec = src.snapshot(id)?;
     let includes = parse_includes(&opts.includes)?;
-    if includes.is_empty() {
+    let excludes = crate::backup::exclude::Excludes::new(&opts.excludes)
+        .map_err(|e| RestoreError::Include(opts.excludes.join(" "), e))?;
+    if includes.is_empty() && opts.excludes.is_empty() {
         progress.bytes_total.store(rec.bytes, Ordering::Relaxed);
     }
     let threads =
@@ -146,7 +148,8 @@ pub fn run(
         drop(task_rx);
         let r = match rec.kind {
             SnapshotKind::Files => {
-                let mut planner = Planner { ctx, tx: task_tx, includes: &includes, links: HashMap::new() };
+                let mut planner =
+                    Planner { ctx, tx: task_tx, includes: &includes, excludes: &excludes, links: HashMap::new() };
                 planner.plan_dir(&root, root_nodes, &mut Vec::new(), Sel::Partial.max_if(includes.is_empty()))
             }
             SnapshotKind::Image => plan_image(ctx, &root, root_nodes, &opts.target, task_tx),
@@ -180,6 +183,93 @@ pub fn run(
         errors,
         warnings,
     })
+}
+
+/// What a restore of `id` with `opts` would restore (`restore --dry-run`):
+/// the same selection (includes, excludes) walked without a target; no
+/// data object is read, and nothing is written anywhere.
+pub fn dry_run(src: &dyn ObjectSource, id: &ObjectId, opts: &RestoreOptions) -> Result<DryRun, RestoreError> {
+    let rec = src.snapshot(id)?;
+    let includes = parse_includes(&opts.includes)?;
+    let excludes = crate::backup::exclude::Excludes::new(&opts.excludes)
+        .map_err(|e| RestoreError::Include(opts.excludes.join(" "), e))?;
+    let root_nodes = objects::load_dir(src, &rec.tree)?;
+    if rec.kind == SnapshotKind::Files {
+        for (raw, inc) in opts.includes.iter().zip(&includes) {
+            if !in_snapshot(src, &root_nodes, inc)? {
+                return Err(RestoreError::Include(raw.clone(), format!("snapshot {} holds no such path", id.short())));
+            }
+        }
+    }
+    let mut out = DryRun { snapshot: id.to_hex(), ..Default::default() };
+    let mut seen_links: std::collections::HashSet<(u64, u64)> = Default::default();
+    let mut stack: Vec<(Vec<Vec<u8>>, Node, Sel)> = Vec::new();
+    let top = Sel::Partial.max_if(includes.is_empty());
+    for n in root_nodes.into_iter().rev() {
+        stack.push((vec![], n, top));
+    }
+    while let Some((mut path, node, sel)) = stack.pop() {
+        path.push(node.name.clone());
+        let s = if sel == Sel::All { Sel::All } else { plan::select(&includes, &path) };
+        if s == Sel::None || excludes.is_excluded(&plan::os_path(&path), &node.name) {
+            continue;
+        }
+        if path.len() > crate::browse::MAX_DEPTH {
+            return Err(RestoreError::Internal(format!("{}: nested too deep", plan::display(&path))));
+        }
+        let shown = plan::display(&path);
+        match &node.kind {
+            NodeKind::Dir { tree } => {
+                // a directory on the way to an include is created, not restored
+                if s == Sel::All {
+                    out.dirs += 1;
+                    out.paths.push(shown);
+                }
+                for c in objects::load_dir(src, tree)?.into_iter().rev() {
+                    stack.push((path.clone(), c, s));
+                }
+            }
+            NodeKind::File { size, .. } => {
+                if node.unreadable {
+                    out.unreadable.push(shown);
+                    continue;
+                }
+                // a further name of a hard-link group is a link, as restore counts it
+                if node.nlink <= 1 || seen_links.insert((node.dev, node.inode)) {
+                    out.files += 1;
+                    out.bytes += size;
+                } else {
+                    out.others += 1;
+                }
+                out.paths.push(shown);
+            }
+            NodeKind::Socket => {}
+            _ => {
+                out.others += 1;
+                out.paths.push(shown);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What `restore --dry-run` reports.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct DryRun {
+    /// Snapshot id.
+    pub snapshot: String,
+    /// Files that would be restored.
+    pub files: u64,
+    /// Directories.
+    pub dirs: u64,
+    /// Symlinks, devices, fifos, and further names of hard-link groups.
+    pub others: u64,
+    /// Logical bytes of those files (each hard-link group once).
+    pub bytes: u64,
+    /// Files that would be skipped: unreadable at backup time.
+    pub unreadable: Vec<String>,
+    /// Every path that would be restored, in order.
+    pub paths: Vec<String>,
 }
 
 /// Whether `path` (components below the snapshot's root) names an entry of
@@ -239,7 +329,8 @@ mod tests {
         let (s, id, src) = backed_up(t.path());
         let target = t.path().join("target");
         let inc = format!("{}/etc/nginx", src.display());
-        let opts = RestoreOptions { target: target.clone(), includes: vec![inc], threads: Some(2) };
+        let opts =
+            RestoreOptions { target: target.clone(), includes: vec![inc], threads: Some(2), ..Default::default() };
         let r = run(&s, &id, &opts, Arc::default()).unwrap();
         assert!(r.errors.is_empty(), "{r:?}");
         let root = below(&target, &src);
@@ -260,7 +351,7 @@ mod tests {
         let root = below(&target, &src);
         std::fs::create_dir_all(&root).unwrap();
         std::os::unix::fs::symlink(&outside, root.join("etc")).unwrap();
-        let opts = RestoreOptions { target: target.clone(), includes: vec![], threads: Some(2) };
+        let opts = RestoreOptions { target: target.clone(), threads: Some(2), ..Default::default() };
         let r = run(&s, &id, &opts, Arc::default()).unwrap();
         assert!(r.errors.is_empty(), "{r:?}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "nothing written outside the target");
@@ -273,7 +364,7 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (s, id, src) = backed_up(t.path());
         let target = t.path().join("target");
-        let opts = RestoreOptions { target: target.clone(), includes: vec![], threads: Some(2) };
+        let opts = RestoreOptions { target: target.clone(), threads: Some(2), ..Default::default() };
         run(&s, &id, &opts, Arc::default()).unwrap();
         let again = run(&s, &id, &opts, Arc::default()).unwrap();
         assert_eq!(again.files_unchanged, again.files, "{again:?}");

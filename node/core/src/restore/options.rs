@@ -12,6 +12,9 @@ pub struct RestoreOptions {
     pub target: PathBuf,
     /// Restore only these snapshot paths (and what is below them).
     pub includes: Vec<String>,
+    /// Leave out entries matching these patterns (as `backup --exclude`:
+    /// a name anywhere, or a whole path when it has '/'), with all below.
+    pub excludes: Vec<String>,
     /// Worker threads (default: available cores, at least 4 for I/O overlap).
     pub threads: Option<usize>,
 }

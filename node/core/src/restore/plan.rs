@@ -101,7 +101,17 @@ pub(super) struct Planner<'c, 'a> {
     pub(super) ctx: &'c Ctx<'a>,
     pub(super) tx: Sender<FileTask>,
     pub(super) includes: &'c [Vec<Vec<u8>>],
+    pub(super) excludes: &'c crate::backup::exclude::Excludes,
     pub(super) links: HashMap<(u64, u64), Arc<LinkGroup>>,
+}
+
+/// The snapshot path of `path`'s components, as `--exclude` matches it.
+pub(super) fn os_path(path: &[Vec<u8>]) -> std::path::PathBuf {
+    let mut p = std::path::PathBuf::from("/");
+    for c in path {
+        p.push(OsStr::from_bytes(c));
+    }
+    p
 }
 
 pub(super) fn display(path: &[Vec<u8>]) -> String {
@@ -124,7 +134,7 @@ impl Planner<'_, '_> {
         for node in nodes {
             path.push(node.name.clone());
             let s = if sel == Sel::All { Sel::All } else { select(self.includes, path) };
-            if s != Sel::None {
+            if s != Sel::None && !self.excludes.is_excluded(&os_path(path), &node.name) {
                 self.plan_node(dir, node, path, s)?;
             }
             path.pop();
