@@ -145,3 +145,62 @@ fn a_pack_whose_records_shifted_counts_every_object_it_can_no_longer_read() {
         damaged.iter().find(|d| !d["id"].as_str().unwrap_or("").is_empty()).unwrap()["reason"].as_str().unwrap();
     assert!(reason.contains("where the index places it"), "{reason}");
 }
+
+#[test]
+fn verify_read_data_subset_reads_part_of_the_packs_and_its_slices_find_damage_in_exactly_one() {
+    use crate::common::{backup, init_small, omesh, packs, s, tree};
+    use std::os::unix::fs::FileExt;
+    let t = tempfile::tempdir().unwrap();
+    let (store, src) = (t.path().join("store"), t.path().join("src"));
+    init_small(&store);
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..12 {
+        std::fs::write(src.join(format!("f{i}")), tree::data(200_000, i)).unwrap();
+    }
+    backup(&store, &[&src]);
+    let all = packs(&store);
+    assert!(all.len() >= 6, "{} packs", all.len());
+    // damage a data pack in the middle of a record: one the structure
+    // check alone does not notice (no tree or list in it)
+    let flip = |p: &std::path::Path| {
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(p).unwrap();
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, 5000).unwrap();
+        f.write_all_at(&[b[0] ^ 0xff], 5000).unwrap();
+    };
+    let victim = all
+        .iter()
+        .find(|p| {
+            flip(p);
+            let structure_ok = omesh(["verify", "--store", s(&store)]).code == 0;
+            if !structure_ok {
+                flip(p);
+            }
+            structure_ok
+        })
+        .expect("a pack of file data only");
+
+    let mut read = 0;
+    let mut damaged_in = Vec::new();
+    for n in 1..=3 {
+        let r = omesh(["verify", "--store", s(&store), "--read-data-subset", &format!("{n}/3"), "--json"]);
+        let v = r.json();
+        assert_eq!(v["packs_total"], all.len() as u64);
+        read += v["packs_read"].as_u64().unwrap();
+        if r.code == 4 {
+            damaged_in.push(n);
+            assert!(v["damaged_objects"].to_string().contains(victim.file_name().unwrap().to_str().unwrap()), "{v}");
+        } else {
+            assert_eq!(r.code, 0, "{}", r.stderr);
+        }
+    }
+    assert_eq!(read, all.len() as u64, "the three slices read every pack once");
+    assert_eq!(damaged_in.len(), 1, "the damaged pack is in exactly one slice: {damaged_in:?}");
+    let v = omesh(["verify", "--store", s(&store), "--read-data-subset", "100%", "--json"]).code(4).json();
+    assert_eq!(v["packs_read"], all.len() as u64);
+    let v = omesh(["verify", "--store", s(&store), "--read-data-subset", "1B", "--json"]).json();
+    assert_eq!(v["packs_read"], 1, "a size reads packs until it is reached: {v}");
+    let r = omesh(["verify", "--store", s(&store), "--read-data-subset", "7/3"]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("--read-data-subset \"7/3\""), "{}", r.stderr);
+}

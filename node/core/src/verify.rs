@@ -46,6 +46,9 @@ pub struct VerifyReport {
     pub trees: u64,
     /// Packs read (with read_data).
     pub packs_read: u64,
+    /// Packs in the store (with read_data: packs_read < packs_total when a
+    /// subset was read).
+    pub packs_total: u64,
     /// Objects read and verified (with read_data).
     pub objects_read: u64,
     /// Bytes read (with read_data).
@@ -65,19 +68,122 @@ impl VerifyReport {
     }
 }
 
+/// Which packs `verify --read-data-subset` reads.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Subset {
+    /// A random share of the packs (0 < p <= 1), at least one.
+    Fraction(f64),
+    /// Slice `n` of `m` (1-based): the packs whose name, as a number,
+    /// is n-1 modulo m. The slices 1/m ... m/m read every pack once.
+    Slice(u64, u64),
+    /// Random packs until at least this many bytes are read.
+    Bytes(u64),
+}
+
+impl Subset {
+    /// Parse `10%`, `2/5` or a size (`500MiB`, `2G`).
+    pub fn parse(s: &str) -> Result<Subset, String> {
+        let bad = || {
+            format!(
+                "--read-data-subset {s:?}: give a percentage (10%), a slice n/m (2/5, 1 <= n <= m) or a size (500MiB)"
+            )
+        };
+        if let Some(p) = s.strip_suffix('%') {
+            let p: f64 = p.trim().parse().map_err(|_| bad())?;
+            if !(p > 0.0 && p <= 100.0) {
+                return Err(bad());
+            }
+            return Ok(Subset::Fraction(p / 100.0));
+        }
+        if let Some((n, m)) = s.split_once('/') {
+            let (n, m): (u64, u64) = (n.trim().parse().map_err(|_| bad())?, m.trim().parse().map_err(|_| bad())?);
+            if n == 0 || m == 0 || n > m {
+                return Err(bad());
+            }
+            return Ok(Subset::Slice(n, m));
+        }
+        let b: bytesize::ByteSize = s.trim().parse().map_err(|_| bad())?;
+        if b.as_u64() == 0 {
+            return Err(bad());
+        }
+        Ok(Subset::Bytes(b.as_u64()))
+    }
+
+    /// The packs (with sizes) of `all` this subset reads.
+    pub fn choose(&self, all: &[([u8; 32], u64)]) -> Vec<[u8; 32]> {
+        let mut v: Vec<([u8; 32], u64)> = all.to_vec();
+        v.sort();
+        match *self {
+            Subset::Slice(n, m) => v
+                .into_iter()
+                .filter(|(h, _)| u64::from_be_bytes(h[..8].try_into().expect("8 bytes")) % m == n - 1)
+                .map(|(h, _)| h)
+                .collect(),
+            Subset::Fraction(p) => {
+                shuffle(&mut v);
+                let k = ((v.len() as f64 * p).ceil() as usize).clamp(v.len().min(1), v.len());
+                v.into_iter().take(k).map(|(h, _)| h).collect()
+            }
+            Subset::Bytes(want) => {
+                shuffle(&mut v);
+                let mut got = 0u64;
+                v.into_iter()
+                    .take_while(|(_, size)| {
+                        let more = got < want;
+                        got += size;
+                        more
+                    })
+                    .map(|(h, _)| h)
+                    .collect()
+            }
+        }
+    }
+}
+
+fn shuffle<T>(v: &mut [T]) {
+    let mut seed = [0u8; 8];
+    let _ = getrandom::fill(&mut seed);
+    let mut r = crate::sample::Rng::new(u64::from_le_bytes(seed));
+    for i in (1..v.len()).rev() {
+        let j = (r.next_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
 /// Verify a store; `progress` is called with (bytes read so far) during
 /// the data pass.
-pub fn run(store: &Store, read_data: bool, mut progress: impl FnMut(u64)) -> Result<VerifyReport, StoreError> {
+pub fn run(store: &Store, read_data: bool, progress: impl FnMut(u64)) -> Result<VerifyReport, StoreError> {
+    run_subset(store, read_data.then_some(None), progress)
+}
+
+/// [`run`] with the data pass over every pack (`Some(None)`), a subset of
+/// them (`Some(Some(subset))`), or none (`None`).
+pub fn run_subset(
+    store: &Store,
+    data: Option<Option<Subset>>,
+    mut progress: impl FnMut(u64),
+) -> Result<VerifyReport, StoreError> {
     let mut rep = VerifyReport::default();
     let mut bad: HashMap<ObjectId, String> = HashMap::new();
     let keys = store.keys().ok().cloned();
 
     // packs: existence always, content with read_data
     let on_disk: HashSet<[u8; 32]> = store.pack_files()?.into_iter().collect();
-    if read_data {
+    if let Some(subset) = data {
         let seqs: HashMap<[u8; 32], u64> = store.index_packs()?.into_iter().map(|(seq, h, _)| (h, seq)).collect();
         let per_pack = store.objects_per_pack()?;
-        for hash in &on_disk {
+        let chosen: Vec<[u8; 32]> = match subset {
+            None => on_disk.iter().copied().collect(),
+            Some(s) => {
+                let sized: Vec<([u8; 32], u64)> = on_disk
+                    .iter()
+                    .map(|h| (*h, std::fs::metadata(pack::pack_path(store.dir(), h)).map(|m| m.len()).unwrap_or(0)))
+                    .collect();
+                s.choose(&sized)
+            }
+        };
+        rep.packs_total = on_disk.len() as u64;
+        for hash in &chosen {
             let path = pack::pack_path(store.dir(), hash);
             let seq = seqs.get(hash).copied();
             let mut objs = 0u64;
@@ -363,4 +469,35 @@ fn walk(
 /// Decrypt-check a single object (used by tests and `omesh cat`-like tools).
 pub fn check_object(store: &Store, id: &ObjectId, kind: ObjectKind) -> Result<(), StoreError> {
     store.get(id, kind).map(|_| ())
+}
+
+#[cfg(test)]
+mod subset_tests {
+    use super::Subset;
+
+    fn packs(n: u8) -> Vec<([u8; 32], u64)> {
+        (0..n).map(|i| ([i.wrapping_mul(37); 32], 1000 + i as u64)).collect()
+    }
+
+    #[test]
+    fn subsets_parse_and_slices_cover_every_pack_exactly_once() {
+        assert_eq!(Subset::parse("10%"), Ok(Subset::Fraction(0.1)));
+        assert_eq!(Subset::parse("2/5"), Ok(Subset::Slice(2, 5)));
+        assert_eq!(Subset::parse("1KiB"), Ok(Subset::Bytes(1024)));
+        for bad in ["0%", "101%", "0/3", "4/3", "x", "0", "1/0"] {
+            assert!(Subset::parse(bad).is_err(), "{bad}");
+        }
+        let all = packs(50);
+        let mut seen: Vec<[u8; 32]> = (1..=5).flat_map(|n| Subset::Slice(n, 5).choose(&all)).collect();
+        seen.sort();
+        let mut want: Vec<[u8; 32]> = all.iter().map(|(h, _)| *h).collect();
+        want.sort();
+        assert_eq!(seen, want);
+        assert_eq!(Subset::Fraction(0.1).choose(&all).len(), 5);
+        assert_eq!(Subset::Fraction(0.001).choose(&all).len(), 1, "at least one pack");
+        // bytes: stops once the amount is reached
+        let chosen = Subset::Bytes(2500).choose(&all);
+        let size: u64 = chosen.iter().map(|h| all.iter().find(|(x, _)| x == h).unwrap().1).sum();
+        assert!(size >= 2500 && chosen.len() == 3, "{} packs, {size} bytes", chosen.len());
+    }
 }
