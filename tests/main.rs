@@ -5,6 +5,7 @@
 mod alerts;
 mod common;
 
+mod hooks;
 mod lab;
 mod lifecycle;
 mod local_browse;

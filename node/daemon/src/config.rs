@@ -89,6 +89,34 @@ pub struct BackupConfig {
     pub compression: Option<i32>,
 }
 
+/// `[hooks]`: shell commands run by the daemon (as its user) around every
+/// backup it takes, scheduled or asked for; a `[[schedule]]`'s own `pre` and
+/// `post` replace them for that schedule.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksConfig {
+    /// Before; a failure aborts the backup.
+    #[serde(default)]
+    pub pre: Option<String>,
+    /// After, always.
+    #[serde(default)]
+    pub post: Option<String>,
+    /// Time limit of each, seconds (default 300).
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+}
+
+impl HooksConfig {
+    /// The hooks of a backup: `pre`/`post` (a schedule's own) or these.
+    pub fn for_backup(&self, pre: Option<&String>, post: Option<&String>) -> omesh_core::backup::hook::Hooks {
+        omesh_core::backup::hook::Hooks {
+            pre: pre.or(self.pre.as_ref()).cloned(),
+            post: post.or(self.post.as_ref()).cloned(),
+            timeout: std::time::Duration::from_secs(self.timeout_secs.unwrap_or(300)),
+        }
+    }
+}
+
 /// `[[peer]]`
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -177,6 +205,8 @@ impl TryFrom<MaintenanceToml> for MaintenanceConfig {
                     jitter_secs: 0,
                     paths: vec![],
                     rpo_secs: None,
+                    pre: None,
+                    post: None,
                 })
                 .map_err(|e| e.replace("[[schedule]] \"maintenance\"", "[maintenance]"))?,
             )
@@ -339,6 +369,9 @@ pub struct NodeConfig {
     /// Default backup set.
     #[serde(default)]
     pub backup: BackupConfig,
+    /// Commands the daemon runs around every backup it takes.
+    #[serde(default)]
+    pub hooks: HooksConfig,
     /// QUIC tuning.
     #[serde(default)]
     pub transport: TransportConfig,

@@ -531,6 +531,7 @@ impl NodeRuntime {
             excludes,
             exclude_if_present,
             exclude_caches: caches || cfg.backup.exclude_caches,
+            hooks: cfg.hooks.for_backup(None, None),
             one_file_system: one_file_system || cfg.backup.one_file_system,
             parent,
             tags,

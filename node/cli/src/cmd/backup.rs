@@ -29,6 +29,16 @@ pub struct BackupArgs {
     /// Skip cache directories: those holding a CACHEDIR.TAG with the standard signature (bford.info/cachedir).
     #[arg(long)]
     pub exclude_caches: bool,
+    /// Run this shell command first; if it fails or times out, nothing is backed up
+    /// (e.g. `psql -c "select pg_backup_start('omesh')"`, `fsfreeze --freeze /data`).
+    #[arg(long, value_name = "CMD")]
+    pub pre: Option<String>,
+    /// Run this shell command after the backup, whatever happened (OMESH_RESULT says what).
+    #[arg(long, value_name = "CMD")]
+    pub post: Option<String>,
+    /// Time limit of each hook (e.g. 90s, 10m); a hook still running then is killed.
+    #[arg(long, value_name = "DURATION", default_value = "5m")]
+    pub hook_timeout: String,
     /// Do not cross into other file systems (mount points are recorded empty).
     #[arg(long, short = 'x')]
     pub one_file_system: bool,
@@ -59,8 +69,19 @@ pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
     for f in &a.exclude_file {
         a.exclude.extend(omesh_core::backup::exclude::read_exclude_file(f).map_err(CliError::usage)?);
     }
+    let hooks = omesh_core::backup::hook::Hooks {
+        pre: a.pre.clone(),
+        post: a.post.clone(),
+        timeout: omesh_core::policy::retention::parse_duration(&a.hook_timeout)
+            .ok()
+            .and_then(|d| std::time::Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                CliError::usage(format!("--hook-timeout {:?}: give a duration such as 90s or 10m", a.hook_timeout))
+            })?,
+    };
     if let Some(cfg) = a.store.config.clone() {
-        return run_mesh(a, &cfg);
+        return run_mesh(a, &cfg, hooks);
     }
     let mut store = Store::open(a.store.dir(), Access::Write, key_source(&a.store.key_file))?;
     let parent = match a.parent.as_deref() {
@@ -74,6 +95,7 @@ pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
         excludes: a.exclude.clone(),
         exclude_if_present: a.exclude_if_present.clone(),
         exclude_caches: a.exclude_caches,
+        hooks,
         one_file_system: a.one_file_system,
         parent,
         tags: a.tag.clone(),
@@ -143,7 +165,11 @@ fn print_summary(s: &BackupSummary) {
     }
 }
 
-fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError> {
+fn run_mesh(
+    a: BackupArgs,
+    path: &std::path::Path,
+    hooks: omesh_core::backup::hook::Hooks,
+) -> Result<ExitCode, CliError> {
     use omesh_daemon::services::control::{ControlRequest, ControlResponse, SeenPath};
     let cfg = mesh::load(path)?;
     if a.host.is_some() || a.threads.is_some() || a.read_concurrency.is_some() {
@@ -165,7 +191,19 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
         tags: a.tag.clone(),
         parent: a.parent.clone(),
     };
-    let rep: MeshBackupReport = rt.block_on(async {
+    // command-line hooks run here, as the caller, around what the daemon
+    // does (the config's [hooks] run in the daemon)
+    use omesh_core::backup::hook;
+    let env = hook::HookEnv {
+        source: cfg.name.clone(),
+        paths: a.paths.iter().chain(a.image.iter()).map(|p| p.display().to_string()).collect(),
+        ..Default::default()
+    };
+    if let Some(pre) = &hooks.pre {
+        hook::run("pre", pre, hooks.timeout, &env)
+            .map_err(|e| CliError::failed(format!("{e}; nothing was backed up")))?;
+    }
+    let res: Result<MeshBackupReport, CliError> = rt.block_on(async {
         let pb = progress_bar();
         let started = std::time::Instant::now();
         let asked = mesh::ask_daemon(&cfg.control_socket(), &req, |p| {
@@ -233,7 +271,27 @@ fn run_mesh(a: BackupArgs, path: &std::path::Path) -> Result<ExitCode, CliError>
                 .await
             }
         }
-    })?;
+    });
+    let mut rep = match (&hooks.post, res) {
+        (None, r) => r?,
+        (Some(post), r) => {
+            let env = match &r {
+                Ok(rep) => hook::HookEnv {
+                    result: Some(if rep.backup.warnings.is_empty() { "success" } else { "warnings" }),
+                    snapshot: Some(rep.backup.snapshot.to_hex()),
+                    ..env
+                },
+                Err(e) => hook::HookEnv { result: Some("failed"), error: Some(e.message()), ..env },
+            };
+            let ran = hook::run("post", post, hooks.timeout, &env);
+            let mut rep = r?;
+            if let Err(e) = ran {
+                rep.backup.warnings.push(omesh_core::backup::Warning { path: "(post hook)".into(), message: e });
+            }
+            rep
+        }
+    };
+    let rep = &mut rep;
     for w in &rep.backup.warnings {
         eprintln!("omesh: warning: {}: {}", w.path, w.message);
     }

@@ -25,6 +25,7 @@
 
 pub mod exclude;
 mod finisher;
+pub mod hook;
 pub mod meta;
 mod options;
 mod packer;
@@ -60,8 +61,48 @@ fn now_ns() -> i64 {
     crate::time::now_ns()
 }
 
-/// Run a backup into `store`.
+/// Run a backup into `store`, with its hooks: the pre hook first (its
+/// failure aborts the backup before anything is read or written), the post
+/// hook after, whatever happened (its failure is a warning of a saved
+/// snapshot, and only logged beside a failed one).
 pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<BackupSummary> {
+    let env = hook::HookEnv {
+        source: store.config().source.clone(),
+        paths: match &opts.image {
+            Some(i) => vec![i.display().to_string()],
+            None => opts.paths.iter().map(|p| p.display().to_string()).collect(),
+        },
+        ..Default::default()
+    };
+    if let Some(pre) = &opts.hooks.pre {
+        hook::run("pre", pre, opts.hooks.timeout, &env)
+            .map_err(|e| BackupError::Hook(format!("{e}; nothing was backed up")))?;
+    }
+    let r = run_body(store, opts, progress);
+    let Some(post) = &opts.hooks.post else { return r };
+    let env = match &r {
+        Ok(s) => hook::HookEnv {
+            result: Some(if s.warnings.is_empty() { "success" } else { "warnings" }),
+            snapshot: Some(s.snapshot.to_hex()),
+            ..env
+        },
+        Err(e) => hook::HookEnv { result: Some("failed"), error: Some(e.to_string()), ..env },
+    };
+    match (hook::run("post", post, opts.hooks.timeout, &env), r) {
+        (Ok(()), r) => r,
+        (Err(e), Ok(mut s)) => {
+            tracing::warn!(error = %e, "post hook failed; the snapshot is saved");
+            s.warnings.push(Warning { path: "(post hook)".into(), message: e });
+            Ok(s)
+        }
+        (Err(e), Err(b)) => {
+            tracing::error!(error = %e, "post hook failed too");
+            Err(b)
+        }
+    }
+}
+
+fn run_body(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<BackupSummary> {
     let started = Instant::now();
     let start_ns = now_ns();
     // garbage collection waits for this session before sweeping anything

@@ -31,6 +31,8 @@ pub struct BackupOptions {
     pub exclude_if_present: Vec<String>,
     /// Skip directories holding a valid CACHEDIR.TAG.
     pub exclude_caches: bool,
+    /// Commands run before and after.
+    pub hooks: super::hook::Hooks,
     /// Do not descend into other file systems.
     pub one_file_system: bool,
     /// Parent for the fast path.
@@ -141,6 +143,9 @@ pub enum BackupError {
     /// Invalid options.
     #[error("{0}")]
     Options(String),
+    /// The pre hook failed (or timed out): nothing was backed up.
+    #[error("{0}")]
+    Hook(String),
     /// A pipeline thread panicked (a bug).
     #[error("internal error: {0}")]
     Internal(String),

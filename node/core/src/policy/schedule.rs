@@ -30,6 +30,12 @@ pub struct ScheduleConfig {
     /// reports the achieved RPO against it).
     #[serde(default)]
     pub rpo_secs: Option<u64>,
+    /// Shell command run before each of its backups (instead of `[hooks] pre`).
+    #[serde(default)]
+    pub pre: Option<String>,
+    /// Shell command run after each (instead of `[hooks] post`).
+    #[serde(default)]
+    pub post: Option<String>,
 }
 
 /// A compiled schedule (compiled when the configuration is read).
@@ -171,6 +177,8 @@ impl FromStr for Schedule {
             jitter_secs: 0,
             paths: vec![],
             rpo_secs: None,
+            pre: None,
+            post: None,
         })
     }
 }
@@ -192,6 +200,8 @@ mod tests {
             jitter_secs: jitter,
             paths: vec![],
             rpo_secs: None,
+            pre: None,
+            post: None,
         })
         .unwrap()
     }
@@ -249,6 +259,8 @@ mod tests {
             jitter_secs: 0,
             paths: vec![],
             rpo_secs: None,
+            pre: None,
+            post: None,
         })
         .unwrap_err();
         assert!(e.contains("\"x\"") && e.contains("cron"), "{e}");
@@ -260,6 +272,8 @@ mod tests {
             jitter_secs: 0,
             paths: vec![],
             rpo_secs: None,
+            pre: None,
+            post: None,
         })
         .unwrap_err();
         assert!(e.contains("timezone"), "{e}");
@@ -271,7 +285,9 @@ mod tests {
                 interval_secs: None,
                 jitter_secs: 0,
                 paths: vec![],
-                rpo_secs: None
+                rpo_secs: None,
+                pre: None,
+                post: None
             })
             .is_err()
         );

@@ -114,6 +114,7 @@ pub async fn run_scheduled_backup(rt: &Arc<NodeRuntime>, sched: &Schedule) -> Re
         excludes: cfg.backup.exclude.clone(),
         exclude_if_present: cfg.backup.exclude_if_present.clone(),
         exclude_caches: cfg.backup.exclude_caches,
+        hooks: cfg.hooks.for_backup(sched.cfg.pre.as_ref(), sched.cfg.post.as_ref()),
         one_file_system: cfg.backup.one_file_system,
         parent: ParentChoice::Auto,
         tags: vec![format!("schedule={}", sched.cfg.name)],
