@@ -241,6 +241,16 @@ fn the_snapshot_filters_choose_what_snapshots_diff_and_find_see() {
     assert!(r.stderr.contains("among those the filters chose"), "{}", r.stderr);
     let v = dump(&["dump", "--store", s(&store), "latest", &format!("{}/etc/app.conf", s(&src)), "--tag", "daily"]);
     assert_eq!(v, b"v2");
+    // ls and restore resolve "latest" among the chosen snapshots too
+    let conf = format!("{}/etc", s(&src));
+    let l = omesh(["ls", "--store", s(&store), "latest", &conf, "--host", "h2", "--json"]).ok().json_list();
+    let f = l.as_array().unwrap().iter().find(|e| e["path"].as_str().unwrap().ends_with("/app.conf")).unwrap();
+    assert_eq!(f["size"], 2, "{l}");
+    let target = t.path().join("r");
+    omesh(["restore", "--store", s(&store), "latest", "--target", s(&target), "--tag", "daily", "--host", "h1"]).ok();
+    assert_eq!(fs::read(crate::common::restored(&target, &src).join("etc/app.conf")).unwrap(), b"v1");
+    let r = omesh(["restore", "--store", s(&store), "latest", "--target", s(&target), "--tag", "weekly"]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
 }
 
 #[test]

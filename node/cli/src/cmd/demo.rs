@@ -155,7 +155,8 @@ async fn demo(root: &Path, size_mib: u64) -> Result<ExitCode, CliError> {
     let k = omesh_core::keyfile::KeyFile::load(&key_export).map_err(fail)?;
     k.save(&c4.key_path("node-1")).map_err(fail)?;
     let n4 = NodeRuntime::build(c4, false, false).await.map_err(fail)?;
-    let (id, src) = views::prepare_restore(&n4, "node-1", "latest", &views::From::Auto).await.map_err(fail)?;
+    let (id, src) =
+        views::prepare_restore(&n4, "node-1", "latest", &Default::default(), &views::From::Auto).await.map_err(fail)?;
     let target = root.join("node-4-restore");
     let src = Arc::new(src);
     let s2 = src.clone();

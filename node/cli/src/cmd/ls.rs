@@ -1,10 +1,9 @@
 //! `omesh ls`
 
-use crate::args::StoreArgs;
-use crate::output::{CliError, ExitCode, key_source, print_json_list, time};
+use crate::args::{FilterArgs, StoreArgs};
+use crate::output::{CliError, ExitCode, print_json_list, time};
 use omesh_core::objects::{self, ObjectSource};
 use omesh_core::snapshot::{Node, NodeKind};
-use omesh_core::store::{Access, Store};
 
 #[derive(clap::Args, Debug)]
 pub struct LsArgs {
@@ -17,6 +16,8 @@ pub struct LsArgs {
     /// Mesh mode: whose snapshot (default: this node's).
     #[arg(long, value_name = "NODE", requires = "config")]
     pub source: Option<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Print as JSON (an array of entries).
     #[arg(long)]
     pub json: bool,
@@ -79,32 +80,11 @@ fn node_json(path: &str, n: &Node) -> serde_json::Value {
 }
 
 pub fn run(a: LsArgs) -> Result<ExitCode, CliError> {
-    let out = match a.store.config.clone() {
-        None => {
-            let store = Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?;
-            let id = store.resolve_snapshot(&a.snapshot)?;
-            let rec = store.load_snapshot(&id)?;
-            list(&store, rec.tree, a.path.as_deref())?
-        }
-        Some(path) => {
-            use crate::meshmode as mesh;
-            let cfg = mesh::load(&path)?;
-            let source = a.source.clone().unwrap_or_else(|| cfg.name.clone());
-            let rt = mesh::tokio()?;
-            rt.block_on(mesh::in_process(cfg, false, |nrt| async move {
-                let (id, src) =
-                    omesh_daemon::views::prepare_restore(&nrt, &source, &a.snapshot, &omesh_daemon::views::From::Auto)
-                        .await
-                        .map_err(mesh::node_err)?;
-                let rec =
-                    src.snapshot(&id).map_err(|e| CliError { code: ExitCode::Damage, err: anyhow::anyhow!(e) })?;
-                let p = a.path.clone();
-                tokio::task::spawn_blocking(move || list(&src, rec.tree, p.as_deref()))
-                    .await
-                    .map_err(|e| CliError::failed(e.to_string()))?
-            }))?
-        }
-    };
+    let filter = a.filter.filter();
+    let out = crate::browse::with_snapshots(&a.store, a.source.as_deref(), |src, snaps| {
+        let (_, rec) = crate::browse::pick(&snaps, &a.snapshot, &filter)?;
+        list(src, rec.tree, a.path.as_deref())
+    })?;
     print(out, a.json)
 }
 

@@ -1,6 +1,6 @@
 //! `omesh restore`
 
-use crate::args::StoreArgs;
+use crate::args::{FilterArgs, StoreArgs};
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
 use omesh_core::restore::{self, RestoreError, RestoreOptions, RestoreProgress};
 use omesh_core::store::{Access, Store};
@@ -24,6 +24,8 @@ pub struct RestoreArgs {
     /// or a snapshot path pattern ('/var/lib/app/cache/**') (repeatable).
     #[arg(long, short = 'e', value_name = "GLOB")]
     pub exclude: Vec<String>,
+    #[command(flatten)]
+    pub filter: FilterArgs,
     /// Say what would be restored (files, sizes, paths) without reading data or touching the target.
     #[arg(long)]
     pub dry_run: bool,
@@ -52,7 +54,11 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
     }
     let store = Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?;
     store.keys()?;
-    let id = store.resolve_snapshot(&a.snapshot)?;
+    let id = if a.filter.filter().is_empty() {
+        store.resolve_snapshot(&a.snapshot)?
+    } else {
+        crate::browse::pick(&store.snapshots()?.0, &a.snapshot, &a.filter.filter())?.0
+    };
     let opts = RestoreOptions {
         target: a.target.clone(),
         includes: a.include.clone(),
@@ -72,9 +78,9 @@ fn dry_run(a: RestoreArgs) -> Result<ExitCode, CliError> {
         excludes: a.exclude.clone(),
         threads: a.threads,
     };
-    let no_filter = omesh_core::snapshot::select::Filter::default();
+    let filter = a.filter.filter();
     let res = crate::browse::with_snapshots(&a.store, a.source.as_deref(), |src, list| {
-        let (id, _) = crate::browse::pick(&list, &a.snapshot, &no_filter)?;
+        let (id, _) = crate::browse::pick(&list, &a.snapshot, &filter)?;
         Ok(restore::dry_run(src, &id, &opts))
     })?;
     let d = match res {
@@ -152,7 +158,8 @@ fn run_mesh(a: RestoreArgs, path: &std::path::Path) -> Result<ExitCode, CliError
     };
     let sock = cfg.control_socket();
     let (res, usage) = rt.block_on(mesh::in_process(cfg, false, |nrt| async move {
-        let (id, src) = prepare_restore(&nrt, &source, &a.snapshot, &from).await.map_err(mesh::node_err)?;
+        let filter = a.filter.filter();
+        let (id, src) = prepare_restore(&nrt, &source, &a.snapshot, &filter, &from).await.map_err(mesh::node_err)?;
         let progress = Arc::new(RestoreProgress::default());
         let src = Arc::new(src);
         let s2 = src.clone();

@@ -8,6 +8,7 @@ use crate::replica::HolderKind;
 use crate::runtime::NodeRuntime;
 use crate::source::{MeshSource, Replica, open_snapshot};
 use omesh_core::snapshot::SnapshotRecord;
+use omesh_core::snapshot::select::{self, Filter, SelectError};
 use omesh_proto::ObjectId;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,9 +33,19 @@ pub async fn prepare_restore(
     rt: &Arc<NodeRuntime>,
     source: &str,
     spec: &str,
+    filter: &Filter,
     from: &From,
 ) -> Result<(ObjectId, MeshSource), NodeError> {
-    let (ids, src) = prepare_source(rt, source, from, |records| resolve(records, spec).map(|id| vec![id])).await?;
+    let (ids, src) = prepare_source(rt, source, from, |records| {
+        let chosen = filter.apply(records.iter().map(|(i, r)| (*i, r.clone())).collect());
+        select::resolve(&chosen, spec, !filter.is_empty()).map(|id| vec![id]).map_err(|e| match e {
+            SelectError::NoMatch { spec, filtered } => {
+                NodeError::NoMatch(if filtered.is_empty() { spec } else { format!("{spec} (with the filters given)") })
+            }
+            SelectError::Ambiguous { spec, candidates } => NodeError::Ambiguous(spec, candidates),
+        })
+    })
+    .await?;
     Ok((ids[0], src))
 }
 
@@ -134,22 +145,4 @@ async fn prepare_source(
     let mut src = MeshSource::new(tokio::runtime::Handle::current(), source, keys, chunker, local, replicas, records);
     src.request_timeout = Duration::from_secs(rt.cfg.transport.request_timeout_secs.max(1));
     Ok((ids, src))
-}
-
-/// The snapshot `spec` names among `records` (not empty).
-fn resolve(records: &HashMap<ObjectId, SnapshotRecord>, spec: &str) -> Result<ObjectId, NodeError> {
-    if spec == "latest" {
-        return Ok(*records.iter().max_by_key(|(id, r)| (r.start_ns, **id)).expect("non-empty").0);
-    }
-    let s = spec.to_ascii_lowercase();
-    let m: Vec<&ObjectId> = records.keys().filter(|id| id.to_hex().starts_with(&s)).collect();
-    match m.len() {
-        0 => Err(NodeError::NoMatch(spec.to_string())),
-        1 => Ok(*m[0]),
-        _ => {
-            let mut c: Vec<String> = m.iter().map(|id| id.short()).collect();
-            c.sort();
-            Err(NodeError::Ambiguous(spec.to_string(), c.join(", ")))
-        }
-    }
 }
