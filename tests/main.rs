@@ -23,6 +23,7 @@ mod mesh_operator;
 mod mesh_reliability;
 mod mesh_replication;
 mod mesh_security;
+mod mount;
 mod notify;
 mod package;
 mod residency;

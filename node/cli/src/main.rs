@@ -9,6 +9,7 @@ mod args;
 mod browse;
 mod cmd;
 mod demo_compare;
+mod fusefs;
 mod meshmode;
 mod output;
 
@@ -74,6 +75,15 @@ pub enum Command {
         Examples:\n  omesh find --store /srv/omesh 'pg_hba.conf'\n  \
         omesh find --config /etc/omesh/omesh.toml '/var/lib/app/*.db' --tag daily --newest 2026-11-30")]
     Find(cmd::find::FindArgs),
+    /// Browse snapshots as a read-only file system (FUSE).
+    #[command(long_about = "Mount a snapshot (or --all of them) read-only with FUSE: real modes, owners, \
+        times, extended attributes, symlinks, hard links and sparse holes; every read fetches and verifies \
+        only the chunks it covers (from this node's store or, with --config, from the nearest holders), \
+        keeping up to --cache-mib of them. Runs in the foreground; Ctrl-C, SIGTERM or `fusermount3 -u DIR` \
+        unmounts cleanly.\n\n\
+        Examples:\n  omesh mount --store /srv/omesh latest /mnt/snap\n  \
+        omesh mount --config /etc/omesh/omesh.toml --all /mnt/omesh")]
+    Mount(cmd::mount::MountArgs),
     /// Write one file of a snapshot to stdout, or a directory as a tar stream.
     #[command(long_about = "Write one file of a snapshot to stdout (or -o FILE), or a directory (or /) as a \
         tar stream with owners, modes, times, extended attributes (PAX SCHILY.xattr) and hard links. Every \
@@ -208,6 +218,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Diff(a) => cmd::diff::run(a),
         Command::Find(a) => cmd::find::run(a),
         Command::Dump(a) => cmd::dump::run(a),
+        Command::Mount(a) => cmd::mount::run(a),
         Command::Stats(a) => cmd::stats::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Key(c) => cmd::key::run(c),

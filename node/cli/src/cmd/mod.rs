@@ -11,6 +11,7 @@ pub mod init;
 pub mod key;
 pub mod lifecycle;
 pub mod ls;
+pub mod mount;
 pub mod node;
 pub mod repair;
 pub mod residency;
