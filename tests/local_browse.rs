@@ -4,7 +4,6 @@
 
 use crate::common::mesh::Site;
 use crate::common::{backup, init_small, omesh, packs, restored, s, tree};
-use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
@@ -29,28 +28,6 @@ fn untar(bytes: &[u8], into: &Path) {
     use std::io::Write;
     c.stdin.take().unwrap().write_all(bytes).unwrap();
     assert!(c.wait().unwrap().success(), "tar -x failed");
-}
-
-/// What a tar stream must reproduce: everything `tree::attrs` sees, with
-/// file content compared as bytes (tar writes holes as zeros).
-fn same_through_tar(a: &Path, b: &Path) {
-    let norm = |root: &Path| -> BTreeMap<String, tree::Attrs> {
-        let mut m = tree::attrs(root);
-        for (rel, md) in tree::walk(root) {
-            if md.is_file() {
-                use std::os::unix::ffi::OsStrExt;
-                let v = m.get_mut(&*String::from_utf8_lossy(rel.as_os_str().as_bytes())).unwrap();
-                v.content = Some(blake3::hash(&fs::read(root.join(&rel)).unwrap()).to_hex().to_string());
-                v.sparse = false;
-            }
-        }
-        m
-    };
-    let (x, y) = (norm(a), norm(b));
-    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
-    for (k, v) in &x {
-        assert_eq!(Some(v), y.get(k), "{k} differs after dump | tar -x");
-    }
 }
 
 /// The (change, path below src, reasons) of a diff's JSON.
@@ -175,11 +152,11 @@ fn diff_find_and_dump_answer_for_a_tree_with_known_edits() {
     assert_eq!(bytes, fs::read(src.join("size-300000")).unwrap());
     let out = t.path().join("after");
     untar(&dump(&["dump", "--store", s(&store), "latest", s(&src)]), &out);
-    same_through_tar(&src, &out.join(src.strip_prefix("/").unwrap()));
+    tree::assert_same_content(&src, &out.join(src.strip_prefix("/").unwrap()));
     // the first snapshot's tar, taken before the edits, is the tree as it was
     let now = t.path().join("first-again");
     untar(&dump(&["dump", "--store", s(&store), &first, s(&src)]), &now);
-    same_through_tar(&before.join(src.strip_prefix("/").unwrap()), &now.join(src.strip_prefix("/").unwrap()));
+    tree::assert_same_content(&before.join(src.strip_prefix("/").unwrap()), &now.join(src.strip_prefix("/").unwrap()));
     // hardlinks come back as one inode
     use std::os::unix::fs::MetadataExt;
     let o = out.join(src.strip_prefix("/").unwrap());
@@ -300,7 +277,7 @@ fn in_mesh_mode_a_new_node_diffs_finds_and_dumps_from_the_holders_while_one_is_k
     assert!(st["stored_bytes"].is_null(), "{st}");
     let out = t.path().join("untarred");
     untar(&o.stdout, &out);
-    same_through_tar(&src, &out.join(src.strip_prefix("/").unwrap()));
+    tree::assert_same_content(&src, &out.join(src.strip_prefix("/").unwrap()));
 }
 
 #[test]

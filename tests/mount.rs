@@ -5,7 +5,6 @@
 
 use crate::common::mesh::Site;
 use crate::common::{backup, init_small, s, tree};
-use std::collections::BTreeMap;
 use std::fs;
 use std::io::BufRead;
 use std::os::unix::fs::FileExt;
@@ -59,29 +58,6 @@ impl Drop for Mount {
     }
 }
 
-/// `tree::attrs` with file content compared as bytes (a FUSE file system
-/// reports no holes) and atimes ignored (reads change none, but the kernel
-/// shows what it caches).
-fn same_through_mount(a: &Path, b: &Path) {
-    let norm = |root: &Path| -> BTreeMap<String, tree::Attrs> {
-        let mut m = tree::attrs(root);
-        for (rel, md) in tree::walk(root) {
-            if md.is_file() {
-                use std::os::unix::ffi::OsStrExt;
-                let v = m.get_mut(&*String::from_utf8_lossy(rel.as_os_str().as_bytes())).unwrap();
-                v.content = Some(blake3::hash(&fs::read(root.join(&rel)).unwrap()).to_hex().to_string());
-                v.sparse = false;
-            }
-        }
-        m
-    };
-    let (x, y) = (norm(a), norm(b));
-    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>());
-    for (k, v) in &x {
-        assert_eq!(Some(v), y.get(k), "{k} differs through the mount");
-    }
-}
-
 #[test]
 fn a_mounted_snapshot_is_the_tree_it_was_reads_a_sparse_gigabyte_anywhere_and_unmounts_on_sigterm() {
     let t = tempfile::tempdir().unwrap();
@@ -102,7 +78,7 @@ fn a_mounted_snapshot_is_the_tree_it_was_reads_a_sparse_gigabyte_anywhere_and_un
     let mut c = crate::common::cmd();
     c.args(["mount", "--store", s(&store), "latest", s(&mnt), "--cache-mib", "8"]);
     let mut m = Mount::start(c, &mnt);
-    same_through_mount(&src, &mnt.join(src.strip_prefix("/").unwrap()));
+    tree::assert_same_content(&src, &mnt.join(src.strip_prefix("/").unwrap()));
     // random-access reads of the sparse file: data and holes where they were
     let (orig, through) = (
         fs::File::open(big.join("sparse-1GiB")).unwrap(),
@@ -160,7 +136,7 @@ fn a_mount_of_every_snapshot_on_a_new_node_keeps_serving_when_one_holder_is_kill
     for i in 1..8 {
         assert_eq!(fs::read(inside.join(format!("bulk-{i}"))).unwrap(), tree::data(300_000, 40 + i), "bulk-{i}");
     }
-    same_through_mount(&src, &inside);
+    tree::assert_same_content(&src, &inside);
     let names: Vec<String> =
         fs::read_dir(&mnt).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
     assert_eq!(names.len(), 2, "one snapshot and latest: {names:?}");

@@ -283,3 +283,24 @@ pub fn assert_same(a: &Path, b: &Path) {
         assert_eq!(va, vb, "entry {k} differs");
     }
 }
+
+/// [`assert_same`] for a copy that keeps no holes (a tar extraction, a
+/// FUSE mount): file content compared as bytes, sparseness not compared.
+pub fn assert_same_content(a: &Path, b: &Path) {
+    let norm = |root: &Path| -> BTreeMap<String, Attrs> {
+        let mut m = attrs(root);
+        for (rel, md) in walk(root) {
+            if md.is_file() {
+                let v = m.get_mut(&*String::from_utf8_lossy(rel.as_os_str().as_bytes())).unwrap();
+                v.content = Some(blake3::hash(&fs::read(root.join(&rel)).unwrap()).to_hex().to_string());
+                v.sparse = false;
+            }
+        }
+        m
+    };
+    let (x, y) = (norm(a), norm(b));
+    assert_eq!(x.keys().collect::<Vec<_>>(), y.keys().collect::<Vec<_>>(), "{} and {}", a.display(), b.display());
+    for (k, v) in &x {
+        assert_eq!(Some(v), y.get(k), "{k} differs in {}", b.display());
+    }
+}

@@ -62,17 +62,14 @@ fn permissions(mode: u32) -> String {
 }
 
 fn node_json(path: &str, n: &Node) -> serde_json::Value {
-    let (kind, size, target) = match &n.kind {
-        NodeKind::File { size, .. } => ("file", *size, None),
-        NodeKind::Dir { .. } => ("dir", 0, None),
-        NodeKind::Symlink { target } => ("symlink", 0, Some(String::from_utf8_lossy(target).into_owned())),
-        NodeKind::Fifo => ("fifo", 0, None),
-        NodeKind::CharDev { .. } => ("chardev", 0, None),
-        NodeKind::BlockDev { .. } => ("blockdev", 0, None),
-        NodeKind::Socket => ("socket", 0, None),
+    let size = if let NodeKind::File { size, .. } = n.kind { size } else { 0 };
+    let target = if let NodeKind::Symlink { target } = &n.kind {
+        Some(String::from_utf8_lossy(target).into_owned())
+    } else {
+        None
     };
     serde_json::json!({
-        "path": path, "type": kind, "size": size, "mode": format!("{:o}", n.mode),
+        "path": path, "type": omesh_core::browse::type_name(n), "size": size, "mode": format!("{:o}", n.mode),
         "uid": n.uid, "gid": n.gid, "user": n.user, "group": n.group,
         "mtime": omesh_core::time::rfc3339_ns(n.mtime_ns),
         "link_target": target, "xattrs": n.xattrs.len(), "warning": n.warning,
