@@ -65,7 +65,6 @@ pub(super) struct FileJob {
     pub(super) fresh: bool,
     pub(super) in_place: bool,
     pub(super) old: Option<OldFile>,
-    pub(super) remaining: AtomicUsize,
     pub(super) error: Mutex<Option<String>>,
 }
 

@@ -11,7 +11,7 @@ use omesh_proto::ObjectKind;
 use std::ffi::OsString;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 pub(super) fn worker(ctx: &Ctx<'_>, tasks: Receiver<FileTask>, segs: Receiver<Segment>) {
@@ -193,7 +193,6 @@ pub(super) fn start_job(
         fresh,
         in_place,
         old,
-        remaining: AtomicUsize::new(segments.len()),
         error: Mutex::new(None),
     });
     let mut iter = segments.into_iter();
@@ -205,10 +204,10 @@ pub(super) fn start_job(
 }
 
 pub(super) fn run_segment(ctx: &Ctx<'_>, seg: Segment) {
-    let job = &seg.job;
+    let Segment { job, extents } = seg;
     if job.error.lock().expect("job lock").is_none() {
-        for (off, e) in &seg.extents {
-            if let Err(m) = write_extent(ctx, job, *off, e) {
+        for (off, e) in &extents {
+            if let Err(m) = write_extent(ctx, &job, *off, e) {
                 let mut g = job.error.lock().expect("job lock");
                 if g.is_none() {
                     *g = Some(m);
@@ -217,8 +216,12 @@ pub(super) fn run_segment(ctx: &Ctx<'_>, seg: Segment) {
             }
         }
     }
-    if job.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-        finish_job(ctx, seg.job);
+    // the segment that lets go of the job last finishes the file: exactly
+    // one caller of `into_inner` gets it, however the others race (a
+    // counter decremented before the reference is dropped let the last one
+    // find another segment still holding it)
+    if let Some(job) = Arc::into_inner(job) {
+        finish_job(ctx, job);
     }
 }
 
@@ -279,11 +282,7 @@ pub(super) fn write_extent(ctx: &Ctx<'_>, job: &FileJob, off: u64, e: &Extent) -
     }
 }
 
-pub(super) fn finish_job(ctx: &Ctx<'_>, job: Arc<FileJob>) {
-    let job = match Arc::try_unwrap(job) {
-        Ok(j) => j,
-        Err(_) => unreachable!("last segment holds the only reference"),
-    };
+pub(super) fn finish_job(ctx: &Ctx<'_>, job: FileJob) {
     let FileJob { task, out, tmp, fresh, in_place, error, .. } = job;
     let err = error.into_inner().expect("job lock");
     if let Some(m) = err {
