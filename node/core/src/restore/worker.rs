@@ -186,15 +186,7 @@ pub(super) fn start_job(
     } else {
         vec![extents]
     };
-    let job = Arc::new(FileJob {
-        task,
-        out,
-        tmp,
-        fresh,
-        in_place,
-        old,
-        error: Mutex::new(None),
-    });
+    let job = Arc::new(FileJob { task, out, tmp, fresh, in_place, old, error: Mutex::new(None) });
     let mut iter = segments.into_iter();
     let first = iter.next().unwrap_or_default();
     for s in iter {
