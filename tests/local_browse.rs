@@ -2,7 +2,6 @@
 //! and in mesh mode (a brand-new node reading from the holders, one of them
 //! killed), and the snapshot filters they share.
 
-use crate::common::mesh::Site;
 use crate::common::{backup, init_small, omesh, packs, restored, s, tree};
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
@@ -233,14 +232,7 @@ fn the_snapshot_filters_choose_what_snapshots_diff_and_find_see() {
 #[test]
 fn in_mesh_mode_a_new_node_diffs_finds_and_dumps_from_the_holders_while_one_is_killed() {
     let t = tempfile::tempdir().unwrap();
-    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1"), ("srv-c", "r2"), ("srv-e", "r3")]);
-    for (n, peers) in [("srv-a", ["srv-b", "srv-c"]), ("srv-b", ["srv-a", "srv-c"]), ("srv-c", ["srv-a", "srv-b"])] {
-        site.write_config(n, &peers.map(String::from), 2, "");
-    }
-    site.write_config("srv-e", &["srv-b".into(), "srv-c".into()], 2, "");
-    let mut b = site.start("srv-b");
-    let _c = site.start("srv-c");
-    let a = site.start("srv-a");
+    let (site, a, mut b, _c) = crate::common::mesh::source_two_holders_and_a_new_node(t.path());
     let src = t.path().join("src");
     tree::make_full(&src, false);
     // a cache directory the daemon's backups skip when asked

@@ -3,7 +3,6 @@
 //! reads right at random offsets, SIGTERM unmounts cleanly, and in mesh mode
 //! a mount on a new node keeps serving while one holder is SIGKILLed.
 
-use crate::common::mesh::Site;
 use crate::common::{backup, init_small, s, tree};
 use std::fs;
 use std::io::BufRead;
@@ -105,14 +104,7 @@ fn a_mounted_snapshot_is_the_tree_it_was_reads_a_sparse_gigabyte_anywhere_and_un
 #[test]
 fn a_mount_of_every_snapshot_on_a_new_node_keeps_serving_when_one_holder_is_killed() {
     let t = tempfile::tempdir().unwrap();
-    let site = Site::new(t.path(), &[("srv-a", "r0"), ("srv-b", "r1"), ("srv-c", "r2"), ("srv-e", "r3")]);
-    for (n, peers) in [("srv-a", ["srv-b", "srv-c"]), ("srv-b", ["srv-a", "srv-c"]), ("srv-c", ["srv-a", "srv-b"])] {
-        site.write_config(n, &peers.map(String::from), 2, "");
-    }
-    site.write_config("srv-e", &["srv-b".into(), "srv-c".into()], 2, "");
-    let mut b = site.start("srv-b");
-    let _c = site.start("srv-c");
-    let a = site.start("srv-a");
+    let (site, a, mut b, _c) = crate::common::mesh::source_two_holders_and_a_new_node(t.path());
     let src = t.path().join("src");
     tree::make_full(&src, false);
     for i in 0..8 {

@@ -229,3 +229,18 @@ pub fn stored_snapshots(node: &NodeSpec, source: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A source srv-a whose snapshots go to two holders (srv-b, srv-c, factor
+/// 2), and a brand-new srv-e configured with those holders only. Daemons
+/// started: (a, b, c); srv-e runs none.
+pub fn source_two_holders_and_a_new_node(root: &Path) -> (Site, Daemon, Daemon, Daemon) {
+    let site = Site::new(root, &[("srv-a", "r0"), ("srv-b", "r1"), ("srv-c", "r2"), ("srv-e", "r3")]);
+    for (n, peers) in [("srv-a", ["srv-b", "srv-c"]), ("srv-b", ["srv-a", "srv-c"]), ("srv-c", ["srv-a", "srv-b"])] {
+        site.write_config(n, &peers.map(String::from), 2, "");
+    }
+    site.write_config("srv-e", &["srv-b".into(), "srv-c".into()], 2, "");
+    let b = site.start("srv-b");
+    let c = site.start("srv-c");
+    let a = site.start("srv-a");
+    (site, a, b, c)
+}

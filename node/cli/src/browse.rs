@@ -57,3 +57,20 @@ pub fn pick(
     let rec = chosen.into_iter().find(|(i, _)| *i == id).expect("resolved among them").1;
     Ok((id, rec))
 }
+
+/// The snapshots `specs` name (default: every one `filter` chooses),
+/// oldest first, each once.
+pub fn choose(
+    list: Snapshots,
+    specs: &[String],
+    filter: &omesh_core::snapshot::select::Filter,
+) -> Result<Snapshots, CliError> {
+    let mut chosen = if specs.is_empty() {
+        filter.apply(list)
+    } else {
+        specs.iter().map(|s| pick(&list, s, filter)).collect::<Result<Vec<_>, _>>()?
+    };
+    chosen.sort_by_key(|(id, r)| (r.start_ns, *id));
+    chosen.dedup_by_key(|(id, _)| *id);
+    Ok(chosen)
+}

@@ -170,14 +170,22 @@ pub fn run_subset(
     // packs: existence always, content with read_data
     let on_disk: HashSet<[u8; 32]> = store.pack_files()?.into_iter().collect();
     if let Some(subset) = data {
-        let seqs: HashMap<[u8; 32], u64> = store.index_packs()?.into_iter().map(|(seq, h, _)| (h, seq)).collect();
+        let indexed = store.index_packs()?;
+        let seqs: HashMap<[u8; 32], u64> = indexed.iter().map(|(seq, h, _)| (*h, *seq)).collect();
         let per_pack = store.objects_per_pack()?;
         let chosen: Vec<[u8; 32]> = match subset {
             None => on_disk.iter().copied().collect(),
             Some(s) => {
+                // sizes from the index; a pack it does not know is looked at
+                let sizes: HashMap<[u8; 32], u64> = indexed.iter().map(|(_, h, size)| (*h, *size)).collect();
                 let sized: Vec<([u8; 32], u64)> = on_disk
                     .iter()
-                    .map(|h| (*h, std::fs::metadata(pack::pack_path(store.dir(), h)).map(|m| m.len()).unwrap_or(0)))
+                    .map(|h| {
+                        let size = sizes.get(h).copied().unwrap_or_else(|| {
+                            std::fs::metadata(pack::pack_path(store.dir(), h)).map(|m| m.len()).unwrap_or(0)
+                        });
+                        (*h, size)
+                    })
                     .collect();
                 s.choose(&sized)
             }

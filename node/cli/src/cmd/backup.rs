@@ -275,14 +275,9 @@ fn run_mesh(
     let mut rep = match (&hooks.post, res) {
         (None, r) => r?,
         (Some(post), r) => {
-            let env = match &r {
-                Ok(rep) => hook::HookEnv {
-                    result: Some(if rep.backup.warnings.is_empty() { "success" } else { "warnings" }),
-                    snapshot: Some(rep.backup.snapshot.to_hex()),
-                    ..env
-                },
-                Err(e) => hook::HookEnv { result: Some("failed"), error: Some(e.message()), ..env },
-            };
+            let env = env.after(
+                r.as_ref().map(|rep| (&rep.backup.snapshot, !rep.backup.warnings.is_empty())).map_err(|e| e.message()),
+            );
             let ran = hook::run("post", post, hooks.timeout, &env);
             let mut rep = r?;
             if let Err(e) = ran {

@@ -1,7 +1,7 @@
 //! `omesh find`
 
 use crate::args::{FilterArgs, StoreArgs};
-use crate::browse::{pick, with_snapshots};
+use crate::browse::{choose, with_snapshots};
 use crate::output::{CliError, ExitCode, print_json_list, time};
 use omesh_core::browse;
 use omesh_core::snapshot::NodeKind;
@@ -41,6 +41,8 @@ struct Match {
     snapshot: String,
     short_id: String,
     snapshot_time: String,
+    #[serde(skip)]
+    snapshot_ns: i64,
     path: String,
     r#type: &'static str,
     size: Option<u64>,
@@ -76,11 +78,7 @@ pub fn run(a: FindArgs) -> Result<ExitCode, CliError> {
     let set = set.build().map_err(|e| CliError::usage(e.to_string()))?;
     let filter = a.filter.filter();
     let matches = with_snapshots(&a.store, a.source.as_deref(), |src, list| {
-        let chosen = if a.snapshots.is_empty() {
-            filter.apply(list)
-        } else {
-            a.snapshots.iter().map(|s| pick(&list, s, &filter)).collect::<Result<Vec<_>, _>>()?
-        };
+        let chosen = choose(list, &a.snapshots, &filter)?;
         let mut out = Vec::new();
         for (id, rec) in &chosen {
             browse::walk(src, &rec.tree, "", &mut |path, n| {
@@ -93,6 +91,7 @@ pub fn run(a: FindArgs) -> Result<ExitCode, CliError> {
                         snapshot: id.to_hex(),
                         short_id: id.short(),
                         snapshot_time: omesh_core::time::rfc3339_ns(rec.start_ns),
+                        snapshot_ns: rec.start_ns,
                         path: path.to_string(),
                         r#type: browse::type_name(n),
                         size: if let NodeKind::File { size, .. } = n.kind { Some(size) } else { None },
@@ -111,11 +110,7 @@ pub fn run(a: FindArgs) -> Result<ExitCode, CliError> {
         let mut last = String::new();
         for m in &matches {
             if m.snapshot != last {
-                println!(
-                    "snapshot {} of {}:",
-                    m.short_id,
-                    time(omesh_core::time::parse_rfc3339(&m.snapshot_time).map(omesh_core::time::ns).unwrap_or(0))
-                );
+                println!("snapshot {} of {}:", m.short_id, time(m.snapshot_ns));
                 last = m.snapshot.clone();
             }
             let size = m.size.map(|s| format!("{s:>12}")).unwrap_or_else(|| format!("{:>12}", m.r#type));

@@ -54,7 +54,7 @@ pub fn run(a: MountArgs) -> Result<ExitCode, CliError> {
     set.thread_block().map_err(|e| CliError::failed(format!("blocking signals: {e}")))?;
     let filter = a.filter.filter();
     let cache = a.cache_mib.max(1) << 20;
-    let serve =
+    let mount_these =
         |src: Arc<dyn ObjectSource + Send + Sync>, list: crate::browse::Snapshots| -> Result<ExitCode, CliError> {
             let fs = match &spec {
                 Some(s) => {
@@ -75,7 +75,7 @@ pub fn run(a: MountArgs) -> Result<ExitCode, CliError> {
         None => {
             let st = Store::open(a.store.dir(), Access::Read, key_source(&a.store.key_file))?;
             let (list, _) = st.snapshots()?;
-            serve(Arc::new(st), list)
+            mount_these(Arc::new(st), list)
         }
         Some(path) => {
             let cfg = mesh::load(path)?;
@@ -85,7 +85,7 @@ pub fn run(a: MountArgs) -> Result<ExitCode, CliError> {
                 let (list, src) = omesh_daemon::views::prepare_browse(&nrt, &source, &omesh_daemon::views::From::Auto)
                     .await
                     .map_err(mesh::node_err)?;
-                tokio::task::block_in_place(|| serve(Arc::new(src), list))
+                tokio::task::block_in_place(|| mount_these(Arc::new(src), list))
             }))
         }
     }

@@ -80,10 +80,7 @@ fn run_mesh(a: &SnapshotsArgs, path: &std::path::Path) -> Result<ExitCode, CliEr
         v.info.time.as_deref().and_then(omesh_core::time::parse_rfc3339).map(omesh_core::time::ns)
     };
     list.sort_by_key(|v| (at(v), v.info.id.clone()));
-    if let Some(n) = filter.latest {
-        let skip = list.len().saturating_sub(n);
-        list.drain(..skip);
-    }
+    filter.keep_latest(&mut list);
     let v = serde_json::to_value(&list).expect("views serialize");
     if a.json {
         print_json_list("snapshots", "snapshots", &list)?;

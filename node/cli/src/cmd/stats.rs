@@ -1,7 +1,7 @@
 //! `omesh stats`
 
 use crate::args::{FilterArgs, StoreArgs};
-use crate::browse::{pick, with_snapshots};
+use crate::browse::{choose, with_snapshots};
 use crate::output::{CliError, ExitCode, bytes, print_json, table};
 use omesh_core::browse;
 
@@ -25,13 +25,7 @@ pub struct StatsArgs {
 pub fn run(a: StatsArgs) -> Result<ExitCode, CliError> {
     let filter = a.filter.filter();
     let st = with_snapshots(&a.store, a.source.as_deref(), |src, list| {
-        let mut chosen = if a.snapshots.is_empty() {
-            filter.apply(list)
-        } else {
-            a.snapshots.iter().map(|s| pick(&list, s, &filter)).collect::<Result<Vec<_>, _>>()?
-        };
-        chosen.sort_by_key(|(id, r)| (r.start_ns, *id));
-        chosen.dedup_by_key(|(id, _)| *id);
+        let chosen = choose(list, &a.snapshots, &filter)?;
         Ok(browse::stats(src, &chosen)?)
     })?;
     if a.json {

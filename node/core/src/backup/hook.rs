@@ -47,6 +47,21 @@ pub struct HookEnv {
     pub error: Option<String>,
 }
 
+impl HookEnv {
+    /// What the post hook is told after a backup that saved `snapshot`
+    /// (with warnings or not), or failed with this message.
+    pub fn after(self, outcome: Result<(&omesh_proto::ObjectId, bool), String>) -> Self {
+        match outcome {
+            Ok((id, warnings)) => HookEnv {
+                result: Some(if warnings { "warnings" } else { "success" }),
+                snapshot: Some(id.to_hex()),
+                ..self
+            },
+            Err(e) => HookEnv { result: Some("failed"), error: Some(e), ..self },
+        }
+    }
+}
+
 fn tail(b: &[u8]) -> String {
     let s = String::from_utf8_lossy(&b[b.len().saturating_sub(OUTPUT_TAIL)..]);
     s.trim().to_string()

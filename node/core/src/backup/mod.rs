@@ -80,14 +80,7 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
     }
     let r = run_body(store, opts, progress);
     let Some(post) = &opts.hooks.post else { return r };
-    let env = match &r {
-        Ok(s) => hook::HookEnv {
-            result: Some(if s.warnings.is_empty() { "success" } else { "warnings" }),
-            snapshot: Some(s.snapshot.to_hex()),
-            ..env
-        },
-        Err(e) => hook::HookEnv { result: Some("failed"), error: Some(e.to_string()), ..env },
-    };
+    let env = env.after(r.as_ref().map(|s| (&s.snapshot, !s.warnings.is_empty())).map_err(|e| e.to_string()));
     match (hook::run("post", post, opts.hooks.timeout, &env), r) {
         (Ok(()), r) => r,
         (Err(e), Ok(mut s)) => {

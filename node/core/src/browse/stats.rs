@@ -63,9 +63,11 @@ pub fn stats(src: &dyn ObjectSource, snaps: &[(ObjectId, SnapshotRecord)]) -> Re
     let mut meta: HashSet<ObjectId> = HashSet::new();
     let mut chunks: HashMap<ObjectId, u32> = HashMap::new();
     let mut holes = 0u64;
+    // bytes of the distinct chunks so far
+    let mut unique = 0u64;
     let mut per = Vec::new();
     for (id, rec) in snaps {
-        let before: u64 = chunks.values().map(|l| *l as u64).sum();
+        let before = unique;
         let mut stack = vec![(rec.tree, 0usize)];
         while let Some((tree, depth)) = stack.pop() {
             if depth > MAX_DEPTH {
@@ -87,7 +89,9 @@ pub fn stats(src: &dyn ObjectSource, snaps: &[(ObjectId, SnapshotRecord)]) -> Re
                         for e in objects::load_extents(src, content, *size)? {
                             match e {
                                 Extent::Data { id, len } => {
-                                    chunks.insert(id, len);
+                                    if chunks.insert(id, len).is_none() {
+                                        unique += len as u64;
+                                    }
                                 }
                                 Extent::Hole { len } => holes += len,
                             }
@@ -97,17 +101,15 @@ pub fn stats(src: &dyn ObjectSource, snaps: &[(ObjectId, SnapshotRecord)]) -> Re
                 }
             }
         }
-        let after: u64 = chunks.values().map(|l| *l as u64).sum();
         per.push(SnapshotStats {
             id: id.to_hex(),
             time: crate::time::rfc3339_ns(rec.start_ns),
             bytes: rec.bytes,
             files: rec.files,
-            new_data_bytes: after - before,
+            new_data_bytes: unique - before,
             bytes_added: rec.bytes_added,
         });
     }
-    let unique: u64 = chunks.values().map(|l| *l as u64).sum();
     let logical: u64 = snaps.iter().map(|(_, r)| r.bytes).sum();
     let sum_stored = |ids: &mut dyn Iterator<Item = &ObjectId>| -> Option<u64> {
         ids.map(|id| src.stored_len(id)).sum::<Option<u64>>()

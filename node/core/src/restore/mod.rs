@@ -49,9 +49,7 @@ pub fn run(
 ) -> Result<RestoreSummary, RestoreError> {
     let started = Instant::now();
     let rec = src.snapshot(id)?;
-    let includes = parse_includes(&opts.includes)?;
-    let excludes = crate::backup::exclude::Excludes::new(&opts.excludes)
-        .map_err(|e| RestoreError::Include(opts.excludes.join(" "), e))?;
+    let (includes, excludes) = selection(opts)?;
     if includes.is_empty() && opts.excludes.is_empty() {
         progress.bytes_total.store(rec.bytes, Ordering::Relaxed);
     }
@@ -75,22 +73,8 @@ pub fn run(
     };
     let root_nodes = objects::load_dir(src, &rec.tree)?;
     let target_display = opts.target.display().to_string();
-    // every include must name something in the snapshot: a mistyped one
-    // would restore nothing and look like success. Checked before anything
-    // is written
     if rec.kind == SnapshotKind::Files {
-        for (raw, inc) in opts.includes.iter().zip(&includes) {
-            if !in_snapshot(src, &root_nodes, inc)? {
-                return Err(RestoreError::Include(
-                    raw.clone(),
-                    format!(
-                        "snapshot {} holds no such path (nothing was restored); list what it holds with `omesh ls {} DIR`",
-                        id.short(),
-                        id.short()
-                    ),
-                ));
-            }
-        }
+        includes_exist(src, id, &root_nodes, opts, &includes)?;
     }
 
     let (task_tx, task_rx) = bounded::<FileTask>(workers * 8);
@@ -185,21 +169,50 @@ pub fn run(
     })
 }
 
+/// Include paths, each as its components.
+type Includes = Vec<Vec<Vec<u8>>>;
+
+/// The includes and excludes of `opts`, parsed and compiled.
+fn selection(opts: &RestoreOptions) -> Result<(Includes, crate::backup::exclude::Excludes), RestoreError> {
+    let includes = parse_includes(&opts.includes)?;
+    let excludes = crate::backup::exclude::Excludes::new(&opts.excludes)
+        .map_err(|e| RestoreError::Include(opts.excludes.join(" "), e))?;
+    Ok((includes, excludes))
+}
+
+/// Every include must name something in the snapshot: a mistyped one would
+/// restore nothing and look like success. Checked before anything is written.
+fn includes_exist(
+    src: &dyn ObjectSource,
+    id: &ObjectId,
+    root_nodes: &[Node],
+    opts: &RestoreOptions,
+    includes: &[Vec<Vec<u8>>],
+) -> Result<(), RestoreError> {
+    for (raw, inc) in opts.includes.iter().zip(includes) {
+        if !in_snapshot(src, root_nodes, inc)? {
+            return Err(RestoreError::Include(
+                raw.clone(),
+                format!(
+                    "snapshot {} holds no such path (nothing was restored); list what it holds with `omesh ls {} DIR`",
+                    id.short(),
+                    id.short()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// What a restore of `id` with `opts` would restore (`restore --dry-run`):
 /// the same selection (includes, excludes) walked without a target; no
 /// data object is read, and nothing is written anywhere.
 pub fn dry_run(src: &dyn ObjectSource, id: &ObjectId, opts: &RestoreOptions) -> Result<DryRun, RestoreError> {
     let rec = src.snapshot(id)?;
-    let includes = parse_includes(&opts.includes)?;
-    let excludes = crate::backup::exclude::Excludes::new(&opts.excludes)
-        .map_err(|e| RestoreError::Include(opts.excludes.join(" "), e))?;
+    let (includes, excludes) = selection(opts)?;
     let root_nodes = objects::load_dir(src, &rec.tree)?;
     if rec.kind == SnapshotKind::Files {
-        for (raw, inc) in opts.includes.iter().zip(&includes) {
-            if !in_snapshot(src, &root_nodes, inc)? {
-                return Err(RestoreError::Include(raw.clone(), format!("snapshot {} holds no such path", id.short())));
-            }
-        }
+        includes_exist(src, id, &root_nodes, opts, &includes)?;
     }
     let mut out = DryRun { snapshot: id.to_hex(), ..Default::default() };
     let mut seen_links: std::collections::HashSet<(u64, u64)> = Default::default();

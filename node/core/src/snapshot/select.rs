@@ -52,11 +52,16 @@ impl Filter {
     pub fn apply(&self, list: Vec<(ObjectId, SnapshotRecord)>) -> Vec<(ObjectId, SnapshotRecord)> {
         let mut out: Vec<_> = list.into_iter().filter(|(_, r)| self.matches(r)).collect();
         out.sort_by_key(|(id, r)| (r.start_ns, *id));
-        if let Some(n) = self.latest {
-            let skip = out.len().saturating_sub(n);
-            out.drain(..skip);
-        }
+        self.keep_latest(&mut out);
         out
+    }
+
+    /// Of `sorted` (oldest first), keep the newest `latest` when that is set.
+    pub fn keep_latest<T>(&self, sorted: &mut Vec<T>) {
+        if let Some(n) = self.latest {
+            let skip = sorted.len().saturating_sub(n);
+            sorted.drain(..skip);
+        }
     }
 }
 
