@@ -29,4 +29,5 @@ mod package;
 mod residency;
 mod s3;
 mod ssm;
+mod stream;
 mod torture;

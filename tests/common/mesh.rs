@@ -139,7 +139,9 @@ impl Site {
                 c
             }
         };
-        c.args(args).arg("--config").arg(n.config());
+        // the config goes before a `--` (after it, words are a command's)
+        let cut = args.iter().position(|a| *a == "--").unwrap_or(args.len());
+        c.args(&args[..cut]).arg("--config").arg(n.config()).args(&args[cut..]);
         for (k, v) in &self.env {
             c.env(k, v);
         }

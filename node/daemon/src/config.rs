@@ -641,6 +641,36 @@ impl NodeConfig {
         }
     }
 
+    /// The options of a backup asked for with these command-line values:
+    /// the config's paths when none are given, its excludes and settings
+    /// joined with the request's, its `[hooks]`.
+    pub fn backup_options(
+        &self,
+        paths: Vec<PathBuf>,
+        (exclude, if_present, caches): (Vec<String>, Vec<String>, bool),
+        one_file_system: bool,
+        image: Option<PathBuf>,
+        tags: Vec<String>,
+        parent: omesh_core::backup::ParentChoice,
+    ) -> omesh_core::backup::BackupOptions {
+        let mut excludes = self.backup.exclude.clone();
+        excludes.extend(exclude);
+        let mut exclude_if_present = self.backup.exclude_if_present.clone();
+        exclude_if_present.extend(if_present);
+        omesh_core::backup::BackupOptions {
+            paths: if paths.is_empty() && image.is_none() { self.backup.paths.clone() } else { paths },
+            image,
+            excludes,
+            exclude_if_present,
+            exclude_caches: caches || self.backup.exclude_caches,
+            hooks: self.hooks.for_backup(None, None),
+            one_file_system: one_file_system || self.backup.one_file_system,
+            parent,
+            tags,
+            ..Default::default()
+        }
+    }
+
     /// Directory of a source's store on this node.
     pub fn source_dir(&self, source: &str) -> PathBuf {
         self.layout().source_dir(source)

@@ -521,22 +521,7 @@ impl NodeRuntime {
                 ParentChoice::Id(id)
             }
         };
-        let mut excludes = cfg.backup.exclude.clone();
-        excludes.extend(exclude);
-        let mut exclude_if_present = cfg.backup.exclude_if_present.clone();
-        exclude_if_present.extend(if_present);
-        Ok(BackupOptions {
-            paths: if paths.is_empty() && image.is_none() { cfg.backup.paths.clone() } else { paths },
-            image,
-            excludes,
-            exclude_if_present,
-            exclude_caches: caches || cfg.backup.exclude_caches,
-            hooks: cfg.hooks.for_backup(None, None),
-            one_file_system: one_file_system || cfg.backup.one_file_system,
-            parent,
-            tags,
-            ..Default::default()
-        })
+        Ok(cfg.backup_options(paths, (exclude, if_present, caches), one_file_system, image, tags, parent))
     }
 
     /// [`NodeRuntime::backup_and_replicate`] for a named schedule (metrics

@@ -3,6 +3,7 @@
 use crate::args::StoreArgs;
 use crate::meshmode as mesh;
 use crate::output::{CliError, ExitCode, bytes, key_source, print_json, with_progress};
+use omesh_core::backup::stream::{CommandStream, PlainStream, StreamInput, StreamSource};
 use omesh_core::backup::{self, BackupError, BackupOptions, BackupSummary, ParentChoice, Progress};
 use omesh_core::store::{Access, Store};
 use omesh_daemon::runtime::MeshBackupReport;
@@ -14,9 +15,22 @@ use std::sync::atomic::Ordering;
 pub struct BackupArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Files or directories to back up.
+    /// Files or directories to back up (with --stdin-from-command: the command and its arguments, after `--`).
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
+    /// Back up standard input as one file (named by --stdin-filename), e.g. `pg_dump db | omesh backup --stdin`.
+    #[arg(long, conflicts_with_all = ["image", "stdin_from_command"])]
+    pub stdin: bool,
+    /// Run the command given after `--` and back up its standard output as one file; if the command
+    /// fails, no snapshot is saved (e.g. `--stdin-from-command -- pg_dump -Fc shop`).
+    #[arg(long, conflicts_with = "image")]
+    pub stdin_from_command: bool,
+    /// The file name of the stream in the snapshot (with --stdin or --stdin-from-command).
+    #[arg(long, value_name = "NAME", default_value = "stdin")]
+    pub stdin_filename: String,
+    /// Read and chunk everything and report what a backup would add; write nothing, run no hooks.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
     /// Skip entries matching GLOB: a name pattern ('*.log') or an absolute path pattern ('/var/cache/**').
     #[arg(long, short = 'e', value_name = "GLOB")]
     pub exclude: Vec<String>,
@@ -80,17 +94,24 @@ pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
                 CliError::usage(format!("--hook-timeout {:?}: give a duration such as 90s or 10m", a.hook_timeout))
             })?,
     };
+    let stream = stream_source(&a)?;
     if let Some(cfg) = a.store.config.clone() {
-        return run_mesh(a, &cfg, hooks);
+        if a.dry_run {
+            return run_mesh_dry(a, &cfg, stream);
+        }
+        return run_mesh(a, &cfg, hooks, stream);
     }
-    let mut store = Store::open(a.store.dir(), Access::Write, key_source(&a.store.key_file))?;
+    let access = if a.dry_run { Access::Read } else { Access::Write };
+    let mut store = Store::open(a.store.dir(), access, key_source(&a.store.key_file))?;
     let parent = match a.parent.as_deref() {
         None => ParentChoice::Auto,
         Some("none") => ParentChoice::None,
         Some(spec) => ParentChoice::Id(store.resolve_snapshot(spec)?),
     };
     let opts = BackupOptions {
-        paths: a.paths.clone(),
+        stdin: stream.map(|s| StreamInput::new(&a.stdin_filename, s)).transpose().map_err(CliError::usage)?,
+        dry_run: a.dry_run,
+        paths: if a.stdin_from_command { Vec::new() } else { a.paths.clone() },
         image: a.image.clone(),
         excludes: a.exclude.clone(),
         exclude_if_present: a.exclude_if_present.clone(),
@@ -103,6 +124,12 @@ pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
         threads: a.threads,
         read_concurrency: a.read_concurrency,
     };
+    local(&a, &mut store, &opts)
+}
+
+/// Run a backup into a store open here (local mode, and a dry run in mesh
+/// mode) and print what it did.
+fn local(a: &BackupArgs, store: &mut Store, opts: &BackupOptions) -> Result<ExitCode, CliError> {
     let progress = Arc::new(Progress::default());
     let p = progress.clone();
     let started = std::time::Instant::now();
@@ -121,7 +148,7 @@ pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
                 crate::output::tail(&p.current(), 40)
             )
         },
-        || backup::run(&store, &opts, progress.clone()),
+        || backup::run(store, opts, progress.clone()),
     );
     let s = match res {
         Ok(s) => s,
@@ -135,7 +162,9 @@ pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
         eprintln!("omesh: warning: {}: {}", w.path, w.message);
     }
     // the index grew by this run's objects: keep its file compact
-    if let Err(e) = store.compact_index() {
+    if !s.dry_run
+        && let Err(e) = store.compact_index()
+    {
         tracing::warn!(error = %e, "index compaction skipped");
     }
     if a.json {
@@ -146,7 +175,52 @@ pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
     Ok(if s.warnings.is_empty() { ExitCode::Ok } else { ExitCode::Warnings })
 }
 
+/// The stream to back up (`--stdin`, `--stdin-from-command`), if any.
+fn stream_source(a: &BackupArgs) -> Result<Option<Box<dyn StreamSource>>, CliError> {
+    use std::io::IsTerminal;
+    if !a.stdin && !a.stdin_from_command {
+        if a.stdin_filename != "stdin" {
+            return Err(CliError::usage("--stdin-filename names the stream of --stdin or --stdin-from-command"));
+        }
+        return Ok(None);
+    }
+    if a.stdin {
+        if !a.paths.is_empty() {
+            return Err(CliError::usage(
+                "--stdin backs up standard input only; give no paths (or use --stdin-from-command -- CMD ARGS)",
+            ));
+        }
+        if std::io::stdin().is_terminal() {
+            return Err(CliError::usage(
+                "--stdin: standard input is a terminal; pipe the data in (e.g. `pg_dump shop | omesh backup --stdin`)",
+            ));
+        }
+        return Ok(Some(Box::new(PlainStream(std::io::stdin()))));
+    }
+    let argv: Vec<std::ffi::OsString> = a.paths.iter().map(|p| p.clone().into_os_string()).collect();
+    if argv.is_empty() {
+        return Err(CliError::usage("--stdin-from-command needs the command after `--` (e.g. -- pg_dump -Fc shop)"));
+    }
+    Ok(Some(Box::new(CommandStream::spawn(&argv).map_err(CliError::usage)?)))
+}
+
 fn print_summary(s: &BackupSummary) {
+    if s.dry_run {
+        println!("dry run: nothing was written and no snapshot was saved");
+        println!(
+            "  {} files, {} dirs, {} total; read {}; a backup would add {} in {} objects",
+            s.files,
+            s.dirs,
+            bytes(s.bytes),
+            bytes(s.bytes_read),
+            bytes(s.bytes_added),
+            s.objects_added
+        );
+        if s.files_unchanged > 0 {
+            println!("  {} files unchanged since the parent snapshot would not be read", s.files_unchanged);
+        }
+        return;
+    }
     println!("snapshot {} saved ({})", s.snapshot.short(), s.snapshot);
     println!(
         "  {} files, {} dirs, {} total; read {}, added {} to the store in {:.1}s",
@@ -165,12 +239,75 @@ fn print_summary(s: &BackupSummary) {
     }
 }
 
+/// A dry run in mesh mode: this node's store, opened here read-only (the
+/// daemon keeps it), with the options the daemon would use.
+fn run_mesh_dry(
+    a: BackupArgs,
+    path: &std::path::Path,
+    stream: Option<Box<dyn StreamSource>>,
+) -> Result<ExitCode, CliError> {
+    let cfg = mesh::load(path)?;
+    let mut store = Store::open(
+        &cfg.source_dir(&cfg.name),
+        Access::Read,
+        omesh_core::store::KeySource::File(cfg.key_path(&cfg.name)),
+    )?;
+    let parent = match a.parent.as_deref() {
+        None => ParentChoice::Auto,
+        Some("none") => ParentChoice::None,
+        Some(spec) => ParentChoice::Id(store.resolve_snapshot(spec)?),
+    };
+    let mut opts = cfg.backup_options(
+        if a.stdin_from_command { Vec::new() } else { a.paths.clone() },
+        (a.exclude.clone(), a.exclude_if_present.clone(), a.exclude_caches),
+        a.one_file_system,
+        a.image.clone(),
+        a.tag.clone(),
+        parent,
+    );
+    opts.dry_run = true;
+    if let Some(s) = stream {
+        opts.paths.clear();
+        opts.stdin = Some(StreamInput::new(&a.stdin_filename, s).map_err(CliError::usage)?);
+    }
+    local(&a, &mut store, &opts)
+}
+
+/// A FIFO beside the control socket through which the CLI sends a stream
+/// to the daemon; removed when dropped.
+struct StreamFifo(PathBuf);
+
+impl StreamFifo {
+    fn make(cfg: &omesh_daemon::config::NodeConfig) -> Result<Self, CliError> {
+        let sock = cfg.control_socket();
+        let dir = sock.parent().unwrap_or(std::path::Path::new("/"));
+        // mknod refuses an existing name, so the name only has to be unique
+        let p = dir.join(format!(".stdin-{}-{}.fifo", std::process::id(), omesh_core::time::now_ns()));
+        rustix::fs::mknodat(rustix::fs::CWD, &p, rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0)
+            .map_err(|e| {
+                CliError::failed(format!(
+                    "cannot make the FIFO {} to send the stream to the daemon: {e}; run as the user that can write \
+                     beside the control socket",
+                    p.display()
+                ))
+            })?;
+        Ok(StreamFifo(p))
+    }
+}
+
+impl Drop for StreamFifo {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn run_mesh(
     a: BackupArgs,
     path: &std::path::Path,
     hooks: omesh_core::backup::hook::Hooks,
+    stream: Option<Box<dyn StreamSource>>,
 ) -> Result<ExitCode, CliError> {
-    use omesh_daemon::services::control::{ControlRequest, ControlResponse, SeenPath};
+    use omesh_daemon::services::control::{ControlRequest, ControlResponse, SeenPath, StreamRequest};
     let cfg = mesh::load(path)?;
     if a.host.is_some() || a.threads.is_some() || a.read_concurrency.is_some() {
         return Err(CliError::usage("--host, --threads and --read-concurrency apply to --store backups only"));
@@ -178,8 +315,29 @@ fn run_mesh(
     // the daemon has its own working directory (and maybe its own /tmp):
     // it gets absolute paths and the file each names here
     let seen = |p: &PathBuf| SeenPath::here(p).map_err(|e| CliError { code: ExitCode::Usage, err: e.into() });
-    let paths = a.paths.iter().map(seen).collect::<Result<Vec<_>, _>>()?;
+    let paths = if stream.is_some() { Vec::new() } else { a.paths.iter().map(seen).collect::<Result<Vec<_>, _>>()? };
     let image = a.image.as_ref().map(seen).transpose()?;
+    // a stream goes to the daemon through a FIFO, framed with its verdict
+    // (the command's exit status): a failed or cut-off stream saves nothing
+    let fifo = stream.as_ref().map(|_| StreamFifo::make(&cfg)).transpose()?;
+    let stdin = match &fifo {
+        Some(f) => Some(StreamRequest { fifo: seen(&f.0)?, name: a.stdin_filename.clone() }),
+        None => None,
+    };
+    if let (Some(f), Some(mut src)) = (&fifo, stream) {
+        let p = f.0.clone();
+        std::thread::spawn(move || {
+            // blocks until the daemon opens its end; the process ends
+            // (and with it this thread) if the daemon refuses first
+            let sent = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .and_then(|mut w| backup::stream::write_framed(&mut *src, &mut w));
+            if let Err(e) = sent {
+                tracing::warn!(error = %e, "sending the stream to the daemon stopped");
+            }
+        });
+    }
     let rt = mesh::tokio()?;
     let req = ControlRequest::Backup {
         paths,
@@ -190,6 +348,7 @@ fn run_mesh(
         image,
         tags: a.tag.clone(),
         parent: a.parent.clone(),
+        stdin,
     };
     // command-line hooks run here, as the caller, around what the daemon
     // does (the config's [hooks] run in the daemon)
@@ -245,13 +404,15 @@ fn run_mesh(
                     image,
                     tags,
                     parent,
+                    stdin,
                 } = req
                 else {
                     unreachable!("built above")
                 };
                 mesh::in_process(cfg.clone(), true, |nrt| async move {
                     let paths = paths.into_iter().map(|p| p.path).collect();
-                    let opts = nrt
+                    let stream = stdin.as_ref().map(StreamRequest::open).transpose().map_err(CliError::usage)?;
+                    let mut opts = nrt
                         .backup_request_options(
                             paths,
                             (exclude, exclude_if_present, exclude_caches),
@@ -266,6 +427,10 @@ fn run_mesh(
                             omesh_daemon::error::NodeError::Store(e) => CliError::from(e),
                             e => mesh::node_err(e),
                         })?;
+                    if let Some(s) = stream {
+                        opts.paths.clear();
+                        opts.stdin = Some(s);
+                    }
                     nrt.backup_and_replicate(opts, Arc::new(Progress::default())).await.map_err(mesh::node_err)
                 })
                 .await

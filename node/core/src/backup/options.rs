@@ -45,6 +45,10 @@ pub struct BackupOptions {
     pub threads: Option<usize>,
     /// Files read at once (default: 4 per core, 4 to 16).
     pub read_concurrency: Option<usize>,
+    /// Back up this stream as one file instead of paths (`--stdin`).
+    pub stdin: Option<super::stream::StreamInput>,
+    /// Read and chunk everything, count what would be added, write nothing.
+    pub dry_run: bool,
 }
 
 /// Live counters for progress display.
@@ -123,6 +127,10 @@ pub struct BackupSummary {
     pub seconds: f64,
     /// Warnings (unreadable or changed files).
     pub warnings: Vec<Warning>,
+    /// A dry run: nothing was written, `snapshot` is all zeros, and
+    /// `bytes_added`/`objects_added` are what a real run would add.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// Backup failures (per-file problems are warnings, not errors).
@@ -146,6 +154,10 @@ pub enum BackupError {
     /// The pre hook failed (or timed out): nothing was backed up.
     #[error("{0}")]
     Hook(String),
+    /// The stream to back up failed (its command exited non-zero, or it
+    /// broke off): no snapshot was saved.
+    #[error("{0}; no snapshot was saved")]
+    Stream(String),
     /// A pipeline thread panicked (a bug).
     #[error("internal error: {0}")]
     Internal(String),

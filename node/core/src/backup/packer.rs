@@ -6,6 +6,11 @@ use crossbeam_channel::Receiver;
 use std::sync::atomic::Ordering;
 
 pub(super) fn packer(ctx: &Ctx<'_>, rx: Receiver<PackItem>) -> Option<WriteStats> {
+    if ctx.dry.is_some() {
+        // a dry run queues nothing; it may run on a store it cannot write
+        for _ in rx {}
+        return (!ctx.failed()).then(|| ctx.dry_stats());
+    }
     let mut sink: PackSink<&Store> = match ctx.store.sink() {
         Ok(s) => s,
         Err(e) => {

@@ -8,7 +8,8 @@ use crate::chunker::Chunker;
 use crate::snapshot::{Content, Extent, Node};
 use crate::store::{Store, StoreError};
 use crossbeam_channel::{Receiver, Sender};
-use omesh_proto::{ObjectId, ObjectKind};
+use omesh_proto::{ObjectId, ObjectKind, Seal};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -55,6 +56,8 @@ pub(super) struct FileJob {
     /// (device, inode) the walk's lstat saw: the opened file must be that
     /// one, or the path was replaced in between.
     pub(super) ident: Option<(u64, u64)>,
+    /// A stream to read instead of `path` (`--stdin`).
+    pub(super) stream: Option<super::stream::StreamInput>,
     pub(super) slot: FileSlot,
 }
 
@@ -101,6 +104,10 @@ pub(super) struct Ctx<'s> {
     pub(super) skip_dir: Option<(u64, u64)>,
     /// Tokens: how many large files may be chunked at once.
     pub(super) large_files: (Sender<()>, Receiver<()>),
+    /// A dry run: the objects it would add (id, seal and record size),
+    /// kept here instead of claimed in the store, where another writer
+    /// could dedup against an object that will never be written.
+    pub(super) dry: Option<Mutex<HashMap<ObjectId, (Seal, u64)>>>,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -139,9 +146,9 @@ pub(super) fn put_object(
 ) -> Result<ObjectId, StoreError> {
     // the id covers the links' seals, so they are looked up first; an
     // identical subtree then has the identical id and is not sealed again
-    let seals = ctx.store.link_seals(&links)?;
+    let seals = link_seals(ctx, &links)?;
     let id = ctx.store.keys()?.id_for(kind, &crate::crypto::Links::v2(&links, &seals), plain);
-    if !ctx.store.contains(&id)? {
+    if !have(ctx, &id)? {
         let sealed = ctx.store.seal_linked(kind, plain, links, seals)?;
         debug_assert_eq!(id, sealed.id);
         queue(ctx, pack_tx, kind, sealed)?;
@@ -157,6 +164,14 @@ pub(super) fn queue(
     kind: ObjectKind,
     sealed: crate::store::Sealed,
 ) -> Result<(), StoreError> {
+    if let Some(dry) = &ctx.dry {
+        let mut d = dry.lock().expect("dry lock");
+        if let std::collections::hash_map::Entry::Vacant(v) = d.entry(sealed.id) {
+            v.insert((sealed.seal, sealed.bytes.len() as u64));
+            ctx.progress.bytes_added.fetch_add(sealed.bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        return Ok(());
+    }
     if ctx.store.claim(&sealed.id, sealed.seal)? {
         pack_tx.send(PackItem { kind, sealed }).map_err(|_| StoreError::Io {
             op: "queueing object for",
@@ -165,4 +180,33 @@ pub(super) fn queue(
         })?;
     }
     Ok(())
+}
+
+/// Whether the store has `id`, or this dry run would have written it.
+pub(super) fn have(ctx: &Ctx<'_>, id: &ObjectId) -> Result<bool, StoreError> {
+    if let Some(d) = &ctx.dry
+        && d.lock().expect("dry lock").contains_key(id)
+    {
+        return Ok(true);
+    }
+    ctx.store.contains(id)
+}
+
+/// The seals of `links`: of objects this dry run would have written, or
+/// as the store knows them ([`crate::store::Store::link_seals`]).
+pub(super) fn link_seals(ctx: &Ctx<'_>, links: &[ObjectId]) -> Result<Vec<Seal>, StoreError> {
+    let Some(dry) = &ctx.dry else { return ctx.store.link_seals(links) };
+    let d = dry.lock().expect("dry lock");
+    let rest: Vec<ObjectId> = links.iter().filter(|l| !d.contains_key(l)).copied().collect();
+    let mut found = ctx.store.link_seals(&rest)?.into_iter();
+    Ok(links.iter().map(|l| d.get(l).map(|(s, _)| *s).unwrap_or_else(|| found.next().expect("one per link"))).collect())
+}
+
+impl Ctx<'_> {
+    /// What this dry run would have added.
+    pub(super) fn dry_stats(&self) -> crate::store::WriteStats {
+        let d = self.dry.as_ref().map(|d| d.lock().expect("dry lock"));
+        let (objects, bytes) = d.map(|d| (d.len() as u64, d.values().map(|(_, n)| n).sum())).unwrap_or((0, 0));
+        crate::store::WriteStats { objects, bytes, packs: 0 }
+    }
 }

@@ -18,8 +18,15 @@ pub(super) fn reader(ctx: &Ctx<'_>, rx: Receiver<FileJob>, chunk_tx: Sender<Chun
             FileOut { size: 0, content: Content::Inline(vec![]), warning: None, unreadable: true }
         } else {
             ctx.progress.reading(&job.path);
-            read_file(ctx, &job, &chunk_tx, &pack_tx, &mut scratch)
+            match &job.stream {
+                Some(s) => read_stream(ctx, s, &chunk_tx, &pack_tx, &mut scratch),
+                None => read_file(ctx, &job, &chunk_tx, &pack_tx, &mut scratch),
+            }
         };
+        if job.stream.is_some() {
+            // a stream's size is only known at its end
+            ctx.counts.lock().expect("counts").bytes += out.size;
+        }
         // a large file's buffer is not kept for the small files that follow
         if scratch.len() > 1 << 20 {
             scratch = Vec::new();
@@ -128,6 +135,60 @@ pub(super) fn read_file(
     ctx.warn(&job.path, msg.clone());
     out.warning = Some(msg);
     out
+}
+
+/// Chunk a stream to its end; its producer's verdict decides whether the
+/// backup may go on (a failure fails the backup: no snapshot of a partial
+/// dump is ever saved).
+fn read_stream(
+    ctx: &Ctx<'_>,
+    input: &super::stream::StreamInput,
+    chunk_tx: &Sender<ChunkJob>,
+    pack_tx: &Sender<PackItem>,
+    scratch: &mut Vec<u8>,
+) -> FileOut {
+    let failed = |m: String| {
+        ctx.fail(super::BackupError::Stream(m));
+        FileOut { size: 0, content: Content::Inline(vec![]), warning: None, unreadable: true }
+    };
+    let Some(mut src) = input.take() else { return failed("the stream was already read".into()) };
+    let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+    let mut seq = 0usize;
+    let read = ctx.chunker.for_each_chunk_with(scratch, &mut src, u64::MAX, |data| {
+        if ctx.failed() {
+            return Err(std::io::Error::other("backup aborted"));
+        }
+        ctx.progress.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+        ctx.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        chunk_tx
+            .send(ChunkJob { data, zero_is_hole: false, seq, reply: reply_tx.clone() })
+            .map_err(|_| std::io::Error::other("chunk workers stopped"))?;
+        seq += 1;
+        Ok(())
+    });
+    drop(reply_tx);
+    let mut results: Vec<Option<Extent>> = vec![None; seq];
+    for _ in 0..seq {
+        match reply_rx.recv() {
+            Ok((i, Ok(e))) => results[i] = Some(e),
+            Ok((_, Err(e))) => return failed(e),
+            Err(_) => return failed("chunk workers stopped".into()),
+        }
+    }
+    let size = match read {
+        Ok(n) => n,
+        Err(e) => return failed(format!("reading the stream {}: {e}", input.name)),
+    };
+    if let Err(e) = src.finish() {
+        return failed(e);
+    }
+    // the progress counted the bytes as they came; the file is counted once
+    ctx.progress.bytes.fetch_sub(size, Ordering::Relaxed);
+    let extents = results.into_iter().map(|e| e.expect("every chunk answered")).collect();
+    match into_content(ctx, extents, pack_tx) {
+        Ok(content) => FileOut { size, content, warning: None, unreadable: false },
+        Err(e) => failed(e),
+    }
 }
 
 pub(super) fn chunk_file(

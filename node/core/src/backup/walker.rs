@@ -119,7 +119,7 @@ impl Walker<'_, '_> {
         }
         let fslot = Slot::new();
         self.file_tx
-            .send(FileJob { path: img.into(), image: true, ident: None, slot: fslot.clone() })
+            .send(FileJob { path: img.into(), image: true, ident: None, stream: None, slot: fslot.clone() })
             .map_err(|_| BackupError::Internal("readers stopped".into()))?;
         let mut node = meta::node_from_meta(
             b"image",
@@ -128,6 +128,43 @@ impl Walker<'_, '_> {
             &self.ctx.names,
         );
         node.mode = m.mode() & 0o7777;
+        self.ctx.counts.lock().expect("counts").files += 1;
+        self.emit(PendingDir { nodes: vec![PendingNode { node, wait: Wait::File(fslot) }], slot })
+    }
+
+    /// A stream as the one file of the root: owned by this process's user,
+    /// mode 0600 (a database dump is as private as the database), the time
+    /// of the backup as its times.
+    pub(super) fn stream_root(&mut self, input: &super::stream::StreamInput, slot: DirSlot) -> Res<()> {
+        let fslot = Slot::new();
+        self.file_tx
+            .send(FileJob {
+                path: format!("(stdin as {})", input.name).into(),
+                image: false,
+                ident: None,
+                stream: Some(input.clone()),
+                slot: fslot.clone(),
+            })
+            .map_err(|_| BackupError::Internal("readers stopped".into()))?;
+        let now = crate::time::now_ns();
+        let node = Node {
+            name: input.name.as_bytes().to_vec(),
+            kind: NodeKind::File { size: 0, content: Content::Inline(vec![]) },
+            mode: 0o600,
+            uid: rustix::process::geteuid().as_raw(),
+            gid: rustix::process::getegid().as_raw(),
+            user: None,
+            group: None,
+            mtime_ns: now,
+            atime_ns: now,
+            ctime_ns: now,
+            inode: 0,
+            dev: 0,
+            nlink: 1,
+            xattrs: Vec::new(),
+            warning: None,
+            unreadable: false,
+        };
         self.ctx.counts.lock().expect("counts").files += 1;
         self.emit(PendingDir { nodes: vec![PendingNode { node, wait: Wait::File(fslot) }], slot })
     }
@@ -225,7 +262,13 @@ impl Walker<'_, '_> {
                 self.hardlinks.insert((m.dev(), m.ino()), slot.clone());
             }
             self.file_tx
-                .send(FileJob { path: path.into(), image: false, ident: Some((m.dev(), m.ino())), slot: slot.clone() })
+                .send(FileJob {
+                    path: path.into(),
+                    image: false,
+                    ident: Some((m.dev(), m.ino())),
+                    stream: None,
+                    slot: slot.clone(),
+                })
                 .map_err(|_| BackupError::Internal("readers stopped".into()))?;
             return Ok(Some(PendingNode { node, wait: Wait::File(slot) }));
         }

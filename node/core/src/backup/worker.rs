@@ -25,7 +25,7 @@ pub(super) fn chunk_worker(ctx: &Ctx<'_>, rx: Receiver<ChunkJob>, pack_tx: Sende
         }
         let id = keys.object_id(&job.data);
         let r = (|| -> Result<(), StoreError> {
-            if !ctx.store.contains(&id)? {
+            if !have(ctx, &id)? {
                 let sealed = ctx.store.seal_linked(ObjectKind::Blob, &job.data, Vec::new(), Vec::new())?;
                 queue(ctx, &pack_tx, ObjectKind::Blob, sealed)?;
             }

@@ -65,6 +65,9 @@ pub enum ControlRequest {
         tags: Vec<String>,
         /// parent: none, id, or auto
         parent: Option<String>,
+        /// back up a stream the CLI sends through a FIFO instead of paths
+        #[serde(default)]
+        stdin: Option<StreamRequest>,
     },
     /// Snapshot listing with replica state.
     Snapshots {
@@ -156,6 +159,29 @@ impl SeenPath {
             }
             Ok(_) => Ok(self.path.clone()),
         }
+    }
+}
+
+/// A stream to back up (`omesh backup --stdin` through the daemon): the
+/// CLI writes it, framed ([`omesh_core::backup::stream::write_framed`]),
+/// into a FIFO it made beside the control socket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamRequest {
+    /// the FIFO, as the CLI sees it
+    pub fifo: SeenPath,
+    /// file name of the stream in the snapshot
+    pub name: String,
+}
+
+impl StreamRequest {
+    /// The stream, read from the FIFO (checked to be the one the caller
+    /// made, and a FIFO); each read waits at most
+    /// [`omesh_core::backup::stream::STREAM_IDLE`].
+    pub fn open(&self) -> Result<omesh_core::backup::stream::StreamInput, String> {
+        use omesh_core::backup::stream::{Fifo, FramedReader, STREAM_IDLE, StreamInput};
+        let path = self.fifo.as_the_caller_sees()?;
+        let fifo = Fifo::open(&path, STREAM_IDLE).map_err(|e| format!("{}: {e}", path.display()))?;
+        StreamInput::new(&self.name, Box::new(FramedReader::new(fifo)))
     }
 }
 
@@ -357,16 +383,18 @@ async fn answer(
             image,
             tags,
             parent,
+            stdin,
         } => {
             let refuse = |message| Refused { class: ErrorClass::Usage, message };
-            let (paths, image) = tokio::task::spawn_blocking(move || {
+            let (paths, image, stream) = tokio::task::spawn_blocking(move || {
                 let paths = paths.iter().map(SeenPath::as_the_caller_sees).collect::<Result<Vec<_>, _>>()?;
-                Ok::<_, String>((paths, image.as_ref().map(SeenPath::as_the_caller_sees).transpose()?))
+                let image = image.as_ref().map(SeenPath::as_the_caller_sees).transpose()?;
+                Ok::<_, String>((paths, image, stdin.as_ref().map(StreamRequest::open).transpose()?))
             })
             .await
             .map_err(|e| Refused::from(NodeError::from(e)))?
             .map_err(refuse)?;
-            let opts = rt
+            let mut opts = rt
                 .backup_request_options(
                     paths,
                     (exclude, exclude_if_present, exclude_caches),
@@ -377,6 +405,11 @@ async fn answer(
                 )
                 .await
                 .map_err(|e| Refused { class: ErrorClass::Usage, message: e.to_string() })?;
+            if let Some(s) = stream {
+                // the stream replaces the config's default paths
+                opts.paths.clear();
+                opts.stdin = Some(s);
+            }
             let progress = Arc::new(Progress::default());
             // the backup runs as a task of its own: a CLI that goes away
             // does not stop it (it is joined here either way)
