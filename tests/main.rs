@@ -26,6 +26,7 @@ mod mesh_security;
 mod mount;
 mod notify;
 mod package;
+mod postgres;
 mod residency;
 mod s3;
 mod ssm;
