@@ -31,4 +31,5 @@ mod residency;
 mod s3;
 mod ssm;
 mod stream;
+mod tags;
 mod torture;

@@ -52,10 +52,7 @@ pub fn pick(
     spec: &str,
     filter: &omesh_core::snapshot::select::Filter,
 ) -> Result<(ObjectId, SnapshotRecord), CliError> {
-    let chosen = filter.apply(list.clone());
-    let id = omesh_core::snapshot::select::resolve(&chosen, spec, !filter.is_empty())?;
-    let rec = chosen.into_iter().find(|(i, _)| *i == id).expect("resolved among them").1;
-    Ok((id, rec))
+    Ok(omesh_core::snapshot::select::pick(list, spec, filter)?)
 }
 
 /// The snapshots `specs` name (default: every one `filter` chooses),
@@ -65,12 +62,5 @@ pub fn choose(
     specs: &[String],
     filter: &omesh_core::snapshot::select::Filter,
 ) -> Result<Snapshots, CliError> {
-    let mut chosen = if specs.is_empty() {
-        filter.apply(list)
-    } else {
-        specs.iter().map(|s| pick(&list, s, filter)).collect::<Result<Vec<_>, _>>()?
-    };
-    chosen.sort_by_key(|(id, r)| (r.start_ns, *id));
-    chosen.dedup_by_key(|(id, _)| *id);
-    Ok(chosen)
+    Ok(omesh_core::snapshot::select::choose(list, specs, filter)?)
 }

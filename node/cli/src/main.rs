@@ -98,6 +98,19 @@ pub enum Command {
         the store holding it is local), the ratios, and per snapshot the data no older one had.\n\n\
         Examples:\n  omesh stats --store /srv/omesh\n  omesh stats --config /etc/omesh/omesh.toml latest --json")]
     Stats(cmd::stats::StatsArgs),
+    /// Add, remove or replace the tags of existing snapshots (their data is not rewritten).
+    #[command(long_about = "Change the tags of snapshots named by id, prefix or latest, or chosen by the \
+        filters. Only the snapshot record is written again (same tree, paths, host and times), so a \
+        retagged snapshot gets a new id and its data is not read or rewritten. Retention sees the new tags \
+        (group_by = \"paths,tags\"), on this node and, through the record's signed retention groups, on \
+        peers that hold it without the key.\n\n\
+        With --config the daemon sends each new record to the peers and asks those that acknowledged it \
+        to forget the old one; a peer that did not get it keeps the old record until its retention \
+        removes it.\n\n\
+        Examples:\n  omesh tag --store /srv/omesh latest --add keep\n  \
+        omesh tag --config /etc/omesh/omesh.toml --tag nightly --remove nightly --add monthly\n  \
+        omesh tag --store /srv/omesh 3f2a --set db --set audited")]
+    Tag(cmd::tag::TagArgs),
     /// Restore a snapshot into a directory (or an image onto a file or device).
     #[command(long_about = "Restore a snapshot into a target directory.\n\n\
         Paths are recreated below the target as they were backed up (restoring a backup of /etc \
@@ -220,6 +233,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Dump(a) => cmd::dump::run(a),
         Command::Mount(a) => cmd::mount::run(a),
         Command::Stats(a) => cmd::stats::run(a),
+        Command::Tag(a) => cmd::tag::run(a),
         Command::Verify(a) => cmd::verify::run(a),
         Command::Key(c) => cmd::key::run(c),
         Command::Repair(c) => cmd::repair::run(c),

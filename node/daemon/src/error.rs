@@ -111,6 +111,10 @@ pub enum NodeError {
         /// source
         source_name: String,
     },
+    /// A request the node cannot carry out as given (what to change, in
+    /// words the operator can act on).
+    #[error("{0}")]
+    Usage(String),
     /// A retention decision could not be made for a store.
     #[error("{0}")]
     Retention(#[from] omesh_core::store::forget::RetentionError),
@@ -146,6 +150,7 @@ impl NodeError {
             | NodeError::NoKey { .. }
             | NodeError::UnknownTarget { .. }
             | NodeError::NoMatch(_)
+            | NodeError::Usage(_)
             | NodeError::Ambiguous(..) => ErrorClass::Usage,
             NodeError::Store(StoreError::Locked { .. }) => ErrorClass::Busy,
             NodeError::Store(s) if s.is_damage() => ErrorClass::Damage,

@@ -55,6 +55,15 @@ pub struct ForgetArgs {
     /// refuse inside their retention lock) instead of applying the policy.
     #[arg(value_name = "SNAPSHOT", requires = "config")]
     pub snapshots: Vec<String>,
+    /// Only snapshots with these tags are considered (comma-separated: all of them; repeat for alternatives).
+    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
+    pub tags: Vec<String>,
+    /// Only snapshots that backed up this path are considered (repeatable: all of them).
+    #[arg(long = "path", value_name = "PATH")]
+    pub paths: Vec<String>,
+    /// Only snapshots taken on this host are considered (repeatable: any of them).
+    #[arg(long = "host", value_name = "HOST")]
+    pub hosts: Vec<String>,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -104,12 +113,23 @@ fn duration(flag: &str, s: &Option<String>) -> Result<Option<RetentionDuration>,
 }
 
 pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
+    let filter = omesh_core::snapshot::select::Filter {
+        tags: a.tags.clone(),
+        paths: a.paths.clone(),
+        hosts: a.hosts.clone(),
+        latest: None,
+    };
     let rep: ForgetReport = match &a.store.config {
         Some(path) => {
             let cfg = mesh::load(path)?;
-            let req = ControlRequest::Forget { source: a.source.clone(), ids: a.snapshots.clone(), dry_run: a.dry_run };
+            let req = ControlRequest::Forget {
+                source: a.source.clone(),
+                ids: a.snapshots.clone(),
+                dry_run: a.dry_run,
+                filter: filter.clone(),
+            };
             let r = mesh::via_daemon_or_local(cfg, req, |rt| async move {
-                lifecycle::forget(&rt, a.source.clone(), a.snapshots.clone(), a.dry_run)
+                lifecycle::forget(&rt, a.source.clone(), a.snapshots.clone(), a.dry_run, filter)
                     .await
                     .map(ControlResponse::Forget)
                     .map_err(mesh::node_err)
@@ -140,7 +160,7 @@ pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
             let store = open_write(&a.store)?;
             let mut rep = ForgetReport { dry_run: a.dry_run, ..Default::default() };
             let source = store.config().source.clone();
-            lifecycle::forget_store(&source, &store, &policy, omesh_core::time::now(), a.dry_run, &mut rep);
+            lifecycle::forget_store(&source, &store, &policy, &filter, omesh_core::time::now(), a.dry_run, &mut rep);
             rep
         }
     };

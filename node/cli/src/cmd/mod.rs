@@ -19,5 +19,6 @@ pub mod restore;
 pub mod snapshots;
 pub mod stats;
 pub mod status;
+pub mod tag;
 pub mod verify;
 pub mod version;

@@ -6,7 +6,8 @@ use super::SnapshotRecord;
 use omesh_proto::ObjectId;
 
 /// Snapshot filters, as restic has them.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Filter {
     /// Each entry is a comma-separated set of tags a snapshot must all
     /// have; a snapshot matches when any entry matches (`--tag a,b --tag c`:
@@ -65,6 +66,58 @@ impl Filter {
     }
 }
 
+/// Longest tag accepted.
+pub const MAX_TAG_BYTES: usize = 256;
+
+/// A change to snapshots' tags (`omesh tag`): replace them all, or add
+/// and remove some. Tags keep their order; a tag is never listed twice.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TagChange {
+    /// Replace all tags with these (may be empty: no tags).
+    pub set: Option<Vec<String>>,
+    /// Add these.
+    pub add: Vec<String>,
+    /// Remove these.
+    pub remove: Vec<String>,
+}
+
+impl TagChange {
+    /// Check the change: something to do, valid tags, `set` alone.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.set.is_none() && self.add.is_empty() && self.remove.is_empty() {
+            return Err("nothing to change: give --set, --add or --remove".into());
+        }
+        if self.set.is_some() && !(self.add.is_empty() && self.remove.is_empty()) {
+            return Err("--set replaces every tag; do not combine it with --add or --remove".into());
+        }
+        for t in self.set.iter().flatten().chain(&self.add).chain(&self.remove) {
+            validate_tag(t)?;
+        }
+        Ok(())
+    }
+
+    /// The tags after the change.
+    pub fn apply(&self, tags: &[String]) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let base = self.set.as_deref().unwrap_or(tags);
+        for t in base.iter().chain(&self.add) {
+            if !self.remove.contains(t) && !out.contains(t) {
+                out.push(t.clone());
+            }
+        }
+        out
+    }
+}
+
+/// A tag must be 1 to [`MAX_TAG_BYTES`] bytes, without commas (the filter
+/// separator) or control characters.
+pub fn validate_tag(t: &str) -> Result<(), String> {
+    if t.is_empty() || t.len() > MAX_TAG_BYTES || t.contains(',') || t.chars().any(char::is_control) {
+        return Err(format!("tag {t:?}: a tag is 1 to {MAX_TAG_BYTES} bytes without commas or control characters"));
+    }
+    Ok(())
+}
+
 /// A SNAPSHOT argument that names none or more than one snapshot.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SelectError {
@@ -109,6 +162,34 @@ pub fn resolve(list: &[(ObjectId, SnapshotRecord)], spec: &str, filtered: bool) 
             Err(SelectError::Ambiguous { spec: spec.to_string(), candidates: c.join(", ") })
         }
     }
+}
+
+/// The snapshot `spec` names among those `filter` chooses of `list`.
+pub fn pick(
+    list: &[(ObjectId, SnapshotRecord)],
+    spec: &str,
+    filter: &Filter,
+) -> Result<(ObjectId, SnapshotRecord), SelectError> {
+    let chosen = filter.apply(list.to_vec());
+    let id = resolve(&chosen, spec, !filter.is_empty())?;
+    Ok(chosen.into_iter().find(|(i, _)| *i == id).expect("resolved among them"))
+}
+
+/// The snapshots `specs` name (default: every one `filter` chooses),
+/// oldest first, each once.
+pub fn choose(
+    list: Vec<(ObjectId, SnapshotRecord)>,
+    specs: &[String],
+    filter: &Filter,
+) -> Result<Vec<(ObjectId, SnapshotRecord)>, SelectError> {
+    let mut chosen = if specs.is_empty() {
+        filter.apply(list)
+    } else {
+        specs.iter().map(|s| pick(&list, s, filter)).collect::<Result<Vec<_>, _>>()?
+    };
+    chosen.sort_by_key(|(id, r)| (r.start_ns, *id));
+    chosen.dedup_by_key(|(id, _)| *id);
+    Ok(chosen)
 }
 
 #[cfg(test)]
@@ -172,5 +253,18 @@ mod tests {
         let e = resolve(&list, "ff", true).unwrap_err().to_string();
         assert!(e.contains("among those the filters chose"), "{e}");
         assert!(resolve(&[], "latest", false).is_err());
+    }
+
+    #[test]
+    fn a_tag_change_adds_removes_or_sets_and_never_repeats() {
+        let tags = vec!["daily".to_string(), "db".to_string()];
+        let c = TagChange { add: vec!["keep".into(), "db".into()], remove: vec!["daily".into()], set: None };
+        assert_eq!(c.apply(&tags), vec!["db".to_string(), "keep".to_string()]);
+        let c = TagChange { set: Some(vec!["x".into(), "x".into()]), ..Default::default() };
+        assert_eq!(c.apply(&tags), vec!["x".to_string()]);
+        assert_eq!(TagChange { set: Some(vec![]), ..Default::default() }.apply(&tags), Vec::<String>::new());
+        assert!(TagChange::default().validate().is_err());
+        assert!(TagChange { add: vec!["a,b".into()], ..Default::default() }.validate().is_err());
+        assert!(TagChange { set: Some(vec![]), add: vec!["a".into()], ..Default::default() }.validate().is_err());
     }
 }

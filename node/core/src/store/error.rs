@@ -126,6 +126,9 @@ pub enum StoreError {
     /// Snapshot prefix ambiguous.
     #[error("snapshot prefix {0:?} is ambiguous: matches {1}")]
     Ambiguous(String, String),
+    /// A SNAPSHOT argument among filtered snapshots names none or several.
+    #[error(transparent)]
+    Select(#[from] crate::snapshot::select::SelectError),
     /// A directory of the store this process cannot write.
     #[error(
         "{} belongs to uid {owner} and this process (uid {me}) cannot write it, so {what}; \
@@ -177,6 +180,7 @@ impl StoreError {
                 | StoreError::NoKey(_)
                 | StoreError::SnapshotNotFound(..)
                 | StoreError::Ambiguous(..)
+                | StoreError::Select(_)
         )
     }
 }

@@ -117,21 +117,44 @@ pub fn attested_groups(record: &[u8]) -> Option<omesh_proto::RetentionGroups> {
 /// Apply `policy` to one store, each group of snapshots apart
 /// ([`retention::RetentionPolicy::group_by`]; every replica groups as the
 /// source does, see [`retention_entries`]).
+///
+/// With a `filter` (`--tag`, `--path`, `--host`), only the snapshots it
+/// chooses are considered (the others are neither kept nor forgotten by
+/// this run); filters need the records, so a store without the key is
+/// skipped with an error rather than judged on what it cannot read.
 pub fn forget_store(
     source: &str,
     store: &Store,
     policy: &retention::RetentionPolicy,
+    filter: &crate::snapshot::select::Filter,
     now: Timestamp,
     dry_run: bool,
     rep: &mut ForgetReport,
 ) {
-    let entries = match retention_entries(store) {
+    let mut entries = match retention_entries(store) {
         Ok(t) => t,
         Err(e) => {
             rep.errors.push(format!("{source}: {e}"));
             return;
         }
     };
+    if !filter.is_empty() {
+        if store.keys().is_err() {
+            rep.errors.push(format!(
+                "{source}: --tag, --path and --host need the snapshots' key, which this node does not hold for \
+                 {source}; none of its snapshots were considered (run the filtered forget on {source} itself)"
+            ));
+            return;
+        }
+        let chosen: std::collections::HashSet<ObjectId> = match store.snapshots() {
+            Ok((list, _)) => list.into_iter().filter(|(_, r)| filter.matches(r)).map(|(id, _)| id).collect(),
+            Err(e) => {
+                rep.errors.push(format!("{source}: {e}"));
+                return;
+            }
+        };
+        entries.retain(|e| chosen.contains(&e.0));
+    }
     let grouped: Vec<_> = entries.iter().map(|(id, t, g, _)| (*id, *t, *g)).collect();
     let paths: std::collections::HashMap<ObjectId, Vec<String>> =
         entries.into_iter().filter_map(|(id, _, _, p)| p.map(|p| (id, p))).collect();

@@ -52,4 +52,4 @@ pub use open::{Access, InitOptions, KeySource, Store};
 pub use read::open_record;
 pub use repack::RepackStats;
 pub use sink::{PackSink, Sealed, WriteStats};
-pub use snapshots::SnapshotList;
+pub use snapshots::{SnapshotList, TagItem, TagReport};

@@ -165,6 +165,50 @@ impl Store {
         Ok(id)
     }
 
+    /// Change the tags of snapshot `id` without touching its data: the
+    /// record is written again with the new tags (same tree, times, paths
+    /// and host, so a new id, and new retention groups in its attestation)
+    /// and the old record is removed once the new one is durable. `None`
+    /// when the tags would not change.
+    pub fn retag(&self, id: &ObjectId, change: &crate::snapshot::select::TagChange) -> Result<Option<ObjectId>> {
+        let mut rec = self.load_snapshot(id)?;
+        let tags = change.apply(&rec.tags);
+        if tags == rec.tags {
+            return Ok(None);
+        }
+        rec.tags = tags;
+        let new = self.write_snapshot(&rec)?;
+        if new != *id {
+            self.forget_snapshot(id)?;
+        }
+        Ok(Some(new))
+    }
+
+    /// `omesh tag`: change the tags of the snapshots `specs` name among
+    /// those `filter` chooses (every chosen one without specs) with
+    /// [`Store::retag`].
+    pub fn tag_snapshots(
+        &self,
+        specs: &[String],
+        filter: &crate::snapshot::select::Filter,
+        change: &crate::snapshot::select::TagChange,
+    ) -> Result<TagReport> {
+        let (list, _) = self.snapshots()?;
+        let chosen = crate::snapshot::select::choose(list, specs, filter)?;
+        let mut rep = TagReport::default();
+        for (id, rec) in chosen {
+            let new = self.retag(&id, change)?;
+            rep.changed += usize::from(new.is_some());
+            rep.items.push(TagItem {
+                snapshot: id.to_hex(),
+                new: new.map(|n| n.to_hex()),
+                tags: change.apply(&rec.tags),
+                replicas: Vec::new(),
+            });
+        }
+        Ok(rep)
+    }
+
     /// Sign the snapshot records this store writes from now on.
     pub fn set_signer(&self, signer: Arc<dyn SnapshotSigner>) {
         *self.signer.write().expect("signer lock") = Some(signer);
@@ -214,4 +258,31 @@ impl Store {
         sync_dir(&d).map_err(StoreError::io("syncing", &d))?;
         Ok(())
     }
+}
+
+/// Result of `omesh tag`.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct TagReport {
+    /// Every snapshot chosen.
+    pub items: Vec<TagItem>,
+    /// How many got new tags (and so a new id).
+    pub changed: usize,
+    /// Answers of the peers asked to forget the old records (mesh mode).
+    pub peers: Vec<super::forget::PeerAnswer>,
+    /// Problems that did not stop the change (mesh mode: a peer not
+    /// reached).
+    pub errors: Vec<String>,
+}
+
+/// One snapshot of `omesh tag`.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TagItem {
+    /// Its id before.
+    pub snapshot: String,
+    /// Its new id, or null when its tags did not change.
+    pub new: Option<String>,
+    /// Its tags now.
+    pub tags: Vec<String>,
+    /// Peers that acknowledged the new record (mesh mode).
+    pub replicas: Vec<String>,
 }

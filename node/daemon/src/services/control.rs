@@ -89,6 +89,18 @@ pub enum ControlRequest {
         ids: Vec<String>,
         /// only show what would go
         dry_run: bool,
+        /// only this node's snapshots these filters choose
+        #[serde(default)]
+        filter: omesh_core::snapshot::select::Filter,
+    },
+    /// Change tags of this node's snapshots.
+    Tag {
+        /// snapshots (none: every one the filter chooses)
+        ids: Vec<String>,
+        /// filters
+        filter: omesh_core::snapshot::select::Filter,
+        /// the change
+        change: omesh_core::snapshot::select::TagChange,
     },
     /// Garbage-collect every store.
     Gc,
@@ -230,6 +242,8 @@ pub enum ControlResponse {
     ResidencyReport(Vec<ResidencyRow>),
     /// `Forget`.
     Forget(ForgetReport),
+    /// `Tag`.
+    Tag(omesh_core::store::TagReport),
     /// `Gc`.
     Gc(GcAllReport),
     /// `Scrub`.
@@ -467,8 +481,11 @@ async fn answer(
                 .map_err(NodeError::from)??;
             ControlResponse::ResidencyReport(rows)
         }
-        ControlRequest::Forget { source, ids, dry_run } => {
-            ControlResponse::Forget(maintenance::forget(rt, source, ids, dry_run).await?)
+        ControlRequest::Forget { source, ids, dry_run, filter } => {
+            ControlResponse::Forget(maintenance::forget(rt, source, ids, dry_run, filter).await?)
+        }
+        ControlRequest::Tag { ids, filter, change } => {
+            ControlResponse::Tag(maintenance::tag(rt, ids, filter, change).await?)
         }
         ControlRequest::Gc => ControlResponse::Gc(maintenance::gc_all(rt).await),
         ControlRequest::Scrub { rate } => {

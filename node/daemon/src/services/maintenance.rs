@@ -18,6 +18,8 @@ use omesh_core::store::scrub::DamageKind;
 use omesh_core::store::{gc, scrub};
 
 use crate::{error::NodeError, runtime::NodeRuntime};
+use omesh_core::snapshot::select::{Filter, TagChange};
+use omesh_core::store::TagReport;
 use omesh_core::time::{self, Timestamp};
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -33,11 +35,16 @@ pub use omesh_core::store::forget::{
 /// `omesh forget --config`: apply `[retention]` to every store on this node
 /// (or one source's), or forget the given snapshots of this node and ask
 /// the peers holding them to forget them too.
+///
+/// With a `filter`, only this node's own snapshots that it chooses are
+/// considered (the filters need the records, which only the source can
+/// read); a filter with another `source` is refused.
 pub async fn forget(
     rt: &Arc<NodeRuntime>,
     source: Option<String>,
     ids: Vec<String>,
     dry_run: bool,
+    filter: Filter,
 ) -> Result<ForgetReport, NodeError> {
     // one retention or garbage collection at a time on this node
     let _one = rt.maintenance_lock.lock().await;
@@ -45,8 +52,25 @@ pub async fn forget(
     let policy = rt.cfg.retention.clone();
     let now = time::now();
     if !ids.is_empty() {
+        if !filter.is_empty() {
+            return Err(NodeError::Usage(
+                "name the snapshots to forget, or give filters for [retention] to choose among; not both".into(),
+            ));
+        }
         return forget_ids(rt, ids, dry_run, now).await;
     }
+    let source = match (source, filter.is_empty()) {
+        (s, true) => s,
+        (None, false) => Some(rt.cfg.name.clone()),
+        (Some(s), false) if s == rt.cfg.name => Some(s),
+        (Some(s), false) => {
+            return Err(NodeError::Usage(format!(
+                "--tag, --path and --host choose by what the snapshot records say, and this node cannot read \
+                 {s}'s records (it holds them without their key); run the filtered forget on {s}, whose \
+                 retained and forgotten snapshots its peers then follow"
+            )));
+        }
+    };
     if !policy.has_rules() {
         return Err(NodeError::Config(crate::config::ConfigError {
             path: rt.cfg.path.clone(),
@@ -61,7 +85,7 @@ pub async fn forget(
         };
         for n in names {
             match stores.get(&n, false) {
-                Ok(Some(s)) => forget_store(&n, &s.store, &policy, now, dry_run, &mut rep),
+                Ok(Some(s)) => forget_store(&n, &s.store, &policy, &filter, now, dry_run, &mut rep),
                 Ok(None) => rep.errors.push(format!("no store of {n} on this node")),
                 Err(e) => rep.errors.push(format!("{n}: {e}")),
             }
@@ -133,16 +157,37 @@ async fn forget_ids(
     if dry_run {
         return Ok(rep);
     }
-    // ask every reachable peer; each decides by its own policy and lock
+    rep.peers = ask_peers_to_forget(rt, &ids, None).await;
+    Ok(rep)
+}
+
+/// Ask the reachable peers (`only`: just these) to forget snapshots `ids`
+/// of this node; each decides by its own policy and lock. A peer that
+/// holds none of them says nothing; one that could not be asked is
+/// reported, so the caller can ask again when it is back.
+async fn ask_peers_to_forget(
+    rt: &Arc<NodeRuntime>,
+    ids: &[ObjectId],
+    only: Option<&std::collections::HashMap<ObjectId, Vec<String>>>,
+) -> Vec<PeerAnswer> {
+    let mut out = Vec::new();
     let probes = rt.probe_all().await;
     for p in &probes {
+        let asked: Vec<ObjectId> = ids
+            .iter()
+            .filter(|id| only.is_none_or(|o| o.get(id).is_some_and(|peers| peers.contains(&p.peer.name))))
+            .copied()
+            .collect();
+        if asked.is_empty() {
+            continue;
+        }
         let c = match &p.result {
             Ok((c, _)) => c,
             Err(e) => {
                 // it may hold replicas: the caller must know they were not
                 // asked (it can rerun forget when the peer is back)
-                for id in &ids {
-                    rep.peers.push(PeerAnswer {
+                for id in &asked {
+                    out.push(PeerAnswer {
                         peer: p.peer.name.clone(),
                         snapshot: id.to_hex(),
                         forgotten: false,
@@ -152,7 +197,7 @@ async fn forget_ids(
                 continue;
             }
         };
-        for id in &ids {
+        for id in &asked {
             let r = c.delete_snapshot(&rt.cfg.name, *id).await;
             let (forgotten, message) = match r {
                 Ok(()) => (true, "forgotten".to_string()),
@@ -164,9 +209,64 @@ async fn forget_ids(
                 }
                 Err(e) => (false, e.to_string()),
             };
-            rep.peers.push(PeerAnswer { peer: c.name.clone(), snapshot: id.to_hex(), forgotten, message });
+            out.push(PeerAnswer { peer: c.name.clone(), snapshot: id.to_hex(), forgotten, message });
         }
     }
+    out
+}
+
+// ------------------------------------------------------------------- tag
+
+/// `omesh tag --config`: change the tags of this node's snapshots (in its
+/// own store, see [`omesh_core::store::Store::tag_snapshots`]), send each
+/// new record to the peers, and ask the peers that acknowledged it to
+/// forget the old one. A peer that did not get the new record keeps the
+/// old one (its retention ages it out), so no peer loses a replica.
+pub async fn tag(
+    rt: &Arc<NodeRuntime>,
+    specs: Vec<String>,
+    filter: Filter,
+    change: TagChange,
+) -> Result<TagReport, NodeError> {
+    change.validate().map_err(NodeError::Usage)?;
+    if specs.is_empty() && filter.is_empty() {
+        return Err(NodeError::Usage(
+            "name the snapshots to tag, or choose them with --tag/--path/--host/--latest".into(),
+        ));
+    }
+    let _one = rt.maintenance_lock.lock().await;
+    let own = {
+        let stores = rt.stores.clone();
+        match tokio::task::spawn_blocking(move || stores.own_existing()).await?? {
+            Some(s) => s,
+            None => return Err(NodeError::NoMatch(specs.first().cloned().unwrap_or_else(|| "(filters)".into()))),
+        }
+    };
+    let store = own.store.clone();
+    let mut rep = tokio::task::spawn_blocking(move || store.tag_snapshots(&specs, &filter, &change)).await??;
+    let mut acked: std::collections::HashMap<ObjectId, Vec<String>> = Default::default();
+    let mut old_ids = Vec::new();
+    for item in rep.items.iter_mut() {
+        let Some(new) = item.new.as_deref() else { continue };
+        let (Ok(old), Ok(new)) = (ObjectId::from_hex(&item.snapshot), ObjectId::from_hex(new)) else { continue };
+        for r in rt.replicate(new).await {
+            if r.ok {
+                item.replicas.push(r.peer.clone());
+                acked.entry(old).or_default().push(r.peer);
+            } else {
+                rep.errors.push(format!(
+                    "{}: the retagged snapshot {} did not reach it ({}); it keeps the old record {} until \
+                     `omesh sync` sends the new one and its retention removes the old",
+                    r.peer,
+                    new.short(),
+                    r.error.as_deref().unwrap_or("failed"),
+                    old.short()
+                ));
+            }
+        }
+        old_ids.push(old);
+    }
+    rep.peers = ask_peers_to_forget(rt, &old_ids, Some(&acked)).await;
     Ok(rep)
 }
 

@@ -212,7 +212,7 @@ pub struct MaintenanceRun {
 /// Retention on every store, then garbage collection.
 pub async fn maintenance(rt: &Arc<NodeRuntime>) -> Result<MaintenanceRun, String> {
     let forget = if rt.cfg.retention.has_rules() {
-        Some(maintenance::forget(rt, None, vec![], false).await.map_err(|e| e.to_string())?)
+        Some(maintenance::forget(rt, None, vec![], false, Default::default()).await.map_err(|e| e.to_string())?)
     } else {
         None
     };
