@@ -6,6 +6,7 @@ mod alerts;
 mod common;
 
 mod hooks;
+mod key_rotation;
 mod lab;
 mod lifecycle;
 mod local_browse;

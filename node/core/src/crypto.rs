@@ -156,12 +156,38 @@ impl Drop for Secret {
     }
 }
 
+/// Most key epochs a key may have (`omesh key rotate`); a bound on the
+/// work of opening an object and on what a key file may hold.
+pub const MAX_EPOCHS: usize = 64;
+
+/// The encryption keys of one key epoch.
+struct Epoch {
+    nonce_key: [u8; 32],
+    cipher: XChaCha20Poly1305,
+}
+
+impl Drop for Epoch {
+    fn drop(&mut self) {
+        self.nonce_key.zeroize();
+    }
+}
+
 /// Derived keys of one source, ready to use.
+///
+/// A key has one or more **epochs** (`omesh key rotate` adds one). The
+/// first secret gives the id key, chunker table, group key and key id for
+/// the key's whole life (so ids, dedup and retention groups do not change);
+/// each epoch's secret gives its own encryption and nonce keys. Objects are
+/// sealed under the newest epoch only; older epochs only open. A body names
+/// no epoch: its nonce is a keyed hash under its epoch's nonce key, so the
+/// opener finds the epoch whose nonce for this object equals the body's
+/// (one small hash per epoch, no trial decryption) and a body that matches
+/// none fails authentication. With one epoch this is format 2 exactly as
+/// before rotation existed.
 pub struct Keys {
     id_key: [u8; 32],
-    nonce_key: [u8; 32],
     group_key: [u8; 32],
-    cipher: XChaCha20Poly1305,
+    epochs: Vec<Epoch>,
     gear: Box<[u64; 256]>,
     key_id: String,
 }
@@ -175,16 +201,32 @@ impl fmt::Debug for Keys {
 impl Drop for Keys {
     fn drop(&mut self) {
         self.id_key.zeroize();
-        self.nonce_key.zeroize();
         self.group_key.zeroize();
     }
 }
 
+fn epoch(secret: &Secret) -> Epoch {
+    let mut enc_key = blake3::derive_key(CTX_ENC, &secret.0);
+    let e = Epoch {
+        nonce_key: blake3::derive_key(CTX_NONCE, &secret.0),
+        cipher: XChaCha20Poly1305::new(Key::from_slice(&enc_key)),
+    };
+    enc_key.zeroize();
+    e
+}
+
 impl Keys {
-    /// Derive all keys from a master secret.
+    /// Derive all keys from a master secret (a key of one epoch).
     pub fn derive(secret: &Secret) -> Self {
+        Self::derive_epochs(secret, &[])
+    }
+
+    /// Derive the keys of a rotated key: `secret` (epoch 0) and the
+    /// secrets `rotated` added by `omesh key rotate`, oldest first. At most
+    /// [`MAX_EPOCHS`] epochs are used (a key file holding more is refused
+    /// when it is read).
+    pub fn derive_epochs(secret: &Secret, rotated: &[Secret]) -> Self {
         let id_key = blake3::derive_key(CTX_ID, &secret.0);
-        let enc_key = blake3::derive_key(CTX_ENC, &secret.0);
         let gear_seed = blake3::derive_key(CTX_GEAR, &secret.0);
         let mut xof = blake3::Hasher::new_keyed(&gear_seed).finalize_xof();
         let mut raw = [0u8; 256 * 8];
@@ -193,15 +235,18 @@ impl Keys {
         for (i, g) in gear.iter_mut().enumerate() {
             *g = u64::from_le_bytes(raw[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
         }
-        let nonce_key = blake3::derive_key(CTX_NONCE, &secret.0);
-        Keys {
-            id_key,
-            nonce_key,
-            group_key: blake3::derive_key(CTX_GROUPS, &secret.0),
-            cipher: XChaCha20Poly1305::new(Key::from_slice(&enc_key)),
-            gear,
-            key_id: secret.key_id(),
-        }
+        let epochs = std::iter::once(secret).chain(rotated.iter().take(MAX_EPOCHS - 1)).map(epoch).collect::<Vec<_>>();
+        Keys { id_key, group_key: blake3::derive_key(CTX_GROUPS, &secret.0), epochs, gear, key_id: secret.key_id() }
+    }
+
+    /// Number of epochs (1 for a key never rotated); new objects are sealed
+    /// under epoch `epochs() - 1`.
+    pub fn epochs(&self) -> usize {
+        self.epochs.len()
+    }
+
+    fn current(&self) -> &Epoch {
+        self.epochs.last().expect("a key has at least one epoch")
     }
 
     /// The retention groups of a snapshot with these `paths` and `tags`
@@ -287,34 +332,19 @@ impl Keys {
         put_varint(&mut header, payload.len() as u64);
         let padded = padded_len(header.len() + payload.len());
         let mut buf = Vec::with_capacity(NONCE_BYTES + padded + TAG_BYTES);
-        let nonce = self.nonce(kind, id, links);
+        let epoch = self.current();
+        let nonce = nonce(epoch, kind, id, links);
         buf.extend_from_slice(&nonce);
         buf.extend_from_slice(&header);
         buf.extend_from_slice(payload);
         buf.resize(NONCE_BYTES + padded, 0);
         let ad = Record::associated_data(links.format, kind, id, links.ids, links.seals);
-        let tag = self
+        let tag = epoch
             .cipher
             .encrypt_in_place_detached(XNonce::from_slice(&nonce), &ad, &mut buf[NONCE_BYTES..])
             .expect("encryption of a bounded buffer cannot fail");
         buf.extend_from_slice(&tag);
         buf
-    }
-
-    /// The nonce of an object: a keyed hash of what the AEAD binds (kind,
-    /// id, links with their seals). The id is itself a keyed hash of the
-    /// plaintext (and links), so two different objects never share a nonce,
-    /// and sealing the same object again gives the same bytes and therefore
-    /// the same seal: a holder that still keeps an object the source
-    /// dropped and wrote again, or that two writers stored at once, holds
-    /// exactly the record the new parents name. (It reveals only what ids
-    /// already do: which objects are equal.)
-    fn nonce(&self, kind: ObjectKind, id: &ObjectId, links: &Links<'_>) -> [u8; NONCE_BYTES] {
-        let mut h = blake3::Hasher::new_keyed(&self.nonce_key);
-        h.update(&Record::associated_data(links.format, kind, id, links.ids, links.seals));
-        let mut n = [0u8; NONCE_BYTES];
-        n.copy_from_slice(&h.finalize().as_bytes()[..NONCE_BYTES]);
-        n
     }
 
     /// Decrypt, unpad and decompress a record body, then check that the
@@ -323,12 +353,17 @@ impl Keys {
         if body.len() < NONCE_BYTES + TAG_BYTES + FRAME_HEADER_MIN {
             return Err(OpenError::TooShort);
         }
-        let (nonce, rest) = body.split_at(NONCE_BYTES);
+        let (nonce_bytes, rest) = body.split_at(NONCE_BYTES);
         let (ct, tag) = rest.split_at(rest.len() - TAG_BYTES);
+        // the epoch whose nonce for this object the body carries (newest
+        // first: most objects read are recent)
+        let epoch =
+            self.epochs.iter().rev().find(|e| nonce(e, kind, id, links) == nonce_bytes).ok_or(OpenError::Auth)?;
         let mut buf = ct.to_vec();
         let ad = Record::associated_data(links.format, kind, id, links.ids, links.seals);
-        self.cipher
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), &ad, &mut buf, Tag::from_slice(tag))
+        epoch
+            .cipher
+            .decrypt_in_place_detached(XNonce::from_slice(nonce_bytes), &ad, &mut buf, Tag::from_slice(tag))
             .map_err(|_| OpenError::Auth)?;
         let codec = buf[0];
         let mut pos = 1;
@@ -363,6 +398,22 @@ impl Keys {
         }
         Ok(plain)
     }
+}
+
+/// The nonce of an object under `epoch`: a keyed hash of what the AEAD
+/// binds (kind, id, links with their seals). The id is itself a keyed hash
+/// of the plaintext (and links), so two different objects never share a
+/// nonce, and sealing the same object again under the same epoch gives the
+/// same bytes and therefore the same seal: a holder that still keeps an
+/// object the source dropped and wrote again, or that two writers stored at
+/// once, holds exactly the record the new parents name. (It reveals only
+/// what ids already do: which objects are equal.)
+fn nonce(epoch: &Epoch, kind: ObjectKind, id: &ObjectId, links: &Links<'_>) -> [u8; NONCE_BYTES] {
+    let mut h = blake3::Hasher::new_keyed(&epoch.nonce_key);
+    h.update(&Record::associated_data(links.format, kind, id, links.ids, links.seals));
+    let mut n = [0u8; NONCE_BYTES];
+    n.copy_from_slice(&h.finalize().as_bytes()[..NONCE_BYTES]);
+    n
 }
 
 thread_local! {
@@ -457,6 +508,37 @@ pub trait SnapshotSigner: Send + Sync {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_key_seals_under_its_newest_epoch_and_opens_every_epoch() {
+        let (base, next) = (Secret::from_bytes([1; 32]), Secret::from_bytes([2; 32]));
+        let old = Keys::derive(&base);
+        let new = Keys::derive_epochs(&base, std::slice::from_ref(&next));
+        assert_eq!(new.epochs(), 2);
+        let data = b"the same content before and after the rotation".repeat(20);
+        // ids, chunker and key id stay: dedup and retention groups carry on
+        assert_eq!(old.object_id(&data), new.object_id(&data));
+        assert_eq!(old.gear(), new.gear());
+        assert_eq!(old.key_id(), new.key_id());
+        assert_eq!(old.retention_groups(&["/a".into()], &[]), new.retention_groups(&["/a".into()], &[]));
+        let id = old.object_id(&data);
+        let before = old.seal(ObjectKind::Blob, &id, &Links::none(), &data, 3);
+        let after = new.seal(ObjectKind::Blob, &id, &Links::none(), &data, 3);
+        assert_ne!(before, after, "new objects are sealed under the new epoch");
+        assert_eq!(new.open(ObjectKind::Blob, &id, &Links::none(), &before).unwrap(), data, "old epochs still open");
+        assert_eq!(new.open(ObjectKind::Blob, &id, &Links::none(), &after).unwrap(), data);
+        assert_eq!(
+            old.open(ObjectKind::Blob, &id, &Links::none(), &after),
+            Err(OpenError::Auth),
+            "a copy of the key from before the rotation cannot read what was sealed after it"
+        );
+        // a body whose nonce is no epoch's for this object fails cleanly
+        let mut forged = after.clone();
+        forged[0] ^= 1;
+        assert_eq!(new.open(ObjectKind::Blob, &id, &Links::none(), &forged), Err(OpenError::Auth));
+        // sealing stays deterministic within an epoch
+        assert_eq!(after, new.seal(ObjectKind::Blob, &id, &Links::none(), &data, 3));
+    }
 
     fn keys() -> Keys {
         Keys::derive(&Secret::from_bytes([9; 32]))

@@ -13,6 +13,13 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 const FORMAT: &str = "omesh-key-v1";
+/// A key file with rotated epochs (`omesh key rotate`): the v1 fields and
+/// `epochs`, the secrets added by each rotation, oldest first. An omesh
+/// that predates rotation refuses it by its format instead of reading only
+/// the first secret and failing later on what newer epochs sealed.
+const FORMAT_EPOCHS: &str = "omesh-key-v2";
+/// A sealed export of a key with rotated epochs.
+const SEALED_FORMAT_EPOCHS: &str = "omesh-key-sealed-v2";
 /// A key file whose secret is sealed with a passphrase (`key export
 /// --passphrase`): Argon2id stretches the passphrase into a key for
 /// XChaCha20-Poly1305, whose associated data binds the source, key id and
@@ -93,12 +100,16 @@ struct SealedToml {
     salt: String,
     nonce: String,
     sealed: String,
+    /// rotated epochs sealed after the first secret (v2 only)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    epochs: Option<u32>,
 }
 
 impl SealedToml {
     fn aad(&self) -> Vec<u8> {
+        let epochs = self.epochs.map(|n| format!("\n{n}")).unwrap_or_default();
         format!(
-            "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}",
+            "{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}\n{}{epochs}",
             self.format,
             self.source,
             self.key_id,
@@ -125,7 +136,7 @@ fn stretch(passphrase: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<zer
 pub fn is_sealed(text: &str) -> bool {
     toml::from_str::<toml::Table>(text)
         .ok()
-        .and_then(|t| t.get("format").and_then(|f| f.as_str()).map(|f| f == SEALED_FORMAT))
+        .and_then(|t| t.get("format").and_then(|f| f.as_str()).map(|f| f == SEALED_FORMAT || f == SEALED_FORMAT_EPOCHS))
         .unwrap_or(false)
 }
 
@@ -137,6 +148,9 @@ struct KeyFileToml {
     key_id: String,
     created: String,
     secret: String,
+    /// rotated secrets, oldest first (v2 only)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    epochs: Vec<String>,
 }
 
 /// A loaded key.
@@ -144,8 +158,10 @@ struct KeyFileToml {
 pub struct KeyFile {
     /// Source (node) the key belongs to.
     pub source: String,
-    /// The secret.
+    /// The first secret (epoch 0): ids, chunker, key id.
     pub secret: Secret,
+    /// Secrets added by `omesh key rotate`, oldest first (epochs 1...).
+    pub epochs: Vec<Secret>,
     /// Creation time as written.
     pub created: String,
 }
@@ -156,23 +172,50 @@ impl KeyFile {
         KeyFile {
             source: source.to_string(),
             secret: Secret::generate(),
+            epochs: Vec::new(),
             created: crate::time::rfc3339(crate::time::now()),
         }
     }
 
-    /// Public fingerprint.
+    /// Public fingerprint (of the first secret: rotation keeps it).
     pub fn key_id(&self) -> String {
         self.secret.key_id()
+    }
+
+    /// The derived keys of every epoch.
+    pub fn keys(&self) -> crate::crypto::Keys {
+        crate::crypto::Keys::derive_epochs(&self.secret, &self.epochs)
+    }
+
+    /// Number of epochs (1 before any rotation).
+    pub fn epoch_count(&self) -> usize {
+        1 + self.epochs.len()
+    }
+
+    /// Add a new epoch (`omesh key rotate`): a fresh random secret that
+    /// new objects are sealed under from now on. Returns the new epoch's
+    /// number; refuses beyond [`crate::crypto::MAX_EPOCHS`].
+    pub fn rotate(&mut self) -> Result<usize, String> {
+        if self.epoch_count() >= crate::crypto::MAX_EPOCHS {
+            return Err(format!(
+                "the key of {} has {} epochs, the most a key may have; start a new key instead",
+                self.source,
+                self.epoch_count()
+            ));
+        }
+        self.epochs.push(Secret::generate());
+        Ok(self.epochs.len())
     }
 
     /// Serialize to the key file text.
     pub fn to_text(&self) -> String {
         let t = KeyFileToml {
-            format: FORMAT.into(),
+            format: if self.epochs.is_empty() { FORMAT } else { FORMAT_EPOCHS }.into(),
             source: self.source.clone(),
             key_id: self.key_id(),
             created: self.created.clone(),
             secret: hex::encode(self.secret.expose()),
+            epochs: self.epochs.iter().map(|e| hex::encode(e.expose())).collect(),
         };
         format!(
             "# omesh key for source {:?}. Anyone holding this file can read every snapshot\n\
@@ -191,7 +234,8 @@ impl KeyFile {
         getrandom::fill(&mut salt).map_err(|e| e.to_string())?;
         getrandom::fill(&mut nonce).map_err(|e| e.to_string())?;
         let mut t = SealedToml {
-            format: SEALED_FORMAT.into(),
+            format: if self.epochs.is_empty() { SEALED_FORMAT } else { SEALED_FORMAT_EPOCHS }.into(),
+            epochs: (!self.epochs.is_empty()).then_some(self.epochs.len() as u32),
             source: self.source.clone(),
             key_id: self.key_id(),
             created: self.created.clone(),
@@ -206,8 +250,12 @@ impl KeyFile {
         let k = stretch(passphrase, &salt, memory_kib, passes, 1)?;
         let c = chacha20poly1305::XChaCha20Poly1305::new((&*k).into());
         let aad = t.aad();
+        let mut secrets = zeroize::Zeroizing::new(self.secret.expose().to_vec());
+        for e in &self.epochs {
+            secrets.extend_from_slice(e.expose());
+        }
         let ct = c
-            .encrypt((&nonce).into(), Payload { msg: self.secret.expose(), aad: &aad })
+            .encrypt((&nonce).into(), Payload { msg: &secrets, aad: &aad })
             .map_err(|_| "sealing failed".to_string())?;
         t.sealed = hex::encode(ct);
         Ok(format!(
@@ -223,11 +271,21 @@ impl KeyFile {
         use chacha20poly1305::aead::{Aead, KeyInit, Payload};
         let perr = |reason: String| KeyFileError::Parse { path: path.to_path_buf(), reason };
         let t: SealedToml = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
-        if t.format != SEALED_FORMAT || t.kdf != "argon2id" {
-            return Err(perr(format!(
-                "format {:?} with kdf {:?} is not {SEALED_FORMAT:?} with argon2id",
-                t.format, t.kdf
-            )));
+        let rotated = match (t.format.as_str(), t.epochs) {
+            (SEALED_FORMAT, None) => 0,
+            (SEALED_FORMAT_EPOCHS, Some(n)) if n >= 1 && (n as usize) < crate::crypto::MAX_EPOCHS => n as usize,
+            _ => {
+                return Err(perr(format!(
+                    "format {:?} with {:?} epochs is not {SEALED_FORMAT:?}, or {SEALED_FORMAT_EPOCHS:?} with 1 to {} \
+                     epochs",
+                    t.format,
+                    t.epochs,
+                    crate::crypto::MAX_EPOCHS - 1
+                )));
+            }
+        };
+        if t.kdf != "argon2id" {
+            return Err(perr(format!("kdf {:?} is not argon2id", t.kdf)));
         }
         // bound before allocating: the file says how much memory to use
         if t.kdf_memory_kib > KDF_MEMORY_KIB_MAX || t.kdf_passes > KDF_PASSES_MAX || t.kdf_lanes != 1 {
@@ -242,8 +300,9 @@ impl KeyFile {
         hex::decode_to_slice(&t.salt, &mut salt).map_err(|_| perr("salt is not 32 hex digits".into()))?;
         hex::decode_to_slice(&t.nonce, &mut nonce).map_err(|_| perr("nonce is not 48 hex digits".into()))?;
         let ct = hex::decode(&t.sealed).map_err(|_| perr("sealed is not hex".into()))?;
-        if ct.len() != SECRET_BYTES + 16 {
-            return Err(perr(format!("sealed holds {} bytes, expected {}", ct.len(), SECRET_BYTES + 16)));
+        let want = SECRET_BYTES * (1 + rotated) + 16;
+        if ct.len() != want {
+            return Err(perr(format!("sealed holds {} bytes, expected {want}", ct.len())));
         }
         let k = stretch(passphrase, &salt, t.kdf_memory_kib, t.kdf_passes, 1).map_err(perr)?;
         let c = chacha20poly1305::XChaCha20Poly1305::new((&*k).into());
@@ -252,9 +311,13 @@ impl KeyFile {
             c.decrypt((&nonce).into(), Payload { msg: &ct, aad: &aad })
                 .map_err(|_| KeyFileError::WrongPassphrase(path.to_path_buf()))?,
         );
-        let mut b = [0u8; SECRET_BYTES];
-        b.copy_from_slice(&pt);
-        let kf = KeyFile { source: t.source, secret: Secret::from_bytes(b), created: t.created };
+        let mut secrets = pt.chunks_exact(SECRET_BYTES).map(|c| {
+            let mut b = [0u8; SECRET_BYTES];
+            b.copy_from_slice(c);
+            Secret::from_bytes(b)
+        });
+        let secret = secrets.next().expect("at least one secret");
+        let kf = KeyFile { source: t.source, secret, epochs: secrets.collect(), created: t.created };
         if kf.key_id() != t.key_id {
             return Err(perr("the opened secret does not match its key_id; the file is damaged".into()));
         }
@@ -268,12 +331,31 @@ impl KeyFile {
             return Err(KeyFileError::NeedsPassphrase(path.to_path_buf()));
         }
         let t: KeyFileToml = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
-        if t.format != FORMAT {
-            return Err(perr(format!("format is {:?}, expected {FORMAT:?}", t.format)));
+        match (t.format.as_str(), t.epochs.len()) {
+            (FORMAT, 0) => {}
+            (FORMAT_EPOCHS, n) if n >= 1 && n < crate::crypto::MAX_EPOCHS => {}
+            _ => {
+                return Err(perr(format!(
+                    "format is {:?} with {} rotated epochs; expected {FORMAT:?}, or {FORMAT_EPOCHS:?} with 1 to {} \
+                     (a key file written by a newer omesh needs that omesh)",
+                    t.format,
+                    t.epochs.len(),
+                    crate::crypto::MAX_EPOCHS - 1
+                )));
+            }
         }
-        let mut b = [0u8; SECRET_BYTES];
-        hex::decode_to_slice(t.secret.trim(), &mut b).map_err(|_| perr("secret is not 64 hex digits".into()))?;
-        let k = KeyFile { source: t.source, secret: Secret::from_bytes(b), created: t.created };
+        let secret = |h: &str, what: &str| {
+            let mut b = [0u8; SECRET_BYTES];
+            hex::decode_to_slice(h.trim(), &mut b).map_err(|_| perr(format!("{what} is not 64 hex digits")))?;
+            Ok::<_, KeyFileError>(Secret::from_bytes(b))
+        };
+        let epochs = t
+            .epochs
+            .iter()
+            .enumerate()
+            .map(|(i, h)| secret(h, &format!("epoch {}", i + 1)))
+            .collect::<Result<_, _>>()?;
+        let k = KeyFile { source: t.source, secret: secret(&t.secret, "secret")?, epochs, created: t.created };
         if k.key_id() != t.key_id {
             return Err(perr(format!(
                 "key_id {} does not match the secret (expected {}); the file is damaged",
@@ -300,6 +382,16 @@ impl KeyFile {
         if path.exists() {
             return Err(KeyFileError::Exists(path.into()));
         }
+        write_private_atomic(path, self.to_text().as_bytes())
+            .map_err(|source| KeyFileError::Write { path: path.into(), source })
+    }
+}
+
+impl KeyFile {
+    /// Replace the key file at `path` (a rotation): written whole to a
+    /// temporary file, synced, then renamed over it, so a crash leaves the
+    /// old file or the new one, never a mix.
+    pub fn replace(&self, path: &Path) -> Result<(), KeyFileError> {
         write_private_atomic(path, self.to_text().as_bytes())
             .map_err(|source| KeyFileError::Write { path: path.into(), source })
     }
@@ -333,6 +425,34 @@ pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> std::io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rotated_key_file_keeps_every_epoch_in_plain_and_sealed_form() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("key");
+        let mut k = KeyFile::generate("srv-a");
+        assert!(k.to_text().contains("\"omesh-key-v1\""), "a key never rotated keeps the v1 format");
+        let id = k.key_id();
+        assert_eq!(k.rotate().unwrap(), 1);
+        assert_eq!(k.rotate().unwrap(), 2);
+        k.save(&p).unwrap();
+        let text = fs::read_to_string(&p).unwrap();
+        assert!(text.contains("\"omesh-key-v2\"") && text.contains("epochs"), "{text}");
+        let l = KeyFile::load(&p).unwrap();
+        assert_eq!((l.key_id(), l.epoch_count()), (id.clone(), 3));
+        assert_eq!(l.epochs[1].expose(), k.epochs[1].expose());
+        let sealed = k.to_sealed_text(b"correct horse", 64, 1).unwrap();
+        assert!(sealed.contains("omesh-key-sealed-v2") && is_sealed(&sealed));
+        let o = KeyFile::from_sealed_text(&sealed, &p, b"correct horse").unwrap();
+        assert_eq!((o.key_id(), o.epoch_count()), (id, 3));
+        assert_eq!(o.epochs[0].expose(), k.epochs[0].expose());
+        // the epoch count is authenticated: altering it breaks the seal
+        let altered = sealed.replace("epochs = 2", "epochs = 1");
+        assert!(KeyFile::from_sealed_text(&altered, &p, b"correct horse").is_err());
+        // a file claiming v2 without epochs is refused
+        let bad = text.replace("omesh-key-v2", "omesh-key-v1");
+        assert!(KeyFile::from_text(&bad, &p).is_err());
+    }
 
     #[test]
     fn round_trip_and_permissions() {

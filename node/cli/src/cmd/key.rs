@@ -1,4 +1,4 @@
-//! `omesh key export|import`
+//! `omesh key export|import|rotate|accept`
 
 use crate::args::StoreArgs;
 use crate::output::{CliError, ExitCode};
@@ -48,6 +48,29 @@ pub enum KeyCommand {
         /// this node can restore that source's snapshots from the mesh.
         #[arg(long, short = 'c', env = "OMESH_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
+    },
+    /// Start a new key epoch: data written from now on is encrypted under a new secret.
+    #[command(long_about = "Rotate the key: add a new epoch, a fresh random secret under which every \
+        object written from now on is encrypted. The older epochs stay in the key file, only to read: \
+        every older snapshot restores as before, and ids, deduplication and retention groups carry on \
+        (the key id does not change). Export the key again afterwards: an export made before the \
+        rotation cannot read anything written after it.\n\n\
+        What it protects against: a copy of the key taken before the rotation (an old export, a \
+        departed administrator, a lost backup of the key file) cannot decrypt data first written after \
+        it. What it does not: data written before stays under the old epochs (and so does any chunk a \
+        new snapshot shares with older ones, by deduplication); the holder of an old copy can still \
+        compute ids and chunk boundaries, so could test whether a file it already knows is in a new \
+        snapshot; and it does nothing against someone who has the current key file (docs/keys.md).\n\n\
+        The store must not be in use: with --config, stop the daemon first (systemctl stop omesh), \
+        rotate, export, start it.\n\n\
+        Examples:\n  omesh key rotate --store /srv/omesh\n  \
+        systemctl stop omesh && omesh key rotate --config /etc/omesh/omesh.toml && systemctl start omesh")]
+    Rotate {
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// On a peer: accept a source's snapshots under a new key.
     #[command(
@@ -153,6 +176,7 @@ pub fn run(c: KeyCommand) -> Result<ExitCode, CliError> {
             Ok(ExitCode::Ok)
         }
         KeyCommand::Accept { source, key_id, config } => accept(&source, &key_id, &config),
+        KeyCommand::Rotate { store, json } => rotate(&store, json),
         KeyCommand::Import { file, store, config, passphrase_file } => {
             let text = std::fs::read_to_string(&file)
                 .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
@@ -257,6 +281,76 @@ fn snapshots_in(dir: &std::path::Path) -> Result<usize, CliError> {
     }
 }
 
+/// `omesh key rotate` (see `KeyCommand::Rotate`).
+fn rotate(a: &StoreArgs, json: bool) -> Result<ExitCode, CliError> {
+    let (dir, path) = match &a.config {
+        Some(p) => {
+            let cfg = crate::meshmode::load(p)?;
+            let rt = crate::meshmode::tokio()?;
+            let req = omesh_daemon::services::control::ControlRequest::Ping;
+            if rt.block_on(crate::meshmode::ask_daemon(&cfg.control_socket(), &req, |_| {})).is_some() {
+                return Err(CliError::usage(
+                    "the daemon is running and holds this node's key: stop it (systemctl stop omesh), run \
+                     `omesh key rotate --config FILE`, export the key again, and start it; nothing was changed",
+                ));
+            }
+            (cfg.source_dir(&cfg.name), cfg.key_path(&cfg.name))
+        }
+        None => (a.dir().to_path_buf(), a.key_file.clone().unwrap_or_else(|| a.dir().join("key"))),
+    };
+    if !path.exists() {
+        return Err(CliError::usage(format!(
+            "{} does not exist: there is no key to rotate yet (a store or a node's first backup makes one)",
+            path.display()
+        )));
+    }
+    let mut k = KeyFile::load(&path)?;
+    // the store's write lock, held while the key file changes: no backup
+    // can go on sealing under the old epoch after it (and the key must be
+    // the store's)
+    let _store = if dir.join(CONFIG_FILE).exists() {
+        Some(Store::open(&dir, Access::Write, KeySource::Key(Box::new(k.clone()))).map_err(|e| match e {
+            e @ StoreError::Locked { .. } => {
+                CliError::usage(format!("{e}; rotate the key while nothing uses the store; nothing was changed"))
+            }
+            e => e.into(),
+        })?)
+    } else {
+        None
+    };
+    let epoch = k.rotate().map_err(CliError::usage)?;
+    k.replace(&path)?;
+    // as root on a key another user (the daemon's) owns: it keeps that owner
+    omesh_core::fsutil::own_like_parent(&path)
+        .map_err(|e| CliError::failed(format!("giving {} its directory's owner: {e}", path.display())))?;
+    if json {
+        crate::output::print_json(
+            "key_rotate",
+            &serde_json::json!({
+                "source": k.source,
+                "key_id": k.key_id(),
+                "epoch": epoch,
+                "epochs": k.epoch_count(),
+                "key_file": path.display().to_string(),
+            }),
+        )?;
+    } else {
+        println!(
+            "key {} of source {:?} rotated: new data is encrypted under epoch {epoch}; epochs 0-{} stay in {} to read \
+             older snapshots",
+            k.key_id(),
+            k.source,
+            epoch - 1,
+            path.display()
+        );
+    }
+    eprintln!(
+        "omesh: export the key again now (omesh key export --passphrase ...): an export made before this rotation \
+         cannot read anything written from now on"
+    );
+    Ok(ExitCode::Ok)
+}
+
 /// Accept `source`'s snapshots here under `key_id` (see `KeyCommand::Accept`).
 fn accept(source: &str, key_id: &str, config: &std::path::Path) -> Result<ExitCode, CliError> {
     if !omesh_proto::msg::valid_name(source) {
@@ -302,7 +396,32 @@ fn install(k: &KeyFile, dest: &std::path::Path) -> Result<ExitCode, CliError> {
     if dest.exists() {
         let existing = KeyFile::load(dest)?;
         if existing.key_id() == k.key_id() {
-            eprintln!("{} already holds this key", dest.display());
+            // the same key, maybe rotated since: the file with more epochs
+            // wins, if one's epochs are the start of the other's
+            let same = |a: &KeyFile, b: &KeyFile| a.epochs.iter().zip(&b.epochs).all(|(x, y)| x.expose() == y.expose());
+            if !same(&existing, k) {
+                return Err(CliError::usage(format!(
+                    "{} holds key {} with other rotated epochs than {}: two rotations of one key diverged; \
+                     nothing was written (keep both files: each opens what its own epochs sealed)",
+                    dest.display(),
+                    k.key_id(),
+                    "the imported file"
+                )));
+            }
+            if k.epoch_count() > existing.epoch_count() {
+                k.replace(dest)?;
+                omesh_core::fsutil::own_like_parent(dest)
+                    .map_err(|e| CliError::failed(format!("giving {} its directory's owner: {e}", dest.display())))?;
+                eprintln!(
+                    "{}: key {} updated from {} to {} epochs (it was rotated since)",
+                    dest.display(),
+                    k.key_id(),
+                    existing.epoch_count(),
+                    k.epoch_count()
+                );
+            } else {
+                eprintln!("{} already holds this key", dest.display());
+            }
             return Ok(ExitCode::Ok);
         }
         return Err(CliError::usage(format!(

@@ -57,7 +57,11 @@ pub fn run(a: RestoreArgs) -> Result<ExitCode, CliError> {
     let id = if a.filter.filter().is_empty() {
         store.resolve_snapshot(&a.snapshot)?
     } else {
-        crate::browse::pick(&store.snapshots()?.0, &a.snapshot, &a.filter.filter())?.0
+        let (list, bad) = store.snapshots()?;
+        if a.snapshot == "latest" {
+            store.latest_known(&bad)?;
+        }
+        crate::browse::pick(&list, &a.snapshot, &a.filter.filter())?.0
     };
     let opts = RestoreOptions {
         target: a.target.clone(),

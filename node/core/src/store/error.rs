@@ -126,6 +126,22 @@ pub enum StoreError {
     /// Snapshot prefix ambiguous.
     #[error("snapshot prefix {0:?} is ambiguous: matches {1}")]
     Ambiguous(String, String),
+    /// `latest` asked while some snapshot records cannot be read: the
+    /// newest readable one may not be the latest.
+    #[error(
+        "`latest` cannot be decided in store {}: {count} snapshot record(s) cannot be read with this key (first: \
+         {first}); a key exported before a key rotation cannot read what was written after it, so export the key \
+         again from the current key file, or name the snapshot by id (`omesh snapshots` lists what can be read)",
+        store.display()
+    )]
+    LatestUnknown {
+        /// store
+        store: PathBuf,
+        /// unreadable records
+        count: usize,
+        /// the first one's error
+        first: String,
+    },
     /// A SNAPSHOT argument among filtered snapshots names none or several.
     #[error(transparent)]
     Select(#[from] crate::snapshot::select::SelectError),
@@ -181,6 +197,7 @@ impl StoreError {
                 | StoreError::SnapshotNotFound(..)
                 | StoreError::Ambiguous(..)
                 | StoreError::Select(_)
+                | StoreError::LatestUnknown { .. }
         )
     }
 }

@@ -7,7 +7,7 @@ use super::error::{Result, StoreError};
 use super::hooks::{CondemnedSet, GcHooks, Session};
 use super::index::{self, Index, Location, OpenRwError};
 use super::pack::{self, PackEntry, sync_dir};
-use crate::crypto::{Keys, Secret};
+use crate::crypto::Keys;
 use crate::keyfile::KeyFile;
 use omesh_proto::ObjectId;
 use std::collections::{HashMap, HashSet};
@@ -46,8 +46,8 @@ pub enum KeySource {
     Default,
     /// An explicit key file.
     File(PathBuf),
-    /// A key already loaded.
-    Secret(Secret),
+    /// A key already loaded (with every epoch it has).
+    Key(Box<KeyFile>),
     /// No key: a replica store on a peer (can hold and move objects, cannot
     /// read them).
     None,
@@ -157,7 +157,7 @@ impl Store {
         let cfg = StoreConfig::new(&opts.source, &key.key_id(), opts.chunker, opts.pack_bytes, opts.compression);
         write_atomic(dir, &dir.join("tmp"), CONFIG_FILE, cfg.to_text().as_bytes())?;
         let _ = sync_dir(dir.parent().unwrap_or(Path::new("/")));
-        Store::open(dir, Access::Write, KeySource::Secret(key.secret.clone()))
+        Store::open(dir, Access::Write, KeySource::Key(Box::new(key.clone())))
     }
 
     /// Create a keyless replica store for `source` (held by a peer).
@@ -178,21 +178,21 @@ impl Store {
         let config = read_config(dir)?;
         let keys = match key {
             KeySource::None => None,
-            KeySource::Secret(s) => Some((s, "the supplied key".to_string())),
+            KeySource::Key(k) => Some((*k, "the supplied key".to_string())),
             KeySource::Default => {
                 let p = dir.join("key");
                 if p.exists() {
-                    Some((KeyFile::load(&p)?.secret, p.display().to_string()))
+                    Some((KeyFile::load(&p)?, p.display().to_string()))
                 } else {
                     return Err(StoreError::NoKey(dir.into()));
                 }
             }
-            KeySource::File(p) => Some((KeyFile::load(&p)?.secret, p.display().to_string())),
+            KeySource::File(p) => Some((KeyFile::load(&p)?, p.display().to_string())),
         };
         let keys = match keys {
             None => None,
-            Some((secret, from)) => {
-                let kid = secret.key_id();
+            Some((key, from)) => {
+                let kid = key.key_id();
                 if !config.key_id.is_empty() && kid != config.key_id {
                     return Err(StoreError::WrongKey {
                         store: dir.into(),
@@ -201,7 +201,7 @@ impl Store {
                         expected: config.key_id.clone(),
                     });
                 }
-                Some(Arc::new(Keys::derive(&secret)))
+                Some(Arc::new(key.keys()))
             }
         };
         let lock_path = dir.join("lock");
@@ -581,7 +581,7 @@ mod tests {
         let expected = s.config().key_id.clone();
         drop(s);
         let other = crate::keyfile::KeyFile::generate("t");
-        let e = Store::open(&d.path().join("s"), Access::Read, KeySource::Secret(other.secret.clone())).unwrap_err();
+        let e = Store::open(&d.path().join("s"), Access::Read, KeySource::Key(Box::new(other.clone()))).unwrap_err();
         assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
         assert!(e.to_string().contains(&expected) && e.to_string().contains(&other.key_id()), "{e}");
         let e = Store::open(&d.path().join("nothing"), Access::Read, KeySource::Default).unwrap_err();

@@ -120,7 +120,8 @@ impl Store {
     /// Resolve `latest`, a full id or a unique prefix.
     pub fn resolve_snapshot(&self, spec: &str) -> Result<ObjectId> {
         if spec == "latest" {
-            let (snaps, _) = self.snapshots()?;
+            let (snaps, bad) = self.snapshots()?;
+            self.latest_known(&bad)?;
             return snaps
                 .last()
                 .map(|(id, _)| *id)
@@ -136,6 +137,17 @@ impl Store {
                 spec.into(),
                 matches.iter().map(|m| m.short()).collect::<Vec<_>>().join(", "),
             )),
+        }
+    }
+
+    /// `latest` can be decided only when every record could be read
+    /// (`bad`: the unreadable ones of [`Store::snapshots`]).
+    pub fn latest_known(&self, bad: &[StoreError]) -> Result<()> {
+        match bad.first() {
+            None => Ok(()),
+            Some(e) => {
+                Err(StoreError::LatestUnknown { store: self.dir.clone(), count: bad.len(), first: e.to_string() })
+            }
         }
     }
 

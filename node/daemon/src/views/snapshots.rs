@@ -132,7 +132,7 @@ pub fn rfc3339(ns: i64) -> String {
 /// blocking).
 pub fn source_keys(rt: &NodeRuntime, source: &str) -> Option<Arc<Keys>> {
     let p = rt.cfg.key_path(source);
-    KeyFile::load(&p).ok().map(|k| Arc::new(Keys::derive(&k.secret)))
+    KeyFile::load(&p).ok().map(|k| Arc::new(k.keys()))
 }
 
 /// `omesh snapshots --config`.
