@@ -333,7 +333,7 @@ impl KeyFile {
         let t: KeyFileToml = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
         match (t.format.as_str(), t.epochs.len()) {
             (FORMAT, 0) => {}
-            (FORMAT_EPOCHS, n) if n >= 1 && n < crate::crypto::MAX_EPOCHS => {}
+            (FORMAT_EPOCHS, n) if (1..crate::crypto::MAX_EPOCHS).contains(&n) => {}
             _ => {
                 return Err(perr(format!(
                     "format is {:?} with {} rotated epochs; expected {FORMAT:?}, or {FORMAT_EPOCHS:?} with 1 to {} \
