@@ -105,50 +105,20 @@ fn the_postgresql_recipes_back_up_a_real_database_consistently_and_restore_it() 
     init_small(&store);
 
     // 1. logical: pg_dump's custom format as the snapshot's one file
-    let pg_dump = pg_bin("pg_dump");
-    let r = omesh([
-        "backup",
-        "--store",
-        s(&store),
-        "--json",
-        "--tag",
-        "pg_dump",
-        "--stdin-filename",
-        "shop.dump",
-        "--stdin-from-command",
-        "--",
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        s(&pg_dump),
-        "-h",
-        s(&socket),
-        "-Fc",
-        "shop",
-    ])
-    .ok()
-    .json();
+    let dump = |db: &str| {
+        let pg_dump = pg_bin("pg_dump");
+        let mut c = crate::common::cmd();
+        c.args(["backup", "--store", s(&store), "--json", "--tag", "pg_dump", "--stdin-filename", "shop.dump"])
+            .args(["--stdin-from-command", "--", "runuser", "-u", "postgres", "--", s(&pg_dump)])
+            .args(["-h", s(&socket), "-Fc", db]);
+        crate::common::Run::from(c.output().unwrap())
+    };
+    let r = dump("shop").ok().json();
     assert!(r["bytes"].as_u64().unwrap() > 10_000, "{r}");
     // the database changes after the dump; the restore must show the dump's state
     pg.sql("shop", "update orders set note = 'changed' where id % 10 = 0");
     // a dump that fails (no such database) saves nothing
-    let bad = omesh([
-        "backup",
-        "--store",
-        s(&store),
-        "--stdin-from-command",
-        "--",
-        "runuser",
-        "-u",
-        "postgres",
-        "--",
-        s(&pg_dump),
-        "-h",
-        s(&socket),
-        "-Fc",
-        "no_such_db",
-    ]);
+    let bad = dump("no_such_db");
     assert_eq!(bad.code, 1, "{}", bad.stderr);
     assert!(bad.stderr.contains("no snapshot was saved"), "{}", bad.stderr);
     let list = omesh(["snapshots", "--store", s(&store), "--json"]).ok().json_list();

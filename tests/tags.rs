@@ -120,11 +120,13 @@ fn a_retag_reaches_the_storing_peer_whose_retention_then_groups_by_the_new_tags(
     let mut now = vec![new.clone(), ids[1].clone()];
     now.sort();
     assert_eq!(stored_snapshots(b, "srv-a"), now, "srv-b holds the new record, not the old");
-    // now both are in one group there: retention keeps only the newest
-    // (the retag kept the snapshot's own, older time)
+    // now both are in one group there: retention keeps only one (the
+    // newer; a holder counts signed whole seconds, and both backups may
+    // have started in the same second, so which one is not asserted)
     let r = site.omesh("srv-b", &["forget", "--json"]).ok().json();
     assert_eq!(r["forgotten"].as_u64(), Some(1), "{r}");
-    assert_eq!(stored_snapshots(b, "srv-a"), vec![ids[1].clone()]);
+    let kept = stored_snapshots(b, "srv-a");
+    assert!(kept.len() == 1 && now.contains(&kept[0]), "{kept:?}");
     // on the source, a filtered forget considers only its snapshots the
     // filter chooses
     site.omesh("srv-a", &["backup", s(&src), "--tag", "other"]).ok();

@@ -103,11 +103,7 @@ pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
     }
     let access = if a.dry_run { Access::Read } else { Access::Write };
     let mut store = Store::open(a.store.dir(), access, key_source(&a.store.key_file))?;
-    let parent = match a.parent.as_deref() {
-        None => ParentChoice::Auto,
-        Some("none") => ParentChoice::None,
-        Some(spec) => ParentChoice::Id(store.resolve_snapshot(spec)?),
-    };
+    let parent = parent_choice(&store, a.parent.as_deref())?;
     let opts = BackupOptions {
         stdin: stream.map(|s| StreamInput::new(&a.stdin_filename, s)).transpose().map_err(CliError::usage)?,
         dry_run: a.dry_run,
@@ -205,38 +201,37 @@ fn stream_source(a: &BackupArgs) -> Result<Option<Box<dyn StreamSource>>, CliErr
 }
 
 fn print_summary(s: &BackupSummary) {
-    if s.dry_run {
-        println!("dry run: nothing was written and no snapshot was saved");
-        println!(
-            "  {} files, {} dirs, {} total; read {}; a backup would add {} in {} objects",
-            s.files,
-            s.dirs,
-            bytes(s.bytes),
-            bytes(s.bytes_read),
-            bytes(s.bytes_added),
-            s.objects_added
-        );
-        if s.files_unchanged > 0 {
-            println!("  {} files unchanged since the parent snapshot would not be read", s.files_unchanged);
-        }
-        return;
-    }
-    println!("snapshot {} saved ({})", s.snapshot.short(), s.snapshot);
+    let (head, would, unchanged) = if s.dry_run {
+        ("dry run: nothing was written and no snapshot was saved".to_string(), "a backup would add", "would not be")
+    } else {
+        (format!("snapshot {} saved ({})", s.snapshot.short(), s.snapshot), "added", "were not")
+    };
+    println!("{head}");
     println!(
-        "  {} files, {} dirs, {} total; read {}, added {} to the store in {:.1}s",
+        "  {} files, {} dirs, {} total; read {}, {would} {} in {} objects ({:.1}s)",
         s.files,
         s.dirs,
         bytes(s.bytes),
         bytes(s.bytes_read),
         bytes(s.bytes_added),
+        s.objects_added,
         s.seconds
     );
     if s.files_unchanged > 0 {
-        println!("  {} files unchanged since the parent snapshot were not read", s.files_unchanged);
+        println!("  {} files unchanged since the parent snapshot {unchanged} read", s.files_unchanged);
     }
     if !s.warnings.is_empty() {
         println!("  {} warnings: some content could not be read (see above)", s.warnings.len());
     }
+}
+
+/// The `--parent` choice, resolved in `store`.
+fn parent_choice(store: &Store, spec: Option<&str>) -> Result<ParentChoice, CliError> {
+    Ok(match spec {
+        None => ParentChoice::Auto,
+        Some("none") => ParentChoice::None,
+        Some(spec) => ParentChoice::Id(store.resolve_snapshot(spec)?),
+    })
 }
 
 /// A dry run in mesh mode: this node's store, opened here read-only (the
@@ -252,11 +247,7 @@ fn run_mesh_dry(
         Access::Read,
         omesh_core::store::KeySource::File(cfg.key_path(&cfg.name)),
     )?;
-    let parent = match a.parent.as_deref() {
-        None => ParentChoice::Auto,
-        Some("none") => ParentChoice::None,
-        Some(spec) => ParentChoice::Id(store.resolve_snapshot(spec)?),
-    };
+    let parent = parent_choice(&store, a.parent.as_deref())?;
     let mut opts = cfg.backup_options(
         if a.stdin_from_command { Vec::new() } else { a.paths.clone() },
         (a.exclude.clone(), a.exclude_if_present.clone(), a.exclude_caches),
@@ -291,7 +282,13 @@ impl StreamFifo {
                     p.display()
                 ))
             })?;
-        Ok(StreamFifo(p))
+        let fifo = StreamFifo(p);
+        // as root beside a daemon that runs as its own user: the FIFO gets
+        // the directory's owner, or the daemon could not open it
+        omesh_core::fsutil::own_like_parent(&fifo.0).map_err(|e| {
+            CliError::failed(format!("giving the FIFO {} its directory's owner: {e}", fifo.0.display()))
+        })?;
+        Ok(fifo)
     }
 }
 

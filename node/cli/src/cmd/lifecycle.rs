@@ -55,15 +55,9 @@ pub struct ForgetArgs {
     /// refuse inside their retention lock) instead of applying the policy.
     #[arg(value_name = "SNAPSHOT", requires = "config")]
     pub snapshots: Vec<String>,
-    /// Only snapshots with these tags are considered (comma-separated: all of them; repeat for alternatives).
-    #[arg(long = "tag", value_name = "TAG[,TAG...]")]
-    pub tags: Vec<String>,
-    /// Only snapshots that backed up this path are considered (repeatable: all of them).
-    #[arg(long = "path", value_name = "PATH")]
-    pub paths: Vec<String>,
-    /// Only snapshots taken on this host are considered (repeatable: any of them).
-    #[arg(long = "host", value_name = "HOST")]
-    pub hosts: Vec<String>,
+    /// Only the snapshots these filters choose are considered (--latest is not a retention rule: use --keep-last).
+    #[command(flatten)]
+    pub filter: crate::args::FilterArgs,
     /// Print the result as JSON.
     #[arg(long)]
     pub json: bool,
@@ -113,12 +107,13 @@ fn duration(flag: &str, s: &Option<String>) -> Result<Option<RetentionDuration>,
 }
 
 pub fn forget(a: ForgetArgs) -> Result<ExitCode, CliError> {
-    let filter = omesh_core::snapshot::select::Filter {
-        tags: a.tags.clone(),
-        paths: a.paths.clone(),
-        hosts: a.hosts.clone(),
-        latest: None,
-    };
+    if a.filter.latest.is_some() {
+        return Err(CliError::usage(
+            "forget takes --tag, --path and --host to choose what retention considers; --latest is not a \
+             retention rule (use --keep-last N)",
+        ));
+    }
+    let filter = a.filter.filter();
     let rep: ForgetReport = match &a.store.config {
         Some(path) => {
             let cfg = mesh::load(path)?;
