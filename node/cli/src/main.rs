@@ -54,7 +54,9 @@ pub enum Command {
         Exit code 3 means the snapshot was written but some files could not be read; they are \
         listed on stderr (and in --json) and marked in the snapshot.\n\n\
         Examples:\n  omesh backup --store /srv/omesh /etc /var/lib/app --exclude '*.tmp'\n  \
-        omesh backup --store /srv/omesh --image /dev/nvme1n1")]
+        omesh backup --store /srv/omesh --image /dev/nvme1n1\n  \
+        omesh backup --store /srv/omesh --stdin-filename shop.dump --stdin-from-command -- pg_dump -Fc shop\n  \
+        omesh backup --config /etc/omesh/omesh.toml --dry-run")]
     Backup(cmd::backup::BackupArgs),
     /// List snapshots.
     Snapshots(cmd::snapshots::SnapshotsArgs),
