@@ -95,6 +95,9 @@ fn a_node_rotates_with_its_daemon_stopped_and_a_new_node_restores_from_before_an
     let frozen = t.path().join("tree-first");
     copy_dir(&src, &frozen);
 
+    let old_key = t.path().join("srv-a.old.key");
+    site.omesh("srv-a", &["key", "export", "--out", s(&old_key)]).ok();
+
     // the running daemon holds the key: rotation is refused, nothing changes
     let key_path = site.node("srv-a").data().join("keys/srv-a.key");
     let before = fs::read(&key_path).unwrap();
@@ -109,11 +112,18 @@ fn a_node_rotates_with_its_daemon_stopped_and_a_new_node_restores_from_before_an
     let second = site.omesh("srv-a", &["backup", s(&src), "--json"]).ok().json();
     assert_eq!(second["protected"], true, "{second}");
 
-    // a brand-new node with only the exported (rotated) key restores both
-    // from the holders
+    // a brand-new node with the export from before the rotation: it does
+    // not guess which snapshot is the latest
+    site.omesh("srv-e", &["key", "import", s(&old_key)]).ok();
+    let r = site.omesh("srv-e", &["restore", "latest", "--source", "srv-a", "--target", s(&t.path().join("r-l"))]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("cannot be decided") && r.stderr.contains("rotation"), "{}", r.stderr);
+    // with the export made after it (an upgrade of the same key), it
+    // restores both from the holders
     let key = t.path().join("srv-a.key");
     site.omesh("srv-a", &["key", "export", "--out", s(&key)]).ok();
-    site.omesh("srv-e", &["key", "import", s(&key)]).ok();
+    let r = site.omesh("srv-e", &["key", "import", s(&key)]).ok();
+    assert!(r.stderr.contains("from 1 to 2 epochs"), "{}", r.stderr);
     for (snap, want) in [(&first, &frozen), (&second, &src)] {
         let id = snap["snapshot"].as_str().unwrap();
         let target = t.path().join(format!("r-{}", &id[..8]));

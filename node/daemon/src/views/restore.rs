@@ -36,7 +36,19 @@ pub async fn prepare_restore(
     filter: &Filter,
     from: &From,
 ) -> Result<(ObjectId, MeshSource), NodeError> {
-    let (ids, src) = prepare_source(rt, source, from, |records| {
+    let (ids, src) = prepare_source(rt, source, from, |records, unreadable| {
+        if spec == "latest"
+            && let Some(first) = unreadable
+        {
+            // the newest readable one might not be the latest
+            return Err(NodeError::Usage(format!(
+                "`latest` cannot be decided for {source}: snapshot {} (and maybe others) does not decrypt with \
+                 this node's key of {source} ({}); a key exported before a key rotation cannot read what was \
+                 written after it: import the current export (`omesh key import`), or name the snapshot by id",
+                first.short(),
+                rt.cfg.key_path(source).display()
+            )));
+        }
         let chosen = filter.apply(records.iter().map(|(i, r)| (*i, r.clone())).collect());
         select::resolve(&chosen, spec, !filter.is_empty()).map(|id| vec![id]).map_err(|e| match e {
             SelectError::NoMatch { spec, filtered } => {
@@ -57,20 +69,21 @@ pub async fn prepare_browse(
     source: &str,
     from: &From,
 ) -> Result<(Vec<(ObjectId, SnapshotRecord)>, MeshSource), NodeError> {
-    let (_, src) = prepare_source(rt, source, from, |records| Ok(records.keys().copied().collect())).await?;
+    let (_, src) = prepare_source(rt, source, from, |records, _| Ok(records.keys().copied().collect())).await?;
     let mut list = src.records();
     list.sort_by_key(|(id, r)| (r.start_ns, *id));
     Ok((list, src))
 }
 
 /// The census part of [`prepare_restore`] and [`prepare_browse`]: the
-/// snapshots `pick` chooses among the decryptable ones, and a source over
-/// the replicas holding any of them.
+/// snapshots `pick` chooses among the decryptable ones (told the first
+/// record that does not decrypt, if any), and a source over the replicas
+/// holding any of them.
 async fn prepare_source(
     rt: &Arc<NodeRuntime>,
     source: &str,
     from: &From,
-    pick: impl FnOnce(&HashMap<ObjectId, SnapshotRecord>) -> Result<Vec<ObjectId>, NodeError>,
+    pick: impl FnOnce(&HashMap<ObjectId, SnapshotRecord>, Option<ObjectId>) -> Result<Vec<ObjectId>, NodeError>,
 ) -> Result<(Vec<ObjectId>, MeshSource), NodeError> {
     let keys = {
         let (rt2, s) = (rt.clone(), source.to_string());
@@ -104,6 +117,7 @@ async fn prepare_source(
     let census = Census::gather(rt, &opts).await;
     let me = rt.cfg.name.as_str();
     let mut records: HashMap<ObjectId, SnapshotRecord> = HashMap::new();
+    let mut unreadable = None;
     for ((_, id), h) in &census.snapshots {
         let Some(rec) = &h.record else { continue };
         match open_snapshot(&keys, id, rec) {
@@ -111,6 +125,7 @@ async fn prepare_source(
                 records.insert(*id, d);
             }
             Err(e) => {
+                unreadable.get_or_insert(*id);
                 tracing::warn!(snapshot = %id.short(), error = %e, "a listed snapshot record does not decrypt with this key; ignored")
             }
         }
@@ -121,7 +136,7 @@ async fn prepare_source(
             unreachable: census.unreachable_summary(),
         });
     }
-    let ids = pick(&records)?;
+    let ids = pick(&records, unreadable)?;
     let mut replicas: Vec<Arc<Replica>> = Vec::new();
     let mut local_holds = false;
     for id in &ids {
