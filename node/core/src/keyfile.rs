@@ -132,6 +132,12 @@ fn stretch(passphrase: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<zer
     Ok(out)
 }
 
+/// Whether a v2 key file may hold `n` rotated epochs (at least one: a key
+/// never rotated is a v1 file; at most [`crate::crypto::MAX_EPOCHS`] in all).
+fn rotated_ok(n: usize) -> bool {
+    (1..crate::crypto::MAX_EPOCHS).contains(&n)
+}
+
 /// Whether key file text is sealed with a passphrase.
 pub fn is_sealed(text: &str) -> bool {
     toml::from_str::<toml::Table>(text)
@@ -273,7 +279,7 @@ impl KeyFile {
         let t: SealedToml = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
         let rotated = match (t.format.as_str(), t.epochs) {
             (SEALED_FORMAT, None) => 0,
-            (SEALED_FORMAT_EPOCHS, Some(n)) if n >= 1 && (n as usize) < crate::crypto::MAX_EPOCHS => n as usize,
+            (SEALED_FORMAT_EPOCHS, Some(n)) if rotated_ok(n as usize) => n as usize,
             _ => {
                 return Err(perr(format!(
                     "format {:?} with {:?} epochs is not {SEALED_FORMAT:?}, or {SEALED_FORMAT_EPOCHS:?} with 1 to {} \
@@ -333,7 +339,7 @@ impl KeyFile {
         let t: KeyFileToml = toml::from_str(text).map_err(|e| perr(e.to_string()))?;
         match (t.format.as_str(), t.epochs.len()) {
             (FORMAT, 0) => {}
-            (FORMAT_EPOCHS, n) if (1..crate::crypto::MAX_EPOCHS).contains(&n) => {}
+            (FORMAT_EPOCHS, n) if rotated_ok(n) => {}
             _ => {
                 return Err(perr(format!(
                     "format is {:?} with {} rotated epochs; expected {FORMAT:?}, or {FORMAT_EPOCHS:?} with 1 to {} \
@@ -382,18 +388,23 @@ impl KeyFile {
         if path.exists() {
             return Err(KeyFileError::Exists(path.into()));
         }
-        write_private_atomic(path, self.to_text().as_bytes())
-            .map_err(|source| KeyFileError::Write { path: path.into(), source })
+        self.replace(path)
     }
-}
 
-impl KeyFile {
-    /// Replace the key file at `path` (a rotation): written whole to a
-    /// temporary file, synced, then renamed over it, so a crash leaves the
-    /// old file or the new one, never a mix.
+    /// Write atomically with mode 0600 over whatever is at `path` (a
+    /// rotation, an upgrade to a newer export of the same key): written
+    /// whole to a temporary file, synced, then renamed over it, so a crash
+    /// leaves the old file or the new one, never a mix.
     pub fn replace(&self, path: &Path) -> Result<(), KeyFileError> {
         write_private_atomic(path, self.to_text().as_bytes())
             .map_err(|source| KeyFileError::Write { path: path.into(), source })
+    }
+
+    /// Whether `other` is this key at another point of its rotations: the
+    /// same key id, and the epochs of the one with fewer are the first
+    /// epochs of the other.
+    pub fn same_lineage(&self, other: &KeyFile) -> bool {
+        self.key_id() == other.key_id() && self.epochs.iter().zip(&other.epochs).all(|(a, b)| a.expose() == b.expose())
     }
 }
 

@@ -642,8 +642,10 @@ impl NodeConfig {
     }
 
     /// The options of a backup asked for with these command-line values:
-    /// the config's paths when none are given, its excludes and settings
-    /// joined with the request's, its `[hooks]`.
+    /// the config's paths when none are given (and no stream, which
+    /// replaces them), its excludes and settings joined with the
+    /// request's, its `[hooks]`.
+    #[allow(clippy::too_many_arguments)]
     pub fn backup_options(
         &self,
         paths: Vec<PathBuf>,
@@ -652,13 +654,19 @@ impl NodeConfig {
         image: Option<PathBuf>,
         tags: Vec<String>,
         parent: omesh_core::backup::ParentChoice,
+        stream: Option<omesh_core::backup::stream::StreamInput>,
     ) -> omesh_core::backup::BackupOptions {
         let mut excludes = self.backup.exclude.clone();
         excludes.extend(exclude);
         let mut exclude_if_present = self.backup.exclude_if_present.clone();
         exclude_if_present.extend(if_present);
         omesh_core::backup::BackupOptions {
-            paths: if paths.is_empty() && image.is_none() { self.backup.paths.clone() } else { paths },
+            paths: match (&stream, &image) {
+                (Some(_), _) => Vec::new(),
+                (None, None) if paths.is_empty() => self.backup.paths.clone(),
+                _ => paths,
+            },
+            stdin: stream,
             image,
             excludes,
             exclude_if_present,

@@ -508,6 +508,7 @@ impl NodeRuntime {
         image: Option<std::path::PathBuf>,
         tags: Vec<String>,
         parent: Option<&str>,
+        stream: Option<omesh_core::backup::stream::StreamInput>,
     ) -> Result<BackupOptions, NodeError> {
         let cfg = &self.cfg;
         let parent = match parent {
@@ -521,7 +522,7 @@ impl NodeRuntime {
                 ParentChoice::Id(id)
             }
         };
-        Ok(cfg.backup_options(paths, (exclude, if_present, caches), one_file_system, image, tags, parent))
+        Ok(cfg.backup_options(paths, (exclude, if_present, caches), one_file_system, image, tags, parent, stream))
     }
 
     /// [`NodeRuntime::backup_and_replicate`] for a named schedule (metrics

@@ -79,6 +79,19 @@ pub struct BackupArgs {
     pub json: bool,
 }
 
+impl BackupArgs {
+    /// The paths to back up: none with --stdin-from-command, whose
+    /// positional words are the command.
+    fn backup_paths(&self) -> &[PathBuf] {
+        if self.stdin_from_command { &[] } else { &self.paths }
+    }
+
+    /// The stream as the backup's input, named by --stdin-filename.
+    fn stream_input(&self, stream: Option<Box<dyn StreamSource>>) -> Result<Option<StreamInput>, CliError> {
+        stream.map(|s| StreamInput::new(&self.stdin_filename, s)).transpose().map_err(CliError::usage)
+    }
+}
+
 pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
     for f in &a.exclude_file {
         a.exclude.extend(omesh_core::backup::exclude::read_exclude_file(f).map_err(CliError::usage)?);
@@ -105,9 +118,9 @@ pub fn run(mut a: BackupArgs) -> Result<ExitCode, CliError> {
     let mut store = Store::open(a.store.dir(), access, key_source(&a.store.key_file))?;
     let parent = parent_choice(&store, a.parent.as_deref())?;
     let opts = BackupOptions {
-        stdin: stream.map(|s| StreamInput::new(&a.stdin_filename, s)).transpose().map_err(CliError::usage)?,
+        stdin: a.stream_input(stream)?,
         dry_run: a.dry_run,
-        paths: if a.stdin_from_command { Vec::new() } else { a.paths.clone() },
+        paths: a.backup_paths().to_vec(),
         image: a.image.clone(),
         excludes: a.exclude.clone(),
         exclude_if_present: a.exclude_if_present.clone(),
@@ -249,18 +262,15 @@ fn run_mesh_dry(
     )?;
     let parent = parent_choice(&store, a.parent.as_deref())?;
     let mut opts = cfg.backup_options(
-        if a.stdin_from_command { Vec::new() } else { a.paths.clone() },
+        a.backup_paths().to_vec(),
         (a.exclude.clone(), a.exclude_if_present.clone(), a.exclude_caches),
         a.one_file_system,
         a.image.clone(),
         a.tag.clone(),
         parent,
+        a.stream_input(stream)?,
     );
     opts.dry_run = true;
-    if let Some(s) = stream {
-        opts.paths.clear();
-        opts.stdin = Some(StreamInput::new(&a.stdin_filename, s).map_err(CliError::usage)?);
-    }
     local(&a, &mut store, &opts)
 }
 
@@ -312,7 +322,7 @@ fn run_mesh(
     // the daemon has its own working directory (and maybe its own /tmp):
     // it gets absolute paths and the file each names here
     let seen = |p: &PathBuf| SeenPath::here(p).map_err(|e| CliError { code: ExitCode::Usage, err: e.into() });
-    let paths = if stream.is_some() { Vec::new() } else { a.paths.iter().map(seen).collect::<Result<Vec<_>, _>>()? };
+    let paths = a.backup_paths().iter().map(seen).collect::<Result<Vec<_>, _>>()?;
     let image = a.image.as_ref().map(seen).transpose()?;
     // a stream goes to the daemon through a FIFO, framed with its verdict
     // (the command's exit status): a failed or cut-off stream saves nothing
@@ -392,42 +402,15 @@ fn run_mesh(
             Some(Ok(other)) => Err(mesh::unexpected(&other)),
             Some(Err(e)) => Err(e),
             None => {
-                let ControlRequest::Backup {
-                    paths,
-                    exclude,
-                    exclude_if_present,
-                    exclude_caches,
-                    one_file_system,
-                    image,
-                    tags,
-                    parent,
-                    stdin,
-                } = req
-                else {
-                    unreachable!("built above")
-                };
                 mesh::in_process(cfg.clone(), true, |nrt| async move {
-                    let paths = paths.into_iter().map(|p| p.path).collect();
-                    let stream = stdin.as_ref().map(StreamRequest::open).transpose().map_err(CliError::usage)?;
-                    let mut opts = nrt
-                        .backup_request_options(
-                            paths,
-                            (exclude, exclude_if_present, exclude_caches),
-                            one_file_system,
-                            image.map(|p| p.path),
-                            tags,
-                            parent.as_deref(),
-                        )
+                    let opts = req
+                        .backup_options(&nrt)
                         .await
                         // a bad --parent is a usage error, as in local mode
                         .map_err(|e| match e {
                             omesh_daemon::error::NodeError::Store(e) => CliError::from(e),
                             e => mesh::node_err(e),
                         })?;
-                    if let Some(s) = stream {
-                        opts.paths.clear();
-                        opts.stdin = Some(s);
-                    }
                     nrt.backup_and_replicate(opts, Arc::new(Progress::default())).await.map_err(mesh::node_err)
                 })
                 .await

@@ -286,14 +286,6 @@ fn rotate(a: &StoreArgs, json: bool) -> Result<ExitCode, CliError> {
     let (dir, path) = match &a.config {
         Some(p) => {
             let cfg = crate::meshmode::load(p)?;
-            let rt = crate::meshmode::tokio()?;
-            let req = omesh_daemon::services::control::ControlRequest::Ping;
-            if rt.block_on(crate::meshmode::ask_daemon(&cfg.control_socket(), &req, |_| {})).is_some() {
-                return Err(CliError::usage(
-                    "the daemon is running and holds this node's key: stop it (systemctl stop omesh), run \
-                     `omesh key rotate --config FILE`, export the key again, and start it; nothing was changed",
-                ));
-            }
             (cfg.source_dir(&cfg.name), cfg.key_path(&cfg.name))
         }
         None => (a.dir().to_path_buf(), a.key_file.clone().unwrap_or_else(|| a.dir().join("key"))),
@@ -306,13 +298,14 @@ fn rotate(a: &StoreArgs, json: bool) -> Result<ExitCode, CliError> {
     }
     let mut k = KeyFile::load(&path)?;
     // the store's write lock, held while the key file changes: no backup
-    // can go on sealing under the old epoch after it (and the key must be
-    // the store's)
+    // (the daemon's, which holds the lock while it runs) can go on sealing
+    // under the old epoch after it, and the key must be the store's
     let _store = if dir.join(CONFIG_FILE).exists() {
         Some(Store::open(&dir, Access::Write, KeySource::Key(Box::new(k.clone()))).map_err(|e| match e {
-            e @ StoreError::Locked { .. } => {
-                CliError::usage(format!("{e}; rotate the key while nothing uses the store; nothing was changed"))
-            }
+            e @ StoreError::Locked { .. } => CliError::usage(format!(
+                "{e}; the key is rotated while nothing uses the store: if the daemon holds it, stop it \
+                 (systemctl stop omesh), rotate, export the key again and start it; nothing was changed"
+            )),
             e => e.into(),
         })?)
     } else {
@@ -320,9 +313,7 @@ fn rotate(a: &StoreArgs, json: bool) -> Result<ExitCode, CliError> {
     };
     let epoch = k.rotate().map_err(CliError::usage)?;
     k.replace(&path)?;
-    // as root on a key another user (the daemon's) owns: it keeps that owner
-    omesh_core::fsutil::own_like_parent(&path)
-        .map_err(|e| CliError::failed(format!("giving {} its directory's owner: {e}", path.display())))?;
+    owned(&path)?;
     if json {
         crate::output::print_json(
             "key_rotate",
@@ -390,6 +381,14 @@ fn accept(source: &str, key_id: &str, config: &std::path::Path) -> Result<ExitCo
     Ok(ExitCode::Ok)
 }
 
+/// As root into a directory another user (the daemon's) owns: a key (and
+/// a keys directory made here) get that owner, or the daemon could not
+/// read them.
+fn owned(p: &std::path::Path) -> Result<(), CliError> {
+    omesh_core::fsutil::own_like_parent(p)
+        .map_err(|e| CliError::failed(format!("giving {} its directory's owner: {e}", p.display())))
+}
+
 /// Write `k` to `dest`, unless `dest` already holds it (fine) or another
 /// key (refused: a key is never overwritten).
 fn install(k: &KeyFile, dest: &std::path::Path) -> Result<ExitCode, CliError> {
@@ -398,20 +397,17 @@ fn install(k: &KeyFile, dest: &std::path::Path) -> Result<ExitCode, CliError> {
         if existing.key_id() == k.key_id() {
             // the same key, maybe rotated since: the file with more epochs
             // wins, if one's epochs are the start of the other's
-            let same = |a: &KeyFile, b: &KeyFile| a.epochs.iter().zip(&b.epochs).all(|(x, y)| x.expose() == y.expose());
-            if !same(&existing, k) {
+            if !existing.same_lineage(k) {
                 return Err(CliError::usage(format!(
-                    "{} holds key {} with other rotated epochs than {}: two rotations of one key diverged; \
-                     nothing was written (keep both files: each opens what its own epochs sealed)",
+                    "{} holds key {} with other rotated epochs than the imported file: two rotations of one key \
+                     diverged; nothing was written (keep both files: each opens what its own epochs sealed)",
                     dest.display(),
-                    k.key_id(),
-                    "the imported file"
+                    k.key_id()
                 )));
             }
             if k.epoch_count() > existing.epoch_count() {
                 k.replace(dest)?;
-                omesh_core::fsutil::own_like_parent(dest)
-                    .map_err(|e| CliError::failed(format!("giving {} its directory's owner: {e}", dest.display())))?;
+                owned(dest)?;
                 eprintln!(
                     "{}: key {} updated from {} to {} epochs (it was rotated since)",
                     dest.display(),
@@ -430,13 +426,6 @@ fn install(k: &KeyFile, dest: &std::path::Path) -> Result<ExitCode, CliError> {
             existing.source
         )));
     }
-    // as root into a directory another user (the daemon's) owns: the key
-    // (and a keys directory made here) get that owner, or the daemon could
-    // not read them
-    let owned = |p: &std::path::Path| {
-        omesh_core::fsutil::own_like_parent(p)
-            .map_err(|e| CliError::failed(format!("giving {} its directory's owner: {e}", p.display())))
-    };
     if let Some(dir) = dest.parent()
         && !dir.exists()
     {

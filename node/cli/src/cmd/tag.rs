@@ -34,13 +34,7 @@ pub struct TagArgs {
 pub fn run(a: TagArgs) -> Result<ExitCode, CliError> {
     let set: Vec<String> = a.set.iter().filter(|t| !t.is_empty()).cloned().collect();
     let change = TagChange { set: (!a.set.is_empty()).then_some(set), add: a.add.clone(), remove: a.remove.clone() };
-    change.validate().map_err(CliError::usage)?;
     let filter = a.filter.filter();
-    if a.snapshots.is_empty() && filter.is_empty() {
-        return Err(CliError::usage(
-            "name the snapshots to tag (ids, prefixes or latest), or choose them with --tag/--path/--host/--latest",
-        ));
-    }
     let rep: TagReport = match &a.store.config {
         Some(path) => {
             let cfg = mesh::load(path)?;
@@ -70,8 +64,8 @@ pub fn run(a: TagArgs) -> Result<ExitCode, CliError> {
         for i in &rep.items {
             let tags = if i.tags.is_empty() { "(no tags)".to_string() } else { i.tags.join(",") };
             match &i.new {
-                Some(n) => println!("{} -> {}  tags {tags}", &i.snapshot[..8], &n[..8]),
-                None => println!("{} unchanged  tags {tags}", &i.snapshot[..8]),
+                Some(n) => println!("{} -> {}  tags {tags}", i.snapshot.short(), n.short()),
+                None => println!("{} unchanged  tags {tags}", i.snapshot.short()),
             }
         }
         println!(

@@ -78,7 +78,7 @@ pub fn run(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res<
         source: store.config().source.clone(),
         paths: match (&opts.image, &opts.stdin) {
             (Some(i), _) => vec![i.display().to_string()],
-            (None, Some(s)) => vec![format!("/{}", s.name)],
+            (None, Some(s)) => vec![s.path()],
             (None, None) => opts.paths.iter().map(|p| p.display().to_string()).collect(),
         },
         ..Default::default()
@@ -135,7 +135,7 @@ fn run_body(store: &Store, opts: &BackupOptions, progress: Arc<Progress>) -> Res
     };
     let paths: Vec<String> = match &opts.stdin {
         // the stream is the file /NAME of the snapshot
-        Some(s) => vec![format!("/{}", s.name)],
+        Some(s) => vec![s.path()],
         None => roots.iter().map(|p| p.display().to_string()).collect(),
     };
     let host = opts.hostname.clone().unwrap_or_else(hostname);

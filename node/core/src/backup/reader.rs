@@ -32,7 +32,10 @@ pub(super) fn reader(ctx: &Ctx<'_>, rx: Receiver<FileJob>, chunk_tx: Sender<Chun
             scratch = Vec::new();
         }
         ctx.progress.files.fetch_add(1, Ordering::Relaxed);
-        ctx.progress.bytes.fetch_add(out.size, Ordering::Relaxed);
+        if job.stream.is_none() {
+            // (a stream's bytes were counted as they came)
+            ctx.progress.bytes.fetch_add(out.size, Ordering::Relaxed);
+        }
         if job.image {
             // a block device's size is only known once opened
             ctx.counts.lock().expect("counts").bytes += out.size;
@@ -152,29 +155,15 @@ fn read_stream(
         FileOut { size: 0, content: Content::Inline(vec![]), warning: None, unreadable: true }
     };
     let Some(mut src) = input.take() else { return failed("the stream was already read".into()) };
-    let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
-    let mut seq = 0usize;
-    let read = ctx.chunker.for_each_chunk_with(scratch, &mut src, u64::MAX, |data| {
-        if ctx.failed() {
-            return Err(std::io::Error::other("backup aborted"));
-        }
-        ctx.progress.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
-        ctx.progress.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-        chunk_tx
-            .send(ChunkJob { data, zero_is_hole: false, seq, reply: reply_tx.clone() })
-            .map_err(|_| std::io::Error::other("chunk workers stopped"))?;
-        seq += 1;
-        Ok(())
+    let mut chunks = Chunks::new();
+    // no size is known ahead: the progress counts the bytes as they come
+    let read = chunks.send(ctx, scratch, &mut src, u64::MAX, false, chunk_tx, |_, n| {
+        ctx.progress.bytes.fetch_add(n as u64, Ordering::Relaxed);
     });
-    drop(reply_tx);
-    let mut results: Vec<Option<Extent>> = vec![None; seq];
-    for _ in 0..seq {
-        match reply_rx.recv() {
-            Ok((i, Ok(e))) => results[i] = Some(e),
-            Ok((_, Err(e))) => return failed(e),
-            Err(_) => return failed("chunk workers stopped".into()),
-        }
-    }
+    let extents = match chunks.answers() {
+        Ok(e) => e,
+        Err(e) => return failed(e.to_string()),
+    };
     let size = match read {
         Ok(n) => n,
         Err(e) => return failed(format!("reading the stream {}: {e}", input.name)),
@@ -182,9 +171,6 @@ fn read_stream(
     if let Err(e) = src.finish() {
         return failed(e);
     }
-    // the progress counted the bytes as they came; the file is counted once
-    ctx.progress.bytes.fetch_sub(size, Ordering::Relaxed);
-    let extents = results.into_iter().map(|e| e.expect("every chunk answered")).collect();
     match into_content(ctx, extents, pack_tx) {
         Ok(content) => FileOut { size, content, warning: None, unreadable: false },
         Err(e) => failed(e),
@@ -201,10 +187,9 @@ pub(super) fn chunk_file(
     scratch: &mut Vec<u8>,
 ) -> std::io::Result<(Vec<Extent>, u64)> {
     let ranges = crate::fsutil::data_ranges(f, size, sparse)?;
-    let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
-    // the layout: Some(n) = n-th chunk result, None = a hole of given length
+    let mut chunks = Chunks::new();
+    // the layout: Ok(n) = the n-th chunk, Err(len) = a hole of that length
     let mut layout: Vec<Result<usize, u64>> = Vec::new();
-    let mut seq = 0usize;
     let mut pos = 0u64;
     let mut read = 0u64;
     for (start, len) in ranges {
@@ -212,18 +197,7 @@ pub(super) fn chunk_file(
             layout.push(Err(start - pos));
         }
         f.seek(SeekFrom::Start(start))?;
-        let n = ctx.chunker.for_each_chunk_with(scratch, &mut *f, len, |data| {
-            if ctx.failed() {
-                return Err(std::io::Error::other("backup aborted"));
-            }
-            ctx.progress.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
-            layout.push(Ok(seq));
-            chunk_tx
-                .send(ChunkJob { data, zero_is_hole: image, seq, reply: reply_tx.clone() })
-                .map_err(|_| std::io::Error::other("chunk workers stopped"))?;
-            seq += 1;
-            Ok(())
-        })?;
+        let n = chunks.send(ctx, scratch, &mut *f, len, image, chunk_tx, |i, _| layout.push(Ok(i)))?;
         read += n;
         pos = start + n;
         if n < len {
@@ -233,12 +207,7 @@ pub(super) fn chunk_file(
     if pos < size && sparse {
         layout.push(Err(size - pos));
     }
-    drop(reply_tx);
-    let mut results: Vec<Option<Extent>> = vec![None; seq];
-    for _ in 0..seq {
-        let (i, r) = reply_rx.recv().map_err(|_| std::io::Error::other("chunk workers stopped"))?;
-        results[i] = Some(r.map_err(std::io::Error::other)?);
-    }
+    let mut results: Vec<Option<Extent>> = chunks.answers()?.into_iter().map(Some).collect();
     let mut extents = Vec::with_capacity(layout.len());
     for l in layout {
         let e = match l {
@@ -252,6 +221,61 @@ pub(super) fn chunk_file(
         }
     }
     Ok((extents, read))
+}
+
+/// Chunks of one file or stream on their way to the workers, numbered in
+/// file order; the workers answer each with its extent.
+struct Chunks {
+    reply_tx: Sender<(usize, Result<Extent, String>)>,
+    reply_rx: Receiver<(usize, Result<Extent, String>)>,
+    sent: usize,
+}
+
+impl Chunks {
+    fn new() -> Self {
+        let (reply_tx, reply_rx) = crossbeam_channel::unbounded();
+        Chunks { reply_tx, reply_rx, sent: 0 }
+    }
+
+    /// Chunk what `reader` yields (up to `limit` bytes) and send each chunk
+    /// to the workers, telling `each` its number and length; returns the
+    /// bytes read.
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        ctx: &Ctx<'_>,
+        scratch: &mut Vec<u8>,
+        reader: impl std::io::Read,
+        limit: u64,
+        zero_is_hole: bool,
+        chunk_tx: &Sender<ChunkJob>,
+        mut each: impl FnMut(usize, usize),
+    ) -> std::io::Result<u64> {
+        ctx.chunker.for_each_chunk_with(scratch, reader, limit, |data| {
+            if ctx.failed() {
+                return Err(std::io::Error::other("backup aborted"));
+            }
+            ctx.progress.bytes_read.fetch_add(data.len() as u64, Ordering::Relaxed);
+            each(self.sent, data.len());
+            chunk_tx
+                .send(ChunkJob { data, zero_is_hole, seq: self.sent, reply: self.reply_tx.clone() })
+                .map_err(|_| std::io::Error::other("chunk workers stopped"))?;
+            self.sent += 1;
+            Ok(())
+        })
+    }
+
+    /// The extents of every chunk sent, in order (the first failure of a
+    /// worker is the error).
+    fn answers(self) -> std::io::Result<Vec<Extent>> {
+        drop(self.reply_tx);
+        let mut results: Vec<Option<Extent>> = vec![None; self.sent];
+        for _ in 0..self.sent {
+            let (i, r) = self.reply_rx.recv().map_err(|_| std::io::Error::other("chunk workers stopped"))?;
+            results[i] = Some(r.map_err(std::io::Error::other)?);
+        }
+        Ok(results.into_iter().map(|e| e.expect("every chunk answered")).collect())
+    }
 }
 
 /// Inline extents, or list objects for very large files.

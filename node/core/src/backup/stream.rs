@@ -120,6 +120,11 @@ impl StreamInput {
         Ok(StreamInput { name: name.to_string(), source: Arc::new(Mutex::new(Some(source))) })
     }
 
+    /// The path the stream has in the snapshot (and in its record's paths).
+    pub fn path(&self) -> String {
+        format!("/{}", self.name)
+    }
+
     /// The stream, once (a stream cannot be read twice).
     pub(super) fn take(&self) -> Option<Box<dyn StreamSource>> {
         self.source.lock().ok()?.take()

@@ -117,10 +117,6 @@ impl Walker<'_, '_> {
                 reason: "--image needs a regular file (disk image) or a block device".into(),
             });
         }
-        let fslot = Slot::new();
-        self.file_tx
-            .send(FileJob { path: img.into(), image: true, ident: None, stream: None, slot: fslot.clone() })
-            .map_err(|_| BackupError::Internal("readers stopped".into()))?;
         let mut node = meta::node_from_meta(
             b"image",
             &m,
@@ -128,6 +124,23 @@ impl Walker<'_, '_> {
             &self.ctx.names,
         );
         node.mode = m.mode() & 0o7777;
+        self.one_file_root(img.into(), true, None, node, slot)
+    }
+
+    /// A root of one file (an image or a stream): its job to the readers,
+    /// its node the root's only entry.
+    fn one_file_root(
+        &mut self,
+        path: PathBuf,
+        image: bool,
+        stream: Option<super::stream::StreamInput>,
+        node: Node,
+        slot: DirSlot,
+    ) -> Res<()> {
+        let fslot = Slot::new();
+        self.file_tx
+            .send(FileJob { path, image, ident: None, stream, slot: fslot.clone() })
+            .map_err(|_| BackupError::Internal("readers stopped".into()))?;
         self.ctx.counts.lock().expect("counts").files += 1;
         self.emit(PendingDir { nodes: vec![PendingNode { node, wait: Wait::File(fslot) }], slot })
     }
@@ -136,16 +149,6 @@ impl Walker<'_, '_> {
     /// mode 0600 (a database dump is as private as the database), the time
     /// of the backup as its times.
     pub(super) fn stream_root(&mut self, input: &super::stream::StreamInput, slot: DirSlot) -> Res<()> {
-        let fslot = Slot::new();
-        self.file_tx
-            .send(FileJob {
-                path: format!("(stdin as {})", input.name).into(),
-                image: false,
-                ident: None,
-                stream: Some(input.clone()),
-                slot: fslot.clone(),
-            })
-            .map_err(|_| BackupError::Internal("readers stopped".into()))?;
         let now = crate::time::now_ns();
         let node = Node {
             name: input.name.as_bytes().to_vec(),
@@ -165,8 +168,7 @@ impl Walker<'_, '_> {
             warning: None,
             unreadable: false,
         };
-        self.ctx.counts.lock().expect("counts").files += 1;
-        self.emit(PendingDir { nodes: vec![PendingNode { node, wait: Wait::File(fslot) }], slot })
+        self.one_file_root(format!("(stdin as {})", input.name).into(), false, Some(input.clone()), node, slot)
     }
 
     /// Handle one entry (file, dir, special). Returns None when excluded.

@@ -142,6 +142,9 @@ pub enum StoreError {
         /// the first one's error
         first: String,
     },
+    /// A request that cannot be carried out as given (what to change).
+    #[error("{0}")]
+    Invalid(String),
     /// A SNAPSHOT argument among filtered snapshots names none or several.
     #[error(transparent)]
     Select(#[from] crate::snapshot::select::SelectError),
@@ -197,6 +200,7 @@ impl StoreError {
                 | StoreError::SnapshotNotFound(..)
                 | StoreError::Ambiguous(..)
                 | StoreError::Select(_)
+                | StoreError::Invalid(_)
                 | StoreError::LatestUnknown { .. }
         )
     }

@@ -4,6 +4,7 @@
 
 use super::{Store, StoreError};
 use crate::policy::retention;
+use crate::snapshot::select::Filter;
 use crate::time::{self, Timestamp};
 use omesh_proto::ObjectId;
 use serde::{Deserialize, Serialize};
@@ -93,17 +94,28 @@ pub type RetentionEntry = (ObjectId, Timestamp, Option<omesh_proto::RetentionGro
 /// when the record was committed here), so the source and every replica
 /// group alike.
 pub fn retention_entries(store: &Store) -> Result<Vec<RetentionEntry>, StoreError> {
+    chosen_entries(store, &Filter::default())
+}
+
+/// [`retention_entries`] of the snapshots `filter` chooses by their
+/// records, each record read once (its time, as [`snapshot_times`] has it,
+/// comes from the same read). A filter needs the key: the caller refuses a
+/// keyless store first.
+fn chosen_entries(store: &Store, filter: &Filter) -> Result<Vec<RetentionEntry>, StoreError> {
     let keys = store.keys().ok().cloned();
     let mut out = Vec::new();
-    for (id, t) in snapshot_times(store)? {
-        let (groups, paths) = match &keys {
+    for id in store.snapshot_ids()? {
+        let stored = || time::from_ns(store.snapshot_stored_ns(&id));
+        out.push(match &keys {
             Some(k) => match store.load_snapshot(&id) {
-                Ok(r) => (Some(k.retention_groups(&r.paths, &r.tags)), Some(r.paths)),
-                Err(_) => (None, None),
+                Ok(r) if !filter.matches(&r) => continue,
+                Ok(r) => (id, time::from_ns(r.start_ns), Some(k.retention_groups(&r.paths, &r.tags)), Some(r.paths)),
+                // an unreadable record passes no filter
+                Err(_) if !filter.is_empty() => continue,
+                Err(_) => (id, stored(), None, None),
             },
-            None => (store.read_snapshot_record(&id).ok().and_then(|b| attested_groups(&b)), None),
-        };
-        out.push((id, t, groups, paths));
+            None => (id, stored(), store.read_snapshot_record(&id).ok().and_then(|b| attested_groups(&b)), None),
+        });
     }
     Ok(out)
 }
@@ -126,35 +138,25 @@ pub fn forget_store(
     source: &str,
     store: &Store,
     policy: &retention::RetentionPolicy,
-    filter: &crate::snapshot::select::Filter,
+    filter: &Filter,
     now: Timestamp,
     dry_run: bool,
     rep: &mut ForgetReport,
 ) {
-    let mut entries = match retention_entries(store) {
+    if !filter.is_empty() && store.keys().is_err() {
+        rep.errors.push(format!(
+            "{source}: --tag, --path and --host need the snapshots' key, which this node does not hold for \
+             {source}; none of its snapshots were considered (run the filtered forget on {source} itself)"
+        ));
+        return;
+    }
+    let entries = match chosen_entries(store, filter) {
         Ok(t) => t,
         Err(e) => {
             rep.errors.push(format!("{source}: {e}"));
             return;
         }
     };
-    if !filter.is_empty() {
-        if store.keys().is_err() {
-            rep.errors.push(format!(
-                "{source}: --tag, --path and --host need the snapshots' key, which this node does not hold for \
-                 {source}; none of its snapshots were considered (run the filtered forget on {source} itself)"
-            ));
-            return;
-        }
-        let chosen: std::collections::HashSet<ObjectId> = match store.snapshots() {
-            Ok((list, _)) => list.into_iter().filter(|(_, r)| filter.matches(r)).map(|(id, _)| id).collect(),
-            Err(e) => {
-                rep.errors.push(format!("{source}: {e}"));
-                return;
-            }
-        };
-        entries.retain(|e| chosen.contains(&e.0));
-    }
     let grouped: Vec<_> = entries.iter().map(|(id, t, g, _)| (*id, *t, *g)).collect();
     let paths: std::collections::HashMap<ObjectId, Vec<String>> =
         entries.into_iter().filter_map(|(id, _, _, p)| p.map(|p| (id, p))).collect();

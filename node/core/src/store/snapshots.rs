@@ -177,46 +177,43 @@ impl Store {
         Ok(id)
     }
 
-    /// Change the tags of snapshot `id` without touching its data: the
-    /// record is written again with the new tags (same tree, times, paths
-    /// and host, so a new id, and new retention groups in its attestation)
-    /// and the old record is removed once the new one is durable. `None`
-    /// when the tags would not change.
-    pub fn retag(&self, id: &ObjectId, change: &crate::snapshot::select::TagChange) -> Result<Option<ObjectId>> {
-        let mut rec = self.load_snapshot(id)?;
-        let tags = change.apply(&rec.tags);
-        if tags == rec.tags {
-            return Ok(None);
-        }
-        rec.tags = tags;
-        let new = self.write_snapshot(&rec)?;
-        if new != *id {
-            self.forget_snapshot(id)?;
-        }
-        Ok(Some(new))
-    }
-
     /// `omesh tag`: change the tags of the snapshots `specs` name among
-    /// those `filter` chooses (every chosen one without specs) with
-    /// [`Store::retag`].
+    /// those `filter` chooses (every chosen one without specs; one of the
+    /// two is needed) without touching their data. Each changed record is
+    /// written again with the new tags (same tree, times, paths and host, so
+    /// a new id, and new retention groups in its attestation), and the old
+    /// record is removed once the new one is durable.
     pub fn tag_snapshots(
         &self,
         specs: &[String],
         filter: &crate::snapshot::select::Filter,
         change: &crate::snapshot::select::TagChange,
     ) -> Result<TagReport> {
-        let (list, _) = self.snapshots()?;
+        change.validate().map_err(StoreError::Invalid)?;
+        if specs.is_empty() && filter.is_empty() {
+            return Err(StoreError::Invalid(
+                "name the snapshots to tag (ids, prefixes or latest), or choose them with --tag/--path/--host/--latest"
+                    .into(),
+            ));
+        }
+        let (list, bad) = self.snapshots()?;
+        if specs.iter().any(|s| s == "latest") {
+            self.latest_known(&bad)?;
+        }
         let chosen = crate::snapshot::select::choose(list, specs, filter)?;
         let mut rep = TagReport::default();
-        for (id, rec) in chosen {
-            let new = self.retag(&id, change)?;
-            rep.changed += usize::from(new.is_some());
-            rep.items.push(TagItem {
-                snapshot: id.to_hex(),
-                new: new.map(|n| n.to_hex()),
-                tags: change.apply(&rec.tags),
-                replicas: Vec::new(),
-            });
+        for (id, mut rec) in chosen {
+            let tags = change.apply(&rec.tags);
+            let new = if tags == rec.tags {
+                None
+            } else {
+                rec.tags = tags;
+                let new = self.write_snapshot(&rec)?;
+                self.forget_snapshot(&id)?;
+                rep.changed += 1;
+                Some(new)
+            };
+            rep.items.push(TagItem { snapshot: id, new, tags: rec.tags, replicas: Vec::new() });
         }
         Ok(rep)
     }
@@ -290,9 +287,11 @@ pub struct TagReport {
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TagItem {
     /// Its id before.
-    pub snapshot: String,
+    #[serde(with = "omesh_proto::id::hex")]
+    pub snapshot: ObjectId,
     /// Its new id, or null when its tags did not change.
-    pub new: Option<String>,
+    #[serde(with = "omesh_proto::id::hex::option")]
+    pub new: Option<ObjectId>,
     /// Its tags now.
     pub tags: Vec<String>,
     /// Peers that acknowledged the new record (mesh mode).

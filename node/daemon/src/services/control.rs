@@ -174,6 +174,47 @@ impl SeenPath {
     }
 }
 
+impl ControlRequest {
+    /// The options of a `Backup` request, for the daemon and for the CLI's
+    /// in-process run alike: the caller's paths (and stream FIFO) as this
+    /// process sees them, the stream opened, `--parent` resolved in this
+    /// node's store, the config's settings joined
+    /// ([`crate::config::NodeConfig::backup_options`]).
+    pub async fn backup_options(self, rt: &Arc<NodeRuntime>) -> Result<omesh_core::backup::BackupOptions, NodeError> {
+        let ControlRequest::Backup {
+            paths,
+            exclude,
+            exclude_if_present,
+            exclude_caches,
+            one_file_system,
+            image,
+            tags,
+            parent,
+            stdin,
+        } = self
+        else {
+            return Err(NodeError::Usage(format!("{self:?} is not a backup request")));
+        };
+        let (paths, image, stream) = tokio::task::spawn_blocking(move || {
+            let paths = paths.iter().map(SeenPath::as_the_caller_sees).collect::<Result<Vec<_>, _>>()?;
+            let image = image.as_ref().map(SeenPath::as_the_caller_sees).transpose()?;
+            Ok::<_, String>((paths, image, stdin.as_ref().map(StreamRequest::open).transpose()?))
+        })
+        .await?
+        .map_err(NodeError::Usage)?;
+        rt.backup_request_options(
+            paths,
+            (exclude, exclude_if_present, exclude_caches),
+            one_file_system,
+            image,
+            tags,
+            parent.as_deref(),
+            stream,
+        )
+        .await
+    }
+}
+
 /// A stream to back up (`omesh backup --stdin` through the daemon): the
 /// CLI writes it, framed ([`omesh_core::backup::stream::write_framed`]),
 /// into a FIFO it made beside the control socket.
@@ -388,42 +429,11 @@ async fn answer(
 ) -> Result<ControlResponse, Refused> {
     Ok(match req {
         ControlRequest::Ping => ControlResponse::Pong { node: rt.cfg.name.clone() },
-        ControlRequest::Backup {
-            paths,
-            exclude,
-            exclude_if_present,
-            exclude_caches,
-            one_file_system,
-            image,
-            tags,
-            parent,
-            stdin,
-        } => {
-            let refuse = |message| Refused { class: ErrorClass::Usage, message };
-            let (paths, image, stream) = tokio::task::spawn_blocking(move || {
-                let paths = paths.iter().map(SeenPath::as_the_caller_sees).collect::<Result<Vec<_>, _>>()?;
-                let image = image.as_ref().map(SeenPath::as_the_caller_sees).transpose()?;
-                Ok::<_, String>((paths, image, stdin.as_ref().map(StreamRequest::open).transpose()?))
-            })
-            .await
-            .map_err(|e| Refused::from(NodeError::from(e)))?
-            .map_err(refuse)?;
-            let mut opts = rt
-                .backup_request_options(
-                    paths,
-                    (exclude, exclude_if_present, exclude_caches),
-                    one_file_system,
-                    image,
-                    tags,
-                    parent.as_deref(),
-                )
-                .await
-                .map_err(|e| Refused { class: ErrorClass::Usage, message: e.to_string() })?;
-            if let Some(s) = stream {
-                // the stream replaces the config's default paths
-                opts.paths.clear();
-                opts.stdin = Some(s);
-            }
+        req @ ControlRequest::Backup { .. } => {
+            let opts = req.backup_options(rt).await.map_err(|e| match e {
+                e @ NodeError::Worker(_) => Refused::from(e),
+                e => Refused { class: ErrorClass::Usage, message: e.to_string() },
+            })?;
             let progress = Arc::new(Progress::default());
             // the backup runs as a task of its own: a CLI that goes away
             // does not stop it (it is joined here either way)

@@ -228,12 +228,6 @@ pub async fn tag(
     filter: Filter,
     change: TagChange,
 ) -> Result<TagReport, NodeError> {
-    change.validate().map_err(NodeError::Usage)?;
-    if specs.is_empty() && filter.is_empty() {
-        return Err(NodeError::Usage(
-            "name the snapshots to tag, or choose them with --tag/--path/--host/--latest".into(),
-        ));
-    }
     let _one = rt.maintenance_lock.lock().await;
     let own = {
         let stores = rt.stores.clone();
@@ -247,8 +241,7 @@ pub async fn tag(
     let mut acked: std::collections::HashMap<ObjectId, Vec<String>> = Default::default();
     let mut old_ids = Vec::new();
     for item in rep.items.iter_mut() {
-        let Some(new) = item.new.as_deref() else { continue };
-        let (Ok(old), Ok(new)) = (ObjectId::from_hex(&item.snapshot), ObjectId::from_hex(new)) else { continue };
+        let (old, Some(new)) = (item.snapshot, item.new) else { continue };
         for r in rt.replicate(new).await {
             if r.ok {
                 item.replicas.push(r.peer.clone());
