@@ -69,6 +69,17 @@ fn a_stream_backs_up_as_one_file_and_a_failing_command_saves_nothing_locally() {
     assert_eq!(r["bytes"].as_u64(), Some(3_000_000), "{r}");
     omesh(["dump", "--store", s(&store), "latest", "/stdin", "-o", s(&t.path().join("back2"))]).ok();
     assert!(fs::read(t.path().join("back2")).unwrap() == data);
+
+    // the command starts only once the backup has begun, after the pre hook:
+    // not at all when the pre hook fails, and after it when it succeeds
+    let ran = t.path().join("command-ran");
+    let r = omesh(["backup", "--store", s(&store), "--pre", "exit 3", "--stdin-from-command", "--", "touch", s(&ran)]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(!ran.exists(), "the command ran although the pre hook failed");
+    let marker = t.path().join("pre-ran");
+    let after_pre = format!("test -e {} && cat {}", s(&marker), s(&file));
+    let pre = format!("touch {}", s(&marker));
+    omesh(["backup", "--store", s(&store), "--pre", &pre, "--stdin-from-command", "--", "sh", "-c", &after_pre]).ok();
 }
 
 #[test]

@@ -210,7 +210,7 @@ fn stream_source(a: &BackupArgs) -> Result<Option<Box<dyn StreamSource>>, CliErr
     if argv.is_empty() {
         return Err(CliError::usage("--stdin-from-command needs the command after `--` (e.g. -- pg_dump -Fc shop)"));
     }
-    Ok(Some(Box::new(CommandStream::spawn(&argv).map_err(CliError::usage)?)))
+    Ok(Some(Box::new(CommandStream::new(&argv).map_err(CliError::usage)?)))
 }
 
 fn print_summary(s: &BackupSummary) {

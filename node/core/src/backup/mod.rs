@@ -505,7 +505,7 @@ mod tests {
         // a command that writes something and then fails: no snapshot
         let argv: Vec<std::ffi::OsString> =
             ["sh", "-c", "head -c 200000 /dev/urandom; exit 2"].iter().map(Into::into).collect();
-        o.stdin = Some(StreamInput::new("db.sql", Box::new(CommandStream::spawn(&argv).unwrap())).unwrap());
+        o.stdin = Some(StreamInput::new("db.sql", Box::new(CommandStream::new(&argv).unwrap())).unwrap());
         let e = run(&s, &o, Arc::default()).unwrap_err();
         assert!(matches!(e, BackupError::Stream(_)) && e.to_string().contains("no snapshot was saved"), "{e}");
         assert_eq!(s.snapshot_ids().unwrap(), vec![r.snapshot], "only the first snapshot exists");

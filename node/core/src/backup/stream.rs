@@ -50,40 +50,70 @@ impl<R: Read + Send> StreamSource for PlainStream<R> {
 }
 
 /// The standard output of a command; the command's exit status is the
-/// verdict. Its standard error goes where this process's goes.
+/// verdict. Its standard error goes where this process's goes. The command
+/// starts at the first read, that is once the backup has begun (after its
+/// pre hook), never before.
 pub struct CommandStream {
-    child: std::process::Child,
-    stdout: std::process::ChildStdout,
+    argv: Vec<std::ffi::OsString>,
     shown: String,
+    running: Option<(std::process::Child, std::process::ChildStdout)>,
 }
 
 impl CommandStream {
-    /// Start `argv` (program and arguments, no shell).
-    pub fn spawn(argv: &[std::ffi::OsString]) -> Result<Self, String> {
+    /// The command `argv` (program and arguments, no shell), not started
+    /// yet; a program that cannot be found is refused now.
+    pub fn new(argv: &[std::ffi::OsString]) -> Result<Self, String> {
         let shown = argv.iter().map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ");
-        let Some((program, args)) = argv.split_first() else {
+        let Some(program) = argv.first() else {
             return Err("--stdin-from-command needs a command after `--`".into());
         };
-        let mut child = std::process::Command::new(program)
-            .args(args)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("cannot start `{shown}`: {e}"))?;
-        let stdout = child.stdout.take().expect("piped");
-        Ok(CommandStream { child, stdout, shown })
+        if !runnable(Path::new(program)) {
+            return Err(format!(
+                "cannot start `{shown}`: {} is not an executable file (nor one found on PATH)",
+                program.to_string_lossy()
+            ));
+        }
+        Ok(CommandStream { argv: argv.to_vec(), shown, running: None })
     }
+
+    fn stdout(&mut self) -> io::Result<&mut std::process::ChildStdout> {
+        if self.running.is_none() {
+            let mut child = std::process::Command::new(&self.argv[0])
+                .args(&self.argv[1..])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot start `{}`: {e}", self.shown)))?;
+            let stdout = child.stdout.take().expect("piped");
+            self.running = Some((child, stdout));
+        }
+        Ok(&mut self.running.as_mut().expect("started").1)
+    }
+}
+
+/// Whether `program` names an executable file: as a path when it has a
+/// `/`, else in a directory of PATH (as the command would be run).
+fn runnable(program: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let exec = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if program.components().count() > 1 {
+        return exec(program);
+    }
+    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|d| exec(&d.join(program))))
 }
 
 impl Read for CommandStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.stdout.read(buf)
+        self.stdout()?.read(buf)
     }
 }
 
 impl StreamSource for CommandStream {
     fn finish(&mut self) -> Result<(), String> {
-        let status = self.child.wait().map_err(|e| format!("waiting for `{}`: {e}", self.shown))?;
+        let Some((child, _)) = self.running.as_mut() else {
+            return Err(format!("`{}` was never started", self.shown));
+        };
+        let status = child.wait().map_err(|e| format!("waiting for `{}`: {e}", self.shown))?;
         if status.success() { Ok(()) } else { Err(format!("`{}` failed ({status})", self.shown)) }
     }
 }
@@ -92,9 +122,11 @@ impl Drop for CommandStream {
     fn drop(&mut self) {
         // a backup that failed before the end: do not leave the command
         // running (or a zombie) behind
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
+        if let Some((child, _)) = self.running.as_mut()
+            && let Ok(None) = child.try_wait()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -346,12 +378,14 @@ mod tests {
     #[test]
     fn a_failing_command_is_the_streams_verdict() {
         let argv: Vec<std::ffi::OsString> = ["sh", "-c", "echo partial; exit 3"].iter().map(Into::into).collect();
-        let mut c = CommandStream::spawn(&argv).unwrap();
+        let mut c = CommandStream::new(&argv).unwrap();
         let mut out = Vec::new();
         c.read_to_end(&mut out).unwrap();
         assert_eq!(out, b"partial\n");
         let e = c.finish().unwrap_err();
         assert!(e.contains("`sh -c echo partial; exit 3` failed") && e.contains('3'), "{e}");
         assert!(StreamInput::new("a/b", Box::new(PlainStream(&b""[..]))).is_err());
+        let missing: Vec<std::ffi::OsString> = vec!["/nonexistent/pg_dump".into()];
+        assert!(CommandStream::new(&missing).err().unwrap().contains("/nonexistent/pg_dump"));
     }
 }
